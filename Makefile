@@ -1,0 +1,30 @@
+# dfscan: `make demo` shows the product on this machine, `make test` runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test test-fast bench demo clean
+
+# torch and torchvision are pinned by pyproject.toml; pip takes them from a local
+# wheel cache where the machine has one (see README, "Installing").
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) tests/bench/bench_scan.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache dfscan.db dfscan.db-wal dfscan.db-shm

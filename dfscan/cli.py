@@ -1,0 +1,294 @@
+"""The ``dfscan`` command line: one click group; docstrings are the help.
+
+Library code raises its own errors; only this module turns them into
+messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dfscan import __version__
+from dfscan.settings import DEFAULT_DB_URL, Settings, SettingsError, parse_extensions
+
+# Errors a user can cause and fix: they end the command with one line, no traceback.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    import sqlalchemy.exc
+
+    from db.errors import DatabaseError
+    from detector.errors import DetectorError
+    from scanner.errors import ScannerError
+    from trt.errors import RuntimeErrorBase
+    from workers.decoders import DecoderUnavailable, UnknownDecoder
+
+    return (
+        SettingsError,
+        DatabaseError,
+        DetectorError,
+        ScannerError,
+        RuntimeErrorBase,
+        UnknownDecoder,
+        DecoderUnavailable,
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.ArgumentError,
+    )
+
+
+def reports_errors(func: Callable) -> Callable:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except _user_errors() as exc:
+            raise click.ClickException(_one_line(exc)) from None
+
+    return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if hasattr(exc, "orig") and getattr(exc, "orig", None) is not None:  # SQLAlchemy wraps the driver's error
+        text = str(exc.orig).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:400]
+
+
+def db_option(func: Callable) -> Callable:
+    return click.option(
+        "--db",
+        "db_url",
+        envvar="DFSCAN_DB_URL",
+        default=DEFAULT_DB_URL,
+        show_default=True,
+        show_envvar=True,
+        help="SQLAlchemy URL of the results database (sqlite:///FILE or postgresql+psycopg://...).",
+    )(func)
+
+
+def model_option(func: Callable) -> Callable:
+    return click.option(
+        "--model",
+        envvar="DFSCAN_MODEL",
+        type=click.Path(path_type=Path),
+        show_envvar=True,
+        help="ONNX model file (model_info.json beside it is read if present).",
+    )(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="dfscan")
+def main() -> None:
+    """dfscan: scan image archives for deepfakes; verdicts go to SQL.
+
+    The embedded default runs everything in this process, with ONNX Runtime on
+    the CPU and SQLite in ./dfscan.db. See `dfscan COMMAND --help`.
+    """
+
+
+@main.command()
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@model_option
+@db_option
+@click.option("--name", envvar="DFSCAN_NAME", show_envvar=True, help="A name for the scan.")
+@click.option("--threshold", type=float, envvar="DFSCAN_THRESHOLD", show_envvar=True,
+              help="Decision threshold on p_fake (default: the model's, else 0.5).")
+@click.option("--paths-from", type=click.Path(allow_dash=True), multiple=True, envvar="DFSCAN_PATHS_FROM",
+              show_envvar=True, help="A file listing paths, one per line ('-' for stdin). Repeatable.")
+@click.option("--extensions", envvar="DFSCAN_EXTENSIONS", show_envvar=True,
+              help="Comma-separated image extensions to take from directories (case-insensitive).")
+@click.option("--batch-size", type=int, envvar="DFSCAN_BATCH_SIZE", show_envvar=True, help="Images per inference batch [64].")
+@click.option("--chunk-size", type=int, envvar="DFSCAN_CHUNK_SIZE", show_envvar=True, help="Paths per chunk [256].")
+@click.option("--runtime", envvar="DFSCAN_RUNTIME", show_envvar=True, help="auto | onnxruntime | tensorrt [auto].")
+@click.option("--decoder", envvar="DFSCAN_DECODER", show_envvar=True, help="auto | pillow | dali [auto].")
+@click.option("--max-pixels", type=int, envvar="DFSCAN_MAX_PIXELS", show_envvar=True,
+              help="Refuse images whose header declares more pixels [89478485].")
+@click.option("--threads", "intra_op_threads", type=int, envvar="DFSCAN_THREADS", show_envvar=True,
+              help="Inference threads (0: all cores) [0].")
+@click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links while walking.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@reports_errors
+def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | None, threshold: float | None,
+         paths_from: tuple[str, ...], extensions: str | None, batch_size: int | None, chunk_size: int | None,
+         runtime: str | None, decoder: str | None, max_pixels: int | None, intra_op_threads: int | None,
+         no_follow_symlinks: bool, progress: bool | None, as_json: bool) -> None:
+    """Scan ROOTS (files and directories, recursively) and store one row per image.
+
+    Exit status 0 means the scan completed, even where some images failed:
+    those are rows with status 'error' and a reason.
+    """
+    from scanner import WalkOptions, check_roots
+    from workers.local import LocalScan
+
+    if not roots and not paths_from:
+        raise click.UsageError("give at least one ROOT or --paths-from FILE")
+    settings = Settings().with_(
+        db_url=db_url, model=model, threshold=threshold, extensions=parse_extensions(extensions),
+        batch_size=batch_size, chunk_size=chunk_size, runtime=runtime, decoder=decoder, max_pixels=max_pixels,
+        intra_op_threads=intra_op_threads, follow_symlinks=False if no_follow_symlinks else None,
+    )
+    root_list = check_roots(roots)
+    options = WalkOptions(extensions=settings.extensions, follow_symlinks=settings.follow_symlinks)
+    show = sys.stderr.isatty() if progress is None else progress
+    job = LocalScan(settings, root_list, list(paths_from), options, name=name)
+    with _stop_on_signals() as stop:
+        summary = job.run(stop=stop, progress=show)
+    _print_summary(summary, settings.db_url, as_json, job.warnings)
+    if summary.status != "completed":
+        raise click.ClickException(
+            f"scan {summary.scan_id} was interrupted after {summary.total} images; the rows written are kept"
+        )
+
+
+class _stop_on_signals:
+    """First SIGINT/SIGTERM: finish the batch in flight, then stop. Second: stop now."""
+
+    def __enter__(self) -> threading.Event:
+        self.stop = threading.Event()
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self.stop
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.stop.set()
+        click.echo("\nstopping after the batch in flight (again to stop now)", err=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str]) -> None:
+    data = summary_dict(summary)
+    if as_json:
+        data["warnings"] = warnings
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    click.echo(
+        f"scan {summary.scan_id} {summary.status}: {summary.total} images in {summary.elapsed_s:.1f} s "
+        f"({summary.images_per_s:.1f} images/s)"
+    )
+    click.echo(f"  real    {summary.real}")
+    click.echo(f"  fake    {summary.fake}")
+    click.echo(f"  error   {summary.errors}")
+    if summary.errors_by_reason:
+        click.echo("errors by reason:")
+        for reason, count in sorted(summary.errors_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
+            click.echo(f"  {reason:<18} {count}")
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"results: {db_url}  (dfscan results --scan {summary.scan_id})")
+
+
+def summary_dict(summary: Any) -> dict:
+    return {
+        "scan_id": summary.scan_id,
+        "name": summary.name,
+        "status": summary.status,
+        "model_sha256": summary.model_sha256,
+        "total": summary.total,
+        "ok": summary.ok,
+        "real": summary.real,
+        "fake": summary.fake,
+        "errors": summary.errors,
+        "errors_by_reason": dict(summary.errors_by_reason),
+        "started_at": summary.started_at,
+        "finished_at": summary.finished_at,
+        "elapsed_s": round(summary.elapsed_s, 3),
+        "images_per_s": round(summary.images_per_s, 3),
+    }
+
+
+RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256", "scanned_at")
+
+
+@main.command()
+@db_option
+@click.option("--scan", "scan_id", type=int, help="Scan id (default: the latest scan).")
+@click.option("--label", type=click.Choice(["real", "fake"]), help="Only rows with this label.")
+@click.option("--status", type=click.Choice(["ok", "error"]), help="Only rows with this status.")
+@click.option("--min-p", type=float, help="Only rows with p_fake >= P.")
+@click.option("--limit", type=int, help="At most this many rows.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@reports_errors
+def results(db_url: str, scan_id: int | None, label: str | None, status: str | None, min_p: float | None,
+            limit: int | None, fmt: str) -> None:
+    """Print result rows of a scan, for people (table) or scripts (csv, json)."""
+    import db
+
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine)
+        with db.session_factory(engine)() as session:
+            if scan_id is None:
+                scan_id = db.latest_scan_id(session)
+                if scan_id is None:
+                    raise click.ClickException(f"no scans in {db_url}")
+            rows = db.iter_results(session, scan_id=scan_id, label=label, min_p=min_p, status=status, limit=limit)
+            _emit_rows(rows, fmt)
+    finally:
+        engine.dispose()
+
+
+def _emit_rows(rows: Iterator[dict], fmt: str) -> None:
+    out = sys.stdout
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(RESULT_COLUMNS)
+        for row in rows:
+            writer.writerow(["" if row[c] is None else _cell(row[c]) for c in RESULT_COLUMNS])
+    elif fmt == "json":
+        out.write("[")
+        for i, row in enumerate(rows):
+            out.write(("," if i else "") + "\n  " + json.dumps({c: row[c] for c in RESULT_COLUMNS}, default=str))
+        out.write("\n]\n")
+    else:
+        out.write(f"{'status':<6} {'label':<5} {'p_fake':>7} {'conf':>6}  path / error\n")
+        for row in rows:
+            p = "" if row["p_fake"] is None else f"{row['p_fake']:.4f}"
+            c = "" if row["confidence"] is None else f"{row['confidence']:.3f}"
+            tail = row["path"] if row["status"] == "ok" else f"{row['path']}  [{row['error']}]"
+            out.write(f"{row['status']:<6} {row['label'] or '':<5} {p:>7} {c:>6}  {tail!s}\n")
+
+
+def _cell(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for model.onnx and model_info.json.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Decision threshold stored in model_info.json.")
+@reports_errors
+def export(checkpoint: Path, out_dir: Path, opset: int, threshold: float) -> None:
+    """Export a detector CHECKPOINT to ONNX, checked against PyTorch."""
+    from detector.export import export_onnx
+
+    if opset < 17:
+        raise click.BadParameter("opset 17 or newer is required", param_hint="--opset")
+    result = export_onnx(checkpoint, out_dir, opset=opset, threshold=threshold)
+    click.echo(f"wrote {result.onnx_path} and {result.info_path}")
+    click.echo(f"max |logit difference| ONNX Runtime vs PyTorch: {result.max_abs_diff:.2e}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,127 @@
+"""One frozen configuration object, loaded once and passed down explicitly.
+
+Precedence is CLI option > environment variable > default.  Click reads the
+``DFSCAN_*`` variables for the options it declares (``auto_envvar_prefix``);
+code that runs without the CLI (Celery workers, Alembic) calls
+:func:`from_env`, the only other place the environment is read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "DFSCAN_"
+
+DEFAULT_DB_URL = "sqlite:///dfscan.db"
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Pillow's own default limit (about 89 megapixels); past it an image is refused
+# from its header, before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; raised before any work starts."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_url: str = DEFAULT_DB_URL
+    model: Path | None = None
+    threshold: float | None = None
+    batch_size: int = 64
+    chunk_size: int = 256
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    read_threads: int = 8
+    decode_threads: int = 2
+    runtime: str = "auto"
+    decoder: str = "auto"
+    intra_op_threads: int = 0
+    broker_url: str | None = None
+    max_outstanding_chunks: int = 64
+    max_attempts: int = 3
+    follow_symlinks: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise SettingsError(f"threshold must be between 0 and 1, got {self.threshold}")
+        if not 1 <= self.batch_size <= 4096:
+            raise SettingsError(f"batch size must be between 1 and 4096, got {self.batch_size}")
+        if self.chunk_size < 1:
+            raise SettingsError(f"chunk size must be at least 1, got {self.chunk_size}")
+        if self.max_pixels < 1:
+            raise SettingsError(f"max pixels must be positive, got {self.max_pixels}")
+        if self.read_threads < 1 or self.decode_threads < 1:
+            raise SettingsError("read and decode thread counts must be at least 1")
+        if self.max_attempts < 1:
+            raise SettingsError(f"max attempts must be at least 1, got {self.max_attempts}")
+        if self.max_outstanding_chunks < 1:
+            raise SettingsError("max outstanding chunks must be at least 1")
+        for ext in self.extensions:
+            if not ext.startswith(".") or len(ext) < 2:
+                raise SettingsError(f"extension {ext!r} must look like '.jpg'")
+
+    def with_(self, **changes: Any) -> "Settings":
+        """A copy with ``changes`` applied; ``None`` values keep the current one."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def parse_extensions(text: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``"jpg,.PNG"`` -> ``(".jpg", ".png")``; matching is case-insensitive."""
+    if text is None:
+        return None
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for item in items:
+        item = item.strip().lower()
+        if item:
+            out.append(item if item.startswith(".") else "." + item)
+    if not out:
+        raise SettingsError("the extension allow-list is empty")
+    return tuple(dict.fromkeys(out))
+
+
+_CONVERTERS = {
+    "model": Path,
+    "threshold": float,
+    "batch_size": int,
+    "chunk_size": int,
+    "max_pixels": int,
+    "read_threads": int,
+    "decode_threads": int,
+    "intra_op_threads": int,
+    "max_outstanding_chunks": int,
+    "max_attempts": int,
+    "extensions": parse_extensions,
+    "follow_symlinks": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
+}
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def from_env(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``DFSCAN_*`` variables, then ``overrides`` (non-None) on top."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        if f.name == "extra":
+            continue
+        raw = environ.get(env_name(f.name))
+        if raw is None or raw == "":
+            continue
+        convert = _CONVERTERS.get(f.name, str)
+        try:
+            values[f.name] = convert(raw)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"{env_name(f.name)}={raw!r}: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

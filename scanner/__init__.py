@@ -1,0 +1,18 @@
+"""Walk storage and produce chunks of image paths."""
+
+from scanner.chunks import Chunk, chunked
+from scanner.errors import PathListError, RootNotFound, ScannerError
+from scanner.walker import WalkOptions, check_roots, count_files, read_path_list, walk
+
+__all__ = [
+    "Chunk",
+    "PathListError",
+    "RootNotFound",
+    "ScannerError",
+    "WalkOptions",
+    "check_roots",
+    "chunked",
+    "count_files",
+    "read_path_list",
+    "walk",
+]

@@ -1,0 +1,151 @@
+"""Walk roots and path lists, yielding image paths one at a time.
+
+The walker streams: it never builds the archive's path list.  ``os.scandir``
+is used depth-first with an explicit stack of open directory iterators, so
+memory grows with the depth of the tree, not its size.  It follows symlinks
+(a common way to assemble archives) but remembers each directory's
+``(st_dev, st_ino)`` on the current branch, so loops end.  Only regular files
+with an image name are yielded, including those that will fail later
+(vanished, unreadable, or not regular files such as a FIFO named ``x.jpg``):
+the pipeline's reader turns each into an error row without opening it for a
+blocking read, which is how "nothing is lost" holds.  A directory that can't be
+listed is reported through ``on_skip``: its files can't be named, so the caller
+reports it as a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from scanner.errors import PathListError, RootNotFound
+
+SkipHook = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class WalkOptions:
+    extensions: tuple[str, ...]
+    follow_symlinks: bool = True
+
+    def wanted(self, name: str) -> bool:
+        return os.path.splitext(name)[1].lower() in self.extensions
+
+
+def check_roots(roots: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Absolute paths of ``roots``; raises :class:`RootNotFound` for any that is missing."""
+    out = []
+    for root in roots:
+        path = os.path.abspath(os.fspath(root))
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise RootNotFound(f"{root}: no such file or directory") from None
+        except OSError as exc:
+            raise RootNotFound(f"{root}: {exc.strerror or exc}") from None
+        if stat.S_ISDIR(st.st_mode) and not os.access(path, os.R_OK | os.X_OK):
+            raise RootNotFound(f"{root}: directory is not readable")
+        out.append(path)
+    return out
+
+
+def walk(
+    roots: Iterable[str | os.PathLike[str]],
+    options: WalkOptions,
+    on_skip: SkipHook | None = None,
+) -> Iterator[str]:
+    """Yield absolute paths of image files under ``roots`` in a stable order.
+
+    A root that is not a directory is yielded whatever its extension (the
+    user named it).  Directories are walked recursively in
+    sorted order, which makes chunks reproducible.
+    """
+    for root in check_roots(roots):
+        st = os.stat(root)
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk_dir(root, st, options, on_skip)
+        else:
+            yield root
+
+
+def _walk_dir(root: str, root_st: os.stat_result, options: WalkOptions, on_skip: SkipHook | None) -> Iterator[str]:
+    # Each stack entry: (sorted child entries still to visit, the dir's identity).
+    on_branch: set[tuple[int, int]] = {(root_st.st_dev, root_st.st_ino)}
+    stack: list[tuple[Iterator[os.DirEntry[str]], tuple[int, int]]] = []
+    stack.append((_sorted_entries(root, on_skip), (root_st.st_dev, root_st.st_ino)))
+    while stack:
+        entries, ident = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            on_branch.discard(ident)
+            continue
+        try:
+            is_link = entry.is_symlink()
+            if is_link and not options.follow_symlinks:
+                continue
+            st = entry.stat(follow_symlinks=True)
+        except OSError:
+            # A dangling symlink or a file that vanished between listing and stat:
+            # yield image names so that they end as error rows, skip the rest.
+            if options.wanted(entry.name):
+                yield entry.path
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key in on_branch:
+                continue  # a symlink loop
+            on_branch.add(key)
+            stack.append((_sorted_entries(entry.path, on_skip), key))
+        elif options.wanted(entry.name):
+            yield entry.path
+
+
+def _sorted_entries(path: str, on_skip: SkipHook | None) -> Iterator[os.DirEntry[str]]:
+    """A directory's entries sorted by name.
+
+    Sorting holds one directory's names at a time, never the tree's.
+    """
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        if on_skip is not None:
+            on_skip(path, f"directory not readable: {exc.strerror or exc}")
+        return iter(())
+    return iter(entries)
+
+
+def read_path_list(source: str | os.PathLike[str], stdin: IO[str] | None = None) -> Iterator[str]:
+    """Paths from a file (one per line, ``-`` for stdin); blank lines and ``#`` comments skipped.
+
+    Relative paths are taken relative to the current directory.  Lines are
+    streamed, so a list of a hundred million paths costs no memory.
+    """
+    if os.fspath(source) == "-":
+        handle = stdin if stdin is not None else sys.stdin
+        yield from _lines(handle)
+        return
+    try:
+        handle = open(source, encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise PathListError(f"{source}: {exc.strerror or exc}") from None
+    with handle:
+        yield from _lines(handle)
+
+
+def _lines(handle: IO[str]) -> Iterator[str]:
+    for line in handle:
+        line = line.rstrip("\r\n")
+        if line.strip() and not line.lstrip().startswith("#"):
+            yield os.path.abspath(line)
+
+
+def count_files(roots: Iterable[str], options: WalkOptions) -> int:
+    """How many paths :func:`walk` would yield: the progress bar's total."""
+    return sum(1 for _ in walk(roots, options))
+

@@ -1,0 +1,94 @@
+"""The walker: recursion, extension filter, symlink loops, FIFOs, path lists, streaming."""
+
+from __future__ import annotations
+
+import io
+import os
+import types
+
+import pytest
+
+from scanner import Chunk, RootNotFound, WalkOptions, chunked, read_path_list, walk
+
+OPTS = WalkOptions(extensions=(".jpg", ".jpeg", ".png"))
+
+
+def touch(p, data=b"x"):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+def test_recursive_filtered_sorted_and_case_insensitive(tmp_path):
+    touch(tmp_path / "b" / "2.JPG")
+    touch(tmp_path / "a" / "deep" / "er" / "1.jpeg")
+    touch(tmp_path / "a" / "notes.txt")
+    touch(tmp_path / "c.Png")
+    got = list(walk([tmp_path], OPTS))
+    assert got == [
+        str(tmp_path / "a" / "deep" / "er" / "1.jpeg"),
+        str(tmp_path / "b" / "2.JPG"),
+        str(tmp_path / "c.Png"),
+    ]
+
+
+def test_a_file_root_is_taken_whatever_its_extension(tmp_path):
+    f = touch(tmp_path / "photo.dat")
+    assert list(walk([f], OPTS)) == [str(f)]
+
+
+def test_missing_root_is_a_setup_error(tmp_path):
+    with pytest.raises(RootNotFound, match="no such file"):
+        list(walk([tmp_path / "nope"], OPTS))
+
+
+def test_symlink_loops_end_and_links_are_followed(tmp_path):
+    touch(tmp_path / "real" / "a.jpg")
+    os.symlink(tmp_path / "real", tmp_path / "real" / "loop")  # real/loop -> real
+    os.symlink(tmp_path / "real", tmp_path / "alias")
+    got = list(walk([tmp_path], OPTS))
+    # The loop is cut on its own branch; the alias is a second name of the same file.
+    assert got == [str(tmp_path / "alias" / "a.jpg"), str(tmp_path / "real" / "a.jpg")]
+    no_follow = WalkOptions(extensions=OPTS.extensions, follow_symlinks=False)
+    assert list(walk([tmp_path], no_follow)) == [str(tmp_path / "real" / "a.jpg")]
+
+
+def test_fifo_with_image_name_is_yielded_not_opened(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")
+    # Yielded so that the reader records it as an error row; listing must not block.
+    assert list(walk([tmp_path], OPTS)) == [str(tmp_path / "pipe.jpg")]
+
+
+def test_dangling_symlink_is_yielded_for_an_error_row(tmp_path):
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "link.jpg")
+    assert list(walk([tmp_path], OPTS)) == [str(tmp_path / "link.jpg")]
+
+
+def test_walk_is_a_lazy_generator(tmp_path):
+    for i in range(50):
+        touch(tmp_path / f"d{i % 5}" / f"{i}.jpg")
+    it = walk([tmp_path], OPTS)
+    assert isinstance(it, types.GeneratorType)
+    first = next(it)
+    assert first.endswith(".jpg")
+
+
+def test_path_list_from_file_and_stdin(tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text("# comment\n/abs/a.jpg\n\nrel/b.jpg\n")
+    got = list(read_path_list(listing))
+    assert got == ["/abs/a.jpg", os.path.abspath("rel/b.jpg")]
+    assert list(read_path_list("-", stdin=io.StringIO("/x/y.png\n"))) == ["/x/y.png"]
+
+
+def test_chunked_sizes_and_duplicates():
+    paths = [f"/p/{i}.jpg" for i in range(10)] + ["/p/3.jpg"]
+    chunks = list(chunked(paths, 4))
+    assert [len(c) for c in chunks] == [4, 4, 3]
+    assert chunks[2] == ["/p/8.jpg", "/p/9.jpg", "/p/3.jpg"]  # a repeat across chunks is left to the upsert
+    assert list(chunked(["/a", "/a", "/b"], 4)) == [["/a", "/b"]]
+
+
+def test_chunk_message_round_trip():
+    c = Chunk(scan_id=3, seq=1, paths=("/a.jpg", "/b,\"c\".jpg"), chunk_id=9)
+    assert Chunk.from_message(c.to_message()) == c

@@ -1,0 +1,20 @@
+"""Inference runtimes behind one interface: ONNX Runtime (CPU) and TensorRT (GPU)."""
+
+from trt.base import Runtime, run_batched, softmax
+from trt.errors import InferenceFailed, ModelRejected, RuntimeUnavailable, UnknownRuntime
+from trt.registry import RUNTIMES, RuntimeSpec, get_runtime_spec, load_runtime, resolve_runtime
+
+__all__ = [
+    "RUNTIMES",
+    "InferenceFailed",
+    "ModelRejected",
+    "Runtime",
+    "RuntimeSpec",
+    "RuntimeUnavailable",
+    "UnknownRuntime",
+    "get_runtime_spec",
+    "load_runtime",
+    "resolve_runtime",
+    "run_batched",
+    "softmax",
+]

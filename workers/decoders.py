@@ -1,0 +1,64 @@
+"""Decoders are data: a table of specs looked up by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from workers.decode import PillowDecoder, Preprocess
+
+
+class UnknownDecoder(ValueError):
+    """No decoder of that name is registered."""
+
+
+class DecoderUnavailable(RuntimeError):
+    """The decoder exists but can't run on this machine."""
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    name: str
+    description: str
+    available: Callable[[], tuple[bool, str]]
+    create: Callable[..., object]
+
+
+def _always() -> tuple[bool, str]:
+    return True, ""
+
+
+def _pillow(pre: Preprocess, *, threads: int = 2, batch_size: int = 64) -> PillowDecoder:
+    return PillowDecoder(pre, threads=threads)
+
+
+DECODERS: dict[str, DecoderSpec] = {
+    spec.name: spec
+    for spec in (
+        DecoderSpec("pillow", "Pillow on the CPU (the reference decoder)", _always, _pillow),
+    )
+}
+
+# `auto` takes the first that can run here.
+AUTO_ORDER: tuple[str, ...] = ("dali-gpu", "pillow")
+
+
+def resolve_decoder(name: str) -> DecoderSpec:
+    if name != "auto":
+        try:
+            spec = DECODERS[name]
+        except KeyError:
+            raise UnknownDecoder(f"unknown decoder {name!r}; known decoders: {', '.join(['auto', *DECODERS])}") from None
+        ok, why = spec.available()
+        if not ok:
+            raise DecoderUnavailable(f"decoder {name!r} can't run here: {why}")
+        return spec
+    for candidate in AUTO_ORDER:
+        spec = DECODERS.get(candidate)
+        if spec is not None and spec.available()[0]:
+            return spec
+    return DECODERS["pillow"]
+
+
+def create_decoder(name: str, pre: Preprocess, *, threads: int = 2, batch_size: int = 64):
+    return resolve_decoder(name).create(pre, threads=threads, batch_size=batch_size)

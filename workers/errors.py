@@ -1,0 +1,38 @@
+"""Per-image failure reasons and pipeline errors.
+
+A per-image failure is data, not an exception: it becomes an ``error`` row
+whose ``error_code`` is one of :data:`REASONS` and whose ``error`` is a short
+human sentence.  :class:`ImageError` carries it from the stage that found it
+to the row.
+"""
+
+from __future__ import annotations
+
+# error_code -> what it means; the codes are part of the SQL contract.
+REASONS: dict[str, str] = {
+    "missing": "the file vanished between listing and reading",
+    "unreadable": "the file exists but can't be read (permissions, I/O error)",
+    "not-regular": "not a regular file (FIFO, socket, device, directory)",
+    "empty": "the file is empty",
+    "too-large": "the file is larger than the size limit",
+    "not-image": "the bytes are not an image of an allowed format",
+    "too-many-pixels": "the header declares more pixels than the limit (decompression bomb)",
+    "truncated": "the image data ends early",
+    "decode-failed": "the decoder rejected the image",
+    "inference-failed": "the runtime failed on the batch holding this image",
+    "worker-lost": "the chunk killed its worker on every attempt",
+}
+
+
+class ImageError(Exception):
+    """One image can't be scored; ``code`` is a key of :data:`REASONS`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        assert code in REASONS, code
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class PipelineError(Exception):
+    """The pipeline itself can't continue (not one image's fault)."""

@@ -1,0 +1,115 @@
+"""The embedded default: walk, score and write in this process.
+
+No broker: the walker's chunks go straight into the pipeline.  The scan is
+recorded exactly as a distributed one is (a scan row, its chunks, one result
+row per path), so everything downstream (results, reports, SQL) is the same.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Iterator
+
+import db
+from db.records import ResultRow
+from dfscan.settings import Settings
+from scanner import WalkOptions, count_files, read_path_list, walk
+from workers.context import ScanContext
+from workers.pipeline import run_local_scan
+
+
+class LocalScan:
+    def __init__(
+        self,
+        settings: Settings,
+        roots: list[str],
+        path_lists: list[str],
+        options: WalkOptions,
+        *,
+        name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.roots = roots
+        self.path_lists = path_lists
+        self.options = options
+        self.name = name or default_name(roots, path_lists)
+        self.warnings: list[str] = []
+        self.scan_id: int | None = None
+
+    def paths(self) -> Iterator[str]:
+        walked = walk(self.roots, self.options, on_skip=self._skipped)
+        listed = (read_path_list(source) for source in self.path_lists)
+        return itertools.chain(walked, itertools.chain.from_iterable(listed))
+
+    def _skipped(self, path: str, reason: str) -> None:
+        self.warnings.append(f"{path}: {reason}; files under it were not scanned")
+
+    def run(self, *, stop: threading.Event | None = None, progress: bool = False) -> "db.ScanSummary":
+        ctx = ScanContext.open(self.settings)
+        try:
+            model_id = ctx.register_model()
+            with ctx.sessions.begin() as session:
+                self.scan_id = db.create_scan(
+                    session,
+                    name=self.name,
+                    roots=self.roots + [f"@{p}" for p in self.path_lists],
+                    model_id=model_id,
+                    threshold=ctx.verdict.threshold,
+                    settings=ctx.audit(),
+                )
+            bar = _ProgressBar(self.roots if not self.path_lists else None, self.options) if progress else None
+            status = "failed"
+            try:
+                finished = run_local_scan(
+                    ctx, self.scan_id, model_id, self.paths(), on_batch=bar.update if bar else None, stop=stop
+                )
+                status = "completed" if finished else "cancelled"
+            finally:
+                if bar is not None:
+                    bar.close()
+                with ctx.sessions.begin() as session:
+                    db.finish_scan(session, scan_id=self.scan_id, status=status)
+            with ctx.sessions() as session:
+                return db.scan_summary(session, self.scan_id)
+        finally:
+            ctx.close()
+
+
+def default_name(roots: list[str], path_lists: list[str]) -> str:
+    """``photos+2 2026-11-25T08:10Z``: the first source and a UTC timestamp."""
+    from datetime import datetime, timezone
+
+    sources = [os.path.basename(r.rstrip("/")) or r for r in roots] + [f"@{p}" for p in path_lists]
+    head = sources[0] + (f"+{len(sources) - 1}" if len(sources) > 1 else "")
+    return f"{head} {datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ}"
+
+
+class _ProgressBar:
+    """tqdm on stderr: images/s, errors, and an ETA once a background count of the roots is known."""
+
+    def __init__(self, roots: list[str] | None, options: WalkOptions) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(unit="img", dynamic_ncols=True, smoothing=0.1)
+        self.errors = 0
+        if roots:
+            # Counting walks the tree a second time, in parallel, so the bar has a
+            # total (and an ETA) long before the scan has walked everything.
+            threading.Thread(target=self._count, args=(roots, options), daemon=True, name="count").start()
+
+    def _count(self, roots: list[str], options: WalkOptions) -> None:
+        try:
+            self.bar.total = count_files(roots, options)
+            self.bar.refresh()
+        except Exception:  # noqa: BLE001 - the bar just stays without a total
+            pass
+
+    def update(self, rows: list[ResultRow]) -> None:
+        self.errors += sum(1 for r in rows if r.status == "error")
+        self.bar.set_postfix(errors=self.errors, refresh=False)
+        self.bar.update(len(rows))
+
+    def close(self) -> None:
+        self.bar.close()

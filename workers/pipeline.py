@@ -1,0 +1,147 @@
+"""The batch pipeline: chunks of paths in, one committed result row per path out.
+
+:func:`score_chunk` is the unit a Celery task calls; :func:`run_local_scan`
+is the embedded default, which streams every chunk of a walk through the same
+steps in one process.  Both overlap reading and decoding (a background thread,
+:func:`workers.batches.prefetch`) with inference, and both commit one
+transaction per batch: the upsert of its rows and, with the chunk's last
+batch, the chunk's completion.  Re-running any batch or chunk rewrites the
+same rows, never adds to them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import db
+from db.records import ResultRow
+from scanner.chunks import Chunk, chunked
+from workers.batches import PreparedBatch, prefetch, score, split
+from workers.context import ScanContext
+
+ProgressHook = Callable[[list[ResultRow]], None]
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    scan_id: int
+    chunk_id: int | None
+    total: int
+    ok: int
+    real: int
+    fake: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class _Tag:
+    chunk: Chunk
+    index: int
+    count: int
+
+    @property
+    def last(self) -> bool:
+        return self.index == self.count - 1
+
+
+def _tally(counts: Counter, rows: list[ResultRow]) -> None:
+    for row in rows:
+        counts["total"] += 1
+        if row.status == "ok":
+            counts["ok"] += 1
+            counts[row.label] += 1
+        else:
+            counts["errors"] += 1
+
+
+def _result(chunk: Chunk, counts: Counter) -> ChunkResult:
+    return ChunkResult(
+        chunk.scan_id, chunk.chunk_id, counts["total"], counts["ok"], counts["real"], counts["fake"], counts["errors"]
+    )
+
+
+def _prepared(ctx: ScanContext, chunks: Iterable[Chunk]) -> Iterator[PreparedBatch]:
+    """Batches of every chunk in order, each tagged with its chunk and position."""
+    for chunk in chunks:
+        parts = list(split(chunk.paths, ctx.batch_size))
+        for i, paths in enumerate(parts):
+            prepared = ctx.batches.prepare(paths)
+            prepared.tag = _Tag(chunk, i, len(parts))
+            yield prepared
+
+
+def _write(ctx: ScanContext, chunk: Chunk, model_id: int, rows: list[ResultRow], finish: Counter | None) -> None:
+    with ctx.sessions.begin() as session:
+        db.write_batch(session, scan_id=chunk.scan_id, model_id=model_id, rows=rows)
+        if finish is not None and chunk.chunk_id is not None:
+            db.finish_chunk(
+                session,
+                chunk_id=chunk.chunk_id,
+                ok=finish["ok"],
+                fake=finish["fake"],
+                real=finish["real"],
+                errors=finish["errors"],
+            )
+
+
+def score_chunk(ctx: ScanContext, chunk: Chunk, model_id: int, on_batch: ProgressHook | None = None) -> ChunkResult:
+    """Score every path of ``chunk`` and commit its rows; the chunk ends ``done``."""
+    counts: Counter = Counter()
+    if not chunk.paths:
+        _write(ctx, chunk, model_id, [], counts)
+        return _result(chunk, counts)
+    for prepared in prefetch(_prepared(ctx, [chunk]), depth=2):
+        rows = score(prepared, ctx.runtime, ctx.verdict)
+        _tally(counts, rows)
+        _write(ctx, chunk, model_id, rows, counts if prepared.tag.last else None)
+        if on_batch is not None:
+            on_batch(rows)
+    return _result(chunk, counts)
+
+
+def run_local_scan(
+    ctx: ScanContext,
+    scan_id: int,
+    model_id: int,
+    paths: Iterable[str],
+    *,
+    on_batch: ProgressHook | None = None,
+    stop: threading.Event | None = None,
+) -> bool:
+    """Stream ``paths`` through the pipeline in this process.
+
+    Chunks are recorded as they are reached.  Returns ``False`` if ``stop`` was
+    set: the batch in flight is finished and committed first, so nothing
+    half-written is left behind.
+    """
+    chunks = (Chunk(scan_id, seq, tuple(batch)) for seq, batch in enumerate(chunked(paths, ctx.settings.chunk_size)))
+    counts: Counter = Counter()
+    recorded: dict[int, int] = {}
+    stream = prefetch(_prepared(ctx, chunks), depth=3)
+    try:
+        for prepared in stream:
+            tag: _Tag = prepared.tag
+            chunk = tag.chunk
+            if tag.index == 0:
+                counts = Counter()
+                with ctx.sessions.begin() as session:
+                    recorded[chunk.seq] = db.add_chunk(session, scan_id=scan_id, seq=chunk.seq, paths=list(chunk.paths))
+            chunk = Chunk(chunk.scan_id, chunk.seq, chunk.paths, recorded[chunk.seq])
+            rows = score(prepared, ctx.runtime, ctx.verdict)
+            _tally(counts, rows)
+            _write(ctx, chunk, model_id, rows, counts if tag.last else None)
+            if tag.last:
+                recorded.pop(chunk.seq, None)
+            if on_batch is not None:
+                on_batch(rows)
+            if stop is not None and stop.is_set():
+                return False
+    finally:
+        stream.close()
+    return True
+
+
