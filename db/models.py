@@ -1,0 +1,153 @@
+"""ORM tables. The schema is an analyst-facing contract: change it only through a migration."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from ._types import BigIntPK, JSONDoc, UTCDateTime, utcnow
+
+__all__ = ["Base", "Chunk", "Model", "Result", "Scan", "scan_results"]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+_NOW = text("CURRENT_TIMESTAMP")
+_ZERO = text("0")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONDoc, list[str]: JSONDoc}
+
+
+class Model(Base):
+    """A detector checkpoint, identified by the SHA-256 of its file."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(Text)
+    info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
+
+
+class Scan(Base):
+    """One run over a set of roots; counts are filled in by ``finish_scan``."""
+
+    __tablename__ = "scans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    roots: Mapped[list[str]]
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    threshold: Mapped[float] = mapped_column(Double)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    total: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
+    ok: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
+    real: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
+    fake: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
+    errors: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
+    finished_at: Mapped[datetime | None]
+
+
+class Chunk(Base):
+    """A unit of work: the paths one worker task scores. ``attempts`` survives broker loss."""
+
+    __tablename__ = "chunks"
+    __table_args__ = (
+        UniqueConstraint("scan_id", "seq"),
+        Index("ix_chunks_scan_id_status", "scan_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
+    seq: Mapped[int]
+    paths: Mapped[list[str]]
+    n_paths: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
+    ok: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
+    real: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
+    fake: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
+    errors: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
+    finished_at: Mapped[datetime | None]
+
+
+class Result(Base):
+    """One verdict (or one failure) per path per scan."""
+
+    __tablename__ = "results"
+    __table_args__ = (
+        UniqueConstraint("scan_id", "path"),
+        CheckConstraint("status IN ('ok', 'error')", name="status"),
+        CheckConstraint("label IS NULL OR label IN ('real', 'fake')", name="label"),
+        Index("ix_results_scan_id_status", "scan_id", "status"),
+        Index("ix_results_scan_id_p_fake", "scan_id", "p_fake"),
+        Index("ix_results_path", "path"),
+        Index("ix_results_model_id_path", "model_id", "path"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime: Mapped[float | None] = mapped_column(Double)
+    status: Mapped[str] = mapped_column(String(8))
+    label: Mapped[str | None] = mapped_column(String(8))
+    p_fake: Mapped[float | None] = mapped_column(Double)
+    confidence: Mapped[float | None] = mapped_column(Double)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    scanned_at: Mapped[datetime]
+
+
+# The analysts' view, created by migration 0001. It lives in its own MetaData so
+# that create_all() and autogenerate never mistake it for a table.
+VIEW_COLUMNS = (
+    "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
+    "scanned_at",
+)  # fmt: skip
+scan_results = Table(
+    "scan_results",
+    MetaData(),
+    Column("scan_id", Integer),
+    Column("path", Text),
+    Column("status", String(8)),
+    Column("label", String(8)),
+    Column("p_fake", Double),
+    Column("confidence", Double),
+    Column("error", Text),
+    Column("model_sha256", String(64)),
+    Column("scanned_at", UTCDateTime()),
+)
+assert tuple(scan_results.c.keys()) == VIEW_COLUMNS

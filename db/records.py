@@ -1,0 +1,60 @@
+"""Plain values that cross the database boundary (no ORM objects leave db/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+__all__ = ["CHUNK_STATUSES", "RESULT_LABELS", "RESULT_STATUSES", "SCAN_END_STATUSES",
+           "ResultRow", "ScanSummary"]  # fmt: skip
+
+RESULT_STATUSES = ("ok", "error")
+RESULT_LABELS = ("real", "fake")
+SCAN_END_STATUSES = ("completed", "failed", "cancelled")
+CHUNK_STATUSES = ("queued", "done", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRow:
+    """The verdict for one image, or the reason it has none (``status="error"``)."""
+
+    path: str
+    size: int | None
+    mtime: float | None
+    status: str
+    label: str | None
+    p_fake: float | None
+    confidence: float | None
+    error: str | None
+    error_code: str | None
+    scanned_at: datetime
+
+    def __post_init__(self) -> None:
+        # Checked here so that a bad row fails in the worker that made it, with
+        # its path, rather than as a constraint violation that loses the batch.
+        if self.status not in RESULT_STATUSES:
+            raise ValueError(f"{self.path!r}: status {self.status!r} not in {RESULT_STATUSES}")
+        if self.label is not None and self.label not in RESULT_LABELS:
+            raise ValueError(f"{self.path!r}: label {self.label!r} not in {RESULT_LABELS}")
+        if self.scanned_at.tzinfo is None or self.scanned_at.utcoffset() is None:
+            raise ValueError(f"{self.path!r}: scanned_at must be timezone-aware (UTC)")
+
+
+@dataclass(frozen=True, slots=True)
+class ScanSummary:
+    """What an analyst asks first about a scan. Counts come from the results table."""
+
+    scan_id: int
+    name: str
+    status: str
+    model_sha256: str
+    total: int
+    ok: int
+    real: int
+    fake: int
+    errors: int
+    errors_by_reason: dict[str, int]  # by error_code; rows without one count as "unknown"
+    started_at: datetime
+    finished_at: datetime | None
+    elapsed_s: float  # to finished_at, or to now while the scan runs
+    images_per_s: float  # total / elapsed_s; 0.0 before any time has passed

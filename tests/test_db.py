@@ -1,0 +1,555 @@
+"""The database layer against real SQLite files and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, event, inspect, insert, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+import db
+import db.results
+from db.models import Chunk, Result, Scan
+
+CONTRACT_VIEW_COLUMNS = [
+    "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
+    "scanned_at",
+]  # fmt: skip
+TABLES = {"models", "scans", "chunks", "results"}
+T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
+AWKWARD_PATHS = [
+    "/data/caf\u00e9/\u5199\u771f.jpg",
+    "/data/a,b,c.png",
+    "/data/it's \"quoted\".jpg",
+    "/data/line\nbreak.jpg",
+    "/data/tab\tand\\backslash.jpg",
+    "/data/emoji \U0001f600.webp",
+    "/data/semi;colon -- not sql'); DROP TABLE results;--.jpg",
+]
+
+
+def ok_row(path: str, p_fake: float, *, at: datetime = T0, size: int | None = 1000) -> db.ResultRow:
+    label = "fake" if p_fake >= 0.5 else "real"
+    return db.ResultRow(
+        path=path, size=size, mtime=1_700_000_000.5, status="ok", label=label, p_fake=p_fake,
+        confidence=max(p_fake, 1 - p_fake), error=None, error_code=None, scanned_at=at,
+    )  # fmt: skip
+
+
+def error_row(path: str, code: str | None, message: str = "boom") -> db.ResultRow:
+    return db.ResultRow(
+        path=path, size=None, mtime=None, status="error", label=None, p_fake=None,
+        confidence=None, error=message, error_code=code, scanned_at=T0,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def session(db_engine: Engine) -> Iterator[Session]:
+    with db.session_factory(db_engine)() as s:
+        yield s
+
+
+@pytest.fixture
+def scan_ids(session: Session) -> tuple[int, int]:
+    """(scan_id, model_id) of a running scan, committed."""
+    model_id = db.get_or_create_model(
+        session, sha256="a" * 64, name="resnet50", path="/models/r50.onnx", info={"input": 224}
+    )
+    scan_id = db.create_scan(
+        session, name="nightly", roots=["/data"], model_id=model_id, threshold=0.5,
+        settings={"runtime": "onnxruntime", "user": "ci", "argv": ["dfscan", "scan"]},
+    )  # fmt: skip
+    session.commit()
+    return scan_id, model_id
+
+
+def result_rows(session: Session, scan_id: int) -> list[tuple]:
+    return session.execute(
+        select(Result.path, Result.status, Result.label, Result.p_fake, Result.error_code)
+        .where(Result.scan_id == scan_id)
+        .order_by(Result.path)
+    ).all()
+
+
+# --- engines and URLs -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "   ",
+        "not a url",
+        "mysql://user@localhost/dfscan",
+        "postgresql+psycopg2://user@localhost/dfscan",
+        "sqlite+nosuchdriver:///x.db",
+        "postgresql+psycopg://user@localhost:notaport/dfscan",
+    ],
+)
+def test_bad_urls_raise_database_url_error(url: str) -> None:
+    with pytest.raises(db.DatabaseURLError) as info:
+        db.make_engine(url)
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, db.DatabaseError)
+
+
+def test_url_error_hides_password() -> None:
+    with pytest.raises(db.DatabaseURLError) as info:
+        db.make_engine("mysql://user:s3cret@localhost/dfscan")
+    assert "s3cret" not in str(info.value)
+
+
+def test_plain_postgresql_url_uses_psycopg3() -> None:
+    engine = db.make_engine("postgresql://user@localhost/dfscan")  # connects lazily
+    assert engine.dialect.driver == "psycopg"
+    assert engine.pool._pre_ping  # type: ignore[attr-defined]
+
+
+def test_url_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DFSCAN_DB_URL", raising=False)
+    assert db.url_from_env() == "sqlite:///dfscan.db"
+    monkeypatch.setenv("DFSCAN_DB_URL", "postgresql+psycopg://x@h/d")
+    assert db.url_from_env() == "postgresql+psycopg://x@h/d"
+
+
+def test_sqlite_engine_settings(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "dfscan.db"
+    engine = db.make_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            pragma = lambda name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
+            assert pragma("journal_mode") == "wal"
+            assert pragma("busy_timeout") == 30000
+            assert pragma("foreign_keys") == 1
+            assert pragma("synchronous") == 1  # NORMAL
+        assert path.exists()
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    with db.session_factory(engine)() as s, pytest.raises(IntegrityError):
+        db.add_chunk(s, scan_id=999, seq=0, paths=["/x"])
+    engine.dispose()
+
+
+# --- migrations -------------------------------------------------------------------
+
+
+def test_migration_creates_contract_schema(db_engine: Engine) -> None:
+    insp = inspect(db_engine)
+    assert TABLES <= set(insp.get_table_names())
+    assert insp.get_view_names() == ["scan_results"]
+    assert [c["name"] for c in insp.get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS
+
+    uniques = {u["name"]: u["column_names"] for u in insp.get_unique_constraints("results")}
+    assert uniques == {"uq_results_scan_id_path": ["scan_id", "path"]}
+    assert {u["name"] for u in insp.get_unique_constraints("chunks")} == {"uq_chunks_scan_id_seq"}
+    assert {u["name"] for u in insp.get_unique_constraints("models")} == {"uq_models_sha256"}
+    checks = {c["name"] for c in insp.get_check_constraints("results")}
+    assert checks == {"ck_results_status", "ck_results_label"}
+    indexes = {i["name"]: i["column_names"] for i in insp.get_indexes("results")}
+    assert indexes["ix_results_scan_id_status"] == ["scan_id", "status"]
+    assert indexes["ix_results_scan_id_p_fake"] == ["scan_id", "p_fake"]
+    assert indexes["ix_results_path"] == ["path"]
+    assert indexes["ix_results_model_id_path"] == ["model_id", "path"]
+    fks = {fk["name"] for fk in insp.get_foreign_keys("results")}
+    assert fks == {"fk_results_scan_id_scans", "fk_results_model_id_models"}
+    columns = {c["name"] for c in insp.get_columns("results")}
+    assert columns == {
+        "id", "scan_id", "model_id", "path", "size", "mtime", "status", "label", "p_fake",
+        "confidence", "error", "error_code", "scanned_at",
+    }  # fmt: skip
+    for table in ("models", "scans", "chunks"):
+        assert {c["name"] for c in insp.get_columns(table)} == set(
+            db.models.Base.metadata.tables[table].c.keys()
+        )
+
+
+def test_migration_matches_models(db_engine: Engine) -> None:
+    """Autogenerate finds nothing to do: the hand-written migration and the models agree."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with db_engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = compare_metadata(context, db.models.Base.metadata)
+    assert diff == []
+
+
+def test_upgrade_twice_is_a_noop(db_engine: Engine, scan_ids: tuple[int, int]) -> None:
+    db.upgrade(db_engine)
+    with db_engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [
+            "0001"
+        ]
+        assert conn.execute(text("SELECT count(*) FROM scans")).scalar() == 1
+
+
+def test_downgrade_to_base_removes_everything(db_engine: Engine) -> None:
+    db.downgrade(db_engine, "base")
+    insp = inspect(db_engine)
+    # Only Alembic's own bookkeeping table stays, empty.
+    assert set(insp.get_table_names()) == {"alembic_version"}
+    assert insp.get_view_names() == []
+    with db_engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0
+    db.upgrade(db_engine)  # and back up again
+    assert TABLES <= set(inspect(db_engine).get_table_names())
+
+
+def test_concurrent_upgrades_do_not_race(db_url: str) -> None:
+    """Workers that start together all auto-migrate; the lock makes the losers wait."""
+    code = "import sys, db; db.upgrade(db.make_engine(sys.argv[1]))"
+    env = {**os.environ, "PYTHONPATH": str(Path(db.__file__).parent.parent)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, db_url], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    stderrs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [err for p, err in zip(procs, stderrs, strict=True) if p.returncode] == []
+    engine = db.make_engine(db_url)
+    assert TABLES <= set(inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_upgrade_from_threads(db_url: str) -> None:
+    engines = [db.make_engine(db_url) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def migrate(engine: Engine) -> None:
+        try:
+            db.upgrade(engine)
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for engine in engines:
+        engine.dispose()
+    assert errors == []
+
+
+# --- writes -----------------------------------------------------------------------
+
+
+def test_get_or_create_model_is_idempotent(session: Session) -> None:
+    first = db.get_or_create_model(session, sha256="b" * 64, name="m", path="/m", info={"k": 1})
+    again = db.get_or_create_model(session, sha256="b" * 64, name="other", path="/o", info={})
+    other = db.get_or_create_model(session, sha256="c" * 64, name="m2", path="/m2", info={})
+    assert first == again != other
+
+
+def test_add_chunk(session: Session, scan_ids: tuple[int, int]) -> None:
+    scan_id, _ = scan_ids
+    paths = ["/data/1.jpg", "/data/2.jpg"]
+    chunk_id = db.add_chunk(session, scan_id=scan_id, seq=0, paths=paths)
+    chunk = session.get(Chunk, chunk_id)
+    assert chunk is not None
+    assert (chunk.status, chunk.attempts, chunk.n_paths, chunk.paths) == ("queued", 0, 2, paths)
+    assert db.add_chunk(session, scan_id=scan_id, seq=0, paths=paths) == chunk_id
+    with pytest.raises(db.DatabaseError):
+        db.add_chunk(session, scan_id=scan_id, seq=0, paths=["/data/other.jpg"])
+
+
+def test_write_batch_twice_gives_same_rows(session: Session, scan_ids: tuple[int, int]) -> None:
+    scan_id, model_id = scan_ids
+    batch = [ok_row(f"/data/{i:02}.jpg", i / 64) for i in range(64)]
+    db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=batch)
+    session.commit()
+    first = result_rows(session, scan_id)
+    db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=batch)
+    session.commit()
+    assert result_rows(session, scan_id) == first
+    assert len(first) == 64
+
+
+def test_write_batch_updates_existing_path(session: Session, scan_ids: tuple[int, int]) -> None:
+    scan_id, model_id = scan_ids
+    db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=[error_row("/a", "io")])
+    db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=[ok_row("/a", 0.9)])
+    session.commit()
+    assert result_rows(session, scan_id) == [("/a", "ok", "fake", 0.9, None)]
+
+
+def test_write_batch_is_one_statement(
+    session: Session, scan_ids: tuple[int, int], db_engine: Engine
+) -> None:
+    scan_id, model_id = scan_ids
+    statements: list[str] = []
+
+    def record(*args: object) -> None:  # before_cursor_execute(conn, cursor, statement, ...)
+        statements.append(str(args[2]))
+
+    event.listen(db_engine, "before_cursor_execute", record)
+    try:
+        rows = [ok_row(f"/one/{i:02}.jpg", 0.5) for i in range(64)]
+        db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=rows)
+    finally:
+        event.remove(db_engine, "before_cursor_execute", record)
+    assert len(statements) == 1 and "ON CONFLICT" in statements[0]
+    session.commit()
+    assert len(result_rows(session, scan_id)) == 64
+
+
+def test_write_batch_same_path_twice_last_wins(
+    session: Session, scan_ids: tuple[int, int]
+) -> None:
+    scan_id, model_id = scan_ids
+    rows = [ok_row("/dup.jpg", 0.1), ok_row("/other.jpg", 0.2), ok_row("/dup.jpg", 0.8)]
+    db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=rows)
+    session.commit()
+    assert result_rows(session, scan_id) == [
+        ("/dup.jpg", "ok", "fake", 0.8, None),
+        ("/other.jpg", "ok", "real", 0.2, None),
+    ]
+
+
+def test_write_batch_empty_is_noop(session: Session, scan_ids: tuple[int, int]) -> None:
+    db.write_batch(session, scan_id=scan_ids[0], model_id=scan_ids[1], rows=[])
+    assert result_rows(session, scan_ids[0]) == []
+
+
+def test_write_batch_does_not_commit(session: Session, scan_ids: tuple[int, int]) -> None:
+    scan_id, model_id = scan_ids
+    db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=[ok_row("/a", 0.3)])
+    session.rollback()
+    assert result_rows(session, scan_id) == []
+
+
+def test_write_batch_larger_than_parameter_limit(
+    session: Session, scan_ids: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Shrink the limit rather than write tens of thousands of rows.
+    monkeypatch.setitem(db._dialects._MAX_PARAMS, session.get_bind().dialect.name, 100)
+    scan_id, model_id = scan_ids
+    rows = [ok_row(f"/big/{i:04}.jpg", 0.25) for i in range(50)]
+    db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=rows)
+    session.commit()
+    assert len(result_rows(session, scan_id)) == 50
+
+
+def test_ok_and_error_rows_round_trip(session: Session, scan_ids: tuple[int, int]) -> None:
+    scan_id, model_id = scan_ids
+    aware_elsewhere = T0.astimezone(timezone(timedelta(hours=5, minutes=30)))
+    rows = [
+        ok_row("/ok.jpg", 0.75, at=aware_elsewhere, size=5_000_000_000),
+        error_row("/bad.jpg", "decode"),
+    ]
+    db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=rows)
+    session.commit()
+    stored = {r.path: r for r in session.scalars(select(Result).where(Result.scan_id == scan_id))}
+    good, bad = stored["/ok.jpg"], stored["/bad.jpg"]
+    assert (good.status, good.label, good.p_fake, good.confidence) == ("ok", "fake", 0.75, 0.75)
+    assert good.size == 5_000_000_000 and good.mtime == 1_700_000_000.5
+    assert good.scanned_at == T0 and good.scanned_at.tzinfo is not None
+    assert good.scanned_at.utcoffset() == timedelta(0)
+    assert (bad.status, bad.label, bad.p_fake, bad.error, bad.error_code) == (
+        "error", None, None, "boom", "decode",
+    )  # fmt: skip
+    assert good.model_id == model_id
+
+
+def test_awkward_paths_round_trip(session: Session, scan_ids: tuple[int, int]) -> None:
+    scan_id, model_id = scan_ids
+    rows = [ok_row(p, 0.6) for p in AWKWARD_PATHS]
+    db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=rows)
+    chunk_id = db.add_chunk(session, scan_id=scan_id, seq=0, paths=AWKWARD_PATHS)
+    session.commit()
+    assert {r["path"] for r in db.iter_results(session, scan_id=scan_id)} == set(AWKWARD_PATHS)
+    assert db.existing_paths(session, scan_id, AWKWARD_PATHS + ["/absent"]) == set(AWKWARD_PATHS)
+    assert session.get(Chunk, chunk_id).paths == AWKWARD_PATHS  # type: ignore[union-attr]
+
+
+def test_result_row_validates() -> None:
+    with pytest.raises(ValueError, match="status"):
+        db.ResultRow("/p", None, None, "maybe", None, None, None, None, None, T0)
+    with pytest.raises(ValueError, match="label"):
+        db.ResultRow("/p", None, None, "ok", "REAL", 0.1, 0.9, None, None, T0)
+    with pytest.raises(ValueError, match="aware"):
+        db.ResultRow("/p", None, None, "ok", "real", 0.1, 0.9, None, None, datetime(2025, 1, 1))
+
+
+@pytest.mark.parametrize(("status", "label"), [("maybe", None), ("ok", "unsure"), ("OK", "real")])
+def test_check_constraints_reject_bad_rows(
+    session: Session, scan_ids: tuple[int, int], status: str, label: str | None
+) -> None:
+    scan_id, model_id = scan_ids
+    with pytest.raises(IntegrityError):
+        session.execute(
+            insert(Result).values(
+                scan_id=scan_id, model_id=model_id, path="/x", status=status, label=label,
+                scanned_at=T0,
+            )  # fmt: skip
+        )
+        session.flush()
+    session.rollback()
+
+
+def test_chunk_lifecycle(session: Session, scan_ids: tuple[int, int]) -> None:
+    scan_id, _ = scan_ids
+    chunk_id = db.add_chunk(session, scan_id=scan_id, seq=3, paths=["/a", "/b", "/c"])
+    assert db.bump_attempts(session, chunk_id) == 1
+    assert db.bump_attempts(session, chunk_id) == 2
+    db.fail_chunk(session, chunk_id, "worker lost")
+    session.commit()
+    chunk = session.get(Chunk, chunk_id)
+    assert chunk is not None and (chunk.status, chunk.last_error) == ("failed", "worker lost")
+
+    for _ in range(2):  # a redelivered chunk finishes twice: counts are set, not added
+        db.finish_chunk(session, chunk_id=chunk_id, ok=2, fake=1, real=1, errors=1)
+        session.commit()
+    session.refresh(chunk)
+    assert (chunk.status, chunk.ok, chunk.fake, chunk.real, chunk.errors) == ("done", 2, 1, 1, 1)
+    assert chunk.attempts == 2 and chunk.last_error is None
+    assert chunk.finished_at is not None and chunk.finished_at.tzinfo is not None
+
+
+def test_missing_chunk_and_scan_raise(session: Session) -> None:
+    with pytest.raises(db.ChunkNotFound):
+        db.bump_attempts(session, 12345)
+    with pytest.raises(db.ChunkNotFound):
+        db.finish_chunk(session, chunk_id=12345, ok=0, fake=0, real=0, errors=0)
+    with pytest.raises(db.ScanNotFound):
+        db.finish_scan(session, scan_id=12345, status="completed")
+    with pytest.raises(db.ScanNotFound):
+        db.scan_summary(session, 12345)
+
+
+def test_finish_scan_stores_chunk_totals(session: Session, scan_ids: tuple[int, int]) -> None:
+    scan_id, _ = scan_ids
+    c0 = db.add_chunk(session, scan_id=scan_id, seq=0, paths=["/a", "/b", "/c"])
+    c1 = db.add_chunk(session, scan_id=scan_id, seq=1, paths=["/d", "/e"])
+    db.finish_chunk(session, chunk_id=c0, ok=3, fake=1, real=2, errors=0)
+    db.finish_chunk(session, chunk_id=c1, ok=1, fake=0, real=1, errors=1)
+    db.finish_scan(session, scan_id=scan_id, status="completed")
+    session.commit()
+    scan = session.get(Scan, scan_id)
+    assert scan is not None
+    session.refresh(scan)
+    assert (scan.status, scan.total, scan.ok, scan.real, scan.fake, scan.errors) == (
+        "completed", 5, 4, 3, 1, 1,
+    )  # fmt: skip
+    assert scan.finished_at is not None and scan.finished_at >= scan.started_at
+    with pytest.raises(ValueError):
+        db.finish_scan(session, scan_id=scan_id, status="done")
+
+
+def test_scan_summary(session: Session, scan_ids: tuple[int, int]) -> None:
+    scan_id, model_id = scan_ids
+    rows = [
+        ok_row("/r1", 0.1), ok_row("/r2", 0.2), ok_row("/f1", 0.9),
+        error_row("/e1", "decode"), error_row("/e2", "decode"), error_row("/e3", "too_large"),
+        error_row("/e4", None),
+    ]  # fmt: skip
+    db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=rows)
+    db.finish_scan(session, scan_id=scan_id, status="completed")  # no chunks: counters are 0
+    session.commit()
+    summary = db.scan_summary(session, scan_id)
+    assert (summary.scan_id, summary.name, summary.status) == (scan_id, "nightly", "completed")
+    assert summary.model_sha256 == "a" * 64
+    assert (summary.total, summary.ok, summary.real, summary.fake, summary.errors) == (
+        7, 3, 2, 1, 4,
+    )  # fmt: skip
+    assert summary.errors_by_reason == {"decode": 2, "too_large": 1, "unknown": 1}
+    assert summary.finished_at is not None and summary.started_at.tzinfo is not None
+    assert summary.elapsed_s >= 0
+    assert summary.images_per_s == (7 / summary.elapsed_s if summary.elapsed_s else 0.0)
+
+
+def test_latest_scan_id(session: Session) -> None:
+    assert db.latest_scan_id(session) is None
+    model_id = db.get_or_create_model(session, sha256="d" * 64, name="m", path="/m", info={})
+    ids = [
+        db.create_scan(session, name=f"s{i}", roots=["/"], model_id=model_id, threshold=0.5,
+                       settings={})  # fmt: skip
+        for i in range(3)
+    ]
+    assert db.latest_scan_id(session) == max(ids)
+    scan = session.get(Scan, ids[0])
+    assert scan is not None and scan.status == "running" and scan.settings == {}
+
+
+# --- reads ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_scans(session: Session, scan_ids: tuple[int, int]) -> tuple[int, int]:
+    first, model_id = scan_ids
+    second = db.create_scan(
+        session, name="second", roots=["/other"], model_id=model_id, threshold=0.5, settings={}
+    )
+    db.write_batch(session, scan_id=first, model_id=model_id, rows=[
+        ok_row("/s1/b.jpg", 0.95), ok_row("/s1/a.jpg", 0.4), ok_row("/s1/c.jpg", 0.6),
+        error_row("/s1/d.jpg", "decode"),
+    ])  # fmt: skip
+    db.write_batch(session, scan_id=second, model_id=model_id, rows=[ok_row("/s2/a.jpg", 0.99)])
+    session.commit()
+    return first, second
+
+
+def test_iter_results_rows_and_order(session: Session, two_scans: tuple[int, int]) -> None:
+    first, second = two_scans
+    rows = list(db.iter_results(session))
+    assert [(r["scan_id"], r["path"]) for r in rows] == [
+        (first, "/s1/a.jpg"), (first, "/s1/b.jpg"), (first, "/s1/c.jpg"), (first, "/s1/d.jpg"),
+        (second, "/s2/a.jpg"),
+    ]  # fmt: skip
+    assert list(rows[0]) == CONTRACT_VIEW_COLUMNS
+    assert rows[0]["model_sha256"] == "a" * 64
+    assert rows[0]["scanned_at"] == T0
+
+
+def test_iter_results_filters(session: Session, two_scans: tuple[int, int]) -> None:
+    first, second = two_scans
+
+    def paths(**filters: object) -> list[str]:
+        return [r["path"] for r in db.iter_results(session, **filters)]  # type: ignore[arg-type]
+
+    assert paths(scan_id=second) == ["/s2/a.jpg"]
+    assert paths(scan_id=first, label="fake") == ["/s1/b.jpg", "/s1/c.jpg"]
+    assert paths(scan_id=first, label="real") == ["/s1/a.jpg"]
+    assert paths(min_p=0.9) == ["/s1/b.jpg", "/s2/a.jpg"]
+    assert paths(status="error") == ["/s1/d.jpg"]
+    assert paths(scan_id=first, status="ok", min_p=0.5, label="fake") == ["/s1/b.jpg", "/s1/c.jpg"]
+    assert paths(limit=2) == ["/s1/a.jpg", "/s1/b.jpg"]
+    assert paths(scan_id=9999) == []
+
+
+def test_iter_results_streams(
+    session: Session, scan_ids: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scan_id, model_id = scan_ids
+    db.write_batch(session, scan_id=scan_id, model_id=model_id,
+                   rows=[ok_row(f"/s/{i:03}.jpg", 0.5) for i in range(60)])  # fmt: skip
+    session.commit()
+    monkeypatch.setattr(db.results, "STREAM_BATCH", 7)
+    rows = db.iter_results(session, scan_id=scan_id)
+    assert next(rows)["path"] == "/s/000.jpg"
+    if session.get_bind().dialect.name == "postgresql":
+        # The rows come from a server-side (named) cursor, not a client-side buffer.
+        assert session.execute(text("SELECT count(*) FROM pg_cursors")).scalar() == 1
+    assert len(list(rows)) == 59
+
+
+def test_existing_paths(session: Session, two_scans: tuple[int, int]) -> None:
+    first, second = two_scans
+    asked = ["/s1/a.jpg", "/s1/z.jpg", "/s2/a.jpg", "/s1/d.jpg", "/s1/a.jpg"]
+    assert db.existing_paths(session, first, asked) == {"/s1/a.jpg", "/s1/d.jpg"}
+    assert db.existing_paths(session, second, asked) == {"/s2/a.jpg"}
+    assert db.existing_paths(session, first, []) == set()
