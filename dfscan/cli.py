@@ -290,5 +290,13 @@ def export(checkpoint: Path, out_dir: Path, opset: int, threshold: float) -> Non
     click.echo(f"max |logit difference| ONNX Runtime vs PyTorch: {result.max_abs_diff:.2e}")
 
 
+def _register() -> None:
+    from dfscan.commands import register
+
+    register(main)
+
+
+_register()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
