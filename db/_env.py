@@ -1,19 +1,16 @@
-"""The one place where the database layer reads the environment.
+"""Where the database layer gets its URL when no caller passes one.
 
-A ``dfscan.settings`` module will replace this: until then ``env.py`` and
-callers that have no settings object ask :func:`url_from_env`.
+``dfscan.settings`` is the one module that reads the environment; Alembic's
+command line (``env.py``) and callers without a settings object ask here.
 """
 
 from __future__ import annotations
 
-import os
-
-__all__ = ["DEFAULT_URL", "ENV_VAR", "url_from_env"]
-
-ENV_VAR = "DFSCAN_DB_URL"
-DEFAULT_URL = "sqlite:///dfscan.db"
+__all__ = ["url_from_env"]
 
 
 def url_from_env() -> str:
     """The database URL: ``$DFSCAN_DB_URL``, else the embedded SQLite default."""
-    return os.environ.get(ENV_VAR) or DEFAULT_URL
+    from dfscan.settings import from_env
+
+    return from_env().db_url
