@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from scanner.paths import storable
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -37,13 +39,15 @@ def chunked(paths: Iterable[str], size: int) -> Iterator[list[str]]:
 
     The same file named twice (two roots that overlap, a path list with
     repeats) must give one row; a chunk-local set catches the common case,
-    and the database's unique key and upsert catch the rest.
+    and the database's unique key and upsert catch the rest.  Names that are
+    not valid UTF-8 are made storable here (see :mod:`scanner.paths`).
     """
     if size < 1:
         raise ValueError("chunk size must be at least 1")
     batch: list[str] = []
     seen: set[str] = set()
     for path in paths:
+        path = storable(path)
         if path in seen:
             continue
         seen.add(path)

@@ -7,6 +7,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from scanner.paths import on_disk
 from workers.errors import ImageError
 
 # Files beyond this are refused before reading: an image archive has no
@@ -23,7 +24,11 @@ class FileData:
 
 
 def read_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> FileData:
-    """The file's bytes; raises :class:`ImageError` with the reason it can't be read."""
+    """The file's bytes; raises :class:`ImageError` with the reason it can't be read.
+
+    ``path`` is the stored form of the name (see :mod:`scanner.paths`).
+    """
+    path = on_disk(path)
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise ImageError("not-regular", "not a regular file")
@@ -61,7 +66,7 @@ def read_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> FileData:
 def stat_quietly(path: str) -> tuple[int | None, float | None]:
     """Size and mtime for an error row, or ``(None, None)``."""
     try:
-        st = os.stat(path)
+        st = os.stat(on_disk(path))
     except OSError:
         return None, None
     return st.st_size, st.st_mtime

@@ -1,0 +1,339 @@
+"""What a runtime needs to know about an ONNX model, read without running it.
+
+``inspect_model`` accepts any ONNX file: the detector's own export (with its
+``model_info.json`` sidecar) or the original project's bare file. It checks the
+graph's interface and fills what the graph can't say (classes, normalisation,
+threshold) from the sidecar or from defaults. No torch here: the scanning side
+must not pay for importing it just to look at a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from detector.errors import (
+    ModelInputError,
+    ModelNotFound,
+    ModelOutputError,
+    NotAnOnnxModel,
+    SidecarError,
+    SidecarMismatch,
+)
+
+# The model's contract, shared by training, export and every runtime.
+CLASSES: tuple[str, ...] = ("real", "fake")
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+INPUT_SIZE: tuple[int, int] = (224, 224)
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_TEMPERATURE = 1.0
+
+SIDECAR_NAME = "model_info.json"
+SIDECAR_FORMAT = 1
+_HASH_BLOCK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Sidecar keys read into ModelInfo fields; any other key lands in ``extra``.
+_KNOWN_KEYS = frozenset(
+    {"architecture", "classes", "input_size", "mean", "std", "threshold", "temperature", "sha256", "created_at",
+     "opset", "format"}
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """An ONNX model's interface and metadata; ``fixed_batch`` is None when the batch is dynamic."""
+
+    path: Path
+    sha256: str
+    architecture: str
+    classes: tuple[str, ...]
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    threshold: float
+    temperature: float
+    input_name: str
+    output_name: str
+    fixed_batch: int | None
+    opset: int
+    created_at: str | None
+    has_sidecar: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks so large models don't fill memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_model_info(
+    onnx_path: Path,
+    *,
+    architecture: str,
+    classes: tuple[str, ...] = CLASSES,
+    input_size: tuple[int, int] = INPUT_SIZE,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    threshold: float = DEFAULT_THRESHOLD,
+    temperature: float = DEFAULT_TEMPERATURE,
+    opset: int | None = None,
+    **extra: Any,
+) -> Path:
+    """Write ``model_info.json`` next to ``onnx_path``, stamped with the file's sha256; returns its path.
+
+    Extra keyword arguments (exporter versions, the checkpoint, ...) are stored as-is
+    and come back in ``ModelInfo.extra``; they must be JSON-serialisable.
+    """
+    import onnx
+
+    onnx_path = Path(onnx_path)
+    if opset is None:
+        opset = _default_opset(onnx.load(onnx_path, load_external_data=False))
+    record: dict[str, Any] = {
+        "format": SIDECAR_FORMAT,
+        "file": onnx_path.name,
+        "architecture": architecture,
+        "classes": list(classes),
+        "input_size": list(input_size),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "threshold": float(threshold),
+        "temperature": float(temperature),
+        "sha256": sha256_file(onnx_path),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "opset": int(opset),
+    }
+    extra.setdefault("onnx_version", onnx.__version__)
+    record.update(extra)
+    out = sidecar_for_writing(onnx_path)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def inspect_model(path: Path) -> ModelInfo:
+    """Validate the ONNX file at ``path`` (or ``path/model.onnx``) and describe it, without running it."""
+    path = Path(path)
+    if path.is_dir() and (path / "model.onnx").is_file():
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise ModelNotFound(f"model {path} does not exist; export one with `dfscan export CHECKPOINT --out DIR`")
+    model = _load_graph(path)
+    graph = model.graph
+
+    initializers = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs) or "none"
+        raise ModelInputError(f"{path}: expected one image input, found {len(inputs)} ({names}). {_hint(path)}")
+    inp = inputs[0]
+    fixed_batch, graph_hw = _check_input(path, inp)
+    if not graph.output:
+        raise ModelOutputError(f"{path}: the graph has no output. {_hint(path)}")
+    out = graph.output[0]
+
+    sha = sha256_file(path)
+    sidecar = _read_sidecar(path, sha)
+    classes = sidecar.get("classes", CLASSES)
+    _check_output(path, model, out, len(classes))
+
+    size = sidecar.get("input_size")
+    if graph_hw is not None and size is not None and size != graph_hw:
+        raise SidecarError(
+            f"{sidecar_for_reading(path)}: input_size {list(size)} contradicts the graph's {list(graph_hw)}; "
+            f"delete the sidecar or re-export"
+        )
+    return ModelInfo(
+        path=path,
+        sha256=sha,
+        architecture=sidecar.get("architecture", "unknown"),
+        classes=classes,
+        input_size=graph_hw or size or INPUT_SIZE,
+        mean=sidecar.get("mean", IMAGENET_MEAN),
+        std=sidecar.get("std", IMAGENET_STD),
+        threshold=sidecar.get("threshold", DEFAULT_THRESHOLD),
+        temperature=sidecar.get("temperature", DEFAULT_TEMPERATURE),
+        input_name=inp.name,
+        output_name=out.name,
+        fixed_batch=fixed_batch,
+        opset=_default_opset(model),
+        created_at=sidecar.get("created_at"),
+        has_sidecar=bool(sidecar),
+        extra={k: v for k, v in sidecar.get("_raw", {}).items() if k not in _KNOWN_KEYS},
+    )
+
+
+def reexport_hint(info: ModelInfo) -> str:
+    """A sentence with the exact command that re-exports this model, naming the checkpoint if the sidecar knows it."""
+    checkpoint = info.extra.get("checkpoint")
+    return _hint(info.path, checkpoint if isinstance(checkpoint, str) and checkpoint else None)
+
+
+def _hint(path: Path, checkpoint: str | None = None) -> str:
+    ckpt = shlex.quote(checkpoint) if checkpoint else "CHECKPOINT"
+    return f"Re-export it with `dfscan export {ckpt} --out {shlex.quote(str(path.parent))}`."
+
+
+def _load_graph(path: Path):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise NotAnOnnxModel(f"{path} is not an ONNX model ({type(exc).__name__}); give a .onnx file") from None
+    # Protobuf parses many byte strings (an empty file among them) into an empty message.
+    if model.ir_version <= 0 or not model.opset_import or not model.graph.node:
+        raise NotAnOnnxModel(f"{path} is not an ONNX model (no graph in it); give a .onnx file")
+    return model
+
+
+def _dims(value_info) -> list[int | str | None] | None:
+    """The declared dims: an int, a symbolic name, or None when unknown; None when there is no shape."""
+    tensor = value_info.type.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
+
+
+def _check_input(path: Path, inp) -> tuple[int | None, tuple[int, int] | None]:
+    """Returns (fixed batch or None, (H, W) when the graph fixes them)."""
+    import onnx
+
+    elem = inp.type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        kind = onnx.TensorProto.DataType.Name(elem).lower() if elem else "not a tensor"
+        raise ModelInputError(f"{path}: input {inp.name!r} is {kind}, dfscan feeds float32. {_hint(path)}")
+    dims = _dims(inp)
+    if dims is None or len(dims) != 4:
+        rank = "unknown" if dims is None else len(dims)
+        raise ModelInputError(f"{path}: input {inp.name!r} has rank {rank}, expected N x 3 x H x W. {_hint(path)}")
+    batch, channels, h, w = dims
+    if isinstance(channels, int) and channels != 3:
+        raise ModelInputError(
+            f"{path}: input {inp.name!r} has {channels} channels, expected 3 (N x 3 x H x W RGB). {_hint(path)}"
+        )
+    fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+    hw = (h, w) if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0 else None
+    return fixed_batch, hw
+
+
+def _check_output(path: Path, model, out, num_classes: int) -> None:
+    import onnx
+
+    dims = _dims(out)
+    if dims is None:
+        # Some exporters leave output shapes to inference; ask ONNX before giving up.
+        inferred = onnx.shape_inference.infer_shapes(model)
+        dims = next((_dims(o) for o in inferred.graph.output if o.name == out.name), None)
+    if dims is None or len(dims) != 2 or (isinstance(dims[1], int) and dims[1] != num_classes):
+        shape = "unknown" if dims is None else "(" + ", ".join(str(d or "?") for d in dims) + ")"
+        raise ModelOutputError(
+            f"{path}: output {out.name!r} has shape {shape}, expected (N, {num_classes}) logits. {_hint(path)}"
+        )
+    if out.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+        raise ModelOutputError(f"{path}: output {out.name!r} is not float logits. {_hint(path)}")
+
+
+def sidecar_for_writing(onnx_path: Path) -> Path:
+    """``model_info.json`` for ``model.onnx``; ``NAME.model_info.json`` for any other ``NAME.onnx``.
+
+    Several models can then share a folder (an FP32 export and its INT8
+    quantisation) without one's sidecar claiming the other.
+    """
+    onnx_path = Path(onnx_path)
+    if onnx_path.name == "model.onnx":
+        return onnx_path.parent / SIDECAR_NAME
+    return onnx_path.with_name(f"{onnx_path.stem}.{SIDECAR_NAME}")
+
+
+def sidecar_for_reading(onnx_path: Path) -> Path:
+    """The model's own ``NAME.model_info.json`` if there is one, else the folder's ``model_info.json``."""
+    onnx_path = Path(onnx_path)
+    own = onnx_path.with_name(f"{onnx_path.stem}.{SIDECAR_NAME}")
+    return own if own.is_file() else onnx_path.parent / SIDECAR_NAME
+
+
+def _default_opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _read_sidecar(path: Path, sha: str) -> dict[str, Any]:
+    """The validated sidecar fields (empty when there is none), plus the raw record under ``_raw``."""
+    side = sidecar_for_reading(path)
+    if not side.is_file():
+        return {}
+    where = f"{side}"
+    try:
+        raw = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SidecarError(f"{where} is not readable JSON ({exc}); fix or delete it") from None
+    if not isinstance(raw, dict):
+        raise SidecarError(f"{where} must hold a JSON object; fix or delete it")
+
+    def bad(key: str, want: str) -> SidecarError:
+        return SidecarError(f"{where}: {key!r} must be {want}, got {raw[key]!r}; fix or delete the sidecar")
+
+    fields: dict[str, Any] = {"_raw": raw}
+    if "sha256" in raw:
+        if not isinstance(raw["sha256"], str) or not _SHA256.fullmatch(raw["sha256"]):
+            raise bad("sha256", "a hex SHA-256")
+        if raw["sha256"] != sha:
+            raise SidecarMismatch(
+                f"{where} belongs to another model (its sha256 {raw['sha256'][:12]}... is not {path.name}'s "
+                f"{sha[:12]}...); re-export so model and sidecar match, or delete the sidecar"
+            )
+    for key in ("architecture", "created_at"):
+        if key in raw:
+            if not isinstance(raw[key], str):
+                raise bad(key, "a string")
+            fields[key] = raw[key]
+    if "classes" in raw:
+        val = raw["classes"]
+        if not isinstance(val, list) or len(val) < 2 or not all(isinstance(c, str) and c for c in val):
+            raise bad("classes", "a list of at least two class names")
+        fields["classes"] = tuple(val)
+    if "input_size" in raw:
+        val = raw["input_size"]
+        if not isinstance(val, list) or len(val) != 2 or not all(_is_int(v) and v > 0 for v in val):
+            raise bad("input_size", "[height, width] in pixels")
+        fields["input_size"] = (val[0], val[1])
+    for key in ("mean", "std"):
+        if key in raw:
+            val = raw[key]
+            if not isinstance(val, list) or len(val) != 3 or not all(_is_num(v) for v in val):
+                raise bad(key, "a list of three numbers")
+            if key == "std" and not all(v > 0 for v in val):
+                raise bad(key, "three positive numbers")
+            fields[key] = tuple(float(v) for v in val)
+    if "threshold" in raw:
+        if not _is_num(raw["threshold"]) or not 0.0 <= raw["threshold"] <= 1.0:
+            raise bad("threshold", "a number between 0 and 1")
+        fields["threshold"] = float(raw["threshold"])
+    if "temperature" in raw:
+        if not _is_num(raw["temperature"]) or raw["temperature"] <= 0:
+            raise bad("temperature", "a positive number")
+        fields["temperature"] = float(raw["temperature"])
+    if "opset" in raw and not _is_int(raw["opset"]):
+        raise bad("opset", "an integer")
+    return fields
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,89 @@
+"""Small real models for tests: a seeded ``tiny``-backbone detector, its checkpoint and ONNX exports.
+
+Use the plain functions with a directory, or import the session fixtures into a
+test module (``from tests._models import tiny_onnx_model``). Everything is
+deterministic: the same seed gives the same weights, so the same logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+TINY_SEED = 1234
+# A small LSTM keeps the file ~0.3 MB and the export well under a second.
+TINY_LSTM_HIDDEN = 32
+
+
+def build_tiny_detector(seed: int = TINY_SEED):
+    """A ``tiny``-backbone detector in eval mode, its weights fixed by ``seed`` (global RNG untouched)."""
+    import torch
+
+    from detector.model import DeepfakeDetector
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DeepfakeDetector("tiny", lstm_hidden=TINY_LSTM_HIDDEN)
+        # Fresh BatchNorm statistics are 0/1; give them real values so they show up in parity checks.
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def save_tiny_checkpoint(directory: Path, seed: int = TINY_SEED) -> Path:
+    """Write ``directory/tiny.pt`` and return its path."""
+    from detector.model import save_checkpoint
+
+    return save_checkpoint(Path(directory) / "tiny.pt", build_tiny_detector(seed), {"purpose": "tests"})
+
+
+def export_tiny_model(directory: Path, seed: int = TINY_SEED) -> Path:
+    """Export the tiny detector to ``directory/model.onnx`` (+ ``model_info.json``); returns the ONNX path."""
+    from detector.export import export_onnx
+
+    directory = Path(directory)
+    checkpoint = save_tiny_checkpoint(directory / "checkpoint", seed)
+    return export_onnx(checkpoint, directory).onnx_path
+
+
+def export_tiny_legacy_model(directory: Path, seed: int = TINY_SEED) -> Path:
+    """Export the tiny detector as the original project did: ``directory/legacy.onnx``, batch fixed at 1, no sidecar."""
+    from detector.export import export_legacy_fixed_batch
+
+    directory = Path(directory)
+    checkpoint = save_tiny_checkpoint(directory / "checkpoint", seed)
+    return export_legacy_fixed_batch(checkpoint, directory / "legacy.onnx")
+
+
+# Each test module that imports a fixture registers its own copy, and pytest would run a
+# session fixture once per copy; this cache (keyed by the session's base temp dir) makes it once.
+_SESSION_CACHE: dict[tuple[str, str], Path] = {}
+
+
+def _once(name: str, make: Callable[[Path], Path], factory: pytest.TempPathFactory) -> Path:
+    key = (name, str(factory.getbasetemp()))
+    if key not in _SESSION_CACHE:
+        _SESSION_CACHE[key] = make(factory.mktemp(name))
+    return _SESSION_CACHE[key]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny detector checkpoint, written once per session."""
+    return _once("tiny_checkpoint", save_tiny_checkpoint, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model.onnx`` of the tiny detector with its ``model_info.json``, exported once per session. Don't modify it."""
+    return _once("tiny_onnx", export_tiny_model, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_legacy_onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny detector exported like the original project (batch 1, output ``output``, no sidecar)."""
+    return _once("tiny_legacy", export_tiny_legacy_model, tmp_path_factory)
