@@ -92,3 +92,19 @@ def test_chunked_sizes_and_duplicates():
 def test_chunk_message_round_trip():
     c = Chunk(scan_id=3, seq=1, paths=("/a.jpg", "/b,\"c\".jpg"), chunk_id=9)
     assert Chunk.from_message(c.to_message()) == c
+
+
+def test_names_that_are_not_utf8_are_stored_reversibly(tmp_path):
+    from scanner.paths import on_disk, storable
+    from workers.reader import read_file
+
+    raw = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg"))
+    with open(raw, "wb") as f:
+        f.write(b"bytes")
+    (walked,) = list(walk([tmp_path], OPTS))
+    (chunk,) = list(chunked([walked], 8))
+    assert chunk == [storable(raw)] and chunk[0].endswith("caf\\xe9.jpg")
+    chunk[0].encode("utf-8")  # storable in SQL and JSON
+    assert on_disk(chunk[0]) == raw
+    assert read_file(chunk[0]).data == b"bytes"
+    assert storable("/plain/é.jpg") == "/plain/é.jpg"
