@@ -58,3 +58,13 @@ def test_cli_reads_environment_variables(tmp_path, tiny_onnx_model, monkeypatch)
 
 
 from tests._models import tiny_onnx_model  # noqa: E402,F401 - fixture
+
+
+def test_migrate_command_creates_the_schema(tmp_path):
+    import sqlalchemy
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    res = CliRunner().invoke(main, ["migrate", "--db", url])
+    assert res.exit_code == 0, res.output
+    names = sqlalchemy.inspect(sqlalchemy.create_engine(url)).get_view_names()
+    assert names == ["scan_results"]

@@ -1,0 +1,31 @@
+"""`dfscan migrate`: bring a database's schema up to date (deployments run it once before workers)."""
+
+from __future__ import annotations
+
+import click
+
+from dfscan.cli import db_option, reports_errors
+
+
+@click.command()
+@db_option
+@click.option("--revision", default="head", show_default=True, help="Alembic revision to upgrade to.")
+@reports_errors
+def migrate(db_url: str, revision: str) -> None:
+    """Apply the Alembic migrations to the results database.
+
+    Every command migrates on start, so this is only needed where a deployment
+    wants the schema in place before any worker starts (a Kubernetes Job, a
+    compose service that runs once).
+    """
+    import db
+
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    click.echo(f"{db_url}: schema at {revision}")
+
+
+COMMANDS = [migrate]
