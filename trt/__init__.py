@@ -1,11 +1,26 @@
 """Inference runtimes behind one interface: ONNX Runtime (CPU) and TensorRT (GPU)."""
 
 from trt.base import Runtime, run_batched, softmax
-from trt.errors import InferenceFailed, ModelRejected, RuntimeUnavailable, UnknownRuntime
+from trt.errors import (
+    CalibrationError,
+    EngineBuildFailed,
+    EngineIncompatible,
+    InferenceFailed,
+    ModelRejected,
+    PrecisionUnsupported,
+    RuntimeUnavailable,
+    UnknownPrecision,
+    UnknownRuntime,
+)
 from trt.registry import RUNTIMES, RuntimeSpec, get_runtime_spec, load_runtime, resolve_runtime
 
 __all__ = [
     "RUNTIMES",
+    "CalibrationError",
+    "EngineBuildFailed",
+    "EngineIncompatible",
+    "PrecisionUnsupported",
+    "UnknownPrecision",
     "InferenceFailed",
     "ModelRejected",
     "Runtime",

@@ -19,3 +19,23 @@ class ModelRejected(RuntimeErrorBase):
 
 class InferenceFailed(RuntimeErrorBase):
     """A batch failed inside the runtime."""
+
+
+class UnknownPrecision(RuntimeErrorBase):
+    """No precision of that name; the message lists the known ones."""
+
+
+class PrecisionUnsupported(RuntimeErrorBase):
+    """The GPU has no fast kernels for the precision asked for."""
+
+
+class EngineBuildFailed(RuntimeErrorBase):
+    """TensorRT could not parse the ONNX file or build an engine from it."""
+
+
+class EngineIncompatible(RuntimeErrorBase):
+    """A serialized engine was built for another GPU, TensorRT version or model."""
+
+
+class CalibrationError(RuntimeErrorBase):
+    """INT8 calibration has no usable images (or no calibration cache)."""

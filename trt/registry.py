@@ -30,10 +30,25 @@ def _ort_load(info: ModelInfo, *, intra_op_threads: int = 0) -> Runtime:
     return OnnxRuntime(info, intra_op_threads=intra_op_threads)
 
 
+def _trt_available() -> tuple[bool, str]:
+    from trt import tensorrt
+
+    return tensorrt.available()
+
+
+def _trt_load(info: ModelInfo, *, intra_op_threads: int = 0) -> Runtime:  # noqa: ARG001 - a CPU setting
+    from trt.tensorrt import TensorRTRuntime
+
+    return TensorRTRuntime(info)
+
+
 RUNTIMES: dict[str, RuntimeSpec] = {
     spec.name: spec
     for spec in (
         RuntimeSpec("onnxruntime", "ONNX Runtime on the CPU", _ort_available, _ort_load),
+        RuntimeSpec(
+            "tensorrt", "TensorRT engine on an NVIDIA GPU (built and cached per GPU type)", _trt_available, _trt_load
+        ),
     )
 }
 

@@ -32,10 +32,41 @@ def _pillow(pre: Preprocess, *, threads: int = 2, batch_size: int = 64) -> Pillo
     return PillowDecoder(pre, threads=threads)
 
 
+def _dali_available() -> tuple[bool, str]:
+    from workers.dali import dali_status
+
+    ok, why = dali_status()
+    return ok, "" if ok else why
+
+
+def _dali_gpu_available() -> tuple[bool, str]:
+    from workers.dali import dali_gpu_status
+
+    return dali_gpu_status()
+
+
+def dali_device() -> str:
+    """The device plain ``dali`` decodes on here: the GPU when DALI can use one, else the CPU."""
+    return "gpu" if _dali_gpu_available()[0] else "cpu"
+
+
+def _dali(device: str | None):
+    def create(pre: Preprocess, *, threads: int = 2, batch_size: int = 64):
+        from workers.dali import DaliDecoder
+
+        return DaliDecoder(pre, device=device or dali_device(), batch_size=batch_size, threads=threads)
+
+    return create
+
+
 DECODERS: dict[str, DecoderSpec] = {
     spec.name: spec
     for spec in (
         DecoderSpec("pillow", "Pillow on the CPU (the reference decoder)", _always, _pillow),
+        DecoderSpec("dali", "NVIDIA DALI: nvJPEG on the GPU when there is one, else DALI's CPU decoders",
+                    _dali_available, _dali(None)),
+        DecoderSpec("dali-gpu", "NVIDIA DALI with nvJPEG on the GPU (mixed)", _dali_gpu_available, _dali("gpu")),
+        DecoderSpec("dali-cpu", "NVIDIA DALI's CPU decoders", _dali_available, _dali("cpu")),
     )
 }
 

@@ -1,0 +1,198 @@
+"""Where the time goes on a GPU box: decode, inference and end-to-end images/s for each decoder and runtime found.
+
+    python tests/bench/bench_gpu.py [--backbone resnext50_32x4d] [--images 1024] [--size 512x384] [--model PATH]
+
+Writes ``--images`` JPEGs, then measures on this machine, for every decoder
+(pillow, dali-cpu, dali-gpu) and runtime (onnxruntime; tensorrt in fp32 and
+fp16) that can run here:
+
+  decode      ``decode_batch`` on bytes already in memory, batches of 64
+  inference   the runtime on tensors decoded beforehand (TensorRT twice:
+              one batch at a time, and ``infer_many`` with the next batch
+              queued before waiting on the current one)
+  end-to-end  the real scan (walk, read, decode, infer, write to SQLite)
+              for each decoder x runtime pair
+
+Prints one table and, per pair, end-to-end / min(decode, inference): near 1
+means the pipeline overlaps its stages; well below means time goes elsewhere
+(reading, host copies, the database).  Not a test: nothing here asserts a speed.
+Engines are built into the temporary folder (minutes for ResNeXt-50).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import numpy as np  # noqa: E402
+
+
+def export_random_detector(backbone: str, out_dir: Path) -> Path:
+    import torch
+
+    from detector.export import export_onnx
+    from detector.model import DeepfakeDetector, save_checkpoint
+
+    torch.manual_seed(0)
+    model = DeepfakeDetector(backbone).eval()
+    ckpt = save_checkpoint(out_dir / "bench.pt", model, {"purpose": "benchmark, random weights"})
+    return export_onnx(ckpt, out_dir).onnx_path
+
+
+def write_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
+    from tests._images import write_jpegs
+
+    return write_jpegs(folder, n, size=size)
+
+
+def decoders_here() -> list[str]:
+    from workers.decoders import DECODERS
+
+    return [name for name in ("pillow", "dali-cpu", "dali-gpu") if DECODERS[name].available()[0]]
+
+
+def runtimes_here() -> list[tuple[str, str | None]]:
+    """(runtime, precision) pairs that can run here."""
+    from trt.registry import RUNTIMES
+
+    out: list[tuple[str, str | None]] = [("onnxruntime", None)]
+    if RUNTIMES["tensorrt"].available()[0]:
+        out += [("tensorrt", "fp32"), ("tensorrt", "fp16")]
+    return out
+
+
+def bench_decode(name: str, files, pre, batch: int, repeats: int) -> float:
+    from workers.decoders import create_decoder
+
+    decoder = create_decoder(name, pre, threads=max(2, (os.cpu_count() or 2) // 2), batch_size=batch)
+    try:
+        decoder.decode_batch(files[:batch])  # warm-up: pipeline build, nvJPEG handles
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for i in range(0, len(files), batch):
+                decoder.decode_batch(files[i : i + batch])
+        return repeats * len(files) / (time.perf_counter() - start)
+    finally:
+        decoder.close()
+
+
+def load_runtime(kind: str, precision: str | None, info, engine_dir: Path):
+    if kind == "onnxruntime":
+        from trt.onnxruntime import OnnxRuntime
+
+        return OnnxRuntime(info)
+    from trt.tensorrt import TensorRTRuntime
+
+    return TensorRTRuntime(info, precision=precision, engine_dir=engine_dir)
+
+
+def bench_infer(runtime, tensors: np.ndarray, batch: int, repeats: int) -> dict[str, float]:
+    batches = [tensors[i : i + batch] for i in range(0, len(tensors), batch)]
+    runtime.infer(batches[0])
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for b in batches:
+            runtime.infer(b)
+    out = {"one_at_a_time": repeats * len(tensors) / (time.perf_counter() - start)}
+    if hasattr(runtime, "infer_many"):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for _logits in runtime.infer_many(batches):
+                pass
+        out["pipelined"] = repeats * len(tensors) / (time.perf_counter() - start)
+    return out
+
+
+def bench_scan(model: Path, folder: Path, db_path: Path, decoder: str, runtime: str, batch: int) -> float:
+    from dfscan.settings import Settings
+    from scanner import WalkOptions
+    from workers.local import LocalScan
+
+    if db_path.exists():
+        db_path.unlink()
+    settings = Settings(db_url=f"sqlite:///{db_path}", model=model, batch_size=batch, decoder=decoder, runtime=runtime,
+                        decode_threads=max(2, (os.cpu_count() or 2) // 2))
+    summary = LocalScan(settings, [str(folder)], [], WalkOptions(settings.extensions)).run()
+    assert summary.total == summary.ok, summary
+    return summary.images_per_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="resnext50_32x4d")
+    parser.add_argument("--model", type=Path, help="an ONNX model (default: export the detector with random weights)")
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--size", default="256x256", help="WxH of the JPEGs written")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    w, h = (int(v) for v in args.size.lower().split("x"))
+
+    from detector.info import inspect_model
+    from trt.doctor import versions
+    from workers.decode import PillowDecoder, Preprocess
+    from workers.reader import read_file
+
+    figures: dict = {"images": args.images, "size": args.size, "batch": args.batch, "cpus": os.cpu_count(),
+                     "versions": versions(), "decode": {}, "inference": {}, "end_to_end": {}}
+    with tempfile.TemporaryDirectory(prefix="dfscan-gpubench-") as tmp:
+        tmp_path = Path(tmp)
+        if args.model:
+            model_dir = tmp_path / "model"
+            shutil.copytree(args.model.parent, model_dir)  # engines go beside the copy, not the original
+            model = model_dir / args.model.name
+        else:
+            model = export_random_detector(args.backbone, tmp_path / "model")
+        info = inspect_model(model)
+        pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)
+        paths = write_images(tmp_path / "images", args.images, (w, h))
+        files = [read_file(str(p)) for p in paths]
+
+        for name in decoders_here():
+            figures["decode"][name] = bench_decode(name, files, pre, args.batch, args.repeats)
+        reference = PillowDecoder(pre)
+        tensors = np.stack(reference.decode_batch(files))
+        reference.close()
+
+        for kind, precision in runtimes_here():
+            label = kind if precision is None else f"{kind}-{precision}"
+            runtime = load_runtime(kind, precision, info, model.parent / "engines")
+            try:
+                figures["inference"][label] = bench_infer(runtime, tensors, args.batch, args.repeats)
+            finally:
+                runtime.close()
+
+        # The scan's runtime picks its own precision: the best engine cached beside the model (fp16 after the above).
+        for decoder in decoders_here():
+            for kind in dict.fromkeys(k for k, _ in runtimes_here()):
+                figures["end_to_end"][f"{decoder}+{kind}"] = bench_scan(
+                    model, tmp_path / "images", tmp_path / "bench.db", decoder, kind, args.batch
+                )
+
+    print(f"{args.images} JPEGs of {args.size}, batch {args.batch}, {os.cpu_count()} CPUs")
+    print(f"{'stage':<42}{'images/s':>12}")
+    for name, rate in figures["decode"].items():
+        print(f"{'decode ' + name:<42}{rate:>12.1f}")
+    for name, rates in figures["inference"].items():
+        for mode, rate in rates.items():
+            print(f"{'infer ' + name + ' (' + mode + ')':<42}{rate:>12.1f}")
+    for pair, rate in figures["end_to_end"].items():
+        decoder, kind = pair.split("+")
+        infer_rates = [max(r.values()) for n, r in figures["inference"].items() if n.startswith(kind)]
+        bound = min(figures["decode"][decoder], max(infer_rates))
+        print(f"{'scan ' + pair:<42}{rate:>12.1f}   end-to-end / min(decode, infer) = {rate / bound:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""TensorRT: engine cache keys, profiles, precision choice and fallbacks on every machine; engines on a GPU.
+
+The tests at the bottom need the ``tensorrt`` package and an NVIDIA GPU and
+are skipped elsewhere with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from detector.info import inspect_model
+from dfscan.cli import main
+from tests._images import write_bad_files, write_jpegs
+from tests._models import tiny_legacy_onnx_model, tiny_onnx_model  # noqa: F401 - fixtures
+from trt._gpu import GpuInfo, parse_probe, probe_gpus
+from trt.cache import EngineCache, EngineKey, default_engine_dir
+from trt.engine import BuildOptions, CalibrationSet, Profile, plan_build, profile_for, tensorrt_status
+from trt.errors import (
+    CalibrationError,
+    EngineBuildFailed,
+    EngineIncompatible,
+    PrecisionUnsupported,
+    RuntimeUnavailable,
+    UnknownPrecision,
+)
+from trt.precisions import PRECISIONS, choose_precision, get_precision
+from trt.registry import resolve_runtime
+from workers.decode import Preprocess, decode_one
+
+H100 = GpuInfo(0, "NVIDIA H100 80GB HBM3", (9, 0), 80 << 30)
+L4 = GpuInfo(0, "NVIDIA L4", (8, 9), 24 << 30)
+MAXWELL = GpuInfo(0, "Tesla M60", (5, 2), 8 << 30)
+TRT_VERSION = "10.13.0.35"
+
+
+def _trt_gpu_reason() -> str | None:
+    from trt.tensorrt import available
+
+    ok, why = available()
+    return None if ok else why
+
+
+needs_trt = pytest.mark.skipif(_trt_gpu_reason() is not None, reason=f"needs TensorRT and a GPU: {_trt_gpu_reason()}")
+
+
+# -- precision choice ------------------------------------------------------------------
+
+
+def test_precision_table_is_data():
+    assert set(PRECISIONS) == {"fp32", "fp16", "int8"}
+    assert PRECISIONS["int8"].needs_calibration and not PRECISIONS["fp16"].needs_calibration
+    with pytest.raises(UnknownPrecision, match="fp32, fp16, int8"):
+        get_precision("bf8")
+
+
+@pytest.mark.parametrize(
+    ("requested", "capability", "cached", "expected", "build"),
+    [
+        (None, (9, 0), [], "fp16", True),  # nothing cached: the fastest that needs no calibration
+        (None, (9, 0), ["fp32"], "fp32", False),  # something cached: use it rather than build
+        (None, (9, 0), ["fp32", "fp16", "int8"], "int8", False),  # an INT8 engine exists only on purpose
+        (None, (5, 2), [], "fp32", True),  # no fast FP16 on Maxwell
+        (None, (5, 2), ["int8"], "fp32", True),  # a cached engine the GPU can't run is ignored
+        ("fp32", (9, 0), ["fp16"], "fp32", True),  # asked for: built even though another is cached
+        ("int8", (8, 9), ["int8"], "int8", False),
+    ],
+)
+def test_choose_precision(requested, capability, cached, expected, build):
+    precision, must_build = choose_precision(requested, capability, cached)
+    assert (precision.name, must_build) == (expected, build)
+
+
+def test_precision_the_gpu_lacks_is_refused():
+    with pytest.raises(PrecisionUnsupported, match="6.1 or newer"):
+        choose_precision("int8", (5, 2))
+
+
+# -- profiles --------------------------------------------------------------------------
+
+
+def test_profile_is_1_64_64_for_a_dynamic_batch(tiny_onnx_model):
+    info = inspect_model(tiny_onnx_model)
+    assert info.fixed_batch is None
+    profile = profile_for(info)
+    assert profile == Profile(1, 64, 64)
+    assert profile.shapes(info.input_size) == ((1, 3, 224, 224), (64, 3, 224, 224), (64, 3, 224, 224))
+    assert profile_for(info, 128) == Profile(1, 128, 128)
+    with pytest.raises(EngineBuildFailed, match="between 1 and"):
+        profile_for(info, 0)
+
+
+def test_profile_follows_a_fixed_batch(tiny_legacy_onnx_model):
+    info = inspect_model(tiny_legacy_onnx_model)
+    assert info.fixed_batch == 1
+    assert profile_for(info, 64) == Profile(1, 1, 1)
+
+
+# -- the engine cache ------------------------------------------------------------------
+
+
+def _key(**changes) -> EngineKey:
+    base = dict(onnx_sha256="ab" * 32, gpu_name=H100.name, capability=H100.capability,
+                tensorrt_version=TRT_VERSION, precision="fp16")
+    base.update(changes)
+    return EngineKey(**base)
+
+
+def test_every_part_of_the_key_changes_the_file():
+    base = _key()
+    others = [_key(onnx_sha256="cd" * 32), _key(gpu_name=L4.name), _key(capability=(8, 0)),
+              _key(tensorrt_version="10.14.1.48"), _key(precision="int8")]
+    stems = {base.stem} | {k.stem for k in others}
+    assert len(stems) == 1 + len(others)
+    assert base.stem == "abababababababab-nvidia-h100-80gb-hbm3-sm90-trt10.13.0.35-fp16"
+    assert base.hardware == _key(precision="fp32", onnx_sha256="ef" * 32).hardware  # timing cache shared
+
+
+def test_cache_round_trip_and_rejections(tmp_path):
+    cache = EngineCache(tmp_path)
+    key = _key()
+    assert cache.load(key) is None
+    paths = cache.store(key, b"serialized-engine", profile=[1, 64, 64])
+    assert paths.engine.read_bytes() == b"serialized-engine"
+    blob, record = cache.load(key)
+    assert blob == b"serialized-engine" and record["profile"] == [1, 64, 64] and record["capability"] == [9, 0]
+    assert cache.cached_precisions(key.onnx_sha256, H100.name, (9, 0), TRT_VERSION) == ["fp16"]
+    assert cache.cached_precisions(key.onnx_sha256, L4.name, L4.capability, TRT_VERSION) == []
+    assert cache.cached_precisions(key.onnx_sha256, H100.name, (9, 0), "10.14.1.48") == []
+    # An engine copied in under another key's name is refused, never loaded.
+    other = _key(gpu_name=L4.name, capability=L4.capability)
+    shutil.copy(paths.engine, cache.paths(other).engine)
+    shutil.copy(paths.record, cache.paths(other).record)
+    with pytest.raises(EngineIncompatible, match="gpu_name"):
+        cache.load(other)
+    # A truncated engine file is a miss (rebuilt), not a crash at deserialisation.
+    paths.engine.write_bytes(b"serial")
+    assert cache.load(key) is None
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_engines_live_beside_the_model(tiny_onnx_model):
+    assert default_engine_dir(tiny_onnx_model) == tiny_onnx_model.parent / "engines"
+
+
+def test_lock_is_reentrant_across_sequential_uses(tmp_path):
+    cache = EngineCache(tmp_path / "new")
+    with cache.lock(_key()):
+        pass
+    with cache.lock(_key()):
+        assert cache.paths(_key()).lock.exists()
+
+
+# -- build planning (everything decided before TensorRT runs) --------------------------
+
+
+def test_plan_build_decides_key_profile_and_precision(tmp_path, tiny_onnx_model):
+    info = inspect_model(tiny_onnx_model)
+    key, cache, profile, precision = plan_build(info, BuildOptions(engine_dir=tmp_path), H100, TRT_VERSION)
+    assert key == EngineKey(info.sha256, H100.name, (9, 0), TRT_VERSION, "fp16")
+    assert (profile, precision.name, cache.directory) == (Profile(1, 64, 64), "fp16", tmp_path)
+    with pytest.raises(PrecisionUnsupported):
+        plan_build(info, BuildOptions(precision="fp16", engine_dir=tmp_path), MAXWELL, TRT_VERSION)
+
+
+def test_int8_needs_calibration_images_or_a_calibration_cache(tmp_path, tiny_onnx_model):
+    info = inspect_model(tiny_onnx_model)
+    options = BuildOptions(precision="int8", engine_dir=tmp_path)
+    with pytest.raises(CalibrationError, match="--calibrate DIR"):
+        plan_build(info, options, L4, TRT_VERSION)
+    with pytest.raises(CalibrationError, match="does not exist"):
+        plan_build(info, BuildOptions(precision="int8", engine_dir=tmp_path, calibrate_dir=tmp_path / "nope"), L4,
+                   TRT_VERSION)
+    key, cache, _, _ = plan_build(info, BuildOptions(precision="int8", engine_dir=tmp_path, calibrate_dir=tmp_path),
+                                  L4, TRT_VERSION)
+    # With a calibration cache beside the engine, images are no longer needed.
+    cache.paths(key).calibration.write_bytes(b"TRT-calibration")
+    assert plan_build(info, options, L4, TRT_VERSION)[0] == key
+
+
+def test_calibration_set_decodes_like_a_scan_and_skips_bad_files(tmp_path, tiny_onnx_model):
+    info = inspect_model(tiny_onnx_model)
+    paths = write_jpegs(tmp_path / "calib", 21)
+    write_bad_files(tmp_path / "calib" / "bad")
+    images = CalibrationSet(tmp_path / "calib", info, batch_size=8)
+    assert len(images) == 2 and images.skipped == 4  # empty, truncated, not-image, bomb
+    batches = list(images.batches())
+    assert [b.shape for b in batches] == [(8, 3, 224, 224)] * 2
+    np.testing.assert_array_equal(batches[0][0], decode_one(paths[0].read_bytes(), Preprocess()))
+    with pytest.raises(CalibrationError, match="at least 32"):
+        CalibrationSet(tmp_path / "calib", info, batch_size=32)
+
+
+# -- GPU probe and fallbacks -----------------------------------------------------------
+
+
+def test_probe_output_parsing():
+    probe = parse_probe(json.dumps({"driver_version": 12040, "error": None, "gpus": [
+        {"index": 0, "name": "NVIDIA H100 80GB HBM3", "capability": [9, 0], "memory": 85 << 30}]}))
+    assert probe.present and probe.gpus[0].sm == "sm90" and probe.gpus[0].slug == "nvidia-h100-80gb-hbm3"
+    assert probe.driver_cuda() == "12.4"
+    none = parse_probe(json.dumps({"driver_version": None, "gpus": [], "error": "no NVIDIA driver"}))
+    assert not none.present and none.why_not == "no NVIDIA driver"
+    assert not parse_probe("Segmentation fault").present
+
+
+def test_probe_runs_on_this_machine():
+    probe = probe_gpus()
+    assert probe.present or probe.error  # either GPUs or a reason, never neither
+
+
+def test_runtime_choice_without_tensorrt():
+    if _trt_gpu_reason() is None:
+        pytest.skip("TensorRT and a GPU are present here")
+    assert resolve_runtime("auto").name == "onnxruntime"
+    with pytest.raises(RuntimeUnavailable, match="can't run here"):
+        resolve_runtime("tensorrt")
+
+
+def test_asking_for_missing_tensorrt_fails_with_one_line(tmp_path, tiny_onnx_model):
+    ok, why = tensorrt_status()
+    if ok:
+        pytest.skip(f"TensorRT {why} is installed here")
+    write_jpegs(tmp_path / "imgs", 2)
+    result = CliRunner().invoke(main, ["scan", str(tmp_path / "imgs"), "--model", str(tiny_onnx_model),
+                                       "--db", f"sqlite:///{tmp_path / 'r.db'}", "--runtime", "tensorrt"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "pip install" in lines[0] and "tensorrt" in lines[0], result.output
+    result = CliRunner().invoke(main, ["build-engine", str(tiny_onnx_model)])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1 and "pip install" in result.output
+
+
+# -- on a GPU with TensorRT ------------------------------------------------------------
+
+
+@pytest.fixture
+def model_copy(tmp_path, tiny_onnx_model) -> Path:
+    """The tiny model in a folder of its own, so its engines/ doesn't leak into other tests."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_onnx_model.parent, folder)
+    return folder / "model.onnx"
+
+
+@needs_trt
+@pytest.mark.tensorrt
+def test_build_engine_caches_and_reuses(model_copy):
+    from trt.engine import build_engine
+
+    info = inspect_model(model_copy)
+    built = build_engine(info, BuildOptions(precision="fp32"))
+    assert not built.reused and built.paths.engine.is_file() and built.record["profile"] == [1, 64, 64]
+    assert built.paths.engine.parent == model_copy.parent / "engines"
+    assert list(built.paths.engine.parent.glob("timing-*.cache"))
+    again = build_engine(info, BuildOptions(precision="fp32"))
+    assert again.reused and again.paths == built.paths
+
+
+@needs_trt
+@pytest.mark.tensorrt
+def test_fp16_engine_matches_onnxruntime(tmp_path, model_copy):
+    """FP16 parity: p_fake within 0.01 of ONNX Runtime on real images, through a model that separates them."""
+    from tests.test_dali import sensitive_model
+    from trt.onnxruntime import OnnxRuntime
+    from trt.tensorrt import TensorRTRuntime
+    from workers.batches import Verdict
+
+    paths = [str(p) for p in write_jpegs(tmp_path / "imgs", 128)]
+    model = sensitive_model(model_copy, paths, tmp_path / "sensitive")
+    info = inspect_model(model)
+    tensors = np.stack([decode_one(Path(p).read_bytes(), Preprocess()) for p in paths])
+    ort = OnnxRuntime(info)
+    trt_rt = TensorRTRuntime(info, precision="fp16")
+    try:
+        assert trt_rt.precision == "fp16" and trt_rt.max_batch == 64 and trt_rt.fixed_batch is None
+        ref = np.concatenate([ort.infer(tensors[i : i + 64]) for i in range(0, 128, 64)])
+        ours = np.concatenate(list(trt_rt.infer_many(tensors[i : i + 64] for i in range(0, 128, 64))))
+        one_call = trt_rt.infer(tensors)  # 128 > max batch: split inside
+        odd = trt_rt.infer(tensors[:5])
+    finally:
+        ort.close()
+        trt_rt.close()
+    verdict = Verdict()
+    p_ref = np.array([r[1] for r in verdict.rows(ref)])
+    p_ours = np.array([r[1] for r in verdict.rows(ours)])
+    print(f"\nTensorRT fp16 vs ONNX Runtime: max |delta p_fake| {np.abs(p_ref - p_ours).max():.4f}")
+    assert np.abs(p_ref - p_ours).max() <= 0.01
+    np.testing.assert_allclose(one_call, ours, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(odd, ours[:5], rtol=0, atol=1e-2)
+
+
+@needs_trt
+@pytest.mark.tensorrt
+def test_int8_calibration_cache_lies_beside_the_engine(tmp_path, model_copy):
+    from trt.engine import build_engine
+
+    write_jpegs(tmp_path / "calib", 64)
+    built = build_engine(inspect_model(model_copy),
+                         BuildOptions(precision="int8", calibrate_dir=tmp_path / "calib", calibration_batch=32))
+    calib = built.paths.engine.with_suffix(".calib")
+    assert calib.is_file() and calib.stat().st_size > 0
+
+
+@needs_trt
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_gpu_scan_end_to_end(tmp_path, model_copy, sqlite_url):
+    from tests.test_dali import corrupt_jpeg
+    from tests.test_scan import rows_by_path
+
+    root = tmp_path / "imgs"
+    good = [str(p) for p in write_jpegs(root, 130)]
+    (root / "img_00064b.jpg").write_bytes(corrupt_jpeg())
+    result = CliRunner().invoke(main, ["scan", str(root), "--model", str(model_copy), "--db", sqlite_url,
+                                       "--decoder", "dali-gpu", "--runtime", "tensorrt", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["total"] == 131 and summary["errors"] == 1
+    rows = rows_by_path(sqlite_url, summary["scan_id"])
+    assert all(rows[p]["status"] == "ok" for p in good)
