@@ -75,7 +75,15 @@ class ScanContext:
         return self.settings.batch_size
 
     def audit(self) -> dict:
-        """What produced a scan's verdicts, stored with the scan."""
+        """What produced a scan's verdicts, stored with the scan.
+
+        The command line is kept as argv, with the password of any URL in it
+        (``--db postgresql://u:PASSWORD@h/db``, ``--broker redis://:PASSWORD@h``)
+        replaced by ``***``: the record is readable by every analyst.
+        """
+        import re
+
+        secret = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^@\s]*@")
         decoder = self.batches.decoder
         try:
             user = getpass.getuser()
@@ -84,7 +92,7 @@ class ScanContext:
         return {
             "user": user,
             "host": socket.gethostname(),
-            "command": sys.argv,
+            "command": [secret.sub(r"\1***@", str(arg)) for arg in sys.argv],
             "dfscan_version": __version__,
             "python": platform.python_version(),
             "model_path": os.fspath(self.info.path),

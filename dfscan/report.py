@@ -1,0 +1,328 @@
+"""One scan as a self-contained HTML page: summary, audit record, figures, suspects.
+
+The page opens from disk with no server and fetches nothing: CSS is inline,
+figures are inline SVG, thumbnails are JPEG ``data:`` URIs made with Pillow
+from the scanned files (read again now; a file that has gone or changed shows
+a placeholder with the reason).  Reading from the database is bounded:
+scores are streamed into the histogram, and only the ``top`` most suspicious
+rows are fetched.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import db
+from db.models import Model, Result, Scan
+from db.records import ScanSummary
+
+__all__ = ["ScanReport", "Suspect", "collect", "render", "thumbnail_data_uri", "write_report"]
+
+STREAM_BATCH = 10_000
+FAKE_COLOUR = "#c0392b"
+REAL_COLOUR = "#2c7be5"
+ERROR_COLOUR = "#7f8c8d"
+
+
+@dataclass(frozen=True)
+class Suspect:
+    path: str
+    p_fake: float
+    confidence: float
+    label: str
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """Everything the page shows, as plain values (nothing here touches the database)."""
+
+    summary: ScanSummary
+    roots: list[str]
+    threshold: float
+    model_name: str
+    model_path: str
+    audit: dict[str, Any]
+    bin_edges: list[float]
+    bin_counts: dict[str, list[int]]  # per label ("real", "fake"): images per p_fake bin
+    suspects: list[Suspect]
+    reason_descriptions: dict[str, str] = field(default_factory=dict)
+
+
+def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) -> ScanReport:
+    """Read what the report of ``scan_id`` shows; raises :class:`db.ScanNotFound`."""
+    from workers.errors import REASONS
+
+    summary = db.scan_summary(session, scan_id)
+    head = session.execute(
+        select(Scan.roots, Scan.threshold, Scan.settings, Model.name, Model.path)
+        .join(Model, Model.id == Scan.model_id)
+        .where(Scan.id == scan_id)
+    ).one()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    counts = {label: np.zeros(bins, dtype=np.int64) for label in ("real", "fake")}
+    scores = session.execute(
+        select(Result.p_fake, Result.label).where(Result.scan_id == scan_id, Result.status == "ok"),
+        execution_options={"yield_per": STREAM_BATCH},
+    )
+    try:
+        for part in scores.partitions():
+            for label, hist in counts.items():
+                values = np.asarray([p for p, lab in part if lab == label], dtype=np.float64)
+                hist += np.histogram(values, bins=edges)[0]
+    finally:
+        scores.close()
+    rows = session.execute(
+        select(Result.path, Result.p_fake, Result.confidence, Result.label)
+        .where(Result.scan_id == scan_id, Result.status == "ok")
+        .order_by(Result.p_fake.desc(), Result.path)
+        .limit(top)
+    ).all()
+    return ScanReport(
+        summary=summary,
+        roots=list(head.roots),
+        threshold=head.threshold,
+        model_name=head.name,
+        model_path=head.path,
+        audit=dict(head.settings or {}),
+        bin_edges=[float(e) for e in edges],
+        bin_counts={label: [int(c) for c in hist] for label, hist in counts.items()},
+        suspects=[Suspect(r.path, r.p_fake, r.confidence, r.label) for r in rows],
+        reason_descriptions=dict(REASONS),
+    )
+
+
+def write_report(db_url: str, scan_id: int, out: Path, *, top: int = 24, bins: int = 20, thumb_px: int = 160) -> ScanReport:
+    """Write the report of ``scan_id`` to ``out`` (HTML, UTF-8) and return what it shows."""
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine)
+        with db.session_factory(engine)() as session:
+            report = collect(session, scan_id, top=top, bins=bins)
+    finally:
+        engine.dispose()
+    page = render(report, thumb_px=thumb_px)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".part")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return report
+
+
+# --- thumbnails -----------------------------------------------------------------------
+
+
+def thumbnail_data_uri(path: str, px: int = 160) -> tuple[str | None, str]:
+    """``(data URI, "")`` of a JPEG thumbnail of ``path``, or ``(None, reason)``.
+
+    The file is read and decoded by the scanner's own reader and decoder, so
+    the same limits (regular files only, size and pixel limits, allowed
+    formats) apply.
+    """
+    from PIL import Image
+
+    from workers.decode import load_rgb
+    from workers.errors import ImageError
+    from workers.reader import read_file
+
+    try:
+        im = load_rgb(read_file(path).data, size=(px, px))
+        im.thumbnail((px, px), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85)
+    except ImageError as exc:
+        return None, exc.message
+    except Exception as exc:  # noqa: BLE001 - one bad thumbnail must not lose the report
+        return None, f"no preview: {type(exc).__name__}"
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), ""
+
+
+# --- rendering ------------------------------------------------------------------------
+
+_CSS = """
+:root { color-scheme: light; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2330; background: #f5f6f8; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h2 { font-size: 17px; margin: 28px 0 10px; }
+.sub { color: #5b6475; margin: 0 0 16px; }
+section { background: #fff; border: 1px solid #dfe3ea; border-radius: 8px; padding: 16px 20px; margin-bottom: 16px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(130px, 1fr)); gap: 10px; }
+.card { border: 1px solid #e4e7ed; border-radius: 6px; padding: 10px 12px; }
+.card .v { font-size: 22px; font-weight: 600; }
+.card .k { color: #5b6475; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
+.fake .v { color: %(fake)s; } .real .v { color: %(real)s; } .err .v { color: %(err)s; }
+table { border-collapse: collapse; width: 100%%; }
+th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eef0f4; vertical-align: top; }
+th { color: #5b6475; font-weight: 500; width: 200px; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code, .path { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; font-size: 12px; word-break: break-all; }
+svg text { font: 11px system-ui, sans-serif; fill: #3b4252; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(180px, 1fr)); gap: 12px; }
+figure.suspect { margin: 0; border: 1px solid #e4e7ed; border-radius: 6px; padding: 8px; background: #fff; }
+figure.suspect img, figure.suspect svg { display: block; margin: 0 auto 6px; max-width: 100%%; }
+figure.suspect figcaption { font-size: 12px; }
+.score { font-weight: 600; color: %(fake)s; }
+.muted { color: #5b6475; }
+""" % {"fake": FAKE_COLOUR, "real": REAL_COLOUR, "err": ERROR_COLOUR}
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _when(value: datetime | None) -> str:
+    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _card(key: str, value: Any, cls: str = "") -> str:
+    return f'<div class="card {cls}"><div class="v">{_e(value)}</div><div class="k">{_e(key)}</div></div>'
+
+
+def _audit_value(key: str, value: Any) -> str:
+    if key == "command" and isinstance(value, list):
+        return f"<code>{_e(shlex.join(str(v) for v in value))}</code>"
+    if isinstance(value, (dict, list)):
+        return f"<code>{_e(json.dumps(value, sort_keys=True, default=str))}</code>"
+    return _e(value)
+
+
+def histogram_svg(edges: list[float], counts: dict[str, list[int]], threshold: float, width: int = 680,
+                  height: int = 240) -> str:
+    """The p_fake histogram, real and fake stacked in their colours, with the threshold marked."""
+    left, right, top, bottom = 48, 16, 16, 36
+    plot_w, plot_h = width - left - right, height - top - bottom
+    real, fake = counts["real"], counts["fake"]
+    totals = [r + f for r, f in zip(real, fake)]
+    peak = max(totals) if totals and max(totals) > 0 else 1
+    x = lambda v: left + v * plot_w  # noqa: E731 - p_fake in [0, 1] to pixels
+    parts = [
+        f'<svg id="histogram" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="Histogram of p_fake over {sum(totals)} scored images">',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#9aa3b2"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#9aa3b2"/>',
+        f'<text x="{left - 6}" y="{top + 4}" text-anchor="end">{peak}</text>',
+        f'<text x="{left - 6}" y="{top + plot_h}" text-anchor="end">0</text>',
+    ]
+    for lo, hi, n_real, n_fake in zip(edges, edges[1:], real, fake):
+        base = top + plot_h
+        for n, label, colour in ((n_real, "real", REAL_COLOUR), (n_fake, "fake", FAKE_COLOUR)):
+            if n == 0:
+                continue
+            h = max(1.0, n / peak * plot_h)
+            parts.append(
+                f'<rect class="bar" x="{x(lo) + 1:.1f}" y="{base - h:.1f}" width="{max(1.0, x(hi) - x(lo) - 2):.1f}" '
+                f'height="{h:.1f}" fill="{colour}"><title>{lo:.2f}–{hi:.2f}: {n} {label}</title></rect>'
+            )
+            base -= h
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<text x="{x(tick):.1f}" y="{top + plot_h + 14}" text-anchor="middle">{tick:g}</text>')
+    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle">p_fake</text>')
+    tx = x(min(max(threshold, 0.0), 1.0))
+    parts.append(
+        f'<line x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" y2="{top + plot_h}" stroke="#1d2330" stroke-dasharray="4 3"/>'
+        f'<text x="{tx + 4:.1f}" y="{top + 10}">threshold {threshold:.4g}</text>'
+    )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def errors_svg(by_reason: dict[str, int], width: int = 680) -> str:
+    """Horizontal bars, one per error reason, largest first."""
+    items = sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+    row, label_w, right = 24, 150, 60
+    height = row * len(items) + 8
+    peak = max(n for _, n in items)
+    parts = [f'<svg id="errors" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+             f'aria-label="Errors by reason">']
+    for i, (reason, n) in enumerate(items):
+        y = 4 + i * row
+        w = max(2.0, n / peak * (width - label_w - right))
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end">{_e(reason)}</text>'
+            f'<rect class="bar" x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row - 8}" fill="{ERROR_COLOUR}"/>'
+            f'<text x="{label_w + w + 6:.1f}" y="{y + 15}">{n}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _placeholder(px: int, reason: str) -> str:
+    return (
+        f'<svg class="placeholder" width="{px}" height="{px}" viewBox="0 0 {px} {px}" role="img" aria-label="{_e(reason)}">'
+        f'<title>{_e(reason)}</title><rect width="{px}" height="{px}" fill="#eceff3"/>'
+        f'<text x="{px / 2}" y="{px / 2}" text-anchor="middle">no preview</text></svg>'
+    )
+
+
+def _suspect(s: Suspect, px: int) -> str:
+    uri, reason = thumbnail_data_uri(s.path, px)
+    image = (
+        f'<img src="{uri}" alt="{_e(s.path)}" title="{_e(s.path)}">' if uri is not None else _placeholder(px, reason)
+    )
+    return (
+        f'<figure class="suspect" data-path="{_e(s.path)}">{image}<figcaption>'
+        f'<span class="score">p_fake {s.p_fake:.4f}</span> <span class="muted">({_e(s.label)}, '
+        f"confidence {s.confidence:.3f})</span><br><span class=\"path\">{_e(s.path)}</span></figcaption></figure>"
+    )
+
+
+def render(report: ScanReport, *, thumb_px: int = 160) -> str:
+    """The page as one string; reads the suspects' files for their thumbnails."""
+    s = report.summary
+    title = f"dfscan report: scan {s.scan_id} ({s.name})"
+    cards = "".join([
+        _card("images", s.total), _card("real", s.real, "real"), _card("fake", s.fake, "fake"),
+        _card("errors", s.errors, "err"), _card("seconds", f"{s.elapsed_s:.1f}"),
+        _card("images/s", f"{s.images_per_s:.1f}"),
+    ])
+    facts = [
+        ("status", _e(s.status)),
+        ("roots", "<br>".join(f'<span class="path">{_e(r)}</span>' for r in report.roots) or "—"),
+        ("model", f"{_e(report.model_name)} <code>{_e(s.model_sha256)}</code>"),
+        ("model file", f'<span class="path">{_e(report.model_path)}</span>'),
+        ("threshold", _e(f"{report.threshold:.6g}")),
+        ("started", _e(_when(s.started_at))),
+        ("finished", _e(_when(s.finished_at))),
+    ]
+    audit_rows = "".join(f"<tr><th>{_e(k)}</th><td>{_audit_value(k, v)}</td></tr>" for k, v in report.audit.items())
+    if s.errors:
+        reasons = "".join(
+            f'<tr><td><code>{_e(code)}</code></td><td class="num">{n}</td>'
+            f'<td class="muted">{_e(report.reason_descriptions.get(code, ""))}</td></tr>'
+            for code, n in sorted(s.errors_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+        )
+        errors = f"{errors_svg(s.errors_by_reason)}<table>{reasons}</table>"
+    else:
+        errors = '<p class="muted">No errors: every file got a verdict.</p>'
+    suspects = "".join(_suspect(x, thumb_px) for x in report.suspects) or '<p class="muted">No scored images.</p>'
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_e(title)}</title><style>{_CSS}</style></head>
+<body><main>
+<h1>{_e(title)}</h1>
+<p class="sub">{_e(s.total)} files, {_e(s.fake)} labelled fake at threshold {report.threshold:.4g}. Generated by dfscan from the results database.</p>
+<section id="summary"><div class="cards">{cards}</div>
+<table>{''.join(f'<tr><th>{k}</th><td>{v}</td></tr>' for k, v in facts)}</table></section>
+<h2>Distribution of p_fake</h2>
+<section id="distribution">{histogram_svg(report.bin_edges, report.bin_counts, report.threshold)}</section>
+<h2>Errors by reason</h2>
+<section id="error-breakdown">{errors}</section>
+<h2>The {len(report.suspects)} most suspicious images</h2>
+<section id="suspects"><div class="grid">{suspects}</div></section>
+<h2>Audit record</h2>
+<section id="audit"><p class="muted">What produced these verdicts, as stored with the scan.</p>
+<table>{audit_rows or '<tr><td class="muted">none recorded</td></tr>'}</table></section>
+</main></body></html>
+"""

@@ -1,0 +1,380 @@
+"""Every query in docs/sql.md, run unchanged on SQLite and PostgreSQL after real scans.
+
+The databases are filled by ``dfscan scan`` itself (the tiny ONNX model, real
+image files, bad files among them): three scans and two models.  Each query's
+rows are compared with what an independent Python computation over the raw
+tables says it must return, so a query that runs but answers the wrong
+question fails.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+import db
+from db.models import Model, Result, Scan
+from dfscan.cli import main
+from tests._images import write_bad_files, write_jpegs
+from tests._models import export_tiny_model, tiny_onnx_model  # noqa: F401 - fixture
+from tests.conftest import _pg_admin, _pg_admin_user
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "sql.md"
+SQL_BLOCK = re.compile(r"```sql\n(.*?)```", re.DOTALL)
+QUERY_NAME = re.compile(r"^--\s*query:\s*(\S+)\s*$", re.MULTILINE)
+MODEL_B_SEED = 4321
+
+
+def guide_queries() -> dict[str, str]:
+    """``name -> SQL`` of every ```sql block; each block must be named ``-- query: NAME``."""
+    queries: dict[str, str] = {}
+    for block in SQL_BLOCK.findall(GUIDE.read_text()):
+        match = QUERY_NAME.search(block)
+        assert match, f"a ```sql block in {GUIDE.name} has no '-- query: NAME' line:\n{block}"
+        assert match.group(1) not in queries, f"two queries named {match.group(1)}"
+        queries[match.group(1)] = block.strip()
+    return queries
+
+
+QUERIES = guide_queries()
+
+
+# --- the data: three real scans, two models -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Archive:
+    root: Path
+    alpha: list[str]
+    beta: list[str]
+    bad: list[str]
+    model_a: Path
+    model_b: Path
+    threshold_a: float
+    threshold_b: float
+
+
+def scan(url: str, *args: str) -> dict:
+    result = CliRunner().invoke(
+        main, ["scan", *args, "--db", url, "--batch-size", "4", "--chunk-size", "6", "--json"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def _scores(url: str, scan_id: int) -> dict[str, float]:
+    engine = db.make_engine(url)
+    try:
+        with db.session_factory(engine)() as s:
+            return dict(s.execute(select(Result.path, Result.p_fake).where(Result.scan_id == scan_id, Result.status == "ok")).all())
+    finally:
+        engine.dispose()
+
+
+def _cut(scores: list[float], n_fake: int) -> float:
+    """A threshold that labels exactly the ``n_fake`` highest of ``scores`` fake."""
+    ranked = sorted(scores, reverse=True)
+    if n_fake == len(ranked):
+        return ranked[-1]
+    assert ranked[n_fake - 1] > ranked[n_fake], "two images score the same; the archive needs more variety"
+    return (ranked[n_fake - 1] + ranked[n_fake]) / 2
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory, tiny_onnx_model: Path) -> Archive:
+    """Images in two folders plus bad files, and thresholds that make the scans disagree.
+
+    The tiny model's scores sit close together, so the thresholds are cut
+    between them (from a scratch scan with the same pipeline): scan 1 then
+    labels 4 of the 9 images fake, and scan 2 (model B) labels a different
+    number of the ``alpha`` images fake than scan 1 did, so verdicts change.
+    """
+    base = tmp_path_factory.mktemp("sql_guide")
+    root = base / "archive"
+    alpha = [str(p) for p in write_jpegs(root / "alpha", 5)]
+    beta = [str(p) for p in write_jpegs(root / "beta", 4, start=5)]
+    bad = [str(p) for p, _ in write_bad_files(root / "bad").values()]
+    model_b = export_tiny_model(base / "model_b", seed=MODEL_B_SEED)
+
+    scratch = f"sqlite:///{base / 'scratch.db'}"
+    a_scores = _scores(scratch, scan(scratch, str(root), "--model", str(tiny_onnx_model))["scan_id"])
+    b_scores = _scores(scratch, scan(scratch, str(root / "alpha"), "--model", str(model_b))["scan_id"])
+    threshold_a = _cut(list(a_scores.values()), 4)
+    a_fake_alpha = sum(a_scores[p] >= threshold_a for p in alpha)
+    n_b = a_fake_alpha + 1 if a_fake_alpha < len(alpha) else a_fake_alpha - 1
+    threshold_b = _cut([b_scores[p] for p in alpha], n_b)
+    return Archive(root, alpha, beta, bad, tiny_onnx_model, model_b, threshold_a, threshold_b)
+
+
+def _populate(url: str, a: Archive) -> None:
+    """Scan 1: model A over everything. Scan 2: model B over alpha and bad. Scan 3: model A over alpha again."""
+    s1 = scan(url, str(a.root), "--model", str(a.model_a), "--threshold", repr(a.threshold_a), "--name", "first")
+    s2 = scan(url, str(a.root / "alpha"), str(a.root / "bad"), "--model", str(a.model_b),
+              "--threshold", repr(a.threshold_b), "--name", "model-b")
+    s3 = scan(url, str(a.root / "alpha"), "--model", str(a.model_a), "--threshold", "1", "--name", "strict")
+    assert [s1["scan_id"], s2["scan_id"], s3["scan_id"]] == [1, 2, 3]
+    assert (s1["total"], s2["total"], s3["total"]) == (13, 9, 5)
+    assert s1["fake"] == 4 and s3["fake"] == 0
+
+
+@dataclass
+class Data:
+    """The raw tables, read through the ORM: what the oracles compute from."""
+
+    url: str
+    results: list[dict[str, Any]]
+    scans: dict[int, dict[str, Any]]
+    models: dict[int, dict[str, Any]]
+
+
+def _read(url: str) -> Data:
+    engine = db.make_engine(url)
+    try:
+        with db.session_factory(engine)() as s:
+            models = {m.id: {"sha256": m.sha256} for m in s.scalars(select(Model))}
+            scans = {
+                x.id: {c: getattr(x, c) for c in ("id", "name", "status", "model_id", "threshold", "total", "real",
+                                                   "fake", "errors", "started_at", "finished_at")}
+                for x in s.scalars(select(Scan))
+            }
+            results = [
+                {c: getattr(r, c) for c in ("scan_id", "model_id", "path", "status", "label", "p_fake", "confidence",
+                                            "error_code", "scanned_at")} | {"model_sha256": models[r.model_id]["sha256"]}
+                for r in s.scalars(select(Result))
+            ]
+    finally:
+        engine.dispose()
+    return Data(url, results, scans, models)
+
+
+def _sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path_factory.mktemp('sql_guide_sqlite') / 'dfscan.db'}"
+
+
+def _pg_database() -> Iterator[str]:
+    user, reason = _pg_admin_user()
+    if user is None:
+        pytest.skip(reason)
+    name = f"dfscan_test_{uuid.uuid4().hex[:12]}"
+    with _pg_admin(user) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{user}@127.0.0.1:5432/{name}"
+    finally:
+        with _pg_admin(user) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def populated(request: pytest.FixtureRequest, archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data]:
+    databases = _sqlite_database(tmp_path_factory) if request.param == "sqlite" else _pg_database()
+    url = next(databases)
+    try:
+        _populate(url, archive)
+        yield _read(url)
+    finally:
+        databases.close()
+
+
+# --- what each query must return, computed from the raw rows --------------------------------
+
+
+def _ok(d: Data, scan_id: int) -> list[dict]:
+    return [r for r in d.results if r["scan_id"] == scan_id and r["status"] == "ok"]
+
+
+def _folder(path: str) -> str:
+    return path[: path.rindex("/") + 1]
+
+
+def expect_scans_overview(d: Data, tz: ZoneInfo) -> list[tuple]:
+    return [
+        (s["id"], s["name"], s["status"], d.models[s["model_id"]]["sha256"], s["threshold"], s["total"], s["real"],
+         s["fake"], s["errors"], s["started_at"], s["finished_at"])
+        for s in sorted(d.scans.values(), key=lambda s: -s["id"])
+    ]
+
+
+def expect_top_fakes(d: Data, tz: ZoneInfo) -> list[tuple]:
+    fakes = sorted((r for r in _ok(d, 1) if r["label"] == "fake"), key=lambda r: (-r["p_fake"], r["path"]))
+    return [(r["path"], r["p_fake"], r["confidence"]) for r in fakes[:5]]
+
+
+def expect_fake_rate_by_folder(d: Data, tz: ZoneInfo) -> list[tuple]:
+    by: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in _ok(d, 1):
+        by[_folder(r["path"])][0] += 1
+        by[_folder(r["path"])][1] += r["label"] == "fake"
+    rows = [(f, n, k, k / n) for f, (n, k) in by.items()]
+    return sorted(rows, key=lambda t: (-t[3], t[0]))
+
+
+def expect_errors_by_reason(d: Data, tz: ZoneInfo) -> list[tuple]:
+    by: dict[str, list[str]] = defaultdict(list)
+    for r in d.results:
+        if r["scan_id"] == 1 and r["status"] == "error":
+            by[r["error_code"]].append(r["path"])
+    return sorted(((c, len(p), min(p)) for c, p in by.items()), key=lambda t: (-t[1], t[0]))
+
+
+def expect_borderline(d: Data, tz: ZoneInfo) -> list[tuple]:
+    t = d.scans[1]["threshold"]
+    rows = sorted(_ok(d, 1), key=lambda r: (abs(r["p_fake"] - t), r["path"]))
+    return [(r["path"], r["label"], r["p_fake"], t, abs(r["p_fake"] - t)) for r in rows[:5]]
+
+
+def expect_changed_between_scans(d: Data, tz: ZoneInfo) -> list[tuple]:
+    one = {r["path"]: r for r in d.results if r["scan_id"] == 1}
+    two = {r["path"]: r for r in d.results if r["scan_id"] == 2}
+    out = []
+    for path in sorted(one.keys() & two.keys()):
+        a, b = one[path], two[path]
+        if a["status"] != b["status"] or a["label"] != b["label"]:
+            out.append((path, a["status"], b["status"], a["label"], b["label"], a["p_fake"], b["p_fake"]))
+    return out
+
+
+def _latest_ok(d: Data, key: Callable[[dict], Any]) -> dict[Any, dict]:
+    latest: dict[Any, dict] = {}
+    for r in d.results:
+        if r["status"] == "ok" and (key(r) not in latest or r["scan_id"] > latest[key(r)]["scan_id"]):
+            latest[key(r)] = r
+    return latest
+
+
+def expect_changed_between_models(d: Data, tz: ZoneInfo) -> list[tuple]:
+    current = max(d.models)
+    previous = max(m for m in d.models if m < current)
+    latest = _latest_ok(d, lambda r: (r["model_id"], r["path"]))
+    out = []
+    for (model, path), old in sorted(latest.items(), key=lambda kv: kv[0][1]):
+        new = latest.get((current, path))
+        if model == previous and new is not None and new["label"] != old["label"]:
+            out.append((path, old["label"], new["label"], old["p_fake"], new["p_fake"]))
+    return out
+
+
+def expect_never_scored_by_current_model(d: Data, tz: ZoneInfo) -> list[tuple]:
+    current = max(d.models)
+    scored = {r["path"] for r in d.results if r["model_id"] == current and r["status"] == "ok"}
+    return [(p,) for p in sorted({r["path"] for r in d.results} - scored)]
+
+
+def expect_daily_volume(d: Data, tz: ZoneInfo) -> list[tuple]:
+    by: dict[str, list] = defaultdict(lambda: [0, 0, 0, set()])
+    for r in d.results:
+        day = by[r["scanned_at"].astimezone(tz).date().isoformat()]
+        day[0] += 1
+        day[1] += r["label"] == "fake"
+        day[2] += r["status"] == "error"
+        day[3].add(r["scan_id"])
+    return [(k, v[0], v[1], v[2], len(v[3])) for k, v in sorted(by.items())]
+
+
+def expect_latest_verdict_per_file(d: Data, tz: ZoneInfo) -> list[tuple]:
+    latest = _latest_ok(d, lambda r: r["path"])
+    return [(p, r["scan_id"], r["label"], r["p_fake"], r["model_sha256"]) for p, r in sorted(latest.items())]
+
+
+EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple]]]] = {
+    "scans-overview": (("id", "name", "status", "model_sha256", "threshold", "total", "real", "fake", "errors",
+                        "started_at", "finished_at"), expect_scans_overview),
+    "top-fakes": (("path", "p_fake", "confidence"), expect_top_fakes),
+    "fake-rate-by-folder": (("folder", "scored", "fakes", "fake_rate"), expect_fake_rate_by_folder),
+    "errors-by-reason": (("error_code", "files", "example"), expect_errors_by_reason),
+    "borderline": (("path", "label", "p_fake", "threshold", "margin"), expect_borderline),
+    "changed-between-scans": (("path", "status_before", "status_after", "label_before", "label_after",
+                               "p_fake_before", "p_fake_after"), expect_changed_between_scans),
+    "changed-between-models": (("path", "previous_label", "current_label", "previous_p_fake", "current_p_fake"),
+                               expect_changed_between_models),
+    "never-scored-by-current-model": (("path",), expect_never_scored_by_current_model),
+    "daily-volume": (("day", "files", "fakes", "errors", "scans"), expect_daily_volume),
+    "latest-verdict-per-file": (("path", "scan_id", "label", "p_fake", "model_sha256"),
+                                expect_latest_verdict_per_file),
+}
+
+
+# --- comparison ---------------------------------------------------------------------------
+
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d")
+
+
+def _norm(value: Any) -> Any:
+    """One representation per value: drivers return Decimal, float, text or datetime."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, str) and _TIMESTAMP.match(value):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value
+
+
+def _same(got: Any, want: Any) -> bool:
+    got, want = _norm(got), _norm(want)
+    if isinstance(want, float) or isinstance(got, float):
+        return isinstance(got, (int, float)) and math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12)
+    return got == want
+
+
+def run_query(url: str, sql: str) -> tuple[tuple[str, ...], list[tuple], ZoneInfo]:
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            tz = ZoneInfo("UTC")
+            if engine.dialect.name == "postgresql":
+                tz = ZoneInfo(conn.exec_driver_sql("SHOW TIME ZONE").scalar_one())
+            result = conn.exec_driver_sql(sql)
+            return tuple(result.keys()), [tuple(r) for r in result], tz
+    finally:
+        engine.dispose()
+
+
+# --- tests --------------------------------------------------------------------------------
+
+
+def test_the_guide_has_ten_named_queries_each_with_an_expectation():
+    assert len(QUERIES) >= 10
+    assert set(QUERIES) == set(EXPECTED), "every query in docs/sql.md needs an expectation here, and back"
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_query_returns_the_expected_rows(populated: Data, name: str):
+    columns, rows, tz = run_query(populated.url, QUERIES[name])
+    want_columns, expect = EXPECTED[name]
+    want = expect(populated, tz)
+    assert columns == want_columns
+    assert want, f"the test data does not exercise {name}"
+    assert len(rows) == len(want), (rows, want)
+    for got_row, want_row in zip(rows, want):
+        assert all(_same(g, w) for g, w in zip(got_row, want_row, strict=True)), (got_row, want_row)
+
+
+def test_the_scans_exercise_what_the_queries_ask(populated: Data, archive: Archive):
+    """The data has the shapes the guide talks about, so the expectations above are not vacuous."""
+    d = populated
+    assert len(d.models) == 2 and len(d.scans) == 3
+    assert {r["error_code"] for r in d.results if r["scan_id"] == 1 and r["status"] == "error"} == {
+        "empty", "truncated", "not-image", "too-many-pixels"}
+    rates = [row[3] for row in expect_fake_rate_by_folder(d, ZoneInfo("UTC"))]
+    assert len(rates) == 2 and rates[0] != rates[1]
+    assert [r[0] for r in expect_never_scored_by_current_model(d, ZoneInfo("UTC"))] == sorted(archive.beta + archive.bad)
+    # Scan 3 (model A, threshold 1: all real) is model A's latest verdict on alpha, not scan 1.
+    changed = expect_changed_between_models(d, ZoneInfo("UTC"))
+    assert changed and all(row[1] == "real" and row[2] == "fake" for row in changed)
+    latest = expect_latest_verdict_per_file(d, ZoneInfo("UTC"))
+    assert {row[0]: row[1] for row in latest} == {**{p: 3 for p in archive.alpha}, **{p: 1 for p in archive.beta}}
