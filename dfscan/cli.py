@@ -118,17 +118,27 @@ def main() -> None:
 @click.option("--threads", "intra_op_threads", type=int, envvar="DFSCAN_THREADS", show_envvar=True,
               help="Inference threads (0: all cores) [0].")
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links while walking.")
+@click.option("--incremental", is_flag=True, envvar="DFSCAN_INCREMENTAL", show_envvar=True,
+              help="Skip files whose path, size and mtime already have an 'ok' row from this model.")
+@click.option("--broker", "broker_url", envvar="DFSCAN_BROKER_URL", show_envvar=True,
+              help="Redis URL: enqueue the chunks for `dfscan worker`s instead of scoring here.")
+@click.option("--wait", is_flag=True, help="With --broker: follow progress until the scan completes.")
+@click.option("--max-outstanding", "max_outstanding_chunks", type=int, envvar="DFSCAN_MAX_OUTSTANDING_CHUNKS",
+              show_envvar=True, help="With --broker: most chunks enqueued and unfinished at once [64].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @reports_errors
 def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | None, threshold: float | None,
          paths_from: tuple[str, ...], extensions: str | None, batch_size: int | None, chunk_size: int | None,
          runtime: str | None, decoder: str | None, max_pixels: int | None, intra_op_threads: int | None,
-         no_follow_symlinks: bool, progress: bool | None, as_json: bool) -> None:
+         no_follow_symlinks: bool, incremental: bool, broker_url: str | None, wait: bool,
+         max_outstanding_chunks: int | None, progress: bool | None, as_json: bool) -> None:
     """Scan ROOTS (files and directories, recursively) and store one row per image.
 
     Exit status 0 means the scan completed, even where some images failed:
-    those are rows with status 'error' and a reason.
+    those are rows with status 'error' and a reason.  With --broker the scan
+    is registered and its chunks enqueued for workers; the command prints the
+    scan id and returns once every chunk is enqueued (--wait: once scored).
     """
     from scanner import WalkOptions, check_roots
     from workers.local import LocalScan
@@ -139,14 +149,23 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
         db_url=db_url, model=model, threshold=threshold, extensions=parse_extensions(extensions),
         batch_size=batch_size, chunk_size=chunk_size, runtime=runtime, decoder=decoder, max_pixels=max_pixels,
         intra_op_threads=intra_op_threads, follow_symlinks=False if no_follow_symlinks else None,
+        broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks,
     )
     root_list = check_roots(roots)
     options = WalkOptions(extensions=settings.extensions, follow_symlinks=settings.follow_symlinks)
     show = sys.stderr.isatty() if progress is None else progress
-    job = LocalScan(settings, root_list, list(paths_from), options, name=name)
+    if settings.broker_url:
+        from dfscan.commands.distributed import produce_scan
+
+        produce_scan(settings, root_list, list(paths_from), options, name=name, incremental=incremental,
+                     wait=wait, progress=show, as_json=as_json)
+        return
+    if wait:
+        raise click.UsageError("--wait needs --broker (the embedded scan always runs to the end)")
+    job = LocalScan(settings, root_list, list(paths_from), options, name=name, incremental=incremental)
     with _stop_on_signals() as stop:
         summary = job.run(stop=stop, progress=show)
-    _print_summary(summary, settings.db_url, as_json, job.warnings)
+    _print_summary(summary, settings.db_url, as_json, job.warnings, skipped=job.skipped if incremental else None)
     if summary.status != "completed":
         raise click.ClickException(
             f"scan {summary.scan_id} was interrupted after {summary.total} images; the rows written are kept"
@@ -175,8 +194,10 @@ class _stop_on_signals:
             signal.signal(sig, handler)
 
 
-def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str]) -> None:
+def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str], skipped: int | None = None) -> None:
     data = summary_dict(summary)
+    if skipped is not None:
+        data["skipped"] = skipped
     if as_json:
         data["warnings"] = warnings
         click.echo(json.dumps(data, indent=2, default=str))
@@ -188,6 +209,8 @@ def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str]
     click.echo(f"  real    {summary.real}")
     click.echo(f"  fake    {summary.fake}")
     click.echo(f"  error   {summary.errors}")
+    if skipped is not None:
+        click.echo(f"  skipped {skipped} (unchanged since an earlier scan with this model)")
     if summary.errors_by_reason:
         click.echo("errors by reason:")
         for reason, count in sorted(summary.errors_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):

@@ -43,6 +43,13 @@ class Settings:
     broker_url: str | None = None
     max_outstanding_chunks: int = 64
     max_attempts: int = 3
+    # Distributed mode: the Celery queue chunks go to, how long Redis waits
+    # before handing an unacknowledged chunk to another worker (longer than
+    # the slowest chunk), and how long a database outage is retried before a
+    # write gives up.
+    queue: str = "dfscan"
+    visibility_timeout: int = 3600
+    db_retry_seconds: float = 120.0
     follow_symlinks: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -64,6 +71,12 @@ class Settings:
             raise SettingsError(f"max attempts must be at least 1, got {self.max_attempts}")
         if self.max_outstanding_chunks < 1:
             raise SettingsError("max outstanding chunks must be at least 1")
+        if self.visibility_timeout < 1:
+            raise SettingsError(f"visibility timeout must be at least 1 s, got {self.visibility_timeout}")
+        if self.db_retry_seconds < 0:
+            raise SettingsError(f"database retry time must not be negative, got {self.db_retry_seconds}")
+        if not self.queue:
+            raise SettingsError("the queue name is empty")
         for ext in self.extensions:
             if not ext.startswith(".") or len(ext) < 2:
                 raise SettingsError(f"extension {ext!r} must look like '.jpg'")
@@ -99,6 +112,8 @@ _CONVERTERS = {
     "intra_op_threads": int,
     "max_outstanding_chunks": int,
     "max_attempts": int,
+    "visibility_timeout": int,
+    "db_retry_seconds": float,
     "extensions": parse_extensions,
     "follow_symlinks": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
 }

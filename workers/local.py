@@ -8,14 +8,16 @@ row per path), so everything downstream (results, reports, SQL) is the same.
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 from collections.abc import Iterator
 
 import db
+from db import distributed as dist
 from db.records import ResultRow
 from dfscan.settings import Settings
 from scanner import WalkOptions, count_files, read_path_list, walk
+from scanner.incremental import IncrementalFilter
+from scanner.producer import default_name
 from workers.context import ScanContext
 from workers.pipeline import run_local_scan
 
@@ -29,12 +31,15 @@ class LocalScan:
         options: WalkOptions,
         *,
         name: str | None = None,
+        incremental: bool = False,
     ) -> None:
         self.settings = settings
         self.roots = roots
         self.path_lists = path_lists
         self.options = options
         self.name = name or default_name(roots, path_lists)
+        self.incremental = incremental
+        self.skipped = 0
         self.warnings: list[str] = []
         self.scan_id: int | None = None
 
@@ -57,33 +62,35 @@ class LocalScan:
                     roots=self.roots + [f"@{p}" for p in self.path_lists],
                     model_id=model_id,
                     threshold=ctx.verdict.threshold,
-                    settings=ctx.audit(),
+                    settings={**ctx.audit(), "incremental": self.incremental},
                 )
+            paths = self.paths()
+            skip = None
+            if self.incremental:
+                # Files an earlier scan scored, unchanged, with this model are left out.
+                skip = IncrementalFilter(ctx.sessions, model_id=model_id, scan_id=self.scan_id,
+                                         batch=self.settings.chunk_size)
+                paths = skip(paths)
             bar = _ProgressBar(self.roots if not self.path_lists else None, self.options) if progress else None
             status = "failed"
             try:
                 finished = run_local_scan(
-                    ctx, self.scan_id, model_id, self.paths(), on_batch=bar.update if bar else None, stop=stop
+                    ctx, self.scan_id, model_id, paths, on_batch=bar.update if bar else None, stop=stop
                 )
                 status = "completed" if finished else "cancelled"
             finally:
                 if bar is not None:
                     bar.close()
+                self.skipped = skip.skipped if skip is not None else 0
                 with ctx.sessions.begin() as session:
+                    if skip is not None:
+                        n_chunks = dist.recorded_chunks(session, self.scan_id)
+                        dist.mark_walk_done(session, self.scan_id, n_chunks=n_chunks, skipped=self.skipped)
                     db.finish_scan(session, scan_id=self.scan_id, status=status)
             with ctx.sessions() as session:
                 return db.scan_summary(session, self.scan_id)
         finally:
             ctx.close()
-
-
-def default_name(roots: list[str], path_lists: list[str]) -> str:
-    """``photos+2 2026-11-25T08:10Z``: the first source and a UTC timestamp."""
-    from datetime import datetime, timezone
-
-    sources = [os.path.basename(r.rstrip("/")) or r for r in roots] + [f"@{p}" for p in path_lists]
-    head = sources[0] + (f"+{len(sources) - 1}" if len(sources) > 1 else "")
-    return f"{head} {datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ}"
 
 
 class _ProgressBar:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import db
+from db.distributed import retry_db
 from db.records import ResultRow
 from scanner.chunks import Chunk, chunked
 from workers.batches import PreparedBatch, prefetch, score, split
@@ -75,17 +76,32 @@ def _prepared(ctx: ScanContext, chunks: Iterable[Chunk]) -> Iterator[PreparedBat
 
 
 def _write(ctx: ScanContext, chunk: Chunk, model_id: int, rows: list[ResultRow], finish: Counter | None) -> None:
+    """Commit one batch's rows (and, with the last batch, the chunk's end) in one transaction.
+
+    A lost connection or a database restart is retried with back-off for up
+    to ``settings.db_retry_seconds``: the transaction is an upsert and a set,
+    so running it again after an unknown outcome gives the same rows.
+    """
+
+    def work() -> None:
+        with ctx.sessions.begin() as session:
+            db.write_batch(session, scan_id=chunk.scan_id, model_id=model_id, rows=rows)
+            if finish is not None and chunk.chunk_id is not None:
+                db.finish_chunk(
+                    session,
+                    chunk_id=chunk.chunk_id,
+                    ok=finish["ok"],
+                    fake=finish["fake"],
+                    real=finish["real"],
+                    errors=finish["errors"],
+                )
+
+    retry_db(work, deadline_s=ctx.settings.db_retry_seconds, what=f"writing chunk {chunk.seq} of scan {chunk.scan_id}")
+
+
+def _add_chunk(ctx: ScanContext, chunk: Chunk) -> int:
     with ctx.sessions.begin() as session:
-        db.write_batch(session, scan_id=chunk.scan_id, model_id=model_id, rows=rows)
-        if finish is not None and chunk.chunk_id is not None:
-            db.finish_chunk(
-                session,
-                chunk_id=chunk.chunk_id,
-                ok=finish["ok"],
-                fake=finish["fake"],
-                real=finish["real"],
-                errors=finish["errors"],
-            )
+        return db.add_chunk(session, scan_id=chunk.scan_id, seq=chunk.seq, paths=list(chunk.paths))
 
 
 def score_chunk(ctx: ScanContext, chunk: Chunk, model_id: int, on_batch: ProgressHook | None = None) -> ChunkResult:
@@ -128,8 +144,9 @@ def run_local_scan(
             chunk = tag.chunk
             if tag.index == 0:
                 counts = Counter()
-                with ctx.sessions.begin() as session:
-                    recorded[chunk.seq] = db.add_chunk(session, scan_id=scan_id, seq=chunk.seq, paths=list(chunk.paths))
+                recorded[chunk.seq] = retry_db(
+                    lambda: _add_chunk(ctx, chunk), deadline_s=ctx.settings.db_retry_seconds, what="recording a chunk"
+                )
             chunk = Chunk(chunk.scan_id, chunk.seq, chunk.paths, recorded[chunk.seq])
             rows = score(prepared, ctx.runtime, ctx.verdict)
             _tally(counts, rows)

@@ -1,0 +1,422 @@
+"""Queries of the distributed mode: chunk attempts, scan completion, progress, incremental lookups.
+
+The database is the source of truth of a distributed scan: the broker only
+carries messages, and may lose them (a Redis restart without persistence).
+Everything ``dfscan resume``, ``status`` and the workers need to decide what
+is left is answered here.  Like :mod:`db.scans`, nothing here commits except
+:func:`retry_db`, which runs a whole unit of work.
+
+The scan's producer state (whether the walk has finished, how many chunks it
+recorded, how many files an incremental scan skipped) lives in the scan's
+``settings`` document under ``"producer"``, so the schema is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from ._dialects import dialect_name
+from ._types import utcnow
+from .errors import ChunkNotFound, ScanNotFound
+from .models import Chunk, Model, Result, Scan
+from .records import ResultRow
+from .results import write_batch
+from .scans import finish_scan
+
+__all__ = [
+    "ChunkStart",
+    "Progress",
+    "ScanHead",
+    "cancel_scan",
+    "chunk_paths",
+    "close_lost_chunk",
+    "finished_among",
+    "find_scan_by_name",
+    "is_transient",
+    "mark_walk_done",
+    "maybe_complete_scan",
+    "progress",
+    "recorded_chunks",
+    "retry_db",
+    "scan_head",
+    "start_attempt",
+    "unchanged_paths",
+    "unfinished_chunks",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FINISHED = ("done", "failed")
+_IN_LIST_SIZE = 500
+
+
+# --- retrying a unit of work -------------------------------------------------------
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure that a later attempt can get past: lost connection, server restart, lock, serialization."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def retry_db(
+    work: Callable[[], T],
+    *,
+    deadline_s: float,
+    what: str = "database work",
+    first_delay_s: float = 0.25,
+    max_delay_s: float = 8.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``work`` (one whole transaction), retrying transient errors with exponential back-off.
+
+    ``work`` must be safe to run again from the start: every write of a scan is
+    an upsert or a set (never an increment that a lost COMMIT reply would
+    double), except the attempt counter, where one extra count is harmless.
+    The last error is re-raised once ``deadline_s`` has passed.
+    """
+    start = time.monotonic()
+    delay = first_delay_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return work()
+        except Exception as exc:  # noqa: BLE001 - filtered just below
+            if not is_transient(exc):
+                raise
+            waited = time.monotonic() - start
+            if waited >= deadline_s:
+                raise
+            pause = min(delay, max_delay_s, max(0.0, deadline_s - waited)) * random.uniform(0.8, 1.2)
+            log.warning("%s failed (attempt %d, %s); retrying in %.1f s", what, attempt, _short(exc), pause)
+            sleep(pause)
+            delay *= 2
+
+
+def _short(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {text[0] if text else ''}"[:200]
+
+
+# --- a scan, as a worker sees it ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanHead:
+    """What a worker needs to know about the scan a chunk belongs to."""
+
+    scan_id: int
+    status: str
+    model_id: int
+    model_sha256: str
+    model_path: str
+    threshold: float
+
+
+def scan_head(session: Session, scan_id: int) -> ScanHead:
+    row = session.execute(
+        select(Scan.status, Scan.model_id, Model.sha256, Model.path, Scan.threshold)
+        .join(Model, Model.id == Scan.model_id)
+        .where(Scan.id == scan_id)
+    ).one_or_none()
+    if row is None:
+        raise ScanNotFound(scan_id)
+    return ScanHead(scan_id, row.status, row.model_id, row.sha256, row.path, row.threshold)
+
+
+def find_scan_by_name(session: Session, name: str) -> int | None:
+    return session.execute(select(func.min(Scan.id)).where(Scan.name == name)).scalar_one()
+
+
+@dataclass(frozen=True)
+class ChunkStart:
+    status: str
+    attempts: int
+    scan_status: str
+
+
+def start_attempt(session: Session, chunk_id: int) -> ChunkStart:
+    """Count one more delivery of a chunk; return its state and its scan's."""
+    attempts = session.execute(
+        update(Chunk.__table__)
+        .where(Chunk.__table__.c.id == chunk_id)
+        .values(attempts=Chunk.__table__.c.attempts + 1)
+        .returning(Chunk.__table__.c.attempts)
+    ).scalar_one_or_none()
+    if attempts is None:
+        raise ChunkNotFound(chunk_id)
+    status, scan_status = session.execute(
+        select(Chunk.status, Scan.status).join(Scan, Scan.id == Chunk.scan_id).where(Chunk.id == chunk_id)
+    ).one()
+    return ChunkStart(status, attempts, scan_status)
+
+
+def close_lost_chunk(
+    session: Session, *, chunk_id: int, scan_id: int, model_id: int, paths: Sequence[str], reason: str
+) -> int:
+    """End a chunk that kept failing: an ``error`` row (``worker-lost``) for each path without a result.
+
+    Rows that earlier attempts committed are kept.  The chunk ends ``failed``
+    with counts taken from its rows, so the scan's totals still add up.
+    Returns the number of error rows written.
+    """
+    done = _existing(session, scan_id, paths)
+    now = utcnow()
+    rows = [
+        ResultRow(p, None, None, "error", None, None, None, reason, "worker-lost", now)
+        for p in dict.fromkeys(paths)
+        if p not in done
+    ]
+    write_batch(session, scan_id=scan_id, model_id=model_id, rows=rows)
+    ok, real, fake, errors = _chunk_counts(session, scan_id, paths)
+    result = session.execute(
+        update(Chunk)
+        .where(Chunk.id == chunk_id)
+        .values(status="failed", ok=ok, real=real, fake=fake, errors=errors, last_error=reason, finished_at=now)
+    )
+    if result.rowcount == 0:
+        raise ChunkNotFound(chunk_id)
+    return len(rows)
+
+
+def _existing(session: Session, scan_id: int, paths: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    unique = list(dict.fromkeys(paths))
+    for start in range(0, len(unique), _IN_LIST_SIZE):
+        found.update(
+            session.execute(
+                select(Result.path).where(Result.scan_id == scan_id, Result.path.in_(unique[start : start + _IN_LIST_SIZE]))
+            ).scalars()
+        )
+    return found
+
+
+def _chunk_counts(session: Session, scan_id: int, paths: Sequence[str]) -> tuple[int, int, int, int]:
+    ok = real = fake = errors = 0
+    unique = list(dict.fromkeys(paths))
+    for start in range(0, len(unique), _IN_LIST_SIZE):
+        for status, label in session.execute(
+            select(Result.status, Result.label).where(
+                Result.scan_id == scan_id, Result.path.in_(unique[start : start + _IN_LIST_SIZE])
+            )
+        ):
+            if status == "ok":
+                ok += 1
+                real += label == "real"
+                fake += label == "fake"
+            else:
+                errors += 1
+    return ok, real, fake, errors
+
+
+# --- the producer's side -------------------------------------------------------------
+
+
+def producer_state(session: Session, scan_id: int) -> dict[str, Any]:
+    settings = session.execute(select(Scan.settings).where(Scan.id == scan_id)).scalar_one_or_none()
+    if settings is None:
+        raise ScanNotFound(scan_id)
+    return dict(settings.get("producer") or {})
+
+
+def _set_producer_state(session: Session, scan_id: int, **changes: Any) -> None:
+    settings = session.execute(select(Scan.settings).where(Scan.id == scan_id).with_for_update()).scalar_one_or_none()
+    if settings is None:
+        raise ScanNotFound(scan_id)
+    settings = dict(settings)
+    state = dict(settings.get("producer") or {})
+    state.update(changes)
+    settings["producer"] = state
+    session.execute(update(Scan).where(Scan.id == scan_id).values(settings=settings))
+
+
+def mark_walk_done(session: Session, scan_id: int, *, n_chunks: int, skipped: int) -> None:
+    """Record that every chunk of the scan is in the database: from now on it can complete."""
+    _set_producer_state(session, scan_id, walk_done=True, n_chunks=n_chunks, skipped=skipped)
+
+
+def recorded_chunks(session: Session, scan_id: int) -> int:
+    """How many chunks the scan has (its seqs are 0..n-1)."""
+    return session.execute(select(func.count()).select_from(Chunk).where(Chunk.scan_id == scan_id)).scalar_one()
+
+
+def chunk_paths(session: Session, scan_id: int, seq: int) -> list[str] | None:
+    return session.execute(select(Chunk.paths).where(Chunk.scan_id == scan_id, Chunk.seq == seq)).scalar_one_or_none()
+
+
+def maybe_complete_scan(session: Session, scan_id: int) -> bool:
+    """Mark a running scan ``completed`` once its walk is done and every chunk is finished.
+
+    Run in its own transaction after a chunk's commit: the scan row is locked
+    first, so of two workers finishing the last two chunks at once, the second
+    sees both.  Returns True if this call completed the scan.
+    """
+    stmt = select(Scan.status, Scan.settings).where(Scan.id == scan_id)
+    if dialect_name(session) == "postgresql":
+        stmt = stmt.with_for_update()
+    row = session.execute(stmt).one_or_none()
+    if row is None:
+        raise ScanNotFound(scan_id)
+    state = (row.settings or {}).get("producer") or {}
+    if row.status != "running" or not state.get("walk_done"):
+        return False
+    counts = dict(
+        session.execute(
+            select(Chunk.status, func.count()).where(Chunk.scan_id == scan_id).group_by(Chunk.status)
+        ).all()
+    )
+    finished = sum(counts.get(s, 0) for s in FINISHED)
+    if finished != sum(counts.values()) or finished < int(state.get("n_chunks", 0)):
+        return False
+    finish_scan(session, scan_id=scan_id, status="completed")
+    return True
+
+
+def cancel_scan(session: Session, scan_id: int) -> bool:
+    """End a running scan as ``cancelled``; workers then drop its chunks unscored."""
+    status = session.execute(select(Scan.status).where(Scan.id == scan_id)).scalar_one_or_none()
+    if status is None:
+        raise ScanNotFound(scan_id)
+    if status != "running":
+        return False
+    finish_scan(session, scan_id=scan_id, status="cancelled")
+    return True
+
+
+def unfinished_chunks(session: Session, scan_id: int, *, after_seq: int = -1, limit: int = 100) -> list[tuple[int, int, list[str]]]:
+    """``(chunk_id, seq, paths)`` of queued chunks after ``after_seq``, in seq order: one page."""
+    return [
+        (r.id, r.seq, list(r.paths))
+        for r in session.execute(
+            select(Chunk.id, Chunk.seq, Chunk.paths)
+            .where(Chunk.scan_id == scan_id, Chunk.status == "queued", Chunk.seq > after_seq)
+            .order_by(Chunk.seq)
+            .limit(limit)
+        )
+    ]
+
+
+def finished_among(session: Session, chunk_ids: Iterable[int]) -> set[int]:
+    ids = list(chunk_ids)
+    out: set[int] = set()
+    for start in range(0, len(ids), _IN_LIST_SIZE):
+        out.update(
+            session.execute(
+                select(Chunk.id).where(Chunk.id.in_(ids[start : start + _IN_LIST_SIZE]), Chunk.status.in_(FINISHED))
+            ).scalars()
+        )
+    return out
+
+
+def unchanged_paths(session: Session, *, model_id: int, scan_id: int, stats: dict[str, tuple[int, float]]) -> set[str]:
+    """Paths whose (size, mtime) match an ``ok`` row of the same model in another scan.
+
+    Served by the ``(model_id, path)`` index of ``results``: one IN-list
+    lookup per chunk of paths.
+    """
+    out: set[str] = set()
+    paths = list(stats)
+    for start in range(0, len(paths), _IN_LIST_SIZE):
+        part = paths[start : start + _IN_LIST_SIZE]
+        for path, size, mtime in session.execute(
+            select(Result.path, Result.size, Result.mtime).where(
+                Result.model_id == model_id,
+                Result.path.in_(part),
+                Result.status == "ok",
+                Result.scan_id != scan_id,
+            )
+        ):
+            if (size, mtime) == stats[path]:
+                out.add(path)
+    return out
+
+
+# --- progress ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a scan stands; ``images_per_s`` and ``eta_s`` from its rows so far."""
+
+    scan_id: int
+    name: str
+    status: str
+    walk_done: bool
+    chunks_total: int
+    chunks_queued: int
+    chunks_done: int
+    chunks_failed: int
+    images_total: int
+    images_done: int
+    ok: int
+    errors: int
+    skipped: int
+    started_at: datetime
+    finished_at: datetime | None
+    elapsed_s: float
+    images_per_s: float
+    eta_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def progress(session: Session, scan_id: int) -> Progress:
+    head = session.execute(
+        select(Scan.name, Scan.status, Scan.settings, Scan.started_at, Scan.finished_at).where(Scan.id == scan_id)
+    ).one_or_none()
+    if head is None:
+        raise ScanNotFound(scan_id)
+    chunk_rows = session.execute(
+        select(Chunk.status, func.count(), func.coalesce(func.sum(Chunk.n_paths), 0))
+        .where(Chunk.scan_id == scan_id)
+        .group_by(Chunk.status)
+    ).all()
+    chunks = {s: (n, p) for s, n, p in chunk_rows}
+    result_rows = dict(
+        session.execute(
+            select(Result.status, func.count()).where(Result.scan_id == scan_id).group_by(Result.status)
+        ).all()
+    )
+    state = (head.settings or {}).get("producer") or {}
+    ok, errors = result_rows.get("ok", 0), result_rows.get("error", 0)
+    done = ok + errors
+    images_total = sum(p for _, p in chunks.values())
+    elapsed = max(0.0, ((head.finished_at or utcnow()) - head.started_at).total_seconds())
+    rate = done / elapsed if elapsed > 0 else 0.0
+    walk_done = bool(state.get("walk_done"))
+    eta = (max(0, images_total - done) / rate) if (walk_done and rate > 0 and head.status == "running") else None
+    return Progress(
+        scan_id=scan_id,
+        name=head.name,
+        status=head.status,
+        walk_done=walk_done,
+        chunks_total=sum(n for n, _ in chunks.values()),
+        chunks_queued=chunks.get("queued", (0, 0))[0],
+        chunks_done=chunks.get("done", (0, 0))[0],
+        chunks_failed=chunks.get("failed", (0, 0))[0],
+        images_total=images_total,
+        images_done=done,
+        ok=ok,
+        errors=errors,
+        skipped=int(state.get("skipped", 0)),
+        started_at=head.started_at,
+        finished_at=head.finished_at,
+        elapsed_s=elapsed,
+        images_per_s=rate,
+        eta_s=eta,
+    )

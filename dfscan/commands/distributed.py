@@ -1,0 +1,305 @@
+"""Distributed mode: ``worker``, ``status``, ``resume``, ``cancel``, ``beat``, and ``scan --broker``.
+
+Celery, the model and the runtime are imported inside the commands: ``dfscan
+--help`` loads this module.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dfscan.cli import _stop_on_signals, db_option, model_option, reports_errors
+from dfscan.settings import Settings, from_env
+
+
+def broker_option(func):
+    return click.option(
+        "--broker", "broker_url", envvar="DFSCAN_BROKER_URL", show_envvar=True,
+        help="Redis URL of the broker (redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS).",
+    )(func)  # fmt: skip
+
+
+def _settings(**overrides: Any) -> Settings:
+    """``DFSCAN_*`` variables for every field, the command's options on top."""
+    return from_env(**overrides)
+
+
+def _need_broker(settings: Settings) -> None:
+    if not settings.broker_url:
+        raise click.UsageError("no broker: pass --broker redis://HOST:PORT/DB or set DFSCAN_BROKER_URL")
+
+
+def safe_url(url: str | None) -> str:
+    """A URL fit for a terminal or a log: the password masked."""
+    if not url:
+        return ""
+    from kombu.utils.url import maybe_sanitize_url
+
+    return maybe_sanitize_url(url)
+
+
+# --- scan --broker ---------------------------------------------------------------------
+
+
+def produce_scan(settings: Settings, roots: list[str], path_lists: list[str], options: Any, *, name: str | None,
+                 incremental: bool, wait: bool, progress: bool, as_json: bool) -> None:
+    """The producer side of ``dfscan scan --broker``."""
+    from scanner.producer import Producer
+
+    with Producer(settings) as producer, _stop_on_signals() as stop:
+        scan_id = producer.register(roots, path_lists, options, name=name, incremental=incremental)
+        click.echo(f"scan {scan_id}: enqueuing chunks on {safe_url(settings.broker_url)}", err=True)
+        report = producer.produce(scan_id, stop=stop)
+        final = producer.wait(scan_id, on_progress=_Bar() if progress else None, stop=stop) if wait and not report.stopped else producer.progress(scan_id)
+    data = {
+        "scan_id": scan_id,
+        "status": final.status,
+        "chunks_enqueued": report.chunks_published,
+        "images": report.images_recorded,
+        "skipped": report.skipped if incremental else None,
+        "walk_done": not report.stopped,
+        "progress": final.as_dict(),
+    }
+    for warning in producer.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        click.echo(f"scan {scan_id} {final.status}: {report.images_recorded} images in "
+                   f"{report.chunks_published} chunks enqueued")
+        if incremental:
+            click.echo(f"  skipped {report.skipped} (unchanged since an earlier scan with this model)")
+        if wait:
+            _print_progress(final)
+        else:
+            click.echo(f"follow it with: dfscan status {scan_id}")
+    if report.stopped:
+        raise click.ClickException(f"scan {scan_id} was stopped before every chunk was enqueued; "
+                                   f"`dfscan resume {scan_id}` goes on")
+    if wait and final.status != "completed":
+        raise click.ClickException(f"scan {scan_id} is {final.status}")
+
+
+class _Bar:
+    """tqdm on stderr fed from the database's progress counts."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(unit="img", dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
+
+    def __call__(self, p: Any) -> None:
+        if p.walk_done:
+            self.bar.total = p.images_total
+        self.bar.n = p.images_done
+        self.bar.set_postfix(errors=p.errors, chunks_left=p.chunks_queued, refresh=False)
+        self.bar.refresh()
+        if p.status != "running":
+            self.bar.close()
+
+
+def _print_progress(p: Any) -> None:
+    total = f"{p.images_total}" + ("" if p.walk_done else "+ (walk in progress)")
+    click.echo(f"scan {p.scan_id} ({p.name}) {p.status}")
+    click.echo(f"  images   {p.images_done} of {total} done: {p.ok} ok, {p.errors} errors")
+    click.echo(f"  chunks   {p.chunks_queued} queued, {p.chunks_done} done, {p.chunks_failed} failed")
+    if p.skipped:
+        click.echo(f"  skipped  {p.skipped} unchanged files (incremental)")
+    click.echo(f"  rate     {p.images_per_s:.1f} images/s over {p.elapsed_s:.0f} s")
+    if p.eta_s is not None:
+        click.echo(f"  eta      {_duration(p.eta_s)}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+# --- worker ----------------------------------------------------------------------------
+
+
+@click.command()
+@broker_option
+@db_option
+@model_option
+@click.option("--concurrency", type=int, default=1, show_default=True, envvar="DFSCAN_CONCURRENCY", show_envvar=True,
+              help="Pool processes; one per GPU (each loads the model once).")
+@click.option("--pool", type=click.Choice(["prefork", "solo", "threads"]), default="prefork", show_default=True,
+              help="Celery pool: prefork gives each chunk a process that can die alone.")
+@click.option("--queues", "-Q", envvar="DFSCAN_QUEUES", show_envvar=True,
+              help="Comma-separated queues to consume [the scoring queue, 'dfscan'].")
+@click.option("--runtime", envvar="DFSCAN_RUNTIME", show_envvar=True, help="auto | onnxruntime | tensorrt [auto].")
+@click.option("--decoder", envvar="DFSCAN_DECODER", show_envvar=True, help="auto | pillow | dali [auto].")
+@click.option("--batch-size", type=int, envvar="DFSCAN_BATCH_SIZE", show_envvar=True, help="Images per inference batch [64].")
+@click.option("--threads", "intra_op_threads", type=int, envvar="DFSCAN_THREADS", show_envvar=True,
+              help="Inference threads per process (0: all cores) [0].")
+@click.option("--max-attempts", type=int, envvar="DFSCAN_MAX_ATTEMPTS", show_envvar=True,
+              help="Deliveries of a chunk before its images become 'worker-lost' error rows [3].")
+@click.option("--visibility-timeout", type=int, envvar="DFSCAN_VISIBILITY_TIMEOUT", show_envvar=True,
+              help="Seconds before a chunk of a vanished worker goes to another one; longer than any chunk [3600].")
+@click.option("--hostname", "-n", help="Celery node name [dfscan-PID@HOST].")
+@click.option("--loglevel", "-l", default="INFO", show_default=True, help="Celery log level.")
+@click.option("--include", "-I", multiple=True, help="Extra module to import in the worker (signal handlers). Repeatable.")
+@reports_errors
+def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency: int, pool: str, queues: str | None,
+           runtime: str | None, decoder: str | None, batch_size: int | None, intra_op_threads: int | None,
+           max_attempts: int | None, visibility_timeout: int | None, hostname: str | None, loglevel: str,
+           include: tuple[str, ...]) -> None:
+    """Start a Celery worker that scores chunks and writes their rows.
+
+    The model is found from the scan (the path and SHA-256 it was registered
+    with; --model names another copy of the same file) and loaded once per
+    pool process, on its first chunk.
+    """
+    import os
+
+    import db
+    from workers.app import create_app, set_app
+
+    settings = _settings(broker_url=broker_url, db_url=db_url, model=model, runtime=runtime, decoder=decoder,
+                         batch_size=batch_size, intra_op_threads=intra_op_threads, max_attempts=max_attempts,
+                         visibility_timeout=visibility_timeout)
+    _need_broker(settings)
+    if concurrency < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--concurrency")
+    # Migrate once here, before the pool forks: no connection crosses a fork.
+    engine = db.make_engine(settings.db_url)
+    try:
+        db.upgrade(engine)
+    finally:
+        engine.dispose()
+    app = create_app(settings)
+    set_app(app)
+    argv = [
+        "worker", f"--loglevel={loglevel}", f"--pool={pool}", f"--concurrency={concurrency}",
+        f"--queues={queues or settings.queue}", f"--hostname={hostname or f'dfscan-{os.getpid()}@%h'}",
+        # Mingle, gossip and heartbeats are cluster chatter dfscan does not use.
+        "--without-mingle", "--without-gossip", "--without-heartbeat",
+    ]  # fmt: skip
+    if include:
+        argv.append(f"--include={','.join(include)}")
+    app.worker_main(argv)
+
+
+# --- status / resume / cancel ----------------------------------------------------------
+
+
+def _producer(settings: Settings):
+    from scanner.producer import Producer
+
+    return Producer(settings)
+
+
+@click.command()
+@click.argument("scan_id", type=int)
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@reports_errors
+def status(scan_id: int, db_url: str, as_json: bool) -> None:
+    """Where scan SCAN_ID stands: images done, errors, chunks queued, images/s and ETA."""
+    with _producer(_settings(db_url=db_url)) as producer:
+        p = producer.progress(scan_id)
+    if as_json:
+        click.echo(json.dumps(p.as_dict(), indent=2, default=str))
+    else:
+        _print_progress(p)
+
+
+@click.command()
+@click.argument("scan_id", type=int)
+@broker_option
+@db_option
+@click.option("--wait", is_flag=True, help="Follow progress until the scan completes.")
+@click.option("--max-outstanding", "max_outstanding_chunks", type=int, envvar="DFSCAN_MAX_OUTSTANDING_CHUNKS",
+              show_envvar=True, help="Most chunks enqueued and unfinished at once [64].")
+@click.option("--progress/--no-progress", default=None, help="Progress bar with --wait (default: on a terminal).")
+@reports_errors
+def resume(scan_id: int, broker_url: str | None, db_url: str, wait: bool, max_outstanding_chunks: int | None,
+           progress: bool | None) -> None:
+    """Enqueue again every chunk of SCAN_ID without results, and finish its walk if it was cut short.
+
+    For after the broker lost its data (a Redis restart without persistence)
+    or the producer was killed.  Chunks still in the broker are delivered
+    twice; the second delivery finds them done.
+    """
+    settings = _settings(broker_url=broker_url, db_url=db_url, max_outstanding_chunks=max_outstanding_chunks)
+    _need_broker(settings)
+    show = sys.stderr.isatty() if progress is None else progress
+    with _producer(settings) as producer, _stop_on_signals() as stop:
+        report = producer.resume(scan_id, stop=stop)
+        final = producer.wait(scan_id, on_progress=_Bar() if show else None, stop=stop) if wait else producer.progress(scan_id)
+    click.echo(f"scan {scan_id}: {report.chunks_published} chunks enqueued again; {final.status}")
+    if wait:
+        _print_progress(final)
+    if report.stopped:
+        raise click.ClickException(f"scan {scan_id}: resume was stopped before every chunk was enqueued")
+
+
+@click.command()
+@click.argument("scan_id", type=int)
+@db_option
+@reports_errors
+def cancel(scan_id: int, db_url: str) -> None:
+    """Cancel SCAN_ID: workers drop its remaining chunks unscored; the rows written are kept."""
+    from db import distributed as dist
+
+    with _producer(_settings(db_url=db_url)) as producer:
+        def work() -> bool:
+            with producer.sessions.begin() as session:
+                return dist.cancel_scan(session, scan_id)
+
+        changed = producer._retry(work, "cancelling the scan")
+        p = producer.progress(scan_id)
+    click.echo(f"scan {scan_id} {'cancelled' if changed else 'was already ' + p.status}: "
+               f"{p.images_done} images have rows, {p.chunks_queued} chunks left unscored")
+
+
+# --- beat ------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--schedule", "schedule_file", required=True, envvar="DFSCAN_SCHEDULE", show_envvar=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Schedule file (TOML).")
+@broker_option
+@db_option
+@click.option("--state", "state_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("dfscan-beat.db"), show_default=True, help="Where beat remembers the last runs.")
+@click.option("--loglevel", "-l", default="INFO", show_default=True, help="Celery log level.")
+@click.option("--check", is_flag=True, help="Validate the schedule file, print its entries, and exit.")
+@reports_errors
+def beat(schedule_file: Path, broker_url: str | None, db_url: str, state_file: Path, loglevel: str, check: bool) -> None:
+    """Run the nightly schedules of SCHEDULE with Celery beat.
+
+    Each due entry sends one producer task (queue 'dfscan.producer'), which a
+    worker started with `dfscan worker -Q dfscan.producer` runs as an
+    incremental scan: it walks, records and enqueues the chunks for the
+    scoring workers.
+    """
+    from scanner.schedule import beat_schedule, load_schedule
+
+    entries = load_schedule(schedule_file)
+    if check:
+        for e in entries:
+            click.echo(f"{e.name:<20} {e.cron:<16} {', '.join(e.roots)}  model={e.model}")
+        return
+    settings = _settings(broker_url=broker_url, db_url=db_url)
+    _need_broker(settings)
+    from workers.app import create_app, set_app
+
+    app = create_app(settings)
+    app.conf.beat_schedule = beat_schedule(entries)
+    set_app(app)
+    click.echo(f"beat: {len(entries)} schedule(s) on {safe_url(settings.broker_url)}", err=True)
+    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={state_file}"])
+
+
+COMMANDS = [worker, status, resume, cancel, beat]
+
+__all__ = ["COMMANDS", "produce_scan", "safe_url"]

@@ -1,0 +1,339 @@
+"""The producer of a distributed scan: register it, walk, record chunks, enqueue them.
+
+Every chunk is committed to the database before its message is published,
+so the database always knows at least as much as the broker: whatever the
+broker loses (a Redis restart without persistence), or the producer never got
+to publish (it was killed), ``resume`` finds as a ``queued`` chunk without
+results and publishes again.  The walk itself is resumable: it is
+deterministic (sorted), so a resumed walk replays the chunks already recorded,
+checks them, and goes on from the first one missing.
+
+Back-pressure: at most ``settings.max_outstanding_chunks`` chunks published by
+this producer are unfinished at any time, so Redis holds a bounded number of
+messages and the producer's memory stays flat whatever the archive's size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+import db
+from db import distributed as dist
+from dfscan.settings import Settings
+from scanner.chunks import Chunk, chunked
+from scanner.errors import ScannerError
+from scanner.incremental import IncrementalFilter
+from scanner.walker import WalkOptions, read_path_list, walk
+
+__all__ = ["ProduceReport", "Producer", "ProducerError", "default_name"]
+
+log = logging.getLogger(__name__)
+
+PUBLISH_RETRY = {"max_retries": 30, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5.0}
+
+
+class ProducerError(ScannerError):
+    """A scan can't be produced or resumed as asked."""
+
+
+@dataclass(frozen=True)
+class ProduceReport:
+    scan_id: int
+    chunks_published: int
+    chunks_total: int | None  # None while the walk is unfinished (stopped or cancelled)
+    images_recorded: int
+    skipped: int
+    stopped: bool
+
+
+class Producer:
+    """Registers, walks and enqueues scans for one broker and one database.
+
+    ``publish(chunk)`` sends one chunk message; by default it is a Celery
+    ``send_task`` on ``app``.
+    """
+
+    def __init__(self, settings: Settings, app: Any | None = None, *, poll_s: float = 0.2) -> None:
+        self.settings = settings
+        self._app = app
+        self.poll_s = poll_s
+        self.engine: Engine = db.make_engine(settings.db_url)
+        self.sessions: sessionmaker[Session] = db.session_factory(self.engine)
+        self.warnings: list[str] = []
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def app(self) -> Any:
+        if self._app is None:
+            from workers.app import create_app
+
+            self._app = create_app(self.settings)
+        return self._app
+
+    def _retry(self, work: Callable, what: str) -> Any:
+        return dist.retry_db(work, deadline_s=self.settings.db_retry_seconds, what=what)
+
+    def publish(self, chunk: Chunk) -> None:
+        from workers.app import SCORE_TASK
+
+        self.app.send_task(
+            SCORE_TASK,
+            kwargs=chunk.to_message(),
+            queue=self.settings.queue,
+            retry=True,
+            retry_policy=PUBLISH_RETRY,
+        )
+
+    # --- registering ----------------------------------------------------------------
+
+    def register(
+        self,
+        roots: list[str],
+        path_lists: list[str],
+        options: WalkOptions,
+        *,
+        name: str | None = None,
+        incremental: bool = False,
+    ) -> int:
+        """Create the scan row (status ``running``) and return its id.  Loads no runtime."""
+        from detector.info import inspect_model
+        from dfscan.settings import SettingsError
+        from workers.context import model_info_dict
+
+        if self.settings.model is None:
+            raise SettingsError("no model given: pass --model PATH or set DFSCAN_MODEL")
+        if "-" in path_lists:
+            raise ProducerError("a distributed scan can't read paths from stdin ('-'): resume could not read them again")
+        info = inspect_model(self.settings.model)
+        self._retry(lambda: db.upgrade(self.engine), "migrating the database")
+        threshold = info.threshold if self.settings.threshold is None else self.settings.threshold
+        audit = {
+            "mode": "distributed",
+            "model_path": os.fspath(info.path),
+            "model_sha256": info.sha256,
+            "threshold": threshold,
+            "chunk_size": self.settings.chunk_size,
+            "queue": self.settings.queue,
+            "walk": {"roots": list(roots), "path_lists": list(path_lists),
+                     "extensions": list(options.extensions), "follow_symlinks": options.follow_symlinks},
+            "incremental": incremental,
+            "producer": {"walk_done": False},
+        }  # fmt: skip
+
+        def work() -> int:
+            with self.sessions.begin() as session:
+                model_id = db.get_or_create_model(
+                    session, sha256=info.sha256, name=info.architecture, path=os.fspath(info.path),
+                    info=model_info_dict(info),
+                )
+                return db.create_scan(
+                    session, name=name or default_name(roots, path_lists),
+                    roots=list(roots) + [f"@{p}" for p in path_lists],
+                    model_id=model_id, threshold=threshold, settings=audit,
+                )
+
+        return self._retry(work, "registering the scan")
+
+    # --- producing ------------------------------------------------------------------
+
+    def produce(self, scan_id: int, *, stop: threading.Event | None = None) -> ProduceReport:
+        """Walk the scan's roots, record and publish its chunks; resumes a walk left unfinished.
+
+        Returns when every chunk is published (not scored), or early if
+        ``stop`` is set or the scan was cancelled.
+        """
+        with self.sessions() as session:
+            head = dist.scan_head(session, scan_id)
+            audit = session.get(db.models.Scan, scan_id).settings
+            recorded = dist.recorded_chunks(session, scan_id)
+        if head.status != "running":
+            raise ProducerError(f"scan {scan_id} is {head.status}")
+        walk_cfg = audit.get("walk")
+        if walk_cfg is None:
+            raise ProducerError(f"scan {scan_id} was not made by the distributed producer")
+        state = audit.get("producer") or {}
+        if state.get("walk_done"):
+            return ProduceReport(scan_id, 0, int(state.get("n_chunks", 0)), 0, int(state.get("skipped", 0)), False)
+
+        options = WalkOptions(tuple(walk_cfg["extensions"]), bool(walk_cfg["follow_symlinks"]))
+        # The scan's own chunk size, not this process's: a resumed walk must replay the same chunks.
+        chunk_size = int(audit.get("chunk_size") or self.settings.chunk_size)
+        paths: Iterable[str] = self._paths(walk_cfg["roots"], walk_cfg["path_lists"], options)
+        incremental = None
+        if audit.get("incremental"):
+            incremental = IncrementalFilter(
+                self.sessions, model_id=head.model_id, scan_id=scan_id, batch=chunk_size,
+                retry=self._retry,
+            )
+            paths = incremental(paths)
+        window = _Window(self, scan_id, self.settings.max_outstanding_chunks, stop)
+        published = images = 0
+        n_chunks = 0
+        for seq, batch in enumerate(chunked(paths, chunk_size)):
+            n_chunks = seq + 1
+            images += len(batch)
+            if seq < recorded:
+                self._check_replayed(scan_id, seq, batch)
+                continue
+            if not window.wait_for_room():
+                return ProduceReport(scan_id, published, None, images, incremental.skipped if incremental else 0, True)
+            chunk_id = self._retry(lambda: self._record(scan_id, seq, batch), "recording a chunk")
+            self.publish(Chunk(scan_id, seq, tuple(batch), chunk_id))
+            window.add(chunk_id)
+            published += 1
+        skipped = incremental.skipped if incremental else 0
+
+        def finish() -> None:
+            with self.sessions.begin() as session:
+                dist.mark_walk_done(session, scan_id, n_chunks=n_chunks, skipped=skipped)
+            with self.sessions.begin() as session:
+                dist.maybe_complete_scan(session, scan_id)
+
+        self._retry(finish, "ending the walk")
+        return ProduceReport(scan_id, published, n_chunks, images, skipped, False)
+
+    def _paths(self, roots: list[str], path_lists: list[str], options: WalkOptions) -> Iterator[str]:
+        walked = walk(roots, options, on_skip=lambda p, why: self.warnings.append(f"{p}: {why}; not scanned"))
+        listed = (read_path_list(source) for source in path_lists)
+        return itertools.chain(walked, itertools.chain.from_iterable(listed))
+
+    def _record(self, scan_id: int, seq: int, batch: list[str]) -> int:
+        with self.sessions.begin() as session:
+            return db.add_chunk(session, scan_id=scan_id, seq=seq, paths=batch)
+
+    def _check_replayed(self, scan_id: int, seq: int, batch: list[str]) -> None:
+        with self.sessions() as session:
+            stored = dist.chunk_paths(session, scan_id, seq)
+        if stored != batch:
+            raise ProducerError(
+                f"scan {scan_id}: chunk {seq} no longer matches the files under its roots (the archive changed "
+                "since the walk began); cancel it and start a new scan, with --incremental to skip what was scored"
+            )
+
+    # --- resuming -------------------------------------------------------------------
+
+    def resume(self, scan_id: int, *, stop: threading.Event | None = None) -> ProduceReport:
+        """Publish again every recorded chunk that is unfinished, then finish the walk if it was cut short."""
+        with self.sessions() as session:
+            head = dist.scan_head(session, scan_id)
+        if head.status != "running":
+            raise ProducerError(f"scan {scan_id} is {head.status}; only a running scan can be resumed")
+        window = _Window(self, scan_id, self.settings.max_outstanding_chunks, stop)
+        republished = 0
+        after = -1
+        while True:
+            def page(after: int = after) -> list[tuple[int, int, list[str]]]:
+                with self.sessions() as session:
+                    return dist.unfinished_chunks(session, scan_id, after_seq=after, limit=100)
+
+            rows = self._retry(page, "listing unfinished chunks")
+            if not rows:
+                break
+            for chunk_id, seq, paths in rows:
+                if not window.wait_for_room():
+                    return ProduceReport(scan_id, republished, None, 0, 0, True)
+                self.publish(Chunk(scan_id, seq, tuple(paths), chunk_id))
+                window.add(chunk_id)
+                republished += 1
+                after = seq
+        report = self.produce(scan_id, stop=stop)
+
+        def complete() -> None:
+            with self.sessions.begin() as session:
+                dist.maybe_complete_scan(session, scan_id)
+
+        self._retry(complete, "completing the scan")
+        return ProduceReport(
+            scan_id, republished + report.chunks_published, report.chunks_total, report.images_recorded,
+            report.skipped, report.stopped,
+        )
+
+    # --- following ------------------------------------------------------------------
+
+    def progress(self, scan_id: int) -> dist.Progress:
+        def read() -> dist.Progress:
+            with self.sessions() as session:
+                return dist.progress(session, scan_id)
+
+        return self._retry(read, "reading progress")
+
+    def wait(self, scan_id: int, *, on_progress: Callable[[dist.Progress], None] | None = None,
+             poll_s: float = 1.0, stop: threading.Event | None = None) -> dist.Progress:
+        """Poll the scan's progress until it is no longer running (or ``stop`` is set)."""
+        while True:
+            current = self.progress(scan_id)
+            if on_progress is not None:
+                on_progress(current)
+            if current.status != "running" or (stop is not None and stop.is_set()):
+                return current
+            time.sleep(poll_s)
+
+
+class _Window:
+    """The chunks this producer published that are not finished yet, at most ``limit``."""
+
+    def __init__(self, producer: Producer, scan_id: int, limit: int, stop: threading.Event | None) -> None:
+        self.producer = producer
+        self.scan_id = scan_id
+        self.limit = limit
+        self.stop = stop
+        self.ids: deque[int] = deque()
+
+    def add(self, chunk_id: int) -> None:
+        self.ids.append(chunk_id)
+
+    def wait_for_room(self) -> bool:
+        """Block until fewer than ``limit`` chunks are outstanding; False if stopped or cancelled."""
+        delay = self.producer.poll_s
+        while True:
+            if self.stop is not None and self.stop.is_set():
+                return False
+            if len(self.ids) < self.limit:
+                return True
+
+            def check() -> tuple[set[int], str]:
+                with self.producer.sessions() as session:
+                    return (
+                        dist.finished_among(session, self.ids),
+                        dist.scan_head(session, self.scan_id).status,
+                    )
+
+            finished, status = self.producer._retry(check, "checking outstanding chunks")
+            if status != "running":
+                return False
+            if finished:
+                self.ids = deque(i for i in self.ids if i not in finished)
+                delay = self.producer.poll_s
+                continue
+            time.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+
+def default_name(roots: list[str], path_lists: list[str]) -> str:
+    """``photos+2 2026-11-25T08:10Z``: the first source and a UTC timestamp."""
+    from datetime import datetime, timezone
+
+    sources = [os.path.basename(r.rstrip("/")) or r for r in roots] + [f"@{p}" for p in path_lists]
+    head = sources[0] + (f"+{len(sources) - 1}" if len(sources) > 1 else "")
+    return f"{head} {datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ}"

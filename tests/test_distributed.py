@@ -1,0 +1,350 @@
+"""Distributed scans under fault: real Redis, real PostgreSQL, real Celery worker processes.
+
+Every test ends with the same check: every input file has exactly one row in
+``scan_results`` for the scan, and the scan is complete.  The servers are
+throwaway ones this module starts (``tests/_cluster.py``); faults inside
+workers come from ``tests/_faults.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+import db
+from dfscan.cli import main
+from scanner.chunks import Chunk
+from tests._cluster import PostgresServer, RedisServer, TcpProxy, Worker, pg_available, wait_for
+from tests._images import write_jpegs
+from tests._models import tiny_onnx_model  # noqa: F401 - fixture
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.postgres,
+    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
+    pytest.mark.skipif(pg_available() is not None, reason=f"no PostgreSQL server binaries: {pg_available()}"),
+]
+
+CHUNK = 16
+BATCH = 8
+SCAN_TIMEOUT = 180
+
+
+# --- fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_server():
+    server = PostgresServer().init()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture
+def pg_db(pg_server) -> str:
+    """A fresh database on the module's throwaway cluster; migrated."""
+    url = pg_server.create_database(f"dfscan_{uuid.uuid4().hex[:10]}")
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def workers(tmp_path):
+    """Start workers with ``workers(...)``; all are stopped after the test."""
+    started: list[Worker] = []
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def start(broker: str, url: str, **kwargs) -> Worker:
+        kwargs.setdefault("name", f"w{len(started)}")
+        w = Worker(broker, url, logs, **kwargs)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+def archive(tmp_path) -> tuple[Path, list[str]]:
+    root = tmp_path / "archive"
+    paths = write_jpegs(root / "a", 40) + write_jpegs(root / "b", 40, start=40, size=(96, 96))
+    return root, sorted(str(p) for p in paths)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def cli(*args: str):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result
+
+
+def produce(root: Path, model: Path, broker: str, url: str, *extra: str) -> int:
+    result = cli("scan", str(root), "--model", str(model), "--db", url, "--broker", broker,
+                 "--chunk-size", str(CHUNK), "--batch-size", str(BATCH), "--json", *extra)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["scan_id"]
+
+
+def query(url: str, sql: str, **params) -> list[dict]:
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+    finally:
+        engine.dispose()
+
+
+def scan_status(url: str, scan_id: int) -> str:
+    return query(url, "SELECT status FROM scans WHERE id = :s", s=scan_id)[0]["status"]
+
+
+def wait_complete(url: str, scan_id: int, workers_: list[Worker] = (), timeout: float = SCAN_TIMEOUT) -> None:
+    def done() -> bool:
+        for w in workers_:
+            if not w.alive():
+                raise AssertionError(f"worker {w.name} died:\n{w.log()[-3000:]}")
+        return scan_status(url, scan_id) != "running"
+
+    try:
+        wait_for(done, timeout, f"scan {scan_id} to complete", interval=0.5)
+    except AssertionError:
+        for w in workers_:
+            print(f"--- worker {w.name} log tail ---\n{w.log()[-4000:]}")
+        raise
+
+
+def assert_exactly_once(url: str, scan_id: int, expected: list[str]) -> dict[str, dict]:
+    """The check of every test: one row per input file in scan_results, and the scan complete."""
+    rows = query(url, "SELECT * FROM scan_results WHERE scan_id = :s", s=scan_id)
+    paths = [r["path"] for r in rows]
+    duplicates = {p for p in paths if paths.count(p) > 1}
+    assert not duplicates, f"paths with more than one row: {sorted(duplicates)[:5]}"
+    assert sorted(paths) == sorted(expected), (
+        f"missing {sorted(set(expected) - set(paths))[:5]}, unexpected {sorted(set(paths) - set(expected))[:5]}"
+    )
+    assert scan_status(url, scan_id) == "completed"
+    scan = query(url, "SELECT total, ok, errors FROM scans WHERE id = :s", s=scan_id)[0]
+    assert scan["total"] == len(expected) and scan["ok"] + scan["errors"] == len(expected)
+    return {r["path"]: r for r in rows}
+
+
+def chunks(url: str, scan_id: int) -> list[dict]:
+    return query(url, "SELECT id, seq, status, attempts, n_paths, ok, errors FROM chunks WHERE scan_id = :s ORDER BY seq",
+                 s=scan_id)  # fmt: skip
+
+
+# --- the fault tests -------------------------------------------------------------------
+
+
+def test_plain_scan_with_two_workers(redis_server, pg_db, workers, archive, tiny_onnx_model):
+    root, expected = archive
+    broker = redis_server.url()
+    ws = [workers(broker, pg_db, name=n).wait_ready() for n in ("a", "b")]
+    scan_id = produce(root, tiny_onnx_model, broker, pg_db)
+    wait_complete(pg_db, scan_id, ws)
+    rows = assert_exactly_once(pg_db, scan_id, expected)
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert all(c["status"] == "done" and c["attempts"] == 1 for c in chunks(pg_db, scan_id))
+    # Both workers took part: each logged chunks it scored.
+    assert all("succeeded" in w.log() for w in ws), [w.log()[-2000:] for w in ws]
+    status = cli("status", str(scan_id), "--db", pg_db, "--json")
+    assert json.loads(status.stdout)["images_done"] == len(expected)
+
+
+def test_pool_process_killed_mid_chunk_then_restarted(redis_server, pg_db, workers, archive, tiny_onnx_model, tmp_path):
+    root, expected = archive
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    broker = redis_server.url()
+    w = workers(broker, pg_db, faults={"slow_batch_s": 0.4, "busy_dir": str(busy)}).wait_ready()
+    scan_id = produce(root, tiny_onnx_model, broker, pg_db)
+
+    def half_written():
+        # A pool process busy with a chunk of which some, not all, rows are committed.
+        for f in busy.iterdir():
+            try:
+                chunk_id = int(f.read_text())
+            except (OSError, ValueError):
+                continue
+            n = query(pg_db, "SELECT count(*) AS n FROM results r JOIN chunks c ON c.scan_id = r.scan_id "
+                             "AND jsonb_exists(c.paths, r.path) WHERE c.id = :c AND c.status = 'queued'",
+                      c=chunk_id)[0]["n"]  # fmt: skip
+            if 0 < n < CHUNK:
+                return int(f.name), chunk_id
+        return None
+
+    pid, chunk_id = wait_for(half_written, 60, "a chunk half written", interval=0.05)
+    assert pid in w.children()
+    os.kill(pid, signal.SIGKILL)
+    wait_complete(pg_db, scan_id, [w])
+    assert_exactly_once(pg_db, scan_id, expected)
+    killed = next(c for c in chunks(pg_db, scan_id) if c["id"] == chunk_id)
+    assert killed["status"] == "done" and killed["attempts"] == 2  # redelivered once, then scored
+    assert pid not in w.children()  # Celery replaced the pool process
+
+
+def test_worker_killed_after_commit_before_ack(redis_server, pg_db, workers, archive, tiny_onnx_model, tmp_path):
+    root, expected = archive
+    marker = tmp_path / "committed"
+    broker = redis_server.url()
+    env = {"DFSCAN_VISIBILITY_TIMEOUT": "4"}
+    a = workers(broker, pg_db, name="a", env=env, faults={"hang_after_commit_seq": 1, "marker": str(marker)}).wait_ready()
+    scan_id = produce(root, tiny_onnx_model, broker, pg_db)
+    wait_for(marker.exists, 60, "the chunk's commit")
+    chunk_id = int(marker.read_text())
+    assert next(c for c in chunks(pg_db, scan_id) if c["id"] == chunk_id)["status"] == "done"
+    assert redis_server.client().hlen("unacked") >= 1  # its message is still unacknowledged
+    a.kill_group(signal.SIGKILL)
+    b = workers(broker, pg_db, name="b", env=env).wait_ready()
+    wait_complete(pg_db, scan_id, [b])
+    # The lost message comes back after the visibility timeout and is found done.
+    wait_for(lambda: next(c for c in chunks(pg_db, scan_id) if c["id"] == chunk_id)["attempts"] == 2, 60,
+             "the unacknowledged chunk to be delivered again")
+    assert_exactly_once(pg_db, scan_id, expected)
+    wait_for(lambda: redis_server.client().hlen("unacked") == 0, 30, "every message acknowledged")
+
+
+def test_redis_restarted_mid_scan_then_resume(redis_server, pg_db, workers, archive, tiny_onnx_model):
+    root, expected = archive
+    broker = redis_server.url()
+    w = workers(broker, pg_db, faults={"slow_batch_s": 0.3}).wait_ready()
+    scan_id = produce(root, tiny_onnx_model, broker, pg_db, "--max-outstanding", "100")
+    wait_for(lambda: any(c["status"] == "done" for c in chunks(pg_db, scan_id)), 60, "a first chunk")
+    redis_server.restart()  # every queued message is lost
+    assert redis_server.client().dbsize() == 0
+    time.sleep(3)  # the worker finishes or drops what it held; nothing more arrives
+    assert scan_status(pg_db, scan_id) == "running"
+    assert any(c["status"] == "queued" for c in chunks(pg_db, scan_id))
+    result = cli("resume", str(scan_id), "--broker", broker, "--db", pg_db)
+    assert result.exit_code == 0, result.output
+    wait_complete(pg_db, scan_id, [w])
+    assert_exactly_once(pg_db, scan_id, expected)
+
+
+@pytest.mark.parametrize("outage", ["proxy-cut", "server-restart"])
+def test_postgres_unreachable_mid_scan(redis_server, pg_server, pg_db, workers, archive, tiny_onnx_model, outage):
+    root, expected = archive
+    broker = redis_server.url()
+    proxy = TcpProxy(pg_server.port)
+    try:
+        via_proxy = pg_db.replace(f":{pg_server.port}/", f":{proxy.port}/")
+        w = workers(broker, via_proxy, faults={"slow_batch_s": 0.2}).wait_ready()
+        scan_id = produce(root, tiny_onnx_model, broker, pg_db, "--max-outstanding", "100")
+        wait_for(lambda: any(c["status"] == "done" for c in chunks(pg_db, scan_id)), 60, "a first chunk")
+        if outage == "proxy-cut":
+            proxy.cut()
+            time.sleep(4)
+            proxy.restore()
+        else:
+            pg_server.stop("fast")
+            time.sleep(3)
+            pg_server.start()
+        wait_complete(pg_db, scan_id, [w])
+        assert_exactly_once(pg_db, scan_id, expected)
+        assert "retrying" in w.log()  # the outage hit the worker's writes, which were retried
+    finally:
+        proxy.close()
+
+
+def test_poison_chunk_ends_as_error_rows(redis_server, pg_db, workers, archive, tiny_onnx_model):
+    root, expected = archive
+    poison = write_jpegs(root / "a", 1, start=999)[0].rename(root / "a" / "img_00005_POISON.jpg")
+    expected = sorted(expected + [str(poison)])
+    broker = redis_server.url()
+    w = workers(broker, pg_db, faults={"poison": "_POISON."}, env={"DFSCAN_MAX_ATTEMPTS": "2"}).wait_ready()
+    scan_id = produce(root, tiny_onnx_model, broker, pg_db)
+    wait_complete(pg_db, scan_id, [w])
+    rows = assert_exactly_once(pg_db, scan_id, expected)
+    assert rows[str(poison)]["status"] == "error"
+    failed = [c for c in chunks(pg_db, scan_id) if c["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["attempts"] == 3  # two deliveries killed it, the third closed it
+    lost = query(pg_db, "SELECT path FROM results WHERE scan_id = :s AND error_code = 'worker-lost'", s=scan_id)
+    assert str(poison) in {r["path"] for r in lost}
+    others = [r for p, r in rows.items() if p != str(poison)]
+    assert all(r["status"] == "ok" or r["path"] in {x["path"] for x in lost} for r in others)
+    assert w.log().count("WorkerLostError") >= 2 or w.log().count("signal 9") >= 2
+
+
+def test_same_chunk_delivered_twice(redis_server, pg_db, workers, archive, tiny_onnx_model):
+    root, expected = archive
+    broker = redis_server.url()
+    scan_id = produce(root, tiny_onnx_model, broker, pg_db, "--max-outstanding", "100")
+    # Every chunk is in the queue; publish each one a second time, then start two workers.
+    from dfscan.settings import from_env
+    from scanner.producer import Producer
+
+    with Producer(from_env(db_url=pg_db, broker_url=broker)) as producer:
+        for c in query(pg_db, "SELECT id, seq, paths FROM chunks WHERE scan_id = :s", s=scan_id):
+            paths = c["paths"] if isinstance(c["paths"], list) else json.loads(c["paths"])
+            producer.publish(Chunk(scan_id, c["seq"], tuple(paths), c["id"]))
+    assert redis_server.client().llen("dfscan") == 2 * len(chunks(pg_db, scan_id))
+    ws = [workers(broker, pg_db, name=n).wait_ready() for n in ("a", "b")]
+    wait_complete(pg_db, scan_id, ws)
+    wait_for(lambda: all(c["attempts"] == 2 for c in chunks(pg_db, scan_id)), 60, "every duplicate delivered")
+    assert_exactly_once(pg_db, scan_id, expected)
+    for c in chunks(pg_db, scan_id):
+        assert c["status"] == "done" and c["ok"] + c["errors"] == c["n_paths"]
+
+
+def test_incremental_rescan_scores_only_new_and_changed(redis_server, pg_db, workers, archive, tiny_onnx_model):
+    root, expected = archive
+    broker = redis_server.url()
+    w = workers(broker, pg_db).wait_ready()
+    first = produce(root, tiny_onnx_model, broker, pg_db)
+    wait_complete(pg_db, first, [w])
+    assert_exactly_once(pg_db, first, expected)
+
+    added = [str(p) for p in write_jpegs(root / "c", 5, start=500)]
+    modified = expected[3]
+    write_jpegs(Path(modified).parent, 1, start=777)[0].replace(modified)
+    os.utime(modified, (time.time() + 5, time.time() + 5))
+    result = cli("scan", str(root), "--model", str(tiny_onnx_model), "--db", pg_db, "--broker", broker,
+                 "--chunk-size", str(CHUNK), "--incremental", "--wait", "--no-progress", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["skipped"] == len(expected) - 1
+    second = report["scan_id"]
+    assert_exactly_once(pg_db, second, sorted(added + [modified]))
+
+
+# --- without faults: configuration and the embedded incremental mode -------------------
+
+
+def test_embedded_incremental(tmp_path, archive, tiny_onnx_model, sqlite_url):
+    root, expected = archive
+    args = ("scan", str(root), "--model", str(tiny_onnx_model), "--db", sqlite_url, "--chunk-size", str(CHUNK),
+            "--json")  # fmt: skip
+    first = json.loads(cli(*args).stdout)
+    assert first["total"] == len(expected)
+    added = write_jpegs(root / "new", 2, start=300)
+    second = json.loads(cli(*args, "--incremental").stdout)
+    assert second["skipped"] == len(expected) and second["total"] == 2
+    rows = query(sqlite_url, "SELECT path FROM scan_results WHERE scan_id = :s", s=second["scan_id"])
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in added)

@@ -1,0 +1,210 @@
+"""Celery tasks: thin adapters over :func:`workers.pipeline.score_chunk`.
+
+A task parses its JSON message, asks the database what to do with the chunk
+(:func:`handle_chunk`, a plain function), and turns failures into a requeue.
+The model, runtime and decoder are loaded lazily, once per worker process, on
+the first chunk (:class:`WorkerState`), keyed by the scan's model: a worker
+serves scans of any model it can find, one model loaded at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from celery.exceptions import Reject
+from celery.signals import worker_process_shutdown
+
+import db
+from db import distributed as dist
+from dfscan.settings import Settings
+from scanner.chunks import Chunk
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from workers.app import DfscanCelery
+    from workers.context import ScanContext
+
+__all__ = ["ModelMismatch", "WorkerState", "handle_chunk", "register", "worker_state"]
+
+log = logging.getLogger(__name__)
+
+# What a chunk's delivery ended as; returned by the task for logs and tests.
+SCORED, DUPLICATE, CANCELLED, LOST = "scored", "duplicate", "cancelled", "worker-lost"
+
+
+class ModelMismatch(Exception):
+    """This worker has no model file with the SHA-256 the scan was registered with."""
+
+
+class WorkerState:
+    """One worker process's resources: a database engine, and a :class:`ScanContext` per model."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+        self._ctx: ScanContext | None = None
+        self._ctx_sha: str | None = None
+
+    @property
+    def sessions(self) -> "sessionmaker[Session]":
+        if self._sessions is None:
+            self._engine = db.make_engine(self.settings.db_url)
+            self._sessions = db.session_factory(self._engine)
+        return self._sessions
+
+    def retry(self, work, what: str):
+        return dist.retry_db(work, deadline_s=self.settings.db_retry_seconds, what=what)
+
+    def context_for(self, head: dist.ScanHead) -> "ScanContext":
+        """The scoring context for the scan's model, with the scan's threshold."""
+        from workers.context import ScanContext
+
+        if self._ctx is None or self._ctx_sha != head.model_sha256:
+            self.close_context()
+            model = self._find_model(head)
+            ctx = ScanContext.open(self.settings.with_(model=model), migrate=False)
+            if ctx.info.sha256 != head.model_sha256:
+                ctx.close()
+                raise ModelMismatch(f"{model} changed while loading (SHA-256 {ctx.info.sha256[:12]})")
+            self._ctx, self._ctx_sha = ctx, head.model_sha256
+            log.info("loaded model %s (%s) on %s", model, head.model_sha256[:12], ctx.runtime.name)
+        ctx = self._ctx
+        if ctx.verdict.threshold != head.threshold:
+            ctx = dataclasses.replace(ctx, verdict=dataclasses.replace(ctx.verdict, threshold=head.threshold))
+        return ctx
+
+    def _find_model(self, head: dist.ScanHead) -> Path:
+        from detector.info import sha256_file
+
+        candidates = [p for p in (self.settings.model, Path(head.model_path)) if p is not None]
+        for path in candidates:
+            if path.is_file() and sha256_file(path) == head.model_sha256:
+                return path
+        raise ModelMismatch(
+            f"scan {head.scan_id} needs model {head.model_sha256[:12]}; not found at "
+            + ", ".join(os.fspath(p) for p in candidates)
+        )
+
+    def close_context(self) -> None:
+        if self._ctx is not None:
+            self._ctx.close()
+            self._ctx = self._ctx_sha = None
+
+    def close(self) -> None:
+        self.close_context()
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = self._sessions = None
+
+
+def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
+    """Score one delivered chunk, unless the database says not to; returns what happened.
+
+    * the scan was cancelled: drop the chunk;
+    * the chunk is already finished (a duplicate delivery, or a redelivery of
+      a chunk whose commit landed before its acknowledgement): nothing to do;
+    * the chunk has been delivered more than ``max_attempts`` times (it kills
+      its worker): an ``error`` row with reason ``worker-lost`` for each path
+      that has none, and the chunk ends ``failed``;
+    * otherwise score it; the last batch's commit marks it ``done``.
+
+    Every path ends with the scan's completion check, so the worker that
+    finishes the last chunk completes the scan.
+    """
+    assert chunk.chunk_id is not None
+    sessions = state.sessions
+    max_attempts = state.settings.max_attempts
+
+    def start() -> tuple[dist.ChunkStart, dist.ScanHead]:
+        with sessions.begin() as session:
+            return dist.start_attempt(session, chunk.chunk_id), dist.scan_head(session, chunk.scan_id)
+
+    begun, head = state.retry(start, f"starting chunk {chunk.seq} of scan {chunk.scan_id}")
+    if begun.scan_status == "cancelled":
+        return CANCELLED
+    if begun.status in dist.FINISHED:
+        outcome = DUPLICATE
+    elif begun.attempts > max_attempts:
+        reason = f"the chunk was lost with its worker on {begun.attempts - 1} attempts"
+
+        def close() -> int:
+            with sessions.begin() as session:
+                return dist.close_lost_chunk(
+                    session, chunk_id=chunk.chunk_id, scan_id=chunk.scan_id, model_id=head.model_id,
+                    paths=chunk.paths, reason=reason,
+                )
+
+        n = state.retry(close, "closing a lost chunk")
+        log.error("chunk %d of scan %d: %s; %d error rows", chunk.seq, chunk.scan_id, reason, n)
+        outcome = LOST
+    else:
+        from workers.pipeline import score_chunk
+
+        score_chunk(state.context_for(head), chunk, head.model_id)
+        outcome = SCORED
+    complete(state, chunk.scan_id)
+    return outcome
+
+
+def complete(state: WorkerState, scan_id: int) -> bool:
+    def work() -> bool:
+        with state.sessions.begin() as session:
+            return dist.maybe_complete_scan(session, scan_id)
+
+    done = state.retry(work, f"completing scan {scan_id}")
+    if done:
+        log.info("scan %d completed", scan_id)
+    return done
+
+
+_STATE_LOCK = threading.Lock()
+_STATE: WorkerState | None = None
+_STATE_PID: int | None = None
+
+
+def worker_state(settings: Settings) -> WorkerState:
+    """This process's :class:`WorkerState`, created on first use (after the pool forked)."""
+    global _STATE, _STATE_PID
+    with _STATE_LOCK:
+        if _STATE is None or _STATE_PID != os.getpid():
+            _STATE, _STATE_PID = WorkerState(settings), os.getpid()
+        return _STATE
+
+
+def register(app: "DfscanCelery") -> None:
+    """Add the dfscan tasks to ``app``."""
+    from workers.app import SCHEDULED_SCAN_TASK, SCORE_TASK
+
+    @app.task(name=SCORE_TASK, shared=False, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+    def score_chunk_task(self, scan_id: int, chunk_id: int, seq: int, paths: list[str]) -> str:
+        chunk = Chunk.from_message({"scan_id": scan_id, "chunk_id": chunk_id, "seq": seq, "paths": paths})
+        state = worker_state(self.app.settings)
+        try:
+            return handle_chunk(state, chunk)
+        except Exception as exc:
+            # Transient database trouble outlasted the retries, a model that is
+            # missing here, or a bug: give the chunk back.  The attempt counter
+            # ends a chunk that fails every time.
+            log.exception("chunk %d of scan %d failed; giving it back", seq, scan_id)
+            raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from exc
+
+    @app.task(name=SCHEDULED_SCAN_TASK, shared=False, bind=True, acks_late=True, ignore_result=True)
+    def scheduled_scan_task(self, entry: dict) -> int:
+        from scanner.schedule import run_entry
+
+        return run_entry(self.app.settings, entry, run_key=self.request.id)
+
+
+@worker_process_shutdown.connect(weak=False)
+def _teardown(**_: object) -> None:
+    """Free the runtime and the connections of a pool process that exits."""
+    if _STATE is not None and _STATE_PID == os.getpid():
+        _STATE.close()
