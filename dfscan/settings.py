@@ -50,6 +50,8 @@ class Settings:
     queue: str = "dfscan"
     visibility_timeout: int = 3600
     db_retry_seconds: float = 120.0
+    # Workers serve Prometheus metrics on this port when it is set.
+    metrics_port: int | None = None
     follow_symlinks: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -112,6 +114,7 @@ _CONVERTERS = {
     "intra_op_threads": int,
     "max_outstanding_chunks": int,
     "max_attempts": int,
+    "metrics_port": int,
     "visibility_timeout": int,
     "db_retry_seconds": float,
     "extensions": parse_extensions,

@@ -348,3 +348,24 @@ def test_embedded_incremental(tmp_path, archive, tiny_onnx_model, sqlite_url):
     assert second["skipped"] == len(expected) and second["total"] == 2
     rows = query(sqlite_url, "SELECT path FROM scan_results WHERE scan_id = :s", s=second["scan_id"])
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in added)
+
+
+def test_worker_serves_prometheus_metrics(redis_server, pg_db, workers, archive, tiny_onnx_model):
+    """A real worker with --metrics-port: the endpoint's counts match the rows it wrote."""
+    import re
+    import urllib.request
+
+    from tests._cluster import free_port
+
+    root, expected = archive
+    broker = redis_server.url()
+    port = free_port()
+    w = workers(broker, pg_db, name="m", env={"DFSCAN_METRICS_PORT": str(port)}).wait_ready()
+    scan_id = produce(root, tiny_onnx_model, broker, pg_db)
+    wait_complete(pg_db, scan_id, [w])
+    assert_exactly_once(pg_db, scan_id, expected)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    scored = sum(float(v) for v in re.findall(r'^dfscan_images_scored_total\{label="\w+"\} (\S+)$', body, re.M))
+    assert scored == len(expected), body[:2000]
+    assert re.search(r'^dfscan_queue_depth\{queue="dfscan"\} 0\.0$', body, re.M), body[:2000]
+    assert re.search(r"^dfscan_inference_seconds_count(\{.*\})? [1-9]", body, re.M), body[:2000]

@@ -52,6 +52,8 @@ class WorkerState:
         self._sessions: sessionmaker[Session] | None = None
         self._ctx: ScanContext | None = None
         self._ctx_sha: str | None = None
+        # Records each batch in the worker's Prometheus metrics, when they are served.
+        self.on_batch = None
 
     @property
     def sessions(self) -> "sessionmaker[Session]":
@@ -74,6 +76,10 @@ class WorkerState:
             if ctx.info.sha256 != head.model_sha256:
                 ctx.close()
                 raise ModelMismatch(f"{model} changed while loading (SHA-256 {ctx.info.sha256[:12]})")
+            if self.settings.metrics_port is not None:
+                from workers.metrics import WorkerMetrics, instrument
+
+                self.on_batch = instrument(ctx, WorkerMetrics())
             self._ctx, self._ctx_sha = ctx, head.model_sha256
             log.info("loaded model %s (%s) on %s", model, head.model_sha256[:12], ctx.runtime.name)
         ctx = self._ctx
@@ -148,7 +154,7 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
     else:
         from workers.pipeline import score_chunk
 
-        score_chunk(state.context_for(head), chunk, head.model_id)
+        score_chunk(state.context_for(head), chunk, head.model_id, on_batch=state.on_batch)
         outcome = SCORED
     complete(state, chunk.scan_id)
     return outcome
@@ -208,3 +214,8 @@ def _teardown(**_: object) -> None:
     """Free the runtime and the connections of a pool process that exits."""
     if _STATE is not None and _STATE_PID == os.getpid():
         _STATE.close()
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from workers.metrics import mark_process_dead
+
+        mark_process_dead(os.getpid(), directory)

@@ -144,14 +144,16 @@ def _duration(seconds: float) -> str:
               help="Deliveries of a chunk before its images become 'worker-lost' error rows [3].")
 @click.option("--visibility-timeout", type=int, envvar="DFSCAN_VISIBILITY_TIMEOUT", show_envvar=True,
               help="Seconds before a chunk of a vanished worker goes to another one; longer than any chunk [3600].")
+@click.option("--metrics-port", type=int, envvar="DFSCAN_METRICS_PORT", show_envvar=True,
+              help="Serve Prometheus metrics on this port (summed over the pool's processes).")
 @click.option("--hostname", "-n", help="Celery node name [dfscan-PID@HOST].")
 @click.option("--loglevel", "-l", default="INFO", show_default=True, help="Celery log level.")
 @click.option("--include", "-I", multiple=True, help="Extra module to import in the worker (signal handlers). Repeatable.")
 @reports_errors
 def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency: int, pool: str, queues: str | None,
            runtime: str | None, decoder: str | None, batch_size: int | None, intra_op_threads: int | None,
-           max_attempts: int | None, visibility_timeout: int | None, hostname: str | None, loglevel: str,
-           include: tuple[str, ...]) -> None:
+           max_attempts: int | None, visibility_timeout: int | None, metrics_port: int | None,
+           hostname: str | None, loglevel: str, include: tuple[str, ...]) -> None:
     """Start a Celery worker that scores chunks and writes their rows.
 
     The model is found from the scan (the path and SHA-256 it was registered
@@ -165,10 +167,12 @@ def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency:
 
     settings = _settings(broker_url=broker_url, db_url=db_url, model=model, runtime=runtime, decoder=decoder,
                          batch_size=batch_size, intra_op_threads=intra_op_threads, max_attempts=max_attempts,
-                         visibility_timeout=visibility_timeout)
+                         visibility_timeout=visibility_timeout, metrics_port=metrics_port)
     _need_broker(settings)
     if concurrency < 1:
         raise click.BadParameter("must be at least 1", param_hint="--concurrency")
+    if settings.metrics_port is not None:
+        _serve_metrics(settings)
     # Migrate once here, before the pool forks: no connection crosses a fork.
     engine = db.make_engine(settings.db_url)
     try:
@@ -186,6 +190,26 @@ def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency:
     if include:
         argv.append(f"--include={','.join(include)}")
     app.worker_main(argv)
+
+
+def _serve_metrics(settings: Settings) -> None:
+    """Start the metrics endpoint in the main process, before the pool forks.
+
+    Pool processes write their metrics to files in PROMETHEUS_MULTIPROC_DIR
+    (prometheus_client's multiprocess mode, chosen when it is first imported,
+    hence the variable is set first); the endpoint serves their sum.
+    """
+    import os
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="dfscan-prom-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    from workers.metrics import WorkerMetrics, redis_queue_depth, start_metrics_server
+
+    metrics = WorkerMetrics()
+    metrics.set_queue_depth(redis_queue_depth(settings.broker_url, [settings.queue, settings.queue + ".producer"]))
+    start_metrics_server(settings.metrics_port, metrics=metrics, multiprocess_dir=directory)
+    click.echo(f"metrics on http://0.0.0.0:{settings.metrics_port}/metrics", err=True)
 
 
 # --- status / resume / cancel ----------------------------------------------------------
