@@ -15,6 +15,7 @@ from .scans import (
     finish_scan,
     get_or_create_model,
     latest_scan_id,
+    record_worker,
     scan_summary,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "iter_results",
     "latest_scan_id",
     "make_engine",
+    "record_worker",
     "scan_summary",
     "session_factory",
     "upgrade",

@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ._types import BigIntPK, JSONDoc, UTCDateTime, utcnow
 
-__all__ = ["Base", "Chunk", "Model", "Result", "Scan", "scan_results"]
+__all__ = ["Base", "Chunk", "Model", "Result", "Scan", "ScanWorker", "scan_results"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -100,6 +100,30 @@ class Chunk(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
     finished_at: Mapped[datetime | None]
+
+
+class ScanWorker(Base):
+    """A process that scored chunks of a scan, and with what: the audit of the runtime side.
+
+    The embedded mode has one (the scanning process); a distributed scan has
+    one per worker process that took part.
+    """
+
+    __tablename__ = "scan_workers"
+    __table_args__ = (UniqueConstraint("scan_id", "host", "pid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    runtime: Mapped[str] = mapped_column(String(64))
+    runtime_version: Mapped[str | None] = mapped_column(String(64))
+    precision: Mapped[str | None] = mapped_column(String(16))
+    device: Mapped[str | None] = mapped_column(String(64))
+    decoder: Mapped[str] = mapped_column(String(64))
+    decoder_version: Mapped[str | None] = mapped_column(String(64))
+    info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
 
 
 class Result(Base):

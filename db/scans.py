@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from ._dialects import insert_for
 from ._types import utcnow
 from .errors import ChunkNotFound, DatabaseError, ScanNotFound
-from .models import Chunk, Model, Result, Scan
+from .models import Chunk, Model, Result, Scan, ScanWorker
 from .records import SCAN_END_STATUSES, ScanSummary
 
 __all__ = [
@@ -44,6 +44,32 @@ def get_or_create_model(
     )
     session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
     return session.execute(select(Model.id).where(Model.sha256 == sha256)).scalar_one()
+
+
+def record_worker(session: Session, *, scan_id: int, host: str, pid: int, info: dict[str, Any]) -> None:
+    """Note that process ``host``/``pid`` scores chunks of ``scan_id`` with the runtime in ``info``.
+
+    ``info`` is :meth:`workers.context.ScanContext.runtime_record`; insert-or-ignore,
+    so calling it for every chunk is harmless.
+    """
+    stmt = insert_for(session)(ScanWorker).values(
+        scan_id=scan_id,
+        host=host[:255],
+        pid=pid,
+        runtime=str(info.get("runtime")),
+        runtime_version=_short(info.get("runtime_version")),
+        precision=_short(info.get("precision")),
+        device=_short(info.get("device")),
+        decoder=str(info.get("decoder")),
+        decoder_version=_short(info.get("decoder_version")),
+        info=info,
+        started_at=utcnow(),
+    )
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["scan_id", "host", "pid"]))
+
+
+def _short(value: Any) -> str | None:
+    return None if value is None else str(value)[:64]
 
 
 def create_scan(

@@ -119,7 +119,7 @@ class Producer:
         """Create the scan row (status ``running``) and return its id.  Loads no runtime."""
         from detector.info import inspect_model
         from dfscan.settings import SettingsError
-        from workers.context import model_info_dict
+        from workers.context import model_info_dict, origin
 
         if self.settings.model is None:
             raise SettingsError("no model given: pass --model PATH or set DFSCAN_MODEL")
@@ -129,6 +129,7 @@ class Producer:
         self._retry(lambda: db.upgrade(self.engine), "migrating the database")
         threshold = info.threshold if self.settings.threshold is None else self.settings.threshold
         audit = {
+            **origin(),
             "mode": "distributed",
             "model_path": os.fspath(info.path),
             "model_sha256": info.sha256,

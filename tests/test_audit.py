@@ -47,6 +47,8 @@ def test_scan_records_who_what_and_how(tmp_path, tiny_onnx_model, db_url):
                                  "JOIN models AS m ON m.id = s.model_id WHERE s.id = :s"), {"s": scan_id}).one()
         row_models = set(conn.execute(text("SELECT DISTINCT model_sha256 FROM scan_results WHERE scan_id = :s"),
                                       {"s": scan_id}).scalars())
+        workers_ = conn.execute(text("SELECT host, runtime, runtime_version, decoder FROM scan_workers "
+                                     "WHERE scan_id = :s"), {"s": scan_id}).all()
     engine.dispose()
     audit = scan.settings if isinstance(scan.settings, dict) else json.loads(scan.settings)
 
@@ -66,3 +68,5 @@ def test_scan_records_who_what_and_how(tmp_path, tiny_onnx_model, db_url):
     assert audit["dfscan_version"] == __version__
     assert audit["device"] == "cpu" and audit["precision"] == "fp32"
     assert audit["batch_size"] == 64 and audit["chunk_size"] == 256
+    # The scanning process is the scan's one worker.
+    assert [tuple(w) for w in workers_] == [(socket.gethostname(), "onnxruntime", onnxruntime.__version__, "pillow")]

@@ -23,7 +23,7 @@ CONTRACT_VIEW_COLUMNS = [
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
     "scanned_at",
 ]  # fmt: skip
-TABLES = {"models", "scans", "chunks", "results"}
+TABLES = {"models", "scans", "chunks", "results", "scan_workers"}
 T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
 AWKWARD_PATHS = [
     "/data/caf\u00e9/\u5199\u771f.jpg",
@@ -191,7 +191,7 @@ def test_upgrade_twice_is_a_noop(db_engine: Engine, scan_ids: tuple[int, int]) -
     db.upgrade(db_engine)
     with db_engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [
-            "0001"
+            "0002"
         ]
         assert conn.execute(text("SELECT count(*) FROM scans")).scalar() == 1
 

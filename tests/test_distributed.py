@@ -369,3 +369,18 @@ def test_worker_serves_prometheus_metrics(redis_server, pg_db, workers, archive,
     assert scored == len(expected), body[:2000]
     assert re.search(r'^dfscan_queue_depth\{queue="dfscan"\} 0\.0$', body, re.M), body[:2000]
     assert re.search(r"^dfscan_inference_seconds_count(\{.*\})? [1-9]", body, re.M), body[:2000]
+
+
+def test_each_worker_process_is_recorded_with_its_runtime(redis_server, pg_db, workers, archive, tiny_onnx_model):
+    root, expected = archive
+    broker = redis_server.url()
+    ws = [workers(broker, pg_db, name=n).wait_ready() for n in ("a", "b")]
+    scan_id = produce(root, tiny_onnx_model, broker, pg_db)
+    wait_complete(pg_db, scan_id, ws)
+    assert_exactly_once(pg_db, scan_id, expected)
+    procs = query(pg_db, "SELECT pid, runtime, runtime_version, decoder FROM scan_workers WHERE scan_id = :s", s=scan_id)
+    pool_pids = {pid for w in ws for pid in w.children()}
+    assert procs and {p["pid"] for p in procs} <= pool_pids
+    assert all(p["runtime"] == "onnxruntime" and p["runtime_version"] and p["decoder"] == "pillow" for p in procs)
+    audit = query(pg_db, "SELECT settings FROM scans WHERE id = :s", s=scan_id)[0]["settings"]
+    assert audit["user"] and audit["host"] and audit["command"] and audit["model_sha256"]

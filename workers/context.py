@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import platform
+import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -75,28 +76,22 @@ class ScanContext:
         return self.settings.batch_size
 
     def audit(self) -> dict:
-        """What produced a scan's verdicts, stored with the scan.
-
-        The command line is kept as argv, with the password of any URL in it
-        (``--db postgresql://u:PASSWORD@h/db``, ``--broker redis://:PASSWORD@h``)
-        replaced by ``***``: the record is readable by every analyst.
-        """
-        import re
-
-        secret = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^@\s]*@")
-        decoder = self.batches.decoder
-        try:
-            user = getpass.getuser()
-        except Exception:  # noqa: BLE001 - no passwd entry in some containers
-            user = str(os.getuid())
+        """What produced a scan's verdicts, stored with the scan (``scans.settings``)."""
         return {
-            "user": user,
-            "host": socket.gethostname(),
-            "command": [secret.sub(r"\1***@", str(arg)) for arg in sys.argv],
-            "dfscan_version": __version__,
-            "python": platform.python_version(),
+            **origin(),
             "model_path": os.fspath(self.info.path),
             "model_sha256": self.info.sha256,
+            **self.runtime_record(),
+            "threshold": self.verdict.threshold,
+            "temperature": self.verdict.temperature,
+            "chunk_size": self.settings.chunk_size,
+            "max_pixels": self.settings.max_pixels,
+        }
+
+    def runtime_record(self) -> dict:
+        """The runtime and decoder this process scores with (a ``scan_workers`` row)."""
+        decoder = self.batches.decoder
+        return {
             "runtime": self.runtime.name,
             "runtime_version": self.runtime.version,
             "precision": self.runtime.precision,
@@ -104,12 +99,12 @@ class ScanContext:
             "fixed_batch": self.runtime.fixed_batch,
             "decoder": decoder.name,
             "decoder_version": getattr(decoder, "version", None),
-            "threshold": self.verdict.threshold,
-            "temperature": self.verdict.temperature,
             "batch_size": self.settings.batch_size,
-            "chunk_size": self.settings.chunk_size,
-            "max_pixels": self.settings.max_pixels,
         }
+
+    def record_worker(self, session: Session, scan_id: int) -> None:
+        db.record_worker(session, scan_id=scan_id, host=socket.gethostname(), pid=os.getpid(),
+                         info=self.runtime_record())
 
     def register_model(self) -> int:
         with self.sessions.begin() as session:
@@ -125,6 +120,29 @@ class ScanContext:
         self.batches.close()
         self.runtime.close()
         self.engine.dispose()
+
+
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^@\s]*@")
+
+
+def origin() -> dict:
+    """Who started a scan, where, and with what command.
+
+    The command line is kept as argv, with the password of any URL in it
+    (``--db postgresql://u:PASSWORD@h/db``, ``--broker redis://:PASSWORD@h``)
+    replaced by ``***``: the record is readable by every analyst.
+    """
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        user = str(os.getuid())
+    return {
+        "user": user,
+        "host": socket.gethostname(),
+        "command": [_URL_PASSWORD.sub(r"\1***@", str(arg)) for arg in sys.argv],
+        "dfscan_version": __version__,
+        "python": platform.python_version(),
+    }
 
 
 def model_info_dict(info: ModelInfo) -> dict:

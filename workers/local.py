@@ -64,6 +64,7 @@ class LocalScan:
                     threshold=ctx.verdict.threshold,
                     settings={**ctx.audit(), "incremental": self.incremental},
                 )
+                ctx.record_worker(session, self.scan_id)
             paths = self.paths()
             skip = None
             if self.incremental:

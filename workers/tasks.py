@@ -54,6 +54,7 @@ class WorkerState:
         self._ctx_sha: str | None = None
         # Records each batch in the worker's Prometheus metrics, when they are served.
         self.on_batch = None
+        self._noted_scans: set[int] = set()
 
     @property
     def sessions(self) -> "sessionmaker[Session]":
@@ -86,6 +87,18 @@ class WorkerState:
         if ctx.verdict.threshold != head.threshold:
             ctx = dataclasses.replace(ctx, verdict=dataclasses.replace(ctx.verdict, threshold=head.threshold))
         return ctx
+
+    def note_worker(self, ctx: "ScanContext", scan_id: int) -> None:
+        """Record in ``scan_workers`` that this process scores ``scan_id``, with which runtime; once."""
+        if scan_id in self._noted_scans:
+            return
+
+        def work() -> None:
+            with self.sessions.begin() as session:
+                ctx.record_worker(session, scan_id)
+
+        self.retry(work, f"recording this worker for scan {scan_id}")
+        self._noted_scans.add(scan_id)
 
     def _find_model(self, head: dist.ScanHead) -> Path:
         from detector.info import sha256_file
@@ -154,7 +167,9 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
     else:
         from workers.pipeline import score_chunk
 
-        score_chunk(state.context_for(head), chunk, head.model_id, on_batch=state.on_batch)
+        ctx = state.context_for(head)
+        state.note_worker(ctx, chunk.scan_id)
+        score_chunk(ctx, chunk, head.model_id, on_batch=state.on_batch)
         outcome = SCORED
     complete(state, chunk.scan_id)
     return outcome
