@@ -88,7 +88,8 @@ def model_option(func: Callable) -> Callable:
     )(func)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                            "auto_envvar_prefix": "DFSCAN"})
 @click.version_option(__version__, prog_name="dfscan")
 def main() -> None:
     """dfscan: scan image archives for deepfakes; verdicts go to SQL.

@@ -9,7 +9,7 @@ code that runs without the CLI (Celery workers, Alembic) calls
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ class Settings:
     # Workers serve Prometheus metrics on this port when it is set.
     metrics_port: int | None = None
     follow_symlinks: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -131,8 +130,6 @@ def from_env(environ: dict[str, str] | None = None, **overrides: Any) -> Setting
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for f in fields(Settings):
-        if f.name == "extra":
-            continue
         raw = environ.get(env_name(f.name))
         if raw is None or raw == "":
             continue

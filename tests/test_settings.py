@@ -68,3 +68,10 @@ def test_migrate_command_creates_the_schema(tmp_path):
     assert res.exit_code == 0, res.output
     names = sqlalchemy.inspect(sqlalchemy.create_engine(url)).get_view_names()
     assert names == ["scan_results"]
+
+
+def test_every_option_has_an_environment_variable(tmp_path):
+    """Options without an explicit DFSCAN_* variable get DFSCAN_<COMMAND>_<OPTION>."""
+    url = f"sqlite:///{tmp_path / 'none.db'}"
+    res = CliRunner().invoke(main, ["results", "--db", url], env={"DFSCAN_RESULTS_LIMIT": "bogus"})
+    assert res.exit_code != 0 and "'bogus' is not a valid integer" in res.output
