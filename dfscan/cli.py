@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from dfscan import __version__
-from dfscan.settings import DEFAULT_DB_URL, Settings, SettingsError, parse_extensions
+from dfscan.settings import DEFAULT_DB_URL, SettingsError, from_env, parse_extensions
 
 # Errors a user can cause and fix: they end the command with one line, no traceback.
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -88,6 +88,23 @@ def model_option(func: Callable) -> Callable:
     )(func)
 
 
+def runtime_options(func: Callable) -> Callable:
+    """--runtime, --decoder, --precision, --engine-dir: how a process scores images."""
+    options = [
+        click.option("--runtime", envvar="DFSCAN_RUNTIME", show_envvar=True,
+                     help="auto | onnxruntime | tensorrt [auto: TensorRT where it and a GPU are present]."),
+        click.option("--decoder", envvar="DFSCAN_DECODER", show_envvar=True,
+                     help="auto | pillow | dali | dali-gpu | dali-cpu [auto: DALI on a GPU, else Pillow]."),
+        click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), envvar="DFSCAN_PRECISION",
+                     show_envvar=True, help="TensorRT engine precision [the best cached engine, else fp16]."),
+        click.option("--engine-dir", type=click.Path(file_okay=False, path_type=Path), envvar="DFSCAN_ENGINE_DIR",
+                     show_envvar=True, help="TensorRT engine cache [engines/ beside the model]."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
                             "auto_envvar_prefix": "DFSCAN"})
 @click.version_option(__version__, prog_name="dfscan")
@@ -112,8 +129,7 @@ def main() -> None:
               help="Comma-separated image extensions to take from directories (case-insensitive).")
 @click.option("--batch-size", type=int, envvar="DFSCAN_BATCH_SIZE", show_envvar=True, help="Images per inference batch [64].")
 @click.option("--chunk-size", type=int, envvar="DFSCAN_CHUNK_SIZE", show_envvar=True, help="Paths per chunk [256].")
-@click.option("--runtime", envvar="DFSCAN_RUNTIME", show_envvar=True, help="auto | onnxruntime | tensorrt [auto].")
-@click.option("--decoder", envvar="DFSCAN_DECODER", show_envvar=True, help="auto | pillow | dali [auto].")
+@runtime_options
 @click.option("--max-pixels", type=int, envvar="DFSCAN_MAX_PIXELS", show_envvar=True,
               help="Refuse images whose header declares more pixels [89478485].")
 @click.option("--threads", "intra_op_threads", type=int, envvar="DFSCAN_THREADS", show_envvar=True,
@@ -131,8 +147,8 @@ def main() -> None:
 @reports_errors
 def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | None, threshold: float | None,
          paths_from: tuple[str, ...], extensions: str | None, batch_size: int | None, chunk_size: int | None,
-         runtime: str | None, decoder: str | None, max_pixels: int | None, intra_op_threads: int | None,
-         no_follow_symlinks: bool, incremental: bool, broker_url: str | None, wait: bool,
+         runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None,
+         max_pixels: int | None, intra_op_threads: int | None, no_follow_symlinks: bool, incremental: bool, broker_url: str | None, wait: bool,
          max_outstanding_chunks: int | None, progress: bool | None, as_json: bool) -> None:
     """Scan ROOTS (files and directories, recursively) and store one row per image.
 
@@ -146,9 +162,10 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
 
     if not roots and not paths_from:
         raise click.UsageError("give at least one ROOT or --paths-from FILE")
-    settings = Settings().with_(
+    settings = from_env(
         db_url=db_url, model=model, threshold=threshold, extensions=parse_extensions(extensions),
-        batch_size=batch_size, chunk_size=chunk_size, runtime=runtime, decoder=decoder, max_pixels=max_pixels,
+        batch_size=batch_size, chunk_size=chunk_size, runtime=runtime, decoder=decoder, precision=precision,
+        engine_dir=engine_dir, max_pixels=max_pixels,
         intra_op_threads=intra_op_threads, follow_symlinks=False if no_follow_symlinks else None,
         broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks,
     )

@@ -22,6 +22,9 @@ DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", 
 DEFAULT_MAX_PIXELS = 89_478_485
 
 
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
 class SettingsError(ValueError):
     """A configuration value is invalid; raised before any work starts."""
 
@@ -38,6 +41,10 @@ class Settings:
     read_threads: int = 8
     decode_threads: int = 2
     runtime: str = "auto"
+    # TensorRT: the engine precision (None: the best cached, else fp16) and where engines are cached
+    # (None: engines/ beside the model).
+    precision: str | None = None
+    engine_dir: Path | None = None
     decoder: str = "auto"
     intra_op_threads: int = 0
     broker_url: str | None = None
@@ -68,6 +75,8 @@ class Settings:
             raise SettingsError(f"max pixels must be positive, got {self.max_pixels}")
         if self.read_threads < 1 or self.decode_threads < 1:
             raise SettingsError("read and decode thread counts must be at least 1")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise SettingsError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         if self.max_attempts < 1:
             raise SettingsError(f"max attempts must be at least 1, got {self.max_attempts}")
         if self.max_outstanding_chunks < 1:
@@ -104,6 +113,7 @@ def parse_extensions(text: str | tuple[str, ...] | None) -> tuple[str, ...] | No
 
 _CONVERTERS = {
     "model": Path,
+    "engine_dir": Path,
     "threshold": float,
     "batch_size": int,
     "chunk_size": int,

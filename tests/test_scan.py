@@ -219,3 +219,18 @@ def test_results_csv_and_json_survive_awkward_paths(tmp_path, tiny_onnx_model, s
     assert all(r["label"] == "fake" for r in fakes)
     table = run("results", "--db", sqlite_url).output
     assert "img_00001.jpg" in table
+
+
+def test_precision_is_refused_where_the_runtime_cannot_honour_it(tmp_path, tiny_onnx_model, sqlite_url):
+    write_jpegs(tmp_path / "imgs", 1)
+    res = CliRunner().invoke(main, ["scan", str(tmp_path / "imgs"), "--model", str(tiny_onnx_model), "--db", sqlite_url,
+                                    "--runtime", "onnxruntime", "--precision", "fp16"])
+    assert res.exit_code != 0 and "dfscan quantize" in res.output and "Traceback" not in res.output
+
+
+def test_settings_without_an_option_come_from_the_environment(tmp_path, tiny_onnx_model, sqlite_url, monkeypatch):
+    """DFSCAN_* fields the scan command has no option for (reader threads, ...) still apply."""
+    write_jpegs(tmp_path / "imgs", 1)
+    monkeypatch.setenv("DFSCAN_READ_THREADS", "0")
+    res = CliRunner().invoke(main, ["scan", str(tmp_path / "imgs"), "--model", str(tiny_onnx_model), "--db", sqlite_url])
+    assert res.exit_code != 0 and "thread counts must be at least 1" in res.output

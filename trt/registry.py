@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from detector.info import ModelInfo
 from trt.base import Runtime
@@ -24,9 +25,17 @@ def _ort_available() -> tuple[bool, str]:
     return onnxruntime.available()
 
 
-def _ort_load(info: ModelInfo, *, intra_op_threads: int = 0) -> Runtime:
+def _ort_load(
+    info: ModelInfo, *, intra_op_threads: int = 0, precision: str | None = None, engine_dir: Path | None = None
+) -> Runtime:
     from trt.onnxruntime import OnnxRuntime
 
+    own = str(info.extra.get("precision", "fp32"))
+    if precision is not None and precision != own:
+        raise RuntimeUnavailable(
+            f"ONNX Runtime runs the model in its own precision ({own}), not {precision}; for INT8 on the CPU "
+            f"make a quantised model with `dfscan quantize`, for FP16/INT8 on a GPU use --runtime tensorrt"
+        )
     return OnnxRuntime(info, intra_op_threads=intra_op_threads)
 
 
@@ -36,10 +45,12 @@ def _trt_available() -> tuple[bool, str]:
     return tensorrt.available()
 
 
-def _trt_load(info: ModelInfo, *, intra_op_threads: int = 0) -> Runtime:  # noqa: ARG001 - a CPU setting
+def _trt_load(
+    info: ModelInfo, *, intra_op_threads: int = 0, precision: str | None = None, engine_dir: Path | None = None
+) -> Runtime:  # intra_op_threads is a CPU setting
     from trt.tensorrt import TensorRTRuntime
 
-    return TensorRTRuntime(info)
+    return TensorRTRuntime(info, precision=precision, engine_dir=engine_dir)
 
 
 RUNTIMES: dict[str, RuntimeSpec] = {

@@ -50,7 +50,13 @@ class ScanContext:
             raise SettingsError("no model given: pass --model PATH or set DFSCAN_MODEL")
         engine = db.make_engine(settings.db_url)
         info = inspect_model(settings.model)
-        runtime = load_runtime(settings.runtime, info, intra_op_threads=settings.intra_op_threads)
+        runtime = load_runtime(
+            settings.runtime,
+            info,
+            intra_op_threads=settings.intra_op_threads,
+            precision=settings.precision,
+            engine_dir=settings.engine_dir,
+        )
         pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std, max_pixels=settings.max_pixels)
         decoder = create_decoder(settings.decoder, pre, threads=settings.decode_threads, batch_size=settings.batch_size)
         threshold = info.threshold if settings.threshold is None else settings.threshold

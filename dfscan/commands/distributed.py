@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from dfscan.cli import _stop_on_signals, db_option, model_option, reports_errors
+from dfscan.cli import _stop_on_signals, db_option, model_option, reports_errors, runtime_options
 from dfscan.settings import Settings, from_env
 
 
@@ -135,8 +135,7 @@ def _duration(seconds: float) -> str:
               help="Celery pool: prefork gives each chunk a process that can die alone.")
 @click.option("--queues", "-Q", envvar="DFSCAN_QUEUES", show_envvar=True,
               help="Comma-separated queues to consume [the scoring queue, 'dfscan'].")
-@click.option("--runtime", envvar="DFSCAN_RUNTIME", show_envvar=True, help="auto | onnxruntime | tensorrt [auto].")
-@click.option("--decoder", envvar="DFSCAN_DECODER", show_envvar=True, help="auto | pillow | dali [auto].")
+@runtime_options
 @click.option("--batch-size", type=int, envvar="DFSCAN_BATCH_SIZE", show_envvar=True, help="Images per inference batch [64].")
 @click.option("--threads", "intra_op_threads", type=int, envvar="DFSCAN_THREADS", show_envvar=True,
               help="Inference threads per process (0: all cores) [0].")
@@ -151,7 +150,7 @@ def _duration(seconds: float) -> str:
 @click.option("--include", "-I", multiple=True, help="Extra module to import in the worker (signal handlers). Repeatable.")
 @reports_errors
 def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency: int, pool: str, queues: str | None,
-           runtime: str | None, decoder: str | None, batch_size: int | None, intra_op_threads: int | None,
+           runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None, batch_size: int | None, intra_op_threads: int | None,
            max_attempts: int | None, visibility_timeout: int | None, metrics_port: int | None,
            hostname: str | None, loglevel: str, include: tuple[str, ...]) -> None:
     """Start a Celery worker that scores chunks and writes their rows.
@@ -166,6 +165,7 @@ def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency:
     from workers.app import create_app, set_app
 
     settings = _settings(broker_url=broker_url, db_url=db_url, model=model, runtime=runtime, decoder=decoder,
+                         precision=precision, engine_dir=engine_dir,
                          batch_size=batch_size, intra_op_threads=intra_op_threads, max_attempts=max_attempts,
                          visibility_timeout=visibility_timeout, metrics_port=metrics_port)
     _need_broker(settings)
