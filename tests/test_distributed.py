@@ -384,3 +384,40 @@ def test_each_worker_process_is_recorded_with_its_runtime(redis_server, pg_db, w
     assert all(p["runtime"] == "onnxruntime" and p["runtime_version"] and p["decoder"] == "pillow" for p in procs)
     audit = query(pg_db, "SELECT settings FROM scans WHERE id = :s", s=scan_id)[0]["settings"]
     assert audit["user"] and audit["host"] and audit["command"] and audit["model_sha256"]
+
+
+def test_beat_runs_a_scheduled_incremental_scan(redis_server, pg_db, workers, archive, tiny_onnx_model, tmp_path):
+    """A live `dfscan beat` with an every-minute entry: a producer worker walks, a scoring worker scores."""
+    import subprocess
+
+    from tests._cluster import DFSCAN, REPO
+
+    root, expected = archive
+    broker = redis_server.url()
+    schedule = tmp_path / "nightly.toml"
+    schedule.write_text(
+        f'[[scan]]\nname = "every-minute"\ncron = "* * * * *"\nroots = ["{root}"]\nmodel = "{tiny_onnx_model}"\n'
+        f"chunk_size = {CHUNK}\n"
+    )
+    scorer = workers(broker, pg_db, name="score").wait_ready()
+    walker = workers(broker, pg_db, name="walk", env={"DFSCAN_QUEUES": "dfscan.producer"}).wait_ready()
+    log = open(tmp_path / "beat.log", "wb")
+    beat = subprocess.Popen(
+        [DFSCAN, "beat", "--schedule", str(schedule), "--broker", broker, "--db", pg_db,
+         "--state", str(tmp_path / "beat-state.db")],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        def scan_done():
+            rows = query(pg_db, "SELECT id, status FROM scans WHERE name LIKE 'every-minute%' ORDER BY id")
+            return rows[0]["id"] if rows and rows[0]["status"] == "completed" else None
+
+        scan_id = wait_for(scan_done, 150, "the scheduled scan to complete", interval=1)
+    finally:
+        beat.terminate()
+        beat.wait(timeout=30)
+        log.close()
+    assert_exactly_once(pg_db, scan_id, expected)
+    audit = query(pg_db, "SELECT settings FROM scans WHERE id = :s", s=scan_id)[0]["settings"]
+    assert audit["incremental"] is True
+    assert scorer.alive() and walker.alive()
