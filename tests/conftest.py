@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
 from collections.abc import Iterator
@@ -47,9 +48,9 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'dfscan.db'}"
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A throwaway PostgreSQL database, dropped (WITH FORCE) after the test."""
+@contextlib.contextmanager
+def throwaway_pg_database() -> Iterator[str]:
+    """URL of a new database on the shared server, dropped (WITH FORCE) on exit; skips without a server."""
     user, reason = _pg_admin_user()
     if user is None:
         pytest.skip(reason)
@@ -61,6 +62,13 @@ def pg_url() -> Iterator[str]:
     finally:
         with _pg_admin(user) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database, dropped (WITH FORCE) after the test."""
+    with throwaway_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

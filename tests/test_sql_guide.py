@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from db.models import Model, Result, Scan
 from dfscan.cli import main
 from tests._images import write_bad_files, write_jpegs
 from tests._models import export_tiny_model, tiny_onnx_model  # noqa: F401 - fixture
-from tests.conftest import _pg_admin, _pg_admin_user
+from tests.conftest import throwaway_pg_database
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "sql.md"
 SQL_BLOCK = re.compile(r"```sql\n(.*?)```", re.DOTALL)
@@ -166,17 +165,8 @@ def _sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _pg_database() -> Iterator[str]:
-    user, reason = _pg_admin_user()
-    if user is None:
-        pytest.skip(reason)
-    name = f"dfscan_test_{uuid.uuid4().hex[:12]}"
-    with _pg_admin(user) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://{user}@127.0.0.1:5432/{name}"
-    finally:
-        with _pg_admin(user) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
