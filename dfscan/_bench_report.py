@@ -51,6 +51,9 @@ def format_report(report: BenchReport) -> str:
         lines.append(f"INT8 vs FP32 on {a['images']} images: {a['identical_share']:.2%} identical verdicts, "
                      f"largest |dp_fake| {a['max_abs_dp_fake']:.4f} (FP32 p_fake {a['fp32_p_fake_min']:.3f}.."
                      f"{a['fp32_p_fake_max']:.3f})")  # fmt: skip
+        if a["fp32_p_fake_std"] < 0.01:
+            lines.append("  (the FP32 model gives these images almost the same p_fake, so this agreement says little; "
+                         "measure it with a trained model: dfscan quantize MODEL --calibrate DIR --check DIR)")
     elif report.int8 and report.int8.get("error"):
         lines.append(f"INT8 quantisation failed: {report.int8['error']}")
     lines.append(f"peak RSS of the whole run: {report.peak_rss_mib:.0f} MiB; run took {report.seconds:.0f} s "
