@@ -261,3 +261,21 @@ def _export(
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ExportError(f"exporting {model.architecture} with {spec.name} (opset {opset}) failed: {first}") from exc
 
+
+
+def export_untrained(backbone: str, out_dir: Path, *, seed: int = 0) -> Path:
+    """Export the detector with seeded random weights; returns ``out_dir/model.onnx``.
+
+    For speed measurements only: a model's speed doesn't depend on its
+    weights, and no trained weights can be downloaded.  The checkpoint is kept
+    in ``out_dir/checkpoint`` (the naive PyTorch loop of ``dfscan bench`` loads it).
+    """
+    import torch
+
+    from detector.model import DeepfakeDetector, save_checkpoint
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DeepfakeDetector(backbone).eval()
+    ckpt = save_checkpoint(Path(out_dir) / "checkpoint" / "bench.pt", model, {"purpose": "benchmark, random weights"})
+    return export_onnx(ckpt, out_dir).onnx_path

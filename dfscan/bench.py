@@ -243,7 +243,9 @@ class _Bench:
         o = self.o
         if o.model is None:
             self.say(f"exporting a {o.backbone} detector with random weights")
-            path = _export_random(o.backbone, self.work / "model")
+            from detector.export import export_untrained
+
+            path = export_untrained(o.backbone, self.work / "model")
         else:
             path = o.model
         given = inspect_model(path)
@@ -470,19 +472,6 @@ def _accepted_options(load: Callable, options: dict[str, Any]) -> dict[str, Any]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return options
     return options if all(k in params for k in options) else None
-
-
-def _export_random(backbone: str, out_dir: Path) -> Path:
-    """The detector with random weights: a model's speed doesn't depend on its weights."""
-    import torch
-
-    from detector.export import export_onnx
-    from detector.model import DeepfakeDetector, save_checkpoint
-
-    torch.manual_seed(0)
-    model = DeepfakeDetector(backbone).eval()
-    ckpt = save_checkpoint(out_dir / "checkpoint" / "bench.pt", model, {"purpose": "benchmark, random weights"})
-    return export_onnx(ckpt, out_dir).onnx_path
 
 
 def _first_line(exc: BaseException) -> str:

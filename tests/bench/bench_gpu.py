@@ -35,18 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 
 
-def export_random_detector(backbone: str, out_dir: Path) -> Path:
-    import torch
-
-    from detector.export import export_onnx
-    from detector.model import DeepfakeDetector, save_checkpoint
-
-    torch.manual_seed(0)
-    model = DeepfakeDetector(backbone).eval()
-    ckpt = save_checkpoint(out_dir / "bench.pt", model, {"purpose": "benchmark, random weights"})
-    return export_onnx(ckpt, out_dir).onnx_path
-
-
 def write_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
     from tests._images import write_jpegs
 
@@ -151,7 +139,9 @@ def main() -> None:
             shutil.copytree(args.model.parent, model_dir)  # engines go beside the copy, not the original
             model = model_dir / args.model.name
         else:
-            model = export_random_detector(args.backbone, tmp_path / "model")
+            from detector.export import export_untrained
+
+            model = export_untrained(args.backbone, tmp_path / "model")
         info = inspect_model(model)
         pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)
         paths = write_images(tmp_path / "images", args.images, (w, h))

@@ -29,19 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import numpy as np  # noqa: E402
 
 
-def export_random_detector(backbone: str, out_dir: Path) -> Path:
-    """The detector with random weights: the speed of a model doesn't depend on its weights."""
-    import torch
-
-    from detector.export import export_onnx
-    from detector.model import DeepfakeDetector, save_checkpoint
-
-    torch.manual_seed(0)
-    model = DeepfakeDetector(backbone).eval()
-    ckpt = save_checkpoint(out_dir / "bench.pt", model, {"purpose": "benchmark, random weights"})
-    return export_onnx(ckpt, out_dir).onnx_path
-
-
 def model_only(onnx_path: Path, files: list[Path], batch: int) -> float:
     from detector.info import inspect_model
     from trt.onnxruntime import OnnxRuntime
@@ -87,7 +74,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="dfscan-bench-") as tmp:
         tmp_path = Path(tmp)
-        onnx_path = args.model or export_random_detector(args.backbone, tmp_path / "model")
+        from detector.export import export_untrained
+
+        onnx_path = args.model or export_untrained(args.backbone, tmp_path / "model")
         files = write_jpegs(tmp_path / "images", args.images)
         before = model_only(onnx_path, files, args.batch)
         e2e = end_to_end(onnx_path, tmp_path / "images", tmp_path / "bench.db", args.batch)
