@@ -1,8 +1,7 @@
-"""The two things that differ between SQLite and PostgreSQL statements here."""
+"""What differs between SQLite and PostgreSQL statements here: the dialect's INSERT."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -11,17 +10,11 @@ from sqlalchemy.orm import Session
 
 from .errors import DatabaseError
 
-__all__ = ["dialect_name", "insert_for", "max_rows_per_statement"]
+__all__ = ["dialect_name", "insert_for"]
 
 _INSERTS: dict[str, Callable[..., Any]] = {
     "sqlite": sqlite.insert,
     "postgresql": postgresql.insert,
-}
-# Bound parameters one statement may carry: SQLITE_MAX_VARIABLE_NUMBER (999
-# before SQLite 3.32) and PostgreSQL's 16-bit parameter count.
-_MAX_PARAMS: dict[str, int] = {
-    "sqlite": 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999,
-    "postgresql": 65535,
 }
 
 
@@ -36,7 +29,3 @@ def insert_for(session: Session) -> Callable[..., Any]:
         return _INSERTS[name]
     except KeyError:
         raise DatabaseError(f"unsupported dialect {name!r}; known: {', '.join(_INSERTS)}") from None
-
-
-def max_rows_per_statement(session: Session, params_per_row: int) -> int:
-    return max(1, _MAX_PARAMS[dialect_name(session)] // params_per_row)

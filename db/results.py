@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ._dialects import insert_for, max_rows_per_statement
+from ._dialects import dialect_name, insert_for
 from .models import Result, scan_results
 from .records import ResultRow
 
@@ -55,16 +55,28 @@ def write_batch(
         }
         for row in latest.values()
     ]
-    insert = insert_for(session)
-    # A batch of 64 is one statement; only very large batches are split.
-    step = max_rows_per_statement(session, len(values[0]))
-    for start in range(0, len(values), step):
-        stmt = insert(_RESULTS).values(values[start : start + step])
-        stmt = stmt.on_conflict_do_update(
+    # One statement object per dialect, executed with the batch's parameter
+    # list: SQLAlchemy compiles it once and caches it, where a multi-row
+    # VALUES clause is compiled anew for every batch (about 15 ms for 64
+    # rows). The drivers send the list as one executemany (psycopg 3 in a
+    # pipeline), so a batch is still one statement and one round trip.
+    session.execute(_upsert_statement(session), values)
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert_statement(session: Session) -> Any:
+    name = dialect_name(session)
+    stmt = _UPSERTS.get(name)
+    if stmt is None:
+        base = insert_for(session)(_RESULTS)
+        stmt = base.on_conflict_do_update(
             index_elements=["scan_id", "path"],
-            set_={name: stmt.excluded[name] for name in _UPSERT_COLUMNS},
+            set_={column: base.excluded[column] for column in _UPSERT_COLUMNS},
         )
-        session.execute(stmt)
+        _UPSERTS[name] = stmt
+    return stmt
 
 
 def existing_paths(session: Session, scan_id: int, paths: list[str]) -> set[str]:
