@@ -23,6 +23,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Synthesise, train, export, calibrate, scan into SQLite, query, report: all in demo/.
+demo: $(STAMP)
+	$(PY) -m detector.demo --out demo
+
 bench: $(STAMP)
 	$(PY) tests/bench/bench_scan.py
 

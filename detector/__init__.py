@@ -50,6 +50,24 @@ _LAZY = {
     "export_onnx": "detector.export",
     "export_legacy_fixed_batch": "detector.export",
     "check_parity": "detector.export",
+    # Training, evaluation and calibration (issue 5). The functions train/evaluate/calibrate are
+    # reached through their modules (detector.train.train, ...): their names are the modules' own.
+    "SynthError": "detector.synth",
+    "SynthSummary": "detector.synth",
+    "synthesize": "detector.synth",
+    "DataError": "detector.data",
+    "Splits": "detector.data",
+    "find_splits": "detector.data",
+    "TrainConfig": "detector.train",
+    "TrainError": "detector.train",
+    "TrainResult": "detector.train",
+    "CalibrationError": "detector.calibrate",
+    "CalibrationResult": "detector.calibrate",
+    "fit_temperature": "detector.calibrate",
+    "update_model_info": "detector.calibrate",
+    "EvalResult": "detector.evaluate",
+    "EvaluationError": "detector.evaluate",
+    "compute_metrics": "detector.evaluate",
 }
 
 __all__ = [

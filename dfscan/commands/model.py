@@ -32,11 +32,13 @@ def _show(progress: bool | None) -> bool:
 @click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels (the 140k set is 256).")
 @click.option("--seed", type=int, default=0, show_default=True, help="The same seed writes the same files.")
 @click.option("--quality", default="70-95", show_default=True, help="JPEG quality range, applied to both classes.")
+@click.option("--upsampler", "upsamplers", multiple=True, type=click.Choice(["transposed_conv", "nearest_smooth"]),
+              help="Simulated up-sampling layer(s) for the fakes (repeatable; default: both, at random).")
 @_progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @reports_errors
-def synth(out: Path, n: int, layout: str, source: str, size: int, seed: int, quality: str, progress: bool | None,
-          as_json: bool) -> None:
+def synth(out: Path, n: int, layout: str, source: str, size: int, seed: int, quality: str,
+          upsamplers: tuple[str, ...], progress: bool | None, as_json: bool) -> None:
     """Write a labelled sample archive to OUT (synthetic: NOT a deepfake data set).
 
     Real images are procedural (or crops of packaged photographs); each fake is
@@ -51,7 +53,7 @@ def synth(out: Path, n: int, layout: str, source: str, size: int, seed: int, qua
     except ValueError:
         raise click.BadParameter("give LOW-HIGH, e.g. 70-95", param_hint="--quality") from None
     summary = synthesize(out, n, layout=layout, source=source, size=size, seed=seed, quality=(lo, hi),
-                         progress=_show(progress))
+                         upsamplers=upsamplers or None, progress=_show(progress))
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
         return

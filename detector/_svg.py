@@ -1,0 +1,172 @@
+"""A few inline-SVG charts for the evaluation report: lines, bars, a heat map. No dependencies, no URLs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from html import escape
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#7f7f7f")
+FONT = "font-family:system-ui,sans-serif"
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.1f}"
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if not math.isfinite(lo) or not math.isfinite(hi) or hi <= lo:
+        return [lo]
+    step = 10 ** math.floor(math.log10((hi - lo) / n))
+    for mult in (1, 2, 2.5, 5, 10):
+        if (hi - lo) / (step * mult) <= n:
+            step *= mult
+            break
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks, t = [], first
+    while t <= hi + 1e-9 * step:
+        ticks.append(round(t, 10))
+        t += step
+    return ticks
+
+
+def _tick_label(v: float) -> str:
+    if v == int(v) and abs(v) >= 1:
+        return str(int(v))
+    return f"{v:.3g}"
+
+
+class Chart:
+    """One set of axes: add series, then :meth:`render` to an ``<svg>`` string."""
+
+    def __init__(self, title: str, xlabel: str, ylabel: str, *, xlim: tuple[float, float], ylim: tuple[float, float],
+                 width: int = 460, height: int = 340, legend_at: str = "upper right", xticks: bool = True) -> None:
+        self.title, self.xlabel, self.ylabel = title, xlabel, ylabel
+        self.legend_at, self.xticks = legend_at, xticks
+        self.xlim, self.ylim = xlim, ylim
+        self.width, self.height = width, height
+        self.left, self.right, self.top, self.bottom = 58, 16, 34, 46
+        self.items: list[str] = []
+        self.legend: list[tuple[str, str, str]] = []  # (label, colour, kind)
+
+    def x(self, v: float) -> float:
+        lo, hi = self.xlim
+        return self.left + (v - lo) / (hi - lo or 1) * (self.width - self.left - self.right)
+
+    def y(self, v: float) -> float:
+        lo, hi = self.ylim
+        return self.height - self.bottom - (v - lo) / (hi - lo or 1) * (self.height - self.top - self.bottom)
+
+    def line(self, xs: Sequence[float], ys: Sequence[float], *, colour: str = PALETTE[0], label: str | None = None,
+             dash: str | None = None, width: float = 2.0, markers: bool = False) -> Chart:
+        pts = [(self.x(a), self.y(b)) for a, b in zip(xs, ys) if math.isfinite(a) and math.isfinite(b)]
+        if pts:
+            d = " ".join(f"{_fmt(px)},{_fmt(py)}" for px, py in pts)
+            style = f' stroke-dasharray="{dash}"' if dash else ""
+            self.items.append(f'<polyline points="{d}" fill="none" stroke="{colour}" stroke-width="{width}"{style}/>')
+            if markers:
+                self.items += [f'<circle cx="{_fmt(px)}" cy="{_fmt(py)}" r="3" fill="{colour}"/>' for px, py in pts]
+        if label:
+            self.legend.append((label, colour, "line"))
+        return self
+
+    def point(self, xv: float, yv: float, *, colour: str = "#000", label: str | None = None, r: float = 5) -> Chart:
+        self.items.append(f'<circle cx="{_fmt(self.x(xv))}" cy="{_fmt(self.y(yv))}" r="{r}" fill="{colour}"/>')
+        if label:
+            self.legend.append((label, colour, "point"))
+        return self
+
+    def bars(self, edges: Sequence[float], heights: Sequence[float], *, colour: str = PALETTE[0],
+             label: str | None = None, opacity: float = 0.75, offset: float = 0.0, share: float = 1.0) -> Chart:
+        """Bars over [edges[i], edges[i+1]]; ``offset``/``share`` place several series side by side."""
+        for a, b, h in zip(edges[:-1], edges[1:], heights):
+            if not math.isfinite(h) or h <= 0:
+                continue
+            w = (b - a) * share
+            x0, x1 = self.x(a + offset * (b - a)), self.x(a + offset * (b - a) + w)
+            y0, y1 = self.y(h), self.y(self.ylim[0])
+            self.items.append(
+                f'<rect x="{_fmt(x0)}" y="{_fmt(y0)}" width="{_fmt(max(x1 - x0 - 1, 0.5))}" '
+                f'height="{_fmt(max(y1 - y0, 0))}" fill="{colour}" fill-opacity="{opacity}"/>'
+            )
+        if label:
+            self.legend.append((label, colour, "bar"))
+        return self
+
+    def text(self, xv: float, yv: float, s: str, *, anchor: str = "start", size: int = 12, colour: str = "#222") -> Chart:
+        self.items.append(
+            f'<text x="{_fmt(self.x(xv))}" y="{_fmt(self.y(yv))}" font-size="{size}" text-anchor="{anchor}" '
+            f'fill="{colour}" style="{FONT}">{escape(s)}</text>'
+        )
+        return self
+
+    def render(self) -> str:
+        w, h = self.width, self.height
+        x0, x1, y0, y1 = self.left, w - self.right, self.top, h - self.bottom
+        out = [f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" aria-label="{escape(self.title)}">',
+               f'<rect x="0" y="0" width="{w}" height="{h}" fill="#fff"/>']
+        for t in nice_ticks(*self.xlim) if self.xticks else ():
+            px = self.x(t)
+            out.append(f'<line x1="{_fmt(px)}" y1="{y0}" x2="{_fmt(px)}" y2="{y1}" stroke="#eee"/>')
+            out.append(f'<text x="{_fmt(px)}" y="{y1 + 15}" font-size="11" text-anchor="middle" style="{FONT}">'
+                       f"{_tick_label(t)}</text>")
+        for t in nice_ticks(*self.ylim):
+            py = self.y(t)
+            out.append(f'<line x1="{x0}" y1="{_fmt(py)}" x2="{x1}" y2="{_fmt(py)}" stroke="#eee"/>')
+            out.append(f'<text x="{x0 - 5}" y="{_fmt(py + 4)}" font-size="11" text-anchor="end" style="{FONT}">'
+                       f"{_tick_label(t)}</text>")
+        out.append(f'<rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}" fill="none" stroke="#888"/>')
+        out.extend(self.items)
+        out.append(f'<text x="{w / 2}" y="20" font-size="14" font-weight="bold" text-anchor="middle" '
+                   f'style="{FONT}">{escape(self.title)}</text>')
+        out.append(f'<text x="{(x0 + x1) / 2}" y="{h - 8}" font-size="12" text-anchor="middle" '
+                   f'style="{FONT}">{escape(self.xlabel)}</text>')
+        out.append(f'<text transform="translate(14,{(y0 + y1) / 2}) rotate(-90)" font-size="12" '
+                   f'text-anchor="middle" style="{FONT}">{escape(self.ylabel)}</text>')
+        top = self.legend_at.startswith("upper")
+        for i, (label, colour, kind) in enumerate(self.legend):
+            ly = y0 + 14 + 16 * i if top else y1 - 8 - 16 * (len(self.legend) - 1 - i)
+            lx = x1 - 215 if self.legend_at.endswith("right") else x0 + 8
+            if kind == "line":
+                out.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 18}" y2="{ly - 4}" stroke="{colour}" stroke-width="2"/>')
+            elif kind == "point":
+                out.append(f'<circle cx="{lx + 9}" cy="{ly - 4}" r="4" fill="{colour}"/>')
+            else:
+                out.append(f'<rect x="{lx}" y="{ly - 10}" width="18" height="10" fill="{colour}" fill-opacity="0.75"/>')
+            out.append(f'<text x="{lx + 24}" y="{ly}" font-size="11" style="{FONT}">{escape(label)}</text>')
+        out.append("</svg>")
+        return "".join(out)
+
+
+def heatmap(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str, *, size: int = 340) -> str:
+    """A confusion matrix: true class in rows, predicted in columns, counts and row percentages in cells."""
+    n = len(labels)
+    left, top, cell = 90, 50, (size - 110) / max(n, 1)
+    total_rows = [max(sum(row), 1) for row in matrix]
+    peak = max((v for row in matrix for v in row), default=1) or 1
+    out = [f'<svg viewBox="0 0 {size} {size}" width="{size}" height="{size}" role="img" aria-label="{escape(title)}">',
+           f'<rect width="{size}" height="{size}" fill="#fff"/>',
+           f'<text x="{size / 2}" y="20" font-size="14" font-weight="bold" text-anchor="middle" style="{FONT}">'
+           f"{escape(title)}</text>",
+           f'<text x="{left + n * cell / 2}" y="40" font-size="12" text-anchor="middle" style="{FONT}">predicted</text>',
+           f'<text transform="translate(16,{top + n * cell / 2}) rotate(-90)" font-size="12" text-anchor="middle" '
+           f'style="{FONT}">true</text>']
+    for i in range(n):
+        out.append(f'<text x="{left - 8}" y="{top + (i + 0.5) * cell + 4}" font-size="12" text-anchor="end" '
+                   f'style="{FONT}">{escape(labels[i])}</text>')
+        out.append(f'<text x="{left + (i + 0.5) * cell}" y="{top + n * cell + 18}" font-size="12" '
+                   f'text-anchor="middle" style="{FONT}">{escape(labels[i])}</text>')
+        for j in range(n):
+            v = matrix[i][j]
+            shade = v / peak
+            fill = f"rgb({int(255 - 200 * shade)},{int(255 - 150 * shade)},{int(255 - 60 * shade)})"
+            colour = "#fff" if shade > 0.55 else "#111"
+            cx, cy = left + j * cell, top + i * cell
+            out.append(f'<rect x="{_fmt(cx)}" y="{_fmt(cy)}" width="{_fmt(cell)}" height="{_fmt(cell)}" '
+                       f'fill="{fill}" stroke="#fff"/>')
+            out.append(f'<text x="{_fmt(cx + cell / 2)}" y="{_fmt(cy + cell / 2)}" font-size="18" '
+                       f'text-anchor="middle" fill="{colour}" style="{FONT}">{v}</text>')
+            out.append(f'<text x="{_fmt(cx + cell / 2)}" y="{_fmt(cy + cell / 2 + 18)}" font-size="12" '
+                       f'text-anchor="middle" fill="{colour}" style="{FONT}">{100 * v / total_rows[i]:.1f}%</text>')
+    out.append("</svg>")
+    return "".join(out)

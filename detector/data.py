@@ -1,0 +1,262 @@
+"""Labelled image folders for training and evaluation, and the torch datasets that read them.
+
+Two layouts are understood (a table, looked up in order):
+
+* ``140k``: the "140k Real and Fake Faces" layout, ``train/``, ``valid/`` (or
+  ``val/``, ``validation/``) and ``test/``, each with ``real/`` and ``fake/``.
+* ``flat``: only ``real/`` and ``fake/``; split 70/15/15 per class with a fixed seed.
+
+Images are read exactly as the scanner reads them (:func:`workers.decode.load_rgb`
+then :func:`workers.decode.to_tensor`), so what the model learns from and what
+it is shown in a scan are made the same way. Training adds the original
+project's augmentation on the decoded RGB image, before normalisation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from detector.errors import DetectorError
+from detector.info import CLASSES
+from workers.decode import Preprocess, load_rgb, to_tensor
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
+SPLIT_SEED = 42
+SPLIT_NAMES = ("train", "valid", "test")
+# Folder names accepted for each split of the 140k layout, first match wins.
+_SPLIT_ALIASES = {"train": ("train", "training"), "valid": ("valid", "val", "validation"), "test": ("test", "testing")}
+
+
+class DataError(DetectorError):
+    """A data folder has no layout dfscan understands, or a split is empty."""
+
+
+Item = tuple[str, int]  # (path, class index in CLASSES)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The labelled items of each split, and where they came from."""
+
+    root: Path
+    layout: str
+    train: list[Item]
+    valid: list[Item]
+    test: list[Item]
+    classes: tuple[str, ...] = CLASSES
+    seed: int | None = None
+    notes: dict = field(default_factory=dict)
+
+    def get(self, name: str) -> list[Item]:
+        if name not in SPLIT_NAMES:
+            raise DataError(f"unknown split {name!r}; known splits: {', '.join(SPLIT_NAMES)}")
+        return getattr(self, name)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {c: sum(1 for _, y in self.get(name) if y == i) for i, c in enumerate(self.classes)}
+            for name in SPLIT_NAMES
+        }
+
+    def info(self) -> dict:
+        """What ``dataset_info.json`` holds."""
+        counts = self.counts()
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "classes": list(self.classes),
+            "split_seed": self.seed,
+            "split_fractions": list(SPLIT_FRACTIONS) if self.layout == "flat" else None,
+            "splits": {name: {"total": sum(c.values()), **c} for name, c in counts.items()},
+            "total": sum(sum(c.values()) for c in counts.values()),
+            **self.notes,
+        }
+
+
+def _images(folder: Path) -> list[str]:
+    """Image files under ``folder`` (recursively), sorted so that a listing is reproducible."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return found
+
+
+def _class_dirs(folder: Path, classes: tuple[str, ...]) -> dict[str, Path] | None:
+    """``{class: folder}`` when ``folder`` has a sub-folder per class (case-insensitive), else None."""
+    if not folder.is_dir():
+        return None
+    by_lower = {p.name.lower(): p for p in folder.iterdir() if p.is_dir()}
+    if all(c in by_lower for c in classes):
+        return {c: by_lower[c] for c in classes}
+    return None
+
+
+def _labelled(dirs: dict[str, Path], classes: tuple[str, ...]) -> list[Item]:
+    return [(path, classes.index(c)) for c in classes for path in _images(dirs[c])]
+
+
+def _layout_140k(root: Path, classes: tuple[str, ...], seed: int) -> Splits | None:
+    found: dict[str, list[Item]] = {}
+    for split, aliases in _SPLIT_ALIASES.items():
+        for alias in aliases:
+            dirs = _class_dirs(root / alias, classes)
+            if dirs is not None:
+                found[split] = _labelled(dirs, classes)
+                break
+    if "train" not in found:
+        return None
+    if "valid" not in found:
+        raise DataError(f"{root} has train/ but no valid/ (or val/) folder with {' and '.join(classes)} inside")
+    return Splits(root, "140k", found["train"], found["valid"], found.get("test", []), classes)
+
+
+def _layout_flat(root: Path, classes: tuple[str, ...], seed: int) -> Splits | None:
+    dirs = _class_dirs(root, classes)
+    if dirs is None:
+        return None
+    parts: tuple[list[Item], list[Item], list[Item]] = ([], [], [])
+    for i, c in enumerate(classes):
+        items = [(p, i) for p in _images(dirs[c])]
+        for part, chunk in zip(parts, split_items(items, seed=seed + i)):
+            part.extend(chunk)
+    return Splits(root, "flat", *parts, classes=classes, seed=seed)
+
+
+def split_items(items: list[Item], fractions: tuple[float, ...] = SPLIT_FRACTIONS, seed: int = SPLIT_SEED):
+    """``items`` shuffled with ``seed`` and cut by ``fractions`` (70/15/15); the same seed gives the same cut."""
+    order = np.random.default_rng(seed).permutation(len(items))
+    shuffled = [items[j] for j in order]
+    n = len(items)
+    n_valid = int(round(n * fractions[1]))
+    n_test = int(round(n * fractions[2]))
+    n_train = n - n_valid - n_test
+    return shuffled[:n_train], shuffled[n_train : n_train + n_valid], shuffled[n_train + n_valid :]
+
+
+LAYOUTS: dict[str, Callable[[Path, tuple[str, ...], int], Splits | None]] = {
+    "140k": _layout_140k,
+    "flat": _layout_flat,
+}
+
+
+def find_splits(root: Path, *, classes: tuple[str, ...] = CLASSES, seed: int = SPLIT_SEED) -> Splits:
+    """The labelled splits of ``root`` in the first layout that fits; raises :class:`DataError`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist")
+    for read in LAYOUTS.values():
+        splits = read(root, classes, seed)
+        if splits is not None:
+            if not splits.train or not splits.valid:
+                raise DataError(f"{root}: the {splits.layout} layout has an empty train or validation split")
+            return splits
+    want = "/".join(classes)
+    raise DataError(
+        f"{root} has neither train/ and valid/ folders with {want} inside (the 140k layout) "
+        f"nor {want} folders; see `dfscan train --help`"
+    )
+
+
+# ------------------------------------------------------------------ transforms
+
+
+def eval_transform(pre: Preprocess) -> Callable[[bytes], np.ndarray]:
+    """Bytes to a normalised (3, H, W) float32 array, exactly as the scanner's Pillow decoder does."""
+
+    def run(data: bytes) -> np.ndarray:
+        return to_tensor(load_rgb(data, pre.size, pre.max_pixels), pre)
+
+    return run
+
+
+@dataclass(frozen=True)
+class Augment:
+    """The original project's augmentation: flip (p=0.5), rotation up to 10 degrees, colour jitter 0.2/0.2."""
+
+    hflip: float = 0.5
+    degrees: float = 10.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+
+
+def train_transform(pre: Preprocess, augment: Augment = Augment()) -> Callable[[bytes], np.ndarray]:
+    """Decode as the scanner does, resize, augment the RGB image, then normalise as the scanner does."""
+    from torchvision.transforms import v2
+
+    steps: list = [v2.RandomHorizontalFlip(augment.hflip)]
+    if augment.degrees:
+        steps.append(v2.RandomRotation(augment.degrees, interpolation=v2.InterpolationMode.BILINEAR))
+    if augment.brightness or augment.contrast:
+        steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
+    pipeline = v2.Compose(steps)
+    h, w = pre.size
+
+    def run(data: bytes) -> np.ndarray:
+        from PIL import Image
+
+        im = load_rgb(data, pre.size, pre.max_pixels)
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.Resampling.BILINEAR)  # the same resize as to_tensor's
+        return to_tensor(pipeline(im), pre)
+
+    return run
+
+
+# --------------------------------------------------------------------- torch
+
+
+def _torch_dataset_class():
+    import torch
+    from torch.utils.data import Dataset
+
+    class ImageFolderDataset(Dataset):
+        """(image tensor, label) pairs read from files; a file that can't be decoded raises its ImageError."""
+
+        def __init__(self, items: list[Item], transform: Callable[[bytes], np.ndarray]) -> None:
+            self.items = list(items)
+            self.transform = transform
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def __getitem__(self, index: int):
+            from workers.errors import ImageError
+
+            path, label = self.items[index]
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                return torch.from_numpy(self.transform(data)), label
+            except (OSError, ImageError) as exc:
+                raise DataError(f"{path}: {exc}; remove or replace the file") from None
+
+    return ImageFolderDataset
+
+
+def make_dataset(items: list[Item], transform: Callable[[bytes], np.ndarray]):
+    """A ``torch.utils.data.Dataset`` over ``items``."""
+    return _torch_dataset_class()(items, transform)
+
+
+def make_loader(items: list[Item], transform, *, batch_size: int, shuffle: bool, workers: int = 0, seed: int = 0):
+    """A DataLoader; shuffling follows ``seed`` (and the epoch, via :func:`torch.Generator` state)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        make_dataset(items, transform),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -1,0 +1,190 @@
+"""Logits for labelled images from an exported model (as the scanner runs it) or a checkpoint.
+
+Evaluation and calibration go through here. An ONNX model is run by ONNX
+Runtime on images decoded by the scanner's own Pillow path, with the
+normalisation, temperature and threshold of its ``model_info.json``: the
+numbers measured are those a scan would give. A PyTorch checkpoint is run by
+torch, with temperature 1 and threshold 0.5.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from detector.data import Item
+from detector.errors import DetectorError
+from detector.info import CLASSES, DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE, ModelInfo, inspect_model
+from workers.decode import Preprocess, decode_one
+from workers.errors import ImageError
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The model being measured: what it is, how it wants its input, and its operating point."""
+
+    path: Path
+    kind: str  # "onnx" or "checkpoint"
+    architecture: str
+    classes: tuple[str, ...]
+    preprocess: Preprocess
+    temperature: float
+    threshold: float
+    sha256: str | None = None
+    info: ModelInfo | None = None
+    checkpoint: Path | None = None  # the training checkpoint behind it, when known
+
+    def describe(self) -> dict:
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "architecture": self.architecture,
+            "sha256": self.sha256,
+            "temperature": self.temperature,
+            "threshold": self.threshold,
+        }
+
+
+@dataclass
+class Predictions:
+    """Logits in (real, fake) column order for the images that decoded; the others with their reason."""
+
+    paths: list[str]
+    labels: np.ndarray
+    logits: np.ndarray
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def open_model(path: Path) -> ModelSource:
+    """Describe ``path``: an ONNX file (or a folder holding ``model.onnx``) or a ``.pt``/``.pth`` checkpoint."""
+    path = Path(path)
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        from detector.model import load_checkpoint
+
+        model, meta = load_checkpoint(path)
+        cfg = model.config
+        return ModelSource(
+            path=path, kind="checkpoint", architecture=model.architecture, classes=cfg.classes,
+            preprocess=Preprocess(size=cfg.input_size, mean=cfg.mean, std=cfg.std),
+            temperature=DEFAULT_TEMPERATURE, threshold=DEFAULT_THRESHOLD, checkpoint=path,
+        )
+    info = inspect_model(path)
+    ckpt = info.extra.get("checkpoint")
+    return ModelSource(
+        path=info.path, kind="onnx", architecture=info.architecture, classes=info.classes,
+        preprocess=Preprocess(size=info.input_size, mean=info.mean, std=info.std),
+        temperature=info.temperature, threshold=info.threshold, sha256=info.sha256, info=info,
+        checkpoint=Path(ckpt) if isinstance(ckpt, str) and ckpt else None,
+    )
+
+
+def predict(
+    source: ModelSource,
+    items: list[Item],
+    *,
+    batch_size: int = 64,
+    device: str = "auto",
+    threads: int = 2,
+    progress: bool = False,
+) -> Predictions:
+    """Run ``source`` over ``items``; undecodable images are listed in ``failed``, not raised."""
+    if set(CLASSES) - set(source.classes):
+        raise DetectorError(f"{source.path}: classes {list(source.classes)} lack one of {list(CLASSES)}")
+    columns = [source.classes.index(c) for c in CLASSES]
+    infer, close = _onnx_infer(source) if source.kind == "onnx" else _torch_infer(source, device)
+    try:
+        return _predict(infer, source, items, columns, batch_size, threads, progress)
+    finally:
+        close()
+
+
+def _predict(infer, source: ModelSource, items: list[Item], columns: list[int], batch_size: int, threads: int,
+             progress: bool) -> Predictions:
+    from tqdm import tqdm
+
+    paths: list[str] = []
+    labels: list[int] = []
+    outs: list[np.ndarray] = []
+    failed: list[tuple[str, str]] = []
+    bar = tqdm(total=len(items), desc="predict", unit="img", disable=not progress, leave=False)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            decoded = list(pool.map(lambda item: _decode(item[0], source.preprocess), chunk))
+            batch = []
+            for (path, label), out in zip(chunk, decoded):
+                if isinstance(out, str):
+                    failed.append((path, out))
+                else:
+                    batch.append(out)
+                    paths.append(path)
+                    labels.append(label)
+            if batch:
+                outs.append(infer(np.stack(batch))[:, columns])
+            bar.update(len(chunk))
+    bar.close()
+    logits = np.concatenate(outs).astype(np.float64) if outs else np.zeros((0, len(CLASSES)))
+    return Predictions(paths, np.asarray(labels, dtype=np.int64), logits, failed)
+
+
+def _decode(path: str, pre: Preprocess) -> np.ndarray | str:
+    try:
+        with open(path, "rb") as fh:
+            return decode_one(fh.read(), pre)
+    except ImageError as exc:
+        return f"{exc.code}: {exc.message}"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+
+
+def _onnx_infer(source: ModelSource):
+    from trt.base import run_batched
+    from trt.onnxruntime import OnnxRuntime
+
+    assert source.info is not None
+    runtime = OnnxRuntime(source.info, intra_op_threads=0)
+    return (lambda batch: run_batched(runtime, batch)), runtime.close
+
+
+def _torch_infer(source: ModelSource, device: str):
+    import torch
+
+    from detector.model import load_checkpoint
+    from detector.train import resolve_device
+
+    model, _ = load_checkpoint(source.path)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+
+    def infer(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(batch).to(dev)).float().cpu().numpy()
+
+    return infer, lambda: None
+
+
+def training_results_for(source: ModelSource) -> Path | None:
+    """``training_results.json`` beside the checkpoint the model came from, if it is there."""
+    from detector.train import RESULTS_NAME
+
+    candidates = []
+    if source.checkpoint is not None:
+        candidates.append(source.checkpoint.parent / RESULTS_NAME)
+    candidates.append(source.path.parent / RESULTS_NAME)
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def relpath(path: str, root: Path) -> str:
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:
+        return path
