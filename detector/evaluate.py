@@ -215,7 +215,9 @@ def evaluate(
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": source.describe(),
         "data": {"root": str(splits.root), "layout": splits.layout, "split": split, "images": len(items),
-                 "scored": len(pred), "failed": [{"path": p, "reason": r} for p, r in pred.failed]},
+                 "scored": len(pred), "failed": [{"path": p, "reason": r} for p, r in pred.failed],
+                 # `dfscan synth` leaves synth.json in its archives: say so wherever these figures go.
+                 "synthetic": (Path(splits.root) / "synth.json").is_file()},
         "training_results": str(history_path) if history_path else None,
         **result,
     }

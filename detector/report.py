@@ -32,6 +32,7 @@ FIGURES = (
 THUMB = 112
 
 CSS = """
+.warning { background: #fff4e5; border-left: 4px solid #d9822b; padding: 8px 12px; }
 body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
 h1{font-size:22px}h2{font-size:17px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
 figure{margin:12px 0 24px}figcaption{color:#555;font-size:13px;margin-top:4px}
@@ -279,6 +280,12 @@ def render(record: dict[str, Any], history: dict[str, Any] | None = None) -> str
         f"{f', {failed} could not be decoded' if failed else ''}. Written {escape(str(record.get('written_at', '')))}."
         f"</p>"
     )
+    if data.get("synthetic"):
+        header += (
+            '<p class="warning"><b>Synthetic data.</b> These images were made by <code>dfscan synth</code>: '
+            "procedural images and a simulator of generator up-sampling artefacts, not real deepfakes. The figures "
+            "say how well the model learnt that simulator, nothing about real deepfake detection.</p>"
+        )
     toc = "<p>" + " · ".join(f'<a href="#{fid}">{escape(t)}</a>' for fid, t in FIGURES) + "</p>"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>dfscan evaluation</title>'
             f"<style>{CSS}</style></head><body>{header}{toc}{''.join(parts)}</body></html>\n")

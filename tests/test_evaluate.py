@@ -62,6 +62,9 @@ def test_report_has_every_figure_and_is_self_contained(trained, tmp_path):
     # Self-contained: no scripts, stylesheets or images fetched from anywhere.
     assert not re.search(r"(src|href)=\"(?!data:|#)", html)
     assert "http://" not in html and "https://" not in html and "<script" not in html
+    # The archive came from `dfscan synth`: the report says so, and metrics.json records it.
+    assert "Synthetic data." in html
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["data"]["synthetic"] is True
 
 
 def test_metrics_json_holds_every_number(trained, tmp_path):
