@@ -186,7 +186,8 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
     _print_summary(summary, settings.db_url, as_json, job.warnings, skipped=job.skipped if incremental else None)
     if summary.status != "completed":
         raise click.ClickException(
-            f"scan {summary.scan_id} was interrupted after {summary.total} images; the rows written are kept"
+            f"scan {summary.scan_id} was interrupted after {summary.total} images; the rows written are kept. "
+            f"Run the same command with --incremental to score only the files not yet scored"
         )
 
 

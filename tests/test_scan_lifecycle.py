@@ -61,3 +61,37 @@ def test_progress_bar_goes_to_stderr(tmp_path, tiny_onnx_model):
     assert "img/s" in res.stderr and "errors=0" in res.stderr
     assert "scan 1 completed: 5 images" in res.stdout
     assert "img/s" not in res.stdout
+
+
+def test_an_interrupted_scan_is_finished_by_an_incremental_rerun(tmp_path, tiny_onnx_model):
+    """What the interruption message advises: --incremental scores exactly the files not yet scored."""
+    write_jpegs(tmp_path / "imgs", 300, size=(64, 64))
+    url = f"sqlite:///{tmp_path / 'resume.db'}"
+    args = [sys.executable, "-m", "dfscan.cli", "scan", str(tmp_path / "imgs"), "--model", str(tiny_onnx_model),
+            "--db", url, "--batch-size", "2", "--chunk-size", "8", "--threads", "1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    engine = create_engine(url)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            try:
+                with engine.connect() as conn:
+                    if conn.execute(text("SELECT count(*) FROM results")).scalar():
+                        break
+            except Exception:  # noqa: BLE001 - the schema may not exist yet
+                pass
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert "--incremental" in err
+        done = subprocess.run(args + ["--incremental", "--json"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        with engine.connect() as conn:
+            first = conn.execute(text("SELECT count(*) FROM results WHERE scan_id = 1")).scalar()
+            second = conn.execute(text("SELECT count(*) FROM results WHERE scan_id = 2")).scalar()
+            union = conn.execute(text("SELECT count(DISTINCT path) FROM results")).scalar()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        engine.dispose()
+    assert 0 < first < 300 and first + second == 300 and union == 300

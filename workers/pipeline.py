@@ -12,7 +12,6 @@ same rows, never adds to them.
 from __future__ import annotations
 
 import threading
-
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
