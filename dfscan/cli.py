@@ -30,7 +30,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from detector.errors import DetectorError
     from scanner.errors import ScannerError
     from trt.errors import RuntimeErrorBase
-    from workers.decoders import DecoderUnavailable, UnknownDecoder
+    from workers.errors import DecoderUnavailable, UnknownDecoder
 
     return (
         SettingsError,

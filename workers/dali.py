@@ -148,7 +148,7 @@ class DaliDecoder:
         try:
             self._pipe = self._build()
         except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError and friends for setup problems
-            from workers.decoders import DecoderUnavailable
+            from workers.errors import DecoderUnavailable
 
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise DecoderUnavailable(f"the DALI {self.device} pipeline can't be built: {first}") from None

@@ -6,14 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from workers.decode import PillowDecoder, Preprocess
-
-
-class UnknownDecoder(ValueError):
-    """No decoder of that name is registered."""
-
-
-class DecoderUnavailable(RuntimeError):
-    """The decoder exists but can't run on this machine."""
+from workers.errors import DecoderUnavailable, UnknownDecoder
 
 
 @dataclass(frozen=True)

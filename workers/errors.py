@@ -36,3 +36,11 @@ class ImageError(Exception):
 
 class PipelineError(Exception):
     """The pipeline itself can't continue (not one image's fault)."""
+
+
+class UnknownDecoder(ValueError):
+    """No decoder of that name is registered."""
+
+
+class DecoderUnavailable(RuntimeError):
+    """The decoder exists but can't run on this machine."""
