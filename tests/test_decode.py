@@ -100,14 +100,39 @@ def test_reader_reasons(tmp_path):
     assert info.value.code == "too-large"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_reader_permission_denied(tmp_path):
+    """A file the process may not read ends as 'unreadable'.
+
+    Root reads anything, so as root the check runs in a child process whose
+    capabilities to override file permissions are dropped (util-linux setpriv).
+    """
+    import json
+    import shutil
+    import subprocess
+    import sys
+
     p = tmp_path / "locked.jpg"
     p.write_bytes(jpeg_bytes())
     p.chmod(0)
-    with pytest.raises(ImageError) as info:
-        read_file(str(p))
-    assert info.value.code == "unreadable"
+    if os.geteuid() != 0:
+        with pytest.raises(ImageError) as info:
+            read_file(str(p))
+        assert info.value.code == "unreadable"
+        return
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv (util-linux) is missing: can't make a file unreadable")
+    code = (
+        "import json, sys\n"
+        "from workers.errors import ImageError\n"
+        "from workers.reader import read_file\n"
+        "try:\n    read_file(sys.argv[1]); print(json.dumps(None))\n"
+        "except ImageError as e:\n    print(json.dumps([e.code, e.message]))\n"
+    )
+    done = subprocess.run([setpriv, "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-c", code, str(p)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["unreadable", "permission denied"]
 
 
 def test_decoder_batch_keeps_order_and_isolates_failures(tmp_path):
