@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -424,3 +425,50 @@ def test_beat_runs_a_scheduled_incremental_scan(redis_server, pg_db, workers, ar
     audit = query(pg_db, "SELECT settings FROM scans WHERE id = :s", s=scan_id)[0]["settings"]
     assert audit["incremental"] is True
     assert scorer.alive() and walker.alive()
+
+
+def test_celery_inspect_and_events_reach_a_dfscan_worker(redis_server, pg_db, workers, archive, tiny_onnx_model):
+    """Celery's own monitoring (what Flower builds on) works with the worker app: remote control and events."""
+    import subprocess
+    import threading
+
+    from dfscan.settings import Settings
+    from tests._cluster import REPO
+    from workers.app import create_app
+
+    root, expected = archive
+    broker = redis_server.url()
+    w = workers(broker, pg_db, name="mon", env={"DFSCAN_EVENTS": "1"}).wait_ready()
+    celery = os.path.join(os.path.dirname(sys.executable), "celery")
+    env = {**os.environ, "DFSCAN_BROKER_URL": broker, "PYTHONPATH": str(REPO)}
+    ping = subprocess.run([celery, "-A", "workers", "inspect", "ping", "--timeout", "10", "--json"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert any(name.startswith("mon-") for name in json.loads(ping.stdout)), ping.stdout
+
+    app = create_app(Settings(broker_url=broker, db_url=pg_db))
+    seen: list[str] = []
+    receivers = []
+
+    def on_event(event: dict) -> None:
+        seen.append(event["type"])
+        if event["type"] == "task-succeeded":
+            receivers[0].should_stop = True
+
+    def capture() -> None:
+        with app.connection() as conn:
+            receivers.append(app.events.Receiver(conn, handlers={"*": on_event}))
+            try:
+                receivers[0].capture(limit=None, timeout=60, wakeup=True)
+            except Exception:  # noqa: BLE001 - a timeout leaves `seen` without the event: the assert says so
+                pass
+
+    listener = threading.Thread(target=capture, daemon=True)
+    listener.start()
+    time.sleep(1)
+    scan_id = produce(root, tiny_onnx_model, broker, pg_db)
+    wait_complete(pg_db, scan_id, [w])
+    assert_exactly_once(pg_db, scan_id, expected)
+    listener.join(60)
+    assert "task-succeeded" in seen, seen
+    assert "worker-heartbeat" in seen or "task-received" in seen

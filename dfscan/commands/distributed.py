@@ -145,13 +145,15 @@ def _duration(seconds: float) -> str:
               help="Seconds before a chunk of a vanished worker goes to another one; longer than any chunk [3600].")
 @click.option("--metrics-port", type=int, envvar="DFSCAN_METRICS_PORT", show_envvar=True,
               help="Serve Prometheus metrics on this port (summed over the pool's processes).")
+@click.option("--events", "-E", is_flag=True, envvar="DFSCAN_EVENTS", show_envvar=True,
+              help="Send task events, for Flower's task views (`celery -A workers flower`).")
 @click.option("--hostname", "-n", help="Celery node name [dfscan-PID@HOST].")
 @click.option("--loglevel", "-l", default="INFO", show_default=True, help="Celery log level.")
 @click.option("--include", "-I", multiple=True, help="Extra module to import in the worker (signal handlers). Repeatable.")
 @reports_errors
 def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency: int, pool: str, queues: str | None,
            runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None, batch_size: int | None, intra_op_threads: int | None,
-           max_attempts: int | None, visibility_timeout: int | None, metrics_port: int | None,
+           max_attempts: int | None, visibility_timeout: int | None, metrics_port: int | None, events: bool,
            hostname: str | None, loglevel: str, include: tuple[str, ...]) -> None:
     """Start a Celery worker that scores chunks and writes their rows.
 
@@ -184,9 +186,12 @@ def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency:
     argv = [
         "worker", f"--loglevel={loglevel}", f"--pool={pool}", f"--concurrency={concurrency}",
         f"--queues={queues or settings.queue}", f"--hostname={hostname or f'dfscan-{os.getpid()}@%h'}",
-        # Mingle, gossip and heartbeats are cluster chatter dfscan does not use.
-        "--without-mingle", "--without-gossip", "--without-heartbeat",
+        # Mingle and gossip are cluster chatter dfscan does not use. Heartbeats stay:
+        # with --events they tell Flower which workers are online.
+        "--without-mingle", "--without-gossip",
     ]  # fmt: skip
+    if events:
+        argv.append("--task-events")
     if include:
         argv.append(f"--include={','.join(include)}")
     app.worker_main(argv)
