@@ -86,3 +86,15 @@ def db_engine(db_url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    """A throwaway ``redis-server`` on a free port, for tests that restart or wipe their broker."""
+    from tests._cluster import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()

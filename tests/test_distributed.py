@@ -24,7 +24,7 @@ from sqlalchemy import text
 import db
 from dfscan.cli import main
 from scanner.chunks import Chunk
-from tests._cluster import PostgresServer, RedisServer, TcpProxy, Worker, pg_available, wait_for
+from tests._cluster import PostgresServer, TcpProxy, Worker, pg_available, wait_for
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 
@@ -62,15 +62,6 @@ def pg_db(pg_server) -> str:
     finally:
         engine.dispose()
     return url
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from db.distributed import retry_db
 from dfscan.cli import main
 from dfscan.settings import Settings, SettingsError, from_env
 from scanner.schedule import ScheduleError, beat_schedule, load_schedule
-from tests._cluster import REPO, RedisServer, Worker, wait_for
+from tests._cluster import REPO, Worker, wait_for
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 from tests.test_distributed import assert_exactly_once, chunks, query, scan_status, wait_complete
@@ -138,15 +138,6 @@ def test_schedule_file(tmp_path):
 
 
 # --- back-pressure, resume, cancel (real Redis and workers, SQLite results) ------------
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
