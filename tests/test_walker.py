@@ -108,3 +108,29 @@ def test_names_that_are_not_utf8_are_stored_reversibly(tmp_path):
     assert on_disk(chunk[0]) == raw
     assert read_file(chunk[0]).data == b"bytes"
     assert storable("/plain/é.jpg") == "/plain/é.jpg"
+
+
+def test_walking_memory_does_not_grow_with_the_archive(tmp_path):
+    """Ten times the files, no directory larger: memory follows the largest directory, not the archive."""
+    import tracemalloc
+
+    def tree(root, top, sub):
+        for d in range(top):
+            for e in range(sub):
+                folder = root / f"d{d:02}" / f"e{e:02}"
+                folder.mkdir(parents=True)
+                for i in range(100):
+                    (folder / f"{i:03}.jpg").touch()
+        return root
+
+    def peak(root):
+        tracemalloc.start()
+        count = sum(1 for _ in chunked(walk([root], OPTS), 256))
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return count, top
+
+    small_n, small = peak(tree(tmp_path / "small", 10, 1))
+    big_n, big = peak(tree(tmp_path / "big", 10, 10))
+    assert (small_n, big_n) == (4, 40)  # 1,000 and 10,000 files in chunks of 256
+    assert big < 1.3 * small, (small, big)  # holding the paths would take about 10 times as much
