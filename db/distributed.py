@@ -30,7 +30,7 @@ from ._types import utcnow
 from .errors import ChunkNotFound, ScanNotFound
 from .models import Chunk, Model, Result, Scan
 from .records import ResultRow
-from .results import write_batch
+from .results import existing_paths, write_batch
 from .scans import finish_scan
 
 __all__ = [
@@ -174,7 +174,7 @@ def close_lost_chunk(
     with counts taken from its rows, so the scan's totals still add up.
     Returns the number of error rows written.
     """
-    done = _existing(session, scan_id, paths)
+    done = existing_paths(session, scan_id, list(paths))
     now = utcnow()
     rows = [
         ResultRow(p, None, None, "error", None, None, None, reason, "worker-lost", now)
@@ -191,18 +191,6 @@ def close_lost_chunk(
     if result.rowcount == 0:
         raise ChunkNotFound(chunk_id)
     return len(rows)
-
-
-def _existing(session: Session, scan_id: int, paths: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    unique = list(dict.fromkeys(paths))
-    for start in range(0, len(unique), _IN_LIST_SIZE):
-        found.update(
-            session.execute(
-                select(Result.path).where(Result.scan_id == scan_id, Result.path.in_(unique[start : start + _IN_LIST_SIZE]))
-            ).scalars()
-        )
-    return found
 
 
 def _chunk_counts(session: Session, scan_id: int, paths: Sequence[str]) -> tuple[int, int, int, int]:
