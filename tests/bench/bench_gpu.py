@@ -100,17 +100,10 @@ def bench_infer(runtime, tensors: np.ndarray, batch: int, repeats: int) -> dict[
 
 
 def bench_scan(model: Path, folder: Path, db_path: Path, decoder: str, runtime: str, batch: int) -> float:
-    from dfscan.settings import Settings
-    from scanner import WalkOptions
-    from workers.local import LocalScan
+    from tests.bench.bench_scan import end_to_end
 
-    if db_path.exists():
-        db_path.unlink()
-    settings = Settings(db_url=f"sqlite:///{db_path}", model=model, batch_size=batch, decoder=decoder, runtime=runtime,
-                        decode_threads=max(2, (os.cpu_count() or 2) // 2))
-    summary = LocalScan(settings, [str(folder)], [], WalkOptions(settings.extensions)).run()
-    assert summary.total == summary.ok, summary
-    return summary.images_per_s
+    return end_to_end(model, folder, db_path, batch, decoder=decoder, runtime=runtime,
+                      decode_threads=max(2, (os.cpu_count() or 2) // 2))
 
 
 def main() -> None:
