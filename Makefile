@@ -25,7 +25,7 @@ test-fast: $(STAMP)
 
 # Synthesise, train, export, calibrate, scan into SQLite, query, report: all in demo/.
 demo: $(STAMP)
-	$(PY) -m detector.demo --out demo
+	$(PY) -m dfscan.detector.demo --out demo
 
 bench: $(STAMP)
 	$(PY) tests/bench/bench_scan.py

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from detector.errors import (
+from dfscan.detector.errors import (
     CheckpointError,
     DetectorError,
     ExportError,
@@ -25,7 +25,7 @@ from detector.errors import (
     UnknownBackbone,
     WeightsError,
 )
-from detector.info import (
+from dfscan.detector.info import (
     CLASSES,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -39,35 +39,35 @@ from detector.info import (
 
 # Public names whose modules import torch, loaded lazily by __getattr__.
 _LAZY = {
-    "BACKBONES": "detector.backbones",
-    "BackboneSpec": "detector.backbones",
-    "get_backbone": "detector.backbones",
-    "DeepfakeDetector": "detector.model",
-    "DetectorConfig": "detector.model",
-    "save_checkpoint": "detector.model",
-    "load_checkpoint": "detector.model",
-    "ExportResult": "detector.export",
-    "export_onnx": "detector.export",
-    "export_legacy_fixed_batch": "detector.export",
-    "check_parity": "detector.export",
+    "BACKBONES": "dfscan.detector.backbones",
+    "BackboneSpec": "dfscan.detector.backbones",
+    "get_backbone": "dfscan.detector.backbones",
+    "DeepfakeDetector": "dfscan.detector.model",
+    "DetectorConfig": "dfscan.detector.model",
+    "save_checkpoint": "dfscan.detector.model",
+    "load_checkpoint": "dfscan.detector.model",
+    "ExportResult": "dfscan.detector.export",
+    "export_onnx": "dfscan.detector.export",
+    "export_legacy_fixed_batch": "dfscan.detector.export",
+    "check_parity": "dfscan.detector.export",
     # Training, evaluation and calibration (issue 5). The functions train/evaluate/calibrate are
     # reached through their modules (detector.train.train, ...): their names are the modules' own.
-    "SynthError": "detector.synth",
-    "SynthSummary": "detector.synth",
-    "synthesize": "detector.synth",
-    "DataError": "detector.data",
-    "Splits": "detector.data",
-    "find_splits": "detector.data",
-    "TrainConfig": "detector.train",
-    "TrainError": "detector.train",
-    "TrainResult": "detector.train",
-    "CalibrationError": "detector.calibrate",
-    "CalibrationResult": "detector.calibrate",
-    "fit_temperature": "detector.calibrate",
-    "update_model_info": "detector.calibrate",
-    "EvalResult": "detector.evaluate",
-    "EvaluationError": "detector.evaluate",
-    "compute_metrics": "detector.evaluate",
+    "SynthError": "dfscan.detector.synth",
+    "SynthSummary": "dfscan.detector.synth",
+    "synthesize": "dfscan.detector.synth",
+    "DataError": "dfscan.detector.data",
+    "Splits": "dfscan.detector.data",
+    "find_splits": "dfscan.detector.data",
+    "TrainConfig": "dfscan.detector.train",
+    "TrainError": "dfscan.detector.train",
+    "TrainResult": "dfscan.detector.train",
+    "CalibrationError": "dfscan.detector.calibrate",
+    "CalibrationResult": "dfscan.detector.calibrate",
+    "fit_temperature": "dfscan.detector.calibrate",
+    "update_model_info": "dfscan.detector.calibrate",
+    "EvalResult": "dfscan.detector.evaluate",
+    "EvaluationError": "dfscan.detector.evaluate",
+    "compute_metrics": "dfscan.detector.evaluate",
 }
 
 __all__ = [
@@ -102,4 +102,4 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
-    raise AttributeError(f"module 'detector' has no attribute {name!r}")
+    raise AttributeError(f"module 'dfscan.detector' has no attribute {name!r}")

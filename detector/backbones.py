@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from detector.errors import UnknownBackbone, WeightsError
+from dfscan.detector.errors import UnknownBackbone, WeightsError
 
 DEFAULT_BACKBONE = "resnext50_32x4d"
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from detector import metrics
-from detector.data import find_splits
-from detector.errors import DetectorError, SidecarError
-from detector.info import SIDECAR_NAME, inspect_model, write_model_info
-from detector.predict import Predictions, open_model, predict
-from trt.base import softmax
+from dfscan.detector import metrics
+from dfscan.detector.data import find_splits
+from dfscan.detector.errors import DetectorError, SidecarError
+from dfscan.detector.info import SIDECAR_NAME, inspect_model, write_model_info
+from dfscan.detector.predict import Predictions, open_model, predict
+from dfscan.trt.base import softmax
 
 T_RANGE = (0.05, 20.0)
 ECE_BINS = 10

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.errors import DetectorError
-from detector.info import CLASSES
-from workers.decode import Preprocess, load_rgb, to_tensor
+from dfscan.detector.errors import DetectorError
+from dfscan.detector.info import CLASSES
+from dfscan.workers.decode import Preprocess, load_rgb, to_tensor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -227,7 +227,7 @@ def _torch_dataset_class():
             return len(self.items)
 
         def __getitem__(self, index: int):
-            from workers.errors import ImageError
+            from dfscan.workers.errors import ImageError
 
             path, label = self.items[index]
             try:

@@ -7,7 +7,7 @@ into SQLite, checks the stored verdicts against the known labels with SQL, and
 writes the evaluation report. Every step is a ``dfscan`` command, printed as a
 user would type it.
 
-Usage: ``python -m detector.demo [--out demo] [--n 2000] [--epochs 10]``
+Usage: ``python -m dfscan.detector.demo [--out demo] [--n 2000] [--epochs 10]``
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ ORDER BY CASE WHEN r.status = 'error' THEN -1 ELSE ABS(r.p_fake - s.threshold) E
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detector.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m dfscan.detector.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo"), help="Output folder [demo].")
     parser.add_argument("--n", type=int, default=DEFAULTS["n"], help="Images to synthesise [%(default)s].")
     parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="Training epochs [%(default)s].")

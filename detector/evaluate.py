@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from detector import metrics
-from detector.data import SPLIT_NAMES, find_splits
-from detector.errors import DetectorError
-from detector.info import CLASSES
-from detector.predict import Predictions, open_model, predict, training_results_for
-from trt.base import softmax
+from dfscan.detector import metrics
+from dfscan.detector.data import SPLIT_NAMES, find_splits
+from dfscan.detector.errors import DetectorError
+from dfscan.detector.info import CLASSES
+from dfscan.detector.predict import Predictions, open_model, predict, training_results_for
+from dfscan.trt.base import softmax
 
 METRICS_NAME = "metrics.json"
 REPORT_NAME = "report.html"
@@ -225,7 +225,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / METRICS_NAME
     metrics_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    from detector.report import write_report
+    from dfscan.detector.report import write_report
 
     report_path = write_report(out_dir / REPORT_NAME, record, history=history, source=source)
     return EvalResult(record, metrics_path, report_path)

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detector.errors import ExportError, ExportMismatch
-from detector.info import DEFAULT_TEMPERATURE, SIDECAR_NAME, ModelInfo, inspect_model, write_model_info
-from detector.model import DeepfakeDetector, load_checkpoint
+from dfscan.detector.errors import ExportError, ExportMismatch
+from dfscan.detector.info import DEFAULT_TEMPERATURE, SIDECAR_NAME, ModelInfo, inspect_model, write_model_info
+from dfscan.detector.model import DeepfakeDetector, load_checkpoint
 
 DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-3
@@ -272,7 +272,7 @@ def export_untrained(backbone: str, out_dir: Path, *, seed: int = 0) -> Path:
     """
     import torch
 
-    from detector.model import DeepfakeDetector, save_checkpoint
+    from dfscan.detector.model import DeepfakeDetector, save_checkpoint
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

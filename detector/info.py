@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from detector.errors import (
+from dfscan.detector.errors import (
     ModelInputError,
     ModelNotFound,
     ModelOutputError,

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from detector.backbones import DEFAULT_BACKBONE, get_backbone
-from detector.errors import CheckpointError
-from detector.info import CLASSES, IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
+from dfscan.detector.backbones import DEFAULT_BACKBONE, get_backbone
+from dfscan.detector.errors import CheckpointError
+from dfscan.detector.info import CLASSES, IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
 
 CHECKPOINT_FORMAT = 1
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.data import Item
-from detector.errors import DetectorError
-from detector.info import CLASSES, DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE, ModelInfo, inspect_model
-from workers.decode import Preprocess, decode_one
-from workers.errors import ImageError
+from dfscan.detector.data import Item
+from dfscan.detector.errors import DetectorError
+from dfscan.detector.info import CLASSES, DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE, ModelInfo, inspect_model
+from dfscan.workers.decode import Preprocess, decode_one
+from dfscan.workers.errors import ImageError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
@@ -68,7 +68,7 @@ def open_model(path: Path) -> ModelSource:
     """Describe ``path``: an ONNX file (or a folder holding ``model.onnx``) or a ``.pt``/``.pth`` checkpoint."""
     path = Path(path)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
-        from detector.model import load_checkpoint
+        from dfscan.detector.model import load_checkpoint
 
         model, meta = load_checkpoint(path)
         cfg = model.config
@@ -147,8 +147,8 @@ def _decode(path: str, pre: Preprocess) -> np.ndarray | str:
 
 
 def _onnx_infer(source: ModelSource):
-    from trt.base import run_batched
-    from trt.onnxruntime import OnnxRuntime
+    from dfscan.trt.base import run_batched
+    from dfscan.trt.onnxruntime import OnnxRuntime
 
     assert source.info is not None
     runtime = OnnxRuntime(source.info, intra_op_threads=0)
@@ -158,8 +158,8 @@ def _onnx_infer(source: ModelSource):
 def _torch_infer(source: ModelSource, device: str):
     import torch
 
-    from detector.model import load_checkpoint
-    from detector.train import resolve_device
+    from dfscan.detector.model import load_checkpoint
+    from dfscan.detector.train import resolve_device
 
     model, _ = load_checkpoint(source.path)
     dev = resolve_device(device)
@@ -174,7 +174,7 @@ def _torch_infer(source: ModelSource, device: str):
 
 def training_results_for(source: ModelSource) -> Path | None:
     """``training_results.json`` beside the checkpoint the model came from, if it is there."""
-    from detector.train import RESULTS_NAME
+    from dfscan.detector.train import RESULTS_NAME
 
     candidates = []
     if source.checkpoint is not None:

@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from detector._svg import PALETTE, Chart, heatmap
+from dfscan.detector._svg import PALETTE, Chart, heatmap
 
 # Figure ids, in page order; tests check that each is present.
 FIGURES = (

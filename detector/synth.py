@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from detector.errors import DetectorError
+from dfscan.detector.errors import DetectorError
 
 NOTICE = (
     "Synthetic sample archive written by `dfscan synth`: procedural images and 'fakes' made from them by a "

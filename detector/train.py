@@ -25,10 +25,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from detector.backbones import DEFAULT_BACKBONE
-from detector.data import SPLIT_SEED, Augment, Splits, eval_transform, find_splits, make_loader, train_transform
-from detector.errors import DetectorError
-from workers.decode import Preprocess
+from dfscan.detector.backbones import DEFAULT_BACKBONE
+from dfscan.detector.data import SPLIT_SEED, Augment, Splits, eval_transform, find_splits, make_loader, train_transform
+from dfscan.detector.errors import DetectorError
+from dfscan.workers.decode import Preprocess
 
 BEST_NAME = "best.pt"
 LAST_NAME = "last.pt"
@@ -145,7 +145,7 @@ def train(
     """Train on ``data_dir`` into ``out_dir``; with ``resume`` an existing ``last.pt`` there is continued."""
     import torch
 
-    from detector.model import DeepfakeDetector, load_checkpoint, save_checkpoint
+    from dfscan.detector.model import DeepfakeDetector, load_checkpoint, save_checkpoint
 
     out_dir = Path(out_dir)
     splits = find_splits(Path(data_dir), seed=config.split_seed)

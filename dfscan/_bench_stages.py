@@ -218,8 +218,8 @@ def write_synthetic(folder: Path, n: int, size: tuple[int, int] = (256, 256)) ->
 
 def read_all(paths: Sequence[str], threads: int) -> list:
     """Read every path with the scanner's reader in a thread pool, as :class:`workers.batches.BatchMaker` does."""
-    from workers.errors import ImageError
-    from workers.reader import read_file
+    from dfscan.workers.errors import ImageError
+    from dfscan.workers.reader import read_file
 
     def one(path: str):
         try:
@@ -287,7 +287,7 @@ def measure_decode(decoder, files: Sequence, batch: int, min_seconds: float) -> 
 
 
 def measure_infer(runtime, tensors: np.ndarray, batch: int, min_seconds: float) -> Timing:
-    from trt.base import run_batched
+    from dfscan.trt.base import run_batched
 
     batches = [tensors[i : i + batch] for i in range(0, len(tensors), batch)]
 
@@ -311,7 +311,7 @@ class BenchDatabase:
 
     @classmethod
     def open(cls, url: str, *, model_sha256: str, model_name: str, model_path: str, name: str) -> "BenchDatabase":
-        import db
+        from dfscan import db
 
         engine = db.make_engine(url)
         db.upgrade(engine)
@@ -326,7 +326,7 @@ class BenchDatabase:
     def close(self, *, drop_scan: bool) -> None:
         from sqlalchemy import delete
 
-        from db.models import Chunk, Result, Scan
+        from dfscan.db.models import Chunk, Result, Scan
 
         try:
             if drop_scan:
@@ -340,7 +340,7 @@ class BenchDatabase:
 
 def fake_rows(paths: Sequence[str]) -> list:
     """One verdict row per path, shaped like the scanner's."""
-    from db.records import ResultRow
+    from dfscan.db.records import ResultRow
 
     now = datetime.now(timezone.utc)
     rng = np.random.default_rng(0)
@@ -353,7 +353,7 @@ def fake_rows(paths: Sequence[str]) -> list:
 
 def measure_write(database: BenchDatabase, rows: Sequence, batch: int, min_seconds: float) -> Timing:
     """One transaction per batch, one multi-row upsert each: what the pipeline does."""
-    import db
+    from dfscan import db
 
     batches = [rows[i : i + batch] for i in range(0, len(rows), batch)]
 
@@ -377,10 +377,10 @@ def measure_scan(settings, folder: Path) -> ScanRun:
     """The real in-process scan of ``folder``; its own clock (scan start to finish, after the model loads)."""
     from sqlalchemy import select
 
-    import db
-    from db.models import Scan
-    from scanner import WalkOptions
-    from workers.local import LocalScan
+    from dfscan import db
+    from dfscan.db.models import Scan
+    from dfscan.scanner import WalkOptions
+    from dfscan.workers.local import LocalScan
 
     reset_peak_rss()
     start_rss = rss_mib()
@@ -409,9 +409,9 @@ def measure_naive(checkpoint: Path, paths: Sequence[str], db_url: str, model_sha
     from PIL import Image
     from torchvision import transforms
 
-    import db
-    from db.records import ResultRow
-    from detector.model import load_checkpoint
+    from dfscan import db
+    from dfscan.db.records import ResultRow
+    from dfscan.detector.model import load_checkpoint
 
     reset_peak_rss()
     start_rss = rss_mib()

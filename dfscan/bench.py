@@ -157,8 +157,8 @@ class _Bench:
         self.say = say
 
     def run(self, started: float) -> BenchReport:
-        from detector.info import inspect_model
-        from workers.decode import Preprocess
+        from dfscan.detector.info import inspect_model
+        from dfscan.workers.decode import Preprocess
 
         o = self.o
         folder, paths, source = self._images()
@@ -219,7 +219,7 @@ class _Bench:
             paths = [str(p) for p in stages.write_synthetic(folder, o.synthetic)]
             return folder, paths, f"synthetic: {o.synthetic} JPEGs of 256x256, quality 90"
         from dfscan.settings import DEFAULT_EXTENSIONS
-        from scanner import WalkOptions, walk
+        from dfscan.scanner import WalkOptions, walk
 
         root = Path(o.images)
         if not root.is_dir():
@@ -243,7 +243,7 @@ class _Bench:
         o = self.o
         if o.model is None:
             self.say(f"exporting a {o.backbone} detector with random weights")
-            from detector.export import export_untrained
+            from dfscan.detector.export import export_untrained
 
             path = export_untrained(o.backbone, self.work / "model")
         else:
@@ -257,7 +257,7 @@ class _Bench:
         return given, int8
 
     def _tensors(self, pre, files) -> np.ndarray:
-        from workers.decode import PillowDecoder
+        from dfscan.workers.decode import PillowDecoder
 
         decoder = PillowDecoder(pre, threads=self.o.decode_threads)
         try:
@@ -279,7 +279,7 @@ class _Bench:
                    t.repeats, details=details)  # fmt: skip
 
     def _decode_rows(self, pre, files) -> list[Row]:
-        from workers.decoders import DECODERS
+        from dfscan.workers.decoders import DECODERS
 
         rows = []
         for name, spec in DECODERS.items():
@@ -304,7 +304,7 @@ class _Bench:
         return rows
 
     def _quantize(self, fp32_info, tensors) -> tuple[Any, dict[str, Any]]:
-        from trt.quantize import quantize_model
+        from dfscan.trt.quantize import quantize_model
 
         n = min(len(tensors), CALIBRATION_IMAGES)
         self.say(f"quantising to INT8 (calibrating on {n} images)")
@@ -313,7 +313,7 @@ class _Bench:
             result = quantize_model(fp32_info.path, tensors[:n], self.work / "int8" / "model_int8.onnx")
         except Exception as exc:  # noqa: BLE001 - the INT8 rows then say why they are missing
             return None, {"quantized_here": True, "error": _first_line(exc)}
-        from detector.info import inspect_model
+        from dfscan.detector.info import inspect_model
 
         return inspect_model(result.onnx_path), {
             "quantized_here": True,
@@ -324,7 +324,7 @@ class _Bench:
         }
 
     def _infer_rows(self, models: dict[str, Any], tensors: np.ndarray, int8: dict[str, Any] | None) -> list[Row]:
-        from trt.registry import RUNTIMES
+        from dfscan.trt.registry import RUNTIMES
 
         rows = []
         for name, spec in RUNTIMES.items():
@@ -409,7 +409,7 @@ class _Bench:
 
     def _remeasure(self, report: BenchReport, scan_row: Row, models, tensors) -> None:
         """Measure the scan's own inference variant again: drift on a shared machine shows as a gap."""
-        from trt.registry import RUNTIMES
+        from dfscan.trt.registry import RUNTIMES
 
         runtime, precision = scan_row.details.get("runtime"), scan_row.details.get("precision")
         label = f"{runtime} {precision}"

@@ -26,11 +26,11 @@ from dfscan.settings import DEFAULT_DB_URL, SettingsError, from_env, parse_exten
 def _user_errors() -> tuple[type[BaseException], ...]:
     import sqlalchemy.exc
 
-    from db.errors import DatabaseError
-    from detector.errors import DetectorError
-    from scanner.errors import ScannerError
-    from trt.errors import RuntimeErrorBase
-    from workers.errors import DecoderUnavailable, UnknownDecoder
+    from dfscan.db.errors import DatabaseError
+    from dfscan.detector.errors import DetectorError
+    from dfscan.scanner.errors import ScannerError
+    from dfscan.trt.errors import RuntimeErrorBase
+    from dfscan.workers.errors import DecoderUnavailable, UnknownDecoder
 
     return (
         SettingsError,
@@ -157,8 +157,8 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
     is registered and its chunks enqueued for workers; the command prints the
     scan id and returns once every chunk is enqueued (--wait: once scored).
     """
-    from scanner import WalkOptions, check_roots
-    from workers.local import LocalScan
+    from dfscan.scanner import WalkOptions, check_roots
+    from dfscan.workers.local import LocalScan
 
     if not roots and not paths_from:
         raise click.UsageError("give at least one ROOT or --paths-from FILE")
@@ -273,7 +273,7 @@ RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", 
 def results(db_url: str, scan_id: int | None, label: str | None, status: str | None, min_p: float | None,
             limit: int | None, fmt: str) -> None:
     """Print result rows of a scan, for people (table) or scripts (csv, json)."""
-    import db
+    from dfscan import db
 
     engine = db.make_engine(db_url)
     try:
@@ -323,7 +323,7 @@ def _cell(value: Any) -> Any:
 @reports_errors
 def export(checkpoint: Path, out_dir: Path, opset: int, threshold: float) -> None:
     """Export a detector CHECKPOINT to ONNX, checked against PyTorch."""
-    from detector.export import export_onnx
+    from dfscan.detector.export import export_onnx
 
     if opset < 17:
         raise click.BadParameter("opset 17 or newer is required", param_hint="--opset")

@@ -24,9 +24,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-import db
-from db.models import Model, Result, Scan
-from db.records import ScanSummary
+from dfscan import db
+from dfscan.db.models import Model, Result, Scan
+from dfscan.db.records import ScanSummary
 
 __all__ = ["ScanReport", "Suspect", "collect", "render", "thumbnail_data_uri", "write_report"]
 
@@ -62,7 +62,7 @@ class ScanReport:
 
 def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) -> ScanReport:
     """Read what the report of ``scan_id`` shows; raises :class:`db.ScanNotFound`."""
-    from workers.errors import REASONS
+    from dfscan.workers.errors import REASONS
 
     summary = db.scan_summary(session, scan_id)
     head = session.execute(
@@ -132,9 +132,9 @@ def thumbnail_data_uri(path: str, px: int = 160) -> tuple[str | None, str]:
     """
     from PIL import Image
 
-    from workers.decode import load_rgb
-    from workers.errors import ImageError
-    from workers.reader import read_file
+    from dfscan.workers.decode import load_rgb
+    from dfscan.workers.errors import ImageError
+    from dfscan.workers.reader import read_file
 
     try:
         im = load_rgb(read_file(path).data, size=(px, px))

@@ -1,8 +1,8 @@
 """Walk storage and produce chunks of image paths."""
 
-from scanner.chunks import Chunk, chunked
-from scanner.errors import PathListError, RootNotFound, ScannerError
-from scanner.walker import WalkOptions, check_roots, count_files, read_path_list, walk
+from dfscan.scanner.chunks import Chunk, chunked
+from dfscan.scanner.errors import PathListError, RootNotFound, ScannerError
+from dfscan.scanner.walker import WalkOptions, check_roots, count_files, read_path_list, walk
 
 __all__ = [
     "Chunk",

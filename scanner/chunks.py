@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from scanner.paths import storable
+from dfscan.scanner.paths import storable
 
 
 @dataclass(frozen=True)

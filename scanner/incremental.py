@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import distributed as dist
-from scanner.paths import on_disk
+from dfscan.db import distributed as dist
+from dfscan.scanner.paths import on_disk
 
 __all__ = ["IncrementalFilter"]
 

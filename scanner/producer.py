@@ -28,13 +28,13 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-import db
-from db import distributed as dist
+from dfscan import db
+from dfscan.db import distributed as dist
 from dfscan.settings import Settings
-from scanner.chunks import Chunk, chunked
-from scanner.errors import ScannerError
-from scanner.incremental import IncrementalFilter
-from scanner.walker import WalkOptions, read_path_list, walk
+from dfscan.scanner.chunks import Chunk, chunked
+from dfscan.scanner.errors import ScannerError
+from dfscan.scanner.incremental import IncrementalFilter
+from dfscan.scanner.walker import WalkOptions, read_path_list, walk
 
 __all__ = ["ProduceReport", "Producer", "ProducerError", "default_name"]
 
@@ -86,7 +86,7 @@ class Producer:
     @property
     def app(self) -> Any:
         if self._app is None:
-            from workers.app import create_app
+            from dfscan.workers.app import create_app
 
             self._app = create_app(self.settings)
         return self._app
@@ -95,7 +95,7 @@ class Producer:
         return dist.retry_db(work, deadline_s=self.settings.db_retry_seconds, what=what)
 
     def publish(self, chunk: Chunk) -> None:
-        from workers.app import SCORE_TASK
+        from dfscan.workers.app import SCORE_TASK
 
         self.app.send_task(
             SCORE_TASK,
@@ -117,9 +117,9 @@ class Producer:
         incremental: bool = False,
     ) -> int:
         """Create the scan row (status ``running``) and return its id.  Loads no runtime."""
-        from detector.info import inspect_model
+        from dfscan.detector.info import inspect_model
         from dfscan.settings import SettingsError
-        from workers.context import model_info_dict, origin
+        from dfscan.workers.context import model_info_dict, origin
 
         if self.settings.model is None:
             raise SettingsError("no model given: pass --model PATH or set DFSCAN_MODEL")

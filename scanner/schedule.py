@@ -125,7 +125,7 @@ def _entry(table: dict[str, Any], where: str) -> ScheduleEntry:
 
 def beat_schedule(entries: list[ScheduleEntry]) -> dict[str, dict[str, Any]]:
     """Celery's ``beat_schedule`` for ``entries``: one producer task per entry."""
-    from workers.app import SCHEDULED_SCAN_TASK
+    from dfscan.workers.app import SCHEDULED_SCAN_TASK
 
     return {
         e.name: {"task": SCHEDULED_SCAN_TASK, "schedule": e.crontab(), "kwargs": {"entry": e.message()}}
@@ -139,9 +139,9 @@ def run_entry(settings: Settings, message: dict[str, Any], *, run_key: str) -> i
     ``run_key`` (the task id) names the scan, so a redelivered task resumes the
     scan its first delivery started.
     """
-    from db import distributed as dist
-    from scanner.producer import Producer
-    from scanner.walker import WalkOptions, check_roots
+    from dfscan.db import distributed as dist
+    from dfscan.scanner.producer import Producer
+    from dfscan.scanner.walker import WalkOptions, check_roots
 
     entry = ScheduleEntry(**{k: message[k] for k in message if k in _KNOWN})
     settings = settings.with_(

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from scanner.errors import PathListError, RootNotFound
+from dfscan.scanner.errors import PathListError, RootNotFound
 
 SkipHook = Callable[[str, str], None]
 

@@ -32,7 +32,7 @@ FAULTS: dict = json.loads(os.environ.get("DFSCAN_TEST_FAULTS") or "{}")
 
 
 if FAULTS.get("slow_batch_s"):
-    import workers.pipeline as _pipeline
+    import dfscan.workers.pipeline as _pipeline
 
     _score = _pipeline.score
     _delay = float(FAULTS["slow_batch_s"])
@@ -45,7 +45,7 @@ if FAULTS.get("slow_batch_s"):
 
 
 if FAULTS.get("poison"):
-    import workers.batches as _batches
+    import dfscan.workers.batches as _batches
 
     _read = _batches.read_file
     _marker = str(FAULTS["poison"])
@@ -61,9 +61,9 @@ if FAULTS.get("poison"):
 if FAULTS.get("noop_model"):
     from datetime import datetime, timezone
 
-    import workers.pipeline as _pipeline
-    from db.records import ResultRow
-    from workers.batches import BatchMaker, PreparedBatch
+    import dfscan.workers.pipeline as _pipeline
+    from dfscan.db.records import ResultRow
+    from dfscan.workers.batches import BatchMaker, PreparedBatch
 
     def _no_read(self, paths):
         n = len(paths)

@@ -21,7 +21,7 @@ def build_tiny_detector(seed: int = TINY_SEED):
     """A ``tiny``-backbone detector in eval mode, its weights fixed by ``seed`` (global RNG untouched)."""
     import torch
 
-    from detector.model import DeepfakeDetector
+    from dfscan.detector.model import DeepfakeDetector
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -36,14 +36,14 @@ def build_tiny_detector(seed: int = TINY_SEED):
 
 def save_tiny_checkpoint(directory: Path, seed: int = TINY_SEED) -> Path:
     """Write ``directory/tiny.pt`` and return its path."""
-    from detector.model import save_checkpoint
+    from dfscan.detector.model import save_checkpoint
 
     return save_checkpoint(Path(directory) / "tiny.pt", build_tiny_detector(seed), {"purpose": "tests"})
 
 
 def export_tiny_model(directory: Path, seed: int = TINY_SEED) -> Path:
     """Export the tiny detector to ``directory/model.onnx`` (+ ``model_info.json``); returns the ONNX path."""
-    from detector.export import export_onnx
+    from dfscan.detector.export import export_onnx
 
     directory = Path(directory)
     checkpoint = save_tiny_checkpoint(directory / "checkpoint", seed)
@@ -52,7 +52,7 @@ def export_tiny_model(directory: Path, seed: int = TINY_SEED) -> Path:
 
 def export_tiny_legacy_model(directory: Path, seed: int = TINY_SEED) -> Path:
     """Export the tiny detector as the original project did: ``directory/legacy.onnx``, batch fixed at 1, no sidecar."""
-    from detector.export import export_legacy_fixed_batch
+    from dfscan.detector.export import export_legacy_fixed_batch
 
     directory = Path(directory)
     checkpoint = save_tiny_checkpoint(directory / "checkpoint", seed)

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine
 
-from db import make_engine, upgrade
+from dfscan.db import make_engine, upgrade
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432

@@ -20,7 +20,7 @@ import onnxruntime
 import PIL
 from sqlalchemy import text
 
-import db
+from dfscan import db
 from dfscan import __version__
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture

@@ -21,8 +21,8 @@ N = 64
 
 def _expected_rows(pg: bool) -> dict[tuple[str, str], set[str]]:
     """(stage, variant) -> the statuses acceptable for it on this machine."""
-    from trt.registry import RUNTIMES
-    from workers.decoders import DECODERS
+    from dfscan.trt.registry import RUNTIMES
+    from dfscan.workers.decoders import DECODERS
 
     rows: dict[tuple[str, str], set[str]] = {("read", "cached"): {"ok"}, ("read", "uncached"): {"ok"}}
     for name, spec in DECODERS.items():
@@ -120,10 +120,10 @@ def test_bench_table_names_every_row(tiny_onnx_model, tmp_path, monkeypatch):
 
 @pytest.mark.postgres
 def test_bench_writes_to_postgresql_and_cleans_up(tiny_onnx_model, tmp_path, monkeypatch, pg_url):
-    import db
+    from dfscan import db
     from sqlalchemy import func, select
 
-    from db.models import Result, Scan
+    from dfscan.db.models import Result, Scan
 
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(

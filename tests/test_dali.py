@@ -13,24 +13,24 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from detector.info import inspect_model
+from dfscan.detector.info import inspect_model
 from tests._images import jpeg_bytes, pattern, png_header_only, write_bad_files, write_jpegs, write_mode_zoo
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
-from workers._headers import sniff
-from workers.batches import BatchMaker, Verdict, score
-from workers.decode import PillowDecoder, Preprocess, decode_one
-from workers.decoders import DecoderUnavailable, UnknownDecoder, create_decoder, resolve_decoder
-from workers.errors import ImageError
-from workers.reader import FileData
+from dfscan.workers._headers import sniff
+from dfscan.workers.batches import BatchMaker, Verdict, score
+from dfscan.workers.decode import PillowDecoder, Preprocess, decode_one
+from dfscan.workers.decoders import DecoderUnavailable, UnknownDecoder, create_decoder, resolve_decoder
+from dfscan.workers.errors import ImageError
+from dfscan.workers.reader import FileData
 
-dali_ok, dali_why = __import__("workers.dali", fromlist=["dali_status"]).dali_status()
+dali_ok, dali_why = __import__("dfscan.workers.dali", fromlist=["dali_status"]).dali_status()
 pytestmark = pytest.mark.skipif(not dali_ok, reason=f"DALI unavailable: {dali_why}")
 
 PRE = Preprocess()
 
 
 def _gpu_reason() -> str | None:
-    from workers.dali import dali_gpu_status
+    from dfscan.workers.dali import dali_gpu_status
 
     ok, why = dali_gpu_status()
     return None if ok else why
@@ -64,7 +64,7 @@ def raw(name: str, data: bytes) -> FileData:
 
 @pytest.fixture
 def dali_cpu():
-    from workers.dali import DaliDecoder
+    from dfscan.workers.dali import DaliDecoder
 
     decoder = DaliDecoder(PRE, device="cpu", batch_size=64, threads=2)
     yield decoder
@@ -102,7 +102,7 @@ def test_header_check_refuses_a_bomb_without_decoding(dali_cpu):
 
 
 def test_pixel_limit_applies_to_dali_images():
-    from workers.dali import DaliDecoder
+    from dfscan.workers.dali import DaliDecoder
 
     small = Preprocess(max_pixels=200 * 200)
     decoder = DaliDecoder(small, device="cpu")
@@ -175,7 +175,7 @@ def test_several_bad_images_in_one_batch(tmp_path, dali_cpu):
 
 
 def test_larger_than_pipeline_batch_is_split(tmp_path):
-    from workers.dali import DaliDecoder
+    from dfscan.workers.dali import DaliDecoder
 
     decoder = DaliDecoder(PRE, device="cpu", batch_size=8)
     try:
@@ -187,7 +187,7 @@ def test_larger_than_pipeline_batch_is_split(tmp_path):
 
 
 def test_a_pipeline_that_cannot_be_built_is_the_decoders_error_not_the_images():
-    from workers.dali import DaliDecoder
+    from dfscan.workers.dali import DaliDecoder
 
     if not _gpu_reason():
         pytest.skip("a GPU is present: the mixed pipeline builds here")
@@ -250,8 +250,8 @@ def sensitive_model(onnx_path: Path, images: list[str], out_dir: Path) -> Path:
     import onnx
     from onnx import helper, numpy_helper
 
-    from trt.onnxruntime import OnnxRuntime
-    from detector.info import write_model_info
+    from dfscan.trt.onnxruntime import OnnxRuntime
+    from dfscan.detector.info import write_model_info
 
     info = inspect_model(onnx_path)
     runtime = OnnxRuntime(info, intra_op_threads=2)
@@ -284,8 +284,8 @@ def sensitive_model(onnx_path: Path, images: list[str], out_dir: Path) -> Path:
 
 def test_parity_with_pillow_on_256_images(tmp_path, tiny_onnx_model):
     """The acceptance bar: same 256 images, max |delta p_fake| <= 0.02, verdicts agree on >= 99%."""
-    from trt.onnxruntime import OnnxRuntime
-    from workers.dali import DaliDecoder
+    from dfscan.trt.onnxruntime import OnnxRuntime
+    from dfscan.workers.dali import DaliDecoder
 
     paths = [str(p) for p in write_jpegs(tmp_path / "imgs", 256)]
     model = sensitive_model(tiny_onnx_model, paths, tmp_path / "model")
@@ -348,7 +348,7 @@ def test_scan_with_dali_writes_verdicts_and_error_rows(tmp_path, sqlite_url, tin
     assert set(rows) == set(good) | set(bad)
     for path in good:
         assert rows[path]["status"] == "ok" and rows[path]["label"] in ("real", "fake"), path
-    import db
+    from dfscan import db
     from sqlalchemy import text
 
     engine = db.make_engine(sqlite_url)
@@ -380,7 +380,7 @@ def test_mixed_decoding_matches_cpu(tmp_path):
     why = _gpu_reason()
     if why:
         pytest.skip(f"DALI mixed decoding needs a GPU: {why}")
-    from workers.dali import DaliDecoder
+    from dfscan.workers.dali import DaliDecoder
 
     files = [as_file(p) for p in write_jpegs(tmp_path, 64)]
     files.insert(32, raw("corrupt.jpg", corrupt_jpeg()))

@@ -15,9 +15,9 @@ from sqlalchemy import Engine, event, inspect, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-import db
-import db.results
-from db.models import Chunk, Result, Scan
+from dfscan import db
+import dfscan.db.results
+from dfscan.db.models import Chunk, Result, Scan
 
 CONTRACT_VIEW_COLUMNS = [
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",

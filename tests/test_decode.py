@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from tests._images import jpeg_bytes, pattern, write_bad_files, write_mode_zoo
-from workers.decode import PillowDecoder, Preprocess, decode_one, load_rgb, to_rgb
-from workers.errors import ImageError
-from workers.reader import read_file
+from dfscan.workers.decode import PillowDecoder, Preprocess, decode_one, load_rgb, to_rgb
+from dfscan.workers.errors import ImageError
+from dfscan.workers.reader import read_file
 
 PRE = Preprocess()
 
@@ -136,7 +136,7 @@ def test_reader_permission_denied(tmp_path):
 
 
 def test_decoder_batch_keeps_order_and_isolates_failures(tmp_path):
-    from workers.reader import FileData
+    from dfscan.workers.reader import FileData
 
     good = [FileData(f"/g{i}", 1, 0.0, jpeg_bytes(i)) for i in range(5)]
     bad = FileData("/bad", 1, 0.0, b"garbage bytes")

@@ -18,7 +18,7 @@ def test_demo_runs_end_to_end(tmp_path):
     (out / "data" / "stale.txt").write_text("left by an earlier run")
     (out / "notes.txt").write_text("the user's own file")
     proc = subprocess.run(
-        [sys.executable, "-m", "detector.demo", "--out", str(out), "--n", "100", "--epochs", "1"],
+        [sys.executable, "-m", "dfscan.detector.demo", "--out", str(out), "--n", "100", "--epochs", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=540,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from detector.backbones import BACKBONES, get_backbone
-from detector.errors import CheckpointError, ExportError, ExportMismatch, UnknownBackbone, WeightsError
-from detector.export import check_parity, export_legacy_fixed_batch, export_onnx
-from detector.model import CLASSES, DeepfakeDetector, load_checkpoint, save_checkpoint
+from dfscan.detector.backbones import BACKBONES, get_backbone
+from dfscan.detector.errors import CheckpointError, ExportError, ExportMismatch, UnknownBackbone, WeightsError
+from dfscan.detector.export import check_parity, export_legacy_fixed_batch, export_onnx
+from dfscan.detector.model import CLASSES, DeepfakeDetector, load_checkpoint, save_checkpoint
 from tests._models import TINY_LSTM_HIDDEN, build_tiny_detector, tiny_checkpoint, tiny_onnx_model  # noqa: F401
 
 SMALL = 64  # every backbone pools globally, so small images keep CPU tests fast

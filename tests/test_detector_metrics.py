@@ -1,4 +1,4 @@
-"""detector.metrics against scikit-learn on known inputs, and calibration that really lowers ECE."""
+"""dfscan.detector.metrics against scikit-learn on known inputs, and calibration that really lowers ECE."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve as sk_calibration_curve
 
-from detector import metrics
-from detector.calibrate import calibrate_predictions, fit_temperature, update_model_info
-from detector.predict import Predictions
+from dfscan.detector import metrics
+from dfscan.detector.calibrate import calibrate_predictions, fit_temperature, update_model_info
+from dfscan.detector.predict import Predictions
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
-from trt.base import softmax
+from dfscan.trt.base import softmax
 
 
 def _cases():
@@ -169,9 +169,9 @@ def test_update_model_info_keeps_other_fields_and_the_scanner_reads_it(tmp_path,
     import json
     import shutil
 
-    from detector.info import inspect_model
+    from dfscan.detector.info import inspect_model
     from dfscan.settings import Settings
-    from workers.context import ScanContext
+    from dfscan.workers.context import ScanContext
 
     model_dir = tmp_path / "m"
     shutil.copytree(tiny_onnx_model.parent, model_dir, ignore=shutil.ignore_patterns("checkpoint"))

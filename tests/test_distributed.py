@@ -21,9 +21,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-import db
+from dfscan import db
 from dfscan.cli import main
-from scanner.chunks import Chunk
+from dfscan.scanner.chunks import Chunk
 from tests._cluster import PostgresServer, TcpProxy, Worker, pg_available, wait_for
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
@@ -293,7 +293,7 @@ def test_same_chunk_delivered_twice(redis_server, pg_db, workers, archive, tiny_
     scan_id = produce(root, tiny_onnx_model, broker, pg_db, "--max-outstanding", "100")
     # Every chunk is in the queue; publish each one a second time, then start two workers.
     from dfscan.settings import from_env
-    from scanner.producer import Producer
+    from dfscan.scanner.producer import Producer
 
     with Producer(from_env(db_url=pg_db, broker_url=broker)) as producer:
         for c in query(pg_db, "SELECT id, seq, paths FROM chunks WHERE scan_id = :s", s=scan_id):
@@ -425,14 +425,14 @@ def test_celery_inspect_and_events_reach_a_dfscan_worker(redis_server, pg_db, wo
 
     from dfscan.settings import Settings
     from tests._cluster import REPO
-    from workers.app import create_app
+    from dfscan.workers.app import create_app
 
     root, expected = archive
     broker = redis_server.url()
     w = workers(broker, pg_db, name="mon", env={"DFSCAN_EVENTS": "1"}).wait_ready()
     celery = os.path.join(os.path.dirname(sys.executable), "celery")
     env = {**os.environ, "DFSCAN_BROKER_URL": broker, "PYTHONPATH": str(REPO)}
-    ping = subprocess.run([celery, "-A", "workers", "inspect", "ping", "--timeout", "10", "--json"],
+    ping = subprocess.run([celery, "-A", "dfscan.workers", "inspect", "ping", "--timeout", "10", "--json"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert any(name.startswith("mon-") for name in json.loads(ping.stdout)), ping.stdout

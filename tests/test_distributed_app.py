@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from db.distributed import retry_db
+from dfscan.db.distributed import retry_db
 from dfscan.cli import main
 from dfscan.settings import Settings, SettingsError, from_env
-from scanner.schedule import ScheduleError, beat_schedule, load_schedule
+from dfscan.scanner.schedule import ScheduleError, beat_schedule, load_schedule
 from tests._cluster import REPO, Worker, wait_for
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
@@ -33,7 +33,7 @@ def test_app_configuration_is_at_least_once_and_json_only():
     from kombu.exceptions import ContentDisallowed
     from kombu.serialization import loads
 
-    from workers.app import SCORE_TASK, create_app
+    from dfscan.workers.app import SCORE_TASK, create_app
 
     app = create_app(Settings(broker_url="redis://127.0.0.1:1/0", visibility_timeout=77))
     conf = app.conf
@@ -48,7 +48,7 @@ def test_app_configuration_is_at_least_once_and_json_only():
 
 
 def test_app_needs_a_broker():
-    from workers.app import create_app
+    from dfscan.workers.app import create_app
 
     with pytest.raises(SettingsError, match="no broker"):
         create_app(Settings())
@@ -58,11 +58,11 @@ def test_import_workers_loads_no_runtime_and_celery_finds_the_app():
     code = (
         "import sys, workers\n"
         "from celery.app.utils import find_app\n"
-        "app = find_app('workers')\n"
+        "app = find_app('dfscan.workers')\n"
         "assert type(app).__name__ == 'DfscanCelery', app\n"
         "assert app.conf.broker_url == 'redis://127.0.0.1:9/3'\n"
         "assert 'dfscan.score_chunk' in app.tasks\n"
-        "heavy = [m for m in ('onnxruntime', 'torch', 'tensorrt', 'workers.context', 'nvidia.dali') if m in sys.modules]\n"
+        "heavy = [m for m in ('onnxruntime', 'torch', 'tensorrt', 'dfscan.workers.context', 'nvidia.dali') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     env = {**os.environ, "DFSCAN_BROKER_URL": "redis://127.0.0.1:9/3", "PYTHONPATH": str(REPO)}
@@ -156,8 +156,8 @@ def worker_factory(tmp_path):
 
 def test_back_pressure_then_resume_after_the_producer_stopped(tmp_path, redis_server, worker_factory, tiny_onnx_model,
                                                                sqlite_url):
-    from scanner.producer import Producer
-    from scanner.walker import WalkOptions
+    from dfscan.scanner.producer import Producer
+    from dfscan.scanner.walker import WalkOptions
 
     paths = sorted(str(p) for p in write_jpegs(tmp_path / "arc", 40, size=(64, 64)))
     settings = from_env(db_url=sqlite_url, broker_url=redis_server.url(), model=tiny_onnx_model, chunk_size=4,
@@ -199,13 +199,13 @@ def test_cancel_drops_the_remaining_chunks(tmp_path, redis_server, worker_factor
 
 
 def test_celery_a_workers_worker(tmp_path, redis_server, tiny_onnx_model, sqlite_url):
-    """`celery -A workers worker` runs the same app, configured from DFSCAN_* variables."""
+    """`celery -A dfscan.workers worker` runs the same app, configured from DFSCAN_* variables."""
     paths = sorted(str(p) for p in write_jpegs(tmp_path / "arc", 10, size=(64, 64)))
     env = {**os.environ, "DFSCAN_BROKER_URL": redis_server.url(), "DFSCAN_DB_URL": sqlite_url,
            "DFSCAN_INTRA_OP_THREADS": "1", "PYTHONPATH": str(REPO)}  # fmt: skip
     celery = os.path.join(os.path.dirname(PY), "celery")
     log = open(tmp_path / "celery.log", "wb")
-    proc = subprocess.Popen([celery, "-A", "workers", "worker", "--pool", "solo", "-Q", "dfscan",
+    proc = subprocess.Popen([celery, "-A", "dfscan.workers", "worker", "--pool", "solo", "-Q", "dfscan",
                              "--without-mingle", "--without-gossip"], cwd=REPO, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:

@@ -7,9 +7,9 @@ import json
 from click.testing import CliRunner
 
 from dfscan.cli import main
-from trt._gpu import probe_gpus
-from trt.engine import tensorrt_status
-from workers.dali import dali_gpu_status, dali_status
+from dfscan.trt._gpu import probe_gpus
+from dfscan.trt.engine import tensorrt_status
+from dfscan.workers.dali import dali_gpu_status, dali_status
 
 
 def doctor_json() -> dict:

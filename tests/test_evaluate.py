@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-import db
-from detector.data import find_splits
-from detector.export import export_onnx
-from detector.info import inspect_model
-from detector.report import FIGURES
-from detector.synth import synthesize
-from detector.train import TrainConfig, train
+from dfscan import db
+from dfscan.detector.data import find_splits
+from dfscan.detector.export import export_onnx
+from dfscan.detector.info import inspect_model
+from dfscan.detector.report import FIGURES
+from dfscan.detector.synth import synthesize
+from dfscan.detector.train import TrainConfig, train
 from dfscan.cli import main
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save_model
 
-from detector.errors import (
+from dfscan.detector.errors import (
     ModelInputError,
     ModelNotFound,
     ModelOutputError,
@@ -21,7 +21,7 @@ from detector.errors import (
     SidecarError,
     SidecarMismatch,
 )
-from detector.info import IMAGENET_MEAN, IMAGENET_STD, inspect_model, reexport_hint, write_model_info
+from dfscan.detector.info import IMAGENET_MEAN, IMAGENET_STD, inspect_model, reexport_hint, write_model_info
 from tests._models import tiny_legacy_onnx_model, tiny_onnx_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,7 +204,7 @@ def test_inspecting_does_not_import_torch(tiny_onnx_model: Path) -> None:
 
 
 def test_two_models_share_a_folder_each_with_its_own_sidecar(tmp_path, tiny_onnx_model):
-    from detector.info import inspect_model, write_model_info
+    from dfscan.detector.info import inspect_model, write_model_info
 
     shutil.copy(tiny_onnx_model, tmp_path / "model.onnx")
     shutil.copy(tiny_onnx_model.parent / "model_info.json", tmp_path / "model_info.json")

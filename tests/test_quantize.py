@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from detector.info import inspect_model, sha256_file
+from dfscan.detector.info import inspect_model, sha256_file
 from dfscan.cli import main
 from tests._images import pattern, write_bad_files, write_jpegs
 from tests._models import build_tiny_detector, tiny_onnx_model  # noqa: F401 - fixture
-from trt.quantize import QuantizeError, quantize_model
+from dfscan.trt.quantize import QuantizeError, quantize_model
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +47,9 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
     """
     import torch
 
-    from detector.export import export_onnx
-    from detector.model import save_checkpoint
-    from workers.decode import Preprocess, decode_one
+    from dfscan.detector.export import export_onnx
+    from dfscan.detector.model import save_checkpoint
+    from dfscan.workers.decode import Preprocess, decode_one
 
     root = tmp_path_factory.mktemp("trained")
     labels = _graded_images(root / "train", 48, 0)
@@ -107,7 +107,7 @@ def test_int8_model_has_its_own_sidecar_and_quantised_convolutions(tiny_onnx_mod
 
     info = inspect_model(out)
     assert info.extra["precision"] == "int8"
-    from trt.onnxruntime import OnnxRuntime
+    from dfscan.trt.onnxruntime import OnnxRuntime
 
     runtime = OnnxRuntime(info)
     assert runtime.precision == "int8"
@@ -131,10 +131,10 @@ def test_int8_agrees_with_fp32_on_a_model_with_spread_outputs(trained_tiny, tmp_
 
 
 def test_scanner_scores_with_the_int8_model(tiny_onnx_model, calib_dir, tmp_path, sqlite_url):
-    import db
+    from dfscan import db
     from dfscan.settings import Settings
-    from scanner import WalkOptions
-    from workers.local import LocalScan
+    from dfscan.scanner import WalkOptions
+    from dfscan.workers.local import LocalScan
 
     out = quantize_model(tiny_onnx_model, calib_dir, tmp_path / "q" / "tiny_int8.onnx").onnx_path
     images = tmp_path / "images"
@@ -148,7 +148,7 @@ def test_scanner_scores_with_the_int8_model(tiny_onnx_model, calib_dir, tmp_path
     try:
         from sqlalchemy import select
 
-        from db.models import Scan
+        from dfscan.db.models import Scan
 
         with db.session_factory(engine)() as session:
             audit = session.execute(select(Scan.settings)).scalar_one()

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageOps
 from sqlalchemy import text
 
-import db
+from dfscan import db
 from dfscan.cli import main
 from tests._images import pattern, write_bad_files, write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture

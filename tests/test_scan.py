@@ -12,17 +12,17 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-import db
-from detector.info import inspect_model
+from dfscan import db
+from dfscan.detector.info import inspect_model
 from dfscan.cli import main
 from dfscan.settings import Settings
-from scanner import Chunk
+from dfscan.scanner import Chunk
 from tests._images import write_bad_files, write_jpegs, write_mode_zoo
 from tests._models import tiny_legacy_onnx_model, tiny_onnx_model  # noqa: F401 - fixtures
-from trt.onnxruntime import OnnxRuntime
-from workers.context import ScanContext
-from workers.decode import Preprocess, decode_one
-from workers.pipeline import score_chunk
+from dfscan.trt.onnxruntime import OnnxRuntime
+from dfscan.workers.context import ScanContext
+from dfscan.workers.decode import Preprocess, decode_one
+from dfscan.workers.pipeline import score_chunk
 
 
 def run(*args: str, input: str | None = None):

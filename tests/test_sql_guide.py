@@ -25,8 +25,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-import db
-from db.models import Model, Result, Scan
+from dfscan import db
+from dfscan.db.models import Model, Result, Scan
 from dfscan.cli import main
 from tests._images import write_bad_files, write_jpegs
 from tests._models import export_tiny_model, tiny_onnx_model  # noqa: F401 - fixture

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from detector.data import find_splits
-from detector.synth import NOTICE, SynthError, _procedural, simulate_fake, synthesize
+from dfscan.detector.data import find_splits
+from dfscan.detector.synth import NOTICE, SynthError, _procedural, simulate_fake, synthesize
 from dfscan.cli import main
 
 

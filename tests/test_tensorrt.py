@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from detector.info import inspect_model
+from dfscan.detector.info import inspect_model
 from dfscan.cli import main
 from tests._images import write_bad_files, write_jpegs
 from tests._models import tiny_legacy_onnx_model, tiny_onnx_model  # noqa: F401 - fixtures
-from trt._gpu import GpuInfo, parse_probe, probe_gpus
-from trt.cache import EngineCache, EngineKey, default_engine_dir
-from trt.engine import BuildOptions, CalibrationSet, Profile, plan_build, profile_for, tensorrt_status
-from trt.errors import (
+from dfscan.trt._gpu import GpuInfo, parse_probe, probe_gpus
+from dfscan.trt.cache import EngineCache, EngineKey, default_engine_dir
+from dfscan.trt.engine import BuildOptions, CalibrationSet, Profile, plan_build, profile_for, tensorrt_status
+from dfscan.trt.errors import (
     CalibrationError,
     EngineBuildFailed,
     EngineIncompatible,
@@ -29,9 +29,9 @@ from trt.errors import (
     RuntimeUnavailable,
     UnknownPrecision,
 )
-from trt.precisions import PRECISIONS, choose_precision, get_precision
-from trt.registry import resolve_runtime
-from workers.decode import Preprocess, decode_one
+from dfscan.trt.precisions import PRECISIONS, choose_precision, get_precision
+from dfscan.trt.registry import resolve_runtime
+from dfscan.workers.decode import Preprocess, decode_one
 
 H100 = GpuInfo(0, "NVIDIA H100 80GB HBM3", (9, 0), 80 << 30)
 L4 = GpuInfo(0, "NVIDIA L4", (8, 9), 24 << 30)
@@ -40,7 +40,7 @@ TRT_VERSION = "10.13.0.35"
 
 
 def _trt_gpu_reason() -> str | None:
-    from trt.tensorrt import available
+    from dfscan.trt.tensorrt import available
 
     ok, why = available()
     return None if ok else why
@@ -250,7 +250,7 @@ def model_copy(tmp_path, tiny_onnx_model) -> Path:
 @needs_trt
 @pytest.mark.tensorrt
 def test_build_engine_caches_and_reuses(model_copy):
-    from trt.engine import build_engine
+    from dfscan.trt.engine import build_engine
 
     info = inspect_model(model_copy)
     built = build_engine(info, BuildOptions(precision="fp32"))
@@ -266,9 +266,9 @@ def test_build_engine_caches_and_reuses(model_copy):
 def test_fp16_engine_matches_onnxruntime(tmp_path, model_copy):
     """FP16 parity: p_fake within 0.01 of ONNX Runtime on real images, through a model that separates them."""
     from tests.test_dali import sensitive_model
-    from trt.onnxruntime import OnnxRuntime
-    from trt.tensorrt import TensorRTRuntime
-    from workers.batches import Verdict
+    from dfscan.trt.onnxruntime import OnnxRuntime
+    from dfscan.trt.tensorrt import TensorRTRuntime
+    from dfscan.workers.batches import Verdict
 
     paths = [str(p) for p in write_jpegs(tmp_path / "imgs", 128)]
     model = sensitive_model(model_copy, paths, tmp_path / "sensitive")
@@ -297,7 +297,7 @@ def test_fp16_engine_matches_onnxruntime(tmp_path, model_copy):
 @needs_trt
 @pytest.mark.tensorrt
 def test_int8_calibration_cache_lies_beside_the_engine(tmp_path, model_copy):
-    from trt.engine import build_engine
+    from dfscan.trt.engine import build_engine
 
     write_jpegs(tmp_path / "calib", 64)
     built = build_engine(inspect_model(model_copy),

@@ -9,12 +9,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from detector.data import Augment, DataError, eval_transform, find_splits, split_items, train_transform
-from detector.model import load_checkpoint
-from detector.synth import synthesize
-from detector.train import TrainConfig, TrainError, train
+from dfscan.detector.data import Augment, DataError, eval_transform, find_splits, split_items, train_transform
+from dfscan.detector.model import load_checkpoint
+from dfscan.detector.synth import synthesize
+from dfscan.detector.train import TrainConfig, TrainError, train
 from dfscan.cli import main
-from workers.decode import Preprocess, decode_one
+from dfscan.workers.decode import Preprocess, decode_one
 
 QUICK = dict(backbone="tiny", lstm_hidden=16, batch_size=8, workers=0, target_accuracy=None, evaluate_test=False)
 

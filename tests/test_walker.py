@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from scanner import Chunk, RootNotFound, WalkOptions, chunked, read_path_list, walk
+from dfscan.scanner import Chunk, RootNotFound, WalkOptions, chunked, read_path_list, walk
 
 OPTS = WalkOptions(extensions=(".jpg", ".jpeg", ".png"))
 
@@ -95,8 +95,8 @@ def test_chunk_message_round_trip():
 
 
 def test_names_that_are_not_utf8_are_stored_reversibly(tmp_path):
-    from scanner.paths import on_disk, storable
-    from workers.reader import read_file
+    from dfscan.scanner.paths import on_disk, storable
+    from dfscan.workers.reader import read_file
 
     raw = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg"))
     with open(raw, "wb") as f:

@@ -16,15 +16,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-import db
+from dfscan import db
 from dfscan.settings import Settings
-from scanner import Chunk
+from dfscan.scanner import Chunk
 from tests._images import write_bad_files, write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
-from workers.context import ScanContext
-from workers.errors import REASONS
-from workers.metrics import WorkerMetrics, instrument, redis_queue_depth, start_metrics_server
-from workers.pipeline import score_chunk
+from dfscan.workers.context import ScanContext
+from dfscan.workers.errors import REASONS
+from dfscan.workers.metrics import WorkerMetrics, instrument, redis_queue_depth, start_metrics_server
+from dfscan.workers.pipeline import score_chunk
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,16 +184,16 @@ def test_a_broker_outage_leaves_the_endpoint_up_without_a_depth():
 MULTIPROCESS_SCRIPT = r"""
 import json, multiprocessing, os, sys, urllib.request
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
-import db
+from dfscan import db
 from dfscan.settings import Settings
-from scanner import Chunk
-from workers.metrics import WorkerMetrics, instrument, mark_process_dead, start_metrics_server
+from dfscan.scanner import Chunk
+from dfscan.workers.metrics import WorkerMetrics, instrument, mark_process_dead, start_metrics_server
 
 model, url, paths = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 
 def child(seq):
-    from workers.context import ScanContext
-    from workers.pipeline import score_chunk
+    from dfscan.workers.context import ScanContext
+    from dfscan.workers.pipeline import score_chunk
     ctx = ScanContext.open(Settings(db_url=url, model=model, batch_size=4), migrate=False)
     try:
         hook = instrument(ctx, WorkerMetrics())

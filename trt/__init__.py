@@ -1,7 +1,7 @@
 """Inference runtimes behind one interface: ONNX Runtime (CPU) and TensorRT (GPU)."""
 
-from trt.base import Runtime, run_batched, softmax
-from trt.errors import (
+from dfscan.trt.base import Runtime, run_batched, softmax
+from dfscan.trt.errors import (
     CalibrationError,
     EngineBuildFailed,
     EngineIncompatible,
@@ -12,7 +12,7 @@ from trt.errors import (
     UnknownPrecision,
     UnknownRuntime,
 )
-from trt.registry import RUNTIMES, RuntimeSpec, get_runtime_spec, load_runtime, resolve_runtime
+from dfscan.trt.registry import RUNTIMES, RuntimeSpec, get_runtime_spec, load_runtime, resolve_runtime
 
 __all__ = [
     "RUNTIMES",

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from trt.errors import EngineIncompatible
+from dfscan.trt.errors import EngineIncompatible
 
 ENGINE_DIR_NAME = "engines"
 RECORD_FORMAT = 1
@@ -139,7 +139,7 @@ class EngineCache:
 
     def cached_precisions(self, onnx_sha256: str, gpu_name: str, capability: tuple[int, int], tensorrt_version: str) -> list[str]:
         """Precisions with a valid engine for this model on this GPU type and TensorRT version."""
-        from trt.precisions import PRECISIONS
+        from dfscan.trt.precisions import PRECISIONS
 
         found = []
         for name in PRECISIONS:

@@ -10,7 +10,7 @@ import importlib.metadata
 import platform
 from dataclasses import asdict, dataclass, field
 
-from trt._gpu import GpuInfo, probe_gpus
+from dfscan.trt._gpu import GpuInfo, probe_gpus
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def versions() -> dict[str, str | None]:
         out["cuda_torch"] = torch.version.cuda
     except ImportError:
         pass
-    from workers.dali import dali_status
+    from dfscan.workers.dali import dali_status
 
     ok, version = dali_status()
     if ok:
@@ -78,7 +78,7 @@ def versions() -> dict[str, str | None]:
         out["dali"] = version
         cuda = int(getattr(nvidia.dali, "__cuda_version__", 0) or 0)
         out["dali_cuda"] = f"{cuda // 1000}.x (built with {cuda})" if cuda else None
-    from trt.engine import tensorrt_status
+    from dfscan.trt.engine import tensorrt_status
 
     ok, version = tensorrt_status()
     out["tensorrt"] = version if ok else _dist_version("tensorrt")
@@ -92,9 +92,9 @@ def versions() -> dict[str, str | None]:
 
 
 def diagnose() -> Report:
-    from trt.registry import RUNTIMES, resolve_runtime
-    from trt.errors import RuntimeErrorBase
-    from workers.decoders import DECODERS, dali_device, resolve_decoder
+    from dfscan.trt.registry import RUNTIMES, resolve_runtime
+    from dfscan.trt.errors import RuntimeErrorBase
+    from dfscan.workers.decoders import DECODERS, dali_device, resolve_decoder
 
     checks = []
     for spec in DECODERS.values():

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.info import ModelInfo
-from trt._gpu import GpuInfo, first_gpu, probe_gpus
-from trt.cache import EngineCache, EngineKey, EnginePaths, default_engine_dir
-from trt.errors import CalibrationError, EngineBuildFailed, RuntimeUnavailable
-from trt.precisions import Precision, check_supported, get_precision
+from dfscan.detector.info import ModelInfo
+from dfscan.trt._gpu import GpuInfo, first_gpu, probe_gpus
+from dfscan.trt.cache import EngineCache, EngineKey, EnginePaths, default_engine_dir
+from dfscan.trt.errors import CalibrationError, EngineBuildFailed, RuntimeUnavailable
+from dfscan.trt.precisions import Precision, check_supported, get_precision
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,8 @@ class CalibrationSet:
     """
 
     def __init__(self, folder: Path, info: ModelInfo, batch_size: int, limit: int = 512) -> None:
-        from workers.decode import Preprocess, decode_one
-        from workers.errors import ImageError
+        from dfscan.workers.decode import Preprocess, decode_one
+        from dfscan.workers.errors import ImageError
 
         self.folder = Path(folder)
         self.batch_size = batch_size

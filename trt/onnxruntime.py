@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from detector.info import ModelInfo, reexport_hint
-from trt.errors import InferenceFailed, ModelRejected, RuntimeUnavailable
+from dfscan.detector.info import ModelInfo, reexport_hint
+from dfscan.trt.errors import InferenceFailed, ModelRejected, RuntimeUnavailable
 
 PROBE_BATCH = 2
 

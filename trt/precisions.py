@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from trt.errors import PrecisionUnsupported, UnknownPrecision
+from dfscan.trt.errors import PrecisionUnsupported, UnknownPrecision
 
 
 @dataclass(frozen=True)

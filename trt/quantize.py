@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from detector.info import ModelInfo, inspect_model, sidecar_for_reading, sidecar_for_writing, write_model_info
-from trt.errors import RuntimeErrorBase
+from dfscan.detector.info import ModelInfo, inspect_model, sidecar_for_reading, sidecar_for_writing, write_model_info
+from dfscan.trt.errors import RuntimeErrorBase
 
 DEFAULT_MAX_IMAGES = 256
 # MinMax calibration reduces every tensor to its range inside the calibration
@@ -78,7 +78,7 @@ class QuantizeResult:
 
 def image_files(folder: Path, limit: int | None = None) -> list[Path]:
     """Image files under ``folder`` (recursively, sorted), at most ``limit``."""
-    from scanner import WalkOptions, walk
+    from dfscan.scanner import WalkOptions, walk
 
     options = WalkOptions(extensions=EXTENSIONS)
     out: list[Path] = []
@@ -91,9 +91,9 @@ def image_files(folder: Path, limit: int | None = None) -> list[Path]:
 
 def decode_images(files: Sequence[Path], info: ModelInfo) -> tuple[np.ndarray, list[Path], int]:
     """Decode ``files`` with the scanner's Pillow path: (N, 3, H, W) float32, the files used, and how many failed."""
-    from workers.decode import Preprocess, decode_one
-    from workers.errors import ImageError
-    from workers.reader import read_file
+    from dfscan.workers.decode import Preprocess, decode_one
+    from dfscan.workers.errors import ImageError
+    from dfscan.workers.reader import read_file
 
     pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)
     tensors: list[np.ndarray] = []
@@ -228,8 +228,8 @@ def quantize_model(
 
 def compare_models(fp32: ModelInfo, int8: ModelInfo, tensors: np.ndarray, batch: int = 64) -> Agreement:
     """Score ``tensors`` with both models (ONNX Runtime, CPU) and compare verdicts and p_fake."""
-    from trt.base import run_batched, softmax
-    from trt.onnxruntime import OnnxRuntime
+    from dfscan.trt.base import run_batched, softmax
+    from dfscan.trt.onnxruntime import OnnxRuntime
 
     if len(tensors) == 0:
         raise QuantizeError("no images to compare the models on")

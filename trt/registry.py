@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from detector.info import ModelInfo
-from trt.base import Runtime
-from trt.errors import RuntimeUnavailable, UnknownRuntime
+from dfscan.detector.info import ModelInfo
+from dfscan.trt.base import Runtime
+from dfscan.trt.errors import RuntimeUnavailable, UnknownRuntime
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class RuntimeSpec:
 
 
 def _ort_available() -> tuple[bool, str]:
-    from trt import onnxruntime
+    from dfscan.trt import onnxruntime
 
     return onnxruntime.available()
 
@@ -28,7 +28,7 @@ def _ort_available() -> tuple[bool, str]:
 def _ort_load(
     info: ModelInfo, *, intra_op_threads: int = 0, precision: str | None = None, engine_dir: Path | None = None
 ) -> Runtime:
-    from trt.onnxruntime import OnnxRuntime
+    from dfscan.trt.onnxruntime import OnnxRuntime
 
     own = str(info.extra.get("precision", "fp32"))
     if precision is not None and precision != own:
@@ -40,7 +40,7 @@ def _ort_load(
 
 
 def _trt_available() -> tuple[bool, str]:
-    from trt import tensorrt
+    from dfscan.trt import tensorrt
 
     return tensorrt.available()
 
@@ -48,7 +48,7 @@ def _trt_available() -> tuple[bool, str]:
 def _trt_load(
     info: ModelInfo, *, intra_op_threads: int = 0, precision: str | None = None, engine_dir: Path | None = None
 ) -> Runtime:  # intra_op_threads is a CPU setting
-    from trt.tensorrt import TensorRTRuntime
+    from dfscan.trt.tensorrt import TensorRTRuntime
 
     return TensorRTRuntime(info, precision=precision, engine_dir=engine_dir)
 

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.info import ModelInfo, reexport_hint
-from trt._gpu import probe_gpus
-from trt.cache import EngineCache, default_engine_dir
-from trt.engine import BuildOptions, build_engine, current_gpu, engine_key, import_tensorrt, tensorrt_status
-from trt.errors import EngineIncompatible, InferenceFailed, ModelRejected, RuntimeUnavailable
-from trt.precisions import choose_precision
+from dfscan.detector.info import ModelInfo, reexport_hint
+from dfscan.trt._gpu import probe_gpus
+from dfscan.trt.cache import EngineCache, default_engine_dir
+from dfscan.trt.engine import BuildOptions, build_engine, current_gpu, engine_key, import_tensorrt, tensorrt_status
+from dfscan.trt.errors import EngineIncompatible, InferenceFailed, ModelRejected, RuntimeUnavailable
+from dfscan.trt.precisions import choose_precision
 
 PROBE_BATCH = 2
 SLOTS = 2

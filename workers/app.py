@@ -83,7 +83,7 @@ def create_app(settings: Settings) -> DfscanCelery:
         enable_utc=True,
         timezone="UTC",
     )
-    from workers import tasks
+    from dfscan.workers import tasks
 
     tasks.register(app)
     return app

@@ -9,11 +9,11 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from db.records import ResultRow
-from trt.base import Runtime, run_batched, softmax
-from trt.errors import InferenceFailed
-from workers.errors import ImageError
-from workers.reader import MAX_FILE_BYTES, FileData, read_file, stat_quietly
+from dfscan.db.records import ResultRow
+from dfscan.trt.base import Runtime, run_batched, softmax
+from dfscan.trt.errors import InferenceFailed
+from dfscan.workers.errors import ImageError
+from dfscan.workers.reader import MAX_FILE_BYTES, FileData, read_file, stat_quietly
 
 
 @dataclass

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-import db
-from detector.info import ModelInfo, inspect_model
+from dfscan import db
+from dfscan.detector.info import ModelInfo, inspect_model
 from dfscan import __version__
 from dfscan.settings import Settings, SettingsError
-from trt import Runtime, load_runtime
-from workers.batches import BatchMaker, Verdict
-from workers.decode import Preprocess
-from workers.decoders import create_decoder
+from dfscan.trt import Runtime, load_runtime
+from dfscan.workers.batches import BatchMaker, Verdict
+from dfscan.workers.decode import Preprocess
+from dfscan.workers.decoders import create_decoder
 
 
 @dataclass

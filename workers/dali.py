@@ -39,10 +39,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from workers._headers import sniff
-from workers.decode import PillowDecoder, Preprocess
-from workers.errors import ImageError
-from workers.reader import FileData
+from dfscan.workers._headers import sniff
+from dfscan.workers.decode import PillowDecoder, Preprocess
+from dfscan.workers.errors import ImageError
+from dfscan.workers.reader import FileData
 
 INPUT_NAME = "encoded"
 # DALI raises these for a sample it can't decode ("Critical error in pipeline").
@@ -68,7 +68,7 @@ def dali_gpu_status() -> tuple[bool, str]:
     ok, why = dali_status()
     if not ok:
         return False, why
-    from trt._gpu import probe_gpus
+    from dfscan.trt._gpu import probe_gpus
 
     probe = probe_gpus()
     if not probe.present:
@@ -148,7 +148,7 @@ class DaliDecoder:
         try:
             self._pipe = self._build()
         except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError and friends for setup problems
-            from workers.errors import DecoderUnavailable
+            from dfscan.workers.errors import DecoderUnavailable
 
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise DecoderUnavailable(f"the DALI {self.device} pipeline can't be built: {first}") from None

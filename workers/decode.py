@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from workers.errors import ImageError
-from workers.reader import FileData
+from dfscan.workers.errors import ImageError
+from dfscan.workers.reader import FileData
 
 # Decoders outside this list are never tried: several rarely used Pillow
 # plugins have had memory-safety bugs, and no archive of photos needs them.

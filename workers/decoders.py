@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from workers.decode import PillowDecoder, Preprocess
-from workers.errors import DecoderUnavailable, UnknownDecoder
+from dfscan.workers.decode import PillowDecoder, Preprocess
+from dfscan.workers.errors import DecoderUnavailable, UnknownDecoder
 
 
 @dataclass(frozen=True)
@@ -26,14 +26,14 @@ def _pillow(pre: Preprocess, *, threads: int = 2, batch_size: int = 64) -> Pillo
 
 
 def _dali_available() -> tuple[bool, str]:
-    from workers.dali import dali_status
+    from dfscan.workers.dali import dali_status
 
     ok, why = dali_status()
     return ok, "" if ok else why
 
 
 def _dali_gpu_available() -> tuple[bool, str]:
-    from workers.dali import dali_gpu_status
+    from dfscan.workers.dali import dali_gpu_status
 
     return dali_gpu_status()
 
@@ -45,7 +45,7 @@ def dali_device() -> str:
 
 def _dali(device: str | None):
     def create(pre: Preprocess, *, threads: int = 2, batch_size: int = 64):
-        from workers.dali import DaliDecoder
+        from dfscan.workers.dali import DaliDecoder
 
         return DaliDecoder(pre, device=device or dali_device(), batch_size=batch_size, threads=threads)
 

@@ -11,15 +11,15 @@ import itertools
 import threading
 from collections.abc import Iterator
 
-import db
-from db import distributed as dist
-from db.records import ResultRow
+from dfscan import db
+from dfscan.db import distributed as dist
+from dfscan.db.records import ResultRow
 from dfscan.settings import Settings
-from scanner import WalkOptions, count_files, read_path_list, walk
-from scanner.incremental import IncrementalFilter
-from scanner.producer import default_name
-from workers.context import ScanContext
-from workers.pipeline import run_local_scan
+from dfscan.scanner import WalkOptions, count_files, read_path_list, walk
+from dfscan.scanner.incremental import IncrementalFilter
+from dfscan.scanner.producer import default_name
+from dfscan.workers.context import ScanContext
+from dfscan.workers.pipeline import run_local_scan
 
 
 class LocalScan:

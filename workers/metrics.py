@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from workers.errors import REASONS
+from dfscan.workers.errors import REASONS
 
 __all__ = [
     "MetricsServer",

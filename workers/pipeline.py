@@ -16,12 +16,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import db
-from db.distributed import retry_db
-from db.records import ResultRow
-from scanner.chunks import Chunk, chunked
-from workers.batches import PreparedBatch, prefetch, score, split
-from workers.context import ScanContext
+from dfscan import db
+from dfscan.db.distributed import retry_db
+from dfscan.db.records import ResultRow
+from dfscan.scanner.chunks import Chunk, chunked
+from dfscan.workers.batches import PreparedBatch, prefetch, score, split
+from dfscan.workers.context import ScanContext
 
 ProgressHook = Callable[[list[ResultRow]], None]
 

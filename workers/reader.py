@@ -7,8 +7,8 @@ import os
 import stat
 from dataclasses import dataclass
 
-from scanner.paths import on_disk
-from workers.errors import ImageError
+from dfscan.scanner.paths import on_disk
+from dfscan.workers.errors import ImageError
 
 # Files beyond this are refused before reading: an image archive has no
 # business holding a 1 GB ".jpg", and reading it would cost memory for nothing.

@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING
 from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown
 
-import db
-from db import distributed as dist
+from dfscan import db
+from dfscan.db import distributed as dist
 from dfscan.settings import Settings
-from scanner.chunks import Chunk
+from dfscan.scanner.chunks import Chunk
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
-    from workers.app import DfscanCelery
-    from workers.context import ScanContext
+    from dfscan.workers.app import DfscanCelery
+    from dfscan.workers.context import ScanContext
 
 __all__ = ["ModelMismatch", "WorkerState", "handle_chunk", "register", "worker_state"]
 
@@ -68,7 +68,7 @@ class WorkerState:
 
     def context_for(self, head: dist.ScanHead) -> "ScanContext":
         """The scoring context for the scan's model, with the scan's threshold."""
-        from workers.context import ScanContext
+        from dfscan.workers.context import ScanContext
 
         if self._ctx is None or self._ctx_sha != head.model_sha256:
             self.close_context()
@@ -78,7 +78,7 @@ class WorkerState:
                 ctx.close()
                 raise ModelMismatch(f"{model} changed while loading (SHA-256 {ctx.info.sha256[:12]})")
             if self.settings.metrics_port is not None:
-                from workers.metrics import WorkerMetrics, instrument
+                from dfscan.workers.metrics import WorkerMetrics, instrument
 
                 self.on_batch = instrument(ctx, WorkerMetrics())
             self._ctx, self._ctx_sha = ctx, head.model_sha256
@@ -101,7 +101,7 @@ class WorkerState:
         self._noted_scans.add(scan_id)
 
     def _find_model(self, head: dist.ScanHead) -> Path:
-        from detector.info import sha256_file
+        from dfscan.detector.info import sha256_file
 
         candidates = [p for p in (self.settings.model, Path(head.model_path)) if p is not None]
         for path in candidates:
@@ -165,7 +165,7 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
         log.error("chunk %d of scan %d: %s; %d error rows", chunk.seq, chunk.scan_id, reason, n)
         outcome = LOST
     else:
-        from workers.pipeline import score_chunk
+        from dfscan.workers.pipeline import score_chunk
 
         ctx = state.context_for(head)
         state.note_worker(ctx, chunk.scan_id)
@@ -202,7 +202,7 @@ def worker_state(settings: Settings) -> WorkerState:
 
 def register(app: "DfscanCelery") -> None:
     """Add the dfscan tasks to ``app``."""
-    from workers.app import SCHEDULED_SCAN_TASK, SCORE_TASK
+    from dfscan.workers.app import SCHEDULED_SCAN_TASK, SCORE_TASK
 
     @app.task(name=SCORE_TASK, shared=False, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def score_chunk_task(self, scan_id: int, chunk_id: int, seq: int, paths: list[str]) -> str:
@@ -219,7 +219,7 @@ def register(app: "DfscanCelery") -> None:
 
     @app.task(name=SCHEDULED_SCAN_TASK, shared=False, bind=True, acks_late=True, ignore_result=True)
     def scheduled_scan_task(self, entry: dict) -> int:
-        from scanner.schedule import run_entry
+        from dfscan.scanner.schedule import run_entry
 
         return run_entry(self.app.settings, entry, run_key=self.request.id)
 
@@ -231,6 +231,6 @@ def _teardown(**_: object) -> None:
         _STATE.close()
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
-        from workers.metrics import mark_process_dead
+        from dfscan.workers.metrics import mark_process_dead
 
         mark_process_dead(os.getpid(), directory)

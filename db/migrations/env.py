@@ -11,10 +11,10 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from db._env import url_from_env
-from db.engine import make_engine
-from db.migrate import lock_for_migration
-from db.models import Base
+from dfscan.db._env import url_from_env
+from dfscan.db.engine import make_engine
+from dfscan.db.migrate import lock_for_migration
+from dfscan.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -106,7 +106,7 @@ def quantize(model: Path, calibrate: Path, out: Path, max_images: int, check: Pa
     result has its own sidecar and is scanned like any model: `dfscan scan
     --model OUT`.
     """
-    from trt.quantize import quantize_model
+    from dfscan.trt.quantize import quantize_model
 
     if max_images < 1:
         raise click.BadParameter("must be at least 1", param_hint="--max-images")

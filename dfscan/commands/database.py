@@ -18,7 +18,7 @@ def migrate(db_url: str, revision: str) -> None:
     wants the schema in place before any worker starts (a Kubernetes Job, a
     compose service that runs once).
     """
-    import db
+    from dfscan import db
 
     engine = db.make_engine(db_url)
     try:

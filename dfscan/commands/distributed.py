@@ -49,7 +49,7 @@ def safe_url(url: str | None) -> str:
 def produce_scan(settings: Settings, roots: list[str], path_lists: list[str], options: Any, *, name: str | None,
                  incremental: bool, wait: bool, progress: bool, as_json: bool) -> None:
     """The producer side of ``dfscan scan --broker``."""
-    from scanner.producer import Producer
+    from dfscan.scanner.producer import Producer
 
     with Producer(settings) as producer, _stop_on_signals() as stop:
         scan_id = producer.register(roots, path_lists, options, name=name, incremental=incremental)
@@ -146,7 +146,7 @@ def _duration(seconds: float) -> str:
 @click.option("--metrics-port", type=int, envvar="DFSCAN_METRICS_PORT", show_envvar=True,
               help="Serve Prometheus metrics on this port (summed over the pool's processes).")
 @click.option("--events", "-E", is_flag=True, envvar="DFSCAN_EVENTS", show_envvar=True,
-              help="Send task events, for Flower's task views (`celery -A workers flower`).")
+              help="Send task events, for Flower's task views (`celery -A dfscan.workers flower`).")
 @click.option("--hostname", "-n", help="Celery node name [dfscan-PID@HOST].")
 @click.option("--loglevel", "-l", default="INFO", show_default=True, help="Celery log level.")
 @click.option("--include", "-I", multiple=True, help="Extra module to import in the worker (signal handlers). Repeatable.")
@@ -163,8 +163,8 @@ def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency:
     """
     import os
 
-    import db
-    from workers.app import create_app, set_app
+    from dfscan import db
+    from dfscan.workers.app import create_app, set_app
 
     settings = _settings(broker_url=broker_url, db_url=db_url, model=model, runtime=runtime, decoder=decoder,
                          precision=precision, engine_dir=engine_dir,
@@ -209,7 +209,7 @@ def _serve_metrics(settings: Settings) -> None:
 
     directory = tempfile.mkdtemp(prefix="dfscan-prom-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    from workers.metrics import WorkerMetrics, redis_queue_depth, start_metrics_server
+    from dfscan.workers.metrics import WorkerMetrics, redis_queue_depth, start_metrics_server
 
     metrics = WorkerMetrics()
     metrics.set_queue_depth(redis_queue_depth(settings.broker_url, [settings.queue, settings.queue + ".producer"]))
@@ -221,7 +221,7 @@ def _serve_metrics(settings: Settings) -> None:
 
 
 def _producer(settings: Settings):
-    from scanner.producer import Producer
+    from dfscan.scanner.producer import Producer
 
     return Producer(settings)
 
@@ -277,7 +277,7 @@ def resume(scan_id: int, broker_url: str | None, db_url: str, wait: bool, max_ou
 @reports_errors
 def cancel(scan_id: int, db_url: str) -> None:
     """Cancel SCAN_ID: workers drop its remaining chunks unscored; the rows written are kept."""
-    from db import distributed as dist
+    from dfscan.db import distributed as dist
 
     with _producer(_settings(db_url=db_url)) as producer:
         def work() -> bool:
@@ -311,7 +311,7 @@ def beat(schedule_file: Path, broker_url: str | None, db_url: str, state_file: P
     incremental scan: it walks, records and enqueues the chunks for the
     scoring workers.
     """
-    from scanner.schedule import beat_schedule, load_schedule
+    from dfscan.scanner.schedule import beat_schedule, load_schedule
 
     entries = load_schedule(schedule_file)
     if check:
@@ -320,7 +320,7 @@ def beat(schedule_file: Path, broker_url: str | None, db_url: str, state_file: P
         return
     settings = _settings(broker_url=broker_url, db_url=db_url)
     _need_broker(settings)
-    from workers.app import create_app, set_app
+    from dfscan.workers.app import create_app, set_app
 
     app = create_app(settings)
     app.conf.beat_schedule = beat_schedule(entries)

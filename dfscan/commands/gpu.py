@@ -36,8 +36,8 @@ def build_engine(model: Path, precision: str, max_batch: int, calibrate_dir: Pat
     capability, the TensorRT version and the precision: a worker on another
     GPU type builds its own and never loads one that isn't for it.
     """
-    from detector.info import inspect_model
-    from trt.engine import BuildOptions, build_engine as build
+    from dfscan.detector.info import inspect_model
+    from dfscan.trt.engine import BuildOptions, build_engine as build
 
     info = inspect_model(model)
     options = BuildOptions(precision=precision, max_batch=max_batch, calibrate_dir=calibrate_dir,
@@ -58,7 +58,7 @@ def build_engine(model: Path, precision: str, max_batch: int, calibrate_dir: Pat
 @reports_errors
 def doctor(as_json: bool) -> None:
     """Show which decoders and runtimes this machine can use, why not, and library versions."""
-    from trt.doctor import diagnose
+    from dfscan.trt.doctor import diagnose
 
     report = diagnose()
     if as_json:

@@ -46,7 +46,7 @@ def synth(out: Path, n: int, layout: str, source: str, size: int, seed: int, qua
     (down-sampling, then transposed-convolution or nearest-neighbour up-sampling
     with smoothing). Both classes are JPEG re-compressed at random qualities.
     """
-    from detector.synth import NOTICE, synthesize
+    from dfscan.detector.synth import NOTICE, synthesize
 
     try:
         lo, hi = (int(v) for v in quality.split("-", 1)) if "-" in quality else (int(quality),) * 2
@@ -104,9 +104,9 @@ def train(data_dir: Path, out_dir: Path, backbone: str, backbone_weights: Path |
     with a fixed seed. Defaults are the original project's. Run the same
     command again after an interruption to resume from the last finished epoch.
     """
-    from detector.backbones import get_backbone
-    from detector.train import TrainConfig
-    from detector.train import train as run_training
+    from dfscan.detector.backbones import get_backbone
+    from dfscan.detector.train import TrainConfig
+    from dfscan.detector.train import train as run_training
 
     get_backbone(backbone)  # an unknown name fails before any data is read
     config = TrainConfig(
@@ -145,7 +145,7 @@ def calibrate(model: Path, data_dir: Path, target_fpr: float | None, split: str,
     With --target-fpr the decision threshold is also chosen, on the calibrated
     p_fake, for that false-positive rate. The scanner applies both.
     """
-    from detector.calibrate import calibrate as run_calibration
+    from dfscan.detector.calibrate import calibrate as run_calibration
 
     result = run_calibration(model, data_dir, target_fpr=target_fpr, split=split, batch_size=batch_size,
                              progress=_show(progress))
@@ -183,7 +183,7 @@ def evaluate(model: Path, data_dir: Path, out_dir: Path, split: str, threshold: 
     figure). An exported model is run as a scan runs it, with its temperature
     and threshold.
     """
-    from detector.evaluate import evaluate as run_evaluation
+    from dfscan.detector.evaluate import evaluate as run_evaluation
 
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise click.BadParameter("must be between 0 and 1", param_hint="--threshold")

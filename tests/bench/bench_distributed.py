@@ -35,10 +35,10 @@ def main() -> None:
     parser.add_argument("--max-outstanding", type=int, default=64)
     args = parser.parse_args()
 
-    import db
+    from dfscan import db
     from dfscan.settings import from_env
-    from scanner.producer import Producer
-    from scanner.walker import WalkOptions
+    from dfscan.scanner.producer import Producer
+    from dfscan.scanner.walker import WalkOptions
     from tests._cluster import PostgresServer, RedisServer, Worker, wait_for
     from tests._models import export_tiny_model
 

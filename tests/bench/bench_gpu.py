@@ -42,14 +42,14 @@ def write_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
 
 
 def decoders_here() -> list[str]:
-    from workers.decoders import DECODERS
+    from dfscan.workers.decoders import DECODERS
 
     return [name for name in ("pillow", "dali-cpu", "dali-gpu") if DECODERS[name].available()[0]]
 
 
 def runtimes_here() -> list[tuple[str, str | None]]:
     """(runtime, precision) pairs that can run here."""
-    from trt.registry import RUNTIMES
+    from dfscan.trt.registry import RUNTIMES
 
     out: list[tuple[str, str | None]] = [("onnxruntime", None)]
     if RUNTIMES["tensorrt"].available()[0]:
@@ -58,7 +58,7 @@ def runtimes_here() -> list[tuple[str, str | None]]:
 
 
 def bench_decode(name: str, files, pre, batch: int, repeats: int) -> float:
-    from workers.decoders import create_decoder
+    from dfscan.workers.decoders import create_decoder
 
     decoder = create_decoder(name, pre, threads=max(2, (os.cpu_count() or 2) // 2), batch_size=batch)
     try:
@@ -74,10 +74,10 @@ def bench_decode(name: str, files, pre, batch: int, repeats: int) -> float:
 
 def load_runtime(kind: str, precision: str | None, info, engine_dir: Path):
     if kind == "onnxruntime":
-        from trt.onnxruntime import OnnxRuntime
+        from dfscan.trt.onnxruntime import OnnxRuntime
 
         return OnnxRuntime(info)
-    from trt.tensorrt import TensorRTRuntime
+    from dfscan.trt.tensorrt import TensorRTRuntime
 
     return TensorRTRuntime(info, precision=precision, engine_dir=engine_dir)
 
@@ -118,10 +118,10 @@ def main() -> None:
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
 
-    from detector.info import inspect_model
-    from trt.doctor import versions
-    from workers.decode import PillowDecoder, Preprocess
-    from workers.reader import read_file
+    from dfscan.detector.info import inspect_model
+    from dfscan.trt.doctor import versions
+    from dfscan.workers.decode import PillowDecoder, Preprocess
+    from dfscan.workers.reader import read_file
 
     figures: dict = {"images": args.images, "size": args.size, "batch": args.batch, "cpus": os.cpu_count(),
                      "versions": versions(), "decode": {}, "inference": {}, "end_to_end": {}}
@@ -132,7 +132,7 @@ def main() -> None:
             shutil.copytree(args.model.parent, model_dir)  # engines go beside the copy, not the original
             model = model_dir / args.model.name
         else:
-            from detector.export import export_untrained
+            from dfscan.detector.export import export_untrained
 
             model = export_untrained(args.backbone, tmp_path / "model")
         info = inspect_model(model)

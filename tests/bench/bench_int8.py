@@ -64,10 +64,10 @@ def main() -> None:
 
     import torch
 
-    from detector.export import export_onnx
-    from detector.info import inspect_model
-    from detector.model import DeepfakeDetector, save_checkpoint
-    from trt.quantize import decode_images, quantize_model
+    from dfscan.detector.export import export_onnx
+    from dfscan.detector.info import inspect_model
+    from dfscan.detector.model import DeepfakeDetector, save_checkpoint
+    from dfscan.trt.quantize import decode_images, quantize_model
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dfscan-int8-") as tmp:
@@ -108,8 +108,8 @@ def main() -> None:
         # Accuracy of both on the held-out images, for context (the task is brightness, not deepfakes).
         x_test, used_test, _ = decode_images(test_files, info)
         y_test = np.array([test_labels[test_files.index(p)] for p in used_test])
-        from trt.base import softmax
-        from trt.onnxruntime import OnnxRuntime
+        from dfscan.trt.base import softmax
+        from dfscan.trt.onnxruntime import OnnxRuntime
 
         acc = {}
         for name, path in (("fp32", fp32), ("int8", result.onnx_path)):

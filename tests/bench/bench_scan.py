@@ -30,9 +30,9 @@ import numpy as np  # noqa: E402
 
 
 def model_only(onnx_path: Path, files: list[Path], batch: int) -> float:
-    from detector.info import inspect_model
-    from trt.onnxruntime import OnnxRuntime
-    from workers.decode import Preprocess, decode_one
+    from dfscan.detector.info import inspect_model
+    from dfscan.trt.onnxruntime import OnnxRuntime
+    from dfscan.workers.decode import Preprocess, decode_one
 
     info = inspect_model(onnx_path)
     pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)
@@ -50,8 +50,8 @@ def model_only(onnx_path: Path, files: list[Path], batch: int) -> float:
 def end_to_end(onnx_path: Path, folder: Path, db_path: Path, batch: int, **settings: object) -> float:
     """images/s of the real in-process scan of ``folder`` into a fresh SQLite file; ``settings`` override."""
     from dfscan.settings import Settings
-    from scanner import WalkOptions
-    from workers.local import LocalScan
+    from dfscan.scanner import WalkOptions
+    from dfscan.workers.local import LocalScan
 
     if db_path.exists():
         db_path.unlink()
@@ -74,7 +74,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="dfscan-bench-") as tmp:
         tmp_path = Path(tmp)
-        from detector.export import export_untrained
+        from dfscan.detector.export import export_untrained
 
         onnx_path = args.model or export_untrained(args.backbone, tmp_path / "model")
         files = write_jpegs(tmp_path / "images", args.images)
