@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast bench demo clean
+.PHONY: install test test-fast lint bench demo clean
 
 # torch and torchvision are pinned by pyproject.toml; pip takes them from a local
 # wheel cache where the machine has one (see README, "Installing").
@@ -19,6 +19,10 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The layers contract of pyproject.toml (also checked inside `make test`, by tests/test_layers.py).
+lint: $(STAMP)
+	$(PY) -m pytest -q tests/test_layers.py
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

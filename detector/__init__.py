@@ -1,8 +1,9 @@
-"""The detector: backbones, the model, ONNX export, and inspection of exported models.
+"""The detector: backbones, the model, training, ONNX export, evaluation and calibration.
 
-``detector.info`` and ``detector.errors`` don't import torch, and neither does this
-package: the torch-side names are loaded on first use, so a runtime that only
-inspects models (``from detector import inspect_model``) never pays for torch.
+The description of an exported model (``model_info.json``, ``inspect_model``)
+lives below this package, in ``dfscan.trt.model_info``: runtimes read it and
+must not depend on the training code. This package does not import torch
+itself: the torch-side names are loaded on first use.
 """
 
 from __future__ import annotations
@@ -15,26 +16,8 @@ from dfscan.detector.errors import (
     DetectorError,
     ExportError,
     ExportMismatch,
-    ModelError,
-    ModelInputError,
-    ModelNotFound,
-    ModelOutputError,
-    NotAnOnnxModel,
-    SidecarError,
-    SidecarMismatch,
     UnknownBackbone,
     WeightsError,
-)
-from dfscan.detector.info import (
-    CLASSES,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    INPUT_SIZE,
-    ModelInfo,
-    inspect_model,
-    reexport_hint,
-    sha256_file,
-    write_model_info,
 )
 
 # Public names whose modules import torch, loaded lazily by __getattr__.
@@ -61,7 +44,7 @@ _LAZY = {
     "TrainConfig": "dfscan.detector.train",
     "TrainError": "dfscan.detector.train",
     "TrainResult": "dfscan.detector.train",
-    "CalibrationError": "dfscan.detector.calibrate",
+    "ScoreCalibrationError": "dfscan.detector.calibrate",
     "CalibrationResult": "dfscan.detector.calibrate",
     "fit_temperature": "dfscan.detector.calibrate",
     "update_model_info": "dfscan.detector.calibrate",
@@ -71,26 +54,10 @@ _LAZY = {
 }
 
 __all__ = [
-    "CLASSES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "INPUT_SIZE",
-    "ModelInfo",
-    "inspect_model",
-    "reexport_hint",
-    "sha256_file",
-    "write_model_info",
     "CheckpointError",
     "DetectorError",
     "ExportError",
     "ExportMismatch",
-    "ModelError",
-    "ModelInputError",
-    "ModelNotFound",
-    "ModelOutputError",
-    "NotAnOnnxModel",
-    "SidecarError",
-    "SidecarMismatch",
     "UnknownBackbone",
     "WeightsError",
     *_LAZY,

@@ -21,8 +21,9 @@ import numpy as np
 
 from dfscan.detector import metrics
 from dfscan.detector.data import find_splits
-from dfscan.detector.errors import DetectorError, SidecarError
-from dfscan.detector.info import SIDECAR_NAME, inspect_model, write_model_info
+from dfscan.detector.errors import DetectorError
+from dfscan.trt.errors import SidecarError
+from dfscan.trt.model_info import SIDECAR_NAME, inspect_model, write_model_info
 from dfscan.detector.predict import Predictions, open_model, predict
 from dfscan.trt.base import softmax
 
@@ -30,7 +31,7 @@ T_RANGE = (0.05, 20.0)
 ECE_BINS = 10
 
 
-class CalibrationError(DetectorError):
+class ScoreCalibrationError(DetectorError):
     """Calibration can't be done as asked (no ONNX model, one class only, ...)."""
 
 
@@ -48,7 +49,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, bounds: tuple[flo
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if logits.ndim != 2 or logits.shape[0] != labels.shape[0] or logits.shape[0] == 0:
-        raise CalibrationError(f"need (N, C) logits and N labels, got {logits.shape} and {labels.shape}")
+        raise ScoreCalibrationError(f"need (N, C) logits and N labels, got {logits.shape} and {labels.shape}")
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
     ratio = (math.sqrt(5) - 1) / 2
     a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
@@ -104,7 +105,7 @@ def calibrate_predictions(pred: Predictions, *, target_fpr: float | None, thresh
     """Temperature and threshold from validation predictions (no files touched)."""
     labels = pred.labels
     if len(set(labels.tolist())) < 2:
-        raise CalibrationError("calibration needs real and fake images in the validation split")
+        raise ScoreCalibrationError("calibration needs real and fake images in the validation split")
     temperature = fit_temperature(pred.logits, labels)
     p_fake = softmax(pred.logits, temperature)[:, 1]
     if target_fpr is not None:
@@ -136,16 +137,16 @@ def calibrate(
     Without ``target_fpr`` the model's current threshold is kept.
     """
     if target_fpr is not None and not 0.0 <= target_fpr < 1.0:
-        raise CalibrationError(f"target FPR must be in [0, 1), got {target_fpr}")
+        raise ScoreCalibrationError(f"target FPR must be in [0, 1), got {target_fpr}")
     source = open_model(Path(model))
     if source.kind != "onnx":
-        raise CalibrationError(
+        raise ScoreCalibrationError(
             f"{model} is a checkpoint; calibration is stored beside an exported model: "
             f"run `dfscan export {model} --out DIR` and calibrate DIR/model.onnx"
         )
     items = find_splits(Path(data_dir)).get(split)
     if not items:
-        raise CalibrationError(f"{data_dir} has no {split} images to calibrate on")
+        raise ScoreCalibrationError(f"{data_dir} has no {split} images to calibrate on")
     pred = predict(source, items, batch_size=batch_size, progress=progress)
     fitted = calibrate_predictions(pred, target_fpr=target_fpr, threshold=source.threshold)
     record = {

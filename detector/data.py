@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dfscan.detector.errors import DetectorError
-from dfscan.detector.info import CLASSES
+from dfscan.trt.model_info import CLASSES
 from dfscan.workers.decode import Preprocess, load_rgb, to_tensor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")

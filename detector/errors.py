@@ -34,31 +34,3 @@ class ExportMismatch(ExportError):
         super().__init__(message)
         self.max_abs_diff = max_abs_diff
         self.atol = atol
-
-
-class ModelError(DetectorError):
-    """An ONNX model file that dfscan can't use (base class of the inspection errors)."""
-
-
-class ModelNotFound(ModelError):
-    """The model path does not exist."""
-
-
-class NotAnOnnxModel(ModelError):
-    """The file exists but is not an ONNX model."""
-
-
-class ModelInputError(ModelError):
-    """The graph's input is not one float32 N x 3 x H x W tensor."""
-
-
-class ModelOutputError(ModelError):
-    """The graph's output is not N x (number of classes) logits."""
-
-
-class SidecarError(ModelError):
-    """``model_info.json`` next to the model can't be read or has wrong types."""
-
-
-class SidecarMismatch(SidecarError):
-    """``model_info.json`` describes another model file (its sha256 differs)."""

@@ -18,7 +18,7 @@ import numpy as np
 from dfscan.detector import metrics
 from dfscan.detector.data import SPLIT_NAMES, find_splits
 from dfscan.detector.errors import DetectorError
-from dfscan.detector.info import CLASSES
+from dfscan.trt.model_info import CLASSES
 from dfscan.detector.predict import Predictions, open_model, predict, training_results_for
 from dfscan.trt.base import softmax
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dfscan.detector.errors import ExportError, ExportMismatch
-from dfscan.detector.info import DEFAULT_TEMPERATURE, SIDECAR_NAME, ModelInfo, inspect_model, write_model_info
+from dfscan.trt.model_info import DEFAULT_TEMPERATURE, SIDECAR_NAME, ModelInfo, inspect_model, write_model_info
 from dfscan.detector.model import DeepfakeDetector, load_checkpoint
 
 DEFAULT_OPSET = 17

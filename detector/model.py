@@ -15,7 +15,7 @@ from torch import nn
 
 from dfscan.detector.backbones import DEFAULT_BACKBONE, get_backbone
 from dfscan.detector.errors import CheckpointError
-from dfscan.detector.info import CLASSES, IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
+from dfscan.trt.model_info import CLASSES, IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
 
 CHECKPOINT_FORMAT = 1
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from dfscan.detector.data import Item
 from dfscan.detector.errors import DetectorError
-from dfscan.detector.info import CLASSES, DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE, ModelInfo, inspect_model
+from dfscan.trt.model_info import CLASSES, DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE, ModelInfo, inspect_model
 from dfscan.workers.decode import Preprocess, decode_one
 from dfscan.workers.errors import ImageError
 

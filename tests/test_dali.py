@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dfscan.detector.info import inspect_model
+from dfscan.trt.model_info import inspect_model
 from tests._images import jpeg_bytes, pattern, png_header_only, write_bad_files, write_jpegs, write_mode_zoo
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 from dfscan.workers._headers import sniff
@@ -251,7 +251,7 @@ def sensitive_model(onnx_path: Path, images: list[str], out_dir: Path) -> Path:
     from onnx import helper, numpy_helper
 
     from dfscan.trt.onnxruntime import OnnxRuntime
-    from dfscan.detector.info import write_model_info
+    from dfscan.trt.model_info import write_model_info
 
     info = inspect_model(onnx_path)
     runtime = OnnxRuntime(info, intra_op_threads=2)

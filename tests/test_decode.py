@@ -124,8 +124,8 @@ def test_reader_permission_denied(tmp_path):
         pytest.skip("running as root and setpriv (util-linux) is missing: can't make a file unreadable")
     code = (
         "import json, sys\n"
-        "from workers.errors import ImageError\n"
-        "from workers.reader import read_file\n"
+        "from dfscan.workers.errors import ImageError\n"
+        "from dfscan.workers.reader import read_file\n"
         "try:\n    read_file(sys.argv[1]); print(json.dumps(None))\n"
         "except ImageError as e:\n    print(json.dumps([e.code, e.message]))\n"
     )

@@ -220,7 +220,7 @@ def test_compose_commands_and_variables_exist_in_the_project(compose):
 
 
 def test_the_example_schedules_are_ones_beat_accepts(tmp_path):
-    from dfscan.scanner.schedule import load_schedule
+    from dfscan.workers.schedule import load_schedule
 
     example = load_schedule(DEPLOY / "schedule.example.toml")
     k8s = yaml.safe_load_all((DEPLOY / "k8s" / "configmap.yaml").read_text())

@@ -169,7 +169,7 @@ def test_update_model_info_keeps_other_fields_and_the_scanner_reads_it(tmp_path,
     import json
     import shutil
 
-    from dfscan.detector.info import inspect_model
+    from dfscan.trt.model_info import inspect_model
     from dfscan.settings import Settings
     from dfscan.workers.context import ScanContext
 

@@ -293,7 +293,7 @@ def test_same_chunk_delivered_twice(redis_server, pg_db, workers, archive, tiny_
     scan_id = produce(root, tiny_onnx_model, broker, pg_db, "--max-outstanding", "100")
     # Every chunk is in the queue; publish each one a second time, then start two workers.
     from dfscan.settings import from_env
-    from dfscan.scanner.producer import Producer
+    from dfscan.workers.producer import Producer
 
     with Producer(from_env(db_url=pg_db, broker_url=broker)) as producer:
         for c in query(pg_db, "SELECT id, seq, paths FROM chunks WHERE scan_id = :s", s=scan_id):

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from dfscan.db.distributed import retry_db
 from dfscan.cli import main
 from dfscan.settings import Settings, SettingsError, from_env
-from dfscan.scanner.schedule import ScheduleError, beat_schedule, load_schedule
+from dfscan.workers.schedule import ScheduleError, beat_schedule, load_schedule
 from tests._cluster import REPO, Worker, wait_for
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
@@ -156,7 +156,7 @@ def worker_factory(tmp_path):
 
 def test_back_pressure_then_resume_after_the_producer_stopped(tmp_path, redis_server, worker_factory, tiny_onnx_model,
                                                                sqlite_url):
-    from dfscan.scanner.producer import Producer
+    from dfscan.workers.producer import Producer
     from dfscan.scanner.walker import WalkOptions
 
     paths = sorted(str(p) for p in write_jpegs(tmp_path / "arc", 40, size=(64, 64)))

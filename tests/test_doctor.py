@@ -7,7 +7,7 @@ import json
 from click.testing import CliRunner
 
 from dfscan.cli import main
-from dfscan.trt._gpu import probe_gpus
+from dfscan.gpu import probe_gpus
 from dfscan.trt.engine import tensorrt_status
 from dfscan.workers.dali import dali_gpu_status, dali_status
 

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from dfscan import db
 from dfscan.detector.data import find_splits
 from dfscan.detector.export import export_onnx
-from dfscan.detector.info import inspect_model
+from dfscan.trt.model_info import inspect_model
 from dfscan.detector.report import FIGURES
 from dfscan.detector.synth import synthesize
 from dfscan.detector.train import TrainConfig, train

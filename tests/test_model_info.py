@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper, save_model
 
-from dfscan.detector.errors import (
+from dfscan.trt.errors import (
     ModelInputError,
     ModelNotFound,
     ModelOutputError,
@@ -21,7 +21,7 @@ from dfscan.detector.errors import (
     SidecarError,
     SidecarMismatch,
 )
-from dfscan.detector.info import IMAGENET_MEAN, IMAGENET_STD, inspect_model, reexport_hint, write_model_info
+from dfscan.trt.model_info import IMAGENET_MEAN, IMAGENET_STD, inspect_model, reexport_hint, write_model_info
 from tests._models import tiny_legacy_onnx_model, tiny_onnx_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_reexport_hint_names_checkpoint_and_directory(tiny_onnx_model: Path, tmp
 
 def test_inspecting_does_not_import_torch(tiny_onnx_model: Path) -> None:
     code = (
-        "import sys; from detector import inspect_model; "
+        "import sys; from dfscan.trt.model_info import inspect_model; "
         f"info = inspect_model({str(tiny_onnx_model)!r}); "
         "assert 'torch' not in sys.modules, 'torch was imported'; print(info.fixed_batch)"
     )
@@ -204,7 +204,7 @@ def test_inspecting_does_not_import_torch(tiny_onnx_model: Path) -> None:
 
 
 def test_two_models_share_a_folder_each_with_its_own_sidecar(tmp_path, tiny_onnx_model):
-    from dfscan.detector.info import inspect_model, write_model_info
+    from dfscan.trt.model_info import inspect_model, write_model_info
 
     shutil.copy(tiny_onnx_model, tmp_path / "model.onnx")
     shutil.copy(tiny_onnx_model.parent / "model_info.json", tmp_path / "model_info.json")

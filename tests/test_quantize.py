@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from dfscan.detector.info import inspect_model, sha256_file
+from dfscan.trt.model_info import inspect_model, sha256_file
 from dfscan.cli import main
 from tests._images import pattern, write_bad_files, write_jpegs
 from tests._models import build_tiny_detector, tiny_onnx_model  # noqa: F401 - fixture
-from dfscan.trt.quantize import QuantizeError, quantize_model
+from dfscan.detector.quantize import QuantizeError, quantize_model
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from dfscan import db
-from dfscan.detector.info import inspect_model
+from dfscan.trt.model_info import inspect_model
 from dfscan.cli import main
 from dfscan.settings import Settings
 from dfscan.scanner import Chunk

@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dfscan.detector.info import inspect_model
+from dfscan.trt.model_info import inspect_model
 from dfscan.cli import main
 from tests._images import write_bad_files, write_jpegs
 from tests._models import tiny_legacy_onnx_model, tiny_onnx_model  # noqa: F401 - fixtures
-from dfscan.trt._gpu import GpuInfo, parse_probe, probe_gpus
+from dfscan.gpu import GpuInfo, parse_probe, probe_gpus
 from dfscan.trt.cache import EngineCache, EngineKey, default_engine_dir
-from dfscan.trt.engine import BuildOptions, CalibrationSet, Profile, plan_build, profile_for, tensorrt_status
+from dfscan.workers.calibration import calibration_images
+from dfscan.trt.engine import BuildOptions, Profile, calibration_batches, plan_build, profile_for, tensorrt_status
 from dfscan.trt.errors import (
-    CalibrationError,
+    Int8CalibrationError,
     EngineBuildFailed,
     EngineIncompatible,
     PrecisionUnsupported,
@@ -171,9 +172,9 @@ def test_plan_build_decides_key_profile_and_precision(tmp_path, tiny_onnx_model)
 def test_int8_needs_calibration_images_or_a_calibration_cache(tmp_path, tiny_onnx_model):
     info = inspect_model(tiny_onnx_model)
     options = BuildOptions(precision="int8", engine_dir=tmp_path)
-    with pytest.raises(CalibrationError, match="--calibrate DIR"):
+    with pytest.raises(Int8CalibrationError, match="--calibrate DIR"):
         plan_build(info, options, L4, TRT_VERSION)
-    with pytest.raises(CalibrationError, match="does not exist"):
+    with pytest.raises(Int8CalibrationError, match="does not exist"):
         plan_build(info, BuildOptions(precision="int8", engine_dir=tmp_path, calibrate_dir=tmp_path / "nope"), L4,
                    TRT_VERSION)
     key, cache, _, _ = plan_build(info, BuildOptions(precision="int8", engine_dir=tmp_path, calibrate_dir=tmp_path),
@@ -187,13 +188,13 @@ def test_calibration_set_decodes_like_a_scan_and_skips_bad_files(tmp_path, tiny_
     info = inspect_model(tiny_onnx_model)
     paths = write_jpegs(tmp_path / "calib", 21)
     write_bad_files(tmp_path / "calib" / "bad")
-    images = CalibrationSet(tmp_path / "calib", info, batch_size=8)
-    assert len(images) == 2 and images.skipped == 4  # empty, truncated, not-image, bomb
-    batches = list(images.batches())
+    images = calibration_images(tmp_path / "calib", info, limit=512)
+    batches = calibration_batches(images.tensors, 8)
+    assert len(batches) == 2 and images.skipped == 4  # empty, truncated, not-image, bomb
     assert [b.shape for b in batches] == [(8, 3, 224, 224)] * 2
     np.testing.assert_array_equal(batches[0][0], decode_one(paths[0].read_bytes(), Preprocess()))
-    with pytest.raises(CalibrationError, match="at least 32"):
-        CalibrationSet(tmp_path / "calib", info, batch_size=32)
+    with pytest.raises(Int8CalibrationError, match="at least 32"):
+        calibration_batches(images.tensors, 32)
 
 
 # -- GPU probe and fallbacks -----------------------------------------------------------
@@ -300,8 +301,9 @@ def test_int8_calibration_cache_lies_beside_the_engine(tmp_path, model_copy):
     from dfscan.trt.engine import build_engine
 
     write_jpegs(tmp_path / "calib", 64)
-    built = build_engine(inspect_model(model_copy),
-                         BuildOptions(precision="int8", calibrate_dir=tmp_path / "calib", calibration_batch=32))
+    info = inspect_model(model_copy)
+    built = build_engine(info, BuildOptions(precision="int8", calibrate_dir=tmp_path / "calib", calibration_batch=32),
+                         calibration=calibration_images(tmp_path / "calib", info).tensors)
     calib = built.paths.engine.with_suffix(".calib")
     assert calib.is_file() and calib.stat().st_size > 0
 

@@ -2,7 +2,7 @@
 
 from dfscan.trt.base import Runtime, run_batched, softmax
 from dfscan.trt.errors import (
-    CalibrationError,
+    Int8CalibrationError,
     EngineBuildFailed,
     EngineIncompatible,
     InferenceFailed,
@@ -16,7 +16,7 @@ from dfscan.trt.registry import RUNTIMES, RuntimeSpec, get_runtime_spec, load_ru
 
 __all__ = [
     "RUNTIMES",
-    "CalibrationError",
+    "Int8CalibrationError",
     "EngineBuildFailed",
     "EngineIncompatible",
     "PrecisionUnsupported",

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dfscan.detector.info import ModelInfo
-from dfscan.trt._gpu import GpuInfo, first_gpu, probe_gpus
+from dfscan.trt.model_info import ModelInfo
+from dfscan.gpu import GpuInfo, first_gpu, probe_gpus
 from dfscan.trt.cache import EngineCache, EngineKey, EnginePaths, default_engine_dir
-from dfscan.trt.errors import CalibrationError, EngineBuildFailed, RuntimeUnavailable
+from dfscan.trt.errors import Int8CalibrationError, EngineBuildFailed, RuntimeUnavailable
 from dfscan.trt.precisions import Precision, check_supported, get_precision
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 64
 MAX_BATCH_LIMIT = 4096
 DEFAULT_WORKSPACE = 4 << 30
-CALIBRATION_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 INSTALL_HINT = "pip install 'tensorrt>=10' (or pip install -e '.[tensorrt]')"
 
 
@@ -129,17 +127,23 @@ def plan_build(info: ModelInfo, options: BuildOptions, gpu: GpuInfo, tensorrt_ve
     cache = EngineCache(options.engine_dir or default_engine_dir(info.path))
     key = engine_key(info, gpu, tensorrt_version, precision.name)
     if precision.needs_calibration and options.calibrate_dir is None and not cache.paths(key).calibration.is_file():
-        raise CalibrationError(
+        raise Int8CalibrationError(
             f"{precision.name} needs calibration images: pass --calibrate DIR (a few hundred images like the ones "
             f"you scan); no calibration cache at {cache.paths(key).calibration}"
         )
     if options.calibrate_dir is not None and not Path(options.calibrate_dir).is_dir():
-        raise CalibrationError(f"calibration folder {options.calibrate_dir} does not exist")
+        raise Int8CalibrationError(f"calibration folder {options.calibrate_dir} does not exist")
     return key, cache, profile, precision
 
 
-def build_engine(info: ModelInfo, options: BuildOptions = BuildOptions(), *, force: bool = False) -> BuiltEngine:
-    """Build (or reuse) the engine for ``info`` on this machine's first GPU."""
+def build_engine(info: ModelInfo, options: BuildOptions = BuildOptions(), *, force: bool = False,
+                 calibration: np.ndarray | None = None) -> BuiltEngine:
+    """Build (or reuse) the engine for ``info`` on this machine's first GPU.
+
+    ``calibration`` holds the decoded INT8 calibration images (the caller reads
+    ``options.calibrate_dir`` with :func:`dfscan.workers.calibration.calibration_images`):
+    this package takes tensors, never files.
+    """
     trt = import_tensorrt()
     gpu = current_gpu()
     key, cache, profile, precision = plan_build(info, options, gpu, trt.__version__)
@@ -149,7 +153,7 @@ def build_engine(info: ModelInfo, options: BuildOptions = BuildOptions(), *, for
             record = cache.read_record(key)
             if record is not None:
                 return BuiltEngine(key, cache.paths(key), True, time.perf_counter() - start, record)
-        data = _build(trt, info, options, key, cache, profile, precision)
+        data = _build(trt, info, options, key, cache, profile, precision, calibration)
         paths = cache.store(
             key,
             data,
@@ -165,7 +169,7 @@ def build_engine(info: ModelInfo, options: BuildOptions = BuildOptions(), *, for
 
 
 def _build(trt, info: ModelInfo, options: BuildOptions, key: EngineKey, cache: EngineCache, profile: Profile,
-           precision: Precision) -> bytes:
+           precision: Precision, calibration: np.ndarray | None) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
@@ -189,8 +193,8 @@ def _build(trt, info: ModelInfo, options: BuildOptions, key: EngineKey, cache: E
     calibrator = None
     if precision.needs_calibration:
         batch = min(options.calibration_batch, profile.max) if info.fixed_batch is None else info.fixed_batch
-        images = CalibrationSet(options.calibrate_dir, info, batch, options.calibration_images) if options.calibrate_dir else None
-        calibrator = make_calibrator(trt, images, cache.paths(key).calibration, batch, info)
+        batches = calibration_batches(calibration, batch) if calibration is not None else None
+        calibrator = make_calibrator(trt, batches, cache.paths(key).calibration, batch, info)
         calib_profile = builder.create_optimization_profile()
         shape = (batch, 3, *info.input_size)
         calib_profile.set_shape(info.input_name, shape, shape, shape)
@@ -206,47 +210,18 @@ def _build(trt, info: ModelInfo, options: BuildOptions, key: EngineKey, cache: E
     return bytes(memoryview(serialized))
 
 
-class CalibrationSet:
-    """Batches of sample images, decoded like a scan decodes them, for INT8 calibration.
-
-    Unreadable files are skipped (and counted); an empty set is an error, not
-    a silently uncalibrated engine.
-    """
-
-    def __init__(self, folder: Path, info: ModelInfo, batch_size: int, limit: int = 512) -> None:
-        from dfscan.workers.decode import Preprocess, decode_one
-        from dfscan.workers.errors import ImageError
-
-        self.folder = Path(folder)
-        self.batch_size = batch_size
-        pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)
-        files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in CALIBRATION_EXTENSIONS and p.is_file())
-        tensors = []
-        self.skipped = 0
-        for path in files:
-            if len(tensors) >= limit:
-                break
-            try:
-                tensors.append(decode_one(path.read_bytes(), pre))
-            except (ImageError, OSError):
-                self.skipped += 1
-        usable = len(tensors) - len(tensors) % batch_size
-        if usable == 0:
-            raise CalibrationError(
-                f"{self.folder}: {len(tensors)} decodable images (of {len(files)} files), at least {batch_size} needed "
-                f"for one calibration batch"
-            )
-        self.images = np.stack(tensors[:usable]).astype(np.float32)
-
-    def __len__(self) -> int:
-        return len(self.images) // self.batch_size
-
-    def batches(self) -> Iterator[np.ndarray]:
-        for start in range(0, len(self.images), self.batch_size):
-            yield self.images[start : start + self.batch_size]
+def calibration_batches(images: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Whole batches of decoded calibration images; too few for one batch is an error, not an uncalibrated engine."""
+    usable = len(images) - len(images) % batch_size
+    if usable == 0:
+        raise Int8CalibrationError(
+            f"{len(images)} decodable calibration images, at least {batch_size} needed for one calibration batch"
+        )
+    images = np.ascontiguousarray(images[:usable], dtype=np.float32)
+    return [images[i : i + batch_size] for i in range(0, usable, batch_size)]
 
 
-def make_calibrator(trt, images: CalibrationSet | None, cache_path: Path, batch_size: int, info: ModelInfo):
+def make_calibrator(trt, batches: list[np.ndarray] | None, cache_path: Path, batch_size: int, info: ModelInfo):
     """An ``IInt8EntropyCalibrator2`` feeding ``images`` from one GPU buffer; reads/writes ``cache_path``."""
     import torch
 
@@ -259,7 +234,7 @@ def make_calibrator(trt, images: CalibrationSet | None, cache_path: Path, batch_
     class EntropyCalibrator(base):
         def __init__(self) -> None:
             base.__init__(self)
-            self._batches = images.batches() if images is not None else iter(())
+            self._batches = iter(batches or ())
             self._device = torch.empty((batch_size, 3, *info.input_size), dtype=torch.float32, device="cuda")
 
         def get_batch_size(self) -> int:

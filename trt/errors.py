@@ -37,5 +37,33 @@ class EngineIncompatible(RuntimeErrorBase):
     """A serialized engine was built for another GPU, TensorRT version or model."""
 
 
-class CalibrationError(RuntimeErrorBase):
+class Int8CalibrationError(RuntimeErrorBase):
     """INT8 calibration has no usable images (or no calibration cache)."""
+
+
+class ModelError(RuntimeErrorBase):
+    """An ONNX model file that dfscan can't use (base class of the inspection errors)."""
+
+
+class ModelNotFound(ModelError):
+    """The model path does not exist."""
+
+
+class NotAnOnnxModel(ModelError):
+    """The file exists but is not an ONNX model."""
+
+
+class ModelInputError(ModelError):
+    """The graph's input is not one float32 N x 3 x H x W tensor."""
+
+
+class ModelOutputError(ModelError):
+    """The graph's output is not N x (number of classes) logits."""
+
+
+class SidecarError(ModelError):
+    """``model_info.json`` next to the model can't be read or has wrong types."""
+
+
+class SidecarMismatch(SidecarError):
+    """``model_info.json`` describes another model file (its sha256 differs)."""

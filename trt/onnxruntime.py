@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from dfscan.detector.info import ModelInfo, reexport_hint
+from dfscan.trt.model_info import ModelInfo, reexport_hint
 from dfscan.trt.errors import InferenceFailed, ModelRejected, RuntimeUnavailable
 
 PROBE_BATCH = 2

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dfscan.detector.info import ModelInfo
+from dfscan.trt.model_info import ModelInfo
 from dfscan.trt.base import Runtime
 from dfscan.trt.errors import RuntimeUnavailable, UnknownRuntime
 

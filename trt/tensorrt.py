@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dfscan.detector.info import ModelInfo, reexport_hint
-from dfscan.trt._gpu import probe_gpus
+from dfscan.trt.model_info import ModelInfo, reexport_hint
+from dfscan.gpu import probe_gpus
 from dfscan.trt.cache import EngineCache, default_engine_dir
 from dfscan.trt.engine import BuildOptions, build_engine, current_gpu, engine_key, import_tensorrt, tensorrt_status
 from dfscan.trt.errors import EngineIncompatible, InferenceFailed, ModelRejected, RuntimeUnavailable

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan import db
-from dfscan.detector.info import ModelInfo, inspect_model
+from dfscan.trt.model_info import ModelInfo, inspect_model
 from dfscan import __version__
 from dfscan.settings import Settings, SettingsError
 from dfscan.trt import Runtime, load_runtime

@@ -68,7 +68,7 @@ def dali_gpu_status() -> tuple[bool, str]:
     ok, why = dali_status()
     if not ok:
         return False, why
-    from dfscan.trt._gpu import probe_gpus
+    from dfscan.gpu import probe_gpus
 
     probe = probe_gpus()
     if not probe.present:

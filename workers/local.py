@@ -17,7 +17,7 @@ from dfscan.db.records import ResultRow
 from dfscan.settings import Settings
 from dfscan.scanner import WalkOptions, count_files, read_path_list, walk
 from dfscan.scanner.incremental import IncrementalFilter
-from dfscan.scanner.producer import default_name
+from dfscan.workers.producer import default_name
 from dfscan.workers.context import ScanContext
 from dfscan.workers.pipeline import run_local_scan
 

@@ -101,7 +101,7 @@ class WorkerState:
         self._noted_scans.add(scan_id)
 
     def _find_model(self, head: dist.ScanHead) -> Path:
-        from dfscan.detector.info import sha256_file
+        from dfscan.trt.model_info import sha256_file
 
         candidates = [p for p in (self.settings.model, Path(head.model_path)) if p is not None]
         for path in candidates:
@@ -219,7 +219,7 @@ def register(app: "DfscanCelery") -> None:
 
     @app.task(name=SCHEDULED_SCAN_TASK, shared=False, bind=True, acks_late=True, ignore_result=True)
     def scheduled_scan_task(self, entry: dict) -> int:
-        from dfscan.scanner.schedule import run_entry
+        from dfscan.workers.schedule import run_entry
 
         return run_entry(self.app.settings, entry, run_key=self.request.id)
 

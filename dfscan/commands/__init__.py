@@ -1,4 +1,4 @@
-"""Command modules beyond the core scan/results/export.
+"""The commands of the ``dfscan`` group, one module per family.
 
 Every module in this package that defines ``COMMANDS`` (a list of click
 commands) is added to the ``dfscan`` group.  Modules must import heavy

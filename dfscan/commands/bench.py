@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from dfscan.cli import model_option, reports_errors
+from dfscan.commands._options import model_option, reports_errors
 
 
 def _bench_errors(func):
@@ -106,7 +106,7 @@ def quantize(model: Path, calibrate: Path, out: Path, max_images: int, check: Pa
     result has its own sidecar and is scanned like any model: `dfscan scan
     --model OUT`.
     """
-    from dfscan.trt.quantize import quantize_model
+    from dfscan.detector.quantize import quantize_model
 
     if max_images < 1:
         raise click.BadParameter("must be at least 1", param_hint="--max-images")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dfscan.cli import db_option, reports_errors
+from dfscan.commands._options import db_option, reports_errors
 
 
 @click.command()

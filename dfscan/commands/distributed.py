@@ -13,15 +13,22 @@ from typing import Any
 
 import click
 
-from dfscan.cli import _stop_on_signals, db_option, model_option, reports_errors, runtime_options
+from dfscan.commands._options import (
+    batch_size_option,
+    broker_option,
+    db_option,
+    json_option,
+    max_attempts_option,
+    max_outstanding_option,
+    model_option,
+    reports_errors,
+    runtime_options,
+    setting_option,
+    stop_on_signals,
+    threads_option,
+    visibility_timeout_option,
+)
 from dfscan.settings import Settings, from_env
-
-
-def broker_option(func):
-    return click.option(
-        "--broker", "broker_url", envvar="DFSCAN_BROKER_URL", show_envvar=True,
-        help="Redis URL of the broker (redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS).",
-    )(func)  # fmt: skip
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -49,9 +56,9 @@ def safe_url(url: str | None) -> str:
 def produce_scan(settings: Settings, roots: list[str], path_lists: list[str], options: Any, *, name: str | None,
                  incremental: bool, wait: bool, progress: bool, as_json: bool) -> None:
     """The producer side of ``dfscan scan --broker``."""
-    from dfscan.scanner.producer import Producer
+    from dfscan.workers.producer import Producer
 
-    with Producer(settings) as producer, _stop_on_signals() as stop:
+    with Producer(settings) as producer, stop_on_signals() as stop:
         scan_id = producer.register(roots, path_lists, options, name=name, incremental=incremental)
         click.echo(f"scan {scan_id}: enqueuing chunks on {safe_url(settings.broker_url)}", err=True)
         report = producer.produce(scan_id, stop=stop)
@@ -136,15 +143,12 @@ def _duration(seconds: float) -> str:
 @click.option("--queues", "-Q", envvar="DFSCAN_QUEUES", show_envvar=True,
               help="Comma-separated queues to consume [the scoring queue, 'dfscan'].")
 @runtime_options
-@click.option("--batch-size", type=int, envvar="DFSCAN_BATCH_SIZE", show_envvar=True, help="Images per inference batch [64].")
-@click.option("--threads", "intra_op_threads", type=int, envvar="DFSCAN_THREADS", show_envvar=True,
-              help="Inference threads per process (0: all cores) [0].")
-@click.option("--max-attempts", type=int, envvar="DFSCAN_MAX_ATTEMPTS", show_envvar=True,
-              help="Deliveries of a chunk before its images become 'worker-lost' error rows [3].")
-@click.option("--visibility-timeout", type=int, envvar="DFSCAN_VISIBILITY_TIMEOUT", show_envvar=True,
-              help="Seconds before a chunk of a vanished worker goes to another one; longer than any chunk [3600].")
-@click.option("--metrics-port", type=int, envvar="DFSCAN_METRICS_PORT", show_envvar=True,
-              help="Serve Prometheus metrics on this port (summed over the pool's processes).")
+@batch_size_option
+@threads_option
+@max_attempts_option
+@visibility_timeout_option
+@setting_option("--metrics-port", field="metrics_port", type=int,
+                help="Serve Prometheus metrics on this port (summed over the pool's processes).")
 @click.option("--events", "-E", is_flag=True, envvar="DFSCAN_EVENTS", show_envvar=True,
               help="Send task events, for Flower's task views (`celery -A dfscan.workers flower`).")
 @click.option("--hostname", "-n", help="Celery node name [dfscan-PID@HOST].")
@@ -221,7 +225,7 @@ def _serve_metrics(settings: Settings) -> None:
 
 
 def _producer(settings: Settings):
-    from dfscan.scanner.producer import Producer
+    from dfscan.workers.producer import Producer
 
     return Producer(settings)
 
@@ -229,7 +233,7 @@ def _producer(settings: Settings):
 @click.command()
 @click.argument("scan_id", type=int)
 @db_option
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@json_option("the counts")
 @reports_errors
 def status(scan_id: int, db_url: str, as_json: bool) -> None:
     """Where scan SCAN_ID stands: images done, errors, chunks queued, images/s and ETA."""
@@ -246,8 +250,7 @@ def status(scan_id: int, db_url: str, as_json: bool) -> None:
 @broker_option
 @db_option
 @click.option("--wait", is_flag=True, help="Follow progress until the scan completes.")
-@click.option("--max-outstanding", "max_outstanding_chunks", type=int, envvar="DFSCAN_MAX_OUTSTANDING_CHUNKS",
-              show_envvar=True, help="Most chunks enqueued and unfinished at once [64].")
+@max_outstanding_option
 @click.option("--progress/--no-progress", default=None, help="Progress bar with --wait (default: on a terminal).")
 @reports_errors
 def resume(scan_id: int, broker_url: str | None, db_url: str, wait: bool, max_outstanding_chunks: int | None,
@@ -261,7 +264,7 @@ def resume(scan_id: int, broker_url: str | None, db_url: str, wait: bool, max_ou
     settings = _settings(broker_url=broker_url, db_url=db_url, max_outstanding_chunks=max_outstanding_chunks)
     _need_broker(settings)
     show = sys.stderr.isatty() if progress is None else progress
-    with _producer(settings) as producer, _stop_on_signals() as stop:
+    with _producer(settings) as producer, stop_on_signals() as stop:
         report = producer.resume(scan_id, stop=stop)
         final = producer.wait(scan_id, on_progress=_Bar() if show else None, stop=stop) if wait else producer.progress(scan_id)
     click.echo(f"scan {scan_id}: {report.chunks_published} chunks enqueued again; {final.status}")
@@ -311,7 +314,7 @@ def beat(schedule_file: Path, broker_url: str | None, db_url: str, state_file: P
     incremental scan: it walks, records and enqueues the chunks for the
     scoring workers.
     """
-    from dfscan.scanner.schedule import beat_schedule, load_schedule
+    from dfscan.workers.schedule import beat_schedule, load_schedule
 
     entries = load_schedule(schedule_file)
     if check:

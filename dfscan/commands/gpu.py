@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dfscan.cli import reports_errors
+from dfscan.commands._options import reports_errors
 
 PRECISION_NAMES = ("fp32", "fp16", "int8")  # trt.precisions.PRECISIONS, without importing it for --help
 
@@ -36,13 +36,18 @@ def build_engine(model: Path, precision: str, max_batch: int, calibrate_dir: Pat
     capability, the TensorRT version and the precision: a worker on another
     GPU type builds its own and never loads one that isn't for it.
     """
-    from dfscan.detector.info import inspect_model
+    from dfscan.trt.model_info import inspect_model
     from dfscan.trt.engine import BuildOptions, build_engine as build
 
     info = inspect_model(model)
     options = BuildOptions(precision=precision, max_batch=max_batch, calibrate_dir=calibrate_dir,
                            calibration_images=calibration_images, engine_dir=engine_dir)
-    built = build(info, options, force=force)
+    calibration = None
+    if calibrate_dir is not None and options.precision == "int8":
+        from dfscan.workers.calibration import calibration_images
+
+        calibration = calibration_images(calibrate_dir, info, limit=calibration_images).tensors
+    built = build(info, options, force=force, calibration=calibration)
     if as_json:
         click.echo(json.dumps({"engine": str(built.paths.engine), "reused": built.reused,
                                "seconds": round(built.seconds, 3), **built.record}, indent=2))
@@ -58,7 +63,7 @@ def build_engine(model: Path, precision: str, max_batch: int, calibrate_dir: Pat
 @reports_errors
 def doctor(as_json: bool) -> None:
     """Show which decoders and runtimes this machine can use, why not, and library versions."""
-    from dfscan.trt.doctor import diagnose
+    from dfscan.doctor import diagnose
 
     report = diagnose()
     if as_json:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from dfscan.cli import reports_errors
+from dfscan.commands._options import reports_errors
 
 
 def _progress_option(func):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from dfscan.cli import db_option, reports_errors
+from dfscan.commands._options import db_option, reports_errors
 
 
 @click.command()

@@ -37,7 +37,7 @@ def main() -> None:
 
     from dfscan import db
     from dfscan.settings import from_env
-    from dfscan.scanner.producer import Producer
+    from dfscan.workers.producer import Producer
     from dfscan.scanner.walker import WalkOptions
     from tests._cluster import PostgresServer, RedisServer, Worker, wait_for
     from tests._models import export_tiny_model

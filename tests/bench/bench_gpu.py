@@ -118,8 +118,8 @@ def main() -> None:
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
 
-    from dfscan.detector.info import inspect_model
-    from dfscan.trt.doctor import versions
+    from dfscan.trt.model_info import inspect_model
+    from dfscan.doctor import versions
     from dfscan.workers.decode import PillowDecoder, Preprocess
     from dfscan.workers.reader import read_file
 

@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 def write_set(folder: Path, n: int) -> tuple[list[Path], list[int]]:
     from PIL import Image
 
-    from dfscan._bench_stages import write_synthetic
+    from dfscan.bench import write_synthetic
 
     files = write_synthetic(folder, n)
     gains = np.random.default_rng(1).uniform(0.35, 1.35, n)
@@ -65,9 +65,10 @@ def main() -> None:
     import torch
 
     from dfscan.detector.export import export_onnx
-    from dfscan.detector.info import inspect_model
+    from dfscan.trt.model_info import inspect_model
     from dfscan.detector.model import DeepfakeDetector, save_checkpoint
-    from dfscan.trt.quantize import decode_images, quantize_model
+    from dfscan.detector.quantize import quantize_model
+    from dfscan.workers.calibration import calibration_images
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dfscan-int8-") as tmp:
@@ -81,7 +82,8 @@ def main() -> None:
         model = DeepfakeDetector(args.backbone).eval()
         cfg = model.config
         info = SimpleNamespace(input_size=cfg.input_size, mean=cfg.mean, std=cfg.std)  # all decoding needs
-        x_train, used, _ = decode_images(train_files, info)
+        decoded = calibration_images(train_files, info)
+        x_train, used = decoded.tensors, decoded.files
         y = torch.tensor([train_labels[train_files.index(p)] for p in used])
         with torch.no_grad():
             feats = torch.cat([model.backbone(torch.from_numpy(x_train[i : i + 32])) for i in range(0, len(x_train), 32)])
@@ -106,7 +108,8 @@ def main() -> None:
         result = quantize_model(fp32, calib, root / "int8" / "model_int8.onnx", check=test_files)
         a = result.agreement
         # Accuracy of both on the held-out images, for context (the task is brightness, not deepfakes).
-        x_test, used_test, _ = decode_images(test_files, info)
+        decoded = calibration_images(test_files, info)
+        x_test, used_test = decoded.tensors, decoded.files
         y_test = np.array([test_labels[test_files.index(p)] for p in used_test])
         from dfscan.trt.base import softmax
         from dfscan.trt.onnxruntime import OnnxRuntime

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 
 def model_only(onnx_path: Path, files: list[Path], batch: int) -> float:
-    from dfscan.detector.info import inspect_model
+    from dfscan.trt.model_info import inspect_model
     from dfscan.trt.onnxruntime import OnnxRuntime
     from dfscan.workers.decode import Preprocess, decode_one
 

@@ -117,7 +117,7 @@ class Producer:
         incremental: bool = False,
     ) -> int:
         """Create the scan row (status ``running``) and return its id.  Loads no runtime."""
-        from dfscan.detector.info import inspect_model
+        from dfscan.trt.model_info import inspect_model
         from dfscan.settings import SettingsError
         from dfscan.workers.context import model_info_dict, origin
 

@@ -10,7 +10,7 @@ import importlib.metadata
 import platform
 from dataclasses import asdict, dataclass, field
 
-from dfscan.trt._gpu import GpuInfo, probe_gpus
+from dfscan.gpu import GpuInfo, probe_gpus
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from dfscan.detector.info import ModelInfo, inspect_model, sidecar_for_reading, sidecar_for_writing, write_model_info
-from dfscan.trt.errors import RuntimeErrorBase
+from dfscan.trt.model_info import ModelInfo, inspect_model, sidecar_for_reading, sidecar_for_writing, write_model_info
+from dfscan.detector.errors import DetectorError
+from dfscan.trt.errors import Int8CalibrationError
+from dfscan.workers.calibration import calibration_images
 
 DEFAULT_MAX_IMAGES = 256
 # MinMax calibration reduces every tensor to its range inside the calibration
@@ -40,10 +42,9 @@ DEFAULT_MAX_IMAGES = 256
 # (ORT 1.32's CalibMaxIntermediateOutputs discards data instead of merging it,
 # so it is not used.)
 CALIBRATION_BATCH = 16
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-class QuantizeError(RuntimeErrorBase):
+class QuantizeError(DetectorError):
     """Quantisation can't start or failed (no calibration images, bad output place, ORT failure)."""
 
 
@@ -74,42 +75,6 @@ class QuantizeResult:
     seconds: float
     agreement: Agreement
     quantized_nodes: dict[str, int]
-
-
-def image_files(folder: Path, limit: int | None = None) -> list[Path]:
-    """Image files under ``folder`` (recursively, sorted), at most ``limit``."""
-    from dfscan.scanner import WalkOptions, walk
-
-    options = WalkOptions(extensions=EXTENSIONS)
-    out: list[Path] = []
-    for path in walk([folder], options):
-        out.append(Path(path))
-        if limit is not None and len(out) >= limit:
-            break
-    return out
-
-
-def decode_images(files: Sequence[Path], info: ModelInfo) -> tuple[np.ndarray, list[Path], int]:
-    """Decode ``files`` with the scanner's Pillow path: (N, 3, H, W) float32, the files used, and how many failed."""
-    from dfscan.workers.decode import Preprocess, decode_one
-    from dfscan.workers.errors import ImageError
-    from dfscan.workers.reader import read_file
-
-    pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)
-    tensors: list[np.ndarray] = []
-    used: list[Path] = []
-    skipped = 0
-    for path in files:
-        try:
-            tensors.append(decode_one(read_file(os.fspath(path)).data, pre))
-        except ImageError:
-            skipped += 1
-            continue
-        used.append(path)
-    if not tensors:
-        h, w = info.input_size
-        return np.zeros((0, 3, h, w), dtype=np.float32), used, skipped
-    return np.stack(tensors), used, skipped
 
 
 def _calibration_reader(input_name: str, tensors: np.ndarray, batch: int):
@@ -266,17 +231,11 @@ def compare_models(fp32: ModelInfo, int8: ModelInfo, tensors: np.ndarray, batch:
 def _tensors(source: Path | Sequence[Path] | np.ndarray, info: ModelInfo, limit: int | None) -> tuple[np.ndarray, int]:
     if isinstance(source, np.ndarray):
         return (source[:limit] if limit else source).astype(np.float32, copy=False), 0
-    if isinstance(source, (str, os.PathLike)):
-        folder = Path(source)
-        if not folder.exists():
-            raise QuantizeError(f"calibration folder {folder} does not exist")
-        files = image_files(folder, limit)
-        if not files:
-            raise QuantizeError(f"no image files under {folder} (looked for {', '.join(EXTENSIONS)})")
-    else:
-        files = list(source)[:limit] if limit else list(source)
-    tensors, _, skipped = decode_images(files, info)
-    return tensors, skipped
+    try:
+        images = calibration_images(source, info, limit=limit)
+    except Int8CalibrationError as exc:
+        raise QuantizeError(str(exc)) from None
+    return images.tensors, images.skipped
 
 
 def _check_destination(model: Path, out: Path) -> None:

@@ -28,113 +28,24 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dfscan import _bench_stages as stages
-from dfscan._bench_report import format_report
-
-__all__ = ["INFER_VARIANTS", "BenchError", "BenchOptions", "BenchReport", "InferVariant", "Row", "format_report",
-           "run_bench"]  # fmt: skip
-
-DEFAULT_LIMIT = 1024
-CALIBRATION_IMAGES = 128
-
-
-class BenchError(Exception):
-    """The benchmark can't start (no images, no model); raised before anything is measured."""
-
-
-@dataclass(frozen=True)
-class InferVariant:
-    """One inference row: a runtime, the precision it runs at, and which ONNX file it loads.
-
-    ``options`` are keyword arguments for the runtime spec's ``load``; a
-    runtime whose ``load`` doesn't take them can't run this variant (the row
-    says so).
-    """
-
-    runtime: str
-    precision: str
-    model: str  # "fp32" or "int8": the ONNX file given to the runtime
-    options: tuple[tuple[str, Any], ...] = ()
-
-
-INFER_VARIANTS: tuple[InferVariant, ...] = (
-    InferVariant("onnxruntime", "fp32", "fp32"),
-    InferVariant("onnxruntime", "int8", "int8"),
-    InferVariant("tensorrt", "fp16", "fp32", (("precision", "fp16"),)),
-    InferVariant("tensorrt", "int8", "fp32", (("precision", "int8"),)),
+from dfscan.bench import stages
+from dfscan.bench.records import (
+    CALIBRATION_IMAGES,
+    INFER_VARIANTS,
+    BenchError,
+    BenchOptions,
+    BenchReport,
+    InferVariant,
+    Row,
 )
 
-
-@dataclass(frozen=True)
-class BenchOptions:
-    images: Path | None = None
-    synthetic: int | None = None
-    model: Path | None = None
-    int8_model: Path | None = None
-    checkpoint: Path | None = None
-    backbone: str = "resnext50_32x4d"
-    pg_url: str | None = None
-    batch_size: int = 64
-    min_seconds: float = 2.0
-    limit: int = DEFAULT_LIMIT
-    read_threads: int = 8
-    decode_threads: int = 2
-    naive: bool = True
-    workdir: Path | None = None
-
-
-@dataclass(frozen=True)
-class Row:
-    stage: str
-    variant: str
-    status: str  # "ok", "skipped" (can't run here) or "failed" (could, but broke)
-    images: int = 0
-    seconds: float = 0.0
-    images_per_s: float = 0.0
-    peak_rss_mib: float = 0.0
-    start_rss_mib: float = 0.0
-    repeats: int = 0
-    reason: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        return f"{self.stage} {self.variant}"
-
-
-@dataclass
-class BenchReport:
-    machine: dict[str, Any]
-    command: str
-    images: dict[str, Any]
-    model: dict[str, Any]
-    batch_size: int
-    rows: list[Row] = field(default_factory=list)
-    slowest_stage: str | None = None
-    end_to_end_over_slowest: float | None = None
-    dfscan_over_naive: float | None = None
-    peak_rss_mib: float = 0.0
-    int8: dict[str, Any] | None = None
-    seconds: float = 0.0
-
-    def row(self, stage: str, variant: str) -> Row | None:
-        return next((r for r in self.rows if r.stage == stage and r.variant == variant), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        for row in data["rows"]:
-            row["seconds"] = round(row["seconds"], 6)
-            for key in ("images_per_s", "peak_rss_mib", "start_rss_mib"):
-                row[key] = round(row[key], 3)
-        data["peak_rss_mib"] = round(data["peak_rss_mib"], 3)
-        return data
-
+__all__ = ["run_bench"]
 
 def run_bench(options: BenchOptions, *, progress: Callable[[str], None] | None = None) -> BenchReport:
     """Measure every stage that can run here; see the module docstring."""
@@ -157,7 +68,7 @@ class _Bench:
         self.say = say
 
     def run(self, started: float) -> BenchReport:
-        from dfscan.detector.info import inspect_model
+        from dfscan.trt.model_info import inspect_model
         from dfscan.workers.decode import Preprocess
 
         o = self.o
@@ -304,7 +215,7 @@ class _Bench:
         return rows
 
     def _quantize(self, fp32_info, tensors) -> tuple[Any, dict[str, Any]]:
-        from dfscan.trt.quantize import quantize_model
+        from dfscan.detector.quantize import quantize_model
 
         n = min(len(tensors), CALIBRATION_IMAGES)
         self.say(f"quantising to INT8 (calibrating on {n} images)")
@@ -313,7 +224,7 @@ class _Bench:
             result = quantize_model(fp32_info.path, tensors[:n], self.work / "int8" / "model_int8.onnx")
         except Exception as exc:  # noqa: BLE001 - the INT8 rows then say why they are missing
             return None, {"quantized_here": True, "error": _first_line(exc)}
-        from dfscan.detector.info import inspect_model
+        from dfscan.trt.model_info import inspect_model
 
         return inspect_model(result.onnx_path), {
             "quantized_here": True,

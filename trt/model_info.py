@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from dfscan.detector.errors import (
+from dfscan.trt.errors import (
     ModelInputError,
     ModelNotFound,
     ModelOutputError,

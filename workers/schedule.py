@@ -140,7 +140,7 @@ def run_entry(settings: Settings, message: dict[str, Any], *, run_key: str) -> i
     scan its first delivery started.
     """
     from dfscan.db import distributed as dist
-    from dfscan.scanner.producer import Producer
+    from dfscan.workers.producer import Producer
     from dfscan.scanner.walker import WalkOptions, check_roots
 
     entry = ScheduleEntry(**{k: message[k] for k in message if k in _KNOWN})

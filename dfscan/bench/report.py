@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dfscan.bench.records import BenchReport
 
-if TYPE_CHECKING:
-    from dfscan.bench import BenchReport
+__all__ = ["format_report"]
 
 
 def format_report(report: BenchReport) -> str:

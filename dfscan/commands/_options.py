@@ -1,0 +1,198 @@
+"""What every command shares: the options that map to :class:`~dfscan.settings.Settings`, error reporting, signals.
+
+Each shared option is declared once here. Its environment variable is the
+setting's (``DFSCAN_<FIELD>``) and the default shown in its help is read from
+``Settings`` itself, so help never drifts from the value a command really uses.
+Options default to ``None``: :func:`dfscan.settings.from_env` then fills what
+the command line left out, from the environment or the defaults.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dfscan.settings import DEFAULT_DB_URL, PRECISIONS, Settings, SettingsError, env_name
+
+__all__ = [
+    "batch_size_option",
+    "broker_option",
+    "db_option",
+    "json_option",
+    "max_attempts_option",
+    "max_outstanding_option",
+    "model_option",
+    "one_line",
+    "reports_errors",
+    "runtime_options",
+    "setting_option",
+    "stop_on_signals",
+    "threads_option",
+    "visibility_timeout_option",
+]
+
+_DEFAULTS = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def setting_option(*decls: str, field: str, help: str, show_default: bool = True, envvar: str | None = None,
+                   **kwargs: Any) -> Callable:
+    """A click option for the setting ``field``: its variable, and its default (from ``Settings``) in the help.
+
+    ``envvar`` names another variable where the option has always read one (``--threads``: ``DFSCAN_THREADS``).
+    """
+    if field not in {f.name for f in fields(Settings)}:
+        raise KeyError(f"no setting {field!r}")
+    if show_default and _DEFAULTS.get(field) is not None:
+        help = f"{help} [default: {_default_text(_DEFAULTS[field])}]"
+    return click.option(*decls, field, envvar=envvar or env_name(field), show_envvar=True, default=None, help=help,
+                        **kwargs)
+
+
+# Errors a user can cause and fix: they end the command with one line, no traceback.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    import sqlalchemy.exc
+
+    from dfscan.db.errors import DatabaseError
+    from dfscan.detector.errors import DetectorError
+    from dfscan.scanner.errors import ScannerError
+    from dfscan.trt.errors import RuntimeErrorBase
+    from dfscan.workers.errors import DecoderUnavailable, UnknownDecoder
+
+    return (
+        SettingsError,
+        DatabaseError,
+        DetectorError,
+        ScannerError,
+        RuntimeErrorBase,
+        UnknownDecoder,
+        DecoderUnavailable,
+        sqlalchemy.exc.OperationalError,
+        sqlalchemy.exc.ArgumentError,
+    )
+
+
+def reports_errors(func: Callable) -> Callable:
+    """Turn the errors a user can fix into one line and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except _user_errors() as exc:
+            raise click.ClickException(one_line(exc)) from None
+
+    return wrapper
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if hasattr(exc, "orig") and getattr(exc, "orig", None) is not None:  # SQLAlchemy wraps the driver's error
+        text = str(exc.orig).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:400]
+
+
+def db_option(func: Callable) -> Callable:
+    # The database is the one setting every command needs resolved: its default is concrete.
+    return click.option(
+        "--db",
+        "db_url",
+        envvar=env_name("db_url"),
+        default=DEFAULT_DB_URL,
+        show_default=True,
+        show_envvar=True,
+        help="SQLAlchemy URL of the results database (sqlite:///FILE or postgresql+psycopg://...).",
+    )(func)
+
+
+def model_option(func: Callable) -> Callable:
+    return setting_option("--model", field="model", type=click.Path(path_type=Path),
+                          help="ONNX model file (model_info.json beside it is read if present).")(func)
+
+
+def broker_option(func: Callable) -> Callable:
+    return setting_option("--broker", field="broker_url",
+                          help="Redis URL of the broker (redis://[:PASSWORD@]HOST:PORT/DB, rediss:// for TLS).")(func)
+
+
+def batch_size_option(func: Callable) -> Callable:
+    return setting_option("--batch-size", field="batch_size", type=int, help="Images per inference batch.")(func)
+
+
+def threads_option(func: Callable) -> Callable:
+    return setting_option("--threads", field="intra_op_threads", type=int, envvar="DFSCAN_THREADS",
+                          help="Inference threads per process (0: all cores).")(func)
+
+
+def max_attempts_option(func: Callable) -> Callable:
+    return setting_option("--max-attempts", field="max_attempts", type=int,
+                          help="Deliveries of a chunk before its images become 'worker-lost' error rows.")(func)
+
+
+def visibility_timeout_option(func: Callable) -> Callable:
+    return setting_option("--visibility-timeout", field="visibility_timeout", type=int,
+                          help="Seconds before a chunk of a vanished worker goes to another one; longer than any "
+                               "chunk.")(func)
+
+
+def max_outstanding_option(func: Callable) -> Callable:
+    return setting_option("--max-outstanding", field="max_outstanding_chunks", type=int,
+                          help="With a broker: most chunks enqueued and unfinished at once.")(func)
+
+
+def json_option(what: str) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
+
+
+def runtime_options(func: Callable) -> Callable:
+    """--runtime, --decoder, --precision, --engine-dir: how a process scores images."""
+    options = [
+        setting_option("--runtime", field="runtime",
+                       help="auto | onnxruntime | tensorrt (auto: TensorRT where it and a GPU are present)."),
+        setting_option("--decoder", field="decoder",
+                       help="auto | pillow | dali | dali-gpu | dali-cpu (auto: DALI on a GPU, else Pillow)."),
+        setting_option("--precision", field="precision", type=click.Choice(PRECISIONS),
+                       help="TensorRT engine precision [default: the best cached engine, else fp16]."),
+        setting_option("--engine-dir", field="engine_dir", type=click.Path(file_okay=False, path_type=Path),
+                       help="TensorRT engine cache [default: engines/ beside the model]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+class stop_on_signals:
+    """First SIGINT/SIGTERM: finish the batch in flight, then stop. Second: stop now."""
+
+    def __enter__(self) -> threading.Event:
+        self.stop = threading.Event()
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self.stop
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.stop.set()
+        click.echo("\nstopping after the batch in flight (again to stop now)", err=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,219 @@
+"""The core commands: ``scan`` (embedded, or the producer with --broker), ``results`` and ``export``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dfscan.commands._options import (
+    batch_size_option,
+    broker_option,
+    db_option,
+    json_option,
+    max_outstanding_option,
+    model_option,
+    reports_errors,
+    runtime_options,
+    setting_option,
+    stop_on_signals,
+    threads_option,
+)
+from dfscan.settings import from_env, parse_extensions
+
+@click.command()
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@model_option
+@db_option
+@click.option("--name", envvar="DFSCAN_NAME", show_envvar=True, help="A name for the scan.")
+@setting_option("--threshold", field="threshold", type=float,
+                help="Decision threshold on p_fake [default: the model's, else 0.5].")
+@click.option("--paths-from", type=click.Path(allow_dash=True), multiple=True, envvar="DFSCAN_PATHS_FROM",
+              show_envvar=True, help="A file listing paths, one per line ('-' for stdin). Repeatable.")
+@setting_option("--extensions", field="extensions",
+                help="Comma-separated image extensions to take from directories (case-insensitive).")
+@batch_size_option
+@setting_option("--chunk-size", field="chunk_size", type=int, help="Paths per chunk.")
+@runtime_options
+@setting_option("--max-pixels", field="max_pixels", type=int, help="Refuse images whose header declares more pixels.")
+@threads_option
+@click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links while walking.")
+@click.option("--incremental", is_flag=True, envvar="DFSCAN_INCREMENTAL", show_envvar=True,
+              help="Skip files whose path, size and mtime already have an 'ok' row from this model.")
+@broker_option
+@click.option("--wait", is_flag=True, help="With --broker: follow progress until the scan completes.")
+@max_outstanding_option
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@json_option("the summary")
+@reports_errors
+def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | None, threshold: float | None,
+         paths_from: tuple[str, ...], extensions: str | None, batch_size: int | None, chunk_size: int | None,
+         runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None,
+         max_pixels: int | None, intra_op_threads: int | None, no_follow_symlinks: bool, incremental: bool, broker_url: str | None, wait: bool,
+         max_outstanding_chunks: int | None, progress: bool | None, as_json: bool) -> None:
+    """Scan ROOTS (files and directories, recursively) and store one row per image.
+
+    Exit status 0 means the scan completed, even where some images failed:
+    those are rows with status 'error' and a reason.  With --broker the scan
+    is registered and its chunks enqueued for workers; the command prints the
+    scan id and returns once every chunk is enqueued (--wait: once scored).
+    """
+    from dfscan.scanner import WalkOptions, check_roots
+    from dfscan.workers.local import LocalScan
+
+    if not roots and not paths_from:
+        raise click.UsageError("give at least one ROOT or --paths-from FILE")
+    settings = from_env(
+        db_url=db_url, model=model, threshold=threshold, extensions=parse_extensions(extensions),
+        batch_size=batch_size, chunk_size=chunk_size, runtime=runtime, decoder=decoder, precision=precision,
+        engine_dir=engine_dir, max_pixels=max_pixels,
+        intra_op_threads=intra_op_threads, follow_symlinks=False if no_follow_symlinks else None,
+        broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks,
+    )
+    root_list = check_roots(roots)
+    options = WalkOptions(extensions=settings.extensions, follow_symlinks=settings.follow_symlinks)
+    show = sys.stderr.isatty() if progress is None else progress
+    if settings.broker_url:
+        from dfscan.commands.distributed import produce_scan
+
+        produce_scan(settings, root_list, list(paths_from), options, name=name, incremental=incremental,
+                     wait=wait, progress=show, as_json=as_json)
+        return
+    if wait:
+        raise click.UsageError("--wait needs --broker (the embedded scan always runs to the end)")
+    job = LocalScan(settings, root_list, list(paths_from), options, name=name, incremental=incremental)
+    with stop_on_signals() as stop:
+        summary = job.run(stop=stop, progress=show)
+    _print_summary(summary, settings.db_url, as_json, job.warnings, skipped=job.skipped if incremental else None)
+    if summary.status != "completed":
+        raise click.ClickException(
+            f"scan {summary.scan_id} was interrupted after {summary.total} images; the rows written are kept. "
+            f"Run the same command with --incremental to score only the files not yet scored"
+        )
+
+
+def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str], skipped: int | None = None) -> None:
+    data = summary_dict(summary)
+    if skipped is not None:
+        data["skipped"] = skipped
+    if as_json:
+        data["warnings"] = warnings
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    click.echo(
+        f"scan {summary.scan_id} {summary.status}: {summary.total} images in {summary.elapsed_s:.1f} s "
+        f"({summary.images_per_s:.1f} images/s)"
+    )
+    click.echo(f"  real    {summary.real}")
+    click.echo(f"  fake    {summary.fake}")
+    click.echo(f"  error   {summary.errors}")
+    if skipped is not None:
+        click.echo(f"  skipped {skipped} (unchanged since an earlier scan with this model)")
+    if summary.errors_by_reason:
+        click.echo("errors by reason:")
+        for reason, count in sorted(summary.errors_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
+            click.echo(f"  {reason:<18} {count}")
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"results: {db_url}  (dfscan results --scan {summary.scan_id})")
+
+
+def summary_dict(summary: Any) -> dict:
+    return {
+        "scan_id": summary.scan_id,
+        "name": summary.name,
+        "status": summary.status,
+        "model_sha256": summary.model_sha256,
+        "total": summary.total,
+        "ok": summary.ok,
+        "real": summary.real,
+        "fake": summary.fake,
+        "errors": summary.errors,
+        "errors_by_reason": dict(summary.errors_by_reason),
+        "started_at": summary.started_at,
+        "finished_at": summary.finished_at,
+        "elapsed_s": round(summary.elapsed_s, 3),
+        "images_per_s": round(summary.images_per_s, 3),
+    }
+
+
+RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256", "scanned_at")
+
+
+@click.command()
+@db_option
+@click.option("--scan", "scan_id", type=int, help="Scan id (default: the latest scan).")
+@click.option("--label", type=click.Choice(["real", "fake"]), help="Only rows with this label.")
+@click.option("--status", type=click.Choice(["ok", "error"]), help="Only rows with this status.")
+@click.option("--min-p", type=float, help="Only rows with p_fake >= P.")
+@click.option("--limit", type=int, help="At most this many rows.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@reports_errors
+def results(db_url: str, scan_id: int | None, label: str | None, status: str | None, min_p: float | None,
+            limit: int | None, fmt: str) -> None:
+    """Print result rows of a scan, for people (table) or scripts (csv, json)."""
+    from dfscan import db
+
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine)
+        with db.session_factory(engine)() as session:
+            if scan_id is None:
+                scan_id = db.latest_scan_id(session)
+                if scan_id is None:
+                    raise click.ClickException(f"no scans in {db_url}")
+            rows = db.iter_results(session, scan_id=scan_id, label=label, min_p=min_p, status=status, limit=limit)
+            _emit_rows(rows, fmt)
+    finally:
+        engine.dispose()
+
+
+def _emit_rows(rows: Iterator[dict], fmt: str) -> None:
+    out = sys.stdout
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(RESULT_COLUMNS)
+        for row in rows:
+            writer.writerow(["" if row[c] is None else _cell(row[c]) for c in RESULT_COLUMNS])
+    elif fmt == "json":
+        out.write("[")
+        for i, row in enumerate(rows):
+            out.write(("," if i else "") + "\n  " + json.dumps({c: row[c] for c in RESULT_COLUMNS}, default=str))
+        out.write("\n]\n")
+    else:
+        out.write(f"{'status':<6} {'label':<5} {'p_fake':>7} {'conf':>6}  path / error\n")
+        for row in rows:
+            p = "" if row["p_fake"] is None else f"{row['p_fake']:.4f}"
+            c = "" if row["confidence"] is None else f"{row['confidence']:.3f}"
+            tail = row["path"] if row["status"] == "ok" else f"{row['path']}  [{row['error']}]"
+            out.write(f"{row['status']:<6} {row['label'] or '':<5} {p:>7} {c:>6}  {tail!s}\n")
+
+
+def _cell(value: Any) -> Any:
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for model.onnx and model_info.json.")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
+@click.option("--threshold", type=float, default=0.5, show_default=True, help="Decision threshold stored in model_info.json.")
+@reports_errors
+def export(checkpoint: Path, out_dir: Path, opset: int, threshold: float) -> None:
+    """Export a detector CHECKPOINT to ONNX, checked against PyTorch."""
+    from dfscan.detector.export import export_onnx
+
+    if opset < 17:
+        raise click.BadParameter("opset 17 or newer is required", param_hint="--opset")
+    result = export_onnx(checkpoint, out_dir, opset=opset, threshold=threshold)
+    click.echo(f"wrote {result.onnx_path} and {result.info_path}")
+    click.echo(f"max |logit difference| ONNX Runtime vs PyTorch: {result.max_abs_diff:.2e}")
+
+
+COMMANDS = [scan, results, export]
