@@ -1,6 +1,33 @@
-"""Verdicts in SQL: engines, migrations, and the reads and writes of a scan."""
+"""Verdicts in SQL: engines, migrations, scans, chunks and their attempts, result rows.
 
+Callers mostly get plain values (``ResultRow``,
+``ScanSummary``, ``ScanHead``, ...). Nothing here commits except
+:func:`retry_db`, which runs a whole unit of work; the caller owns the
+transaction.
+"""
+
+from . import models
 from ._env import url_from_env
+from .chunks import (
+    FINISHED,
+    ChunkStart,
+    ScanHead,
+    cancel_scan,
+    chunk_paths,
+    close_lost_chunk,
+    find_scan_by_name,
+    finished_among,
+    is_transient,
+    mark_walk_done,
+    maybe_complete_scan,
+    recorded_chunks,
+    retry_db,
+    scan_audit,
+    scan_head,
+    start_attempt,
+    unchanged_paths,
+    unfinished_chunks,
+)
 from .engine import make_engine, session_factory
 from .errors import ChunkNotFound, DatabaseError, DatabaseURLError, ScanNotFound
 from .migrate import downgrade, upgrade
@@ -8,9 +35,7 @@ from .records import ResultRow, ScanSummary
 from .results import existing_paths, iter_results, write_batch
 from .scans import (
     add_chunk,
-    bump_attempts,
     create_scan,
-    fail_chunk,
     finish_chunk,
     finish_scan,
     get_or_create_model,
@@ -20,27 +45,45 @@ from .scans import (
 )
 
 __all__ = [
+    "FINISHED",
     "ChunkNotFound",
+    "ChunkStart",
     "DatabaseError",
     "DatabaseURLError",
     "ResultRow",
+    "ScanHead",
     "ScanNotFound",
     "ScanSummary",
     "add_chunk",
-    "bump_attempts",
+    "cancel_scan",
+    "chunk_paths",
+    "close_lost_chunk",
     "create_scan",
     "downgrade",
     "existing_paths",
-    "fail_chunk",
+    "find_scan_by_name",
     "finish_chunk",
     "finish_scan",
+    "finished_among",
     "get_or_create_model",
+    "is_transient",
     "iter_results",
     "latest_scan_id",
     "make_engine",
+    "mark_walk_done",
+    "maybe_complete_scan",
+    "models",
     "record_worker",
+    "recorded_chunks",
+    "retry_db",
+    "scan_audit",
+    "scan_head",
     "scan_summary",
     "session_factory",
+    "start_attempt",
+    "unchanged_paths",
+    "unfinished_chunks",
     "upgrade",
     "url_from_env",
+    "write_batch",
 ]

@@ -67,7 +67,12 @@ class Scan(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     status: Mapped[str] = mapped_column(String(16))
     threshold: Mapped[float] = mapped_column(Double)
-    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the audit record, written once
+    # The walk: done once every chunk is recorded (then the scan can complete), how many chunks it made,
+    # and how many files an incremental scan left out.
+    walk_done: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    n_chunks: Mapped[int | None]
+    skipped: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
     total: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
     ok: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
     real: Mapped[int] = mapped_column(default=0, server_default=_ZERO)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 __all__ = ["CHUNK_STATUSES", "RESULT_LABELS", "RESULT_STATUSES", "SCAN_END_STATUSES",
            "ResultRow", "ScanSummary"]  # fmt: skip
@@ -42,19 +43,42 @@ class ResultRow:
 
 @dataclass(frozen=True, slots=True)
 class ScanSummary:
-    """What an analyst asks first about a scan. Counts come from the results table."""
+    """Where a scan stands and what it found: the one summary of a scan, embedded or distributed.
+
+    Counts of images come from the results table (the truth), chunk counts
+    from the chunks table; ``images_per_s`` and ``eta_s`` from the rows so far.
+    """
 
     scan_id: int
     name: str
     status: str
     model_sha256: str
-    total: int
+    total: int  # result rows written: images done, verdicts and errors
     ok: int
     real: int
     fake: int
     errors: int
     errors_by_reason: dict[str, int]  # by error_code; rows without one count as "unknown"
+    skipped: int  # files an incremental scan left out (unchanged since an earlier scan)
+    walk_done: bool  # every chunk of the scan is recorded: it can complete once they are finished
+    chunks_total: int
+    chunks_queued: int
+    chunks_done: int
+    chunks_failed: int
+    images_total: int  # paths recorded in chunks so far
     started_at: datetime
     finished_at: datetime | None
     elapsed_s: float  # to finished_at, or to now while the scan runs
     images_per_s: float  # total / elapsed_s; 0.0 before any time has passed
+    eta_s: float | None  # while running with the walk done and a rate known
+
+    @property
+    def images_done(self) -> int:
+        """The name ``dfscan status`` prints for ``total``."""
+        return self.total
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["images_done"] = self.total
+        data["errors_by_reason"] = dict(self.errors_by_reason)
+        return data

@@ -20,9 +20,7 @@ from .records import SCAN_END_STATUSES, ScanSummary
 
 __all__ = [
     "add_chunk",
-    "bump_attempts",
     "create_scan",
-    "fail_chunk",
     "finish_chunk",
     "finish_scan",
     "get_or_create_model",
@@ -143,27 +141,6 @@ def finish_chunk(
     )
 
 
-def fail_chunk(session: Session, chunk_id: int, reason: str) -> None:
-    """Mark a chunk failed as a whole (e.g. it kept killing its worker)."""
-    _update_chunk(session, chunk_id, status="failed", last_error=reason, finished_at=utcnow())
-
-
-def bump_attempts(session: Session, chunk_id: int) -> int:
-    """Count one more delivery of a chunk and return the new count.
-
-    The broker keeps no redelivery count, so this is what stops a poison chunk.
-    """
-    attempts = session.execute(
-        update(Chunk.__table__)
-        .where(Chunk.__table__.c.id == chunk_id)
-        .values(attempts=Chunk.__table__.c.attempts + 1)
-        .returning(Chunk.__table__.c.attempts)
-    ).scalar_one_or_none()
-    if attempts is None:
-        raise ChunkNotFound(chunk_id)
-    return attempts
-
-
 def finish_scan(session: Session, *, scan_id: int, status: str) -> None:
     """End a scan and store the totals of its chunks in its count columns."""
     if status not in SCAN_END_STATUSES:
@@ -205,9 +182,9 @@ def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
 
 
 def scan_summary(session: Session, scan_id: int) -> ScanSummary:
-    """Counts of a scan from its result rows (the truth), not from the counters."""
+    """Counts of a scan from its result rows (the truth) and its chunks, not from the counters."""
     head = session.execute(
-        select(Scan.name, Scan.status, Scan.started_at, Scan.finished_at, Model.sha256)
+        select(Scan.name, Scan.status, Scan.started_at, Scan.finished_at, Scan.walk_done, Scan.skipped, Model.sha256)
         .join(Model, Model.id == Scan.model_id)
         .where(Scan.id == scan_id)
     ).one_or_none()
@@ -233,7 +210,19 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
             .order_by(reason)
         )
     }
+    chunks = {
+        status: (n, paths)
+        for status, n, paths in session.execute(
+            select(Chunk.status, func.count(), func.coalesce(func.sum(Chunk.n_paths), 0))
+            .where(Chunk.scan_id == scan_id)
+            .group_by(Chunk.status)
+        )
+    }
+    images_total = sum(p for _, p in chunks.values())
     elapsed = max(0.0, ((head.finished_at or utcnow()) - head.started_at).total_seconds())
+    rate = total / elapsed if elapsed > 0 else 0.0
+    running = head.status == "running"
+    eta = max(0, images_total - total) / rate if (running and head.walk_done and rate > 0) else None
     return ScanSummary(
         scan_id=scan_id,
         name=head.name,
@@ -245,8 +234,16 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
         fake=fake,
         errors=errors,
         errors_by_reason=errors_by_reason,
+        skipped=head.skipped,
+        walk_done=head.walk_done,
+        chunks_total=sum(n for n, _ in chunks.values()),
+        chunks_queued=chunks.get("queued", (0, 0))[0],
+        chunks_done=chunks.get("done", (0, 0))[0],
+        chunks_failed=chunks.get("failed", (0, 0))[0],
+        images_total=images_total,
         started_at=head.started_at,
         finished_at=head.finished_at,
         elapsed_s=elapsed,
-        images_per_s=total / elapsed if elapsed > 0 else 0.0,
+        images_per_s=rate,
+        eta_s=eta,
     )

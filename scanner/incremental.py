@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from dfscan.db import distributed as dist
+from dfscan import db
 from dfscan.scanner.paths import on_disk
 
 __all__ = ["IncrementalFilter"]
@@ -60,7 +60,7 @@ class IncrementalFilter:
 
         def lookup() -> set[str]:
             with self.sessions() as session:
-                return dist.unchanged_paths(session, model_id=self.model_id, scan_id=self.scan_id, stats=stats)
+                return db.unchanged_paths(session, model_id=self.model_id, scan_id=self.scan_id, stats=stats)
 
         unchanged = self.retry(lookup, "incremental lookup")
         self.skipped += sum(1 for p in block if p in unchanged)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -187,11 +188,22 @@ def test_migration_matches_models(db_engine: Engine) -> None:
     assert diff == []
 
 
+def _head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from dfscan.db.migrate import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
 def test_upgrade_twice_is_a_noop(db_engine: Engine, scan_ids: tuple[int, int]) -> None:
     db.upgrade(db_engine)
     with db_engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [
-            "0002"
+            _head_revision()
         ]
         assert conn.execute(text("SELECT count(*) FROM scans")).scalar() == 1
 
@@ -400,11 +412,12 @@ def test_check_constraints_reject_bad_rows(
 
 
 def test_chunk_lifecycle(session: Session, scan_ids: tuple[int, int]) -> None:
-    scan_id, _ = scan_ids
+    scan_id, model_id = scan_ids
     chunk_id = db.add_chunk(session, scan_id=scan_id, seq=3, paths=["/a", "/b", "/c"])
-    assert db.bump_attempts(session, chunk_id) == 1
-    assert db.bump_attempts(session, chunk_id) == 2
-    db.fail_chunk(session, chunk_id, "worker lost")
+    assert db.start_attempt(session, chunk_id).attempts == 1
+    assert db.start_attempt(session, chunk_id).attempts == 2
+    db.close_lost_chunk(session, chunk_id=chunk_id, scan_id=scan_id, model_id=model_id, paths=["/a", "/b", "/c"],
+                        reason="worker lost")
     session.commit()
     chunk = session.get(Chunk, chunk_id)
     assert chunk is not None and (chunk.status, chunk.last_error) == ("failed", "worker lost")
@@ -420,7 +433,7 @@ def test_chunk_lifecycle(session: Session, scan_ids: tuple[int, int]) -> None:
 
 def test_missing_chunk_and_scan_raise(session: Session) -> None:
     with pytest.raises(db.ChunkNotFound):
-        db.bump_attempts(session, 12345)
+        db.start_attempt(session, 12345)
     with pytest.raises(db.ChunkNotFound):
         db.finish_chunk(session, chunk_id=12345, ok=0, fake=0, real=0, errors=0)
     with pytest.raises(db.ScanNotFound):
@@ -551,3 +564,34 @@ def test_existing_paths(session: Session, two_scans: tuple[int, int]) -> None:
     assert db.existing_paths(session, first, asked) == {"/s1/a.jpg", "/s1/d.jpg"}
     assert db.existing_paths(session, second, asked) == {"/s2/a.jpg"}
     assert db.existing_paths(session, first, []) == set()
+
+
+def test_walk_state_moves_out_of_the_audit_record(db_url: str) -> None:
+    """Migration 0003: settings["producer"] of existing scans becomes the walk columns, and back on downgrade."""
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine, "0002")
+        with engine.begin() as conn:
+            model_id = conn.execute(text("INSERT INTO models (sha256, name, path, info) VALUES "
+                                         "('ab', 'm', '/m.onnx', '{}') RETURNING id")).scalar_one()
+            for name, status, settings in (
+                ("fleet", "running", {"mode": "distributed", "producer": {"walk_done": True, "n_chunks": 7,
+                                                                          "skipped": 3}}),
+                ("old", "completed", {"user": "u"}),
+            ):
+                conn.execute(text("INSERT INTO scans (name, roots, model_id, status, threshold, settings) VALUES "
+                                  "(:n, '[]', :m, :s, 0.5, :j)"),
+                             {"n": name, "m": model_id, "s": status, "j": json.dumps(settings)})
+        db.upgrade(engine)
+        with db.session_factory(engine)() as session:
+            rows = {s.name: s for s in session.query(Scan)}
+            assert (rows["fleet"].walk_done, rows["fleet"].n_chunks, rows["fleet"].skipped) == (True, 7, 3)
+            assert rows["fleet"].settings == {"mode": "distributed"}
+            assert (rows["old"].walk_done, rows["old"].n_chunks, rows["old"].skipped) == (True, None, 0)
+        db.downgrade(engine, "0002")
+        with engine.connect() as conn:
+            back = dict(conn.execute(text("SELECT name, settings FROM scans")).all())
+        fleet = back["fleet"] if isinstance(back["fleet"], dict) else json.loads(back["fleet"])
+        assert fleet["producer"] == {"walk_done": True, "n_chunks": 7, "skipped": 3}
+    finally:
+        engine.dispose()

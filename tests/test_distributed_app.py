@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from dfscan.db.distributed import retry_db
+from dfscan.db.chunks import retry_db
 from dfscan.cli import main
 from dfscan.settings import Settings, SettingsError, from_env
 from dfscan.workers.schedule import ScheduleError, beat_schedule, load_schedule
@@ -157,7 +157,7 @@ def worker_factory(tmp_path):
 def test_back_pressure_then_resume_after_the_producer_stopped(tmp_path, redis_server, worker_factory, tiny_onnx_model,
                                                                sqlite_url):
     from dfscan.workers.producer import Producer
-    from dfscan.scanner.walker import WalkOptions
+    from dfscan.scanner import ScanSource, WalkOptions
 
     paths = sorted(str(p) for p in write_jpegs(tmp_path / "arc", 40, size=(64, 64)))
     settings = from_env(db_url=sqlite_url, broker_url=redis_server.url(), model=tiny_onnx_model, chunk_size=4,
@@ -165,7 +165,7 @@ def test_back_pressure_then_resume_after_the_producer_stopped(tmp_path, redis_se
     queue = redis_server.client()
     stop = threading.Event()
     with Producer(settings, poll_s=0.05) as producer:
-        scan_id = producer.register([str(tmp_path / "arc")], [], WalkOptions(settings.extensions))
+        scan_id = producer.register(ScanSource((str(tmp_path / "arc"),), (), WalkOptions(settings.extensions)))
         thread = threading.Thread(target=lambda: setattr(stop, "report", producer.produce(scan_id, stop=stop)))
         thread.start()
         # No worker: the producer fills its window of two chunks and waits.

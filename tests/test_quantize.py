@@ -133,7 +133,7 @@ def test_int8_agrees_with_fp32_on_a_model_with_spread_outputs(trained_tiny, tmp_
 def test_scanner_scores_with_the_int8_model(tiny_onnx_model, calib_dir, tmp_path, sqlite_url):
     from dfscan import db
     from dfscan.settings import Settings
-    from dfscan.scanner import WalkOptions
+    from dfscan.scanner import ScanSource, WalkOptions
     from dfscan.workers.local import LocalScan
 
     out = quantize_model(tiny_onnx_model, calib_dir, tmp_path / "q" / "tiny_int8.onnx").onnx_path
@@ -141,7 +141,7 @@ def test_scanner_scores_with_the_int8_model(tiny_onnx_model, calib_dir, tmp_path
     write_jpegs(images, 5)
     bad = write_bad_files(images / "bad")
     settings = Settings(db_url=sqlite_url, model=out, runtime="onnxruntime", decoder="pillow")
-    summary = LocalScan(settings, [str(images)], [], WalkOptions(settings.extensions)).run()
+    summary = LocalScan(settings, ScanSource((str(images),), (), WalkOptions(settings.extensions))).run()
     assert summary.total == 5 + len(bad) and summary.ok == 5 and summary.errors == len(bad)
     assert summary.model_sha256 == sha256_file(out)
     engine = db.make_engine(sqlite_url)

@@ -34,10 +34,6 @@ class ImageError(Exception):
         self.message = message
 
 
-class PipelineError(Exception):
-    """The pipeline itself can't continue (not one image's fault)."""
-
-
 class UnknownDecoder(ValueError):
     """No decoder of that name is registered."""
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from dfscan import db
-from dfscan.db.distributed import retry_db
+from dfscan.db.chunks import retry_db
 from dfscan.db.records import ResultRow
 from dfscan.scanner.chunks import Chunk, chunked
 from dfscan.workers.batches import PreparedBatch, prefetch, score, split

@@ -15,13 +15,11 @@ messages and the producer's memory stays flat whatever the archive's size.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +27,14 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan import db
-from dfscan.db import distributed as dist
 from dfscan.settings import Settings
 from dfscan.scanner.chunks import Chunk, chunked
 from dfscan.scanner.errors import ScannerError
 from dfscan.scanner.incremental import IncrementalFilter
-from dfscan.scanner.walker import WalkOptions, read_path_list, walk
+from dfscan.scanner.sources import ScanSource
+from dfscan.workers.registration import register_scan
 
-__all__ = ["ProduceReport", "Producer", "ProducerError", "default_name"]
+__all__ = ["ProduceReport", "Producer", "ProducerError"]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +90,7 @@ class Producer:
         return self._app
 
     def _retry(self, work: Callable, what: str) -> Any:
-        return dist.retry_db(work, deadline_s=self.settings.db_retry_seconds, what=what)
+        return db.retry_db(work, deadline_s=self.settings.db_retry_seconds, what=what)
 
     def publish(self, chunk: Chunk) -> None:
         from dfscan.workers.app import SCORE_TASK
@@ -107,52 +105,22 @@ class Producer:
 
     # --- registering ----------------------------------------------------------------
 
-    def register(
-        self,
-        roots: list[str],
-        path_lists: list[str],
-        options: WalkOptions,
-        *,
-        name: str | None = None,
-        incremental: bool = False,
-    ) -> int:
+    def register(self, source: ScanSource, *, name: str | None = None, incremental: bool = False) -> int:
         """Create the scan row (status ``running``) and return its id.  Loads no runtime."""
-        from dfscan.trt.model_info import inspect_model
         from dfscan.settings import SettingsError
-        from dfscan.workers.context import model_info_dict, origin
+        from dfscan.trt.model_info import inspect_model
 
         if self.settings.model is None:
             raise SettingsError("no model given: pass --model PATH or set DFSCAN_MODEL")
-        if "-" in path_lists:
+        if "-" in source.path_lists:
             raise ProducerError("a distributed scan can't read paths from stdin ('-'): resume could not read them again")
         info = inspect_model(self.settings.model)
         self._retry(lambda: db.upgrade(self.engine), "migrating the database")
-        threshold = info.threshold if self.settings.threshold is None else self.settings.threshold
-        audit = {
-            **origin(),
-            "mode": "distributed",
-            "model_path": os.fspath(info.path),
-            "model_sha256": info.sha256,
-            "threshold": threshold,
-            "chunk_size": self.settings.chunk_size,
-            "queue": self.settings.queue,
-            "walk": {"roots": list(roots), "path_lists": list(path_lists),
-                     "extensions": list(options.extensions), "follow_symlinks": options.follow_symlinks},
-            "incremental": incremental,
-            "producer": {"walk_done": False},
-        }  # fmt: skip
 
         def work() -> int:
             with self.sessions.begin() as session:
-                model_id = db.get_or_create_model(
-                    session, sha256=info.sha256, name=info.architecture, path=os.fspath(info.path),
-                    info=model_info_dict(info),
-                )
-                return db.create_scan(
-                    session, name=name or default_name(roots, path_lists),
-                    roots=list(roots) + [f"@{p}" for p in path_lists],
-                    model_id=model_id, threshold=threshold, settings=audit,
-                )
+                return register_scan(session, self.settings, info, source, name=name, mode="distributed",
+                                     incremental=incremental).scan_id
 
         return self._retry(work, "registering the scan")
 
@@ -165,22 +133,20 @@ class Producer:
         ``stop`` is set or the scan was cancelled.
         """
         with self.sessions() as session:
-            head = dist.scan_head(session, scan_id)
-            audit = session.get(db.models.Scan, scan_id).settings
-            recorded = dist.recorded_chunks(session, scan_id)
+            head = db.scan_head(session, scan_id)
+            audit = db.scan_audit(session, scan_id)
+            recorded = db.recorded_chunks(session, scan_id)
         if head.status != "running":
             raise ProducerError(f"scan {scan_id} is {head.status}")
-        walk_cfg = audit.get("walk")
-        if walk_cfg is None:
+        if audit.get("mode") != "distributed" or "walk" not in audit:
             raise ProducerError(f"scan {scan_id} was not made by the distributed producer")
-        state = audit.get("producer") or {}
-        if state.get("walk_done"):
-            return ProduceReport(scan_id, 0, int(state.get("n_chunks", 0)), 0, int(state.get("skipped", 0)), False)
+        if head.walk_done:
+            return ProduceReport(scan_id, 0, head.n_chunks or 0, 0, head.skipped, False)
 
-        options = WalkOptions(tuple(walk_cfg["extensions"]), bool(walk_cfg["follow_symlinks"]))
+        source = ScanSource.from_record(audit["walk"])
         # The scan's own chunk size, not this process's: a resumed walk must replay the same chunks.
         chunk_size = int(audit.get("chunk_size") or self.settings.chunk_size)
-        paths: Iterable[str] = self._paths(walk_cfg["roots"], walk_cfg["path_lists"], options)
+        paths: Iterable[str] = source.paths(on_skip=lambda p, why: self.warnings.append(f"{p}: {why}; not scanned"))
         incremental = None
         if audit.get("incremental"):
             incremental = IncrementalFilter(
@@ -207,17 +173,12 @@ class Producer:
 
         def finish() -> None:
             with self.sessions.begin() as session:
-                dist.mark_walk_done(session, scan_id, n_chunks=n_chunks, skipped=skipped)
+                db.mark_walk_done(session, scan_id, n_chunks=n_chunks, skipped=skipped)
             with self.sessions.begin() as session:
-                dist.maybe_complete_scan(session, scan_id)
+                db.maybe_complete_scan(session, scan_id)
 
         self._retry(finish, "ending the walk")
         return ProduceReport(scan_id, published, n_chunks, images, skipped, False)
-
-    def _paths(self, roots: list[str], path_lists: list[str], options: WalkOptions) -> Iterator[str]:
-        walked = walk(roots, options, on_skip=lambda p, why: self.warnings.append(f"{p}: {why}; not scanned"))
-        listed = (read_path_list(source) for source in path_lists)
-        return itertools.chain(walked, itertools.chain.from_iterable(listed))
 
     def _record(self, scan_id: int, seq: int, batch: list[str]) -> int:
         with self.sessions.begin() as session:
@@ -225,7 +186,7 @@ class Producer:
 
     def _check_replayed(self, scan_id: int, seq: int, batch: list[str]) -> None:
         with self.sessions() as session:
-            stored = dist.chunk_paths(session, scan_id, seq)
+            stored = db.chunk_paths(session, scan_id, seq)
         if stored != batch:
             raise ProducerError(
                 f"scan {scan_id}: chunk {seq} no longer matches the files under its roots (the archive changed "
@@ -237,7 +198,7 @@ class Producer:
     def resume(self, scan_id: int, *, stop: threading.Event | None = None) -> ProduceReport:
         """Publish again every recorded chunk that is unfinished, then finish the walk if it was cut short."""
         with self.sessions() as session:
-            head = dist.scan_head(session, scan_id)
+            head = db.scan_head(session, scan_id)
         if head.status != "running":
             raise ProducerError(f"scan {scan_id} is {head.status}; only a running scan can be resumed")
         window = _Window(self, scan_id, self.settings.max_outstanding_chunks, stop)
@@ -246,7 +207,7 @@ class Producer:
         while True:
             def page(after: int = after) -> list[tuple[int, int, list[str]]]:
                 with self.sessions() as session:
-                    return dist.unfinished_chunks(session, scan_id, after_seq=after, limit=100)
+                    return db.unfinished_chunks(session, scan_id, after_seq=after, limit=100)
 
             rows = self._retry(page, "listing unfinished chunks")
             if not rows:
@@ -262,7 +223,7 @@ class Producer:
 
         def complete() -> None:
             with self.sessions.begin() as session:
-                dist.maybe_complete_scan(session, scan_id)
+                db.maybe_complete_scan(session, scan_id)
 
         self._retry(complete, "completing the scan")
         return ProduceReport(
@@ -272,15 +233,23 @@ class Producer:
 
     # --- following ------------------------------------------------------------------
 
-    def progress(self, scan_id: int) -> dist.Progress:
-        def read() -> dist.Progress:
+    def progress(self, scan_id: int) -> db.ScanSummary:
+        def read() -> db.ScanSummary:
             with self.sessions() as session:
-                return dist.progress(session, scan_id)
+                return db.scan_summary(session, scan_id)
 
         return self._retry(read, "reading progress")
 
-    def wait(self, scan_id: int, *, on_progress: Callable[[dist.Progress], None] | None = None,
-             poll_s: float = 1.0, stop: threading.Event | None = None) -> dist.Progress:
+    def cancel(self, scan_id: int) -> bool:
+        """End a running scan as ``cancelled``; False if it had already ended."""
+        def work() -> bool:
+            with self.sessions.begin() as session:
+                return db.cancel_scan(session, scan_id)
+
+        return self._retry(work, "cancelling the scan")
+
+    def wait(self, scan_id: int, *, on_progress: Callable[[db.ScanSummary], None] | None = None,
+             poll_s: float = 1.0, stop: threading.Event | None = None) -> db.ScanSummary:
         """Poll the scan's progress until it is no longer running (or ``stop`` is set)."""
         while True:
             current = self.progress(scan_id)
@@ -316,8 +285,8 @@ class _Window:
             def check() -> tuple[set[int], str]:
                 with self.producer.sessions() as session:
                     return (
-                        dist.finished_among(session, self.ids),
-                        dist.scan_head(session, self.scan_id).status,
+                        db.finished_among(session, self.ids),
+                        db.scan_head(session, self.scan_id).status,
                     )
 
             finished, status = self.producer._retry(check, "checking outstanding chunks")
@@ -329,12 +298,3 @@ class _Window:
                 continue
             time.sleep(delay)
             delay = min(delay * 1.5, 2.0)
-
-
-def default_name(roots: list[str], path_lists: list[str]) -> str:
-    """``photos+2 2026-11-25T08:10Z``: the first source and a UTC timestamp."""
-    from datetime import datetime, timezone
-
-    sources = [os.path.basename(r.rstrip("/")) or r for r in roots] + [f"@{p}" for p in path_lists]
-    head = sources[0] + (f"+{len(sources) - 1}" if len(sources) > 1 else "")
-    return f"{head} {datetime.now(timezone.utc):%Y-%m-%dT%H:%MZ}"

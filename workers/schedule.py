@@ -139,9 +139,9 @@ def run_entry(settings: Settings, message: dict[str, Any], *, run_key: str) -> i
     ``run_key`` (the task id) names the scan, so a redelivered task resumes the
     scan its first delivery started.
     """
-    from dfscan.db import distributed as dist
+    from dfscan import db
+    from dfscan.scanner import ScanSource, WalkOptions, check_roots
     from dfscan.workers.producer import Producer
-    from dfscan.scanner.walker import WalkOptions, check_roots
 
     entry = ScheduleEntry(**{k: message[k] for k in message if k in _KNOWN})
     settings = settings.with_(
@@ -151,15 +151,15 @@ def run_entry(settings: Settings, message: dict[str, Any], *, run_key: str) -> i
     name = f"{entry.name} {run_key}"
     with Producer(settings) as producer:
         with producer.sessions() as session:
-            existing = dist.find_scan_by_name(session, name)
+            existing = db.find_scan_by_name(session, name)
         if existing is not None:
             with producer.sessions() as session:
-                running = dist.scan_head(session, existing).status == "running"
+                running = db.scan_head(session, existing).status == "running"
             if running:
                 producer.resume(existing)
             return existing
-        options = WalkOptions(settings.extensions, entry.follow_symlinks)
-        scan_id = producer.register(check_roots(entry.roots), list(entry.paths_from), options, name=name,
-                                    incremental=True)
+        source = ScanSource(tuple(check_roots(entry.roots)), tuple(entry.paths_from),
+                            WalkOptions(settings.extensions, entry.follow_symlinks))
+        scan_id = producer.register(source, name=name, incremental=True)
         producer.produce(scan_id)
         return scan_id

@@ -20,7 +20,6 @@ from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown
 
 from dfscan import db
-from dfscan.db import distributed as dist
 from dfscan.settings import Settings
 from dfscan.scanner.chunks import Chunk
 
@@ -64,9 +63,9 @@ class WorkerState:
         return self._sessions
 
     def retry(self, work, what: str):
-        return dist.retry_db(work, deadline_s=self.settings.db_retry_seconds, what=what)
+        return db.retry_db(work, deadline_s=self.settings.db_retry_seconds, what=what)
 
-    def context_for(self, head: dist.ScanHead) -> "ScanContext":
+    def context_for(self, head: db.ScanHead) -> "ScanContext":
         """The scoring context for the scan's model, with the scan's threshold."""
         from dfscan.workers.context import ScanContext
 
@@ -100,7 +99,7 @@ class WorkerState:
         self.retry(work, f"recording this worker for scan {scan_id}")
         self._noted_scans.add(scan_id)
 
-    def _find_model(self, head: dist.ScanHead) -> Path:
+    def _find_model(self, head: db.ScanHead) -> Path:
         from dfscan.trt.model_info import sha256_file
 
         candidates = [p for p in (self.settings.model, Path(head.model_path)) if p is not None]
@@ -142,21 +141,21 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
     sessions = state.sessions
     max_attempts = state.settings.max_attempts
 
-    def start() -> tuple[dist.ChunkStart, dist.ScanHead]:
+    def start() -> tuple[db.ChunkStart, db.ScanHead]:
         with sessions.begin() as session:
-            return dist.start_attempt(session, chunk.chunk_id), dist.scan_head(session, chunk.scan_id)
+            return db.start_attempt(session, chunk.chunk_id), db.scan_head(session, chunk.scan_id)
 
     begun, head = state.retry(start, f"starting chunk {chunk.seq} of scan {chunk.scan_id}")
     if begun.scan_status == "cancelled":
         return CANCELLED
-    if begun.status in dist.FINISHED:
+    if begun.status in db.FINISHED:
         outcome = DUPLICATE
     elif begun.attempts > max_attempts:
         reason = f"the chunk was lost with its worker on {begun.attempts - 1} attempts"
 
         def close() -> int:
             with sessions.begin() as session:
-                return dist.close_lost_chunk(
+                return db.close_lost_chunk(
                     session, chunk_id=chunk.chunk_id, scan_id=chunk.scan_id, model_id=head.model_id,
                     paths=chunk.paths, reason=reason,
                 )
@@ -178,7 +177,7 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
 def complete(state: WorkerState, scan_id: int) -> bool:
     def work() -> bool:
         with state.sessions.begin() as session:
-            return dist.maybe_complete_scan(session, scan_id)
+            return db.maybe_complete_scan(session, scan_id)
 
     done = state.retry(work, f"completing scan {scan_id}")
     if done:

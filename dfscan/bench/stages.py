@@ -379,12 +379,12 @@ def measure_scan(settings, folder: Path) -> ScanRun:
 
     from dfscan import db
     from dfscan.db.models import Scan
-    from dfscan.scanner import WalkOptions
+    from dfscan.scanner import ScanSource, WalkOptions
     from dfscan.workers.local import LocalScan
 
     reset_peak_rss()
     start_rss = rss_mib()
-    job = LocalScan(settings, [str(folder)], [], WalkOptions(settings.extensions), name="dfscan bench")
+    job = LocalScan(settings, ScanSource((str(folder),), (), WalkOptions(settings.extensions)), name="dfscan bench")
     summary = job.run()
     peak = peak_rss_mib()
     engine = db.make_engine(settings.db_url)

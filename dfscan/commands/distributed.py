@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from dfscan.commands._progress import ScanProgressBar
 from dfscan.commands._options import (
     batch_size_option,
     broker_option,
@@ -53,16 +54,16 @@ def safe_url(url: str | None) -> str:
 # --- scan --broker ---------------------------------------------------------------------
 
 
-def produce_scan(settings: Settings, roots: list[str], path_lists: list[str], options: Any, *, name: str | None,
-                 incremental: bool, wait: bool, progress: bool, as_json: bool) -> None:
+def produce_scan(settings: Settings, source: Any, *, name: str | None, incremental: bool, wait: bool,
+                 progress: bool, as_json: bool) -> None:
     """The producer side of ``dfscan scan --broker``."""
     from dfscan.workers.producer import Producer
 
     with Producer(settings) as producer, stop_on_signals() as stop:
-        scan_id = producer.register(roots, path_lists, options, name=name, incremental=incremental)
+        scan_id = producer.register(source, name=name, incremental=incremental)
         click.echo(f"scan {scan_id}: enqueuing chunks on {safe_url(settings.broker_url)}", err=True)
         report = producer.produce(scan_id, stop=stop)
-        final = producer.wait(scan_id, on_progress=_Bar() if progress else None, stop=stop) if wait and not report.stopped else producer.progress(scan_id)
+        final = producer.wait(scan_id, on_progress=ScanProgressBar().summary if progress else None, stop=stop) if wait and not report.stopped else producer.progress(scan_id)
     data = {
         "scan_id": scan_id,
         "status": final.status,
@@ -90,24 +91,6 @@ def produce_scan(settings: Settings, roots: list[str], path_lists: list[str], op
                                    f"`dfscan resume {scan_id}` goes on")
     if wait and final.status != "completed":
         raise click.ClickException(f"scan {scan_id} is {final.status}")
-
-
-class _Bar:
-    """tqdm on stderr fed from the database's progress counts."""
-
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(unit="img", dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
-
-    def __call__(self, p: Any) -> None:
-        if p.walk_done:
-            self.bar.total = p.images_total
-        self.bar.n = p.images_done
-        self.bar.set_postfix(errors=p.errors, chunks_left=p.chunks_queued, refresh=False)
-        self.bar.refresh()
-        if p.status != "running":
-            self.bar.close()
 
 
 def _print_progress(p: Any) -> None:
@@ -266,7 +249,7 @@ def resume(scan_id: int, broker_url: str | None, db_url: str, wait: bool, max_ou
     show = sys.stderr.isatty() if progress is None else progress
     with _producer(settings) as producer, stop_on_signals() as stop:
         report = producer.resume(scan_id, stop=stop)
-        final = producer.wait(scan_id, on_progress=_Bar() if show else None, stop=stop) if wait else producer.progress(scan_id)
+        final = producer.wait(scan_id, on_progress=ScanProgressBar().summary if show else None, stop=stop) if wait else producer.progress(scan_id)
     click.echo(f"scan {scan_id}: {report.chunks_published} chunks enqueued again; {final.status}")
     if wait:
         _print_progress(final)
@@ -280,14 +263,8 @@ def resume(scan_id: int, broker_url: str | None, db_url: str, wait: bool, max_ou
 @reports_errors
 def cancel(scan_id: int, db_url: str) -> None:
     """Cancel SCAN_ID: workers drop its remaining chunks unscored; the rows written are kept."""
-    from dfscan.db import distributed as dist
-
     with _producer(_settings(db_url=db_url)) as producer:
-        def work() -> bool:
-            with producer.sessions.begin() as session:
-                return dist.cancel_scan(session, scan_id)
-
-        changed = producer._retry(work, "cancelling the scan")
+        changed = producer.cancel(scan_id)
         p = producer.progress(scan_id)
     click.echo(f"scan {scan_id} {'cancelled' if changed else 'was already ' + p.status}: "
                f"{p.images_done} images have rows, {p.chunks_queued} chunks left unscored")

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from dfscan.commands._progress import ScanProgressBar
 from dfscan.commands._options import (
     batch_size_option,
     broker_option,
@@ -63,7 +64,7 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
     is registered and its chunks enqueued for workers; the command prints the
     scan id and returns once every chunk is enqueued (--wait: once scored).
     """
-    from dfscan.scanner import WalkOptions, check_roots
+    from dfscan.scanner import ScanSource, WalkOptions, check_roots
     from dfscan.workers.local import LocalScan
 
     if not roots and not paths_from:
@@ -75,20 +76,25 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
         intra_op_threads=intra_op_threads, follow_symlinks=False if no_follow_symlinks else None,
         broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks,
     )
-    root_list = check_roots(roots)
-    options = WalkOptions(extensions=settings.extensions, follow_symlinks=settings.follow_symlinks)
+    source = ScanSource(tuple(check_roots(roots)), tuple(paths_from),
+                        WalkOptions(extensions=settings.extensions, follow_symlinks=settings.follow_symlinks))
     show = sys.stderr.isatty() if progress is None else progress
     if settings.broker_url:
         from dfscan.commands.distributed import produce_scan
 
-        produce_scan(settings, root_list, list(paths_from), options, name=name, incremental=incremental,
-                     wait=wait, progress=show, as_json=as_json)
+        produce_scan(settings, source, name=name, incremental=incremental, wait=wait, progress=show,
+                     as_json=as_json)
         return
     if wait:
         raise click.UsageError("--wait needs --broker (the embedded scan always runs to the end)")
-    job = LocalScan(settings, root_list, list(paths_from), options, name=name, incremental=incremental)
-    with stop_on_signals() as stop:
-        summary = job.run(stop=stop, progress=show)
+    job = LocalScan(settings, source, name=name, incremental=incremental)
+    bar = ScanProgressBar(source.count) if show else None
+    try:
+        with stop_on_signals() as stop:
+            summary = job.run(stop=stop, on_batch=bar.rows if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
     _print_summary(summary, settings.db_url, as_json, job.warnings, skipped=job.skipped if incremental else None)
     if summary.status != "completed":
         raise click.ClickException(

@@ -38,7 +38,7 @@ def main() -> None:
     from dfscan import db
     from dfscan.settings import from_env
     from dfscan.workers.producer import Producer
-    from dfscan.scanner.walker import WalkOptions
+    from dfscan.scanner import ScanSource, WalkOptions
     from tests._cluster import PostgresServer, RedisServer, Worker, wait_for
     from tests._models import export_tiny_model
 
@@ -65,12 +65,12 @@ def main() -> None:
             # Warm-up: each worker process loads its (tiny) model on its first chunk.
             warm_list = tmp / "warm.txt"
             warm_list.write_text("".join(f"/warm/{i}.jpg\n" for i in range(args.chunk_size * 2 * args.workers)))
-            warm = producer.register([], [str(warm_list)], WalkOptions(settings.extensions), name="warm-up")
+            warm = producer.register(ScanSource((), (str(warm_list),), WalkOptions(settings.extensions)), name="warm-up")
             producer.produce(warm)
             wait_for(lambda: producer.progress(warm).status == "completed", 300, "the warm-up scan")
             for w in workers:
                 w.log_path.write_text("")  # count the timed scan's tasks only
-            scan_id = producer.register([], [str(listing)], WalkOptions(settings.extensions), name="bench")
+            scan_id = producer.register(ScanSource((), (str(listing),), WalkOptions(settings.extensions)), name="bench")
             t0 = time.perf_counter()
             report = producer.produce(scan_id)
             t_enqueued = time.perf_counter()

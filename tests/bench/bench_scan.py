@@ -50,13 +50,13 @@ def model_only(onnx_path: Path, files: list[Path], batch: int) -> float:
 def end_to_end(onnx_path: Path, folder: Path, db_path: Path, batch: int, **settings: object) -> float:
     """images/s of the real in-process scan of ``folder`` into a fresh SQLite file; ``settings`` override."""
     from dfscan.settings import Settings
-    from dfscan.scanner import WalkOptions
+    from dfscan.scanner import ScanSource, WalkOptions
     from dfscan.workers.local import LocalScan
 
     if db_path.exists():
         db_path.unlink()
     config = Settings(db_url=f"sqlite:///{db_path}", model=onnx_path, batch_size=batch, **settings)
-    summary = LocalScan(config, [str(folder)], [], WalkOptions(config.extensions)).run()
+    summary = LocalScan(config, ScanSource((str(folder),), (), WalkOptions(config.extensions))).run()
     assert summary.total == summary.ok, summary
     return summary.images_per_s
 

@@ -1,14 +1,15 @@
-"""Queries of the distributed mode: chunk attempts, scan completion, progress, incremental lookups.
+"""Chunks and their attempts, the walk's state, scan completion, incremental lookups, retrying a unit of work.
 
 The database is the source of truth of a distributed scan: the broker only
 carries messages, and may lose them (a Redis restart without persistence).
 Everything ``dfscan resume``, ``status`` and the workers need to decide what
-is left is answered here.  Like :mod:`db.scans`, nothing here commits except
-:func:`retry_db`, which runs a whole unit of work.
+is left is answered here; the embedded mode records its scans the same way.
+Like :mod:`dfscan.db.scans`, nothing here commits except :func:`retry_db`,
+which runs a whole unit of work.
 
-The scan's producer state (whether the walk has finished, how many chunks it
-recorded, how many files an incremental scan skipped) lives in the scan's
-``settings`` document under ``"producer"``, so the schema is unchanged.
+The walk's state (whether it has finished, how many chunks it recorded, how
+many files an incremental scan skipped) is in columns of ``scans``; the scan's
+``settings`` document is its audit record and is written once.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -34,8 +34,8 @@ from .results import existing_paths, write_batch
 from .scans import finish_scan
 
 __all__ = [
+    "FINISHED",
     "ChunkStart",
-    "Progress",
     "ScanHead",
     "cancel_scan",
     "chunk_paths",
@@ -45,9 +45,9 @@ __all__ = [
     "is_transient",
     "mark_walk_done",
     "maybe_complete_scan",
-    "progress",
     "recorded_chunks",
     "retry_db",
+    "scan_audit",
     "scan_head",
     "start_attempt",
     "unchanged_paths",
@@ -125,17 +125,30 @@ class ScanHead:
     model_sha256: str
     model_path: str
     threshold: float
+    walk_done: bool = False
+    n_chunks: int | None = None
+    skipped: int = 0
 
 
 def scan_head(session: Session, scan_id: int) -> ScanHead:
     row = session.execute(
-        select(Scan.status, Scan.model_id, Model.sha256, Model.path, Scan.threshold)
+        select(Scan.status, Scan.model_id, Model.sha256, Model.path, Scan.threshold, Scan.walk_done, Scan.n_chunks,
+               Scan.skipped)
         .join(Model, Model.id == Scan.model_id)
         .where(Scan.id == scan_id)
     ).one_or_none()
     if row is None:
         raise ScanNotFound(scan_id)
-    return ScanHead(scan_id, row.status, row.model_id, row.sha256, row.path, row.threshold)
+    return ScanHead(scan_id, row.status, row.model_id, row.sha256, row.path, row.threshold, row.walk_done,
+                    row.n_chunks, row.skipped)
+
+
+def scan_audit(session: Session, scan_id: int) -> dict:
+    """The scan's audit record (``scans.settings``): how it was started, with what."""
+    settings = session.execute(select(Scan.settings).where(Scan.id == scan_id)).scalar_one_or_none()
+    if settings is None:
+        raise ScanNotFound(scan_id)
+    return dict(settings)
 
 
 def find_scan_by_name(session: Session, name: str) -> int | None:
@@ -214,27 +227,13 @@ def _chunk_counts(session: Session, scan_id: int, paths: Sequence[str]) -> tuple
 # --- the producer's side -------------------------------------------------------------
 
 
-def producer_state(session: Session, scan_id: int) -> dict[str, Any]:
-    settings = session.execute(select(Scan.settings).where(Scan.id == scan_id)).scalar_one_or_none()
-    if settings is None:
-        raise ScanNotFound(scan_id)
-    return dict(settings.get("producer") or {})
-
-
-def _set_producer_state(session: Session, scan_id: int, **changes: Any) -> None:
-    settings = session.execute(select(Scan.settings).where(Scan.id == scan_id).with_for_update()).scalar_one_or_none()
-    if settings is None:
-        raise ScanNotFound(scan_id)
-    settings = dict(settings)
-    state = dict(settings.get("producer") or {})
-    state.update(changes)
-    settings["producer"] = state
-    session.execute(update(Scan).where(Scan.id == scan_id).values(settings=settings))
-
-
 def mark_walk_done(session: Session, scan_id: int, *, n_chunks: int, skipped: int) -> None:
     """Record that every chunk of the scan is in the database: from now on it can complete."""
-    _set_producer_state(session, scan_id, walk_done=True, n_chunks=n_chunks, skipped=skipped)
+    result = session.execute(
+        update(Scan).where(Scan.id == scan_id).values(walk_done=True, n_chunks=n_chunks, skipped=skipped)
+    )
+    if result.rowcount == 0:
+        raise ScanNotFound(scan_id)
 
 
 def recorded_chunks(session: Session, scan_id: int) -> int:
@@ -253,14 +252,13 @@ def maybe_complete_scan(session: Session, scan_id: int) -> bool:
     first, so of two workers finishing the last two chunks at once, the second
     sees both.  Returns True if this call completed the scan.
     """
-    stmt = select(Scan.status, Scan.settings).where(Scan.id == scan_id)
+    stmt = select(Scan.status, Scan.walk_done, Scan.n_chunks).where(Scan.id == scan_id)
     if dialect_name(session) == "postgresql":
         stmt = stmt.with_for_update()
     row = session.execute(stmt).one_or_none()
     if row is None:
         raise ScanNotFound(scan_id)
-    state = (row.settings or {}).get("producer") or {}
-    if row.status != "running" or not state.get("walk_done"):
+    if row.status != "running" or not row.walk_done:
         return False
     counts = dict(
         session.execute(
@@ -268,7 +266,7 @@ def maybe_complete_scan(session: Session, scan_id: int) -> bool:
         ).all()
     )
     finished = sum(counts.get(s, 0) for s in FINISHED)
-    if finished != sum(counts.values()) or finished < int(state.get("n_chunks", 0)):
+    if finished != sum(counts.values()) or finished < (row.n_chunks or 0):
         return False
     finish_scan(session, scan_id=scan_id, status="completed")
     return True
@@ -331,80 +329,3 @@ def unchanged_paths(session: Session, *, model_id: int, scan_id: int, stats: dic
             if (size, mtime) == stats[path]:
                 out.add(path)
     return out
-
-
-# --- progress ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where a scan stands; ``images_per_s`` and ``eta_s`` from its rows so far."""
-
-    scan_id: int
-    name: str
-    status: str
-    walk_done: bool
-    chunks_total: int
-    chunks_queued: int
-    chunks_done: int
-    chunks_failed: int
-    images_total: int
-    images_done: int
-    ok: int
-    errors: int
-    skipped: int
-    started_at: datetime
-    finished_at: datetime | None
-    elapsed_s: float
-    images_per_s: float
-    eta_s: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def progress(session: Session, scan_id: int) -> Progress:
-    head = session.execute(
-        select(Scan.name, Scan.status, Scan.settings, Scan.started_at, Scan.finished_at).where(Scan.id == scan_id)
-    ).one_or_none()
-    if head is None:
-        raise ScanNotFound(scan_id)
-    chunk_rows = session.execute(
-        select(Chunk.status, func.count(), func.coalesce(func.sum(Chunk.n_paths), 0))
-        .where(Chunk.scan_id == scan_id)
-        .group_by(Chunk.status)
-    ).all()
-    chunks = {s: (n, p) for s, n, p in chunk_rows}
-    result_rows = dict(
-        session.execute(
-            select(Result.status, func.count()).where(Result.scan_id == scan_id).group_by(Result.status)
-        ).all()
-    )
-    state = (head.settings or {}).get("producer") or {}
-    ok, errors = result_rows.get("ok", 0), result_rows.get("error", 0)
-    done = ok + errors
-    images_total = sum(p for _, p in chunks.values())
-    elapsed = max(0.0, ((head.finished_at or utcnow()) - head.started_at).total_seconds())
-    rate = done / elapsed if elapsed > 0 else 0.0
-    walk_done = bool(state.get("walk_done"))
-    eta = (max(0, images_total - done) / rate) if (walk_done and rate > 0 and head.status == "running") else None
-    return Progress(
-        scan_id=scan_id,
-        name=head.name,
-        status=head.status,
-        walk_done=walk_done,
-        chunks_total=sum(n for n, _ in chunks.values()),
-        chunks_queued=chunks.get("queued", (0, 0))[0],
-        chunks_done=chunks.get("done", (0, 0))[0],
-        chunks_failed=chunks.get("failed", (0, 0))[0],
-        images_total=images_total,
-        images_done=done,
-        ok=ok,
-        errors=errors,
-        skipped=int(state.get("skipped", 0)),
-        started_at=head.started_at,
-        finished_at=head.finished_at,
-        elapsed_s=elapsed,
-        images_per_s=rate,
-        eta_s=eta,
-    )

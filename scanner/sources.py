@@ -1,0 +1,57 @@
+"""What a scan reads: its roots, its path lists and the walk options, and the one stream of paths they give.
+
+The embedded scan and the fleet's producer both take their paths from
+:meth:`ScanSource.paths`; the audit record keeps :meth:`ScanSource.record` so
+that ``dfscan resume`` can replay the same walk.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from dfscan.scanner.walker import SkipHook, WalkOptions, count_files, read_path_list, walk
+
+__all__ = ["ScanSource"]
+
+
+@dataclass(frozen=True)
+class ScanSource:
+    roots: tuple[str, ...]
+    path_lists: tuple[str, ...] = ()
+    options: WalkOptions = field(default_factory=lambda: WalkOptions(extensions=()))
+
+    def paths(self, on_skip: SkipHook | None = None) -> Iterator[str]:
+        """The roots walked in order, then each path list's lines: one stream, read lazily."""
+        walked = walk(self.roots, self.options, on_skip=on_skip)
+        listed = (read_path_list(source) for source in self.path_lists)
+        return itertools.chain(walked, itertools.chain.from_iterable(listed))
+
+    def count(self) -> int | None:
+        """How many files the roots hold (a second walk), or None when path lists make it unknowable up front."""
+        return None if self.path_lists else count_files(self.roots, self.options)
+
+    @property
+    def stored_roots(self) -> list[str]:
+        """The ``scans.roots`` column: roots, and path lists as ``@FILE``."""
+        return list(self.roots) + [f"@{p}" for p in self.path_lists]
+
+    def default_name(self, now: datetime | None = None) -> str:
+        """``photos+2 2026-11-25T08:10Z``: the first source and a UTC timestamp."""
+        sources = [os.path.basename(r.rstrip("/")) or r for r in self.roots] + [f"@{p}" for p in self.path_lists]
+        head = sources[0] + (f"+{len(sources) - 1}" if len(sources) > 1 else "")
+        return f"{head} {(now or datetime.now(timezone.utc)):%Y-%m-%dT%H:%MZ}"
+
+    def record(self) -> dict[str, Any]:
+        """The ``walk`` part of the audit record: enough to walk the same way again."""
+        return {"roots": list(self.roots), "path_lists": list(self.path_lists),
+                "extensions": list(self.options.extensions), "follow_symlinks": self.options.follow_symlinks}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "ScanSource":
+        return cls(tuple(record["roots"]), tuple(record["path_lists"]),
+                   WalkOptions(tuple(record["extensions"]), bool(record["follow_symlinks"])))
