@@ -9,13 +9,10 @@ distribution, error analysis and sample predictions.
 
 from __future__ import annotations
 
-import base64
-import io
-from html import escape
 from pathlib import Path
 from typing import Any
 
-from dfscan.detector._svg import PALETTE, Chart, heatmap
+from dfscan.htmlkit import PALETTE, Chart, card, escape, heatmap, page, thumbnail_data_uri
 
 # Figure ids, in page order; tests check that each is present.
 FIGURES = (
@@ -31,16 +28,12 @@ FIGURES = (
 )
 THUMB = 112
 
+# The evaluation report's own rules, on top of the kit's stylesheet.
 CSS = """
-.warning { background: #fff4e5; border-left: 4px solid #d9822b; padding: 8px 12px; }
-body{font-family:system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222;padding:0 16px}
-h1{font-size:22px}h2{font-size:17px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
-figure{margin:12px 0 24px}figcaption{color:#555;font-size:13px;margin-top:4px}
+h2{margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
-table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
+table{font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th{background:#f5f5f5}td.l,th.l{text-align:left}.pass{color:#1a7f37;font-weight:bold}.fail{color:#b42318;font-weight:bold}
-.cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #ddd;border-radius:6px;padding:10px 14px;min-width:140px}
-.card b{display:block;font-size:22px}.card span{font-size:12px;color:#555}
 .thumbs{display:flex;flex-wrap:wrap;gap:10px}.thumb{width:130px;font-size:11px;text-align:center;overflow-wrap:anywhere}
 .thumb img{width:112px;height:112px;border:3px solid #ccc}.ok img{border-color:#2ca02c}.bad img{border-color:#d62728}
 .note{background:#fff8e1;border:1px solid #f0d78c;padding:8px 12px;font-size:13px}
@@ -60,23 +53,8 @@ def _figure(fig_id: str, body: str, caption: str) -> str:
     return f'<h2>{escape(title)}</h2><figure id="{fig_id}">{body}<figcaption>{escape(caption)}</figcaption></figure>'
 
 
-def _thumb(path: str) -> str | None:
-    """A base64 JPEG thumbnail of ``path``; None if it can't be read."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((THUMB, THUMB))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=80)
-    except (OSError, ValueError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _thumb_cell(row: dict[str, Any]) -> str:
-    src = _thumb(row["path"])
+    src, _ = thumbnail_data_uri(row["path"], THUMB)
     ok = row["true"] == row["predicted"]
     img = f'<img src="{src}" alt="{escape(Path(row["path"]).name)}">' if src else "<div>(unreadable)</div>"
     return (
@@ -97,8 +75,7 @@ def _dashboard(m: dict[str, Any]) -> str:
         ("images", str(m["n"])),
         ("threshold / T", f'{m["threshold"]:.3f} / {m["temperature"]:.3f}'),
     ]
-    html = '<div class="cards">' + "".join(f'<div class="card"><b>{v}</b><span>{escape(k)}</span></div>' for k, v in cards)
-    html += "</div>"
+    html = '<div class="cards">' + "".join(card(k, v) for k, v in cards) + "</div>"
     names = list(m["targets"])
     chart = Chart("Metrics against the original project's targets (dashed)", "", "score", xlim=(0, len(names)),
                   ylim=(0, 1), width=520, height=260, xticks=False)
@@ -287,8 +264,7 @@ def render(record: dict[str, Any], history: dict[str, Any] | None = None) -> str
             "say how well the model learnt that simulator, nothing about real deepfake detection.</p>"
         )
     toc = "<p>" + " · ".join(f'<a href="#{fid}">{escape(t)}</a>' for fid, t in FIGURES) + "</p>"
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>dfscan evaluation</title>'
-            f"<style>{CSS}</style></head><body>{header}{toc}{''.join(parts)}</body></html>\n")
+    return page("dfscan evaluation", f"{header}{toc}{''.join(parts)}", css=CSS)
 
 
 def write_report(path: Path, record: dict[str, Any], *, history: dict[str, Any] | None = None, source=None) -> Path:

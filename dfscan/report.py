@@ -10,9 +10,6 @@ rows are fetched.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -27,13 +24,11 @@ from sqlalchemy.orm import Session
 from dfscan import db
 from dfscan.db.models import Model, Result, Scan
 from dfscan.db.records import ScanSummary
+from dfscan.htmlkit import ERROR_COLOUR, FAKE_COLOUR, REAL_COLOUR, card, escape, page, thumbnail_data_uri
 
-__all__ = ["ScanReport", "Suspect", "collect", "render", "thumbnail_data_uri", "write_report"]
+__all__ = ["ScanReport", "Suspect", "collect", "render", "write_report"]
 
 STREAM_BATCH = 10_000
-FAKE_COLOUR = "#c0392b"
-REAL_COLOUR = "#2c7be5"
-ERROR_COLOUR = "#7f8c8d"
 
 
 @dataclass(frozen=True)
@@ -120,82 +115,29 @@ def write_report(db_url: str, scan_id: int, out: Path, *, top: int = 24, bins: i
     return report
 
 
-# --- thumbnails -----------------------------------------------------------------------
-
-
-def thumbnail_data_uri(path: str, px: int = 160) -> tuple[str | None, str]:
-    """``(data URI, "")`` of a JPEG thumbnail of ``path``, or ``(None, reason)``.
-
-    The file is read and decoded by the scanner's own reader and decoder, so
-    the same limits (regular files only, size and pixel limits, allowed
-    formats) apply.
-    """
-    from PIL import Image
-
-    from dfscan.workers.decode import load_rgb
-    from dfscan.workers.errors import ImageError
-    from dfscan.workers.reader import read_file
-
-    try:
-        im = load_rgb(read_file(path).data, size=(px, px))
-        im.thumbnail((px, px), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=85)
-    except ImageError as exc:
-        return None, exc.message
-    except Exception as exc:  # noqa: BLE001 - one bad thumbnail must not lose the report
-        return None, f"no preview: {type(exc).__name__}"
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), ""
-
-
 # --- rendering ------------------------------------------------------------------------
 
 _CSS = """
-:root { color-scheme: light; }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2330; background: #f5f6f8; }
-main { max-width: 1100px; margin: 0 auto; padding: 24px; }
-h1 { font-size: 22px; margin: 0 0 4px; }
-h2 { font-size: 17px; margin: 28px 0 10px; }
-.sub { color: #5b6475; margin: 0 0 16px; }
-section { background: #fff; border: 1px solid #dfe3ea; border-radius: 8px; padding: 16px 20px; margin-bottom: 16px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(130px, 1fr)); gap: 10px; }
-.card { border: 1px solid #e4e7ed; border-radius: 6px; padding: 10px 12px; }
-.card .v { font-size: 22px; font-weight: 600; }
-.card .k { color: #5b6475; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
-.fake .v { color: %(fake)s; } .real .v { color: %(real)s; } .err .v { color: %(err)s; }
-table { border-collapse: collapse; width: 100%%; }
-th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eef0f4; vertical-align: top; }
-th { color: #5b6475; font-weight: 500; width: 200px; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code, .path { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; font-size: 12px; word-break: break-all; }
-svg text { font: 11px system-ui, sans-serif; fill: #3b4252; }
+main table { width: 100%%; }
+main th { width: 200px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(180px, 1fr)); gap: 12px; }
 figure.suspect { margin: 0; border: 1px solid #e4e7ed; border-radius: 6px; padding: 8px; background: #fff; }
 figure.suspect img, figure.suspect svg { display: block; margin: 0 auto 6px; max-width: 100%%; }
 figure.suspect figcaption { font-size: 12px; }
 .score { font-weight: 600; color: %(fake)s; }
-.muted { color: #5b6475; }
-""" % {"fake": FAKE_COLOUR, "real": REAL_COLOUR, "err": ERROR_COLOUR}
-
-
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
+""" % {"fake": FAKE_COLOUR}
 
 
 def _when(value: datetime | None) -> str:
     return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _card(key: str, value: Any, cls: str = "") -> str:
-    return f'<div class="card {cls}"><div class="v">{_e(value)}</div><div class="k">{_e(key)}</div></div>'
-
-
 def _audit_value(key: str, value: Any) -> str:
     if key == "command" and isinstance(value, list):
-        return f"<code>{_e(shlex.join(str(v) for v in value))}</code>"
+        return f"<code>{escape(shlex.join(str(v) for v in value))}</code>"
     if isinstance(value, (dict, list)):
-        return f"<code>{_e(json.dumps(value, sort_keys=True, default=str))}</code>"
-    return _e(value)
+        return f"<code>{escape(json.dumps(value, sort_keys=True, default=str))}</code>"
+    return escape(value)
 
 
 def histogram_svg(edges: list[float], counts: dict[str, list[int]], threshold: float, width: int = 680,
@@ -250,7 +192,7 @@ def errors_svg(by_reason: dict[str, int], width: int = 680) -> str:
         y = 4 + i * row
         w = max(2.0, n / peak * (width - label_w - right))
         parts.append(
-            f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end">{_e(reason)}</text>'
+            f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end">{escape(reason)}</text>'
             f'<rect class="bar" x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row - 8}" fill="{ERROR_COLOUR}"/>'
             f'<text x="{label_w + w + 6:.1f}" y="{y + 15}">{n}</text>'
         )
@@ -260,8 +202,8 @@ def errors_svg(by_reason: dict[str, int], width: int = 680) -> str:
 
 def _placeholder(px: int, reason: str) -> str:
     return (
-        f'<svg class="placeholder" width="{px}" height="{px}" viewBox="0 0 {px} {px}" role="img" aria-label="{_e(reason)}">'
-        f'<title>{_e(reason)}</title><rect width="{px}" height="{px}" fill="#eceff3"/>'
+        f'<svg class="placeholder" width="{px}" height="{px}" viewBox="0 0 {px} {px}" role="img" aria-label="{escape(reason)}">'
+        f'<title>{escape(reason)}</title><rect width="{px}" height="{px}" fill="#eceff3"/>'
         f'<text x="{px / 2}" y="{px / 2}" text-anchor="middle">no preview</text></svg>'
     )
 
@@ -269,12 +211,12 @@ def _placeholder(px: int, reason: str) -> str:
 def _suspect(s: Suspect, px: int) -> str:
     uri, reason = thumbnail_data_uri(s.path, px)
     image = (
-        f'<img src="{uri}" alt="{_e(s.path)}" title="{_e(s.path)}">' if uri is not None else _placeholder(px, reason)
+        f'<img src="{uri}" alt="{escape(s.path)}" title="{escape(s.path)}">' if uri is not None else _placeholder(px, reason)
     )
     return (
-        f'<figure class="suspect" data-path="{_e(s.path)}">{image}<figcaption>'
-        f'<span class="score">p_fake {s.p_fake:.4f}</span> <span class="muted">({_e(s.label)}, '
-        f"confidence {s.confidence:.3f})</span><br><span class=\"path\">{_e(s.path)}</span></figcaption></figure>"
+        f'<figure class="suspect" data-path="{escape(s.path)}">{image}<figcaption>'
+        f'<span class="score">p_fake {s.p_fake:.4f}</span> <span class="muted">({escape(s.label)}, '
+        f"confidence {s.confidence:.3f})</span><br><span class=\"path\">{escape(s.path)}</span></figcaption></figure>"
     )
 
 
@@ -283,36 +225,32 @@ def render(report: ScanReport, *, thumb_px: int = 160) -> str:
     s = report.summary
     title = f"dfscan report: scan {s.scan_id} ({s.name})"
     cards = "".join([
-        _card("images", s.total), _card("real", s.real, "real"), _card("fake", s.fake, "fake"),
-        _card("errors", s.errors, "err"), _card("seconds", f"{s.elapsed_s:.1f}"),
-        _card("images/s", f"{s.images_per_s:.1f}"),
+        card("images", s.total), card("real", s.real, "real"), card("fake", s.fake, "fake"),
+        card("errors", s.errors, "err"), card("seconds", f"{s.elapsed_s:.1f}"),
+        card("images/s", f"{s.images_per_s:.1f}"),
     ])
     facts = [
-        ("status", _e(s.status)),
-        ("roots", "<br>".join(f'<span class="path">{_e(r)}</span>' for r in report.roots) or "—"),
-        ("model", f"{_e(report.model_name)} <code>{_e(s.model_sha256)}</code>"),
-        ("model file", f'<span class="path">{_e(report.model_path)}</span>'),
-        ("threshold", _e(f"{report.threshold:.6g}")),
-        ("started", _e(_when(s.started_at))),
-        ("finished", _e(_when(s.finished_at))),
+        ("status", escape(s.status)),
+        ("roots", "<br>".join(f'<span class="path">{escape(r)}</span>' for r in report.roots) or "—"),
+        ("model", f"{escape(report.model_name)} <code>{escape(s.model_sha256)}</code>"),
+        ("model file", f'<span class="path">{escape(report.model_path)}</span>'),
+        ("threshold", escape(f"{report.threshold:.6g}")),
+        ("started", escape(_when(s.started_at))),
+        ("finished", escape(_when(s.finished_at))),
     ]
-    audit_rows = "".join(f"<tr><th>{_e(k)}</th><td>{_audit_value(k, v)}</td></tr>" for k, v in report.audit.items())
+    audit_rows = "".join(f"<tr><th>{escape(k)}</th><td>{_audit_value(k, v)}</td></tr>" for k, v in report.audit.items())
     if s.errors:
         reasons = "".join(
-            f'<tr><td><code>{_e(code)}</code></td><td class="num">{n}</td>'
-            f'<td class="muted">{_e(report.reason_descriptions.get(code, ""))}</td></tr>'
+            f'<tr><td><code>{escape(code)}</code></td><td class="num">{n}</td>'
+            f'<td class="muted">{escape(report.reason_descriptions.get(code, ""))}</td></tr>'
             for code, n in sorted(s.errors_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
         )
         errors = f"{errors_svg(s.errors_by_reason)}<table>{reasons}</table>"
     else:
         errors = '<p class="muted">No errors: every file got a verdict.</p>'
     suspects = "".join(_suspect(x, thumb_px) for x in report.suspects) or '<p class="muted">No scored images.</p>'
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(title)}</title><style>{_CSS}</style></head>
-<body><main>
-<h1>{_e(title)}</h1>
-<p class="sub">{_e(s.total)} files, {_e(s.fake)} labelled fake at threshold {report.threshold:.4g}. Generated by dfscan from the results database.</p>
+    body = f"""<h1>{escape(title)}</h1>
+<p class="sub">{escape(s.total)} files, {escape(s.fake)} labelled fake at threshold {report.threshold:.4g}. Generated by dfscan from the results database.</p>
 <section id="summary"><div class="cards">{cards}</div>
 <table>{''.join(f'<tr><th>{k}</th><td>{v}</td></tr>' for k, v in facts)}</table></section>
 <h2>Distribution of p_fake</h2>
@@ -323,6 +261,5 @@ def render(report: ScanReport, *, thumb_px: int = 160) -> str:
 <section id="suspects"><div class="grid">{suspects}</div></section>
 <h2>Audit record</h2>
 <section id="audit"><p class="muted">What produced these verdicts, as stored with the scan.</p>
-<table>{audit_rows or '<tr><td class="muted">none recorded</td></tr>'}</table></section>
-</main></body></html>
-"""
+<table>{audit_rows or '<tr><td class="muted">none recorded</td></tr>'}</table></section>"""
+    return page(title, body, css=_CSS)

@@ -1,10 +1,98 @@
-"""A few inline-SVG charts for the evaluation report: lines, bars, a heat map. No dependencies, no URLs."""
+"""The kit every dfscan HTML page is made with: one page shell and stylesheet, cards, thumbnails, SVG charts.
+
+The scan report (``dfscan report``) and the evaluation report (``dfscan
+evaluate``) are single self-contained files: styles and charts inline,
+thumbnails as base64 data URIs, nothing fetched from the network. Thumbnails
+are read and decoded by the scanner's own reader and decoder, so a report
+applies the same limits (regular files, size, pixels, formats) as a scan.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import math
 from collections.abc import Sequence
-from html import escape
+from typing import Any
+
+__all__ = ["BASE_CSS", "ERROR_COLOUR", "FAKE_COLOUR", "FONT", "PALETTE", "REAL_COLOUR", "Chart", "card", "escape",
+           "heatmap", "nice_ticks", "page", "thumbnail_data_uri"]  # fmt: skip
+
+FAKE_COLOUR = "#c0392b"
+REAL_COLOUR = "#2c7be5"
+ERROR_COLOUR = "#7f8c8d"
+
+BASE_CSS = """
+:root { color-scheme: light; }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0; color: #1d2330; background: #f5f6f8; }
+main { max-width: 1100px; margin: 0 auto; padding: 24px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h2 { font-size: 17px; margin: 28px 0 10px; }
+.sub { color: #5b6475; margin: 0 0 16px; }
+section { background: #fff; border: 1px solid #dfe3ea; border-radius: 8px; padding: 16px 20px; margin-bottom: 16px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(130px, 1fr)); gap: 10px; }
+.card { border: 1px solid #e4e7ed; border-radius: 6px; padding: 10px 12px; }
+.card .v { font-size: 22px; font-weight: 600; }
+.card .k { color: #5b6475; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
+.fake .v { color: %(fake)s; } .real .v { color: %(real)s; } .err .v { color: %(err)s; }
+table { border-collapse: collapse; }
+th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eef0f4; vertical-align: top; }
+th { color: #5b6475; font-weight: 500; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+code, .path { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; font-size: 12px; word-break: break-all; }
+svg text { font: 11px system-ui, sans-serif; fill: #3b4252; }
+figure { margin: 12px 0 24px; } figcaption { color: #5b6475; font-size: 13px; margin-top: 4px; }
+.muted { color: #5b6475; }
+.warning { background: #fff4e5; border-left: 4px solid #d9822b; padding: 8px 12px; }
+""" % {"fake": FAKE_COLOUR, "real": REAL_COLOUR, "err": ERROR_COLOUR}
+
+
+def escape(value: Any) -> str:
+    """Text for HTML: ``None`` is empty, everything else ``str()`` and escaped (quotes too)."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def page(title: str, body: str, *, css: str = "") -> str:
+    """A whole self-contained page: the shared stylesheet, then the page's own rules."""
+    return (
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{BASE_CSS}{css}</style></head>\n"
+        f"<body><main>\n{body}\n</main></body></html>\n"
+    )
+
+
+def card(key: str, value: Any, cls: str = "") -> str:
+    """One figure in a row of cards: the value large, its name small under it."""
+    return f'<div class="card {cls}"><div class="v">{escape(value)}</div><div class="k">{escape(key)}</div></div>'
+
+
+def thumbnail_data_uri(path: str, px: int = 160) -> tuple[str | None, str]:
+    """``(data URI, "")`` of a JPEG thumbnail of ``path``, or ``(None, reason)``.
+
+    The file is read and decoded by the scanner's own reader and decoder
+    (orientation applied), so the same limits apply as in a scan.
+    """
+    from PIL import Image
+
+    from dfscan.workers.decode import load_rgb
+    from dfscan.workers.errors import ImageError
+    from dfscan.workers.reader import read_file
+
+    try:
+        im = load_rgb(read_file(path).data, size=(px, px))
+        im.thumbnail((px, px), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85)
+    except ImageError as exc:
+        return None, exc.message
+    except Exception as exc:  # noqa: BLE001 - one bad thumbnail must not lose the report
+        return None, f"no preview: {type(exc).__name__}"
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), ""
+
+
+# --- SVG charts -----------------------------------------------------------------------------------------------------
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#7f7f7f")
 FONT = "font-family:system-ui,sans-serif"
