@@ -222,11 +222,10 @@ def test_downgrade_to_base_removes_everything(db_engine: Engine) -> None:
 
 def test_concurrent_upgrades_do_not_race(db_url: str) -> None:
     """Workers that start together all auto-migrate; the lock makes the losers wait."""
-    code = "import sys, db; db.upgrade(db.make_engine(sys.argv[1]))"
-    env = {**os.environ, "PYTHONPATH": str(Path(db.__file__).parent.parent)}
+    code = "import sys; from dfscan import db; db.upgrade(db.make_engine(sys.argv[1]))"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", code, db_url], env=env, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", code, db_url], stderr=subprocess.PIPE, text=True
         )
         for _ in range(3)
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from dfscan.commands._options import model_option, reports_errors
+from dfscan.commands._options import batch_size_option, model_option, reports_errors
 
 
 def _bench_errors(func):
@@ -43,7 +43,7 @@ def _bench_errors(func):
               show_envvar=True, help="Without --model: export this detector with random weights and measure it.")
 @click.option("--pg", "pg_url", envvar="DFSCAN_BENCH_PG", show_envvar=True,
               help="Also measure writing to this PostgreSQL URL (a bench scan is written there, then deleted).")
-@click.option("--batch-size", type=int, default=64, show_default=True, envvar="DFSCAN_BATCH_SIZE", show_envvar=True)
+@batch_size_option
 @click.option("--min-time", "min_seconds", type=float, default=2.0, show_default=True, envvar="DFSCAN_BENCH_MIN_TIME",
               show_envvar=True, help="Repeat each stage measurement for at least this many seconds.")
 @click.option("--limit", type=int, default=1024, show_default=True, envvar="DFSCAN_BENCH_LIMIT", show_envvar=True,
@@ -55,7 +55,7 @@ def _bench_errors(func):
 @reports_errors
 @_bench_errors
 def bench(images: Path | None, synthetic: int | None, model: Path | None, int8_model: Path | None,
-          checkpoint: Path | None, backbone: str, pg_url: str | None, batch_size: int, min_seconds: float, limit: int,
+          checkpoint: Path | None, backbone: str, pg_url: str | None, batch_size: int | None, min_seconds: float, limit: int,
           naive: bool, as_json: bool, output: Path | None) -> None:  # fmt: skip
     """Measure every stage of a scan, and the whole scan, on this machine.
 
@@ -67,7 +67,9 @@ def bench(images: Path | None, synthetic: int | None, model: Path | None, int8_m
     exported (a model's speed does not depend on its weights).
     """
     from dfscan.bench import BenchOptions, format_report, run_bench
+    from dfscan.settings import from_env
 
+    batch_size = from_env(batch_size=batch_size).batch_size
     options = BenchOptions(images=images, synthetic=synthetic, model=model, int8_model=int8_model,
                            checkpoint=checkpoint, backbone=backbone, pg_url=pg_url, batch_size=batch_size,
                            min_seconds=min_seconds, limit=limit, naive=naive)  # fmt: skip
