@@ -140,4 +140,14 @@ def write_awkward(folder: Path) -> dict[str, Path]:
     save("large.jpg", pattern(22, (2400, 1600)), quality=90)
     save("large_420.jpg", pattern(23, (1800, 1350)), quality=85, subsampling=2)
     save("progressive.jpg", base, quality=85, progressive=True)
+    # Damaged but decodable: libjpeg warns (on stderr, inside DALI) and Pillow warns (a Python warning).
+    good = io.BytesIO()
+    base.save(good, "JPEG", quality=90)
+    damaged = bytearray(good.getvalue())
+    for i in range(len(damaged) // 2, len(damaged) // 2 + 100):
+        damaged[i] ^= 0x55
+    put("corrupt_entropy.jpg", bytes(damaged))
+    put("trailing_garbage.jpg", good.getvalue() + b"garbage" * 10)
+    exif = _exif(1).tobytes()
+    save("bad_exif.jpg", base, quality=90, exif=exif[:-4] + b"\xff\xff\x00\x10")
     return out
