@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -86,8 +87,15 @@ class BatchMaker:
         pre = getattr(decoder, "pre", None)
         self.max_pixels: int | None = getattr(pre, "max_pixels", None)
         self._pool = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="read")
+        # One batch is read and decoded at a time (the prefetch thread's), so the budget
+        # holds per worker even if two scans share this maker.
+        self._one_at_a_time = threading.Lock()
 
     def prepare(self, paths: Sequence[str]) -> PreparedBatch:
+        with self._one_at_a_time:
+            return self._prepare(paths)
+
+    def _prepare(self, paths: Sequence[str]) -> PreparedBatch:
         heads = list(self._pool.map(self._head, paths))
         outcome: dict[int, FileData | ImageError | np.ndarray] = {}
         complete: list[int] = []

@@ -21,9 +21,13 @@ unusable (NVIDIA/DALI#3913), so:
   decodes them (a verdict) or says why not (an error row with Pillow's
   reason).  Every other image of the batch keeps its DALI result.
 
-Large JPEGs differ slightly from Pillow: Pillow decodes them at 1/2..1/8
-scale (``draft``) before resizing, DALI decodes the full image and
-antialiases.  The parity tests use 256x256 images, where neither applies.
+Both decoders feed the model the same image: each file's header is parsed
+by Pillow first (:func:`workers.decode.open_image`, the Pillow decoder's own
+first step), so a file Pillow refuses over its metadata is refused here too,
+and a file whose orientation DALI does not read (PNG eXIf, XMP, ImageMagick's
+raw EXIF text: anything but a JPEG's EXIF segment) goes to Pillow.  Large
+JPEGs are decoded in full by both (Pillow's draft mode is not used for the
+model's input).
 
 Batches in flight: the scan's prefetch thread runs this decoder on batch k+1
 while the runtime infers batch k; within DALI the pipeline runs synchronously
