@@ -58,10 +58,14 @@ def library_chatter_to_log() -> Iterator[Chatter]:
         chatter.note(f"{category.__name__}: {message} ({os.path.basename(filename)}:{lineno})")
 
     try:
+        # Only when sys.stderr is descriptor 2 itself: under a test runner's capture
+        # (click's CliRunner, pytest) it is something else, and that is left alone.
+        if sys.stderr is None or sys.stderr.fileno() != 2:
+            raise ValueError("sys.stderr is not descriptor 2")
         sys.stderr.flush()
         real_fd = os.dup(2)
         read_fd, write_fd = os.pipe()
-    except (OSError, AttributeError, ValueError):  # no usable descriptor 2 (embedded, closed): only the warnings
+    except (OSError, AttributeError, ValueError):  # no usable descriptor 2 (captured, closed): only the warnings
         warnings.showwarning = show
         try:
             yield chatter
