@@ -104,7 +104,8 @@ def write_awkward(folder: Path) -> dict[str, Path]:
     put("ztxt_bomb.png", _png_with(base, before_idat=[chunk(b"zTXt", b"Comment\x00\x00" + bomb)]))
     put("itxt_bomb.png", _png_with(base, before_idat=[chunk(b"iTXt", b"Comment\x00\x01\x00\x00\x00" + bomb)]))
     put("ztxt_bomb_after_idat.png", _png_with(base, after_idat=[chunk(b"zTXt", b"Comment\x00\x00" + bomb)]))
-    put("iccp_method1.png", _png_with(base, before_idat=[chunk(b"iCCP", b"icc\x00\x01" + zlib.compress(b"\x00" * 128))]))
+    iccp = chunk(b"iCCP", b"icc\x00\x01" + zlib.compress(b"\x00" * 128))  # compression method 1: unknown
+    put("iccp_method1.png", _png_with(base, before_idat=[iccp]))
     # -- plain awkwardness both decoders handle ------------------------------------------------
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", "a harmless comment " * 20, zip=True)

@@ -109,7 +109,8 @@ class BatchMaker:
                 complete.append(i)
             elif item.size > self.budget_bytes:
                 outcome[i] = ImageError(
-                    "too-large", f"file is {item.size} bytes, over the worker's read budget of {self.budget_bytes} bytes"
+                    "too-large",
+                    f"file is {item.size} bytes, over the worker's read budget of {self.budget_bytes} bytes",
                 )
             else:
                 rest.append(i)

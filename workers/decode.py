@@ -95,7 +95,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
             try:
                 im = factory(fp, "")
                 break
-            except (SyntaxError, IndexError, TypeError, struct.error) as exc:  # what Image.open treats as "not this format"
+            except (SyntaxError, IndexError, TypeError, struct.error) as exc:  # Image.open: "not this format"
                 why = _short(exc)
     except (OSError, ValueError, EOFError, MemoryError, Image.DecompressionBombError) as exc:
         raise ImageError("not-image", f"unreadable image header: {_short(exc)}") from None
