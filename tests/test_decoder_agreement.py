@@ -166,6 +166,20 @@ def test_pixel_limit_is_thread_safe_and_leaves_the_warnings_filter_alone(tmp_pat
             if got != expected:
                 errors.append(str([(e, g) for e, g in zip(expected, got) if e != g][:3]))
 
+    # Watch the process-global filter list while decoding: it must never be swapped or edited
+    # (the old decoder switched it on and off around every open, from every decode thread).
+    original = warnings.filters
+    touched: list[bool] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if warnings.filters is not original or warnings.filters != before:
+                touched.append(True)
+                return
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     try:
         threads = [threading.Thread(target=run) for _ in range(3)]
         for t in threads:
@@ -173,8 +187,11 @@ def test_pixel_limit_is_thread_safe_and_leaves_the_warnings_filter_alone(tmp_pat
         for t in threads:
             t.join()
     finally:
+        done.set()
+        watcher.join()
         decoder.close()
     assert not errors
+    assert not touched, "the decoder changed the global warnings filter while decoding"
     assert warnings.filters == before
 
 
