@@ -49,6 +49,7 @@ print(json.dumps({"rc": done.returncode, "stderr": done.stderr[-2000:],
 """
 
 
+@pytest.mark.slow  # about 20 s each: two 4 GB sparse sets read through a real scan
 @pytest.mark.parametrize("decoder", ["pillow", "dali-cpu"])
 def test_sixteen_sparse_files_scan_within_the_memory_bound(tmp_path, tiny_onnx_model, decoder):
     if decoder.startswith("dali"):
