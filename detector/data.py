@@ -171,7 +171,7 @@ def eval_transform(pre: Preprocess) -> Callable[[bytes], np.ndarray]:
     """Bytes to a normalised (3, H, W) float32 array, exactly as the scanner's Pillow decoder does."""
 
     def run(data: bytes) -> np.ndarray:
-        return to_tensor(load_rgb(data, pre.size, pre.max_pixels), pre)
+        return to_tensor(load_rgb(data, None, pre.max_pixels), pre)
 
     return run
 
@@ -201,7 +201,7 @@ def train_transform(pre: Preprocess, augment: Augment = Augment()) -> Callable[[
     def run(data: bytes) -> np.ndarray:
         from PIL import Image
 
-        im = load_rgb(data, pre.size, pre.max_pixels)
+        im = load_rgb(data, None, pre.max_pixels)
         if im.size != (w, h):
             im = im.resize((w, h), Image.Resampling.BILINEAR)  # the same resize as to_tensor's
         return to_tensor(pipeline(im), pre)

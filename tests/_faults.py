@@ -47,7 +47,7 @@ if FAULTS.get("slow_batch_s"):
 if FAULTS.get("poison"):
     import dfscan.workers.batches as _batches
 
-    _read = _batches.read_file
+    _read = _batches.read_head  # every read of a batch starts with the header
     _marker = str(FAULTS["poison"])
 
     def _poisoned_read(path, *args, **kwargs):
@@ -55,7 +55,7 @@ if FAULTS.get("poison"):
             os.kill(os.getpid(), signal.SIGKILL)
         return _read(path, *args, **kwargs)
 
-    _batches.read_file = _poisoned_read
+    _batches.read_head = _poisoned_read
 
 
 if FAULTS.get("noop_model"):

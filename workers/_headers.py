@@ -20,6 +20,10 @@ _COMMON_SOF = frozenset({0xC0, 0xC1, 0xC2})
 # A JPEG's end-of-image marker should sit near its end; real files carry a
 # little padding or trailer after it, so look this far back for it.
 _EOI_WINDOW = 4096
+# Classic and BigTIFF, both byte orders, and the two odd orders Pillow also accepts.
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"MM*\x00", b"II\x00*", b"MM\x00+", b"II+\x00")
+# PNG chunks after the image data that change nothing Pillow or DALI shows the model.
+_PNG_TRAILERS_OK = frozenset({b"IDAT", b"IEND"})
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ def sniff(data: bytes) -> Header:
         return _webp(data)
     if data[:2] == b"BM":
         return _bmp(data)
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
+    if data[:4] in _TIFF_SIGNATURES:
         return Header("TIFF", detail="TIFF variants (16-bit, float, multi-page) decode differently: Pillow decides")
     return Header(None, detail="unknown signature")
 
@@ -101,7 +105,28 @@ def _png(data: bytes) -> Header:
         return Header("PNG", w, h, "no IEND chunk (truncated?)")
     if data.find(b"acTL", 33, 4096) != -1:
         return Header("PNG", w, h, "animated PNG")
+    trailer = _png_after_idat(data)
+    if trailer:
+        # Pillow reads chunks after the image data (text, eXIf) at load time: they can
+        # carry an orientation or make Pillow refuse the file, and DALI never looks.
+        return Header("PNG", w, h, f"{trailer} chunk after the image data")
     return Header("PNG", w, h, dali_safe=True)
+
+
+def _png_after_idat(data: bytes) -> str:
+    """The name of the first chunk after the image data other than IEND, or ''."""
+    pos, n, seen_idat = 8, len(data), False
+    while pos + 8 <= n:
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IDAT":
+            seen_idat = True
+        elif seen_idat and kind not in _PNG_TRAILERS_OK:
+            return kind.decode("latin-1")
+        if kind == b"IEND":
+            return ""
+        pos += 12 + length
+    return ""
 
 
 def _webp(data: bytes) -> Header:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,7 +14,15 @@ from dfscan.db.records import ResultRow
 from dfscan.trt.base import Runtime, run_batched, softmax
 from dfscan.trt.errors import InferenceFailed
 from dfscan.workers.errors import ImageError
-from dfscan.workers.reader import MAX_FILE_BYTES, FileData, read_file, stat_quietly
+from dfscan.workers.decode import refuse_from_header
+from dfscan.workers.reader import MAX_FILE_BYTES, FileData, read_head, stat_quietly
+
+# Bytes of file content a worker holds at once beyond each file's first
+# HEAD_BYTES (reader.py): files over the head are read in rounds that fit this
+# budget, each round decoded (and its bytes dropped) before the next is read.
+# Batches waiting in the prefetch queue hold decoded tensors only, never file
+# bytes.  A file larger than the whole budget is an error row.
+READ_BUDGET_BYTES = 2 * MAX_FILE_BYTES
 
 
 @dataclass
@@ -56,48 +65,112 @@ class Verdict:
 
 
 class BatchMaker:
-    """Reads files in a thread pool and decodes them with ``decoder``."""
+    """Reads files in a thread pool and decodes them with ``decoder``, within a byte budget.
 
-    def __init__(self, decoder, read_threads: int = 8, max_file_bytes: int = MAX_FILE_BYTES) -> None:
+    Each file's header is read first (:data:`reader.HEAD_BYTES`); a file whose
+    header is no image, or declares more pixels than the limit, is refused on
+    it.  The rest of larger files is read in rounds whose bytes fit
+    ``budget_bytes``; each round is decoded before the next is read, so a batch
+    of 64 sparse 255 MB "photos" never holds more than the budget.
+    """
+
+    def __init__(
+        self,
+        decoder,
+        read_threads: int = 8,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        budget_bytes: int = READ_BUDGET_BYTES,
+    ) -> None:
         self.decoder = decoder
         self.max_file_bytes = max_file_bytes
+        self.budget_bytes = budget_bytes
+        pre = getattr(decoder, "pre", None)
+        self.max_pixels: int | None = getattr(pre, "max_pixels", None)
         self._pool = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="read")
+        # One batch is read and decoded at a time (the prefetch thread's), so the budget
+        # holds per worker even if two scans share this maker.
+        self._one_at_a_time = threading.Lock()
 
     def prepare(self, paths: Sequence[str]) -> PreparedBatch:
-        read = list(self._pool.map(self._read, paths))
+        with self._one_at_a_time:
+            return self._prepare(paths)
+
+    def _prepare(self, paths: Sequence[str]) -> PreparedBatch:
+        heads = list(self._pool.map(self._head, paths))
+        outcome: dict[int, FileData | ImageError | np.ndarray] = {}
+        complete: list[int] = []
+        rest: list[int] = []
+        for i, item in enumerate(heads):
+            if isinstance(item, ImageError):
+                outcome[i] = item
+            elif (refusal := refuse_from_header(item.data, self.max_pixels)) is not None:
+                outcome[i] = refusal
+            elif len(item.data) >= item.size:
+                complete.append(i)
+            elif item.size > self.budget_bytes:
+                outcome[i] = ImageError(
+                    "too-large",
+                    f"file is {item.size} bytes, over the worker's read budget of {self.budget_bytes} bytes",
+                )
+            else:
+                rest.append(i)
+        # Round 1 decodes the small files with the first big ones; every round fits the budget.
+        round_ = complete
+        while True:
+            spent = 0
+            take: list[int] = []
+            while rest and spent + heads[rest[0]].size <= self.budget_bytes:  # type: ignore[union-attr]
+                i = rest.pop(0)
+                spent += heads[i].size  # type: ignore[union-attr]
+                take.append(i)
+            full = dict(zip(take, self._pool.map(lambda i: self._whole(paths[i], heads[i]), take)))
+            files = [i for i in take if not isinstance(full[i], ImageError)]
+            outcome.update({i: full[i] for i in take if isinstance(full[i], ImageError)})
+            todo = round_ + files
+            sources = [heads[i] if i in round_ else full[i] for i in todo]
+            if todo:
+                for i, out in zip(todo, self.decoder.decode_batch(sources)):
+                    outcome[i] = out
+            del full, sources
+            if not rest:
+                break
+            round_ = []
         sizes: list[int | None] = []
         mtimes: list[float | None] = []
         errors: dict[int, ImageError] = {}
-        files: list[FileData] = []
-        file_pos: list[int] = []
-        for i, (path, item) in enumerate(zip(paths, read)):
-            if isinstance(item, ImageError):
-                size, mtime = stat_quietly(path)
-                sizes.append(size)
-                mtimes.append(mtime)
-                errors[i] = item
-            else:
-                sizes.append(item.size)
-                mtimes.append(item.mtime)
-                files.append(item)
-                file_pos.append(i)
-        decoded = self.decoder.decode_batch(files) if files else []
         tensors = []
         ok_index = []
-        for pos, out in zip(file_pos, decoded):
+        for i, path in enumerate(paths):
+            head, out = heads[i], outcome[i]
+            if isinstance(head, ImageError):
+                size, mtime = stat_quietly(path)
+            else:
+                size, mtime = head.size, head.mtime
+            sizes.append(size)
+            mtimes.append(mtime)
             if isinstance(out, ImageError):
-                errors[pos] = out
+                errors[i] = out
             else:
                 tensors.append(out)
-                ok_index.append(pos)
+                ok_index.append(i)
         stacked = np.stack(tensors) if tensors else None
         return PreparedBatch(list(paths), sizes, mtimes, stacked, ok_index, errors)
 
-    def _read(self, path: str) -> FileData | ImageError:
+    def _head(self, path: str) -> FileData | ImageError:
         try:
-            return read_file(path, self.max_file_bytes)
+            return read_head(path, self.max_file_bytes)
         except ImageError as exc:
             return exc
+
+    def _whole(self, path: str, head: FileData) -> FileData | ImageError:
+        """The whole file, no more than the size its head saw (the budget was reserved for that)."""
+        try:
+            f = read_head(path, self.max_file_bytes, head_bytes=head.size)
+        except ImageError as exc:
+            return exc
+        if f.size != head.size or len(f.data) != head.size:
+            return ImageError("unreadable", f"file changed size while being read ({head.size} -> {f.size} bytes)")
+        return f
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -21,9 +21,13 @@ unusable (NVIDIA/DALI#3913), so:
   decodes them (a verdict) or says why not (an error row with Pillow's
   reason).  Every other image of the batch keeps its DALI result.
 
-Large JPEGs differ slightly from Pillow: Pillow decodes them at 1/2..1/8
-scale (``draft``) before resizing, DALI decodes the full image and
-antialiases.  The parity tests use 256x256 images, where neither applies.
+Both decoders feed the model the same image: each file's header is parsed
+by Pillow first (:func:`workers.decode.open_image`, the Pillow decoder's own
+first step), so a file Pillow refuses over its metadata is refused here too,
+and a file whose orientation DALI does not read (PNG eXIf, XMP, ImageMagick's
+raw EXIF text: anything but a JPEG's EXIF segment) goes to Pillow.  Large
+JPEGs are decoded in full by both (Pillow's draft mode is not used for the
+model's input).
 
 Batches in flight: the scan's prefetch thread runs this decoder on batch k+1
 while the runtime infers batch k; within DALI the pipeline runs synchronously
@@ -40,7 +44,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dfscan.workers._headers import sniff
-from dfscan.workers.decode import PillowDecoder, Preprocess
+from dfscan.workers.decode import PillowDecoder, Preprocess, open_image
 from dfscan.workers.errors import ImageError
 from dfscan.workers.reader import FileData
 
@@ -180,18 +184,24 @@ class DaliDecoder:
         to_dali: list[int] = []
         to_pillow: list[int] = []
         for i, f in enumerate(files):
-            header = sniff(f.data)
-            pixels = header.pixels
-            if pixels is not None and pixels > self.pre.max_pixels:
-                results[i] = ImageError(
-                    "too-many-pixels",
-                    f"too many pixels: {header.width}x{header.height} exceeds the limit of {self.pre.max_pixels}",
-                )
+            # Pillow's own header parse, exactly as the Pillow decoder does it: the same
+            # refusals (pixel limit, text-chunk bombs, unknown iCCP compression) and the
+            # orientation Pillow would apply, whichever decoder is chosen.
+            try:
+                im = open_image(f.data, self.pre.max_pixels)
+            except ImageError as exc:
+                results[i] = exc
                 self.stats["refused"] += 1
-            elif header.dali_safe:
-                to_dali.append(i)
-            else:
+                continue
+            header = sniff(f.data)
+            if not header.dali_safe:
                 to_pillow.append(i)
+            elif _orientation_dali_misses(im):
+                to_pillow.append(i)
+                self.stats["orientation"] += 1
+            else:
+                to_dali.append(i)
+            im.close()
         with self._lock:
             for start in range(0, len(to_dali), self.batch_size):
                 part = to_dali[start : start + self.batch_size]
@@ -214,3 +224,32 @@ class DaliDecoder:
         with self._lock:
             self._pipe = None
         self.fallback.close()
+
+
+def _orientation_dali_misses(im) -> str:
+    """Why DALI would not orient ``im`` as Pillow's ``exif_transpose`` does, or ''.
+
+    DALI reads the orientation of a JPEG's EXIF segment only.  Pillow also
+    takes it from PNG eXIf chunks, ImageMagick's "Raw profile type exif" text
+    chunk, and XMP ``tiff:Orientation`` in any format: such files go to Pillow.
+    """
+    from PIL import Image
+
+    try:
+        orientation = im.getexif().get(_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - unreadable metadata: let the reference decoder decide
+        return "unreadable EXIF"
+    if orientation in (None, 1):
+        return ""
+    if im.format == "JPEG" and "exif" in im.info:
+        exif = Image.Exif()
+        try:
+            exif.load(im.info["exif"])
+        except Exception:  # noqa: BLE001
+            return "unreadable EXIF"
+        if exif.get(_ORIENTATION) == orientation:
+            return ""
+    return f"orientation {orientation} from {im.format} metadata DALI does not read"
+
+
+_ORIENTATION = 0x0112

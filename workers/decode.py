@@ -8,7 +8,7 @@ one the DALI path is checked against.
 from __future__ import annotations
 
 import io
-import warnings
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dfscan.workers._headers import sniff
 from dfscan.workers.errors import ImageError
 from dfscan.workers.reader import FileData
 
@@ -41,23 +42,72 @@ class Preprocess:
         return a.astype(np.float32), b.astype(np.float32)
 
 
+def refuse_from_header(data: bytes, max_pixels: int | None) -> ImageError | None:
+    """Why ``data`` (the first bytes of a file are enough) can't be an image we decode, or None.
+
+    A signature none of :data:`ALLOWED_FORMATS` has is refused as Pillow would
+    refuse it; a header that declares more than ``max_pixels`` is refused
+    without a byte of pixels read or decoded.
+    """
+    header = sniff(data)
+    if header.format is None:
+        return ImageError("not-image", "not an image file (format not recognised)")
+    pixels = header.pixels
+    if max_pixels is not None and pixels is not None and pixels > max_pixels:
+        return _too_many(header.width, header.height, max_pixels)
+    return None
+
+
+def _too_many(w: int | None, h: int | None, max_pixels: int) -> ImageError:
+    return ImageError("too-many-pixels", f"too many pixels: {w}x{h} exceeds the limit of {max_pixels}")
+
+
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open ``data`` lazily and check its header; raises :class:`ImageError`."""
+    """Open ``data`` lazily (header only) and check its size; raises :class:`ImageError`.
+
+    This is ``Image.open`` without its decompression-bomb check: that check
+    reads the process-global ``Image.MAX_IMAGE_PIXELS`` and reports through
+    the process-global warnings filter, so it could neither follow
+    ``--max-pixels`` nor be turned into an error safely from several decode
+    threads.  The size is checked here, against ``max_pixels``, from the
+    header the plugin parsed.  Both decoders call this.
+    """
+    refusal = refuse_from_header(data, max_pixels)
+    if refusal is not None:
+        raise refusal
+    im = None
+    why = ""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except UnidentifiedImageError:
-        raise ImageError("not-image", "not an image file (format not recognised)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("too-many-pixels", "too many pixels (decompression bomb)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+        Image.preinit()
+        fp = io.BytesIO(data)
+        prefix = data[:16]
+        for fmt in ALLOWED_FORMATS:
+            if fmt not in Image.OPEN:
+                Image.init()
+            if fmt not in Image.OPEN:  # a plugin this Pillow build lacks
+                continue
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None:
+                ok = accept(prefix)
+                if not ok or isinstance(ok, str):
+                    continue
+            fp.seek(0)
+            try:
+                im = factory(fp, "")
+                break
+            except (SyntaxError, IndexError, TypeError, struct.error) as exc:  # Image.open: "not this format"
+                why = _short(exc)
+    except (OSError, ValueError, EOFError, MemoryError, Image.DecompressionBombError) as exc:
         raise ImageError("not-image", f"unreadable image header: {_short(exc)}") from None
+    if im is None:
+        if why:
+            raise ImageError("not-image", f"unreadable image header: {why}")
+        raise ImageError("not-image", "not an image file (format not recognised)")
     w, h = im.size
     if w <= 0 or h <= 0:
         raise ImageError("decode-failed", f"invalid image size {w}x{h}")
     if w * h > max_pixels:
-        raise ImageError("too-many-pixels", f"too many pixels: {w}x{h} exceeds the limit of {max_pixels}")
+        raise _too_many(w, h, max_pixels)
     return im
 
 
@@ -65,7 +115,10 @@ def load_rgb(data: bytes, size: tuple[int, int] | None = None, max_pixels: int =
     """Decode ``data`` to an 8-bit RGB image with its EXIF orientation applied.
 
     ``size`` (H, W) lets JPEG decode in draft mode at 1/2, 1/4 or 1/8 scale
-    while staying at least that large: a big speed-up for large photos.
+    while staying at least that large: for previews (reports) only.  The
+    model's input never uses it (:func:`decode_one`): DALI has no such mode,
+    and both decoders must feed the model the same image (draft mode moved
+    pixels by up to 6 grey levels).  ``dfscan bench`` shows what it costs.
     """
     im = open_image(data, max_pixels)
     try:
@@ -75,12 +128,14 @@ def load_rgb(data: bytes, size: tuple[int, int] | None = None, max_pixels: int =
         im = to_rgb(im)
     except ImageError:
         raise
+    except Image.DecompressionBombError:  # a GIF frame larger than Pillow's own limit
+        raise ImageError("too-many-pixels", "too many pixels in a frame") from None
     except OSError as exc:
         text = str(exc)
         if "truncated" in text or "broken data stream" in text or "premature end" in text.lower():
             raise ImageError("truncated", "truncated image data") from None
         raise ImageError("decode-failed", f"decode failed: {_short(exc)}") from None
-    except (SyntaxError, ValueError, TypeError, EOFError, MemoryError, Image.DecompressionBombError) as exc:
+    except (SyntaxError, ValueError, TypeError, EOFError, MemoryError) as exc:
         raise ImageError("decode-failed", f"decode failed: {_short(exc)}") from None
     return im
 
@@ -118,8 +173,9 @@ def to_tensor(im: Image.Image, pre: Preprocess) -> np.ndarray:
     return arr * a + b
 
 
-def decode_one(data: bytes, pre: Preprocess) -> np.ndarray:
-    return to_tensor(load_rgb(data, pre.size, pre.max_pixels), pre)
+def decode_one(data: bytes, pre: Preprocess, *, draft: bool = False) -> np.ndarray:
+    """The model's input for ``data``: full decode, no JPEG draft mode unless ``draft`` (the bench compares)."""
+    return to_tensor(load_rgb(data, pre.size if draft else None, pre.max_pixels), pre)
 
 
 class PillowDecoder:

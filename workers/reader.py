@@ -13,6 +13,10 @@ from dfscan.workers.errors import ImageError
 # Files beyond this are refused before reading: an image archive has no
 # business holding a 1 GB ".jpg", and reading it would cost memory for nothing.
 MAX_FILE_BYTES = 256 * 1024 * 1024
+# The first bytes of a file, read before the rest: enough for every header
+# :mod:`workers._headers` parses, so a file that is no image, or one that
+# declares too many pixels, is refused without reading (or allocating) the rest.
+HEAD_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -28,13 +32,22 @@ def read_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> FileData:
 
     ``path`` is the stored form of the name (see :mod:`scanner.paths`).
     """
-    path = on_disk(path)
+    return read_head(path, max_bytes, head_bytes=max_bytes)
+
+
+def read_head(path: str, max_bytes: int = MAX_FILE_BYTES, head_bytes: int = HEAD_BYTES) -> FileData:
+    """At most ``head_bytes`` of the file: the whole file when it is that small.
+
+    ``FileData.size`` is the file's full size, so ``len(data) < size`` says
+    the rest is still to read (:func:`read_file`).
+    """
+    disk = on_disk(path)
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
+        if not stat.S_ISREG(os.stat(disk).st_mode):
             raise ImageError("not-regular", "not a regular file")
         # O_NONBLOCK: should the path become a FIFO after the check, opening it
         # must still not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(disk, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise _os_error(exc) from None
     try:
@@ -45,22 +58,34 @@ def read_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> FileData:
             raise ImageError("empty", "empty file")
         if st.st_size > max_bytes:
             raise ImageError("too-large", f"file is {st.st_size} bytes, over the {max_bytes}-byte limit")
-        chunks = []
-        remaining = st.st_size
-        while remaining > 0:
-            block = os.read(fd, min(remaining, 1 << 22))
-            if not block:
-                break
-            chunks.append(block)
-            remaining -= len(block)
-        data = b"".join(chunks)
+        data = _read_exactly(fd, min(st.st_size, head_bytes))
     except OSError as exc:
         raise _os_error(exc) from None
     finally:
         os.close(fd)
     if not data:
         raise ImageError("empty", "empty file")
-    return FileData(path=path, size=st.st_size, mtime=st.st_mtime, data=data)
+    return FileData(path=disk, size=st.st_size, mtime=st.st_mtime, data=data)
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    """Up to ``n`` bytes in one allocation (a regular file's read returns them all at once).
+
+    No list of blocks joined into a second copy: the old way held each file
+    twice at the moment of joining.
+    """
+    data = os.read(fd, n)
+    if 0 < len(data) < n:  # a short read (a signal, a file shrinking): rare, finish it block by block
+        parts = [data]
+        got = len(data)
+        while got < n:
+            block = os.read(fd, min(n - got, 1 << 22))
+            if not block:
+                break
+            parts.append(block)
+            got += len(block)
+        data = b"".join(parts)
+    return data
 
 
 def stat_quietly(path: str) -> tuple[int | None, float | None]:

@@ -88,6 +88,8 @@ class BenchReport:
     slowest_stage: str | None = None
     end_to_end_over_slowest: float | None = None
     dfscan_over_naive: float | None = None
+    # Large JPEGs: Pillow's full decode (what both decoders feed the model) over its draft mode (the old rule).
+    large_jpeg_full_over_draft: float | None = None
     peak_rss_mib: float = 0.0
     int8: dict[str, Any] | None = None
     seconds: float = 0.0

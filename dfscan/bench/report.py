@@ -43,6 +43,9 @@ def format_report(report: BenchReport) -> str:
             lines.append(f"  ({infer.key} measured before and after the scan: "
                          f"{infer.details['images_per_s_before_scan']:.1f} and "
                          f"{infer.details['images_per_s_after_scan']:.1f} images/s; the row shows both together)")
+    if report.large_jpeg_full_over_draft is not None:
+        lines.append(f"large JPEG decode: full decode takes "
+                     f"{report.large_jpeg_full_over_draft:.2f}x the time of draft mode (the cost of decoder agreement)")
     if report.dfscan_over_naive is not None:
         lines.append(f"dfscan scan / naive reference loop = {report.dfscan_over_naive:.2f}x")
     if report.int8 and report.int8.get("agreement"):

@@ -96,6 +96,7 @@ class _Bench:
             raise BenchError(f"none of the {len(paths)} images could be read")
 
         rows.extend(self._decode_rows(pre, files))
+        rows.extend(self._large_jpeg_rows(pre, report))
         tensors = self._tensors(pre, files)
 
         if int8_info is None and fp32_info is not None:
@@ -212,6 +213,27 @@ class _Bench:
                 close = getattr(decoder, "close", None)
                 if close is not None:
                     close()
+        return rows
+
+    def _large_jpeg_rows(self, pre, report: BenchReport) -> list[Row]:
+        """What decoding large photos in full costs: both decoders now feed the model the full decode.
+
+        Pillow's draft mode (1/2..1/8 scale inside libjpeg) was faster but gave
+        the model a different image from DALI's (up to 6 grey levels); the row
+        pair and their ratio show the price of agreeing.
+        """
+        from dfscan.workers.reader import read_file
+
+        self.say("decoding large JPEGs (full vs draft)")
+        paths = stages.write_synthetic(self.work / "large", 8, size=stages.LARGE_JPEG_SIZE)
+        datas = [read_file(os.fspath(p)).data for p in paths]
+        size = "x".join(map(str, stages.LARGE_JPEG_SIZE))
+        rows = [self._row("decode-large", f"pillow {mode}", lambda d=draft: stages.measure_large_decode(
+                    datas, pre, draft=d, min_seconds=self.o.min_seconds), size=size, draft=draft)
+                for mode, draft in (("full", False), ("draft", True))]  # fmt: skip
+        full, draft = rows
+        if full.status == draft.status == "ok" and full.images_per_s > 0:
+            report.large_jpeg_full_over_draft = draft.images_per_s / full.images_per_s
         return rows
 
     def _quantize(self, fp32_info, tensors) -> tuple[Any, dict[str, Any]]:

@@ -286,6 +286,21 @@ def measure_decode(decoder, files: Sequence, batch: int, min_seconds: float) -> 
     return timed(run, min_seconds, warmup=lambda: decoder.decode_batch(batches[0]))
 
 
+LARGE_JPEG_SIZE = (2048, 1536)
+
+
+def measure_large_decode(datas: Sequence[bytes], pre, *, draft: bool, min_seconds: float) -> Timing:
+    """Pillow decoding large JPEG bytes to the model's input, in full or in draft mode."""
+    from dfscan.workers.decode import decode_one
+
+    def run() -> int:
+        for data in datas:
+            decode_one(data, pre, draft=draft)
+        return len(datas)
+
+    return timed(run, min_seconds, warmup=lambda: decode_one(datas[0], pre, draft=draft))
+
+
 def measure_infer(runtime, tensors: np.ndarray, batch: int, min_seconds: float) -> Timing:
     from dfscan.trt.base import run_batched
 

@@ -87,15 +87,21 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
         return
     if wait:
         raise click.UsageError("--wait needs --broker (the embedded scan always runs to the end)")
-    job = LocalScan(settings, source, name=name, incremental=incremental)
-    bar = ScanProgressBar(source.count) if show else None
-    try:
-        with stop_on_signals() as stop:
-            summary = job.run(stop=stop, on_batch=bar.rows if bar else None)
-    finally:
-        if bar is not None:
-            bar.close()
+    from dfscan.workers.chatter import library_chatter_to_log
+
+    # Image libraries' own warnings (libjpeg, libtiff, Pillow) go to the debug log; stderr gets one line.
+    with library_chatter_to_log() as chatter:
+        job = LocalScan(settings, source, name=name, incremental=incremental)
+        bar = ScanProgressBar(source.count) if show else None
+        try:
+            with stop_on_signals() as stop:
+                summary = job.run(stop=stop, on_batch=bar.rows if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
     _print_summary(summary, settings.db_url, as_json, job.warnings, skipped=job.skipped if incremental else None)
+    if not as_json and (line := chatter.summary()):
+        click.echo(line, err=True)
     if summary.status != "completed":
         raise click.ClickException(
             f"scan {summary.scan_id} was interrupted after {summary.total} images; the rows written are kept. "
