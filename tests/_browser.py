@@ -52,24 +52,30 @@ def http_server(root: Path) -> Iterator[str]:
         server.server_close()
 
 
-@contextmanager
-def chromium_with_extension(extension: Path, profile: Path):
-    """(context, service worker) of a headless Chromium with ``extension`` loaded; skips where it can't start."""
+@pytest.fixture(scope="session")
+def playwright_driver():
+    """One Playwright driver for the session (its sync API allows only one at a time)."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as p:
+        yield p
+
+
+@contextmanager
+def chromium_with_extension(driver, extension: Path, profile: Path):
+    """(context, service worker) of a headless Chromium with ``extension`` loaded; skips where it can't start."""
     if not Path(CHROMIUM).is_file():
         pytest.skip("chromium is not installed (apt-get install chromium)")
-    with sync_api.sync_playwright() as p:
-        try:
-            context = p.chromium.launch_persistent_context(
-                str(profile), executable_path=CHROMIUM, headless=True,
-                ignore_default_args=["--disable-extensions"],
-                args=[*CHROMIUM_ARGS, f"--disable-extensions-except={extension}", f"--load-extension={extension}"],
-            )
-        except Exception as exc:  # noqa: BLE001 - no browser here: skip with its reason
-            pytest.skip(f"chromium could not start: {str(exc).splitlines()[0][:300]}")
-        try:
-            workers = context.service_workers
-            worker = workers[0] if workers else context.wait_for_event("serviceworker", timeout=30_000)
-            yield context, worker
-        finally:
-            context.close()
+    try:
+        context = driver.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True,
+            ignore_default_args=["--disable-extensions"],
+            args=[*CHROMIUM_ARGS, f"--disable-extensions-except={extension}", f"--load-extension={extension}"],
+        )
+    except Exception as exc:  # noqa: BLE001 - no browser here: skip with its reason
+        pytest.skip(f"chromium could not start: {str(exc).splitlines()[0][:300]}")
+    try:
+        workers = context.service_workers
+        worker = workers[0] if workers else context.wait_for_event("serviceworker", timeout=30_000)
+        yield context, worker
+    finally:
+        context.close()

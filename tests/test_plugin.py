@@ -25,9 +25,9 @@ from PIL import Image
 
 from dfscan.cli import main
 from dfscan.plugin import ORT_FILES, PLUGIN_DIR
-from tests._browser import chromium_with_extension, http_server
+from tests._browser import chromium_with_extension, http_server, playwright_driver  # noqa: F401 - fixture
 from tests._images import pattern
-from tests._models import tiny_onnx_model  # noqa: F401 - fixture
+from tests._models import linear_probe_onnx_model, tiny_onnx_model  # noqa: F401 - fixtures
 
 ORT_DIST = PLUGIN_DIR / "node_modules" / "onnxruntime-web" / "dist"
 needs_npm = pytest.mark.skipif(not (ORT_DIST / ORT_FILES[0]).is_file(),
@@ -74,14 +74,18 @@ def write_test_images(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-@pytest.fixture(scope="module")
-def extension(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def build(model: Path, out: Path) -> Path:
     if not (ORT_DIST / ORT_FILES[0]).is_file():
         pytest.skip("onnxruntime-web is not installed: run `npm ci` in plugin/ (make plugin)")
-    out = tmp_path_factory.mktemp("ext") / "dfscan-extension"
-    res = run("plugin", "build", "--model", str(tiny_onnx_model), "--out", str(out), "--json")
+    res = run("plugin", "build", "--model", str(model), "--out", str(out), "--json")
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture(scope="module")
+def extension(linear_probe_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    """The extension with the linear probe: a model whose p_fake moves with every pixel."""
+    return build(linear_probe_onnx_model, tmp_path_factory.mktemp("ext") / "dfscan-extension")
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +99,9 @@ def site(tmp_path_factory: pytest.TempPathFactory):
         yield root, base, names
 
 
-@pytest.fixture(scope="module")
-def scanner_verdicts(site, tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: F811
-    """What `dfscan scan` stores for the same files: {file name: (status, label, p_fake)}."""
-    root, _, _ = site
-    db_path = tmp_path_factory.mktemp("scan") / "scan.db"
-    res = run("scan", str(root / "img"), "--model", str(tiny_onnx_model), "--db", f"sqlite:///{db_path}",
+def scan_reference(model: Path, folder: Path, db_path: Path) -> dict:
+    """What `dfscan scan` stores for the files of ``folder``: {file name: (status, label, p_fake)}."""
+    res = run("scan", str(folder), "--model", str(model), "--db", f"sqlite:///{db_path}",
               "--runtime", "onnxruntime", "--decoder", "pillow", "--no-progress")
     assert res.exit_code == 0, res.output
     with sqlite3.connect(db_path) as conn:
@@ -109,8 +110,16 @@ def scanner_verdicts(site, tiny_onnx_model: Path, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="module")
-def browser(extension: Path, tmp_path_factory: pytest.TempPathFactory):
-    with chromium_with_extension(extension, tmp_path_factory.mktemp("profile")) as (context, worker):
+def scanner_verdicts(site, linear_probe_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: F811
+    reference = scan_reference(linear_probe_onnx_model, site[0] / "img", tmp_path_factory.mktemp("scan") / "scan.db")
+    p = sorted(v[2] for v in reference.values())
+    assert p[-1] - p[0] > 0.5, f"the probe's p_fake should spread over the images, got {p[0]:.3f}..{p[-1]:.3f}"
+    return reference
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_driver, extension: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
+    with chromium_with_extension(playwright_driver, extension, tmp_path_factory.mktemp("profile")) as (context, worker):
         yield context, worker
 
 
@@ -136,14 +145,14 @@ def compare(results: dict[str, dict], reference: dict) -> tuple[float, float]:
 
 
 @needs_npm
-def test_build_writes_extension_and_zip(extension: Path, tiny_onnx_model: Path) -> None:  # noqa: F811
+def test_build_writes_extension_and_zip(extension: Path, linear_probe_onnx_model: Path) -> None:  # noqa: F811
     manifest = json.loads((extension / "manifest.json").read_text())
     assert manifest["manifest_version"] == 3
     info = json.loads((extension / "model" / "model.json").read_text())
-    sidecar = json.loads((tiny_onnx_model.parent / "model_info.json").read_text())
+    sidecar = json.loads(linear_probe_onnx_model.with_name("probe.model_info.json").read_text())
     for key in ("input_size", "mean", "std", "threshold", "temperature", "classes"):
         assert info[key] == sidecar[key], key
-    assert (extension / "model" / "model.onnx").read_bytes() == tiny_onnx_model.read_bytes()
+    assert (extension / "model" / "model.onnx").read_bytes() == linear_probe_onnx_model.read_bytes()
     assert sorted(p.name for p in (extension / "ort").iterdir()) == sorted(ORT_FILES)
     with zipfile.ZipFile(extension.with_name(extension.name + ".zip")) as zf:
         assert "manifest.json" in zf.namelist() and "ort/ort-wasm-simd-threaded.wasm" in zf.namelist()
@@ -274,7 +283,7 @@ def test_server_mode_unreachable_server_is_a_message(browser, site) -> None:
 
 
 @pytest.fixture(scope="module")
-def dfscan_serve(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
+def dfscan_serve(linear_probe_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
     """A real `dfscan serve` with the same model, and a fresh API key: (url, token)."""
     if "serve" not in main.commands:
         pytest.skip("dfscan serve is not in this build")
@@ -288,7 +297,7 @@ def dfscan_serve(tiny_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory
         port = s.getsockname()[1]
     log = tmp / "serve.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dfscan.cli", "serve", "--model", str(tiny_onnx_model), "--db", db_url,
+        [sys.executable, "-m", "dfscan.cli", "serve", "--model", str(linear_probe_onnx_model), "--db", db_url,
          "--host", "127.0.0.1", "--port", str(port), "--runtime", "onnxruntime", "--decoder", "pillow"],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, "DFSCAN_THREADS": "1"},
         start_new_session=True)
@@ -334,3 +343,19 @@ def test_server_mode_matches_the_scanner(browser, site, scanner_verdicts, dfscan
     assert agreement == 1.0
     assert refused["status"] == "error" and refused["code"] == "server-refused-key", refused
     assert not_image["status"] == "error" and not_image["code"] == "not-image", not_image
+
+
+def test_the_tiny_detector_runs_in_the_browser(playwright_driver, tiny_onnx_model: Path, site,  # noqa: F811
+                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The real detector graph (ResNeXt-style backbone, BiLSTM) in onnxruntime-web: the scanner's numbers."""
+    root, base, names = site
+    picked = names[::4]
+    folder = tmp_path_factory.mktemp("tiny_imgs")
+    for name in picked:
+        (folder / name).write_bytes((root / "img" / name).read_bytes())
+    reference = scan_reference(tiny_onnx_model, folder, tmp_path_factory.mktemp("tiny_scan") / "scan.db")
+    ext = build(tiny_onnx_model, tmp_path_factory.mktemp("tiny_ext") / "ext")
+    with chromium_with_extension(playwright_driver, ext, tmp_path_factory.mktemp("tiny_profile")) as (_, worker):
+        results = {name: check(worker, f"{base}/img/{name}") for name in picked}
+    max_delta, agreement = compare(results, reference)
+    assert max_delta <= 1e-4 and agreement == 1.0

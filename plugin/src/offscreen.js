@@ -4,7 +4,9 @@
 import * as ort from "./ort/ort.wasm.bundle.min.mjs";
 import { sniffFormat, jpegOrientation, toTensor, verdict } from "./preprocess.js";
 
-ort.env.wasm.wasmPaths = chrome.runtime.getURL("ort/");
+// Only the binary is fetched; the Emscripten glue is inlined in the bundle (a prefix here would make
+// onnxruntime-web import ort-wasm-simd-threaded.mjs from it, a file the build does not ship).
+ort.env.wasm.wasmPaths = { wasm: chrome.runtime.getURL("ort/ort-wasm-simd-threaded.wasm") };
 ort.env.wasm.numThreads = 1;  // no cross-origin isolation here, so no SharedArrayBuffer threads
 ort.env.wasm.proxy = false;
 
