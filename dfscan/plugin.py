@@ -74,6 +74,9 @@ def build_extension(model: Path, out: Path, plugin_dir: Path = PLUGIN_DIR, make_
     (out / "model").mkdir()
     shutil.copy2(info.path, out / "model" / "model.onnx")
     pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)
+    # Face-crop models (the faces work adds ModelInfo.input; older builds keep the key in extra) need
+    # face detection first, which the extension doesn't run: local mode says so, server mode works.
+    model_input = getattr(info, "input", None) or info.extra.get("input", "whole-image")
     record = {
         "file": "model.onnx",
         "sha256": info.sha256,
@@ -88,10 +91,14 @@ def build_extension(model: Path, out: Path, plugin_dir: Path = PLUGIN_DIR, make_
         "output_name": info.output_name,
         "max_pixels": pre.max_pixels,
         "fixed_batch": info.fixed_batch,
+        "input": model_input,
     }
     (out / "model" / "model.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     model_bytes = (out / "model" / "model.onnx").stat().st_size
     warnings = []
+    if model_input != "whole-image":
+        warnings.append(f"the model scores {model_input} inputs: face detection runs only on the server, "
+                        "so this extension checks images in server mode only")
     if model_bytes > MODEL_SIZE_WARNING:
         warnings.append(f"the model is {model_bytes / 2**20:.0f} MB: local mode loads it whole into the browser; "
                         "consider server mode or a smaller export")

@@ -214,6 +214,9 @@ def test_local_mode_matches_the_scanner(browser, site, scanner_verdicts) -> None
     results = {name: check(worker, f"{base}/img/{name}") for name in names}
     max_delta, agreement = compare(results, scanner_verdicts)
     times = sorted(r["elapsed_ms"] for r in results.values())
+    worst = sorted(results, key=lambda n: -abs(results[n]["p_fake"] - scanner_verdicts[n][2]))[:4]
+    print("\nlargest differences: " + ", ".join(f"{n} {abs(results[n]['p_fake'] - scanner_verdicts[n][2]):.4f}"
+                                            for n in worst))
     print(f"\nlocal mode: {len(names)} images, max |dp_fake| {max_delta:.5f}, label agreement {agreement:.1%}, "
           f"first check (model load) {first['elapsed_ms']:.0f} ms, median check {times[len(times) // 2]:.0f} ms")
     assert max_delta <= 0.02
@@ -359,3 +362,18 @@ def test_the_tiny_detector_runs_in_the_browser(playwright_driver, tiny_onnx_mode
         results = {name: check(worker, f"{base}/img/{name}") for name in picked}
     max_delta, agreement = compare(results, reference)
     assert max_delta <= 1e-4 and agreement == 1.0
+
+
+def test_a_face_crop_model_says_it_needs_the_server(playwright_driver, linear_probe_onnx_model: Path, site,  # noqa: F811
+                                                    tmp_path: Path) -> None:
+    """A model trained on face crops: local mode can't detect faces, and says so instead of a wrong verdict."""
+    _, base, names = site
+    model = tmp_path / "model.onnx"
+    model.write_bytes(linear_probe_onnx_model.read_bytes())
+    sidecar = json.loads(linear_probe_onnx_model.with_name("probe.model_info.json").read_text())
+    (tmp_path / "model_info.json").write_text(json.dumps({**sidecar, "file": "model.onnx", "input": "face-crop"}))
+    ext = build(model, tmp_path / "ext")
+    assert json.loads((ext / "model" / "model.json").read_text())["input"] == "face-crop"
+    with chromium_with_extension(playwright_driver, ext, tmp_path / "profile") as (_, worker):
+        r = check(worker, f"{base}/img/{names[0]}")
+    assert r["status"] == "error" and r["code"] == "needs-server" and "server mode" in r["error"], r

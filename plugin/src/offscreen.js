@@ -25,6 +25,9 @@ async function model() {
       } catch (e) {
         throw new CheckError("model-load-failed", `the model could not be loaded: model/model.json is missing or invalid (${e.message}); rebuild the extension with dfscan plugin build`);
       }
+      if (info.input && info.input !== "whole-image") {
+        throw new CheckError("needs-server", `this model scores face crops (${info.input}); face detection runs only on the dfscan server: choose server mode in the options page`);
+      }
       try {
         const bytes = await (await fetch(chrome.runtime.getURL(`model/${info.file}`))).arrayBuffer();
         const session = await ort.InferenceSession.create(new Uint8Array(bytes), { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
