@@ -205,6 +205,7 @@ def _which(name: str) -> bool:
     return shutil.which(name) is not None
 
 
+@pytest.mark.slow  # starts Chromium (and a server): ~20-30 s
 def test_local_mode_matches_the_scanner(browser, site, scanner_verdicts) -> None:
     _, worker = browser
     _, base, names = site
@@ -327,6 +328,7 @@ def dfscan_serve(linear_probe_onnx_model: Path, tmp_path_factory: pytest.TempPat
             proc.wait()
 
 
+@pytest.mark.slow  # starts Chromium (and a server): ~20-30 s
 def test_server_mode_matches_the_scanner(browser, site, scanner_verdicts, dfscan_serve) -> None:
     _, worker = browser
     _, base, names = site
@@ -348,6 +350,7 @@ def test_server_mode_matches_the_scanner(browser, site, scanner_verdicts, dfscan
     assert not_image["status"] == "error" and not_image["code"] == "not-image", not_image
 
 
+@pytest.mark.slow  # starts Chromium (and a server): ~20-30 s
 def test_the_tiny_detector_runs_in_the_browser(playwright_driver, tiny_onnx_model: Path, site,  # noqa: F811
                                                tmp_path_factory: pytest.TempPathFactory) -> None:
     """The real detector graph (ResNeXt-style backbone, BiLSTM) in onnxruntime-web: the scanner's numbers."""
@@ -364,6 +367,7 @@ def test_the_tiny_detector_runs_in_the_browser(playwright_driver, tiny_onnx_mode
     assert max_delta <= 1e-4 and agreement == 1.0
 
 
+@pytest.mark.slow  # starts Chromium (and a server): ~20-30 s
 def test_a_face_crop_model_says_it_needs_the_server(playwright_driver, linear_probe_onnx_model: Path, site,  # noqa: F811
                                                     tmp_path: Path) -> None:
     """A model trained on face crops: local mode can't detect faces, and says so instead of a wrong verdict."""
