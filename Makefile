@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast lint bench demo clean
+.PHONY: install test test-fast lint bench demo clean plugin plugin-deps
 
 # torch and torchvision are pinned by pyproject.toml; pip takes them from a local
 # wheel cache where the machine has one (see README, "Installing").
@@ -17,14 +17,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) plugin-deps
 	$(PY) -m pytest -q
 
 # The layers contract of pyproject.toml (also checked inside `make test`, by tests/test_layers.py).
 lint: $(STAMP)
 	$(PY) -m pytest -q tests/test_layers.py
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) plugin-deps
 	$(PY) -m pytest -q -m "not slow"
 
 # Synthesise, train, export, calibrate, scan into SQLite, query, report: all in demo/.
@@ -33,6 +33,20 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) tests/bench/bench_scan.py
+
+# The browser extension's npm package (onnxruntime-web, pinned by plugin/package-lock.json).
+# Without npm the extension's tests skip with the reason.
+PLUGIN_STAMP := plugin/node_modules/.package-lock.json
+$(PLUGIN_STAMP): plugin/package.json plugin/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then cd plugin && npm ci --no-audit --no-fund; \
+	else echo "warning: npm not found; the browser extension's tests will be skipped" >&2; fi
+
+plugin-deps: $(PLUGIN_STAMP)
+
+# The loadable extension and its zip: make plugin MODEL=path/to/model.onnx
+MODEL ?= demo/model/model.onnx
+plugin: $(STAMP) $(PLUGIN_STAMP)
+	$(PY) -m dfscan.cli plugin build --model $(MODEL) --out plugin/build/dfscan-extension
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache dfscan.db dfscan.db-wal dfscan.db-shm

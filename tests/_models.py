@@ -87,3 +87,41 @@ def tiny_onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_legacy_onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny detector exported like the original project (batch 1, output ``output``, no sidecar)."""
     return _once("tiny_legacy", export_tiny_legacy_model, tmp_path_factory)
+
+
+def export_linear_probe_model(directory: Path, seed: int = TINY_SEED, scale: float = 0.004) -> Path:
+    """``directory/probe.onnx`` (+ sidecar): logits = flatten(x) @ W, W random normal * ``scale``.
+
+    The tiny detector's p_fake barely moves between images (random weights, BatchNorm, LSTM), so
+    comparing two preprocessing paths through it can't fail. This probe's p_fake spreads over
+    0..1 across images and moves with every pixel of the input: a strict check of preprocessing.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from dfscan.trt.model_info import write_model_info
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    h = w = 224
+    weights = np.random.default_rng(seed).normal(0.0, scale, (3 * h * w, 2)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["logits"])],
+        "linear_probe",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, h, w])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="dfscan-tests")
+    model.ir_version = 8
+    path = directory / "probe.onnx"
+    onnx.save(model, path)
+    write_model_info(path, architecture="linear-probe")
+    return path
+
+
+@pytest.fixture(scope="session")
+def linear_probe_onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real ONNX model whose p_fake depends strongly on every input pixel (see export_linear_probe_model)."""
+    return _once("linear_probe", export_linear_probe_model, tmp_path_factory)

@@ -1,0 +1,61 @@
+// Shows a check's result: the verdict, p_fake, confidence, and the face boxes when the answer has any.
+// Opened by the context menu (the result arrives in chrome.storage.session) or as popup.html?url=...
+// (it asks the service worker to check that image).
+const $ = (id) => document.getElementById(id);
+
+function show(r) {
+  if (!r) return;
+  $("url").textContent = r.url || "";
+  $("mode").textContent = r.mode ? `${r.mode} mode` : "";
+  $("error").hidden = true;
+  $("result").hidden = true;
+  if (r.status === "checking") { $("state").textContent = "Checking…"; return; }
+  $("state").textContent = "";
+  if (r.status !== "ok") {
+    $("error").hidden = false;
+    $("error").textContent = r.error || "the check failed";
+    $("error").dataset.code = r.code || "";
+    document.body.dataset.state = "error";
+    return;
+  }
+  $("result").hidden = false;
+  $("verdict").textContent = r.label.toUpperCase();
+  $("verdict").className = r.label;
+  $("p_fake").textContent = r.p_fake.toFixed(4);
+  $("confidence").textContent = `${(100 * r.confidence).toFixed(1)} %`;
+  $("time").textContent = r.elapsed_ms != null ? `${Math.round(r.elapsed_ms)} ms` : "";
+  drawFigure(r);
+  document.body.dataset.state = "done";
+}
+
+function drawFigure(r) {
+  const img = new Image();
+  img.onload = () => {
+    const canvas = $("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    ctx.lineWidth = Math.max(2, img.naturalWidth / 150);
+    for (const f of r.faces || []) {  // [x0, y0, x1, y1] in pixels, or {box: [...]}, from a face model on the server
+      const [x0, y0, x1, y1] = Array.isArray(f) ? f : f.box;
+      ctx.strokeStyle = (f.label || r.label) === "fake" ? "#e53935" : "#43a047";
+      ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    }
+    $("figure").hidden = false;
+  };
+  img.src = r.url;
+}
+
+const params = new URLSearchParams(location.search);
+if (params.get("url")) {
+  document.body.dataset.state = "checking";
+  show({ status: "checking", url: params.get("url") });
+  chrome.runtime.sendMessage({ type: "check", url: params.get("url") }).then(show, (e) =>
+    show({ status: "error", error: `the extension did not answer: ${e.message}` }));
+} else {
+  chrome.storage.session.get("last").then(({ last }) => show(last));
+  chrome.storage.onChanged.addListener((changes, area) => {
+    if (area === "session" && changes.last) show(changes.last.newValue);
+  });
+}
