@@ -1,8 +1,8 @@
 // The scanner's preprocessing (dfscan/workers/decode.py), reproduced step for step so that the
 // browser feeds the model what `dfscan scan` feeds it:
 //   1. decode with EXIF orientation applied, no colour management, alpha dropped (not composited);
-//   2. JPEG larger than the input: Pillow's draft mode (libjpeg DCT scaling by 1/2, 1/4 or 1/8,
-//      chosen on the stored, unrotated size) -- emulated here by a box average of the same factor;
+//   2. full-resolution decode for every format: the scanner no longer uses Pillow's JPEG draft
+//      mode for the model's input (so that Pillow and DALI agree), and neither does this;
 //   3. Pillow's Image.resize(BILINEAR): two separable passes (horizontal then vertical), a triangle
 //      filter widened by the scale when shrinking (antialiased), 22-bit fixed-point coefficients,
 //      and rounding to 8 bits between and after the passes (Pillow's Resample.c);
@@ -53,34 +53,6 @@ export function jpegOrientation(bytes) {
     p += 2 + len;
   }
   return 1;
-}
-
-/** Pillow's JPEG draft scale for a stored size (w, h) and a wanted size (tw, th): 1, 2, 4 or 8. */
-export function draftScale(w, h, tw, th) {
-  const s = Math.min(Math.floor(w / tw), Math.floor(h / th));
-  return s >= 8 ? 8 : s >= 4 ? 4 : s >= 2 ? 2 : 1;
-}
-
-/** Box-average an RGB (3 bytes per pixel) image by `s`: libjpeg's scaled IDCT, approximately. */
-export function boxReduce(rgb, w, h, s) {
-  const ow = Math.ceil(w / s), oh = Math.ceil(h / s);
-  const out = new Uint8Array(ow * oh * 3);
-  for (let oy = 0; oy < oh; oy++) {
-    const y1 = Math.min(h, (oy + 1) * s);
-    for (let ox = 0; ox < ow; ox++) {
-      const x1 = Math.min(w, (ox + 1) * s);
-      let r = 0, g = 0, b = 0, n = 0;
-      for (let y = oy * s; y < y1; y++) {
-        for (let x = ox * s; x < x1; x++) {
-          const i = (y * w + x) * 3;
-          r += rgb[i]; g += rgb[i + 1]; b += rgb[i + 2]; n++;
-        }
-      }
-      const o = (oy * ow + ox) * 3;
-      out[o] = Math.round(r / n); out[o + 1] = Math.round(g / n); out[o + 2] = Math.round(b / n);
-    }
-  }
-  return { rgb: out, width: ow, height: oh };
 }
 
 // Resample.c: precompute_coeffs with the bilinear (triangle) filter, support 1.
@@ -186,7 +158,7 @@ export function normalise(rgb, w, h, mean, std) {
 
 /**
  * Decoded RGBA pixels (orientation applied) to the model's input tensor.
- * `stored` is the size before orientation and `format` the sniffed container (draft mode is JPEG only).
+ * `format` and `orientation` are kept for callers; every format is decoded at full resolution.
  */
 export function toTensor(rgba, width, height, format, orientation, info) {
   const [th, tw] = info.input_size;
@@ -194,13 +166,7 @@ export function toTensor(rgba, width, height, format, orientation, info) {
   for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) {
     rgb[j] = rgba[i]; rgb[j + 1] = rgba[i + 1]; rgb[j + 2] = rgba[i + 2];
   }
-  let w = width, h = height;
-  if (format === "JPEG") {
-    const rotated = orientation >= 5;  // draft() runs before exif_transpose, on the stored size
-    const s = rotated ? draftScale(h, w, tw, th) : draftScale(w, h, tw, th);
-    if (s > 1) ({ rgb, width: w, height: h } = boxReduce(rgb, w, h, s));
-  }
-  const resized = resizeBilinear(rgb, w, h, tw, th);
+  const resized = resizeBilinear(rgb, width, height, tw, th);
   return normalise(resized, tw, th, info.mean, info.std);
 }
 
