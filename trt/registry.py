@@ -74,7 +74,7 @@ def _torch_auto(info: ModelInfo | None) -> tuple[bool, str]:
 
     ok, why = pytorch.cuda_status()
     if not ok:
-        return False, f"not on the CPU (ONNX Runtime is faster there); {why}"
+        return False, f"not on the CPU (ONNX Runtime is faster there; no CUDA: {why})"
     if info is not None and not isinstance(info.extra.get(pytorch.PROGRAM_KEY), dict):
         return False, f"{info.path.name} has no PyTorch export (model.pt2); re-export with `dfscan export`"
     return True, ""
