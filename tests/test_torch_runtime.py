@@ -198,3 +198,41 @@ def test_cuda_p_fake_matches_onnxruntime(tmp_path, tiny_onnx_model, precision):
     assert runtime.device == "gpu" and on_gpu.device.type == "cuda"
     np.testing.assert_allclose(ours, ref, rtol=0, atol=0.05)
     np.testing.assert_allclose(on_gpu.cpu().numpy(), ours, rtol=0, atol=1e-3)
+
+
+def test_a_dali_batch_reaches_the_runtime_through_dlpack(tmp_path, tiny_onnx_model):
+    """DALI's output tensor goes to the torch runtime as is (on a GPU it would never leave the device)."""
+    from dfscan.workers.dali import DaliDecoder, dali_status
+    from dfscan.workers.reader import read_file
+
+    if not dali_status()[0]:
+        pytest.skip(f"needs DALI: {dali_status()[1]}")
+    info = inspect_model(tiny_onnx_model)
+    files = [read_file(str(p)) for p in write_jpegs(tmp_path / "imgs", 6)]
+    pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)
+    decoder = DaliDecoder(pre, device="cpu", batch_size=8)
+    runtime = TorchRuntime(info, device="cpu")
+    try:
+        dense = decoder.decode_dense(files)
+        assert hasattr(dense, "__dlpack__") and tuple(dense.shape()) == (6, 3, 224, 224)
+        through_dlpack = runtime.infer(dense)
+        per_image = np.stack(decoder.decode_batch(files))  # the careful path, copied to the host
+        assert decoder.decode_dense(files + [read_file(str(_not_an_image(tmp_path)))]) is None
+    finally:
+        decoder.close()
+        runtime.close()
+    np.testing.assert_allclose(through_dlpack, runtime_logits(info, per_image), rtol=0, atol=1e-5)
+
+
+def _not_an_image(tmp_path: Path) -> Path:
+    path = tmp_path / "text.jpg"
+    path.write_bytes(b"not an image at all")
+    return path
+
+
+def runtime_logits(info, tensors: np.ndarray) -> np.ndarray:
+    runtime = TorchRuntime(info, device="cpu")
+    try:
+        return runtime.infer(tensors)
+    finally:
+        runtime.close()

@@ -161,7 +161,9 @@ class TorchRuntime:
         elif isinstance(batch, torch.Tensor):
             x = batch
         elif hasattr(batch, "__dlpack__"):
-            x = torch.from_dlpack(batch)  # a DALI GPU batch stays where it is
+            # A DALI batch stays on its device; cloned there, because DALI reuses its buffer on its next run
+            # (a device-to-device copy, small next to the inference).
+            x = torch.from_dlpack(batch).clone()
         else:
             raise InferenceFailed(f"can't run a batch of type {type(batch).__name__}; give a NumPy array or a DLPack tensor")
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, *self.info.input_size):
