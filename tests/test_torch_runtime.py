@@ -236,3 +236,18 @@ def runtime_logits(info, tensors: np.ndarray) -> np.ndarray:
         return runtime.infer(tensors)
     finally:
         runtime.close()
+
+
+def test_the_program_moves_to_a_device_with_the_tensors_its_graph_creates(tiny_onnx_model):
+    """Exported on the CPU, the LSTM's zero state is made with device='cpu'; on CUDA it must be made there."""
+    import torch
+
+    from dfscan.trt.pytorch import on_device
+
+    program = torch.export.load(str(tiny_onnx_model.with_name("model.pt2")))
+    assert "device(type='cpu')" in program.module().code  # what a plain .to("cuda") would leave behind
+    moved = on_device(program, "meta")  # any device other than the CPU: the same rewrite as for "cuda"
+    code = moved.module().code
+    assert "device(type='cpu')" not in code and "'meta'" in code
+    assert all(p.device.type == "meta" for p in moved.module().parameters())
+    assert on_device(program, "cpu") is program

@@ -111,6 +111,20 @@ def choose_precision(device: str, precision: str | None) -> str:
     return precision
 
 
+def on_device(program, device: str):
+    """The program with its weights *and* the tensors its graph creates on ``device``.
+
+    Exported on the CPU, the graph creates the LSTM's initial state with
+    ``device='cpu'`` baked in; ``.to("cuda")`` on the module would move the
+    weights only.  ``move_to_device_pass`` rewrites both.
+    """
+    if device == "cpu":
+        return program
+    from torch.export.passes import move_to_device_pass
+
+    return move_to_device_pass(program, device)
+
+
 class TorchRuntime:
     """A ``torch.export`` program behind the :class:`trt.base.Runtime` interface."""
 
@@ -133,11 +147,11 @@ class TorchRuntime:
         if threads > 0 and self._device == "cpu":
             torch.set_num_threads(threads)
         try:
-            program = torch.export.load(str(self.program_path))
+            program = on_device(torch.export.load(str(self.program_path)), self._device)
             module = program.module()
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign .pt2 raises anything
             raise ModelRejected(f"{self.program_path}: torch can't load the program: {_first_line(exc)}") from None
-        self._module = module.to(self._device)
+        self._module = module
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         self._probe()
 
