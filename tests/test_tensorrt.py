@@ -366,6 +366,11 @@ def test_asking_for_missing_tensorrt_fails_with_one_line(tmp_path, tiny_onnx_mod
     assert len(lines) == 1 and "pip install" in lines[0] and "tensorrt" in lines[0], result.output
     result = CliRunner().invoke(main, ["build-engine", str(tiny_onnx_model)])
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1 and "pip install" in result.output
+    # INT8 with --calibrate says so before minutes of quantisation it could not use.
+    result = CliRunner().invoke(main, ["build-engine", str(tiny_onnx_model), "--precision", "int8", "--calibrate",
+                                       str(tmp_path / "imgs")])
+    assert result.exit_code == 1 and "pip install" in result.output
+    assert not int8_path(tiny_onnx_model).exists()
 
 
 # -- on a GPU with TensorRT ------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Inference runtimes behind one interface: ONNX Runtime (CPU) and TensorRT (GPU)."""
+"""Inference runtimes behind one interface: ONNX Runtime (CPU), TensorRT (GPU) and PyTorch (CUDA or CPU)."""
 
 from dfscan.trt.base import Runtime, run_batched, softmax
 from dfscan.trt.errors import (
