@@ -279,9 +279,9 @@ def build_engine(info: ModelInfo, options: BuildOptions = BuildOptions(), *, for
     surface = surface_of(trt)
     gpu = current_gpu()
     key, cache, profile, precision = plan_build(info, options, gpu, trt.__version__)
-    source = graph_for(info, precision.name, convert=options.convert)
     start = time.perf_counter()
-    with cache.lock(key):  # another worker may be building the same engine right now
+    with cache.lock(key):  # another worker may be building the same engine (and converting its graph) right now
+        source = graph_for(info, precision.name, convert=options.convert)
         if not force:
             record = cache.read_record(key)
             if record is not None and record_is_current(record, source):
