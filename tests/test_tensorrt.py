@@ -259,6 +259,21 @@ def test_each_precision_builds_from_its_own_onnx_file(model_dir):
         graph_for(info, "int8")
 
 
+def test_a_read_only_model_folder_gets_its_fp16_graph_in_the_engine_cache(model_dir, tmp_path):
+    import os
+
+    info = inspect_model(model_dir)
+    model_dir.parent.chmod(0o555)
+    try:
+        if os.access(model_dir.parent, os.W_OK):
+            pytest.skip("running as root: a read-only folder is still writable")
+        half = graph_for(info, "fp16", spare_dir=tmp_path / "engines")
+        assert half.path == tmp_path / "engines" / "model_fp16.onnx"
+        assert graph_for(info, "fp16", spare_dir=tmp_path / "engines").sha256 == half.sha256  # found there again
+    finally:
+        model_dir.parent.chmod(0o755)
+
+
 def test_a_stale_fp16_graph_is_made_again(model_dir, tmp_path):
     info = inspect_model(model_dir)
     half = graph_for(info, "fp16")

@@ -19,6 +19,7 @@ is tested without it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,11 +205,12 @@ def quantize_command(info: ModelInfo) -> str:
     return f"dfscan quantize {info.path} --calibrate DIR --target tensorrt --out {int8_path(info.path)}"
 
 
-def graph_for(info: ModelInfo, precision: str, *, convert: bool = True) -> ModelInfo:
+def graph_for(info: ModelInfo, precision: str, *, convert: bool = True, spare_dir: Path | None = None) -> ModelInfo:
     """The ONNX file an engine of ``precision`` is built from, for the model ``info``.
 
     The model itself if it already is that precision; else its FP16 conversion
-    (made now when ``convert`` and missing or stale) or its Q/DQ INT8 file. Raises
+    (made now when ``convert`` and missing or stale: beside the model, or in
+    ``spare_dir`` where the model's folder is read-only) or its Q/DQ INT8 file. Raises
     :class:`EngineBuildFailed` / :class:`Int8CalibrationError` naming the command that makes the file.
     """
     from dfscan.trt.fp16 import convert_fp16, fp16_path, is_current
@@ -224,9 +226,11 @@ def graph_for(info: ModelInfo, precision: str, *, convert: bool = True) -> Model
             f"{info.path} is a {own} model; a {wanted.name} engine is built from the FP32 model it came from "
             f"(give that one, e.g. {info.extra.get('source_path') or 'model.onnx'})"
         )
-    candidate = fp16_path(info.path) if wanted.name == "fp16" else int8_path(info.path)
-    why = f"{candidate} does not exist"
-    if candidate.is_file():
+    home = fp16_path(info.path) if wanted.name == "fp16" else int8_path(info.path)
+    # Beside the model, or (for an FP16 graph made where the model's folder is read-only) in the engine cache.
+    candidates = [home] + ([Path(spare_dir) / home.name] if spare_dir is not None else [])
+    why = f"{home} does not exist"
+    for candidate in (c for c in candidates if c.is_file()):
         found = inspect_model(candidate)
         ok, why = is_current(found, info, wanted.graph)
         if ok:
@@ -236,8 +240,10 @@ def graph_for(info: ModelInfo, precision: str, *, convert: bool = True) -> Model
     if wanted.name == "fp16":
         if not convert:
             raise EngineBuildFailed(f"no FP16 graph for {info.path.name}: {why}; `dfscan fp16 {info.path}` makes it")
-        log.info("converting %s to FP16 (%s)", info.path.name, why)
-        return convert_fp16(info, candidate)
+        target = home if os.access(home.parent, os.W_OK) or spare_dir is None else candidates[-1]
+        log.info("converting %s to FP16 in %s (%s)", info.path.name, target, why)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return convert_fp16(info, target)
     raise Int8CalibrationError(
         f"an INT8 engine is built from the model's Q/DQ file and {why}; make it with `{quantize_command(info)}` "
         f"(or pass --calibrate DIR to build-engine)"
@@ -281,7 +287,7 @@ def build_engine(info: ModelInfo, options: BuildOptions = BuildOptions(), *, for
     key, cache, profile, precision = plan_build(info, options, gpu, trt.__version__)
     start = time.perf_counter()
     with cache.lock(key):  # another worker may be building the same engine (and converting its graph) right now
-        source = graph_for(info, precision.name, convert=options.convert)
+        source = graph_for(info, precision.name, convert=options.convert, spare_dir=cache.directory)
         if not force:
             record = cache.read_record(key)
             if record is not None and record_is_current(record, source):

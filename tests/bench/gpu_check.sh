@@ -31,7 +31,7 @@ tee -a "$OUT/summary.txt" <"$OUT/doctor.log"
 #    TensorRT fp32/fp16/int8 engines built from strongly typed networks (fp16 p_fake within 0.01 of ONNX Runtime).
 step parity 360 "$PY" -m pytest -q -rs -s -p no:cacheprovider \
     tests/test_dali.py tests/test_torch_runtime.py tests/test_tensorrt.py tests/test_fp16.py
-grep -E "passed|failed|SKIPPED|delta p_fake|max \|" "$OUT/parity.log" | tee -a "$OUT/summary.txt"
+grep -E "^(SKIPPED|FAILED|ERROR)|[0-9]+ (passed|failed)|delta p_fake|logit delta" "$OUT/parity.log" | tee -a "$OUT/summary.txt"
 
 # 2. One ResNeXt-50 export (random weights: speed does not depend on them) with model.pt2 beside it;
 #    with TensorRT, its FP16 graph and a Q/DQ INT8 file for the int8 engine.
