@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from dfscan.trt.errors import ModelError
+from dfscan.trt.errors import Fp16ConversionError
 from dfscan.trt.model_info import ModelInfo, inspect_model, sidecar_for_writing, write_model_info
 
 # Op types kept in FP32: normalisation, softmax, reductions and the recurrent part.
@@ -37,9 +37,8 @@ FP32_OPS: tuple[str, ...] = (
 PARITY_BATCH = 4
 SUFFIX = "_fp16"
 
-
-class Fp16ConversionError(ModelError):
-    """The model can't be converted to FP16 (not an FP32 model, or the converter failed)."""
+__all__ = ["FP32_OPS", "Fp16ConversionError", "convert_fp16", "fp16_path", "is_current", "max_logit_diff",
+           "recurrent_and_after"]  # fmt: skip
 
 
 def fp16_path(source: Path) -> Path:
