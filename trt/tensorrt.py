@@ -57,7 +57,7 @@ def available() -> tuple[bool, str]:
         return False, cannot
     probe = probe_gpus()
     if not probe.present:
-        return False, f"no CUDA GPU: {probe.why_not}"
+        return False, f"no CUDA GPU: {probe.why_not} ({describe_surface(surface)})"
     try:
         import torch
     except ImportError as exc:
