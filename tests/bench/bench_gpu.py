@@ -159,8 +159,16 @@ def main() -> None:
 
         decoders, runtimes = decoders_here(args.decoder), runtimes_here(model, args.runtime)
         figures["asked"] = {"decoders": decoders, "runtimes": runtimes}
+
+        def keep(stage: str, name: str, value) -> None:
+            """Print and save each figure as it comes: a run cut short by a time limit still reports."""
+            figures[stage][name] = value
+            print(f"measured {stage} {name}: {value}", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(figures, indent=2, default=str))
+
         for name in decoders:
-            figures["decode"][name] = bench_decode(name, files, pre, args.batch, args.repeats)
+            keep("decode", name, bench_decode(name, files, pre, args.batch, args.repeats))
         reference = PillowDecoder(pre)
         tensors = np.stack(reference.decode_batch(files))
         reference.close()
@@ -169,7 +177,7 @@ def main() -> None:
             label = kind if precision is None else f"{kind}-{precision}"
             runtime = load_runtime(kind, precision, info, model.parent / "engines")
             try:
-                figures["inference"][label] = bench_infer(runtime, tensors, args.batch, args.repeats)
+                keep("inference", label, bench_infer(runtime, tensors, args.batch, args.repeats))
             finally:
                 runtime.close()
 
@@ -177,9 +185,9 @@ def main() -> None:
         # else fp16); torch runs fp16 on CUDA.
         for decoder in decoders:
             for kind in dict.fromkeys(k for k, _ in runtimes):
-                figures["end_to_end"][f"{decoder}+{kind}"] = bench_scan(
+                keep("end_to_end", f"{decoder}+{kind}", bench_scan(
                     model, tmp_path / "images", tmp_path / "bench.db", decoder, kind, args.batch
-                )
+                ))
 
     print(f"{args.images} JPEGs of {args.size}, batch {args.batch}, {os.cpu_count()} CPUs")
     print(f"{'stage':<42}{'images/s':>12}")
