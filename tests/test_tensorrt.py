@@ -261,17 +261,27 @@ def test_each_precision_builds_from_its_own_onnx_file(model_dir):
 
 def test_a_read_only_model_folder_gets_its_fp16_graph_in_the_engine_cache(model_dir, tmp_path):
     import os
+    import subprocess
 
     info = inspect_model(model_dir)
-    model_dir.parent.chmod(0o555)
+    folder = model_dir.parent
+    folder.chmod(0o555)
+    immutable = False
     try:
-        if os.access(model_dir.parent, os.W_OK):
-            pytest.skip("running as root: a read-only folder is still writable")
+        if os.access(folder, os.W_OK):  # root ignores modes; an immutable folder stops root too
+            immutable = shutil.which("chattr") is not None and subprocess.run(
+                ["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+            if not immutable:
+                pytest.skip("can't make a folder read-only here (root, and no chattr +i)")
         half = graph_for(info, "fp16", spare_dir=tmp_path / "engines")
         assert half.path == tmp_path / "engines" / "model_fp16.onnx"
         assert graph_for(info, "fp16", spare_dir=tmp_path / "engines").sha256 == half.sha256  # found there again
+        assert not model_dir.with_name("model_fp16.onnx").exists()
+        assert not list(folder.glob("*.tmp"))
     finally:
-        model_dir.parent.chmod(0o755)
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
 
 
 def test_a_stale_fp16_graph_is_made_again(model_dir, tmp_path):

@@ -19,7 +19,6 @@ is tested without it.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,10 +239,14 @@ def graph_for(info: ModelInfo, precision: str, *, convert: bool = True, spare_di
     if wanted.name == "fp16":
         if not convert:
             raise EngineBuildFailed(f"no FP16 graph for {info.path.name}: {why}; `dfscan fp16 {info.path}` makes it")
-        target = home if os.access(home.parent, os.W_OK) or spare_dir is None else candidates[-1]
-        log.info("converting %s to FP16 in %s (%s)", info.path.name, target, why)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return convert_fp16(info, target)
+        log.info("converting %s to FP16 (%s)", info.path.name, why)
+        try:
+            return convert_fp16(info, home)
+        except OSError:  # the model's folder is read-only (a shared mount, an image layer)
+            if spare_dir is None:
+                raise
+        Path(spare_dir).mkdir(parents=True, exist_ok=True)
+        return convert_fp16(info, candidates[-1])
     raise Int8CalibrationError(
         f"an INT8 engine is built from the model's Q/DQ file and {why}; make it with `{quantize_command(info)}` "
         f"(or pass --calibrate DIR to build-engine)"
