@@ -187,9 +187,9 @@ def test_cuda_p_fake_matches_onnxruntime(tmp_path, tiny_onnx_model, precision):
 
     info = inspect_model(tiny_onnx_model)
     batch = _images(tmp_path / "imgs", 70)
-    runtime, ort = TorchRuntime(info, device="cuda", precision=precision), OnnxRuntime(info)
+    runtime, ort = TorchRuntime(info, device="cuda", precision=precision, max_batch=64), OnnxRuntime(info)
     try:
-        ours = runtime.infer(batch)  # 64 + 6, the short batch padded to the static shape
+        ours = runtime.infer(batch)  # split 64 + 6, the 6 padded to the static shape of 64
         on_gpu = runtime.infer_device(torch.from_numpy(batch).cuda())
         ref = ort.infer(batch)
     finally:

@@ -9,8 +9,8 @@ program is self-contained aten ops.
 
 On CUDA the batch runs under ``torch.autocast`` (FP16 by default, BF16 on
 request): convolutions and matrix products in half precision, reductions and
-softmax in FP32 (autocast's own lists).  Batches are padded to ``max_batch`` so
-every call has one static shape.  On the CPU it runs in FP32 (BF16 on request,
+softmax in FP32 (autocast's own lists).  A short batch is padded to the
+largest batch seen, so the GPU sees one static shape per batch size.  On the CPU it runs in FP32 (BF16 on request,
 for CPUs with fast BF16), the reference its logits are checked against ONNX
 Runtime's with.  ``infer`` takes a NumPy array or any DLPack tensor (a DALI GPU
 batch, a CUDA torch tensor): a tensor already on the device is used in place,
@@ -29,7 +29,7 @@ from dfscan.trt.model_info import ModelInfo, reexport_hint, sha256_file
 
 PROGRAM_KEY = "torch_program"
 PROBE_BATCH = 2
-DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_BATCH = 1024  # larger batches are split (GPU memory), not refused
 # Precisions per device; the first is the default.
 DEVICE_PRECISIONS: dict[str, tuple[str, ...]] = {"cuda": ("fp16", "bf16", "fp32"), "cpu": ("fp32", "bf16")}
 
@@ -143,6 +143,7 @@ class TorchRuntime:
         self.device = "gpu" if self._device == "cuda" else "cpu"
         self.precision = choose_precision(self._device, precision)
         self.max_batch = max_batch
+        self._largest = 0
         self.program_path = program_path(info)
         if threads > 0 and self._device == "cpu":
             torch.set_num_threads(threads)
@@ -189,9 +190,12 @@ class TorchRuntime:
         import torch
 
         n = x.shape[0]
-        if self._device == "cuda" and n < self.max_batch:
-            # One static shape per call: pad the last short batch instead of presenting a new shape.
-            x = torch.cat([x, x.new_zeros((self.max_batch - n, *x.shape[1:]))])
+        if self._device == "cuda":
+            # Static shapes: a short batch (the last of a chunk) is padded to the largest batch seen so far, so
+            # the GPU sees the scan's batch size only (cuDNN plans and allocations are made once per shape).
+            self._largest = max(self._largest, n)
+            if n < self._largest:
+                x = torch.cat([x, x.new_zeros((self._largest - n, *x.shape[1:]))])
         with torch.inference_mode():
             if self._dtype is None:
                 out = self._module(x)
