@@ -115,7 +115,8 @@ def what_it_builds(surface: TrtSurface) -> dict[str, str]:
     elif not surface.onnx_parser:
         why = f"TensorRT {surface.version} has no ONNX parser (OnnxParser); install the full tensorrt package"
     elif not surface.strongly_typed:
-        why = f"TensorRT {surface.version} has no strongly typed networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED)"
+        why = (f"TensorRT {surface.version} has no strongly typed networks "
+               f"(NetworkDefinitionCreationFlag.STRONGLY_TYPED)")
     else:
         why = ""
     return {name: why for name in PRECISIONS}

@@ -63,7 +63,7 @@ def cuda_status() -> tuple[bool, str]:
 
 
 def program_path(info: ModelInfo) -> Path:
-    """The checked ``.pt2`` file of the model, or :class:`RuntimeUnavailable` / :class:`ModelRejected` saying why not."""
+    """The checked ``.pt2`` file of the model; else :class:`RuntimeUnavailable` / :class:`ModelRejected` with why."""
     entry = info.extra.get(PROGRAM_KEY)
     if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
         raise RuntimeUnavailable(
@@ -103,7 +103,8 @@ def choose_precision(device: str, precision: str | None) -> str:
     if precision is None:
         return allowed[0]
     if precision not in allowed:
-        hint = "; INT8 runs with --runtime onnxruntime (a dfscan quantize model) or tensorrt" if precision == "int8" else ""
+        hint = ("; INT8 runs with --runtime onnxruntime (a dfscan quantize model) or tensorrt"
+                if precision == "int8" else "")  # fmt: skip
         raise RuntimeUnavailable(
             f"the torch runtime runs {', '.join(allowed)} on {device.upper() if device == 'cuda' else 'the CPU'}, "
             f"not {precision}{hint}"
@@ -180,7 +181,9 @@ class TorchRuntime:
             # (a device-to-device copy, small next to the inference).
             x = torch.from_dlpack(batch).clone()
         else:
-            raise InferenceFailed(f"can't run a batch of type {type(batch).__name__}; give a NumPy array or a DLPack tensor")
+            raise InferenceFailed(
+                f"can't run a batch of type {type(batch).__name__}; give a NumPy array or a DLPack tensor"
+            )
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, *self.info.input_size):
             raise InferenceFailed(f"batch of shape {tuple(x.shape)}, expected (N, 3, {self.info.input_size[0]}, "
                                   f"{self.info.input_size[1]})")  # fmt: skip
