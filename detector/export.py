@@ -34,6 +34,8 @@ DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-3
 PARITY_BATCHES = (1, 3)  # batch 1 and a larger one: proves the batch axis is really dynamic
 INPUT_NAME = "input"
+PROGRAM_NAME = "model.pt2"
+MAX_BATCH = 4096
 OUTPUT_NAME = "logits"
 
 
@@ -121,12 +123,15 @@ def export_onnx(
     temperature: float = DEFAULT_TEMPERATURE,
     check: bool = True,
     exporter: str = "torchscript",
+    torch_program: bool = True,
 ) -> ExportResult:
     """Write ``out_dir/model.onnx`` (dynamic batch) and ``out_dir/model_info.json`` from ``checkpoint``.
 
     With ``check`` the file is run by ONNX Runtime at batch 1 and 3 against PyTorch;
     a difference over 1e-3 raises :class:`ExportMismatch`. The dynamo exporter
-    emits opset 18 at least, so a lower ``opset`` is raised to 18 for it.
+    emits opset 18 at least, so a lower ``opset`` is raised to 18 for it. With
+    ``torch_program`` the same model is also saved as ``out_dir/model.pt2`` (the
+    torch runtime's file), recorded in the sidecar with both files' sha256.
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; known exporters: {', '.join(EXPORTERS)}")
@@ -158,7 +163,9 @@ def export_onnx(
         tmp.unlink(missing_ok=True)
         raise
     (out_dir / SIDECAR_NAME).unlink(missing_ok=True)  # the old sidecar describes the old file
+    (out_dir / PROGRAM_NAME).unlink(missing_ok=True)  # and the old program the old model
     tmp.replace(onnx_path)
+    program = save_torch_program(model, out_dir / PROGRAM_NAME, onnx_path) if torch_program else None
     cfg = model.config
     info_path = write_model_info(
         onnx_path,
@@ -174,11 +181,43 @@ def export_onnx(
         exporter=exporter,
         torch_version=torch.__version__,
         parity_max_abs_diff=diff,
+        **({"torch_program": program} if program else {}),
     )
     info = inspect_model(onnx_path)
     if info.fixed_batch is not None:
         raise ExportError(f"{onnx_path}: the exporter fixed the batch at {info.fixed_batch}; expected a dynamic batch")
     return ExportResult(onnx_path, info_path, info.opset, exporter, diff, info)
+
+
+def save_torch_program(model: DeepfakeDetector, path: Path, onnx_path: Path) -> dict:
+    """``torch.export`` the model (dynamic batch) to ``path``; returns its sidecar entry, tied to ``onnx_path``."""
+    from dfscan.trt.model_info import sha256_file
+
+    h, w = model.config.input_size
+    dummy = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")  # torch.save wants a name ending in .pt2
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.filterwarnings("ignore", message=".*_check_is_size.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*were assigned during export.*", category=UserWarning)
+            program = torch.export.export(
+                model, (dummy,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+            )
+        torch.export.save(program, os.fspath(tmp))
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"torch.export of {model.architecture} failed: {first}") from exc
+    tmp.replace(path)
+    return {
+        "file": path.name,
+        "format": "torch.export ExportedProgram (.pt2)",
+        "sha256": sha256_file(path),
+        "onnx_sha256": sha256_file(onnx_path),
+        "torch_version": torch.__version__,
+        "dynamic_batch": [1, MAX_BATCH],
+    }
 
 
 def export_legacy_fixed_batch(checkpoint: Path, path: Path) -> Path:

@@ -44,6 +44,27 @@ DEFAULT_MAX_IMAGES = 256
 CALIBRATION_BATCH = 16
 
 
+@dataclass(frozen=True)
+class QuantTarget:
+    """Who runs the quantised file: the Q/DQ layout each runtime accepts."""
+
+    name: str
+    activations: str  # "uint8" | "int8"
+    symmetric: bool  # zero points of 0 (TensorRT's explicit quantisation accepts nothing else)
+    quantize_bias: bool  # INT32 biases (ONNX Runtime's default); TensorRT takes float biases
+    description: str
+
+
+TARGETS: dict[str, QuantTarget] = {
+    t.name: t
+    for t in (
+        QuantTarget("cpu", "uint8", False, True, "ONNX Runtime on the CPU: unsigned activations with zero points"),
+        QuantTarget("tensorrt", "int8", True, False,
+                    "TensorRT explicit quantisation: signed INT8, symmetric (ONNX Runtime runs it too)"),
+    )
+}
+
+
 class QuantizeError(DetectorError):
     """Quantisation can't start or failed (no calibration images, bad output place, ORT failure)."""
 
@@ -104,13 +125,15 @@ def quantize_model(
     check: Path | Sequence[Path] | None = None,
     method: str = "minmax",
     float_head: bool = True,
+    target: str = "cpu",
 ) -> QuantizeResult:
     """Write a statically quantised INT8 copy of ``model`` to ``out``, with its sidecar beside it.
 
     ``calibrate`` is a folder of images, a list of image files, or already
     decoded tensors; agreement is measured on ``check`` (same forms except
-    tensors) when given, else on the calibration images.  Raises
-    :class:`QuantizeError`.
+    tensors) when given, else on the calibration images.  ``target``
+    (:data:`TARGETS`) picks the Q/DQ layout: ``tensorrt`` for the file a
+    strongly typed INT8 engine is built from.  Raises :class:`QuantizeError`.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -127,6 +150,9 @@ def quantize_model(
     if method not in methods:
         raise QuantizeError(f"unknown calibration method {method!r}; known methods: {', '.join(methods)}")
 
+    if target not in TARGETS:
+        raise QuantizeError(f"unknown quantisation target {target!r}; known targets: {', '.join(TARGETS)}")
+    spec = TARGETS[target]
     tensors, skipped = _tensors(calibrate, info, max_images)
     if len(tensors) == 0:
         raise QuantizeError(f"no decodable calibration images in {calibrate} ({skipped} failed to decode)")
@@ -144,10 +170,13 @@ def quantize_model(
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 reduce_range=False,
-                activation_type=QuantType.QUInt8,
+                activation_type=QuantType.QInt8 if spec.activations == "int8" else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=methods[method],
                 nodes_to_exclude=keep_float,
+                # TensorRT's Q/DQ is INT8 only: biases stay float (it fuses them itself), not ORT's INT32.
+                extra_options={"ActivationSymmetric": spec.symmetric, "WeightSymmetric": True,
+                               "QuantizeBias": spec.quantize_bias},
             )
         except Exception as exc:  # ORT's quantiser raises plain exceptions of many kinds
             tmp.unlink(missing_ok=True)
@@ -160,7 +189,8 @@ def quantize_model(
     quantization = {
         "format": "QDQ",
         "weights": "int8 per-channel",
-        "activations": "uint8 per-tensor",
+        "activations": f"{spec.activations} per-tensor" + (" symmetric" if spec.symmetric else ""),
+        "target": spec.name,
         "calibration_method": method,
         "calibration_images": int(len(tensors)),
         "source_sha256": info.sha256,
@@ -279,7 +309,8 @@ def _head_nodes(model: Path) -> list[str]:
 
 def _carried_fields(info: ModelInfo) -> dict[str, Any]:
     """The original sidecar's own extra fields, minus those the new file must restate."""
-    drop = {"file", "precision", "quantization", "agreement", "onnx_version"}
+    drop = {"file", "precision", "quantization", "agreement", "onnx_version", "torch_program", "fp16", "source_sha256",
+            "source_path"}
     return {k: v for k, v in info.extra.items() if k not in drop}
 
 

@@ -105,6 +105,10 @@ def diagnose() -> Report:
         checks.append(Check("decoder", spec.name, ok, detail))
     for spec in RUNTIMES.values():
         ok, why = _safely(spec.available)
+        if ok and spec.auto_available is not None:
+            auto_ok, auto_why = _safely(lambda spec=spec: spec.usable_by_auto(None))
+            if not auto_ok:
+                why = f"{why}; auto skips it: {auto_why}"
         checks.append(Check("runtime", spec.name, ok, why))
     auto: dict[str, str | None] = {"decoder": resolve_decoder("auto").name}
     try:

@@ -22,7 +22,7 @@ DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", 
 DEFAULT_MAX_PIXELS = 89_478_485
 
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # bf16: --runtime torch only
 
 
 class SettingsError(ValueError):

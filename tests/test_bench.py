@@ -21,6 +21,7 @@ N = 64
 
 def _expected_rows(pg: bool) -> dict[tuple[str, str], set[str]]:
     """(stage, variant) -> the statuses acceptable for it on this machine."""
+    from dfscan.trt.pytorch import cuda_status
     from dfscan.trt.registry import RUNTIMES
     from dfscan.workers.decoders import DECODERS
 
@@ -35,6 +36,8 @@ def _expected_rows(pg: bool) -> dict[tuple[str, str], set[str]]:
                 rows[("infer", label)] = {"skipped"}
             elif name == "onnxruntime":
                 rows[("infer", label)] = {"ok"}
+            elif name == "torch":  # FP32 runs everywhere (the model has its model.pt2); FP16 on CUDA only
+                rows[("infer", label)] = {"ok"} if v.precision == "fp32" or cuda_status()[0] else {"skipped"}
             else:  # e.g. TensorRT INT8 needs an engine built with calibration first
                 rows[("infer", label)] = {"ok", "skipped"}
     rows[("decode-large", "pillow full")] = {"ok"}

@@ -12,6 +12,9 @@ from dfscan.trt.engine import tensorrt_status
 from dfscan.workers.dali import dali_gpu_status, dali_status
 
 
+from dfscan.trt.pytorch import cuda_status
+
+
 def doctor_json() -> dict:
     result = CliRunner().invoke(main, ["doctor", "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -22,7 +25,7 @@ def test_doctor_reports_every_decoder_and_runtime_with_reasons():
     report = doctor_json()
     checks = {(c["kind"], c["name"]): c for c in report["checks"]}
     assert set(checks) == {("decoder", n) for n in ("pillow", "dali", "dali-gpu", "dali-cpu")} | {
-        ("runtime", n) for n in ("onnxruntime", "tensorrt")
+        ("runtime", n) for n in ("onnxruntime", "tensorrt", "torch")
     }
     assert checks[("decoder", "pillow")]["ok"] and checks[("runtime", "onnxruntime")]["ok"]
     for check in checks.values():
@@ -33,6 +36,12 @@ def test_doctor_reports_every_decoder_and_runtime_with_reasons():
         assert checks[("decoder", "dali-gpu")]["detail"] == gpu_why
         assert "CPU" in checks[("decoder", "dali")]["detail"]
         assert report["auto"]["decoder"] == "pillow"
+    torch_check = checks[("runtime", "torch")]
+    assert torch_check["ok"]  # torch runs everywhere: on CUDA, or on the CPU in FP32
+    cuda_ok, _ = cuda_status()
+    assert ("CUDA" if cuda_ok else "CPU only, fp32") in torch_check["detail"]
+    if not cuda_ok:
+        assert "auto skips it: not on the CPU" in torch_check["detail"]
     trt_ok, trt_why = tensorrt_status()
     if not trt_ok:
         assert not checks[("runtime", "tensorrt")]["ok"]

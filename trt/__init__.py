@@ -1,10 +1,11 @@
-"""Inference runtimes behind one interface: ONNX Runtime (CPU) and TensorRT (GPU)."""
+"""Inference runtimes behind one interface: ONNX Runtime (CPU), TensorRT (GPU) and PyTorch (CUDA or CPU)."""
 
 from dfscan.trt.base import Runtime, run_batched, softmax
 from dfscan.trt.errors import (
     Int8CalibrationError,
     EngineBuildFailed,
     EngineIncompatible,
+    Fp16ConversionError,
     InferenceFailed,
     ModelRejected,
     PrecisionUnsupported,
@@ -19,6 +20,7 @@ __all__ = [
     "Int8CalibrationError",
     "EngineBuildFailed",
     "EngineIncompatible",
+    "Fp16ConversionError",
     "PrecisionUnsupported",
     "UnknownPrecision",
     "InferenceFailed",

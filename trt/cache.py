@@ -3,13 +3,14 @@
 A TensorRT engine only runs on the GPU model and TensorRT version it was built
 with, so the cache key holds both, and the ONNX file's sha256 (not its path:
 a re-exported model is a new model).  Beside each ``.engine`` file lies a
-``.json`` record of its key, checked before the engine is deserialised, and,
-for INT8, the ``.calib`` calibration cache.  Timing caches are per GPU type
+``.json`` record of its key (and of the ONNX file it was built from: the FP16
+conversion or the Q/DQ file for those precisions), checked before the engine is
+deserialised.  Timing caches are per GPU type
 and TensorRT version and shared by every model.
 
 Layout (by default in ``engines/`` beside the model)::
 
-    <sha16>-<gpu>-<sm>-trt<version>-<precision>.engine   .json   .calib   .lock
+    <sha16>-<gpu>-<sm>-trt<version>-<precision>.engine   .json   .lock
     timing-<gpu>-<sm>-trt<version>.cache
 """
 

@@ -1,12 +1,19 @@
-"""Build TensorRT engines from the detector's ONNX file (offline; the runtime only deserialises).
+"""Build TensorRT engines from the detector's ONNX files (offline; the runtime only deserialises).
 
-One optimisation profile covers batches 1..max (optimised for max, the batch
-the workers send), a timing cache per GPU type makes rebuilds fast, and INT8
-uses entropy calibration over a folder of sample images decoded exactly as a
-scan decodes them (the Pillow reference path), its cache kept beside the engine.
+Every engine comes from a strongly typed network: TensorRT 11 removed weak
+typing (``BuilderFlag.FP16``/``INT8``, ``IBuilderConfig.int8_calibrator``, the
+``IInt8*Calibrator`` classes), and 10.x has had ``STRONGLY_TYPED`` since 10.0.
+The precision is carried by the ONNX graph (:mod:`dfscan.trt.precisions`): FP32
+as exported, FP16 from ``NAME_fp16.onnx`` (:mod:`dfscan.trt.fp16`, made on the
+first build if missing), INT8 from the Q/DQ file ``NAME_int8.onnx`` that
+``dfscan quantize --target tensorrt`` writes (it needs calibration images, so it
+is never made here).  One optimisation profile covers batches 1..max
+(optimised for max, the batch the workers send) and a timing cache per GPU type
+makes rebuilds fast.
 
 ``tensorrt`` is imported inside the functions that need it: everything else
-here (profiles, keys, calibration batches) works and is tested without it.
+here (API surfaces, profiles, keys, which ONNX file a precision needs) works and
+is tested without it.
 """
 
 from __future__ import annotations
@@ -16,13 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from dfscan.trt.model_info import ModelInfo
 from dfscan.gpu import GpuInfo, first_gpu, probe_gpus
 from dfscan.trt.cache import EngineCache, EngineKey, EnginePaths, default_engine_dir
-from dfscan.trt.errors import Int8CalibrationError, EngineBuildFailed, RuntimeUnavailable
-from dfscan.trt.precisions import Precision, check_supported, get_precision
+from dfscan.trt.errors import EngineBuildFailed, Int8CalibrationError, RuntimeUnavailable
+from dfscan.trt.model_info import ModelInfo, inspect_model
+from dfscan.trt.precisions import PRECISIONS, Precision, check_supported, get_precision
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ DEFAULT_MAX_BATCH = 64
 MAX_BATCH_LIMIT = 4096
 DEFAULT_WORKSPACE = 4 << 30
 INSTALL_HINT = "pip install 'tensorrt>=10' (or pip install -e '.[tensorrt]')"
+INT8_SUFFIX = "_int8"
 
 
 def import_tensorrt():
@@ -43,7 +49,7 @@ def import_tensorrt():
 
 
 def tensorrt_status() -> tuple[bool, str]:
-    """Whether TensorRT 10.x imports here, and if not, one line on why and how to fix it."""
+    """Whether TensorRT 10.x or newer imports here, and if not, one line on why and how to fix it."""
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is None:
@@ -55,7 +61,7 @@ def tensorrt_status() -> tuple[bool, str]:
         return False, f"the tensorrt package does not import ({first}); reinstall it: {INSTALL_HINT}"
     version = getattr(tensorrt, "__version__", "0")
     if _major(version) < 10:
-        return False, f"TensorRT {version} is too old, dfscan needs 10.x; {INSTALL_HINT}"
+        return False, f"TensorRT {version} is too old, dfscan needs 10.x or newer; {INSTALL_HINT}"
     return True, version
 
 
@@ -64,6 +70,77 @@ def _major(version: str) -> int:
         return int(version.split(".")[0])
     except ValueError:
         return 0
+
+
+# -- what the installed TensorRT offers ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrtSurface:
+    """The API surfaces of one TensorRT build that decide what dfscan can build with it."""
+
+    version: str
+    strongly_typed_flag: bool  # NetworkDefinitionCreationFlag.STRONGLY_TYPED (10.x; accepted and ignored by 11.x)
+    weak_typing: bool  # BuilderFlag.FP16 / INT8 (10.x only; dfscan never sets them)
+    int8_calibrator: bool  # IInt8EntropyCalibrator2 (10.x only; dfscan quantises with Q/DQ instead)
+    onnx_parser: bool
+
+    @property
+    def major(self) -> int:
+        return _major(self.version)
+
+    @property
+    def strongly_typed(self) -> bool:
+        """Strongly typed networks can be built: opt-in flag on 10.x, always on from 11.x."""
+        return self.strongly_typed_flag or self.major >= 11
+
+
+def surface_of(trt) -> TrtSurface:
+    """Read the surfaces of an imported ``tensorrt`` module (looked up, never called)."""
+    flags = getattr(trt, "NetworkDefinitionCreationFlag", None)
+    builder_flags = getattr(trt, "BuilderFlag", None)
+    return TrtSurface(
+        version=str(getattr(trt, "__version__", "0")),
+        strongly_typed_flag=flags is not None and hasattr(flags, "STRONGLY_TYPED"),
+        weak_typing=builder_flags is not None and hasattr(builder_flags, "FP16"),
+        int8_calibrator=hasattr(trt, "IInt8EntropyCalibrator2"),
+        onnx_parser=hasattr(trt, "OnnxParser"),
+    )
+
+
+def what_it_builds(surface: TrtSurface) -> dict[str, str]:
+    """For each precision, ``""`` if this TensorRT can build it, else why not."""
+    if surface.major < 10:
+        why = f"TensorRT {surface.version} is too old, dfscan needs 10.x or newer"
+    elif not surface.onnx_parser:
+        why = f"TensorRT {surface.version} has no ONNX parser (OnnxParser); install the full tensorrt package"
+    elif not surface.strongly_typed:
+        why = (f"TensorRT {surface.version} has no strongly typed networks "
+               f"(NetworkDefinitionCreationFlag.STRONGLY_TYPED)")
+    else:
+        why = ""
+    return {name: why for name in PRECISIONS}
+
+
+def describe_surface(surface: TrtSurface) -> str:
+    """One line for ``dfscan doctor``: what this TensorRT builds, and how."""
+    builds = what_it_builds(surface)
+    ok = [name for name, why in builds.items() if not why]
+    if not ok:
+        return next(iter(builds.values()))
+    typing = ("strongly typed (always on)" if surface.major >= 11 and not surface.weak_typing
+              else "strongly typed (opt-in flag; weak typing present but unused)")  # fmt: skip
+    return f"TensorRT {surface.version} builds {', '.join(ok)} engines, {typing}, precision from the ONNX graph"
+
+
+def network_flags(trt, surface: TrtSurface) -> int:
+    """``create_network`` flags for a strongly typed network on this TensorRT."""
+    why = what_it_builds(surface)["fp32"]
+    if why:
+        raise EngineBuildFailed(why)
+    if surface.strongly_typed_flag:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0  # 11.x without the flag: every network is strongly typed
 
 
 @dataclass(frozen=True)
@@ -92,11 +169,9 @@ def profile_for(info: ModelInfo, max_batch: int = DEFAULT_MAX_BATCH) -> Profile:
 class BuildOptions:
     precision: str = "fp16"
     max_batch: int = DEFAULT_MAX_BATCH
-    calibrate_dir: Path | None = None
-    calibration_images: int = 512
-    calibration_batch: int = 32
     engine_dir: Path | None = None
     workspace: int = DEFAULT_WORKSPACE
+    convert: bool = True  # make NAME_fp16.onnx if an FP16 build needs it and it is missing or stale
 
 
 @dataclass(frozen=True)
@@ -116,7 +191,78 @@ def current_gpu() -> GpuInfo:
 
 
 def engine_key(info: ModelInfo, gpu: GpuInfo, tensorrt_version: str, precision: str) -> EngineKey:
+    """Keyed by the model the scan is given (its sha256), whichever ONNX file the precision is built from."""
     return EngineKey(info.sha256, gpu.name, gpu.capability, tensorrt_version, precision)
+
+
+def int8_path(model: Path) -> Path:
+    """``NAME_int8.onnx`` beside ``NAME.onnx``: where TensorRT looks for the model's Q/DQ file."""
+    model = Path(model)
+    return model.with_name(f"{model.stem}{INT8_SUFFIX}.onnx")
+
+
+def quantize_command(info: ModelInfo) -> str:
+    return f"dfscan quantize {info.path} --calibrate DIR --target tensorrt --out {int8_path(info.path)}"
+
+
+def graph_for(info: ModelInfo, precision: str, *, convert: bool = True, spare_dir: Path | None = None) -> ModelInfo:
+    """The ONNX file an engine of ``precision`` is built from, for the model ``info``.
+
+    The model itself if it already is that precision; else its FP16 conversion
+    (made now when ``convert`` and missing or stale: beside the model, or in
+    ``spare_dir`` where the model's folder is read-only) or its Q/DQ INT8 file. Raises
+    :class:`EngineBuildFailed` / :class:`Int8CalibrationError` naming the command that makes the file.
+    """
+    from dfscan.trt.fp16 import convert_fp16, fp16_path, is_current
+
+    wanted = get_precision(precision)
+    own = str(info.extra.get("precision", "fp32"))
+    if own == wanted.graph:
+        if wanted.name == "int8":
+            _check_qdq_for_tensorrt(info, info)
+        return info
+    if own != "fp32":
+        raise EngineBuildFailed(
+            f"{info.path} is a {own} model; a {wanted.name} engine is built from the FP32 model it came from "
+            f"(give that one, e.g. {info.extra.get('source_path') or 'model.onnx'})"
+        )
+    home = fp16_path(info.path) if wanted.name == "fp16" else int8_path(info.path)
+    # Beside the model, or (for an FP16 graph made where the model's folder is read-only) in the engine cache.
+    candidates = [home] + ([Path(spare_dir) / home.name] if spare_dir is not None else [])
+    why = f"{home} does not exist"
+    for candidate in (c for c in candidates if c.is_file()):
+        found = inspect_model(candidate)
+        ok, why = is_current(found, info, wanted.graph)
+        if ok:
+            if wanted.name == "int8":
+                _check_qdq_for_tensorrt(found, info)
+            return found
+    if wanted.name == "fp16":
+        if not convert:
+            raise EngineBuildFailed(f"no FP16 graph for {info.path.name}: {why}; `dfscan fp16 {info.path}` makes it")
+        log.info("converting %s to FP16 (%s)", info.path.name, why)
+        try:
+            return convert_fp16(info, home)
+        except OSError:  # the model's folder is read-only (a shared mount, an image layer)
+            if spare_dir is None:
+                raise
+        Path(spare_dir).mkdir(parents=True, exist_ok=True)
+        return convert_fp16(info, candidates[-1])
+    raise Int8CalibrationError(
+        f"an INT8 engine is built from the model's Q/DQ file and {why}; make it with `{quantize_command(info)}` "
+        f"(or pass --calibrate DIR to build-engine)"
+    )
+
+
+def _check_qdq_for_tensorrt(qdq: ModelInfo, source: ModelInfo) -> None:
+    """TensorRT's explicit quantisation takes signed INT8 with zero points of 0, not ONNX Runtime's CPU layout."""
+    quantization = qdq.extra.get("quantization")
+    target = quantization.get("target", "cpu") if isinstance(quantization, dict) else None
+    if target != "tensorrt":
+        raise Int8CalibrationError(
+            f"{qdq.path} is quantised for ONNX Runtime on the CPU (unsigned activations with zero points), which "
+            f"TensorRT can't build; re-quantise with `{quantize_command(source)}`"
+        )
 
 
 def plan_build(info: ModelInfo, options: BuildOptions, gpu: GpuInfo, tensorrt_version: str) -> tuple[EngineKey, EngineCache, Profile, Precision]:
@@ -126,34 +272,31 @@ def plan_build(info: ModelInfo, options: BuildOptions, gpu: GpuInfo, tensorrt_ve
     profile = profile_for(info, options.max_batch)
     cache = EngineCache(options.engine_dir or default_engine_dir(info.path))
     key = engine_key(info, gpu, tensorrt_version, precision.name)
-    if precision.needs_calibration and options.calibrate_dir is None and not cache.paths(key).calibration.is_file():
-        raise Int8CalibrationError(
-            f"{precision.name} needs calibration images: pass --calibrate DIR (a few hundred images like the ones "
-            f"you scan); no calibration cache at {cache.paths(key).calibration}"
-        )
-    if options.calibrate_dir is not None and not Path(options.calibrate_dir).is_dir():
-        raise Int8CalibrationError(f"calibration folder {options.calibrate_dir} does not exist")
     return key, cache, profile, precision
 
 
-def build_engine(info: ModelInfo, options: BuildOptions = BuildOptions(), *, force: bool = False,
-                 calibration: np.ndarray | None = None) -> BuiltEngine:
-    """Build (or reuse) the engine for ``info`` on this machine's first GPU.
+def record_is_current(record: dict, source: ModelInfo) -> bool:
+    """A cached engine stays valid while the ONNX file it was built from is unchanged (a re-quantised file is new).
 
-    ``calibration`` holds the decoded INT8 calibration images (the caller reads
-    ``options.calibrate_dir`` with :func:`dfscan.workers.calibration.calibration_images`):
-    this package takes tensors, never files.
+    Engines from before strong typing (no ``strongly_typed`` in their record) are rebuilt.
     """
+    return bool(record.get("strongly_typed")) and record.get("source_sha256") == source.sha256
+
+
+def build_engine(info: ModelInfo, options: BuildOptions = BuildOptions(), *, force: bool = False) -> BuiltEngine:
+    """Build (or reuse) the ``options.precision`` engine for the model ``info`` on this machine's first GPU."""
     trt = import_tensorrt()
+    surface = surface_of(trt)
     gpu = current_gpu()
     key, cache, profile, precision = plan_build(info, options, gpu, trt.__version__)
     start = time.perf_counter()
-    with cache.lock(key):  # another worker may be building the same engine right now
+    with cache.lock(key):  # another worker may be building the same engine (and converting its graph) right now
+        source = graph_for(info, precision.name, convert=options.convert, spare_dir=cache.directory)
         if not force:
             record = cache.read_record(key)
-            if record is not None:
+            if record is not None and record_is_current(record, source):
                 return BuiltEngine(key, cache.paths(key), True, time.perf_counter() - start, record)
-        data = _build(trt, info, options, key, cache, profile, precision, calibration)
+        data = _build(trt, surface, source, options, key, cache, profile, precision)
         paths = cache.store(
             key,
             data,
@@ -162,97 +305,41 @@ def build_engine(info: ModelInfo, options: BuildOptions = BuildOptions(), *, for
             output_name=info.output_name,
             input_size=list(info.input_size),
             onnx_path=str(info.path),
-            calibrated_from=str(options.calibrate_dir) if options.calibrate_dir else None,
+            source_onnx=str(source.path),
+            source_sha256=source.sha256,
+            strongly_typed=True,
         )
     seconds = time.perf_counter() - start
     return BuiltEngine(key, paths, False, seconds, cache.read_record(key) or {})
 
 
-def _build(trt, info: ModelInfo, options: BuildOptions, key: EngineKey, cache: EngineCache, profile: Profile,
-           precision: Precision, calibration: np.ndarray | None) -> bytes:
+def _build(trt, surface: TrtSurface, source: ModelInfo, options: BuildOptions, key: EngineKey, cache: EngineCache,
+           profile: Profile, precision: Precision) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = builder.create_network(network_flags(trt, surface))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(info.path)):
+    if not parser.parse_from_file(str(source.path)):
         errors = "; ".join(str(parser.get_error(i)).strip() for i in range(parser.num_errors)) or "no details"
-        raise EngineBuildFailed(f"TensorRT can't parse {info.path}: {errors}")
+        raise EngineBuildFailed(f"TensorRT can't parse {source.path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace)
-    for flag in precision.builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
+    # No precision flags: a strongly typed network runs in the types of its graph.
 
     opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(info.input_name, *profile.shapes(info.input_size))
+    opt_profile.set_shape(source.input_name, *profile.shapes(source.input_size))
     config.add_optimization_profile(opt_profile)
 
     timing_path = cache.timing_cache(key)
     timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=False)
 
-    calibrator = None
-    if precision.needs_calibration:
-        batch = min(options.calibration_batch, profile.max) if info.fixed_batch is None else info.fixed_batch
-        batches = calibration_batches(calibration, batch) if calibration is not None else None
-        calibrator = make_calibrator(trt, batches, cache.paths(key).calibration, batch, info)
-        calib_profile = builder.create_optimization_profile()
-        shape = (batch, 3, *info.input_size)
-        calib_profile.set_shape(info.input_name, shape, shape, shape)
-        config.int8_calibrator = calibrator
-        config.set_calibration_profile(calib_profile)
-
-    log.info("building %s engine for %s (profile %s); this takes minutes", precision.name, info.path.name, profile)
+    log.info("building %s engine from %s (profile %s); this takes minutes", precision.name, source.path.name, profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineBuildFailed(f"TensorRT failed to build a {precision.name} engine for {info.path} (see its log above)")
+        raise EngineBuildFailed(
+            f"TensorRT failed to build a {precision.name} engine from {source.path} (see its log above)"
+        )
     cache.directory.mkdir(parents=True, exist_ok=True)
     timing_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(serialized))
-
-
-def calibration_batches(images: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Whole batches of decoded calibration images; too few for one batch is an error, not an uncalibrated engine."""
-    usable = len(images) - len(images) % batch_size
-    if usable == 0:
-        raise Int8CalibrationError(
-            f"{len(images)} decodable calibration images, at least {batch_size} needed for one calibration batch"
-        )
-    images = np.ascontiguousarray(images[:usable], dtype=np.float32)
-    return [images[i : i + batch_size] for i in range(0, usable, batch_size)]
-
-
-def make_calibrator(trt, batches: list[np.ndarray] | None, cache_path: Path, batch_size: int, info: ModelInfo):
-    """An ``IInt8EntropyCalibrator2`` feeding ``images`` from one GPU buffer; reads/writes ``cache_path``."""
-    import torch
-
-    base = getattr(trt, "IInt8EntropyCalibrator2", None)
-    if base is None:
-        raise EngineBuildFailed(
-            f"TensorRT {trt.__version__} has no implicit INT8 calibration; export a QDQ-quantised ONNX instead"
-        )
-
-    class EntropyCalibrator(base):
-        def __init__(self) -> None:
-            base.__init__(self)
-            self._batches = iter(batches or ())
-            self._device = torch.empty((batch_size, 3, *info.input_size), dtype=torch.float32, device="cuda")
-
-        def get_batch_size(self) -> int:
-            return batch_size
-
-        def get_batch(self, names):  # noqa: ARG002 - one input
-            batch = next(self._batches, None)
-            if batch is None:
-                return None
-            self._device.copy_(torch.from_numpy(batch))
-            torch.cuda.synchronize()
-            return [int(self._device.data_ptr())]
-
-        def read_calibration_cache(self):
-            return cache_path.read_bytes() if cache_path.is_file() else None
-
-        def write_calibration_cache(self, cache) -> None:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            cache_path.write_bytes(bytes(memoryview(cache)))
-
-    return EntropyCalibrator()

@@ -61,6 +61,10 @@ class ModelOutputError(ModelError):
     """The graph's output is not N x (number of classes) logits."""
 
 
+class Fp16ConversionError(ModelError):
+    """The model can't be converted to FP16 (not an FP32 model, or the converter failed)."""
+
+
 class SidecarError(ModelError):
     """``model_info.json`` next to the model can't be read or has wrong types."""
 

@@ -1,9 +1,13 @@
 """TensorRT precisions as data, and the rule that picks one for a GPU.
 
-Each precision names the builder flags it sets, the oldest compute capability
-with fast kernels for it, and whether it needs calibration images.  The
-runtime never builds INT8 on its own: an INT8 engine exists only if someone
-ran ``dfscan build-engine --precision int8 --calibrate DIR``.
+Every engine is built from a strongly typed network (TensorRT 11 has nothing
+else), so a precision is a property of the ONNX graph, not a builder flag: each
+precision names the graph it is built from (``graph``: the model's own FP32
+export, its FP16 conversion, or the explicitly quantised Q/DQ file of
+``dfscan quantize --target tensorrt``), the oldest compute capability with fast
+kernels for it, and whether that graph can be made without data.  The runtime
+never builds INT8 on its own: an INT8 engine exists only if someone quantised
+the model and ran ``dfscan build-engine --precision int8``.
 """
 
 from __future__ import annotations
@@ -18,17 +22,18 @@ from dfscan.trt.errors import PrecisionUnsupported, UnknownPrecision
 class Precision:
     name: str
     description: str
-    builder_flags: tuple[str, ...]  # names of tensorrt.BuilderFlag members
+    graph: str  # the sidecar "precision" of the ONNX file the engine is built from
     min_capability: tuple[int, int]
-    needs_calibration: bool
+    needs_calibration: bool  # its graph needs calibration images (dfscan quantize), so is never made automatically
 
 
 PRECISIONS: dict[str, Precision] = {
     p.name: p
     for p in (
-        Precision("fp32", "FP32 (TF32 where the GPU has it)", (), (5, 0), False),
-        Precision("fp16", "FP16 kernels where faster, FP32 elsewhere", ("FP16",), (5, 3), False),
-        Precision("int8", "INT8 with entropy calibration, FP16 fallback", ("INT8", "FP16"), (6, 1), True),
+        Precision("fp32", "FP32 as exported (TF32 where the GPU has it)", "fp32", (5, 0), False),
+        Precision("fp16", "the FP16 conversion of the ONNX file (LSTM, reductions, head in FP32)", "fp16", (5, 3),
+                  False),
+        Precision("int8", "the explicitly quantised Q/DQ file (signed INT8, symmetric)", "int8", (6, 1), True),
     )
 }
 
@@ -44,7 +49,10 @@ def get_precision(name: str) -> Precision:
     try:
         return PRECISIONS[name]
     except KeyError:
-        raise UnknownPrecision(f"unknown precision {name!r}; known precisions: {', '.join(PRECISIONS)}") from None
+        hint = "; bf16 runs with --runtime torch" if name == "bf16" else ""
+        raise UnknownPrecision(
+            f"unknown precision {name!r}; known precisions: {', '.join(PRECISIONS)}{hint}"
+        ) from None
 
 
 def check_supported(precision: Precision, capability: tuple[int, int], gpu_name: str = "this GPU") -> None:

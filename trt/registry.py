@@ -17,6 +17,15 @@ class RuntimeSpec:
     description: str
     available: Callable[[], tuple[bool, str]]
     load: Callable[..., Runtime]
+    # Whether ``auto`` may pick it here for this model (None: when ``available``); a runtime that
+    # runs everywhere but only pays on a GPU says so here.
+    auto_available: Callable[[ModelInfo | None], tuple[bool, str]] | None = None
+
+    def usable_by_auto(self, info: ModelInfo | None) -> tuple[bool, str]:
+        ok, why = self.available()
+        if ok and self.auto_available is not None:
+            return self.auto_available(info)
+        return ok, why
 
 
 def _ort_available() -> tuple[bool, str]:
@@ -53,6 +62,32 @@ def _trt_load(
     return TensorRTRuntime(info, precision=precision, engine_dir=engine_dir)
 
 
+def _torch_available() -> tuple[bool, str]:
+    from dfscan.trt import pytorch
+
+    return pytorch.available()
+
+
+def _torch_auto(info: ModelInfo | None) -> tuple[bool, str]:
+    """``auto`` takes PyTorch only on CUDA (on the CPU ONNX Runtime is faster) and only with a recorded .pt2."""
+    from dfscan.trt import pytorch
+
+    ok, why = pytorch.cuda_status()
+    if not ok:
+        return False, f"not on the CPU (ONNX Runtime is faster there; no CUDA: {why})"
+    if info is not None and not isinstance(info.extra.get(pytorch.PROGRAM_KEY), dict):
+        return False, f"{info.path.name} has no PyTorch export (model.pt2); re-export with `dfscan export`"
+    return True, ""
+
+
+def _torch_load(
+    info: ModelInfo, *, intra_op_threads: int = 0, precision: str | None = None, engine_dir: Path | None = None
+) -> Runtime:  # engine_dir is a TensorRT setting
+    from dfscan.trt.pytorch import TorchRuntime
+
+    return TorchRuntime(info, precision=precision, threads=intra_op_threads)
+
+
 RUNTIMES: dict[str, RuntimeSpec] = {
     spec.name: spec
     for spec in (
@@ -60,11 +95,15 @@ RUNTIMES: dict[str, RuntimeSpec] = {
         RuntimeSpec(
             "tensorrt", "TensorRT engine on an NVIDIA GPU (built and cached per GPU type)", _trt_available, _trt_load
         ),
+        RuntimeSpec(
+            "torch", "PyTorch (torch.export program): CUDA in FP16/BF16, or the CPU in FP32", _torch_available,
+            _torch_load, _torch_auto,
+        ),
     )
 }
 
 # The order `auto` tries runtimes in: the fastest that can run here wins.
-AUTO_ORDER: tuple[str, ...] = ("tensorrt", "onnxruntime")
+AUTO_ORDER: tuple[str, ...] = ("tensorrt", "torch", "onnxruntime")
 
 
 def get_runtime_spec(name: str) -> RuntimeSpec:
@@ -75,8 +114,8 @@ def get_runtime_spec(name: str) -> RuntimeSpec:
         raise UnknownRuntime(f"unknown runtime {name!r}; known runtimes: {known}") from None
 
 
-def resolve_runtime(name: str) -> RuntimeSpec:
-    """The spec ``name`` means on this machine; ``auto`` picks the first available."""
+def resolve_runtime(name: str, info: ModelInfo | None = None) -> RuntimeSpec:
+    """The spec ``name`` means on this machine (for the model ``info`` if given); ``auto`` picks the first usable."""
     if name != "auto":
         spec = get_runtime_spec(name)
         ok, why = spec.available()
@@ -88,7 +127,7 @@ def resolve_runtime(name: str) -> RuntimeSpec:
         spec = RUNTIMES.get(candidate)
         if spec is None:
             continue
-        ok, why = spec.available()
+        ok, why = spec.usable_by_auto(info)
         if ok:
             return spec
         reasons.append(f"{candidate}: {why}")
@@ -96,4 +135,4 @@ def resolve_runtime(name: str) -> RuntimeSpec:
 
 
 def load_runtime(name: str, info: ModelInfo, **options) -> Runtime:
-    return resolve_runtime(name).load(info, **options)
+    return resolve_runtime(name, info).load(info, **options)

@@ -26,7 +26,17 @@ import numpy as np
 from dfscan.trt.model_info import ModelInfo, reexport_hint
 from dfscan.gpu import probe_gpus
 from dfscan.trt.cache import EngineCache, default_engine_dir
-from dfscan.trt.engine import BuildOptions, build_engine, current_gpu, engine_key, import_tensorrt, tensorrt_status
+from dfscan.trt.engine import (
+    BuildOptions,
+    build_engine,
+    current_gpu,
+    describe_surface,
+    engine_key,
+    import_tensorrt,
+    surface_of,
+    tensorrt_status,
+    what_it_builds,
+)
 from dfscan.trt.errors import EngineIncompatible, InferenceFailed, ModelRejected, RuntimeUnavailable
 from dfscan.trt.precisions import choose_precision
 
@@ -35,20 +45,26 @@ SLOTS = 2
 
 
 def available() -> tuple[bool, str]:
-    """TensorRT 10.x importable, a CUDA GPU visible, and a CUDA build of torch for the buffers."""
+    """TensorRT 10.x or newer importable, able to build strongly typed engines, a CUDA GPU, CUDA torch for buffers."""
     ok, why = tensorrt_status()
     if not ok:
         return False, why
+    import tensorrt
+
+    surface = surface_of(tensorrt)
+    cannot = what_it_builds(surface)["fp32"]
+    if cannot:
+        return False, cannot
     probe = probe_gpus()
     if not probe.present:
-        return False, f"no CUDA GPU: {probe.why_not}"
+        return False, f"no CUDA GPU: {probe.why_not} ({describe_surface(surface)})"
     try:
         import torch
     except ImportError as exc:
         return False, f"torch is not importable ({exc}); the TensorRT runtime uses it for GPU buffers"
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} is a CPU-only build; install a CUDA build for the TensorRT runtime"
-    return True, ""
+    return True, describe_surface(surface)
 
 
 @dataclass
@@ -101,12 +117,12 @@ class TensorRTRuntime:
         cache = EngineCache(engine_dir or default_engine_dir(info.path))
         cached = cache.cached_precisions(info.sha256, gpu.name, gpu.capability, trt.__version__)
         chosen, must_build = choose_precision(precision, gpu.capability, cached)
-        if must_build:
-            if not build_missing:
-                raise RuntimeUnavailable(
-                    f"no {chosen.name} engine for {info.path.name} on {gpu.name} in {cache.directory}; "
-                    f"build one with `dfscan build-engine {info.path} --precision {chosen.name}`"
-                )
+        if must_build and not build_missing:
+            raise RuntimeUnavailable(
+                f"no {chosen.name} engine for {info.path.name} on {gpu.name} in {cache.directory}; "
+                f"build one with `dfscan build-engine {info.path} --precision {chosen.name}`"
+            )
+        if build_missing:  # reuses the cached engine while the ONNX file it came from is unchanged
             build_engine(info, BuildOptions(precision=chosen.name, max_batch=max_batch, engine_dir=cache.directory))
         key = engine_key(info, gpu, trt.__version__, chosen.name)
         loaded = cache.load(key)

@@ -177,6 +177,35 @@ class DaliDecoder:
         mid = len(datas) // 2
         return self._run_locating(datas[:mid]) + self._run_locating(datas[mid:])
 
+    def decode_dense(self, files: Sequence[FileData]):
+        """The whole batch as one DALI tensor (N, 3, H, W) float32, or None when any file needs the careful path.
+
+        For keeping batches on the GPU from decode to logits: with ``device="gpu"``
+        the tensor lives on the GPU and exposes ``__dlpack__``, so a runtime that
+        takes DLPack (``dfscan.trt.pytorch.TorchRuntime.infer``) reads it in place,
+        with no host round trip.  Only the common case takes this path: every file
+        passes the header checks and DALI decodes the batch in one run; otherwise
+        it returns None and the caller uses :meth:`decode_batch`, which isolates
+        the bad files.  The tensor is DALI's output buffer, valid until the next
+        call: consume (or copy) it first.
+        """
+        if not files or len(files) > self.batch_size:
+            return None
+        for f in files:
+            header = sniff(f.data)
+            if not header.dali_safe or (header.pixels is not None and header.pixels > self.pre.max_pixels):
+                return None
+        with self._lock:
+            self._ensure_pipe()
+            try:
+                (out,) = self._pipe.run(**{INPUT_NAME: [np.frombuffer(f.data, dtype=np.uint8) for f in files]})
+            except _DALI_FAILURES:
+                self.stats["failed_runs"] += 1
+                self._pipe = None
+                return None
+        self.stats["dali"] += len(files)
+        return out.as_tensor()
+
     # -- the decoder interface ----------------------------------------------------------
 
     def decode_batch(self, files: Sequence[FileData]) -> list[np.ndarray | ImageError]:

@@ -28,7 +28,7 @@ class InferVariant:
 
     runtime: str
     precision: str
-    model: str  # "fp32" or "int8": the ONNX file given to the runtime
+    model: str  # "fp32" or "int8": the ONNX file given to the runtime (TensorRT finds its FP16/Q-DQ graphs beside it)
     options: tuple[tuple[str, Any], ...] = ()
 
 
@@ -37,6 +37,9 @@ INFER_VARIANTS: tuple[InferVariant, ...] = (
     InferVariant("onnxruntime", "int8", "int8"),
     InferVariant("tensorrt", "fp16", "fp32", (("precision", "fp16"),)),
     InferVariant("tensorrt", "int8", "fp32", (("precision", "int8"),)),
+    # The torch.export program beside the FP32 model (model.pt2): FP32 on the CPU, FP16 on CUDA only.
+    InferVariant("torch", "fp32", "fp32", (("precision", "fp32"),)),
+    InferVariant("torch", "fp16", "fp32", (("precision", "fp16"),)),
 )
 
 

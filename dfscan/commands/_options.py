@@ -163,11 +163,13 @@ def runtime_options(func: Callable) -> Callable:
     """--runtime, --decoder, --precision, --engine-dir: how a process scores images."""
     options = [
         setting_option("--runtime", field="runtime",
-                       help="auto | onnxruntime | tensorrt (auto: TensorRT where it and a GPU are present)."),
+                       help="auto | onnxruntime | tensorrt | torch (auto: TensorRT, then PyTorch on CUDA, then "
+                            "ONNX Runtime)."),
         setting_option("--decoder", field="decoder",
                        help="auto | pillow | dali | dali-gpu | dali-cpu (auto: DALI on a GPU, else Pillow)."),
         setting_option("--precision", field="precision", type=click.Choice(PRECISIONS),
-                       help="TensorRT engine precision [default: the best cached engine, else fp16]."),
+                       help="TensorRT: the best cached engine, else fp16; torch: fp16 on CUDA (or bf16, fp32), fp32 "
+                            "on the CPU (or bf16)."),
         setting_option("--engine-dir", field="engine_dir", type=click.Path(file_okay=False, path_type=Path),
                        help="TensorRT engine cache [default: engines/ beside the model]."),
     ]

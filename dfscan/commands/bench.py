@@ -97,11 +97,15 @@ def bench(images: Path | None, synthetic: int | None, model: Path | None, int8_m
               help="Calibration method (entropy and percentile keep whole tensors: much more memory).")
 @click.option("--float-head/--quantize-head", default=True, show_default=True, envvar="DFSCAN_QUANTIZE_FLOAT_HEAD",
               show_envvar=True, help="Keep the BiLSTM and classifier in float (they cost little; better agreement).")
+@click.option("--target", type=click.Choice(["cpu", "tensorrt"]), default="cpu", show_default=True,
+              envvar="DFSCAN_QUANTIZE_TARGET", show_envvar=True,
+              help="cpu: unsigned activations (ONNX Runtime on x86); tensorrt: signed symmetric INT8, the Q/DQ file "
+                   "`dfscan build-engine --precision int8` builds from (write it to NAME_int8.onnx).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
 def quantize(model: Path, calibrate: Path, out: Path, max_images: int, check: Path | None, method: str,
-             float_head: bool, as_json: bool) -> None:  # fmt: skip
-    """Quantise MODEL to INT8 (static, per-channel weights) for ONNX Runtime on the CPU.
+             float_head: bool, target: str, as_json: bool) -> None:  # fmt: skip
+    """Quantise MODEL to INT8 (static Q/DQ, per-channel weights) for ONNX Runtime on the CPU or for TensorRT.
 
     Reports how often the INT8 model's verdicts equal the FP32 model's on the
     calibration images (or --check) and the largest change in p_fake. The
@@ -113,7 +117,7 @@ def quantize(model: Path, calibrate: Path, out: Path, max_images: int, check: Pa
     if max_images < 1:
         raise click.BadParameter("must be at least 1", param_hint="--max-images")
     result = quantize_model(model, calibrate, out, max_images=max_images, check=check, method=method,
-                            float_head=float_head)
+                            float_head=float_head, target=target)
     a = result.agreement
     if as_json:
         data = {"model": str(result.onnx_path), "info": str(result.info_path), "source": str(result.source),

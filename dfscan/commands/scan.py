@@ -216,15 +216,19 @@ def _cell(value: Any) -> Any:
               help="Directory for model.onnx and model_info.json.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (17 or newer).")
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Decision threshold stored in model_info.json.")
+@click.option("--torch-program/--no-torch-program", default=True, show_default=True,
+              help="Also write model.pt2 (torch.export), the file of --runtime torch.")
 @reports_errors
-def export(checkpoint: Path, out_dir: Path, opset: int, threshold: float) -> None:
-    """Export a detector CHECKPOINT to ONNX, checked against PyTorch."""
+def export(checkpoint: Path, out_dir: Path, opset: int, threshold: float, torch_program: bool) -> None:
+    """Export a detector CHECKPOINT to ONNX (and a torch.export program), checked against PyTorch."""
     from dfscan.detector.export import export_onnx
 
     if opset < 17:
         raise click.BadParameter("opset 17 or newer is required", param_hint="--opset")
-    result = export_onnx(checkpoint, out_dir, opset=opset, threshold=threshold)
-    click.echo(f"wrote {result.onnx_path} and {result.info_path}")
+    result = export_onnx(checkpoint, out_dir, opset=opset, threshold=threshold, torch_program=torch_program)
+    program = result.info.extra.get("torch_program")
+    also = f", {out_dir / program['file']}" if isinstance(program, dict) else ""
+    click.echo(f"wrote {result.onnx_path}{also} and {result.info_path}")
     click.echo(f"max |logit difference| ONNX Runtime vs PyTorch: {result.max_abs_diff:.2e}")
 
 

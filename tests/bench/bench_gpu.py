@@ -1,10 +1,13 @@
 """Where the time goes on a GPU box: decode, inference and end-to-end images/s for each decoder and runtime found.
 
     python tests/bench/bench_gpu.py [--backbone resnext50_32x4d] [--images 1024] [--size 512x384] [--model PATH]
+                                    [--decoder dali-gpu] [--runtime torch] [--batch 64]
 
 Writes ``--images`` JPEGs, then measures on this machine, for every decoder
-(pillow, dali-cpu, dali-gpu) and runtime (onnxruntime; tensorrt in fp32 and
-fp16) that can run here:
+(pillow, dali-cpu, dali-gpu) and runtime (onnxruntime; tensorrt in fp32, fp16
+and int8 where ``NAME_int8.onnx`` lies beside the model; torch in fp32, and in
+fp16 and bf16 on CUDA) that can run here, or only those named by ``--decoder``
+/ ``--runtime`` (repeatable):
 
   decode      ``decode_batch`` on bytes already in memory, batches of 64
   inference   the runtime on tensors decoded beforehand (TensorRT twice:
@@ -41,20 +44,28 @@ def write_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
     return write_jpegs(folder, n, size=size)
 
 
-def decoders_here() -> list[str]:
+def decoders_here(only: list[str] | None = None) -> list[str]:
     from dfscan.workers.decoders import DECODERS
 
-    return [name for name in ("pillow", "dali-cpu", "dali-gpu") if DECODERS[name].available()[0]]
+    names = [name for name in ("pillow", "dali-cpu", "dali-gpu") if DECODERS[name].available()[0]]
+    return [n for n in names if not only or n in only]
 
 
-def runtimes_here() -> list[tuple[str, str | None]]:
-    """(runtime, precision) pairs that can run here."""
+def runtimes_here(model: Path | None = None, only: list[str] | None = None) -> list[tuple[str, str | None]]:
+    """(runtime, precision) pairs that can run here (and were asked for)."""
+    from dfscan.trt.engine import int8_path
+    from dfscan.trt.pytorch import cuda_status
     from dfscan.trt.registry import RUNTIMES
 
     out: list[tuple[str, str | None]] = [("onnxruntime", None)]
     if RUNTIMES["tensorrt"].available()[0]:
         out += [("tensorrt", "fp32"), ("tensorrt", "fp16")]
-    return out
+        if model is not None and int8_path(model).is_file():
+            out.append(("tensorrt", "int8"))
+    out.append(("torch", "fp32"))
+    if cuda_status()[0]:
+        out += [("torch", "fp16"), ("torch", "bf16")]
+    return [(k, p) for k, p in out if not only or k in only]
 
 
 def bench_decode(name: str, files, pre, batch: int, repeats: int) -> float:
@@ -77,6 +88,10 @@ def load_runtime(kind: str, precision: str | None, info, engine_dir: Path):
         from dfscan.trt.onnxruntime import OnnxRuntime
 
         return OnnxRuntime(info)
+    if kind == "torch":
+        from dfscan.trt.pytorch import TorchRuntime
+
+        return TorchRuntime(info, precision=precision)
     from dfscan.trt.tensorrt import TensorRTRuntime
 
     return TensorRTRuntime(info, precision=precision, engine_dir=engine_dir)
@@ -114,6 +129,8 @@ def main() -> None:
     parser.add_argument("--size", default="256x256", help="WxH of the JPEGs written")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--decoder", action="append", help="only this decoder (repeatable): pillow, dali-cpu, dali-gpu")
+    parser.add_argument("--runtime", action="append", help="only this runtime (repeatable): onnxruntime, tensorrt, torch")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -140,26 +157,37 @@ def main() -> None:
         paths = write_images(tmp_path / "images", args.images, (w, h))
         files = [read_file(str(p)) for p in paths]
 
-        for name in decoders_here():
-            figures["decode"][name] = bench_decode(name, files, pre, args.batch, args.repeats)
+        decoders, runtimes = decoders_here(args.decoder), runtimes_here(model, args.runtime)
+        figures["asked"] = {"decoders": decoders, "runtimes": runtimes}
+
+        def keep(stage: str, name: str, value) -> None:
+            """Print and save each figure as it comes: a run cut short by a time limit still reports."""
+            figures[stage][name] = value
+            print(f"measured {stage} {name}: {value}", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(figures, indent=2, default=str))
+
+        for name in decoders:
+            keep("decode", name, bench_decode(name, files, pre, args.batch, args.repeats))
         reference = PillowDecoder(pre)
         tensors = np.stack(reference.decode_batch(files))
         reference.close()
 
-        for kind, precision in runtimes_here():
+        for kind, precision in runtimes:
             label = kind if precision is None else f"{kind}-{precision}"
             runtime = load_runtime(kind, precision, info, model.parent / "engines")
             try:
-                figures["inference"][label] = bench_infer(runtime, tensors, args.batch, args.repeats)
+                keep("inference", label, bench_infer(runtime, tensors, args.batch, args.repeats))
             finally:
                 runtime.close()
 
-        # The scan's runtime picks its own precision: the best engine cached beside the model (fp16 after the above).
-        for decoder in decoders_here():
-            for kind in dict.fromkeys(k for k, _ in runtimes_here()):
-                figures["end_to_end"][f"{decoder}+{kind}"] = bench_scan(
+        # The scan's runtime picks its own precision: the best engine cached beside the model (int8 if built above,
+        # else fp16); torch runs fp16 on CUDA.
+        for decoder in decoders:
+            for kind in dict.fromkeys(k for k, _ in runtimes):
+                keep("end_to_end", f"{decoder}+{kind}", bench_scan(
                     model, tmp_path / "images", tmp_path / "bench.db", decoder, kind, args.batch
-                )
+                ))
 
     print(f"{args.images} JPEGs of {args.size}, batch {args.batch}, {os.cpu_count()} CPUs")
     print(f"{'stage':<42}{'images/s':>12}")
