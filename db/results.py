@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ._dialects import dialect_name, insert_for
-from .models import Result, scan_results
+from .errors import ScanNotFound
+from .models import Result, Scan, scan_results
 from .records import ResultRow
 
 __all__ = ["existing_paths", "iter_results", "write_batch"]
@@ -108,7 +109,16 @@ def iter_results(
 
     Rows arrive in batches (a server-side cursor on PostgreSQL), so a scan of
     millions of images never sits in memory. Keys are the view's columns.
+    Raises :class:`ScanNotFound` at the call (not at the first row) for a
+    ``scan_id`` no scan has, so that a caller prints nothing else first.
     """
+    if scan_id is not None and session.get(Scan, scan_id) is None:
+        raise ScanNotFound(scan_id)
+    return _stream_results(session, scan_id=scan_id, label=label, min_p=min_p, status=status, limit=limit)
+
+
+def _stream_results(session: Session, *, scan_id: int | None, label: str | None, min_p: float | None,
+                    status: str | None, limit: int | None) -> Iterator[dict[str, Any]]:
     view = scan_results.c
     stmt = select(scan_results).order_by(view.scan_id, view.path)
     if scan_id is not None:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from dfscan import db
 from dfscan.db.models import Model, Result, Scan
 from dfscan.db.records import ScanSummary
+from dfscan.redact import mask_text
 
 __all__ = ["ScanReport", "Suspect", "collect", "render", "thumbnail_data_uri", "write_report"]
 
@@ -191,11 +192,12 @@ def _card(key: str, value: Any, cls: str = "") -> str:
 
 
 def _audit_value(key: str, value: Any) -> str:
+    # Masked again here: records written before dfscan.redact may hold a password.
     if key == "command" and isinstance(value, list):
-        return f"<code>{_e(shlex.join(str(v) for v in value))}</code>"
+        return f"<code>{_e(shlex.join(mask_text(str(v)) for v in value))}</code>"
     if isinstance(value, (dict, list)):
-        return f"<code>{_e(json.dumps(value, sort_keys=True, default=str))}</code>"
-    return _e(value)
+        return f"<code>{_e(mask_text(json.dumps(value, sort_keys=True, default=str)))}</code>"
+    return _e(mask_text(str(value)) if isinstance(value, str) else value)
 
 
 def histogram_svg(edges: list[float], counts: dict[str, list[int]], threshold: float, width: int = 680,
