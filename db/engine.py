@@ -36,7 +36,7 @@ def _parse(url: str) -> URL:
     try:
         parsed = make_url(url.strip())
     except (ArgumentError, ValueError) as exc:
-        raise DatabaseURLError(mask_text(f"cannot parse database URL {url!r}: {exc}")) from None
+        raise DatabaseURLError(mask_text(f"cannot parse database URL {mask_url(url)!r}: {exc}")) from None
     driver = _DRIVERS.get(parsed.drivername)
     if driver is None:
         known = ", ".join(f"{name}://" for name in _DRIVERS)

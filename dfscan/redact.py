@@ -25,6 +25,8 @@ _SECRET_PARAM = re.compile(rf"([?&;]{_SECRET_NAME}=)[^&;#\s]*", re.IGNORECASE)
 # libpq keyword/value strings and free text: ``password=secret``.
 _SECRET_PAIR = re.compile(rf"(?<![?&;A-Za-z0-9_.-])({_SECRET_NAME}\s*=\s*)(?!{re.escape(MASK)})[^\s&;,'\"]+",
                           re.IGNORECASE)
+# ``user:password@host`` without a scheme, inside free text.
+_BARE_USERINFO = re.compile(r"(?<![\w:/@])([\w.+%-]*):(?!/)[^\s@'\"]+@")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # A URL inside free text: scheme:// up to white space or a quote.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
@@ -52,4 +54,5 @@ def mask_url(url: str) -> str:
 def mask_text(text: str) -> str:
     """``text`` (a message, an argv item) with every URL in it masked, and ``password=...`` pairs too."""
     masked = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), str(text))
+    masked = _BARE_USERINFO.sub(rf"\g<1>:{MASK}@", masked)
     return _SECRET_PAIR.sub(rf"\g<1>{MASK}", masked)
