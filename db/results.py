@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -104,7 +104,7 @@ def iter_results(
     min_p: float | None = None,
     status: str | None = None,
     limit: int | None = None,
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any], None, None]:
     """Stream rows of the ``scan_results`` view, ordered by scan_id then path.
 
     Rows arrive in batches (a server-side cursor on PostgreSQL), so a scan of
@@ -118,7 +118,7 @@ def iter_results(
 
 
 def _stream_results(session: Session, *, scan_id: int | None, label: str | None, min_p: float | None,
-                    status: str | None, limit: int | None) -> Iterator[dict[str, Any]]:
+                    status: str | None, limit: int | None) -> Generator[dict[str, Any], None, None]:
     view = scan_results.c
     stmt = select(scan_results).order_by(view.scan_id, view.path)
     if scan_id is not None:

@@ -205,6 +205,7 @@ def results(db_url: str, scan_id: int | None, label: str | None, status: str | N
                 _emit_rows(rows, fmt)
                 sys.stdout.flush()
             except BrokenPipeError:
+                rows.close()  # the cursor closes while its connection is still open
                 _stdout_closed()
     finally:
         engine.dispose()
