@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ._dialects import dialect_name, insert_for
-from .errors import ScanNotFound
-from .models import Result, Scan, scan_results
+from .models import Result, scan_results
 from .records import ResultRow
 
 __all__ = ["existing_paths", "iter_results", "write_batch"]
@@ -104,21 +103,12 @@ def iter_results(
     min_p: float | None = None,
     status: str | None = None,
     limit: int | None = None,
-) -> Generator[dict[str, Any], None, None]:
+) -> Iterator[dict[str, Any]]:
     """Stream rows of the ``scan_results`` view, ordered by scan_id then path.
 
     Rows arrive in batches (a server-side cursor on PostgreSQL), so a scan of
     millions of images never sits in memory. Keys are the view's columns.
-    Raises :class:`ScanNotFound` at the call (not at the first row) for a
-    ``scan_id`` no scan has, so that a caller prints nothing else first.
     """
-    if scan_id is not None and session.get(Scan, scan_id) is None:
-        raise ScanNotFound(scan_id)
-    return _stream_results(session, scan_id=scan_id, label=label, min_p=min_p, status=status, limit=limit)
-
-
-def _stream_results(session: Session, *, scan_id: int | None, label: str | None, min_p: float | None,
-                    status: str | None, limit: int | None) -> Generator[dict[str, Any], None, None]:
     view = scan_results.c
     stmt = select(scan_results).order_by(view.scan_id, view.path)
     if scan_id is not None:

@@ -8,6 +8,7 @@ with a ``\\xNN`` sequence, which took its row.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -158,3 +159,27 @@ def test_a_non_utf8_name_and_its_lookalike_get_a_row_each(request, tmp_path, tin
     assert by_file[os.fsdecode(raw)] == ("ok", None, len(jpeg_bytes(1)))
     assert by_file[str(lookalike)][0:2] == ("error", "not-image")
     assert by_file[str(lookalike)][2] == len(b"not an image")
+
+
+@pytest.mark.parametrize("url_fixture", ["sqlite_url", pytest.param("pg_url", marks=pytest.mark.postgres)])
+def test_a_non_utf8_root_is_registered_and_replayable(request, tmp_path, tiny_onnx_model, url_fixture):
+    """The scan's name, roots, audit record and command line hold the root in its stored form."""
+    from dfscan.scanner import ScanSource
+
+    url = request.getfixturevalue(url_fixture)
+    root = os.path.join(os.fsencode(tmp_path), b"root\xff")
+    os.mkdir(root)
+    with open(os.path.join(root, b"a.jpg"), "wb") as f:
+        f.write(jpeg_bytes(1))
+    scan(os.fsdecode(root), tiny_onnx_model, url)
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            name, roots, record = conn.execute(text("SELECT name, roots, settings FROM scans")).one()
+    finally:
+        engine.dispose()
+    record = record if isinstance(record, dict) else json.loads(record)  # SQLite gives JSON as text
+    roots = roots if isinstance(roots, list) else json.loads(roots)
+    assert name.startswith("root\\xff ") and roots == [storable(os.fsdecode(root))]
+    assert ScanSource.from_record(record["walk"]).roots == (os.fsdecode(root),)
+    assert list(result_rows(url)) == [storable(os.fsdecode(os.path.join(root, b"a.jpg")))]

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from dfscan import __version__, db
 from dfscan.redact import mask_text
 from dfscan.scanner import ScanSource
+from dfscan.scanner.paths import storable
 from dfscan.settings import Settings
 from dfscan.trt.model_info import ModelInfo
 
@@ -57,7 +58,7 @@ def origin() -> dict:
     return {
         "user": user,
         "host": socket.gethostname(),
-        "command": [mask_text(str(arg)) for arg in sys.argv],
+        "command": [mask_text(storable(str(arg))) for arg in sys.argv],
         "dfscan_version": __version__,
         "python": platform.python_version(),
     }
@@ -87,7 +88,7 @@ def audit_record(settings: Settings, info: ModelInfo, source: ScanSource, *, mod
     record: dict[str, Any] = {
         **origin(),
         "mode": mode,
-        "model_path": os.fspath(info.path),
+        "model_path": storable(os.fspath(info.path)),
         "model_sha256": info.sha256,
         "threshold": threshold_for(settings, info),
         "temperature": info.temperature,
@@ -104,7 +105,8 @@ def audit_record(settings: Settings, info: ModelInfo, source: ScanSource, *, mod
 
 
 def register_model(session: Session, info: ModelInfo) -> int:
-    return db.get_or_create_model(session, sha256=info.sha256, name=info.architecture, path=os.fspath(info.path),
+    return db.get_or_create_model(session, sha256=info.sha256, name=info.architecture,
+                                  path=storable(os.fspath(info.path)),
                                   info=model_info_dict(info))
 
 

@@ -200,12 +200,14 @@ def results(db_url: str, scan_id: int | None, label: str | None, status: str | N
                 scan_id = db.latest_scan_id(session)
                 if scan_id is None:
                     raise click.ClickException(f"no scans in {mask_url(db_url)}")
+            else:
+                db.scan_head(session, scan_id)  # ScanNotFound before anything is printed
             rows = db.iter_results(session, scan_id=scan_id, label=label, min_p=min_p, status=status, limit=limit)
             try:
                 _emit_rows(rows, fmt)
                 sys.stdout.flush()
             except BrokenPipeError:
-                rows.close()  # the cursor closes while its connection is still open
+                rows.close()  # type: ignore[attr-defined]  # the cursor closes while its connection is open
                 _stdout_closed()
     finally:
         engine.dispose()
