@@ -10,6 +10,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dfscan.redact import mask_text, mask_url
+
 from .errors import DatabaseError, DatabaseURLError
 
 __all__ = ["make_engine", "session_factory"]
@@ -34,13 +36,13 @@ def _parse(url: str) -> URL:
     try:
         parsed = make_url(url.strip())
     except (ArgumentError, ValueError) as exc:
-        raise DatabaseURLError(f"cannot parse database URL {url!r}: {exc}") from None
+        raise DatabaseURLError(mask_text(f"cannot parse database URL {mask_url(url)!r}: {exc}")) from None
     driver = _DRIVERS.get(parsed.drivername)
     if driver is None:
         known = ", ".join(f"{name}://" for name in _DRIVERS)
         raise DatabaseURLError(
             f"unsupported database driver {parsed.drivername!r} in "
-            f"{parsed.render_as_string(hide_password=True)!r}; known: {known}"
+            f"{mask_url(parsed.render_as_string(hide_password=False))!r}; known: {known}"
         )
     return parsed.set(drivername=driver)
 
@@ -91,9 +93,9 @@ def make_engine(url: str) -> Engine:
             connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
         return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except ArgumentError as exc:
-        raise DatabaseURLError(
-            f"invalid database URL {parsed.render_as_string(hide_password=True)!r}: {exc}"
-        ) from None
+        raise DatabaseURLError(mask_text(
+            f"invalid database URL {mask_url(parsed.render_as_string(hide_password=False))!r}: {exc}"
+        )) from None
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -25,6 +25,7 @@ from dfscan import db
 from dfscan.db.models import Model, Result, Scan
 from dfscan.db.records import ScanSummary
 from dfscan.htmlkit import ERROR_COLOUR, FAKE_COLOUR, REAL_COLOUR, card, escape, page, thumbnail_data_uri
+from dfscan.redact import mask_text
 
 __all__ = ["ScanReport", "Suspect", "collect", "render", "write_report"]
 
@@ -133,11 +134,12 @@ def _when(value: datetime | None) -> str:
 
 
 def _audit_value(key: str, value: Any) -> str:
+    # Masked again here: records written before dfscan.redact may hold a password.
     if key == "command" and isinstance(value, list):
-        return f"<code>{escape(shlex.join(str(v) for v in value))}</code>"
+        return f"<code>{escape(shlex.join(mask_text(str(v)) for v in value))}</code>"
     if isinstance(value, (dict, list)):
-        return f"<code>{escape(json.dumps(value, sort_keys=True, default=str))}</code>"
-    return escape(value)
+        return f"<code>{escape(mask_text(json.dumps(value, sort_keys=True, default=str)))}</code>"
+    return escape(mask_text(str(value)) if isinstance(value, str) else value)
 
 
 def histogram_svg(edges: list[float], counts: dict[str, list[int]], threshold: float, width: int = 680,

@@ -57,12 +57,26 @@ class Settings:
     queue: str = "dfscan"
     visibility_timeout: int = 3600
     db_retry_seconds: float = 120.0
-    # Workers serve Prometheus metrics on this port when it is set.
+    # Workers serve Prometheus metrics on this port when it is set, on this address (loopback
+    # unless an operator opens it: the endpoint has no authentication).
     metrics_port: int | None = None
+    metrics_bind: str = "127.0.0.1"
     follow_symlinks: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def __repr__(self) -> str:
+        # A logged or printed Settings must not carry the database or broker password.
+        from dfscan.redact import mask_url
+
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("db_url", "broker_url") and value:
+                value = mask_url(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
 
     def validate(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
@@ -77,6 +91,12 @@ class Settings:
             raise SettingsError("read and decode thread counts must be at least 1")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise SettingsError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        if self.intra_op_threads < 0:
+            raise SettingsError(f"thread count must be 0 (all cores) or more, got {self.intra_op_threads}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"metrics port must be between 0 and 65535, got {self.metrics_port}")
+        if not self.metrics_bind.strip():
+            raise SettingsError("the metrics bind address is empty")
         if self.max_attempts < 1:
             raise SettingsError(f"max attempts must be at least 1, got {self.max_attempts}")
         if self.max_outstanding_chunks < 1:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan import db
-from dfscan.scanner.paths import on_disk
+from dfscan.scanner.paths import on_disk, stat_path
 
 __all__ = ["IncrementalFilter"]
 
@@ -51,7 +51,7 @@ class IncrementalFilter:
         stats: dict[str, tuple[int, float]] = {}
         for path in block:
             try:
-                st = os.stat(on_disk(path))
+                st = stat_path(on_disk(path))
             except OSError:
                 continue  # kept: it ends as an error row
             stats[path] = (st.st_size, st.st_mtime)

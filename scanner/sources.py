@@ -14,9 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from dfscan.scanner.paths import on_disk, storable
 from dfscan.scanner.walker import SkipHook, WalkOptions, count_files, read_path_list, walk
 
-__all__ = ["ScanSource"]
+__all__ = ["NAME_MAX", "ScanSource"]
+
+# The length of scans.name (varchar(255) on PostgreSQL).
+NAME_MAX = 255
 
 
 @dataclass(frozen=True)
@@ -38,20 +42,29 @@ class ScanSource:
     @property
     def stored_roots(self) -> list[str]:
         """The ``scans.roots`` column: roots, and path lists as ``@FILE``."""
-        return list(self.roots) + [f"@{p}" for p in self.path_lists]
+        return [storable(r) for r in self.roots] + [f"@{storable(p)}" for p in self.path_lists]
 
-    def default_name(self, now: datetime | None = None) -> str:
-        """``photos+2 2026-11-25T08:10Z``: the first source and a UTC timestamp."""
+    def default_name(self, now: datetime | None = None, max_len: int = NAME_MAX) -> str:
+        """``photos+2 2026-11-25T08:10Z``: the first source and a UTC timestamp, at most ``max_len`` characters.
+
+        A source name too long for the column keeps its start and ends in "…";
+        the count of other sources and the timestamp are always kept.
+        """
         sources = [os.path.basename(r.rstrip("/")) or r for r in self.roots] + [f"@{p}" for p in self.path_lists]
-        head = sources[0] + (f"+{len(sources) - 1}" if len(sources) > 1 else "")
-        return f"{head} {(now or datetime.now(timezone.utc)):%Y-%m-%dT%H:%MZ}"
+        more = f"+{len(sources) - 1}" if len(sources) > 1 else ""
+        when = f" {(now or datetime.now(timezone.utc)):%Y-%m-%dT%H:%MZ}"
+        first = storable(sources[0])
+        room = max_len - len(more) - len(when)
+        if len(first) > room:
+            first = first[: room - 1] + "…"
+        return f"{first}{more}{when}"
 
     def record(self) -> dict[str, Any]:
         """The ``walk`` part of the audit record: enough to walk the same way again."""
-        return {"roots": list(self.roots), "path_lists": list(self.path_lists),
+        return {"roots": [storable(r) for r in self.roots], "path_lists": [storable(p) for p in self.path_lists],
                 "extensions": list(self.options.extensions), "follow_symlinks": self.options.follow_symlinks}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "ScanSource":
-        return cls(tuple(record["roots"]), tuple(record["path_lists"]),
+        return cls(tuple(on_disk(r) for r in record["roots"]), tuple(on_disk(p) for p in record["path_lists"]),
                    WalkOptions(tuple(record["extensions"]), bool(record["follow_symlinks"])))

@@ -1,8 +1,11 @@
 """Walk roots and path lists, yielding image paths one at a time.
 
 The walker streams: it never builds the archive's path list.  ``os.scandir``
-is used depth-first with an explicit stack of open directory iterators, so
-memory grows with the depth of the tree, not its size.  It follows symlinks
+is used depth-first with an explicit stack of open directories, so memory
+grows with the depth of the tree, not its size.  Each directory is opened
+relative to its parent's descriptor (``dir_fd``), so a branch whose paths
+exceed PATH_MAX is walked too, and the reader opens its files the same way
+(:func:`scanner.paths.open_path`).  It follows symlinks
 (a common way to assemble archives) but remembers each directory's
 ``(st_dev, st_ino)`` on the current branch, so loops end.  Only regular files
 with an image name are yielded, including those that will fail later
@@ -72,52 +75,87 @@ def walk(
             yield root
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+
+
+@dataclass
+class _OpenDir:
+    """A directory on the current branch: its path, its descriptor, its entries still to visit."""
+
+    path: str
+    fd: int
+    entries: Iterator[os.DirEntry[str]]
+    ident: tuple[int, int]
+
+
 def _walk_dir(root: str, root_st: os.stat_result, options: WalkOptions, on_skip: SkipHook | None) -> Iterator[str]:
-    # Each stack entry: (sorted child entries still to visit, the dir's identity).
-    on_branch: set[tuple[int, int]] = {(root_st.st_dev, root_st.st_ino)}
-    stack: list[tuple[Iterator[os.DirEntry[str]], tuple[int, int]]] = []
-    stack.append((_sorted_entries(root, on_skip), (root_st.st_dev, root_st.st_ino)))
-    while stack:
-        entries, ident = stack[-1]
-        entry = next(entries, None)
-        if entry is None:
-            stack.pop()
-            on_branch.discard(ident)
-            continue
-        try:
-            is_link = entry.is_symlink()
-            if is_link and not options.follow_symlinks:
+    # Directories are opened relative to their parent's descriptor and listed and
+    # stat'ed through it, so a branch deeper than PATH_MAX is walked like any other:
+    # only the path strings grow, never a name handed to the kernel.
+    ident = (root_st.st_dev, root_st.st_ino)
+    first = _open_dir(root, root, None, on_skip)
+    if first is None:
+        return
+    stack = [_OpenDir(root, first[0], first[1], ident)]
+    on_branch: set[tuple[int, int]] = {ident}
+    try:
+        while stack:
+            top = stack[-1]
+            entry = next(top.entries, None)
+            if entry is None:
+                stack.pop()
+                os.close(top.fd)
+                on_branch.discard(top.ident)
                 continue
-            st = entry.stat(follow_symlinks=True)
-        except OSError:
-            # A dangling symlink or a file that vanished between listing and stat:
-            # yield image names so that they end as error rows, skip the rest.
-            if options.wanted(entry.name):
-                yield entry.path
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            key = (st.st_dev, st.st_ino)
-            if key in on_branch:
-                continue  # a symlink loop
-            on_branch.add(key)
-            stack.append((_sorted_entries(entry.path, on_skip), key))
-        elif options.wanted(entry.name):
-            yield entry.path
+            path = os.path.join(top.path, entry.name)
+            try:
+                is_link = entry.is_symlink()
+                if is_link and not options.follow_symlinks:
+                    continue
+                st = entry.stat(follow_symlinks=True)
+            except OSError:
+                # A dangling symlink or a file that vanished between listing and stat:
+                # yield image names so that they end as error rows, skip the rest.
+                if options.wanted(entry.name):
+                    yield path
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in on_branch:
+                    continue  # a symlink loop
+                opened = _open_dir(entry.name, path, top.fd, on_skip)
+                if opened is not None:
+                    on_branch.add(key)
+                    stack.append(_OpenDir(path, opened[0], opened[1], key))
+            elif options.wanted(entry.name):
+                yield path
+    finally:
+        for left in stack:
+            os.close(left.fd)
 
 
-def _sorted_entries(path: str, on_skip: SkipHook | None) -> Iterator[os.DirEntry[str]]:
-    """A directory's entries sorted by name.
+def _open_dir(name: str, path: str, parent_fd: int | None,
+              on_skip: SkipHook | None) -> tuple[int, Iterator[os.DirEntry[str]]] | None:
+    """A directory's descriptor and its entries sorted by name, or None (reported) if it can't be listed.
 
-    Sorting holds one directory's names at a time, never the tree's.
+    Sorting holds one directory's names at a time, never the tree's.  The
+    entries stat through the descriptor, which stays open while they are used.
     """
     try:
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
     except OSError as exc:
         if on_skip is not None:
             on_skip(path, f"directory not readable: {exc.strerror or exc}")
-        return iter(())
-    return iter(entries)
+        return None
+    try:
+        with os.scandir(fd) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        os.close(fd)
+        if on_skip is not None:
+            on_skip(path, f"directory not readable: {exc.strerror or exc}")
+        return None
+    return fd, iter(entries)
 
 
 def read_path_list(source: str | os.PathLike[str], stdin: IO[str] | None = None) -> Iterator[str]:

@@ -277,7 +277,7 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0", *, metrics: WorkerMetrics | None = None,
+def start_metrics_server(port: int, addr: str = "127.0.0.1", *, metrics: WorkerMetrics | None = None,
                          multiprocess_dir: str | None = None) -> MetricsServer:
     """Serve ``metrics`` on ``http://addr:port/metrics`` from a daemon thread.
 

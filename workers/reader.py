@@ -7,7 +7,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from dfscan.scanner.paths import on_disk
+from dfscan.scanner.paths import on_disk, open_path, stat_path
 from dfscan.workers.errors import ImageError
 
 # Files beyond this are refused before reading: an image archive has no
@@ -43,11 +43,12 @@ def read_head(path: str, max_bytes: int = MAX_FILE_BYTES, head_bytes: int = HEAD
     """
     disk = on_disk(path)
     try:
-        if not stat.S_ISREG(os.stat(disk).st_mode):
+        # stat_path and open_path also reach files whose path exceeds PATH_MAX.
+        if not stat.S_ISREG(stat_path(disk).st_mode):
             raise ImageError("not-regular", "not a regular file")
         # O_NONBLOCK: should the path become a FIFO after the check, opening it
         # must still not wait for a writer.
-        fd = os.open(disk, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = open_path(disk, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise _os_error(exc) from None
     try:
@@ -91,7 +92,7 @@ def _read_exactly(fd: int, n: int) -> bytes:
 def stat_quietly(path: str) -> tuple[int | None, float | None]:
     """Size and mtime for an error row, or ``(None, None)``."""
     try:
-        st = os.stat(on_disk(path))
+        st = stat_path(on_disk(path))
     except OSError:
         return None, None
     return st.st_size, st.st_mtime

@@ -12,7 +12,6 @@ from __future__ import annotations
 import getpass
 import os
 import platform
-import re
 import socket
 import sys
 from dataclasses import dataclass
@@ -21,7 +20,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from dfscan import __version__, db
+from dfscan.redact import mask_text
 from dfscan.scanner import ScanSource
+from dfscan.scanner.paths import storable
 from dfscan.settings import Settings
 from dfscan.trt.model_info import ModelInfo
 
@@ -29,8 +30,6 @@ __all__ = ["MODES", "RegisteredScan", "audit_record", "model_info_dict", "origin
            "register_scan", "threshold_for"]  # fmt: skip
 
 MODES = ("embedded", "distributed")
-
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^@\s]*@")
 
 
 @dataclass(frozen=True)
@@ -47,9 +46,10 @@ def threshold_for(settings: Settings, info: ModelInfo) -> float:
 def origin() -> dict:
     """Who started a scan, where, and with what command.
 
-    The command line is kept as argv, with the password of any URL in it
-    (``--db postgresql://u:PASSWORD@h/db``, ``--broker redis://:PASSWORD@h``)
-    replaced by ``***``: the record is readable by every analyst.
+    The command line is kept as argv, with the secrets of any URL in it
+    (``--db postgresql://u:PASSWORD@h/db``, ``--broker redis://:PASSWORD@h``,
+    ``...?password=PASSWORD``) replaced by ``***`` (:func:`dfscan.redact.mask_text`):
+    the record is readable by every analyst.
     """
     try:
         user = getpass.getuser()
@@ -58,7 +58,7 @@ def origin() -> dict:
     return {
         "user": user,
         "host": socket.gethostname(),
-        "command": [_URL_PASSWORD.sub(r"\1***@", str(arg)) for arg in sys.argv],
+        "command": [mask_text(storable(str(arg))) for arg in sys.argv],
         "dfscan_version": __version__,
         "python": platform.python_version(),
     }
@@ -88,7 +88,7 @@ def audit_record(settings: Settings, info: ModelInfo, source: ScanSource, *, mod
     record: dict[str, Any] = {
         **origin(),
         "mode": mode,
-        "model_path": os.fspath(info.path),
+        "model_path": storable(os.fspath(info.path)),
         "model_sha256": info.sha256,
         "threshold": threshold_for(settings, info),
         "temperature": info.temperature,
@@ -105,7 +105,8 @@ def audit_record(settings: Settings, info: ModelInfo, source: ScanSource, *, mod
 
 
 def register_model(session: Session, info: ModelInfo) -> int:
-    return db.get_or_create_model(session, sha256=info.sha256, name=info.architecture, path=os.fspath(info.path),
+    return db.get_or_create_model(session, sha256=info.sha256, name=info.architecture,
+                                  path=storable(os.fspath(info.path)),
                                   info=model_info_dict(info))
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from dfscan.redact import mask_text
 from dfscan.settings import DEFAULT_DB_URL, PRECISIONS, Settings, SettingsError, env_name
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "one_line",
     "reports_errors",
     "runtime_options",
+    "SCAN_ID",
+    "scan_id_option",
     "setting_option",
     "stop_on_signals",
     "threads_option",
@@ -81,7 +84,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DecoderUnavailable,
         sqlalchemy.exc.OperationalError,
         sqlalchemy.exc.ArgumentError,
+        sqlalchemy.exc.DataError,  # a value out of the column's range (PostgreSQL checks, SQLite doesn't)
+        *_broker_errors(),
     )
+
+
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    """The broker's connection errors (kombu and redis-py), where they are installed."""
+    try:
+        from kombu.exceptions import OperationalError
+        from redis.exceptions import ConnectionError, TimeoutError
+    except ImportError:
+        return ()
+    return (OperationalError, ConnectionError, TimeoutError)
 
 
 def reports_errors(func: Callable) -> Callable:
@@ -104,7 +119,17 @@ def one_line(exc: BaseException) -> str:
     if hasattr(exc, "orig") and getattr(exc, "orig", None) is not None:  # SQLAlchemy wraps the driver's error
         text = str(exc.orig).strip()
     first = text.splitlines()[0] if text else type(exc).__name__
-    return first[:400]
+    return mask_text(first)[:400]
+
+
+# Ids are PostgreSQL integers: a larger number names no scan, and is refused as a usage error
+# before it reaches the database (where it would overflow).
+SCAN_ID = click.IntRange(1, 2**31 - 1)
+
+
+def scan_id_option(func: Callable) -> Callable:
+    """--scan ID: which scan a command reads."""
+    return click.option("--scan", "scan_id", type=SCAN_ID, help="Scan id (default: the latest scan).")(func)
 
 
 def db_option(func: Callable) -> Callable:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from dfscan.commands._options import db_option, reports_errors
+from dfscan.redact import mask_url
 
 
 @click.command()
@@ -25,7 +26,7 @@ def migrate(db_url: str, revision: str) -> None:
         db.upgrade(engine, revision)
     finally:
         engine.dispose()
-    click.echo(f"{db_url}: schema at {revision}")
+    click.echo(f"{mask_url(db_url)}: schema at {revision}")
 
 
 COMMANDS = [migrate]

@@ -44,11 +44,9 @@ def _need_broker(settings: Settings) -> None:
 
 def safe_url(url: str | None) -> str:
     """A URL fit for a terminal or a log: the password masked."""
-    if not url:
-        return ""
-    from kombu.utils.url import maybe_sanitize_url
+    from dfscan.redact import mask_url
 
-    return maybe_sanitize_url(url)
+    return mask_url(url) if url else ""
 
 
 # --- scan --broker ---------------------------------------------------------------------
@@ -132,6 +130,8 @@ def _duration(seconds: float) -> str:
 @visibility_timeout_option
 @setting_option("--metrics-port", field="metrics_port", type=int,
                 help="Serve Prometheus metrics on this port (summed over the pool's processes).")
+@setting_option("--metrics-bind", field="metrics_bind",
+                help="Address the metrics endpoint listens on (0.0.0.0: every interface; it has no authentication).")
 @click.option("--events", "-E", is_flag=True, envvar="DFSCAN_EVENTS", show_envvar=True,
               help="Send task events, for Flower's task views (`celery -A dfscan.workers flower`).")
 @click.option("--hostname", "-n", help="Celery node name [dfscan-PID@HOST].")
@@ -140,7 +140,8 @@ def _duration(seconds: float) -> str:
 @reports_errors
 def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency: int, pool: str, queues: str | None,
            runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None, batch_size: int | None, intra_op_threads: int | None,
-           max_attempts: int | None, visibility_timeout: int | None, metrics_port: int | None, events: bool,
+           max_attempts: int | None, visibility_timeout: int | None, metrics_port: int | None,
+           metrics_bind: str | None, events: bool,
            hostname: str | None, loglevel: str, include: tuple[str, ...]) -> None:
     """Start a Celery worker that scores chunks and writes their rows.
 
@@ -156,7 +157,8 @@ def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency:
     settings = _settings(broker_url=broker_url, db_url=db_url, model=model, runtime=runtime, decoder=decoder,
                          precision=precision, engine_dir=engine_dir,
                          batch_size=batch_size, intra_op_threads=intra_op_threads, max_attempts=max_attempts,
-                         visibility_timeout=visibility_timeout, metrics_port=metrics_port)
+                         visibility_timeout=visibility_timeout, metrics_port=metrics_port,
+                         metrics_bind=metrics_bind)
     _need_broker(settings)
     if concurrency < 1:
         raise click.BadParameter("must be at least 1", param_hint="--concurrency")
@@ -200,8 +202,9 @@ def _serve_metrics(settings: Settings) -> None:
 
     metrics = WorkerMetrics()
     metrics.set_queue_depth(redis_queue_depth(settings.broker_url, [settings.queue, settings.queue + ".producer"]))
-    start_metrics_server(settings.metrics_port, metrics=metrics, multiprocess_dir=directory)
-    click.echo(f"metrics on http://0.0.0.0:{settings.metrics_port}/metrics", err=True)
+    server = start_metrics_server(settings.metrics_port, settings.metrics_bind, metrics=metrics,
+                                  multiprocess_dir=directory)
+    click.echo(f"metrics on http://{server.address}:{server.port}/metrics", err=True)
 
 
 # --- status / resume / cancel ----------------------------------------------------------

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from dfscan.commands._options import db_option, reports_errors
+from dfscan.commands._options import SCAN_ID, db_option, reports_errors
 
 
 @click.command()
-@click.argument("scan_id", metavar="SCAN", type=int)
+@click.argument("scan_id", metavar="SCAN", type=SCAN_ID)
 @db_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The HTML file to write.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +20,15 @@ from dfscan.commands._options import (
     json_option,
     max_outstanding_option,
     model_option,
+    one_line,
     reports_errors,
     runtime_options,
+    scan_id_option,
     setting_option,
     stop_on_signals,
     threads_option,
 )
+from dfscan.redact import mask_url
 from dfscan.settings import from_env, parse_extensions
 
 @click.command()
@@ -67,8 +71,12 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
     from dfscan.scanner import ScanSource, WalkOptions, check_roots
     from dfscan.workers.local import LocalScan
 
+    from dfscan.scanner.sources import NAME_MAX
+
     if not roots and not paths_from:
         raise click.UsageError("give at least one ROOT or --paths-from FILE")
+    if name is not None and len(name) > NAME_MAX:
+        raise click.BadParameter(f"at most {NAME_MAX} characters, got {len(name)}", param_hint="--name")
     settings = from_env(
         db_url=db_url, model=model, threshold=threshold, extensions=parse_extensions(extensions),
         batch_size=batch_size, chunk_size=chunk_size, runtime=runtime, decoder=decoder, precision=precision,
@@ -82,6 +90,7 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
     if settings.broker_url:
         from dfscan.commands.distributed import produce_scan
 
+        _check_broker(settings.broker_url)
         produce_scan(settings, source, name=name, incremental=incremental, wait=wait, progress=show,
                      as_json=as_json)
         return
@@ -109,6 +118,19 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
         )
 
 
+def _check_broker(url: str) -> None:
+    """Refuse to start a fleet scan whose broker can't be reached: no scan row is made for it."""
+    from kombu import Connection
+
+    connection = Connection(url, connect_timeout=5)
+    try:
+        connection.ensure_connection(max_retries=1, timeout=5)
+    except Exception as exc:  # noqa: BLE001 - every transport error means the same to the user
+        raise click.ClickException(f"cannot reach the broker at {mask_url(url)}: {one_line(exc)}") from None
+    finally:
+        connection.release()
+
+
 def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str], skipped: int | None = None) -> None:
     data = summary_dict(summary)
     if skipped is not None:
@@ -132,7 +154,7 @@ def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str]
             click.echo(f"  {reason:<18} {count}")
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"results: {db_url}  (dfscan results --scan {summary.scan_id})")
+    click.echo(f"results: {mask_url(db_url)}  (dfscan results --scan {summary.scan_id})")
 
 
 def summary_dict(summary: Any) -> dict:
@@ -159,16 +181,21 @@ RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", 
 
 @click.command()
 @db_option
-@click.option("--scan", "scan_id", type=int, help="Scan id (default: the latest scan).")
+@scan_id_option
 @click.option("--label", type=click.Choice(["real", "fake"]), help="Only rows with this label.")
 @click.option("--status", type=click.Choice(["ok", "error"]), help="Only rows with this status.")
 @click.option("--min-p", type=float, help="Only rows with p_fake >= P.")
-@click.option("--limit", type=int, help="At most this many rows.")
+@click.option("--limit", type=click.IntRange(min=0), help="At most this many rows.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @reports_errors
 def results(db_url: str, scan_id: int | None, label: str | None, status: str | None, min_p: float | None,
             limit: int | None, fmt: str) -> None:
-    """Print result rows of a scan, for people (table) or scripts (csv, json)."""
+    """Print result rows of a scan, for people (table) or scripts (csv, json).
+
+    In the table, control characters in file names and errors are shown
+    escaped (``\\x1b``), never sent to the terminal.  A reader that stops
+    early (``| head``) ends the command quietly, with exit status 141.
+    """
     from dfscan import db
 
     engine = db.make_engine(db_url)
@@ -178,11 +205,36 @@ def results(db_url: str, scan_id: int | None, label: str | None, status: str | N
             if scan_id is None:
                 scan_id = db.latest_scan_id(session)
                 if scan_id is None:
-                    raise click.ClickException(f"no scans in {db_url}")
+                    raise click.ClickException(f"no scans in {mask_url(db_url)}")
+            else:
+                db.scan_head(session, scan_id)  # ScanNotFound before anything is printed
             rows = db.iter_results(session, scan_id=scan_id, label=label, min_p=min_p, status=status, limit=limit)
-            _emit_rows(rows, fmt)
+            try:
+                _emit_rows(rows, fmt)
+                sys.stdout.flush()
+            except BrokenPipeError:
+                rows.close()  # type: ignore[attr-defined]  # the cursor closes while its connection is open
+                _stdout_closed()
     finally:
         engine.dispose()
+
+
+def _stdout_closed() -> None:
+    """The reader of stdout went away (``dfscan results | head``): stop as SIGPIPE would, without a traceback.
+
+    stdout is pointed at /dev/null so that the interpreter's final flush has nowhere to fail.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    raise SystemExit(141)
+
+
+def _printable(text: str) -> str:
+    """``text`` for a terminal: control and other non-printable characters as Python escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _emit_rows(rows: Iterator[dict], fmt: str) -> None:
@@ -203,6 +255,7 @@ def _emit_rows(rows: Iterator[dict], fmt: str) -> None:
             p = "" if row["p_fake"] is None else f"{row['p_fake']:.4f}"
             c = "" if row["confidence"] is None else f"{row['confidence']:.3f}"
             tail = row["path"] if row["status"] == "ok" else f"{row['path']}  [{row['error']}]"
+            tail = _printable(str(tail))
             out.write(f"{row['status']:<6} {row['label'] or '':<5} {p:>7} {c:>6}  {tail!s}\n")
 
 
