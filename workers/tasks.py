@@ -255,8 +255,10 @@ def _start_reaper(sender: object = None, **_: object) -> None:
         app.send_task(SCORE_TASK, kwargs=chunk.to_message(), queue=settings.queue, retry=True,
                       retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5.0})
 
-    # NullPool-like use: one engine for the thread, created here after the pool forked.
+    # The thread's own engine, made after the pool forked; pool processes forked later (to replace
+    # one that died) drop its connections without closing them (SQLAlchemy's rule for fork).
     engine = db.make_engine(settings.db_url)
+    os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
     _REAPER = Reaper(db.session_factory(engine), publish, lease_s=settings.lease_seconds,
                      interval_s=settings.lease_renew_seconds).start()
     log.info("lease reaper started: leases of %d s, checked every %.1f s", settings.lease_seconds,
