@@ -235,3 +235,40 @@ def test_holder_alive_knows_dead_processes_of_this_host() -> None:
         zombie.wait()
     assert holder_alive(f"another-host:{os.getpid()}")  # another host's holder is trusted until its lease ends
     assert holder_alive("requeue:whatever")
+
+
+@pytest.mark.redis
+def test_producer_reaper_publishes_the_expired_chunk_to_redis(redis_server, sqlite_url: str) -> None:
+    """The producer under --wait is a reaper too: the expired chunk's message lands in the real queue, once."""
+    import json
+
+    from dfscan.settings import from_env
+    from dfscan.workers.producer import Producer
+
+    settings = from_env(db_url=sqlite_url, broker_url=redis_server.url(), lease_seconds=10, lease_renew_seconds=1)
+    with Producer(settings) as producer:
+        db.upgrade(producer.engine)
+        with producer.sessions.begin() as s:
+            model_id = db.get_or_create_model(s, sha256="e" * 64, name="m", path="/m.onnx", info={})
+            scan_id = db.create_scan(s, name="p", roots=["/d"], model_id=model_id, threshold=0.5, settings={})
+            chunk_id = db.add_chunk(s, scan_id=scan_id, seq=3, paths=["/d/x.jpg"])
+            s.execute(update(Chunk).where(Chunk.id == chunk_id)
+                      .values(lease_owner="lost-host:7", lease_until=utcnow() - timedelta(seconds=1)))
+        assert [r.chunk_id for r in producer.reaper().run_once()] == [chunk_id]
+        assert producer.reaper().run_once() == []
+        records = producer.lease_records(scan_id)
+    client = redis_server.client()
+    messages = client.lrange(settings.queue, 0, -1)
+    assert len(messages) == 1
+    body = json.loads(messages[0])
+    kwargs = json.loads(__import__("base64").b64decode(body["body"]))[1]
+    assert kwargs == {"scan_id": scan_id, "chunk_id": chunk_id, "seq": 3, "paths": ["/d/x.jpg"]}
+    assert [(r.seq, r.requeues, r.expired) for r in records] == [(3, 1, False)]
+
+
+@pytest.mark.parametrize(("lease", "renew"), [(1, 0.5), (30, 16.0), (30, 0.0), (7200, 5.0)])
+def test_lease_settings_are_checked(lease: int, renew: float) -> None:
+    from dfscan.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="lease"):
+        Settings(lease_seconds=lease, lease_renew_seconds=renew)
