@@ -337,7 +337,7 @@ def reap_expired_leases(
     candidates = session.execute(
         select(Chunk.id, Chunk.lease_owner)
         .where(Chunk.status == "queued", Chunk.lease_until < now, Chunk.scan_id.in_(running))
-        .order_by(Chunk.lease_until)
+        .order_by(Chunk.lease_until, Chunk.id)  # one order for every reaper: no deadlock between two
         .limit(limit)
     ).all()
     out = []

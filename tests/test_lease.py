@@ -89,7 +89,7 @@ def test_a_dead_holder_or_an_expired_lease_is_taken_over(sessions, chunk) -> Non
     assert _row(sessions, chunk_id).lease_owner == "host-b:3"
 
 
-def test_finished_and_cancelled_chunks_take_no_lease(sessions, chunk) -> None:
+def test_finished_chunks_take_no_lease(sessions, chunk) -> None:
     scan_id, chunk_id = chunk
     with sessions.begin() as s:
         db.finish_chunk(s, chunk_id=chunk_id, ok=2, fake=0, real=2, errors=0)

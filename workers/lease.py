@@ -29,11 +29,17 @@ from dfscan.db.chunks import (
 )
 from dfscan.scanner.chunks import Chunk
 
-__all__ = ["Heartbeat", "Reaper", "holder_alive", "lease_owner"]
+__all__ = ["Heartbeat", "Reaper", "describe", "holder_alive", "lease_owner"]
 
 log = logging.getLogger(__name__)
 
 _HOST = socket.gethostname()[:200]
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line`` of an error, for a one-line warning."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
 
 
 def lease_owner(pid: int | None = None) -> str:
@@ -104,8 +110,7 @@ class Heartbeat:
                 with self.sessions.begin() as session:
                     held = renew_lease(session, self.chunk_id, owner=self.owner, lease_s=self.lease_s)
             except Exception as err:  # noqa: BLE001 - a database outage: try again next beat
-                log.warning("chunk %d: lease renewal failed (%s: %s)", self.chunk_id, type(err).__name__,
-                            str(err).splitlines()[0][:200] if str(err) else "")
+                log.warning("chunk %d: lease renewal failed (%s)", self.chunk_id, describe(err))
                 continue
             if not held and not self.lost:
                 # The lease ran out (renewals failed for longer than the lease) and a reaper
@@ -162,4 +167,4 @@ class Reaper:
             try:
                 self.run_once()
             except Exception as err:  # noqa: BLE001 - the next pass tries again
-                log.warning("lease reaper: %s: %s", type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+                log.warning("lease reaper: %s", describe(err))

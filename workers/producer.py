@@ -33,7 +33,7 @@ from dfscan.scanner.chunks import Chunk, chunked
 from dfscan.scanner.errors import ScannerError
 from dfscan.scanner.incremental import IncrementalFilter
 from dfscan.scanner.sources import ScanSource
-from dfscan.workers.lease import Reaper
+from dfscan.workers.lease import Reaper, describe
 from dfscan.workers.registration import register_scan
 
 __all__ = ["ProduceReport", "Producer", "ProducerError"]
@@ -285,7 +285,7 @@ class Producer:
                 try:
                     self.reaper().run_once()
                 except Exception as exc:  # noqa: BLE001 - a worker's reaper, or the next pass, does it
-                    log.warning("lease reaper: %s: %s", type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                    log.warning("lease reaper: %s", describe(exc))
             time.sleep(poll_s)
 
 

@@ -251,9 +251,11 @@ def _start_reaper(sender: object = None, **_: object) -> None:
         return
     from dfscan.workers.app import SCORE_TASK
 
+    retry_policy = {"max_retries": 10, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5.0}
+
     def publish(chunk: Chunk) -> None:
         app.send_task(SCORE_TASK, kwargs=chunk.to_message(), queue=settings.queue, retry=True,
-                      retry_policy={"max_retries": 10, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5.0})
+                      retry_policy=retry_policy)
 
     # The thread's own engine, made after the pool forked; pool processes forked later (to replace
     # one that died) drop its connections without closing them (SQLAlchemy's rule for fork).
