@@ -35,6 +35,8 @@ NAMING_CONVENTION = {
 }
 
 _NOW = text("CURRENT_TIMESTAMP")
+# PostgreSQL orders NaN above every number and SQLite stores NaN as NULL: both fail this check.
+OK_HAS_P_FAKE = "status <> 'ok' OR (p_fake IS NOT NULL AND p_fake >= 0 AND p_fake <= 1)"
 _ZERO = text("0")
 
 
@@ -89,6 +91,7 @@ class Chunk(Base):
     __table_args__ = (
         UniqueConstraint("scan_id", "seq"),
         Index("ix_chunks_scan_id_status", "scan_id", "status"),
+        Index("ix_chunks_status_lease_until", "status", "lease_until"),  # the reaper's lookup
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -105,6 +108,14 @@ class Chunk(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
     finished_at: Mapped[datetime | None]
+    # The lease of a chunk being scored (migration 0004): who holds it ("host:pid") and until when; the
+    # holder renews it while it scores.  A reaper re-enqueues a queued chunk whose lease ran out (its worker
+    # died with its host) and notes the expiry it acted on, when, and how many times.
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_until: Mapped[datetime | None]
+    lease_expired_at: Mapped[datetime | None]
+    requeued_at: Mapped[datetime | None]
+    requeues: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
 
 
 class ScanWorker(Base):
@@ -139,6 +150,8 @@ class Result(Base):
         UniqueConstraint("scan_id", "path"),
         CheckConstraint("status IN ('ok', 'error')", name="status"),
         CheckConstraint("label IS NULL OR label IN ('real', 'fake')", name="label"),
+        # A verdict has a probability (migration 0004): a NaN or missing p_fake is never stored as "ok".
+        CheckConstraint(OK_HAS_P_FAKE, name="ok_p_fake"),
         Index("ix_results_scan_id_status", "scan_id", "status"),
         Index("ix_results_scan_id_p_fake", "scan_id", "p_fake"),
         Index("ix_results_path", "path"),

@@ -57,6 +57,11 @@ class Settings:
     queue: str = "dfscan"
     visibility_timeout: int = 3600
     db_retry_seconds: float = 120.0
+    # A chunk being scored is leased in the database for this long and renewed every
+    # ``lease_renew_seconds``; a lease that runs out (the worker's host died) has its
+    # chunk re-enqueued by any live worker or producer, long before the visibility timeout.
+    lease_seconds: int = 30
+    lease_renew_seconds: float = 5.0
     # Workers serve Prometheus metrics on this port when it is set, on this address (loopback
     # unless an operator opens it: the endpoint has no authentication).
     metrics_port: int | None = None
@@ -103,6 +108,13 @@ class Settings:
             raise SettingsError("max outstanding chunks must be at least 1")
         if self.visibility_timeout < 1:
             raise SettingsError(f"visibility timeout must be at least 1 s, got {self.visibility_timeout}")
+        if not 2 <= self.lease_seconds <= 3600:
+            raise SettingsError(f"lease time must be between 2 and 3600 s, got {self.lease_seconds}")
+        if not 0 < self.lease_renew_seconds <= self.lease_seconds / 2:
+            raise SettingsError(
+                f"lease renew interval must be positive and at most half the lease time ({self.lease_seconds} s), "
+                f"got {self.lease_renew_seconds}"
+            )
         if self.db_retry_seconds < 0:
             raise SettingsError(f"database retry time must not be negative, got {self.db_retry_seconds}")
         if not self.queue:
@@ -145,6 +157,8 @@ _CONVERTERS = {
     "max_attempts": int,
     "metrics_port": int,
     "visibility_timeout": int,
+    "lease_seconds": int,
+    "lease_renew_seconds": float,
     "db_retry_seconds": float,
     "extensions": parse_extensions,
     "follow_symlinks": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),

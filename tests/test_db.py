@@ -158,7 +158,7 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     assert {u["name"] for u in insp.get_unique_constraints("chunks")} == {"uq_chunks_scan_id_seq"}
     assert {u["name"] for u in insp.get_unique_constraints("models")} == {"uq_models_sha256"}
     checks = {c["name"] for c in insp.get_check_constraints("results")}
-    assert checks == {"ck_results_status", "ck_results_label"}
+    assert checks == {"ck_results_status", "ck_results_label", "ck_results_ok_p_fake"}
     indexes = {i["name"]: i["column_names"] for i in insp.get_indexes("results")}
     assert indexes["ix_results_scan_id_status"] == ["scan_id", "status"]
     assert indexes["ix_results_scan_id_p_fake"] == ["scan_id", "p_fake"]

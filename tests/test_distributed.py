@@ -223,6 +223,69 @@ def test_worker_killed_after_commit_before_ack(redis_server, pg_db, workers, arc
     wait_for(lambda: redis_server.client().hlen("unacked") == 0, 30, "every message acknowledged")
 
 
+def test_whole_worker_killed_mid_chunk_its_lease_runs_out(redis_server, pg_db, workers, archive, tiny_onnx_model,
+                                                         tmp_path):
+    """A worker host lost mid-chunk (SIGKILL of the Celery parent and its pool): the other worker's reaper
+    re-enqueues the chunk once its lease runs out, long before the visibility timeout (left at 3600 s)."""
+    root, expected = archive
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    broker = redis_server.url()
+    lease = 10
+    env = {"DFSCAN_LEASE_SECONDS": str(lease), "DFSCAN_LEASE_RENEW_SECONDS": "1"}
+    faults = {"slow_batch_s": 0.4, "busy_dir": str(busy)}
+    a = workers(broker, pg_db, name="a", env=env, faults=faults).wait_ready()
+    b = workers(broker, pg_db, name="b", env=env, faults=faults).wait_ready()
+    scan_id = produce(root, tiny_onnx_model, broker, pg_db)
+
+    def a_half_written():
+        # One of a's pool processes is busy with a chunk of which some, not all, rows are committed.
+        for pid in a.children():
+            try:
+                chunk_id = int((busy / str(pid)).read_text())
+            except (OSError, ValueError):
+                continue
+            n = query(pg_db, "SELECT count(*) AS n FROM results r JOIN chunks c ON c.scan_id = r.scan_id "
+                             "AND jsonb_exists(c.paths, r.path) WHERE c.id = :c AND c.status = 'queued'",
+                      c=chunk_id)[0]["n"]  # fmt: skip
+            if 0 < n < CHUNK:
+                return chunk_id
+        return None
+
+    chunk_id = wait_for(a_half_written, 60, "a chunk half written by worker a", interval=0.05)
+    holder = query(pg_db, "SELECT lease_owner, lease_until FROM chunks WHERE id = :c", c=chunk_id)[0]
+    assert holder["lease_owner"].endswith(f":{a.children()[0]}") and holder["lease_until"] is not None
+    a.kill_group(signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_complete(pg_db, scan_id, [b], timeout=3 * lease)
+    took = time.monotonic() - killed_at
+    print(f"scan completed {took:.1f} s after the SIGKILL of a whole worker (lease {lease} s)")
+    assert_exactly_once(pg_db, scan_id, expected)
+    killed = query(pg_db, "SELECT status, requeues, requeued_at, lease_expired_at, attempts FROM chunks "
+                          "WHERE id = :c", c=chunk_id)[0]  # fmt: skip
+    # Re-enqueued once (b's reaper), scored by b: two deliveries.
+    assert killed["status"] == "done" and killed["requeues"] == 1 and killed["attempts"] == 2
+    assert killed["lease_expired_at"] <= killed["requeued_at"]
+    assert all(c["requeues"] == 0 for c in query(pg_db, "SELECT requeues FROM chunks WHERE scan_id = :s AND id <> :c",
+                                                  s=scan_id, c=chunk_id))  # fmt: skip
+    # The visibility timeout did not do it: the killed worker's message is still unacknowledged.
+    assert redis_server.client().hlen("unacked") >= 1
+    status = cli("status", str(scan_id), "--db", pg_db)
+    assert status.exit_code == 0 and "1 re-enqueues" in status.stdout, status.stdout
+    listed = json.loads(cli("status", str(scan_id), "--db", pg_db, "--json").stdout)["expired_leases"]
+    assert [(r["status"], r["requeues"]) for r in listed] == [("done", 1)]
+    # The stale original, delivered now, finds the chunk done and changes nothing.
+    paths = query(pg_db, "SELECT seq, paths FROM chunks WHERE id = :c", c=chunk_id)[0]
+    from dfscan.settings import from_env
+    from dfscan.workers.producer import Producer
+
+    with Producer(from_env(db_url=pg_db, broker_url=broker)) as producer:
+        producer.publish(Chunk(scan_id, paths["seq"], tuple(paths["paths"]), chunk_id))
+    wait_for(lambda: query(pg_db, "SELECT attempts FROM chunks WHERE id = :c", c=chunk_id)[0]["attempts"] == 3, 30,
+             "the stale copy delivered")
+    assert_exactly_once(pg_db, scan_id, expected)
+
+
 def test_redis_restarted_mid_scan_then_resume(redis_server, pg_db, workers, archive, tiny_onnx_model):
     root, expected = archive
     broker = redis_server.url()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -34,6 +35,12 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 INPUT_SIZE: tuple[int, int] = (224, 224)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_TEMPERATURE = 1.0
+# What a sidecar's numbers may be.  Temperature scaling divides logits: calibration
+# gives values near 1; below 0.01 a logit of 10 is already e^1000 (overflow), and
+# above 100 every probability is 0.5.  Mean and std apply to pixels scaled to 0..1.
+TEMPERATURE_RANGE = (0.01, 100.0)
+MEAN_RANGE = (-1.0, 2.0)
+STD_RANGE = (1e-3, 10.0)
 
 SIDECAR_NAME = "model_info.json"
 SIDECAR_FORMAT = 1
@@ -310,22 +317,28 @@ def _read_sidecar(path: Path, sha: str) -> dict[str, Any]:
         if not isinstance(val, list) or len(val) != 2 or not all(_is_int(v) and v > 0 for v in val):
             raise bad("input_size", "[height, width] in pixels")
         fields["input_size"] = (val[0], val[1])
+    # The numbers are checked for what they do, not only their type: each one divides or
+    # shifts every input or logit, and a NaN, an infinity or a denormal there makes every
+    # probability NaN (which no threshold catches).
     for key in ("mean", "std"):
         if key in raw:
             val = raw[key]
-            if not isinstance(val, list) or len(val) != 3 or not all(_is_num(v) for v in val):
-                raise bad(key, "a list of three numbers")
-            if key == "std" and not all(v > 0 for v in val):
-                raise bad(key, "three positive numbers")
+            if not isinstance(val, list) or len(val) != 3 or not all(_is_num(v) and math.isfinite(v) for v in val):
+                raise bad(key, "a list of three finite numbers")
+            if key == "mean" and not all(MEAN_RANGE[0] <= v <= MEAN_RANGE[1] for v in val):
+                raise bad(key, f"three numbers between {MEAN_RANGE[0]:g} and {MEAN_RANGE[1]:g} (pixels scaled to 0..1)")
+            if key == "std" and not all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in val):
+                raise bad(key, f"three numbers between {STD_RANGE[0]:g} and {STD_RANGE[1]:g} (pixels scaled to 0..1)")
             fields[key] = tuple(float(v) for v in val)
     if "threshold" in raw:
-        if not _is_num(raw["threshold"]) or not 0.0 <= raw["threshold"] <= 1.0:
+        if not _is_num(raw["threshold"]) or not math.isfinite(raw["threshold"]) or not 0.0 <= raw["threshold"] <= 1.0:
             raise bad("threshold", "a number between 0 and 1")
         fields["threshold"] = float(raw["threshold"])
     if "temperature" in raw:
-        if not _is_num(raw["temperature"]) or raw["temperature"] <= 0:
-            raise bad("temperature", "a positive number")
-        fields["temperature"] = float(raw["temperature"])
+        t = raw["temperature"]
+        if not _is_num(t) or not math.isfinite(t) or not TEMPERATURE_RANGE[0] <= t <= TEMPERATURE_RANGE[1]:
+            raise bad("temperature", f"a number between {TEMPERATURE_RANGE[0]:g} and {TEMPERATURE_RANGE[1]:g}")
+        fields["temperature"] = float(t)
     if "opset" in raw and not _is_int(raw["opset"]):
         raise bad("opset", "an integer")
     return fields

@@ -4,8 +4,10 @@ Delivery is at-least-once and made exactly-once in effect by the database:
 
 * a chunk is acknowledged only after its rows are committed (``acks_late``);
 * a pool process killed mid-chunk (SIGKILL, OOM) gives its chunk back
-  (``reject_on_worker_lost``), and a whole worker that vanishes gives it back
-  once the visibility timeout has passed;
+  (``reject_on_worker_lost``); a whole worker that vanishes with its host
+  stops renewing its chunk's lease in the database, and a live worker's reaper
+  enqueues the chunk again once the lease runs out (:mod:`workers.lease`),
+  long before the visibility timeout hands the stale message out again;
 * each process reserves one chunk at a time (``prefetch_multiplier = 1``);
 * results are upserts on (scan_id, path), and a chunk's attempts are counted
   in the database so that a chunk that always kills its worker ends as error

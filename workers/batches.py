@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ import numpy as np
 from dfscan.db.records import ResultRow
 from dfscan.trt.base import Runtime, run_batched, softmax
 from dfscan.trt.errors import InferenceFailed
+from dfscan.trt.model_info import TEMPERATURE_RANGE
 from dfscan.workers.errors import ImageError
 from dfscan.workers.decode import refuse_from_header
 from dfscan.workers.reader import MAX_FILE_BYTES, FileData, read_head, stat_quietly
@@ -52,13 +54,29 @@ class Verdict:
     threshold: float = 0.5
     temperature: float = 1.0
 
-    def rows(self, logits: np.ndarray) -> list[tuple[str, float, float]]:
-        """(label, p_fake, confidence) per row of logits."""
-        probs = softmax(logits, self.temperature)
+    def __post_init__(self) -> None:
+        # The sidecar is checked when it is read; this catches a Verdict made any other way.
+        low, high = TEMPERATURE_RANGE
+        if not (math.isfinite(self.temperature) and low <= self.temperature <= high):
+            raise ValueError(f"temperature must be between {low:g} and {high:g}, got {self.temperature!r}")
+        if not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
+            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold!r}")
+
+    def rows(self, logits: np.ndarray) -> list[tuple[str, float, float] | ImageError]:
+        """(label, p_fake, confidence) per row of logits; an ``ImageError`` where p_fake is not a probability.
+
+        A NaN compares false with any threshold: unchecked, it would be stored
+        as a confident ``real`` verdict.
+        """
+        with np.errstate(all="ignore"):
+            probs = softmax(logits, self.temperature)
         fake_col = self.classes.index("fake")
-        out = []
+        out: list[tuple[str, float, float] | ImageError] = []
         for p_fake in probs[:, fake_col]:
             p = float(p_fake)
+            if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+                out.append(ImageError("bad-probability", f"the model gave p_fake = {p!r}, not a probability"))
+                continue
             label = "fake" if p >= self.threshold else "real"
             out.append((label, p, p if label == "fake" else 1.0 - p))
         return out
@@ -197,7 +215,11 @@ def score(prepared: PreparedBatch, runtime: Runtime, verdict: Verdict) -> list[R
             for pos in prepared.ok_index:
                 errors[pos] = ImageError("inference-failed", f"inference failed: {exc}")
         else:
-            verdicts = dict(zip(prepared.ok_index, verdict.rows(logits)))
+            for pos, v in zip(prepared.ok_index, verdict.rows(logits)):
+                if isinstance(v, ImageError):
+                    errors[pos] = v
+                else:
+                    verdicts[pos] = v
     rows = []
     for i, path in enumerate(prepared.paths):
         size, mtime = prepared.sizes[i], prepared.mtimes[i]

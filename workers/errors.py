@@ -20,6 +20,7 @@ REASONS: dict[str, str] = {
     "truncated": "the image data ends early",
     "decode-failed": "the decoder rejected the image",
     "inference-failed": "the runtime failed on the batch holding this image",
+    "bad-probability": "the model gave no valid probability (NaN or out of [0, 1]) for this image",
     "worker-lost": "the chunk killed its worker on every attempt",
 }
 

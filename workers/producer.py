@@ -27,11 +27,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan import db
+from dfscan.db.chunks import LeaseRecord, lease_records
 from dfscan.settings import Settings
 from dfscan.scanner.chunks import Chunk, chunked
 from dfscan.scanner.errors import ScannerError
 from dfscan.scanner.incremental import IncrementalFilter
 from dfscan.scanner.sources import ScanSource
+from dfscan.workers.lease import Reaper, describe
 from dfscan.workers.registration import register_scan
 
 __all__ = ["ProduceReport", "Producer", "ProducerError"]
@@ -69,6 +71,7 @@ class Producer:
         self.engine: Engine = db.make_engine(settings.db_url)
         self.sessions: sessionmaker[Session] = db.session_factory(self.engine)
         self.warnings: list[str] = []
+        self._reaper: Reaper | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -240,6 +243,14 @@ class Producer:
 
         return self._retry(read, "reading progress")
 
+    def lease_records(self, scan_id: int) -> list[LeaseRecord]:
+        """Chunks of the scan whose lease expired, and when they were re-enqueued."""
+        def read() -> list[LeaseRecord]:
+            with self.sessions() as session:
+                return lease_records(session, scan_id)
+
+        return self._retry(read, "reading leases")
+
     def cancel(self, scan_id: int) -> bool:
         """End a running scan as ``cancelled``; False if it had already ended."""
         def work() -> bool:
@@ -248,15 +259,33 @@ class Producer:
 
         return self._retry(work, "cancelling the scan")
 
+    def reaper(self) -> Reaper:
+        """This producer's reaper of chunks whose lease ran out (their worker's host died)."""
+        if self._reaper is None:
+            self._reaper = Reaper(self.sessions, self.publish, lease_s=self.settings.lease_seconds,
+                                  interval_s=self.settings.lease_renew_seconds)
+        return self._reaper
+
     def wait(self, scan_id: int, *, on_progress: Callable[[db.ScanSummary], None] | None = None,
              poll_s: float = 1.0, stop: threading.Event | None = None) -> db.ScanSummary:
-        """Poll the scan's progress until it is no longer running (or ``stop`` is set)."""
+        """Poll the scan's progress until it is no longer running (or ``stop`` is set).
+
+        While it waits, the producer is one of the reapers: with a broker, it
+        re-enqueues chunks whose lease ran out.
+        """
+        last_reap = time.monotonic()
         while True:
             current = self.progress(scan_id)
             if on_progress is not None:
                 on_progress(current)
             if current.status != "running" or (stop is not None and stop.is_set()):
                 return current
+            if self.settings.broker_url and time.monotonic() - last_reap >= self.settings.lease_renew_seconds:
+                last_reap = time.monotonic()
+                try:
+                    self.reaper().run_once()
+                except Exception as exc:  # noqa: BLE001 - a worker's reaper, or the next pass, does it
+                    log.warning("lease reaper: %s", describe(exc))
             time.sleep(poll_s)
 
 

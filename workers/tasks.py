@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from celery.exceptions import Reject
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 from dfscan import db
+from dfscan.db.chunks import claim_chunk
 from dfscan.settings import Settings
 from dfscan.scanner.chunks import Chunk
+from dfscan.workers.lease import Heartbeat, Reaper, holder_alive, lease_owner
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -35,7 +37,7 @@ __all__ = ["ModelMismatch", "WorkerState", "handle_chunk", "register", "worker_s
 log = logging.getLogger(__name__)
 
 # What a chunk's delivery ended as; returned by the task for logs and tests.
-SCORED, DUPLICATE, CANCELLED, LOST = "scored", "duplicate", "cancelled", "worker-lost"
+SCORED, DUPLICATE, CANCELLED, LOST, LEASED = "scored", "duplicate", "cancelled", "worker-lost", "leased-elsewhere"
 
 
 class ModelMismatch(Exception):
@@ -129,25 +131,36 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
     * the scan was cancelled: drop the chunk;
     * the chunk is already finished (a duplicate delivery, or a redelivery of
       a chunk whose commit landed before its acknowledgement): nothing to do;
+    * a live worker holds the chunk's lease (a stale copy of a message that a
+      reaper re-enqueued): drop it, uncounted; if that worker dies too, its
+      lease runs out and the chunk is enqueued again;
     * the chunk has been delivered more than ``max_attempts`` times (it kills
       its worker): an ``error`` row with reason ``worker-lost`` for each path
       that has none, and the chunk ends ``failed``;
-    * otherwise score it; the last batch's commit marks it ``done``.
+    * otherwise take its lease and score it, renewing the lease while scoring;
+      the last batch's commit marks it ``done``.
 
     Every path ends with the scan's completion check, so the worker that
     finishes the last chunk completes the scan.
     """
     assert chunk.chunk_id is not None
     sessions = state.sessions
-    max_attempts = state.settings.max_attempts
+    settings = state.settings
+    max_attempts = settings.max_attempts
+    owner = lease_owner()
 
     def start() -> tuple[db.ChunkStart, db.ScanHead]:
         with sessions.begin() as session:
-            return db.start_attempt(session, chunk.chunk_id), db.scan_head(session, chunk.scan_id)
+            begun = claim_chunk(session, chunk.chunk_id, owner=owner, lease_s=settings.lease_seconds,
+                                holder_alive=holder_alive)
+            return begun, db.scan_head(session, chunk.scan_id)
 
     begun, head = state.retry(start, f"starting chunk {chunk.seq} of scan {chunk.scan_id}")
     if begun.scan_status == "cancelled":
         return CANCELLED
+    if begun.leased_by is not None:
+        log.info("chunk %d of scan %d is leased to %s; dropping this copy", chunk.seq, chunk.scan_id, begun.leased_by)
+        return LEASED
     if begun.status in db.FINISHED:
         outcome = DUPLICATE
     elif begun.attempts > max_attempts:
@@ -166,9 +179,11 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
     else:
         from dfscan.workers.pipeline import score_chunk
 
-        ctx = state.context_for(head)
-        state.note_worker(ctx, chunk.scan_id)
-        score_chunk(ctx, chunk, head.model_id, on_batch=state.on_batch)
+        with Heartbeat(sessions, chunk.chunk_id, owner=owner, lease_s=settings.lease_seconds,
+                       renew_s=settings.lease_renew_seconds):
+            ctx = state.context_for(head)
+            state.note_worker(ctx, chunk.scan_id)
+            score_chunk(ctx, chunk, head.model_id, on_batch=state.on_batch)
         outcome = SCORED
     complete(state, chunk.scan_id)
     return outcome
@@ -221,6 +236,41 @@ def register(app: "DfscanCelery") -> None:
         from dfscan.workers.schedule import run_entry
 
         return run_entry(self.app.settings, entry, run_key=self.request.id)
+
+
+_REAPER: Reaper | None = None
+
+
+@worker_ready.connect(weak=False)
+def _start_reaper(sender: object = None, **_: object) -> None:
+    """Every dfscan worker re-enqueues chunks whose lease ran out: a thread of the Celery main process."""
+    global _REAPER
+    app = getattr(sender, "app", None)
+    settings: Settings | None = getattr(app, "settings", None)
+    if settings is None or _REAPER is not None or not settings.db_url:
+        return
+    from dfscan.workers.app import SCORE_TASK
+
+    retry_policy = {"max_retries": 10, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5.0}
+
+    def publish(chunk: Chunk) -> None:
+        app.send_task(SCORE_TASK, kwargs=chunk.to_message(), queue=settings.queue, retry=True,
+                      retry_policy=retry_policy)
+
+    # The thread's own engine, made after the pool forked; pool processes forked later (to replace
+    # one that died) drop its connections without closing them (SQLAlchemy's rule for fork).
+    engine = db.make_engine(settings.db_url)
+    os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
+    _REAPER = Reaper(db.session_factory(engine), publish, lease_s=settings.lease_seconds,
+                     interval_s=settings.lease_renew_seconds).start()
+    log.info("lease reaper started: leases of %d s, checked every %.1f s", settings.lease_seconds,
+             settings.lease_renew_seconds)
+
+
+@worker_shutdown.connect(weak=False)
+def _stop_reaper(**_: object) -> None:
+    if _REAPER is not None:
+        _REAPER.stop()
 
 
 @worker_process_shutdown.connect(weak=False)

@@ -6,6 +6,7 @@ Celery, the model and the runtime are imported inside the commands: ``dfscan
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -128,6 +129,11 @@ def _duration(seconds: float) -> str:
 @threads_option
 @max_attempts_option
 @visibility_timeout_option
+@setting_option("--lease-seconds", field="lease_seconds", type=int,
+                help="A chunk being scored is leased for this long, renewed while it scores; a chunk whose lease "
+                     "runs out (its worker's host died) is enqueued again.")
+@setting_option("--lease-renew", field="lease_renew_seconds", type=float,
+                help="Seconds between lease renewals, and between passes of the worker's reaper of expired leases.")
 @setting_option("--metrics-port", field="metrics_port", type=int,
                 help="Serve Prometheus metrics on this port (summed over the pool's processes).")
 @setting_option("--metrics-bind", field="metrics_bind",
@@ -140,8 +146,8 @@ def _duration(seconds: float) -> str:
 @reports_errors
 def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency: int, pool: str, queues: str | None,
            runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None, batch_size: int | None, intra_op_threads: int | None,
-           max_attempts: int | None, visibility_timeout: int | None, metrics_port: int | None,
-           metrics_bind: str | None, events: bool,
+           max_attempts: int | None, visibility_timeout: int | None, lease_seconds: int | None,
+           lease_renew_seconds: float | None, metrics_port: int | None, metrics_bind: str | None, events: bool,
            hostname: str | None, loglevel: str, include: tuple[str, ...]) -> None:
     """Start a Celery worker that scores chunks and writes their rows.
 
@@ -157,7 +163,8 @@ def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency:
     settings = _settings(broker_url=broker_url, db_url=db_url, model=model, runtime=runtime, decoder=decoder,
                          precision=precision, engine_dir=engine_dir,
                          batch_size=batch_size, intra_op_threads=intra_op_threads, max_attempts=max_attempts,
-                         visibility_timeout=visibility_timeout, metrics_port=metrics_port,
+                         visibility_timeout=visibility_timeout, lease_seconds=lease_seconds,
+                         lease_renew_seconds=lease_renew_seconds, metrics_port=metrics_port,
                          metrics_bind=metrics_bind)
     _need_broker(settings)
     if concurrency < 1:
@@ -222,13 +229,43 @@ def _producer(settings: Settings):
 @json_option("the counts")
 @reports_errors
 def status(scan_id: int, db_url: str, as_json: bool) -> None:
-    """Where scan SCAN_ID stands: images done, errors, chunks queued, images/s and ETA."""
+    """Where scan SCAN_ID stands: images done, errors, chunks queued, images/s and ETA.
+
+    Also lists the chunks whose lease expired (their worker vanished) and when
+    they were enqueued again.
+    """
     with _producer(_settings(db_url=db_url)) as producer:
         p = producer.progress(scan_id)
+        leases = producer.lease_records(scan_id)
     if as_json:
-        click.echo(json.dumps(p.as_dict(), indent=2, default=str))
+        data = p.as_dict()
+        data["expired_leases"] = [dataclasses.asdict(r) for r in leases]
+        click.echo(json.dumps(data, indent=2, default=str))
     else:
         _print_progress(p)
+        _print_leases(leases)
+
+
+def _print_leases(leases: list[Any], limit: int = 10) -> None:
+    if not leases:
+        return
+    waiting = sum(r.expired for r in leases)
+    requeued = sum(r.requeues for r in leases)
+    click.echo(f"  leases   {len(leases)} chunks lost their worker: {requeued} re-enqueues"
+               + (f", {waiting} expired and not yet re-enqueued" if waiting else ""))
+    for r in leases[:limit]:
+        if r.expired:
+            what = f"lease of {r.lease_owner} expired at {_time(r.lease_until)}, waiting for a reaper"
+        else:
+            what = (f"lease expired at {_time(r.lease_expired_at)}, re-enqueued at "
+                    f"{_time(r.requeued_at)}" + (f" ({r.requeues} times)" if r.requeues > 1 else ""))
+        click.echo(f"    chunk {r.seq} ({r.status}): {what}")
+    if len(leases) > limit:
+        click.echo(f"    ... and {len(leases) - limit} more (--json lists them all)")
+
+
+def _time(t: Any) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC") if t is not None else "?"
 
 
 @click.command()
