@@ -114,7 +114,20 @@ class ScanService:
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError(f"the scan did not start: {failure[0] if failure else 'timed out'}")
             time.sleep(0.01)
+        # LocalScan knows its id before the scan row is committed: wait until others can see it.
+        while not self._visible(job.scan_id):
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the scan did not start: {failure[0] if failure else 'timed out'}")
+            time.sleep(0.01)
         return job.scan_id, thread
+
+    def _visible(self, scan_id: int) -> bool:
+        try:
+            with self.sessions() as session:
+                db.scan_head(session, scan_id)
+        except db.ScanNotFound:
+            return False
+        return True
 
     def _start_fleet(self, source: ScanSource, request: ScanRequest,
                      stop: threading.Event) -> tuple[int, threading.Thread]:
