@@ -174,6 +174,8 @@ def test_serve_end_to_end(db_url: str, tiny_onnx_model: Path, tmp_path: Path) ->
                             ([str(allowed / "missing")], 400), (["relative/path"], 400), ([], 422)]:
             r = client.post("/v1/scans", headers=auth, json={"roots": roots})
             assert r.status_code == code, (roots, r.text)
+        r = client.post("/v1/scans", headers={**auth, "Content-Type": "application/json"}, content=b'{"roots": [')
+        assert r.status_code == 400 and "malformed" in r.json()["detail"]
         (allowed / "escape").symlink_to(outside, target_is_directory=True)
         assert client.post("/v1/scans", headers=auth, json={"roots": [str(allowed / "escape")]}).status_code == 403
         assert client.get("/v1/scans/999999", headers=auth).status_code == 404
@@ -291,3 +293,34 @@ def test_settings_refuse_bad_serve_values() -> None:
     with pytest.raises(SettingsError):
         Settings(max_upload_bytes=0)
     assert from_env({"DFSCAN_SERVE_ROOTS": "/a:/b", "DFSCAN_SERVE_PORT": "9000"}).serve_roots == ("/a", "/b")
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+def test_serve_sends_scans_to_the_fleet_with_a_broker(sqlite_url: str, redis_server, tiny_onnx_model: Path,  # noqa: F811
+                                                       tmp_path: Path) -> None:
+    """With --broker the scan's chunks are recorded and enqueued for workers (none run here), then cancelled."""
+    import redis
+
+    allowed = tmp_path / "storage"
+    write_jpegs(allowed / "imgs", 5)
+    token = json.loads(_cli("api-key", "create", "--name", "fleet", "--db", sqlite_url, "--json"))["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    broker = redis_server.url(0)
+    server = _start(tiny_onnx_model, sqlite_url, allowed, tmp_path, "--broker", broker)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, headers=auth) as client:
+            r = client.post("/v1/scans", json={"roots": [str(allowed)], "name": "fleet"})
+            assert r.status_code == 202, r.text
+            scan_id = r.json()["scan_id"]
+            state = wait_for(lambda: (s := client.get(f"/v1/scans/{scan_id}").json())["walk_done"] and s, 30,
+                             "the walk")
+            assert (state["status"], state["images_total"], state["chunks_queued"], state["total"]) == \
+                ("running", 5, 1, 0)
+            queued = redis.Redis.from_url(broker).llen("dfscan")
+            assert queued == 1  # one chunk message waits for a worker
+            assert client.post(f"/v1/scans/{scan_id}/cancel").json() == \
+                {"scan_id": scan_id, "cancelled": True, "status": "cancelled"}
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=30)

@@ -40,15 +40,23 @@ class KeyCache:
         self._thread.join(timeout=10)
         self.flush()
 
-    def check(self, token: str) -> tuple[int, str] | None:
-        """(key id, signing secret) for a valid token, counting the request; ``None`` for any other."""
+    def cached(self, token: str) -> tuple[int, str] | None:
+        """The remembered answer for a valid token (counting the request), or ``None``: then call :meth:`check`."""
         digest = hash_key(token)
-        now = time.monotonic()
         with self._lock:
             hit = self._known.get(digest)
-            if hit is not None and now - hit[2] < self.ttl_s:
+            if hit is not None and time.monotonic() - hit[2] < self.ttl_s:
                 self._counts[hit[0]] += 1
                 return hit[0], hit[1]
+        return None
+
+    def check(self, token: str) -> tuple[int, str] | None:
+        """(key id, signing secret) for a valid token, counting the request; ``None`` for any other. May query."""
+        hit = self.cached(token)
+        if hit is not None:
+            return hit
+        digest = hash_key(token)
+        now = time.monotonic()
         with self.sessions.begin() as session:
             found = authenticate(session, token)  # counts this request itself
         with self._lock:

@@ -15,6 +15,8 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.routing import Match
@@ -49,12 +51,62 @@ class ScanBody(BaseModel):
                                      description="POSTed the scan's summary when it ends, signed with the key's secret.")
 
 
-def _route_path(app: FastAPI, scope: dict) -> str:
+class _Gate:
+    """Every /v1 request needs a valid key, checked before its body is read; every request is counted.
+
+    Plain ASGI rather than ``@app.middleware``: it stays out of the way of the body stream and costs less
+    per request.
+    """
+
+    def __init__(self, app: Any, *, state: "State", router: Any) -> None:
+        self.app = app
+        self.state = state
+        self.router = router
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_and_note(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            denied = await self._check_key(scope) if scope["path"].startswith("/v1/") else None
+            if denied is not None:
+                await denied(scope, receive, send_and_note)
+            else:
+                await self.app(scope, receive, send_and_note)
+        finally:
+            path = _route_path(self.router, scope)
+            metrics = self.state.metrics
+            metrics.requests.labels(path, scope["method"], str(status[0])).inc()
+            metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+    async def _check_key(self, scope: dict) -> JSONResponse | None:
+        request = Request(scope)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        detail = "missing API key: send Authorization: Bearer <key>"
+        if scheme.lower() == "bearer" and token.strip():
+            keys = self.state.keys
+            found = keys.cached(token.strip()) or await asyncio.to_thread(keys.check, token.strip())
+            if found is not None:
+                request.state.api_key = found
+                return None
+            detail = "invalid or revoked API key"
+        return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _route_path(router: Any, scope: dict) -> str:
     """The route's template (``/v1/scans/{scan_id}``), also for requests refused before routing: few label values."""
     route = scope.get("route")
     if route is not None:
         return route.path
-    for candidate in app.router.routes:
+    for candidate in router.routes:
         match, _ = candidate.matches(scope)
         if match == Match.FULL:
             return candidate.path
@@ -118,36 +170,19 @@ def create_app(settings: Settings) -> FastAPI:
                               "Send `Authorization: Bearer <key>` (`dfscan api-key create`).")
     app.state.dfscan = state
 
-    @app.middleware("http")
-    async def authenticate_and_count(request: Request, call_next):
-        """Every /v1 request needs a valid key, checked before its body is read; every request is counted."""
-        started = time.perf_counter()
-        if request.url.path.startswith("/v1/"):
-            response = await _check_key(request)
-            if response is None:
-                response = await call_next(request)
-        else:
-            response = await call_next(request)
-        path = _route_path(app, request.scope)
-        state.metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        state.metrics.latency.labels(path).observe(time.perf_counter() - started)
-        return response
-
-    async def _check_key(request: Request) -> JSONResponse | None:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        detail = "missing API key: send Authorization: Bearer <key>"
-        if scheme.lower() == "bearer" and token.strip():
-            found = await asyncio.to_thread(state.keys.check, token.strip())
-            if found is not None:
-                request.state.api_key = found
-                return None
-            detail = "invalid or revoked API key"
-        return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    app.add_middleware(_Gate, state=state, router=app.router)
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # A body that isn't the JSON it claims to be is a 400; well-formed JSON with wrong fields a 422.
+        errors = jsonable_encoder(exc.errors())
+        malformed = any(e.get("type") == "json_invalid" for e in errors)
+        return JSONResponse({"detail": "malformed JSON body" if malformed else errors},
+                            status_code=400 if malformed else 422)
 
     @app.exception_handler(db.ScanNotFound)
     async def scan_not_found(request: Request, exc: Exception) -> JSONResponse:

@@ -46,6 +46,7 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self._running = 0  # images in the batch being scored
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -55,7 +56,7 @@ class DynamicBatcher:
         """Finish what is queued, then stop (graceful shutdown: in-flight requests get their verdicts)."""
         if self._task is None or self._queue is None:
             return
-        while not self._queue.empty():
+        while not self._queue.empty() or self._running:
             await asyncio.sleep(0.01)
         self._task.cancel()
         try:
@@ -97,7 +98,11 @@ class DynamicBatcher:
             live = [item for item in batch if not item.future.done()]  # a client that went away
             if not live:
                 continue
-            results = await loop.run_in_executor(self._pool, self._infer, np.stack([i.tensor for i in live]))
+            self._running = len(live)
+            try:
+                results = await loop.run_in_executor(self._pool, self._infer, np.stack([i.tensor for i in live]))
+            finally:
+                self._running = 0
             for item, result in zip(live, results):
                 if not item.future.done():
                     item.future.set_result(result)

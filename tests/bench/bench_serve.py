@@ -81,7 +81,7 @@ async def _load(url: str, token: str, files: list[bytes], clients: int, rounds: 
                 latencies.append(time.perf_counter() - t)
                 assert res.status_code == 200 and res.json()["results"][0]["status"] == "ok", res.text
 
-        await asyncio.gather(*(one(i) for i in range(clients)))  # warm-up round: connections, first batches
+        await asyncio.gather(*(one(i) for i in range(min(clients, 8))))  # warm-up: first batches, connections
         latencies.clear()
         start = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(clients)))
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--delay-ms", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+    parser.add_argument("--repeats", type=int, default=4, help="batches timed for model-only, before and after")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -114,7 +115,7 @@ def main() -> None:
             model = export_tiny_model(tmp / "model")
         paths = write_jpegs(tmp / "imgs", 64)
         files = [p.read_bytes() for p in paths]
-        before = model_only(model, paths, args.batch, args.threads)
+        before = model_only(model, paths, args.batch, args.threads, args.repeats)
 
         db_url = f"sqlite:///{tmp / 'serve.db'}"
         token = json.loads(subprocess.run([DFSCAN, "api-key", "create", "--name", "bench", "--db", db_url, "--json"],
@@ -136,7 +137,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-        after = model_only(model, paths, args.batch, args.threads)
+        after = model_only(model, paths, args.batch, args.threads, args.repeats)
 
     h0, h1 = _batch_histogram(m0), _batch_histogram(m1)
     n_batches = _metric(m1, "dfscan_serve_batch_size_count") - _metric(m0, "dfscan_serve_batch_size_count")
