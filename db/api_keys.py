@@ -21,6 +21,7 @@ from .models import ApiKey, Scan, ScanCallback
 
 __all__ = [
     "ApiKeyInfo", "ApiKeyNotFound", "DueCallback", "NewApiKey", "add_callback", "authenticate", "callback_state",
+    "claim_callback",
     "create_api_key", "due_callbacks", "hash_key", "list_api_keys", "record_callback_attempt", "revoke_api_key",
 ]  # fmt: skip
 
@@ -128,6 +129,19 @@ def due_callbacks(session: Session, *, max_attempts: int, limit: int = 20) -> li
         .limit(limit)
     ).all()
     return [DueCallback(r.scan_id, r.url, r.attempts, r.signing_secret) for r in rows]
+
+
+def claim_callback(session: Session, *, scan_id: int, lease_s: float) -> bool:
+    """Take a due callback for ``lease_s``: of several servers polling one database, exactly one delivers it."""
+    now = utcnow()
+    result = session.execute(
+        update(ScanCallback)
+        .where(ScanCallback.scan_id == scan_id, ScanCallback.delivered_at.is_(None),
+               ScanCallback.given_up_at.is_(None),
+               (ScanCallback.next_attempt_at.is_(None)) | (ScanCallback.next_attempt_at <= now))
+        .values(next_attempt_at=now + timedelta(seconds=lease_s))
+    )
+    return result.rowcount == 1
 
 
 def record_callback_attempt(session: Session, *, scan_id: int, error: str | None, max_attempts: int,

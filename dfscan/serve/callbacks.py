@@ -3,8 +3,9 @@
 One thread polls the database for callbacks of ended scans, so a scan run by
 the fleet, or one that ended while the server was down, is reported too.
 The body is JSON; ``X-Dfscan-Signature: sha256=<hex>`` is the HMAC-SHA256 of
-the exact body bytes under the key's signing secret, and
-``X-Dfscan-Timestamp`` lets the receiver refuse replays.
+the exact body bytes under the key's signing secret; the body carries
+``sent_at`` so a receiver can refuse old replays. Several servers on one
+database claim each delivery first, so only one sends it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan import db
-from dfscan.db.api_keys import DueCallback, due_callbacks, record_callback_attempt
+from dfscan.db.api_keys import DueCallback, claim_callback, due_callbacks, record_callback_attempt
 
 __all__ = ["CallbackDispatcher", "sign"]
 
@@ -72,8 +74,12 @@ class CallbackDispatcher:
             self._stop.wait(self.poll_s)
 
     def _deliver(self, callback: DueCallback) -> None:
+        with self.sessions.begin() as session:
+            if not claim_callback(session, scan_id=callback.scan_id, lease_s=60.0):
+                return  # another server took it
         with self.sessions() as session:
-            body = json.dumps({"event": "scan.finished", "scan": self.summary(session, callback.scan_id)},
+            body = json.dumps({"event": "scan.finished", "sent_at": datetime.now(timezone.utc).isoformat(),
+                               "scan": self.summary(session, callback.scan_id)},
                               default=str, sort_keys=True).encode()
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(callback.signing_secret, body),
                    "X-Dfscan-Scan-Id": str(callback.scan_id), "User-Agent": "dfscan-serve"}

@@ -66,7 +66,9 @@ def _metric(metrics: str, name: str) -> float:
     return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith(name + " "))
 
 
-async def _load(url: str, token: str, files: list[bytes], clients: int, rounds: int) -> tuple[float, list[float]]:
+async def _load(url: str, token: str, files: list[bytes], clients: int,
+                rounds: int) -> tuple[float, list[float], str, str]:
+    """Wall time and latencies of the measured load, and /metrics just before and just after it."""
     import httpx
 
     latencies: list[float] = []
@@ -83,9 +85,11 @@ async def _load(url: str, token: str, files: list[bytes], clients: int, rounds: 
 
         await asyncio.gather(*(one(i) for i in range(min(clients, 8))))  # warm-up: first batches, connections
         latencies.clear()
+        before = (await client.get("/metrics")).text
         start = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(clients)))
-        return time.perf_counter() - start, latencies
+        wall = time.perf_counter() - start
+        return wall, latencies, before, (await client.get("/metrics")).text
 
 
 def main() -> None:
@@ -131,9 +135,7 @@ def main() -> None:
             import httpx
 
             wait_for(lambda: proc.poll() is None and _ok(httpx, url), 600, "the server")
-            m0 = httpx.get(url + "/metrics").text
-            wall, latencies = asyncio.run(_load(url, token, files, args.clients, args.rounds))
-            m1 = httpx.get(url + "/metrics").text
+            wall, latencies, m0, m1 = asyncio.run(_load(url, token, files, args.clients, args.rounds))
         finally:
             proc.terminate()
             proc.wait(timeout=60)
