@@ -70,7 +70,7 @@ def _start(model: Path, db_url: str, roots: Path, tmp: Path, *extra: str) -> Ser
     proc = subprocess.Popen(
         [DFSCAN, "serve", "--model", str(model), "--db", db_url, "--port", str(port), "--roots", str(roots),
          "--runtime", "onnxruntime", "--decoder", "pillow", "--max-upload-bytes", "400000", "--max-upload-files", "8",
-         "--request-timeout", "2", "--max-batch-delay-ms", "100", *extra],
+         "--request-timeout", "2", "--max-batch-delay-ms", "250", *extra],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 
