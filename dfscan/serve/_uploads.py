@@ -76,12 +76,12 @@ async def parse_uploads(request: Request, body: bytes, *, max_files: int) -> lis
         await form.close()
     if not uploads:
         raise BadRequest("no files in the request: send images as multipart parts with a filename (curl -F file=@x.jpg)")
-    if declared_parts_missing(body, len(uploads)):
+    if _cut_short(body):
         raise BadRequest("the multipart body ends before its closing boundary")
     return uploads
 
 
-def declared_parts_missing(body: bytes, n: int) -> bool:
+def _cut_short(body: bytes) -> bool:
     """A body cut short parses as fewer parts: its closing boundary (``--BOUNDARY--``) is missing."""
     return not body.rstrip().endswith(b"--")
 
