@@ -24,7 +24,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ._types import BigIntPK, JSONDoc, UTCDateTime, utcnow
 
-__all__ = ["Base", "Chunk", "Model", "Result", "Scan", "ScanWorker", "scan_results"]
+__all__ = ["ApiKey", "Base", "Chunk", "Model", "Result", "Scan", "ScanCallback", "ScanWorker", "scan_results"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -193,3 +193,38 @@ scan_results = Table(
     Column("scanned_at", UTCDateTime()),
 )
 assert tuple(scan_results.c.keys()) == VIEW_COLUMNS
+
+
+class ApiKey(Base):
+    """A bearer token of `dfscan serve`: only its SHA-256 is kept; ``requests`` counts its use.
+
+    ``signing_secret`` signs the callbacks of the scans this key starts (HMAC-SHA256); it is
+    shown once at creation, like the token, and must stay readable here to sign.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    signing_secret: Mapped[str] = mapped_column(String(128))
+    requests: Mapped[int] = mapped_column(BigInteger, default=0, server_default=_ZERO)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class ScanCallback(Base):
+    """Where to POST a scan's summary once it ends, signed with its key's secret; delivery is tracked."""
+
+    __tablename__ = "scan_callbacks"
+
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), primary_key=True)
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    url: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
+    next_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    given_up_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)

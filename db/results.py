@@ -103,11 +103,13 @@ def iter_results(
     min_p: float | None = None,
     status: str | None = None,
     limit: int | None = None,
+    after_path: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Stream rows of the ``scan_results`` view, ordered by scan_id then path.
 
     Rows arrive in batches (a server-side cursor on PostgreSQL), so a scan of
     millions of images never sits in memory. Keys are the view's columns.
+    ``after_path`` (with ``scan_id``) starts after that path: keyset paging for the HTTP API.
     """
     view = scan_results.c
     stmt = select(scan_results).order_by(view.scan_id, view.path)
@@ -119,6 +121,8 @@ def iter_results(
         stmt = stmt.where(view.p_fake >= min_p)
     if status is not None:
         stmt = stmt.where(view.status == status)
+    if after_path is not None:
+        stmt = stmt.where(view.path > after_path)
     if limit is not None:
         stmt = stmt.limit(limit)
     result = session.execute(stmt, execution_options={"yield_per": STREAM_BATCH})

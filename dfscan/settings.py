@@ -67,6 +67,17 @@ class Settings:
     metrics_port: int | None = None
     metrics_bind: str = "127.0.0.1"
     follow_symlinks: bool = True
+    # `dfscan serve`: where it listens, the only directories a scan through the API may name,
+    # the upload limits, how long the dynamic batcher waits to fill a batch, how long a
+    # client may take to send its request, and how often a scan's callback is tried.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    serve_roots: tuple[str, ...] = ()
+    max_upload_bytes: int = 32 * 1024 * 1024
+    max_upload_files: int = 64
+    max_batch_delay_ms: float = 5.0
+    request_timeout_s: float = 30.0
+    callback_attempts: int = 5
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +130,19 @@ class Settings:
             raise SettingsError(f"database retry time must not be negative, got {self.db_retry_seconds}")
         if not self.queue:
             raise SettingsError("the queue name is empty")
+        if not 0 <= self.serve_port <= 65535:
+            raise SettingsError(f"serve port must be between 0 and 65535, got {self.serve_port}")
+        if self.max_upload_bytes < 1 or self.max_upload_files < 1:
+            raise SettingsError("upload limits (bytes, files) must be at least 1")
+        if not 0 <= self.max_batch_delay_ms <= 10_000:
+            raise SettingsError(f"batch delay must be between 0 and 10000 ms, got {self.max_batch_delay_ms}")
+        if self.request_timeout_s <= 0:
+            raise SettingsError(f"request timeout must be positive, got {self.request_timeout_s}")
+        if self.callback_attempts < 1:
+            raise SettingsError(f"callback attempts must be at least 1, got {self.callback_attempts}")
+        for root in self.serve_roots:
+            if not os.path.isabs(root):
+                raise SettingsError(f"serve root {root!r} must be an absolute path")
         for ext in self.extensions:
             if not ext.startswith(".") or len(ext) < 2:
                 raise SettingsError(f"extension {ext!r} must look like '.jpg'")
@@ -143,6 +167,14 @@ def parse_extensions(text: str | tuple[str, ...] | None) -> tuple[str, ...] | No
     return tuple(dict.fromkeys(out))
 
 
+def parse_roots(text: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``"/data/a:/data/b"`` (``os.pathsep``-separated, like PATH) -> ``("/data/a", "/data/b")``."""
+    if text is None:
+        return None
+    items = text.split(os.pathsep) if isinstance(text, str) else list(text)
+    return tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
+
+
 _CONVERTERS = {
     "model": Path,
     "engine_dir": Path,
@@ -161,6 +193,13 @@ _CONVERTERS = {
     "lease_renew_seconds": float,
     "db_retry_seconds": float,
     "extensions": parse_extensions,
+    "serve_port": int,
+    "serve_roots": parse_roots,
+    "max_upload_bytes": int,
+    "max_upload_files": int,
+    "max_batch_delay_ms": float,
+    "request_timeout_s": float,
+    "callback_attempts": int,
     "follow_symlinks": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
 }
 

@@ -1,0 +1,9 @@
+"""`dfscan serve`: an HTTP API for scans and for scoring uploads, with dynamic batching.
+
+:func:`create_app` builds the FastAPI application over one :class:`Settings`;
+the command in :mod:`dfscan.commands.serve` runs it on uvicorn.
+"""
+
+from dfscan.serve.app import create_app
+
+__all__ = ["create_app"]

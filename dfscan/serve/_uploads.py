@@ -1,0 +1,111 @@
+"""Reading an upload request within its limits, and turning its files into scan-row fields.
+
+The body is read with a size limit (413 beyond it) and a deadline (408: a slow
+client can't hold the server), then parsed as multipart with a file-count
+limit; anything that is not what its headers claim is a 400 with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect, Request
+
+from dfscan.serve.errors import BadRequest, RequestTimeout, TooLarge
+from dfscan.workers.errors import ImageError
+from dfscan.workers.reader import FileData
+
+__all__ = ["Upload", "read_body", "parse_uploads", "decode_uploads", "row_fields"]
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+
+
+async def read_body(request: Request, *, max_bytes: int, timeout_s: float) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            n = int(declared)
+        except ValueError:
+            raise BadRequest(f"invalid Content-Length {declared!r}") from None
+        if n > max_bytes:
+            raise TooLarge(f"request body of {n} bytes is over the {max_bytes}-byte limit")
+    parts: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for block in request.stream():
+                size += len(block)
+                if size > max_bytes:
+                    raise TooLarge(f"request body is over the {max_bytes}-byte limit")
+                parts.append(block)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body took longer than {timeout_s:g} s to arrive") from None
+    except ClientDisconnect:
+        raise BadRequest("the client went away before sending the whole body") from None
+    return b"".join(parts)
+
+
+async def parse_uploads(request: Request, body: bytes, *, max_files: int) -> list[Upload]:
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise BadRequest(f"expected multipart/form-data with image files, got {ctype or 'no Content-Type'!r}")
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=max_files, max_fields=100).parse()
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from None
+    uploads: list[Upload] = []
+    try:
+        for _, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                uploads.append(Upload(value.filename or f"file{len(uploads)}", await value.read()))
+    finally:
+        await form.close()
+    if not uploads:
+        raise BadRequest("no files in the request: send images as multipart parts with a filename (curl -F file=@x.jpg)")
+    if _cut_short(body):
+        raise BadRequest("the multipart body ends before its closing boundary")
+    return uploads
+
+
+def _cut_short(body: bytes) -> bool:
+    """A body cut short parses as fewer parts: its closing boundary (``--BOUNDARY--``) is missing."""
+    return not body.rstrip().endswith(b"--")
+
+
+def decode_uploads(decoder, uploads: list[Upload]) -> list[np.ndarray | ImageError]:
+    """Each upload decoded exactly as the scan's reader and decoder would (same checks, same tensor)."""
+    out: list[np.ndarray | ImageError | None] = [None] * len(uploads)
+    files: list[FileData] = []
+    where: list[int] = []
+    now = time.time()
+    for i, up in enumerate(uploads):
+        if not up.data:
+            out[i] = ImageError("empty", "empty file")
+        else:
+            files.append(FileData(path=up.name, size=len(up.data), mtime=now, data=up.data))
+            where.append(i)
+    if files:
+        for i, decoded in zip(where, decoder.decode_batch(files)):
+            out[i] = decoded
+    return out  # type: ignore[return-value]
+
+
+def row_fields(name: str, size: int, status: str, label: str | None = None, p_fake: float | None = None,
+               confidence: float | None = None, error: str | None = None, error_code: str | None = None) -> dict:
+    """The fields a scan row has (``dfscan results --format json``), for one uploaded file."""
+    return {"name": name, "size": size, "status": status, "label": label, "p_fake": p_fake,
+            "confidence": confidence, "error": error, "error_code": error_code}

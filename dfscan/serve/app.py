@@ -1,0 +1,291 @@
+"""The FastAPI application: scoring uploads, scans, API keys' checks, health and metrics.
+
+Everything heavy (model, runtime, decoder, database) is opened in the lifespan,
+before the server accepts a connection, and closed after the last in-flight
+request has its answer (uvicorn waits for them on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.routing import Match
+from sqlalchemy import text
+
+from dfscan import __version__, db
+from dfscan.db.api_keys import callback_state
+from dfscan.serve import _results
+from dfscan.serve._keys import KeyCache
+from dfscan.serve._uploads import decode_uploads, parse_uploads, read_body, row_fields
+from dfscan.serve.batcher import DynamicBatcher
+from dfscan.serve.callbacks import CallbackDispatcher, summary_dict
+from dfscan.serve.errors import ServeError
+from dfscan.serve.metrics import ServeMetrics
+from dfscan.serve.scans import ScanRequest, ScanService
+from dfscan.settings import Settings
+from dfscan.trt.errors import InferenceFailed
+from dfscan.workers.errors import ImageError
+
+__all__ = ["create_app"]
+
+_OPEN_ROUTES = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc")
+
+
+class ScanBody(BaseModel):
+    """A scan of files and directories on the server's storage (inside the allowed prefixes)."""
+
+    roots: list[str] = Field(min_length=1, max_length=1000, description="Absolute paths: files or directories.")
+    name: str | None = Field(None, max_length=255)
+    incremental: bool = False
+    callback_url: str | None = Field(None, max_length=2000, pattern=r"^https?://",
+                                     description="POSTed the scan's summary when it ends, signed with the key's secret.")
+
+
+class _Gate:
+    """Every /v1 request needs a valid key, checked before its body is read; every request is counted.
+
+    Plain ASGI rather than ``@app.middleware``: it stays out of the way of the body stream and costs less
+    per request.
+    """
+
+    def __init__(self, app: Any, *, state: "State", router: Any) -> None:
+        self.app = app
+        self.state = state
+        self.router = router
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_and_note(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            denied = await self._check_key(scope) if scope["path"].startswith("/v1/") else None
+            if denied is not None:
+                await denied(scope, receive, send_and_note)
+            else:
+                await self.app(scope, receive, send_and_note)
+        finally:
+            path = _route_path(self.router, scope)
+            metrics = self.state.metrics
+            metrics.requests.labels(path, scope["method"], str(status[0])).inc()
+            metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+    async def _check_key(self, scope: dict) -> JSONResponse | None:
+        request = Request(scope)
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        detail = "missing API key: send Authorization: Bearer <key>"
+        if scheme.lower() == "bearer" and token.strip():
+            keys = self.state.keys
+            found = keys.cached(token.strip()) or await asyncio.to_thread(keys.check, token.strip())
+            if found is not None:
+                request.state.api_key = found
+                return None
+            detail = "invalid or revoked API key"
+        return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _route_path(router: Any, scope: dict) -> str:
+    """The route's template (``/v1/scans/{scan_id}``), also for requests refused before routing: few label values."""
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    for candidate in router.routes:
+        match, _ = candidate.matches(scope)
+        if match == Match.FULL:
+            return candidate.path
+    return "unmatched"
+
+
+def api_key(request: Request) -> tuple[int, str]:
+    """(id, signing secret) of the key the middleware checked."""
+    return request.state.api_key
+
+
+Key = Annotated[tuple[int, str], Depends(api_key)]
+
+
+class State:
+    """What the lifespan opens: one per application."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = ServeMetrics()
+        self.ctx: Any = None
+        self.batcher: DynamicBatcher | None = None
+        self.scans: ScanService | None = None
+        self.keys: KeyCache | None = None
+        self.callbacks: CallbackDispatcher | None = None
+        self.decode_lock: threading.Lock | None = None
+
+
+def create_app(settings: Settings) -> FastAPI:
+    state = State(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from dfscan.workers.context import ScanContext
+
+        ctx = await asyncio.to_thread(ScanContext.open, settings)
+        state.ctx = ctx
+        # Pillow's decoder is thread-safe; a DALI pipeline is not: one request decodes at a time.
+        state.decode_lock = None if ctx.batches.decoder.name == "pillow" else threading.Lock()
+        state.batcher = DynamicBatcher(ctx.runtime, ctx.verdict, max_batch=settings.batch_size,
+                                       max_delay_s=settings.max_batch_delay_ms / 1000.0,
+                                       on_batch=state.metrics.batch)
+        state.batcher.start()
+        state.scans = ScanService(settings, ctx.sessions)
+        state.keys = KeyCache(ctx.sessions)
+        state.keys.start()
+        state.callbacks = CallbackDispatcher(ctx.sessions, max_attempts=settings.callback_attempts,
+                                             summary=summary_dict, busy=state.scans.active)
+        state.callbacks.start()
+        try:
+            yield
+        finally:
+            await state.batcher.stop()
+            await asyncio.to_thread(state.scans.shutdown)
+            await asyncio.to_thread(state.callbacks.stop)
+            await asyncio.to_thread(state.keys.stop)
+            ctx.close()
+
+    app = FastAPI(title="dfscan", version=__version__, lifespan=lifespan,
+                  description="Deepfake scoring of uploads (dynamically batched) and scans of the server's storage. "
+                              "Send `Authorization: Bearer <key>` (`dfscan api-key create`).")
+    app.state.dfscan = state
+
+    app.add_middleware(_Gate, state=state, router=app.router)
+
+    @app.exception_handler(ServeError)
+    async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # A body that isn't the JSON it claims to be is a 400; well-formed JSON with wrong fields a 422.
+        errors = jsonable_encoder(exc.errors())
+        malformed = any(e.get("type") == "json_invalid" for e in errors)
+        return JSONResponse({"detail": "malformed JSON body" if malformed else errors},
+                            status_code=400 if malformed else 422)
+
+    @app.exception_handler(db.ScanNotFound)
+    async def scan_not_found(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    def readyz() -> JSONResponse:
+        """The model is loaded and the database answers."""
+        checks = {"model": state.ctx is not None, "database": False}
+        if state.ctx is not None:
+            try:
+                with state.ctx.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                checks["database"] = True
+            except Exception as exc:  # noqa: BLE001 - not ready, with the reason
+                checks["database_error"] = str(exc).splitlines()[0][:200]
+        ready = checks["model"] and checks["database"]
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def metrics() -> Response:
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/score", tags=["score"])
+    async def score(request: Request, key: Key) -> dict:
+        """Score uploaded images (multipart, one part per file); per file, the fields a scan row has.
+
+        Files that can't be decoded are results with ``status: error`` and a reason, not HTTP errors.
+        Images of concurrent requests are batched together (up to the batch size, within the batch delay).
+        """
+        body = await read_body(request, max_bytes=settings.max_upload_bytes, timeout_s=settings.request_timeout_s)
+        uploads = await parse_uploads(request, body, max_files=settings.max_upload_files)
+        decoder = state.ctx.batches.decoder
+        if state.decode_lock is None:
+            decoded = await asyncio.to_thread(decode_uploads, decoder, uploads)
+        else:
+            def locked():
+                with state.decode_lock:
+                    return decode_uploads(decoder, uploads)
+            decoded = await asyncio.to_thread(locked)
+        ok = [d for d in decoded if not isinstance(d, ImageError)]
+        scored = iter(await state.batcher.score(ok)) if ok else iter(())
+        results = []
+        for up, d in zip(uploads, decoded):
+            if isinstance(d, ImageError):
+                results.append(row_fields(up.name, len(up.data), "error", error=d.message, error_code=d.code))
+                continue
+            verdict = next(scored)
+            if isinstance(verdict, InferenceFailed):
+                results.append(row_fields(up.name, len(up.data), "error", error=f"inference failed: {verdict}",
+                                          error_code="inference-failed"))
+            else:
+                label, p_fake, confidence = verdict
+                results.append(row_fields(up.name, len(up.data), "ok", label, p_fake, confidence))
+        for r in results:
+            state.metrics.images.labels(r["status"]).inc()
+        return {"model_sha256": state.ctx.info.sha256, "threshold": state.ctx.verdict.threshold, "results": results}
+
+    @app.post("/v1/scans", status_code=202, tags=["scans"])
+    def start_scan(body: ScanBody, key: Key) -> dict:
+        """Start a scan of files and directories on the server's storage; 202 and its id.
+
+        With a broker configured the scan's chunks go to the fleet; without one it runs in this server.
+        """
+        request = ScanRequest(tuple(body.roots), body.name, body.incremental, body.callback_url)
+        scan_id = state.scans.start(request, api_key_id=key[0])
+        return {"scan_id": scan_id, "status": "running", "url": f"/v1/scans/{scan_id}"}
+
+    @app.get("/v1/scans/{scan_id}", tags=["scans"])
+    def get_scan(scan_id: int, key: Key) -> dict:
+        """Status, counts, rate and ETA; the callback's delivery when there is one."""
+        with state.ctx.sessions() as session:
+            data = db.scan_summary(session, scan_id).as_dict()
+            data["callback"] = callback_state(session, scan_id)
+        return data
+
+    @app.post("/v1/scans/{scan_id}/cancel", tags=["scans"])
+    def cancel_scan(scan_id: int, key: Key) -> dict:
+        """Cancel a running scan: the batch in flight is finished, the rest is not scored."""
+        changed = state.scans.cancel(scan_id)
+        with state.ctx.sessions() as session:
+            status = db.scan_summary(session, scan_id).status
+        return {"scan_id": scan_id, "cancelled": changed, "status": status}
+
+    @app.get("/v1/scans/{scan_id}/results", tags=["scans"])
+    def scan_results(scan_id: int, key: Key,
+                     label: Literal["real", "fake"] | None = None,
+                     status: Literal["ok", "error"] | None = None,
+                     min_p: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+                     cursor: str | None = None,
+                     limit: Annotated[int, Query(ge=0, le=_results.MAX_PAGE)] = 1000,
+                     format: Literal["json", "csv"] = "json") -> StreamingResponse:
+        """A page of result rows in path order; ``next_cursor`` continues it. ``limit=0``: every row, streamed."""
+        with state.ctx.sessions() as session:
+            db.scan_summary(session, scan_id)  # 404 for an unknown scan
+        after = _results.decode_cursor(cursor) if cursor else None
+        query = _results.Query(scan_id, label, min_p, status, after, limit)
+        return _results.respond(state.ctx.sessions, query, format)
+
+    return app
+
