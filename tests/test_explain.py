@@ -34,6 +34,16 @@ def cli(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+def _copy_without_explanations(url: str, to: Path) -> str:
+    """A copy of a scan's SQLite database with no explanations yet (tests here share one scan)."""
+    shutil.copy(url.removeprefix("sqlite:///"), to)
+    engine = db.make_engine(f"sqlite:///{to}")
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM explanations"))
+    engine.dispose()
+    return f"sqlite:///{to}"
+
+
 def _explanations(url: str, scan_id: int) -> list[db.ExplanationRow]:
     engine = db.make_engine(url)
     try:
@@ -69,6 +79,7 @@ def _pointing(rows: list[db.ExplanationRow], square: tuple[int, int, int, int]) 
     return sum(inside(r.peak_x, r.peak_y, square) for r in ok) / len(rows)
 
 
+@pytest.mark.slow  # trains two tiny detectors once per module (~40 s of CPU)
 def test_heatmap_peaks_fall_in_the_square_the_model_learnt(trained):
     """The pointing game: each model's peak lands in its own square on the same images."""
     scores = {}
@@ -98,6 +109,7 @@ def test_heatmap_peaks_fall_in_the_square_the_model_learnt(trained):
     assert scores["A"][1] <= 1 - POINTING_MIN and scores["B"][1] <= 1 - POINTING_MIN, scores
 
 
+@pytest.mark.slow  # trains two tiny detectors once per module (~40 s of CPU)
 def test_overlays_are_small_pngs_with_the_heat_where_the_peak_is(trained):
     m = trained["A"]
     rows = [r for r in _explanations(m["url"], m["scan_id"]) if r.status == "ok"]
@@ -117,10 +129,10 @@ def test_overlays_are_small_pngs_with_the_heat_where_the_peak_is(trained):
         assert diff[py, px] > np.median(diff), r.path
 
 
+@pytest.mark.slow  # trains two tiny detectors once per module (~40 s of CPU)
 def test_a_checkpoint_that_is_not_the_scans_model_is_refused_with_a_reason_per_image(trained, tmp_path):
     a, b = trained["A"], trained["B"]
-    url = f"sqlite:///{tmp_path / 'copy.db'}"
-    shutil.copy(a["url"].removeprefix("sqlite:///"), tmp_path / "copy.db")
+    url = _copy_without_explanations(a["url"], tmp_path / "copy.db")
     res = CliRunner().invoke(main, ["explain", str(a["scan_id"]), "--db", url, "--checkpoint", str(b["checkpoint"]),
                                     "--top", "5"])
     assert res.exit_code == 1 and "refused" in res.output and "sha256" in res.output and "Traceback" not in res.output
@@ -147,6 +159,7 @@ def test_a_checkpoint_that_is_not_the_scans_model_is_refused_with_a_reason_per_i
     assert json.loads(res.output)["verified_by"].startswith("logits vs ONNX Runtime")
 
 
+@pytest.mark.slow  # trains two tiny detectors once per module (~40 s of CPU)
 def test_files_gone_broken_or_changed_since_the_scan_each_get_a_reason(trained, tmp_path):
     """Every selected image ends as one row: explained, or why not; nothing crashes the batch."""
     from dfscan.detector.export import export_onnx
@@ -192,10 +205,10 @@ def test_files_gone_broken_or_changed_since_the_scan_each_get_a_reason(trained, 
     assert res.exit_code == 1 and "no row" in res.output and "Traceback" not in res.output
 
 
+@pytest.mark.slow  # trains two tiny detectors once per module (~40 s of CPU)
 def test_min_p_and_top_select_the_most_suspicious_first(trained, tmp_path):
     a = trained["A"]
-    url = f"sqlite:///{tmp_path / 'copy.db'}"
-    shutil.copy(a["url"].removeprefix("sqlite:///"), tmp_path / "copy.db")
+    url = _copy_without_explanations(a["url"], tmp_path / "copy.db")
     engine = db.make_engine(url)
     with engine.connect() as conn:
         scores = conn.execute(text("SELECT path, p_fake FROM results WHERE scan_id = :s ORDER BY p_fake DESC, path"),
