@@ -33,6 +33,7 @@ OVERLAY_PX = 160
 
 REASONS = {
     "checkpoint-mismatch": "the checkpoint is not the one the scan's model was exported from",
+    "checkpoint-unverified": "the scan's ONNX file is gone or changed, so the checkpoint can't be checked against it",
     "score-mismatch": "the checkpoint's p_fake for this image differs from the scan's stored score",
     "not-scored": "the scan has no verdict for this file (it failed to scan)",
     "flat-heatmap": "no region raises p(fake): the heatmap is zero everywhere",
@@ -40,7 +41,11 @@ REASONS = {
 
 
 class CheckpointMismatch(DetectorError):
-    """The checkpoint given to explain a scan is not the scan's model."""
+    """The checkpoint given to explain a scan is not (or can't be shown to be) the scan's model."""
+
+    def __init__(self, message: str, reason: str = "checkpoint-mismatch") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,12 @@ def _verify(model, scan_model, checkpoint_sha: str) -> str:
 
     onnx_path = Path(scan_model.path)
     if not onnx_path.is_file() or sha256_file(onnx_path) != scan_model.sha256:
-        return "stored scores (the scan's ONNX file is gone or changed)"
+        # Stored p_fake alone prove little (a confident model saturates them): refuse rather than guess.
+        raise CheckpointMismatch(
+            f"can't check the checkpoint: the scan's model {onnx_path} is gone or no longer has sha256 "
+            f"{scan_model.sha256[:12]}…; put the exported file back there",
+            reason="checkpoint-unverified",
+        )
     recorded = inspect_model(onnx_path).extra.get("checkpoint_sha256")
     if recorded:
         if recorded != checkpoint_sha:
@@ -142,6 +152,8 @@ def explain_scan(
 
     started = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DetectorError(f"--device {device}: torch sees no CUDA GPU here; use --device cpu")
     checkpoint = Path(checkpoint)
     model, _ = load_checkpoint(checkpoint)
     checkpoint_sha = sha256_file(checkpoint)
@@ -156,15 +168,14 @@ def explain_scan(
             selected = select_rows(session, scan_id, top=top, min_p=min_p, paths=paths)
             scan_model = _scan_model(session, scan_id)
             temperature = _temperature(session, scan_id)
+            refused = None
             try:
                 verified_by = _verify(model, scan_model, checkpoint_sha)
-                refused = None
             except CheckpointMismatch as exc:
                 verified_by, refused = "refused", str(exc)
-            if refused is not None:
-                rows = [db.ExplanationRow(s.path, "unexplainable", reason="checkpoint-mismatch", detail=refused, **common)
+                rows = [db.ExplanationRow(s.path, "unexplainable", reason=exc.reason, detail=refused, **common)
                         for s in selected]
-            else:
+            if refused is None:
                 cam = GradCam(model, device=device)
                 rows = _explain_rows(cam, selected, common, batch_size=batch_size, temperature=temperature,
                                      score_tolerance=score_tolerance)

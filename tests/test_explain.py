@@ -158,6 +158,14 @@ def test_a_checkpoint_that_is_not_the_scans_model_is_refused_with_a_reason_per_i
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["verified_by"].startswith("logits vs ONNX Runtime")
 
+    # With the scan's ONNX file gone there is nothing to check against: refused, even for the right checkpoint.
+    onnx_copy.unlink()
+    res = CliRunner().invoke(main, ["explain", str(a["scan_id"]), "--db", url, "--checkpoint", str(a["checkpoint"]),
+                                    "--top", "3"])
+    assert res.exit_code == 1 and "gone" in res.output, res.output
+    rows = [r for r in _explanations(url, a["scan_id"]) if r.reason == "checkpoint-unverified"]
+    assert len(rows) == 3
+
 
 @pytest.mark.slow  # trains two tiny detectors once per module (~40 s of CPU)
 def test_files_gone_broken_or_changed_since_the_scan_each_get_a_reason(trained, tmp_path):
