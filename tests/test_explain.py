@@ -24,6 +24,7 @@ from tests._explain_data import (
     train_detector,
     training_set,
 )
+from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 
 N_TRAIN = 96
 N_TEST = 20
@@ -282,3 +283,24 @@ def test_explanations_table_round_trip(db_engine):
             db.ExplanationRow("/d.jpg", "ok", overlay=b"x" * (64 * 1024 + 1), **common)
         with pytest.raises(ValueError):
             db.ExplanationRow("/d.jpg", "unexplainable", **common)
+
+
+@pytest.mark.postgres
+def test_explain_end_to_end_on_postgresql(pg_url, tiny_onnx_model, tmp_path):
+    """Scan into PostgreSQL, explain, read the rows back: blobs and peaks survive the round trip."""
+    from tests._images import write_jpegs
+
+    write_jpegs(tmp_path / "imgs", 4, size=(120, 90))
+    res = cli("scan", str(tmp_path / "imgs"), "--model", str(tiny_onnx_model), "--db", pg_url, "--json")
+    assert res.exit_code == 0, res.output
+    scan_id = json.loads(res.output)["scan_id"]
+    checkpoint = tiny_onnx_model.parent / "checkpoint" / "tiny.pt"
+    res = cli("explain", str(scan_id), "--db", pg_url, "--checkpoint", str(checkpoint), "--json")
+    assert res.exit_code == 0, res.output
+    rows = _explanations(pg_url, scan_id)
+    assert len(rows) == 4 == json.loads(res.output)["selected"]
+    for r in rows:
+        assert (r.status, r.reason) in (("ok", None), ("unexplainable", "flat-heatmap")), r
+        if r.status == "ok":
+            assert (r.width, r.height) == (120, 90) and 0 <= r.peak_x < 120 and 0 <= r.peak_y < 90
+            assert Image.open(io.BytesIO(r.overlay)).format == "PNG"
