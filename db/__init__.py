@@ -29,6 +29,7 @@ from .chunks import (
     unfinished_chunks,
 )
 from .engine import make_engine, session_factory
+from .explanations import Explanation, ExplanationRow, explanations_for, write_explanations
 from .errors import ChunkNotFound, DatabaseError, DatabaseURLError, ScanNotFound
 from .migrate import downgrade, upgrade
 from .records import ResultRow, ScanSummary
@@ -50,6 +51,8 @@ __all__ = [
     "ChunkStart",
     "DatabaseError",
     "DatabaseURLError",
+    "Explanation",
+    "ExplanationRow",
     "ResultRow",
     "ScanHead",
     "ScanNotFound",
@@ -61,6 +64,7 @@ __all__ = [
     "create_scan",
     "downgrade",
     "existing_paths",
+    "explanations_for",
     "find_scan_by_name",
     "finish_chunk",
     "finish_scan",
@@ -84,6 +88,7 @@ __all__ = [
     "unchanged_paths",
     "unfinished_chunks",
     "upgrade",
+    "write_explanations",
     "url_from_env",
     "write_batch",
 ]

@@ -27,7 +27,14 @@ import numpy as np
 import torch
 
 from dfscan.detector.errors import ExportError, ExportMismatch
-from dfscan.trt.model_info import DEFAULT_TEMPERATURE, SIDECAR_NAME, ModelInfo, inspect_model, write_model_info
+from dfscan.trt.model_info import (
+    DEFAULT_TEMPERATURE,
+    SIDECAR_NAME,
+    ModelInfo,
+    inspect_model,
+    sha256_file,
+    write_model_info,
+)
 from dfscan.detector.model import DeepfakeDetector, load_checkpoint
 
 DEFAULT_OPSET = 17
@@ -178,6 +185,7 @@ def export_onnx(
         temperature=temperature,
         backbone=cfg.backbone,
         checkpoint=str(checkpoint.resolve()),
+        checkpoint_sha256=sha256_file(checkpoint),  # lets `dfscan explain` prove a checkpoint is this model's
         exporter=exporter,
         torch_version=torch.__version__,
         parity_max_abs_diff=diff,

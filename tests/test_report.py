@@ -283,3 +283,46 @@ def test_report_renders_in_headless_chromium(scanned, report_page: Path, tmp_pat
     hist = svgs["histogram"]["bars"][0]
     centre = screen.getpixel((round(hist["x"] + hist["w"] / 2), round(hist["y"] + hist["h"] / 2)))
     assert centre in ((0xC0, 0x39, 0x2B), (0x2C, 0x7B, 0xE5)), centre
+
+
+# --- with explanations (dfscan explain) ---------------------------------------------------------------------------
+
+@needs_browser
+def test_report_shows_heatmap_overlays_that_load_in_headless_chromium(scanned, tiny_onnx_model, tmp_path):
+    """Overlays beside the thumbnails, how they were computed, every image loading and nothing fetched."""
+    url, summary, base = scanned
+    shutil.copy(base / "dfscan.db", tmp_path / "dfscan.db")  # the module's scan stays without explanations
+    url = f"sqlite:///{tmp_path / 'dfscan.db'}"
+    checkpoint = tiny_onnx_model.parent / "checkpoint" / "tiny.pt"
+    res = cli("explain", str(summary["scan_id"]), "--db", url, "--checkpoint", str(checkpoint), "--top", str(TOP),
+              "--json")
+    assert res.exit_code == 0, res.output
+    explained = json.loads(res.output)["explained"]
+    assert explained > 0
+    out = tmp_path / "report.html"
+    assert cli("report", str(summary["scan_id"]), "--db", url, "--out", str(out), "--top", str(TOP)).exit_code == 0
+    source = out.read_text(encoding="utf-8")
+    page = Page(source)
+    assert 'id="explanations-note"' in source and "LayerGradCam" in source and "backbone.14" in source
+    overlays = [a for a in page.all("img") if a.get("class") == "overlay"]
+    assert len(overlays) == explained
+    assert len(page.all("img")) == TOP + explained
+    for img in overlays:
+        assert img["src"].startswith("data:image/png;base64,")
+        im = Image.open(io.BytesIO(base64.b64decode(img["src"].split(",", 1)[1])))
+        assert im.format == "PNG" and max(im.size) <= THUMB
+        assert re.match(r"heatmap: peak at \(\d+, \d+\) of \d+x\d+", img["alt"])
+    refs = [v for _, attrs in page.tags for k, v in attrs.items() if k in ("src", "href", "srcset", "poster", "data")]
+    assert all(v.startswith("data:") for v in refs)
+
+    probe_page = tmp_path / "probe.html"
+    probe_page.write_text(source.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    done = chromium("--virtual-time-budget=10000", "--window-size=1200,900", "--dump-dom", probe_page.as_uri())
+    match = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.DOTALL)
+    assert match, f"no probe output from Chromium (rc {done.returncode}): {done.stderr[-2000:]}"
+    probe = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">"))
+    assert probe["fetched"] == [], "the page fetched something"
+    assert len(probe["images"]) == TOP + explained
+    for img in probe["images"]:
+        assert img["complete"] and img["naturalWidth"] > 0 and img["naturalHeight"] > 0, img
+        assert img["box"]["w"] > 0 and img["box"]["h"] > 0, img
