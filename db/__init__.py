@@ -31,8 +31,8 @@ from .chunks import (
 from .engine import make_engine, session_factory
 from .errors import ChunkNotFound, DatabaseError, DatabaseURLError, ScanNotFound
 from .migrate import downgrade, upgrade
-from .records import ResultRow, ScanSummary
-from .results import existing_paths, iter_results, write_batch
+from .records import FaceRow, ResultRow, ScanSummary
+from .results import existing_paths, iter_faces, iter_results, write_batch
 from .scans import (
     add_chunk,
     create_scan,
@@ -50,6 +50,7 @@ __all__ = [
     "ChunkStart",
     "DatabaseError",
     "DatabaseURLError",
+    "FaceRow",
     "ResultRow",
     "ScanHead",
     "ScanNotFound",
@@ -67,6 +68,7 @@ __all__ = [
     "finished_among",
     "get_or_create_model",
     "is_transient",
+    "iter_faces",
     "iter_results",
     "latest_scan_id",
     "make_engine",

@@ -167,11 +167,36 @@ def find_splits(root: Path, *, classes: tuple[str, ...] = CLASSES, seed: int = S
 # ------------------------------------------------------------------ transforms
 
 
-def eval_transform(pre: Preprocess) -> Callable[[bytes], np.ndarray]:
-    """Bytes to a normalised (3, H, W) float32 array, exactly as the scanner's Pillow decoder does."""
+def eval_transform(pre: Preprocess, faces: bool = False) -> Callable[[bytes], np.ndarray]:
+    """Bytes to a normalised (3, H, W) float32 array, exactly as the scanner's Pillow decoder does.
+
+    With ``faces`` the array is the crop of the image's largest face, made as
+    the scan's face stage makes it (an image without a face is used whole).
+    """
+    if faces:
+        crop = _face_cropper(pre)
+        return lambda data: to_tensor(crop(data), pre)
 
     def run(data: bytes) -> np.ndarray:
         return to_tensor(load_rgb(data, pre.size, pre.max_pixels), pre)
+
+    return run
+
+
+def _face_cropper(pre: Preprocess) -> Callable[[bytes], "object"]:
+    """Bytes to a PIL image of the largest face's crop at the model's size; the detector loads on first use
+    (in each DataLoader worker)."""
+    state: dict = {}
+
+    def run(data: bytes):
+        from dfscan.workers.faces import FaceOptions, FaceStage, create_face_detector, largest_face
+
+        stage = state.get("stage")
+        if stage is None:
+            stage = state["stage"] = FaceStage(None, pre, FaceOptions(), create_face_detector("mtcnn", "cpu"))
+        im = load_rgb(data, None, pre.max_pixels)
+        face = largest_face(np.asarray(im), stage)
+        return face if face is not None else im
 
     return run
 
@@ -186,7 +211,7 @@ class Augment:
     contrast: float = 0.2
 
 
-def train_transform(pre: Preprocess, augment: Augment = Augment()) -> Callable[[bytes], np.ndarray]:
+def train_transform(pre: Preprocess, augment: Augment = Augment(), faces: bool = False) -> Callable[[bytes], np.ndarray]:
     """Decode as the scanner does, resize, augment the RGB image, then normalise as the scanner does."""
     from torchvision.transforms import v2
 
@@ -197,11 +222,12 @@ def train_transform(pre: Preprocess, augment: Augment = Augment()) -> Callable[[
         steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
     pipeline = v2.Compose(steps)
     h, w = pre.size
+    crop = _face_cropper(pre) if faces else None
 
     def run(data: bytes) -> np.ndarray:
         from PIL import Image
 
-        im = load_rgb(data, pre.size, pre.max_pixels)
+        im = crop(data) if crop is not None else load_rgb(data, pre.size, pre.max_pixels)
         if im.size != (w, h):
             im = im.resize((w, h), Image.Resampling.BILINEAR)  # the same resize as to_tensor's
         return to_tensor(pipeline(im), pre)

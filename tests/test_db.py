@@ -22,9 +22,9 @@ from dfscan.db.models import Chunk, Result, Scan
 
 CONTRACT_VIEW_COLUMNS = [
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
-    "scanned_at",
+    "scanned_at", "faces", "faces_found",
 ]  # fmt: skip
-TABLES = {"models", "scans", "chunks", "results", "scan_workers"}
+TABLES = {"models", "scans", "chunks", "results", "scan_workers", "result_faces"}
 T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
 AWKWARD_PATHS = [
     "/data/caf\u00e9/\u5199\u771f.jpg",

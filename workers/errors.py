@@ -21,6 +21,7 @@ REASONS: dict[str, str] = {
     "decode-failed": "the decoder rejected the image",
     "inference-failed": "the runtime failed on the batch holding this image",
     "worker-lost": "the chunk killed its worker on every attempt",
+    "face-detect-failed": "the face detector failed on this image (faces on)",
 }
 
 
