@@ -150,8 +150,10 @@ def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
 def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     insp = inspect(db_engine)
     assert TABLES <= set(insp.get_table_names())
-    assert insp.get_view_names() == ["scan_results"]
+    assert sorted(insp.get_view_names()) == ["scan_faces", "scan_results"]
     assert [c["name"] for c in insp.get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS
+    assert [c["name"] for c in insp.get_columns("scan_faces")] == [
+        "scan_id", "path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label"]
 
     uniques = {u["name"]: u["column_names"] for u in insp.get_unique_constraints("results")}
     assert uniques == {"uq_results_scan_id_path": ["scan_id", "path"]}

@@ -59,8 +59,8 @@ FROM result_faces AS f
 def upgrade() -> None:
     op.execute("DROP VIEW IF EXISTS scan_results")
     with op.batch_alter_table("results") as batch:
-        batch.drop_constraint("ck_results_status", type_="check")
-        batch.create_check_constraint("status", "status IN ('ok', 'error', 'no-face')")
+        batch.drop_constraint(op.f("ck_results_status"), type_="check")
+        batch.create_check_constraint(op.f("ck_results_status"), "status IN ('ok', 'error', 'no-face')")
         batch.add_column(sa.Column("faces", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("faces_found", sa.Integer(), nullable=True))
     op.create_table(
@@ -94,6 +94,6 @@ def downgrade() -> None:
     with op.batch_alter_table("results") as batch:
         batch.drop_column("faces_found")
         batch.drop_column("faces")
-        batch.drop_constraint("ck_results_status", type_="check")
-        batch.create_check_constraint("status", "status IN ('ok', 'error')")
+        batch.drop_constraint(op.f("ck_results_status"), type_="check")
+        batch.create_check_constraint(op.f("ck_results_status"), "status IN ('ok', 'error')")
     op.execute(_SCAN_RESULTS.format(extra=""))
