@@ -171,7 +171,7 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     columns = {c["name"] for c in insp.get_columns("results")}
     assert columns == {
         "id", "scan_id", "model_id", "path", "size", "mtime", "status", "label", "p_fake",
-        "confidence", "error", "error_code", "scanned_at",
+        "confidence", "error", "error_code", "scanned_at", "faces", "faces_found",
     }  # fmt: skip
     for table in ("models", "scans", "chunks"):
         assert {c["name"] for c in insp.get_columns(table)} == set(
