@@ -239,7 +239,7 @@ def test_scan_with_faces_rows_views_and_report_agree(tmp_path: Path, tiny_onnx_m
 
     # The report draws the same boxes on the suspects' thumbnails.
     report = tmp_path / "report.html"
-    out = cli("report", "--db", db_url, "--out", str(report))
+    out = cli("report", str(summary["scan_id"]), "--db", db_url, "--out", str(report))
     assert out.exit_code == 0, out.output
     html = report.read_text(encoding="utf-8")
     drawn: dict[str, list[tuple[int, ...]]] = {}
