@@ -183,20 +183,36 @@ def eval_transform(pre: Preprocess, faces: bool = False) -> Callable[[bytes], np
     return run
 
 
+# The largest face's crop square per image (by the bytes' digest), so that each epoch doesn't detect again.
+_FACE_SQUARES: dict[bytes, tuple[int, int, int] | None] = {}
+
+
 def _face_cropper(pre: Preprocess) -> Callable[[bytes], "object"]:
-    """Bytes to a PIL image of the largest face's crop at the model's size; the detector loads on first use
-    (in each DataLoader worker)."""
+    """Bytes to a PIL image of the largest face's crop at the model's size (the whole image when it has no
+    face); the detector loads on first use, in each DataLoader worker."""
+    import hashlib
+
     state: dict = {}
 
     def run(data: bytes):
+        from PIL import Image
+
         from dfscan.workers.faces import FaceOptions, FaceStage, create_face_detector, largest_face
 
-        stage = state.get("stage")
-        if stage is None:
-            stage = state["stage"] = FaceStage(None, pre, FaceOptions(), create_face_detector("mtcnn", "cpu"))
         im = load_rgb(data, None, pre.max_pixels)
-        face = largest_face(np.asarray(im), stage)
-        return face if face is not None else im
+        key = hashlib.blake2b(data, digest_size=16).digest()
+        if key not in _FACE_SQUARES:
+            stage = state.get("stage")
+            if stage is None:
+                stage = state["stage"] = FaceStage(None, pre, FaceOptions(), create_face_detector("mtcnn", "cpu"))
+            face = largest_face(np.asarray(im), stage)
+            _FACE_SQUARES[key] = None if face is None else face[1]
+        square = _FACE_SQUARES[key]
+        if square is None:
+            return im
+        x0, y0, side = square
+        h, w = pre.size
+        return im.resize((w, h), Image.Resampling.BILINEAR, box=(x0, y0, x0 + side, y0 + side))
 
     return run
 

@@ -169,6 +169,7 @@ def export_onnx(
         std=cfg.std,
         threshold=threshold,
         temperature=temperature,
+        input=cfg.input,
         backbone=cfg.backbone,
         checkpoint=str(checkpoint.resolve()),
         exporter=exporter,

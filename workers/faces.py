@@ -315,15 +315,15 @@ def crop_faces(im: np.ndarray, faces, options: FaceOptions, size: tuple[int, int
     return out
 
 
-def largest_face(im: np.ndarray, stage: "FaceStage") -> Image.Image | None:
-    """The crop of the largest face of one RGB image, as the scan makes it; None when it has none (training)."""
+def largest_face(im: np.ndarray, stage: "FaceStage") -> tuple[Image.Image, tuple[int, int, int]] | None:
+    """The crop of the largest face of one RGB image and its square, as the scan makes them; None without a face."""
     (boxes,) = stage._detect([im])
     if isinstance(boxes, ImageError):
         return None
     faces, _found = select_faces(boxes, im.shape[1], im.shape[0], stage.options)
     if not faces:
         return None
-    return crop_faces(im, faces[:1], stage.options, stage.pre.size)[0][0]
+    return crop_faces(im, faces[:1], stage.options, stage.pre.size)[0]
 
 
 
