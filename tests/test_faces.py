@@ -67,7 +67,7 @@ def stage():
     from dfscan.workers.decode import Preprocess
     from dfscan.workers.faces import FaceOptions, FaceStage, create_face_detector
 
-    return FaceStage(None, Preprocess(), FaceOptions(), create_face_detector("mtcnn", "cpu", threads=2))
+    return FaceStage(None, Preprocess(), FaceOptions(), create_face_detector("mtcnn", "cpu"))
 
 
 # -- the detector on the pinned torch -------------------------------------------------------------

@@ -69,9 +69,10 @@ class MtcnnDetector(FaceDetector):
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cpu" and threads:
-            # torch's default (every core) fights the decoder threads and the runtime for the CPU.
-            torch.set_num_threads(threads)
+        # MTCNN's convolutions are small: more intra-op threads gain little and, on a busy machine,
+        # lose a lot (10x measured with 2 threads on 2 shared cores); detection also runs beside the
+        # runtime (the prefetch thread), which has the cores.
+        self.threads = threads or 1
         self.device = device
         self._torch = torch
         self._mtcnn = MTCNN(keep_all=True, min_face_size=self.MIN_SIZE, device=device)
@@ -80,10 +81,17 @@ class MtcnnDetector(FaceDetector):
         from facenet_pytorch.models.utils.detect_face import detect_face
 
         m = self._mtcnn
-        with self._torch.no_grad():
-            batch = self._torch.as_tensor(np.ascontiguousarray(canvas), device=self.device)
-            boxes, _points = detect_face(batch, m.min_face_size, m.pnet, m.rnet, m.onet, m.thresholds, m.factor,
-                                         self.device)
+        torch = self._torch
+        previous = torch.get_num_threads()
+        if self.device == "cpu":
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.no_grad():
+                batch = torch.as_tensor(np.ascontiguousarray(canvas), device=self.device)
+                boxes, _points = detect_face(batch, m.min_face_size, m.pnet, m.rnet, m.onet, m.thresholds, m.factor,
+                                             self.device)
+        finally:
+            torch.set_num_threads(previous)
         out = []
         for b in boxes:
             arr = np.asarray(b, dtype=np.float64)
@@ -137,7 +145,7 @@ class FaceCrops:
 
 def face_stage(decoder, pre: Preprocess, settings) -> "FaceStage":
     """``decoder`` with the face stage on top, configured from ``settings``."""
-    detector = create_face_detector(settings.face_detector, threads=settings.decode_threads)
+    detector = create_face_detector(settings.face_detector)
     return FaceStage(decoder, pre, FaceOptions.from_settings(settings), detector, threads=settings.decode_threads)
 
 
