@@ -349,3 +349,24 @@ def test_detector_failure_is_that_images_error_row(tmp_path: Path, tiny_onnx_mod
     assert [r.status for r in rows] == ["ok", "error", "no-face"]
     assert rows[1].error_code == "face-detect-failed" and "detector crashed" in rows[1].error
     assert rows[0].faces == 1 and len(rows[0].face_rows) == 1
+
+
+# -- dfscan bench --faces --------------------------------------------------------------------------
+
+
+def test_bench_prints_face_rows_beside_the_classifier_alone(tmp_path: Path, tiny_onnx_model: Path,  # noqa: F811
+                                                           monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out_json = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "--synthetic", "4", "--model", str(tiny_onnx_model), "--min-time", "0",
+                                       "--no-naive", "--faces", "--face-count", "3", "--output", str(out_json)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out_json.read_text())
+    rows = {(r["stage"], r["variant"]): r for r in data["rows"]}
+    detect = rows[("faces", "detect (mtcnn)")]
+    on, off = rows[("scan", "end-to-end, faces on")], rows[("scan", "end-to-end, faces off")]
+    assert detect["status"] == on["status"] == off["status"] == "ok"
+    assert detect["details"]["faces_per_pass"] == 3  # one face in each generated photo
+    assert on["details"]["ok"] == 3 and on["details"]["no_face"] == 0
+    assert data["faces"]["faces_on_over_off"] == pytest.approx(on["images_per_s"] / off["images_per_s"], rel=1e-3)
+    assert "faces on:" in result.output and "for the classifier alone" in result.output
