@@ -370,3 +370,39 @@ def test_bench_prints_face_rows_beside_the_classifier_alone(tmp_path: Path, tiny
     assert on["details"]["ok"] == 3 and on["details"]["no_face"] == 0
     assert data["faces"]["faces_on_over_off"] == pytest.approx(on["images_per_s"] / off["images_per_s"], rel=1e-3)
     assert "faces on:" in result.output and "for the classifier alone" in result.output
+
+
+# -- DALI: faces on the decoded tensor ------------------------------------------------------------
+
+
+def test_dali_gives_the_face_stage_its_decoded_image(tmp_path: Path, stage) -> None:
+    """DALI decodes once; the face stage detects and crops on that image, as with Pillow."""
+    from dfscan.workers.dali import dali_status
+
+    ok, why = dali_status()
+    if not ok:
+        pytest.skip(why)
+    from dfscan.workers.dali import DaliDecoder
+    from dfscan.workers.faces import FaceStage
+    from dfscan.workers.reader import read_file
+
+    background = Image.fromarray(skimage_data.coffee()).resize((1200, 800))
+    group, expected = paste_faces(background, [(40, 60, 1.0), (400, 300, 1.6), (800, 80, 2.2)])
+    group.save(tmp_path / "group.jpg", quality=95)
+    Image.fromarray(skimage_data.chelsea()).save(tmp_path / "chelsea.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
+    files = [read_file(str(tmp_path / n)) for n in ("group.jpg", "chelsea.jpg", "broken.jpg")]
+    dali = DaliDecoder(stage.pre, device="cpu", batch_size=4)
+    faces = FaceStage(dali, stage.pre, stage.options, stage.detector)
+    try:
+        rgb = dali.decode_rgb_batch(files)
+        assert rgb[0].shape == (800, 1200, 3) and rgb[1].shape == (300, 451, 3)
+        pillow = np.asarray(Image.open(tmp_path / "group.jpg").convert("RGB"), dtype=np.int16)
+        assert np.abs(rgb[0].astype(np.int16) - pillow).mean() < 2.0
+        group_out, cat_out, broken_out = faces.decode_batch(files)
+    finally:
+        faces.close()
+    assert len(group_out.faces) == 3 and cat_out.faces == [] and cat_out.found == 0
+    assert getattr(broken_out, "code", None) in ("decode-failed", "not-image", "truncated")
+    for box in expected:
+        assert max(iou((x, y, x + w, y + h), box) for x, y, w, h, _ in group_out.faces) >= 0.5
