@@ -326,10 +326,10 @@ def test_detector_failure_is_that_images_error_row(tmp_path: Path, tiny_onnx_mod
         def __init__(self, inner) -> None:
             self.inner = inner
 
-        def detect(self, canvas):
+        def detect(self, canvas, min_size=None):
             if any((im[0, 0] == (255, 0, 255)).all() for im in canvas):
                 raise RuntimeError("detector crashed on this image")
-            return self.inner.detect(canvas)
+            return self.inner.detect(canvas, min_size)
 
     folder = tmp_path / "in"
     folder.mkdir()

@@ -53,7 +53,8 @@ class FaceDetector:
     name = "none"
     device = "cpu"
 
-    def detect(self, canvas: np.ndarray) -> list[np.ndarray]:  # pragma: no cover - interface
+    def detect(self, canvas: np.ndarray, min_size: int | None = None) -> list[np.ndarray]:  # pragma: no cover
+        """``min_size``: the smallest face worth finding, in canvas pixels (None: the detector's own)."""
         raise NotImplementedError
 
 
@@ -77,9 +78,11 @@ class MtcnnDetector(FaceDetector):
         self._torch = torch
         self._mtcnn = MTCNN(keep_all=True, min_face_size=self.MIN_SIZE, device=device)
 
-    def detect(self, canvas: np.ndarray) -> list[np.ndarray]:
+    def detect(self, canvas: np.ndarray, min_size: int | None = None) -> list[np.ndarray]:
         from facenet_pytorch.models.utils.detect_face import detect_face
 
+        # Below 20 canvas pixels MTCNN finds little; above, each step up drops pyramid levels (faster).
+        min_face = max(self.MIN_SIZE, int(min_size or 0))
         m = self._mtcnn
         torch = self._torch
         previous = torch.get_num_threads()
@@ -88,7 +91,7 @@ class MtcnnDetector(FaceDetector):
         try:
             with torch.no_grad():
                 batch = torch.as_tensor(np.ascontiguousarray(canvas), device=self.device)
-                boxes, _points = detect_face(batch, m.min_face_size, m.pnet, m.rnet, m.onet, m.thresholds, m.factor,
+                boxes, _points = detect_face(batch, min_face, m.pnet, m.rnet, m.onet, m.thresholds, m.factor,
                                              self.device)
         finally:
             torch.set_num_threads(previous)
@@ -209,15 +212,17 @@ class FaceStage:
             return []
         scales = [detection_scale(im.shape[1], im.shape[0], self.options.detect_size) for im in images]
         small = [_downscale(im, s) for im, s in zip(images, scales)]
+        # The smallest face worth scoring, at the scale that shrinks it most: smaller ones aren't looked for.
+        min_canvas = int(self.options.min_size * min(scales))
         try:
-            found = self.detector.detect(_canvas(small))
+            found = self.detector.detect(_canvas(small), min_canvas)
         except Exception:  # noqa: BLE001 - find the image that fails, the others go on
             found = None
         if found is None or len(found) != len(images):
             found = []
             for im in small:
                 try:
-                    found.append(self.detector.detect(_canvas([im]))[0])
+                    found.append(self.detector.detect(_canvas([im]), min_canvas)[0])
                 except Exception as exc:  # noqa: BLE001
                     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
                     found.append(ImageError("face-detect-failed", f"face detection failed: {text}"))
