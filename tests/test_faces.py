@@ -406,3 +406,51 @@ def test_dali_gives_the_face_stage_its_decoded_image(tmp_path: Path, stage) -> N
     assert getattr(broken_out, "code", None) in ("decode-failed", "not-image", "truncated")
     for box in expected:
         assert max(iou((x, y, x + w, y + h), box) for x, y, w, h, _ in group_out.faces) >= 0.5
+
+
+# -- the fleet: a Celery worker with faces on ------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_fleet_worker_scores_faces(tmp_path: Path, tiny_onnx_model: Path, redis_server, pg_url: str) -> None:  # noqa: F811
+    """A real ``dfscan worker`` (DFSCAN_FACES=on from its environment) writes the same face rows as the embedded scan."""
+    from tests._cluster import Worker, wait_for
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(skimage_data.astronaut()).save(folder / "astronaut.png")
+    Image.fromarray(skimage_data.chelsea()).save(folder / "chelsea.jpg")
+    background = Image.fromarray(skimage_data.coffee()).resize((1200, 800))
+    paste_faces(background, [(40, 60, 1.0), (400, 300, 1.6), (800, 80, 2.2)])[0].save(folder / "group.jpg")
+    (tmp_path / "logs").mkdir()
+    broker = redis_server.url()
+    worker = Worker(broker, pg_url, tmp_path / "logs", env={"DFSCAN_FACES": "on"})
+    try:
+        worker.wait_ready()
+        out = cli("scan", str(folder), "--model", str(tiny_onnx_model), "--db", pg_url, "--broker", broker, "--json")
+        assert out.exit_code == 0, out.output
+        scan_id = json.loads(out.stdout)["scan_id"]
+        engine = db.make_engine(pg_url)
+
+        def status() -> str | None:
+            with engine.connect() as conn:
+                s = conn.execute(text("SELECT status FROM scans WHERE id = :s"), {"s": scan_id}).scalar_one()
+            return None if s == "running" else s
+
+        try:
+            assert wait_for(status, 180, "the scan to complete", interval=0.5) == "completed", worker.log()[-3000:]
+            with engine.connect() as conn:
+                rows = {Path(r.path).name: (r.status, r.faces)
+                        for r in conn.execute(text("SELECT * FROM scan_results WHERE scan_id = :s"), {"s": scan_id})}
+                n_faces = conn.execute(text("SELECT COUNT(*) FROM scan_faces WHERE scan_id = :s"),
+                                       {"s": scan_id}).scalar_one()
+                audit = conn.execute(text("SELECT info FROM scan_workers WHERE scan_id = :s"),
+                                     {"s": scan_id}).scalar_one()
+        finally:
+            engine.dispose()
+    finally:
+        worker.stop()
+    assert rows == {"astronaut.png": ("ok", 1), "chelsea.jpg": ("no-face", 0), "group.jpg": ("ok", 3)}
+    assert n_faces == 4
+    assert audit["faces"]["detector"] == "mtcnn" and audit["faces"]["margin"] == 1.3
