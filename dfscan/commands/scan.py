@@ -199,12 +199,13 @@ def _emit_rows(rows: Iterator[dict], fmt: str) -> None:
             out.write(("," if i else "") + "\n  " + json.dumps({c: row[c] for c in RESULT_COLUMNS}, default=str))
         out.write("\n]\n")
     else:
-        out.write(f"{'status':<6} {'label':<5} {'p_fake':>7} {'conf':>6}  path / error\n")
+        out.write(f"{'status':<7} {'label':<5} {'p_fake':>7} {'conf':>6}  path / error\n")
         for row in rows:
             p = "" if row["p_fake"] is None else f"{row['p_fake']:.4f}"
             c = "" if row["confidence"] is None else f"{row['confidence']:.3f}"
-            tail = row["path"] if row["status"] == "ok" else f"{row['path']}  [{row['error']}]"
-            out.write(f"{row['status']:<6} {row['label'] or '':<5} {p:>7} {c:>6}  {tail!s}\n")
+            tail = {"ok": row["path"], "no-face": f"{row['path']}  [no face]"}.get(
+                row["status"], f"{row['path']}  [{row['error']}]")
+            out.write(f"{row['status']:<7} {row['label'] or '':<5} {p:>7} {c:>6}  {tail!s}\n")
 
 
 def _cell(value: Any) -> Any:
