@@ -454,3 +454,19 @@ def test_fleet_worker_scores_faces(tmp_path: Path, tiny_onnx_model: Path, redis_
     assert rows == {"astronaut.png": ("ok", 1), "chelsea.jpg": ("no-face", 0), "group.jpg": ("ok", 3)}
     assert n_faces == 4
     assert audit["faces"]["detector"] == "mtcnn" and audit["faces"]["margin"] == 1.3
+
+
+def test_incremental_scan_skips_unchanged_no_face_images(tmp_path: Path, tiny_onnx_model: Path,  # noqa: F811
+                                                         sqlite_url: str) -> None:
+    """no-face is a finished outcome: an incremental rescan leaves the unchanged image alone, as it does 'ok'."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(skimage_data.chelsea()).save(folder / "chelsea.jpg")
+    Image.fromarray(skimage_data.astronaut()).save(folder / "astronaut.png")
+    args = ["scan", str(folder), "--model", str(tiny_onnx_model), "--db", sqlite_url, "--faces", "on", "--json"]
+    first = cli(*args)
+    assert first.exit_code == 0, first.output
+    again = cli(*args, "--incremental")
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.output[again.output.index("{"):])
+    assert summary["skipped"] == 2 and summary["total"] == 0

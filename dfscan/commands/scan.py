@@ -48,7 +48,7 @@ from dfscan.settings import from_env, parse_extensions
 @face_options
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links while walking.")
 @click.option("--incremental", is_flag=True, envvar="DFSCAN_INCREMENTAL", show_envvar=True,
-              help="Skip files whose path, size and mtime already have an 'ok' row from this model.")
+              help="Skip files whose path, size and mtime already have an 'ok' (or 'no-face') row from this model.")
 @broker_option
 @click.option("--wait", is_flag=True, help="With --broker: follow progress until the scan completes.")
 @max_outstanding_option
