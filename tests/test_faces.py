@@ -470,3 +470,47 @@ def test_incremental_scan_skips_unchanged_no_face_images(tmp_path: Path, tiny_on
     assert again.exit_code == 0, again.output
     summary = json.loads(again.output[again.output.index("{"):])
     assert summary["skipped"] == 2 and summary["total"] == 0
+
+
+def test_crops_of_many_images_share_runtime_batches(tmp_path: Path, tiny_onnx_model: Path, stage) -> None:  # noqa: F811
+    """Five faces from three images go to the runtime as batches of batch_size (2, 2, 1), not one call per image."""
+    from dfscan.trt import load_runtime
+    from dfscan.trt.model_info import inspect_model
+    from dfscan.workers.batches import BatchMaker, Verdict, score
+    from dfscan.workers.faces import FaceStage
+
+    class Recording:
+        """The real runtime, with the batch sizes it was given written down."""
+
+        def __init__(self, inner) -> None:
+            self.inner, self.calls = inner, []
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def infer(self, batch):
+            self.calls.append(batch.shape[0])
+            return self.inner.infer(batch)
+
+    Image.fromarray(skimage_data.astronaut()).save(tmp_path / "a.png")
+    background = Image.fromarray(skimage_data.coffee()).resize((1200, 800))
+    paste_faces(background, [(40, 60, 1.0), (400, 300, 1.6), (800, 80, 2.2)])[0].save(tmp_path / "group.jpg")
+    Image.fromarray(skimage_data.astronaut()).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "b.png")
+    runtime = Recording(load_runtime("onnxruntime", inspect_model(tiny_onnx_model)))
+    maker = BatchMaker(FaceStage(None, stage.pre, stage.options, stage.detector, batch_size=2))
+    try:
+        rows = score(maker.prepare([str(tmp_path / n) for n in ("a.png", "group.jpg", "b.png")]), runtime, Verdict())
+    finally:
+        maker.close()
+        runtime.inner.close()
+    assert [r.faces for r in rows] == [1, 3, 1]
+    assert runtime.calls == [2, 2, 1]
+    # Each face's verdict is its own: the same as scoring that crop alone.
+    alone = Recording(load_runtime("onnxruntime", inspect_model(tiny_onnx_model)))
+    maker = BatchMaker(FaceStage(None, stage.pre, stage.options, stage.detector, batch_size=64))
+    try:
+        (single,) = score(maker.prepare([str(tmp_path / "a.png")]), alone, Verdict())
+    finally:
+        maker.close()
+        alone.inner.close()
+    assert single.p_fake == pytest.approx(rows[0].p_fake, abs=1e-5)

@@ -149,7 +149,8 @@ class FaceCrops:
 def face_stage(decoder, pre: Preprocess, settings) -> "FaceStage":
     """``decoder`` with the face stage on top, configured from ``settings``."""
     detector = create_face_detector(settings.face_detector)
-    return FaceStage(decoder, pre, FaceOptions.from_settings(settings), detector, threads=settings.decode_threads)
+    return FaceStage(decoder, pre, FaceOptions.from_settings(settings), detector, threads=settings.decode_threads,
+                     batch_size=settings.batch_size)
 
 
 def faces_enabled(mode: str, model_input: str) -> bool:
@@ -168,8 +169,9 @@ class FaceStage:
     per_image = True
 
     def __init__(self, base, pre: Preprocess, options: FaceOptions, detector: FaceDetector,
-                 threads: int = 2) -> None:
+                 threads: int = 2, batch_size: int = 64) -> None:
         self.base = base
+        self.batch_size = batch_size  # crops per runtime call (the crops of many images share them)
         self.pre = pre
         self.options = options
         self.detector = detector
@@ -244,7 +246,7 @@ class FaceStage:
     # -- scoring -------------------------------------------------------------------------
 
     def score(self, prepared, runtime: Runtime, verdict) -> list[ResultRow]:
-        return score_faces(prepared, runtime, verdict, self.options.aggregation)
+        return score_faces(prepared, runtime, verdict, self.options.aggregation, self.batch_size)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -253,7 +255,8 @@ class FaceStage:
             close()
 
 
-def score_faces(prepared, runtime: Runtime, verdict, aggregation: str = "max") -> list[ResultRow]:
+def score_faces(prepared, runtime: Runtime, verdict, aggregation: str = "max",
+                batch_size: int = 64) -> list[ResultRow]:
     """Rows for a batch whose items are :class:`FaceCrops`: every crop of every image in shared runtime batches."""
     now = datetime.now(timezone.utc)
     errors: dict[int, ImageError] = dict(prepared.errors)
@@ -263,7 +266,8 @@ def score_faces(prepared, runtime: Runtime, verdict, aggregation: str = "max") -
     if owners:
         stacked = np.concatenate([items[pos].tensors for pos in items if items[pos].tensors is not None])
         try:
-            logits = run_batched(runtime, stacked)
+            logits = np.concatenate([run_batched(runtime, stacked[k : k + batch_size])
+                                     for k in range(0, len(stacked), batch_size)])
             if logits.shape[0] != len(owners) or not np.all(np.isfinite(logits)):
                 raise InferenceFailed(f"runtime returned {logits.shape} non-finite or misshapen logits")
         except InferenceFailed as exc:
