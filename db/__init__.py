@@ -32,8 +32,8 @@ from .engine import make_engine, session_factory
 from .explanations import Explanation, ExplanationRow, explanations_for, write_explanations
 from .errors import ChunkNotFound, DatabaseError, DatabaseURLError, ScanNotFound
 from .migrate import downgrade, upgrade
-from .records import ResultRow, ScanSummary
-from .results import existing_paths, iter_results, write_batch
+from .records import FaceRow, ResultRow, ScanSummary
+from .results import existing_paths, iter_faces, iter_results, write_batch
 from .scans import (
     add_chunk,
     create_scan,
@@ -53,6 +53,7 @@ __all__ = [
     "DatabaseURLError",
     "Explanation",
     "ExplanationRow",
+    "FaceRow",
     "ResultRow",
     "ScanHead",
     "ScanNotFound",
@@ -71,6 +72,7 @@ __all__ = [
     "finished_among",
     "get_or_create_model",
     "is_transient",
+    "iter_faces",
     "iter_results",
     "latest_scan_id",
     "make_engine",

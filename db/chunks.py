@@ -491,7 +491,8 @@ def finished_among(session: Session, chunk_ids: Iterable[int]) -> set[int]:
 
 
 def unchanged_paths(session: Session, *, model_id: int, scan_id: int, stats: dict[str, tuple[int, float]]) -> set[str]:
-    """Paths whose (size, mtime) match an ``ok`` row of the same model in another scan.
+    """Paths whose (size, mtime) match an ``ok`` (or ``no-face``: a finished outcome) row of the same model in
+    another scan.
 
     Served by the ``(model_id, path)`` index of ``results``: one IN-list
     lookup per chunk of paths.
@@ -504,7 +505,7 @@ def unchanged_paths(session: Session, *, model_id: int, scan_id: int, stats: dic
             select(Result.path, Result.size, Result.mtime).where(
                 Result.model_id == model_id,
                 Result.path.in_(part),
-                Result.status == "ok",
+                Result.status.in_(("ok", "no-face")),
                 Result.scan_id != scan_id,
             )
         ):

@@ -24,7 +24,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ._types import BigIntPK, JSONDoc, UTCDateTime, utcnow
 
-__all__ = ["ApiKey", "Base", "Chunk", "Model", "Result", "Scan", "ScanCallback", "ScanWorker", "scan_results"]
+__all__ = ["ApiKey", "Base", "Chunk", "Model", "Result", "ResultFace", "Scan", "ScanCallback", "ScanWorker", "scan_faces",
+           "scan_results"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -148,7 +149,7 @@ class Result(Base):
     __tablename__ = "results"
     __table_args__ = (
         UniqueConstraint("scan_id", "path"),
-        CheckConstraint("status IN ('ok', 'error')", name="status"),
+        CheckConstraint("status IN ('ok', 'error', 'no-face')", name="status"),
         CheckConstraint("label IS NULL OR label IN ('real', 'fake')", name="label"),
         # A verdict has a probability (migration 0004): a NaN or missing p_fake is never stored as "ok".
         CheckConstraint(OK_HAS_P_FAKE, name="ok_p_fake"),
@@ -171,13 +172,38 @@ class Result(Base):
     error: Mapped[str | None] = mapped_column(Text)
     error_code: Mapped[str | None] = mapped_column(String(64))
     scanned_at: Mapped[datetime]
+    # Faces on: faces scored and found (they differ where max_faces capped them); NULL when faces are off.
+    faces: Mapped[int | None]
+    faces_found: Mapped[int | None]
+
+
+class ResultFace(Base):
+    """One scored face of an image (faces on): its box in original pixels, detector score and verdict."""
+
+    __tablename__ = "result_faces"
+    __table_args__ = (
+        UniqueConstraint("scan_id", "path", "face_index"),
+        CheckConstraint("label IN ('real', 'fake')", name="label"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    face_index: Mapped[int]
+    x: Mapped[int]
+    y: Mapped[int]
+    w: Mapped[int]
+    h: Mapped[int]
+    detector_score: Mapped[float] = mapped_column(Double)
+    p_fake: Mapped[float] = mapped_column(Double)
+    label: Mapped[str] = mapped_column(String(8))
 
 
 # The analysts' view, created by migration 0001. It lives in its own MetaData so
 # that create_all() and autogenerate never mistake it for a table.
 VIEW_COLUMNS = (
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
-    "scanned_at",
+    "scanned_at", "faces", "faces_found",
 )  # fmt: skip
 scan_results = Table(
     "scan_results",
@@ -191,6 +217,8 @@ scan_results = Table(
     Column("error", Text),
     Column("model_sha256", String(64)),
     Column("scanned_at", UTCDateTime()),
+    Column("faces", Integer),
+    Column("faces_found", Integer),
 )
 assert tuple(scan_results.c.keys()) == VIEW_COLUMNS
 
@@ -228,3 +256,22 @@ class ScanCallback(Base):
     delivered_at: Mapped[datetime | None]
     given_up_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+# Which face was flagged (migration 0007): one row per scored face.
+FACE_VIEW_COLUMNS = ("scan_id", "path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label")
+scan_faces = Table(
+    "scan_faces",
+    MetaData(),
+    Column("scan_id", Integer),
+    Column("path", Text),
+    Column("face_index", Integer),
+    Column("x", Integer),
+    Column("y", Integer),
+    Column("w", Integer),
+    Column("h", Integer),
+    Column("detector_score", Double),
+    Column("p_fake", Double),
+    Column("label", String(8)),
+)
+assert tuple(scan_faces.c.keys()) == FACE_VIEW_COLUMNS

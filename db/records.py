@@ -7,12 +7,27 @@ from datetime import datetime
 from typing import Any
 
 __all__ = ["CHUNK_STATUSES", "RESULT_LABELS", "RESULT_STATUSES", "SCAN_END_STATUSES",
-           "ResultRow", "ScanSummary"]  # fmt: skip
+           "FaceRow", "ResultRow", "ScanSummary"]  # fmt: skip
 
-RESULT_STATUSES = ("ok", "error")
+# ``no-face``: faces were on and the image has none worth scoring; neither a verdict nor an error.
+RESULT_STATUSES = ("ok", "error", "no-face")
 RESULT_LABELS = ("real", "fake")
 SCAN_END_STATUSES = ("completed", "failed", "cancelled")
 CHUNK_STATUSES = ("queued", "done", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class FaceRow:
+    """One scored face of an image: its box in the original image's pixels, the detector's score, its verdict."""
+
+    index: int
+    x: int
+    y: int
+    w: int
+    h: int
+    detector_score: float
+    p_fake: float
+    label: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +44,10 @@ class ResultRow:
     error: str | None
     error_code: str | None
     scanned_at: datetime
+    # Faces on: faces scored (the cap applies) and found; both None when faces are off.
+    faces: int | None = None
+    faces_found: int | None = None
+    face_rows: tuple[FaceRow, ...] = ()
 
     def __post_init__(self) -> None:
         # Checked here so that a bad row fails in the worker that made it, with
@@ -71,6 +90,7 @@ class ScanSummary:
     elapsed_s: float  # to finished_at, or to now while the scan runs
     images_per_s: float  # total / elapsed_s; 0.0 before any time has passed
     eta_s: float | None  # while running with the walk done and a rate known
+    no_face: int = 0  # rows with status no-face (faces on, none found)
 
     @property
     def images_done(self) -> int:

@@ -5,20 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from ._dialects import dialect_name, insert_for
-from .models import Result, scan_results
+from .models import Result, ResultFace, scan_results
 from .records import ResultRow
 
-__all__ = ["existing_paths", "iter_results", "write_batch"]
+__all__ = ["existing_paths", "iter_faces", "iter_results", "write_batch"]
 
 _RESULTS = Result.__table__
 # Columns a re-scored path overwrites; (scan_id, path) is the key and id stays.
 _UPSERT_COLUMNS = (
     "model_id", "size", "mtime", "status", "label", "p_fake", "confidence", "error",
-    "error_code", "scanned_at",
+    "error_code", "scanned_at", "faces", "faces_found",
 )  # fmt: skip
 _IN_LIST_SIZE = 500
 STREAM_BATCH = 1000
@@ -52,6 +52,8 @@ def write_batch(
             "error": row.error,
             "error_code": row.error_code,
             "scanned_at": row.scanned_at,
+            "faces": row.faces,
+            "faces_found": row.faces_found,
         }
         for row in latest.values()
     ]
@@ -61,6 +63,29 @@ def write_batch(
     # rows). The drivers send the list as one executemany (psycopg 3 in a
     # pipeline), so a batch is still one statement and one round trip.
     session.execute(_upsert_statement(session), values)
+    if any(row.faces is not None for row in latest.values()):
+        _write_faces(session, scan_id, list(latest.values()))
+
+
+def _write_faces(session: Session, scan_id: int, rows: list[ResultRow]) -> None:
+    """Replace the face rows of a batch's paths: one delete and one insert per batch.
+
+    Delete first because a re-scored image may have fewer faces than before.
+    """
+    paths = [row.path for row in rows]
+    for start in range(0, len(paths), _IN_LIST_SIZE):
+        session.execute(
+            delete(ResultFace).where(ResultFace.scan_id == scan_id,
+                                     ResultFace.path.in_(paths[start : start + _IN_LIST_SIZE]))
+        )
+    faces = [
+        {"scan_id": scan_id, "path": row.path, "face_index": f.index, "x": f.x, "y": f.y, "w": f.w, "h": f.h,
+         "detector_score": f.detector_score, "p_fake": f.p_fake, "label": f.label}
+        for row in rows
+        for f in row.face_rows
+    ]
+    if faces:
+        session.execute(insert(ResultFace), faces)
 
 
 _UPSERTS: dict[str, Any] = {}
@@ -131,3 +156,18 @@ def iter_results(
             yield dict(row)
     finally:
         result.close()
+
+
+def iter_faces(session: Session, *, scan_id: int, paths: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of the ``scan_faces`` view for a scan (or some of its paths), by path then face index."""
+    from .models import scan_faces
+
+    view = scan_faces.c
+    stmt = select(scan_faces).where(view.scan_id == scan_id).order_by(view.path, view.face_index)
+    if paths is not None:
+        wanted = list(dict.fromkeys(paths))
+        for start in range(0, len(wanted), _IN_LIST_SIZE):
+            part = stmt.where(view.path.in_(wanted[start : start + _IN_LIST_SIZE]))
+            yield from (dict(r) for r in session.execute(part).mappings())
+        return
+    yield from (dict(r) for r in session.execute(stmt).mappings())

@@ -191,13 +191,14 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
     if head is None:
         raise ScanNotFound(scan_id)
 
-    total, ok, real, fake, errors = session.execute(
+    total, ok, real, fake, errors, no_face = session.execute(
         select(
             func.count(),
             _count_if(Result.status == "ok"),
             _count_if(and_(Result.status == "ok", Result.label == "real")),
             _count_if(and_(Result.status == "ok", Result.label == "fake")),
             _count_if(Result.status == "error"),
+            _count_if(Result.status == "no-face"),
         ).where(Result.scan_id == scan_id)
     ).one()
     reason = func.coalesce(Result.error_code, "unknown")
@@ -246,4 +247,5 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
         elapsed_s=elapsed,
         images_per_s=rate,
         eta_s=eta,
+        no_face=no_face,
     )

@@ -167,11 +167,52 @@ def find_splits(root: Path, *, classes: tuple[str, ...] = CLASSES, seed: int = S
 # ------------------------------------------------------------------ transforms
 
 
-def eval_transform(pre: Preprocess) -> Callable[[bytes], np.ndarray]:
-    """Bytes to a normalised (3, H, W) float32 array, exactly as the scanner's Pillow decoder does."""
+def eval_transform(pre: Preprocess, faces: bool = False) -> Callable[[bytes], np.ndarray]:
+    """Bytes to a normalised (3, H, W) float32 array, exactly as the scanner's Pillow decoder does.
+
+    With ``faces`` the array is the crop of the image's largest face, made as
+    the scan's face stage makes it (an image without a face is used whole).
+    """
+    if faces:
+        crop = _face_cropper(pre)
+        return lambda data: to_tensor(crop(data), pre)
 
     def run(data: bytes) -> np.ndarray:
         return to_tensor(load_rgb(data, None, pre.max_pixels), pre)
+
+    return run
+
+
+# The largest face's crop square per image (by the bytes' digest), so that each epoch doesn't detect again.
+_FACE_SQUARES: dict[bytes, tuple[int, int, int] | None] = {}
+
+
+def _face_cropper(pre: Preprocess) -> Callable[[bytes], "object"]:
+    """Bytes to a PIL image of the largest face's crop at the model's size (the whole image when it has no
+    face); the detector loads on first use, in each DataLoader worker."""
+    import hashlib
+
+    state: dict = {}
+
+    def run(data: bytes):
+        from PIL import Image
+
+        from dfscan.workers.faces import FaceOptions, FaceStage, create_face_detector, largest_face
+
+        im = load_rgb(data, None, pre.max_pixels)
+        key = hashlib.blake2b(data, digest_size=16).digest()
+        if key not in _FACE_SQUARES:
+            stage = state.get("stage")
+            if stage is None:
+                stage = state["stage"] = FaceStage(None, pre, FaceOptions(), create_face_detector("mtcnn", "cpu"))
+            face = largest_face(np.asarray(im), stage)
+            _FACE_SQUARES[key] = None if face is None else face[1]
+        square = _FACE_SQUARES[key]
+        if square is None:
+            return im
+        x0, y0, side = square
+        h, w = pre.size
+        return im.resize((w, h), Image.Resampling.BILINEAR, box=(x0, y0, x0 + side, y0 + side))
 
     return run
 
@@ -186,7 +227,7 @@ class Augment:
     contrast: float = 0.2
 
 
-def train_transform(pre: Preprocess, augment: Augment = Augment()) -> Callable[[bytes], np.ndarray]:
+def train_transform(pre: Preprocess, augment: Augment = Augment(), faces: bool = False) -> Callable[[bytes], np.ndarray]:
     """Decode as the scanner does, resize, augment the RGB image, then normalise as the scanner does."""
     from torchvision.transforms import v2
 
@@ -197,11 +238,12 @@ def train_transform(pre: Preprocess, augment: Augment = Augment()) -> Callable[[
         steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
     pipeline = v2.Compose(steps)
     h, w = pre.size
+    crop = _face_cropper(pre) if faces else None
 
     def run(data: bytes) -> np.ndarray:
         from PIL import Image
 
-        im = load_rgb(data, None, pre.max_pixels)
+        im = crop(data) if crop is not None else load_rgb(data, None, pre.max_pixels)
         if im.size != (w, h):
             im = im.resize((w, h), Image.Resampling.BILINEAR)  # the same resize as to_tensor's
         return to_tensor(pipeline(im), pre)

@@ -183,6 +183,7 @@ def export_onnx(
         std=cfg.std,
         threshold=threshold,
         temperature=temperature,
+        input=cfg.input,
         backbone=cfg.backbone,
         checkpoint=str(checkpoint.resolve()),
         checkpoint_sha256=sha256_file(checkpoint),  # lets `dfscan explain` prove a checkpoint is this model's

@@ -34,6 +34,8 @@ class DetectorConfig:
     input_size: tuple[int, int] = INPUT_SIZE
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # What it was trained on: "whole-image" or "face-crop" (dfscan train --faces on); export writes it.
+    input: str = "whole-image"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

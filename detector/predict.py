@@ -19,7 +19,7 @@ import numpy as np
 from dfscan.detector.data import Item
 from dfscan.detector.errors import DetectorError
 from dfscan.trt.model_info import CLASSES, DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE, ModelInfo, inspect_model
-from dfscan.workers.decode import Preprocess, decode_one
+from dfscan.workers.decode import Preprocess
 from dfscan.workers.errors import ImageError
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
@@ -39,6 +39,7 @@ class ModelSource:
     sha256: str | None = None
     info: ModelInfo | None = None
     checkpoint: Path | None = None  # the training checkpoint behind it, when known
+    input: str = "whole-image"  # "face-crop": evaluate and calibrate on face crops, as the scan's --faces auto
 
     def describe(self) -> dict:
         return {
@@ -75,7 +76,7 @@ def open_model(path: Path) -> ModelSource:
         return ModelSource(
             path=path, kind="checkpoint", architecture=model.architecture, classes=cfg.classes,
             preprocess=Preprocess(size=cfg.input_size, mean=cfg.mean, std=cfg.std),
-            temperature=DEFAULT_TEMPERATURE, threshold=DEFAULT_THRESHOLD, checkpoint=path,
+            temperature=DEFAULT_TEMPERATURE, threshold=DEFAULT_THRESHOLD, checkpoint=path, input=cfg.input,
         )
     info = inspect_model(path)
     ckpt = info.extra.get("checkpoint")
@@ -83,7 +84,7 @@ def open_model(path: Path) -> ModelSource:
         path=info.path, kind="onnx", architecture=info.architecture, classes=info.classes,
         preprocess=Preprocess(size=info.input_size, mean=info.mean, std=info.std),
         temperature=info.temperature, threshold=info.threshold, sha256=info.sha256, info=info,
-        checkpoint=Path(ckpt) if isinstance(ckpt, str) and ckpt else None,
+        checkpoint=Path(ckpt) if isinstance(ckpt, str) and ckpt else None, input=info.input,
     )
 
 
@@ -95,21 +96,30 @@ def predict(
     device: str = "auto",
     threads: int = 2,
     progress: bool = False,
+    faces: bool | None = None,
 ) -> Predictions:
-    """Run ``source`` over ``items``; undecodable images are listed in ``failed``, not raised."""
+    """Run ``source`` over ``items``; undecodable images are listed in ``failed``, not raised.
+
+    ``faces`` (None: the model's own ``input``) scores the crop of each image's largest face.
+    """
     if set(CLASSES) - set(source.classes):
         raise DetectorError(f"{source.path}: classes {list(source.classes)} lack one of {list(CLASSES)}")
     columns = [source.classes.index(c) for c in CLASSES]
     infer, close = _onnx_infer(source) if source.kind == "onnx" else _torch_infer(source, device)
     try:
-        return _predict(infer, source, items, columns, batch_size, threads, progress)
+        use_faces = source.input == "face-crop" if faces is None else faces
+        return _predict(infer, source, items, columns, batch_size, threads, progress, use_faces)
     finally:
         close()
 
 
 def _predict(infer, source: ModelSource, items: list[Item], columns: list[int], batch_size: int, threads: int,
-             progress: bool) -> Predictions:
+             progress: bool, faces: bool = False) -> Predictions:
     from tqdm import tqdm
+
+    from dfscan.detector.data import eval_transform
+
+    transform = eval_transform(source.preprocess, faces)
 
     paths: list[str] = []
     labels: list[int] = []
@@ -119,7 +129,7 @@ def _predict(infer, source: ModelSource, items: list[Item], columns: list[int], 
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            decoded = list(pool.map(lambda item: _decode(item[0], source.preprocess), chunk))
+            decoded = list(pool.map(lambda item: _decode(item[0], transform), chunk))
             batch = []
             for (path, label), out in zip(chunk, decoded):
                 if isinstance(out, str):
@@ -136,10 +146,10 @@ def _predict(infer, source: ModelSource, items: list[Item], columns: list[int], 
     return Predictions(paths, np.asarray(labels, dtype=np.int64), logits, failed)
 
 
-def _decode(path: str, pre: Preprocess) -> np.ndarray | str:
+def _decode(path: str, transform) -> np.ndarray | str:
     try:
         with open(path, "rb") as fh:
-            return decode_one(fh.read(), pre)
+            return transform(fh.read())
     except ImageError as exc:
         return f"{exc.code}: {exc.message}"
     except OSError as exc:

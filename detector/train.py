@@ -66,6 +66,8 @@ class TrainConfig:
     split_seed: int = SPLIT_SEED
     max_steps_per_epoch: int | None = None
     evaluate_test: bool = True
+    # Train on the crop of each image's largest face, made as the scan's face stage makes it.
+    faces: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -179,13 +181,17 @@ def train(
             dropout=config.dropout,
             backbone_weights=Path(config.backbone_weights) if config.backbone_weights else None,
         )
+    if config.faces and model.config.input != "face-crop":
+        from dataclasses import replace
+
+        model.config = replace(model.config, input="face-crop")
     model.to(device)
     _write_json(out_dir / DATASET_NAME, {**splits.info(), "written_at": _now()})
 
     pre = Preprocess(size=model.config.input_size, mean=model.config.mean, std=model.config.std)
     augment = Augment(degrees=config.rotation)
-    train_tf = train_transform(pre, augment) if config.augment else eval_transform(pre)
-    val_loader = make_loader(splits.valid, eval_transform(pre), batch_size=config.batch_size, shuffle=False,
+    train_tf = train_transform(pre, augment, faces=config.faces) if config.augment else eval_transform(pre, config.faces)
+    val_loader = make_loader(splits.valid, eval_transform(pre, config.faces), batch_size=config.batch_size, shuffle=False,
                              workers=config.workers)
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -252,7 +258,7 @@ def train(
     if config.evaluate_test and splits.test:
         best_model, _ = load_checkpoint(best_path)
         best_model.to(device)
-        test_loader = make_loader(splits.test, eval_transform(pre), batch_size=config.batch_size, shuffle=False,
+        test_loader = make_loader(splits.test, eval_transform(pre, config.faces), batch_size=config.batch_size, shuffle=False,
                                   workers=config.workers)
         _, test_acc, _ = _run_epoch(best_model, test_loader, device, criterion, None, desc="test", progress=progress)
         log(f"test accuracy of the best checkpoint (epoch {best_epoch}): {test_acc:.2%} on {len(splits.test)} images")

@@ -74,22 +74,33 @@ def thumbnail_data_uri(path: str, px: int = 160) -> tuple[str | None, str]:
     The file is read and decoded by the scanner's own reader and decoder
     (orientation applied), so the same limits apply as in a scan.
     """
+    uri, reason, _ = thumbnail(path, px)
+    return uri, reason
+
+
+def thumbnail(path: str, px: int = 160) -> tuple[str | None, str, tuple[int, int] | None]:
+    """Like :func:`thumbnail_data_uri`, plus the oriented image's full size (W, H): face boxes are in its pixels."""
     from PIL import Image
 
-    from dfscan.workers.decode import load_rgb
+    from dfscan.workers.decode import load_rgb, open_image
     from dfscan.workers.errors import ImageError
     from dfscan.workers.reader import read_file
 
     try:
-        im = load_rgb(read_file(path).data, size=(px, px))
+        data = read_file(path).data
+        head = open_image(data, 1 << 62)
+        full = head.size
+        if head.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap width and height
+            full = (full[1], full[0])
+        im = load_rgb(data, size=(px, px))
         im.thumbnail((px, px), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=85)
     except ImageError as exc:
-        return None, exc.message
+        return None, exc.message, None
     except Exception as exc:  # noqa: BLE001 - one bad thumbnail must not lose the report
-        return None, f"no preview: {type(exc).__name__}"
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), ""
+        return None, f"no preview: {type(exc).__name__}", None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), "", full
 
 
 # --- SVG charts -----------------------------------------------------------------------------------------------------

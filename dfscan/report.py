@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from dfscan import db
 from dfscan.db.models import Model, Result, Scan
 from dfscan.db.records import ScanSummary
-from dfscan.htmlkit import ERROR_COLOUR, FAKE_COLOUR, REAL_COLOUR, card, escape, page, thumbnail_data_uri
+from dfscan.htmlkit import ERROR_COLOUR, FAKE_COLOUR, REAL_COLOUR, card, escape, page, thumbnail
 from dfscan.redact import mask_text
 
 __all__ = ["ScanReport", "Suspect", "collect", "render", "write_report"]
@@ -39,6 +39,8 @@ class Suspect:
     p_fake: float
     confidence: float
     label: str
+    # Faces on: (x, y, w, h, p_fake, label) of each scored face, in the original image's pixels.
+    faces: tuple[tuple[int, int, int, int, float, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) ->
         .order_by(Result.p_fake.desc(), Result.path)
         .limit(top)
     ).all()
+    faces: dict[str, list] = {}
+    for f in db.iter_faces(session, scan_id=scan_id, paths=[r.path for r in rows]):
+        faces.setdefault(f["path"], []).append((f["x"], f["y"], f["w"], f["h"], f["p_fake"], f["label"]))
     return ScanReport(
         summary=summary,
         roots=list(head.roots),
@@ -96,7 +101,7 @@ def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) ->
         audit=dict(head.settings or {}),
         bin_edges=[float(e) for e in edges],
         bin_counts={label: [int(c) for c in hist] for label, hist in counts.items()},
-        suspects=[Suspect(r.path, r.p_fake, r.confidence, r.label) for r in rows],
+        suspects=[Suspect(r.path, r.p_fake, r.confidence, r.label, tuple(faces.get(r.path, ()))) for r in rows],
         reason_descriptions=dict(REASONS),
         explanations=_explanations(session, scan_id, [r.path for r in rows]),
     )
@@ -213,15 +218,39 @@ def _placeholder(px: int, reason: str) -> str:
     )
 
 
+def _faces_svg(s: Suspect, uri: str, full: tuple[int, int], px: int) -> str:
+    """The thumbnail with each scored face's box drawn over it, in the original image's coordinates."""
+    w, h = full
+    scale = px / max(w, h)
+    tw, th = max(1, round(w * scale)), max(1, round(h * scale))
+    stroke = max(w, h) / px * 2
+    boxes = "".join(
+        f'<rect class="face" data-box="{x},{y},{fw},{fh}" data-p-fake="{p:.6f}" x="{x}" y="{y}" width="{fw}" '
+        f'height="{fh}" fill="none" stroke="{FAKE_COLOUR if label == "fake" else REAL_COLOUR}" '
+        f'stroke-width="{stroke:.1f}"><title>face {i}: p_fake {p:.4f} ({escape(label)})</title></rect>'
+        for i, (x, y, fw, fh, p, label) in enumerate(s.faces)
+    )
+    return (
+        f'<svg class="faces" width="{tw}" height="{th}" viewBox="0 0 {w} {h}" role="img" '
+        f'aria-label="{escape(s.path)}: {len(s.faces)} faces"><image href="{uri}" width="{w}" height="{h}" '
+        f'preserveAspectRatio="none"/>{boxes}</svg>'
+    )
+
+
 def _suspect(s: Suspect, px: int, explained: list[db.ExplanationRow] | None = None) -> str:
-    uri, reason = thumbnail_data_uri(s.path, px)
-    image = (
-        f'<img src="{uri}" alt="{escape(s.path)}" title="{escape(s.path)}">' if uri is not None else _placeholder(px, reason)
-    ) + _explanation_html(explained or [], px)
+    uri, reason, full = thumbnail(s.path, px)
+    if uri is None:
+        image = _placeholder(px, reason)
+    elif s.faces and full is not None:
+        image = _faces_svg(s, uri, full, px)
+    else:
+        image = f'<img src="{uri}" alt="{escape(s.path)}" title="{escape(s.path)}">'
+    image += _explanation_html(explained or [], px)
+    faces = f", {len(s.faces)} faces" if s.faces else ""
     return (
         f'<figure class="suspect" data-path="{escape(s.path)}">{image}<figcaption>'
         f'<span class="score">p_fake {s.p_fake:.4f}</span> <span class="muted">({escape(s.label)}, '
-        f"confidence {s.confidence:.3f})</span><br><span class=\"path\">{escape(s.path)}</span></figcaption></figure>"
+        f"confidence {s.confidence:.3f}{faces})</span><br><span class=\"path\">{escape(s.path)}</span></figcaption></figure>"
     )
 
 
@@ -231,7 +260,7 @@ def render(report: ScanReport, *, thumb_px: int = 160) -> str:
     title = f"dfscan report: scan {s.scan_id} ({s.name})"
     cards = "".join([
         card("images", s.total), card("real", s.real, "real"), card("fake", s.fake, "fake"),
-        card("errors", s.errors, "err"), card("seconds", f"{s.elapsed_s:.1f}"),
+        card("errors", s.errors, "err"), *([card("no face", s.no_face)] if s.no_face else []), card("seconds", f"{s.elapsed_s:.1f}"),
         card("images/s", f"{s.images_per_s:.1f}"),
     ])
     facts = [

@@ -23,6 +23,10 @@ DEFAULT_MAX_PIXELS = 89_478_485
 
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # bf16: --runtime torch only
+# Faces: ``auto`` follows the model's ``input`` (face-crop or whole-image), ``on`` and ``off`` force it.
+FACE_MODES = ("auto", "on", "off")
+# How an image's verdict comes from its faces' p_fake.
+FACE_AGGREGATIONS = ("max", "mean")
 
 
 class SettingsError(ValueError):
@@ -78,6 +82,17 @@ class Settings:
     max_batch_delay_ms: float = 5.0
     request_timeout_s: float = 30.0
     callback_attempts: int = 5
+    # The face stage (dfscan.workers.faces): mode, detector (a name in its table), the most faces
+    # scored per image (the largest first), the crop's side as a multiple of the face box, the
+    # smallest face worth scoring (pixels of the original image), how faces make the image's
+    # p_fake, and the side of the downscaled copy the detector looks at.
+    faces: str = "auto"
+    face_detector: str = "mtcnn"
+    max_faces: int = 16
+    face_margin: float = 1.3
+    min_face_size: int = 24
+    face_aggregation: str = "max"
+    face_detect_size: int = 640
 
     def __post_init__(self) -> None:
         self.validate()
@@ -143,6 +158,20 @@ class Settings:
         for root in self.serve_roots:
             if not os.path.isabs(root):
                 raise SettingsError(f"serve root {root!r} must be an absolute path")
+        if self.faces not in FACE_MODES:
+            raise SettingsError(f"faces must be one of {', '.join(FACE_MODES)}, got {self.faces!r}")
+        if self.face_aggregation not in FACE_AGGREGATIONS:
+            raise SettingsError(
+                f"face aggregation must be one of {', '.join(FACE_AGGREGATIONS)}, got {self.face_aggregation!r}"
+            )
+        if self.max_faces < 1:
+            raise SettingsError(f"max faces must be at least 1, got {self.max_faces}")
+        if not 1.0 <= self.face_margin <= 4.0:
+            raise SettingsError(f"face margin must be between 1.0 and 4.0 (times the face box), got {self.face_margin}")
+        if self.min_face_size < 1:
+            raise SettingsError(f"min face size must be at least 1 pixel, got {self.min_face_size}")
+        if not 64 <= self.face_detect_size <= 4096:
+            raise SettingsError(f"face detect size must be between 64 and 4096 pixels, got {self.face_detect_size}")
         for ext in self.extensions:
             if not ext.startswith(".") or len(ext) < 2:
                 raise SettingsError(f"extension {ext!r} must look like '.jpg'")
@@ -192,6 +221,10 @@ _CONVERTERS = {
     "lease_seconds": int,
     "lease_renew_seconds": float,
     "db_retry_seconds": float,
+    "max_faces": int,
+    "face_margin": float,
+    "min_face_size": int,
+    "face_detect_size": int,
     "extensions": parse_extensions,
     "serve_port": int,
     "serve_roots": parse_roots,

@@ -22,9 +22,9 @@ from dfscan.db.models import Chunk, Result, Scan
 
 CONTRACT_VIEW_COLUMNS = [
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
-    "scanned_at",
+    "scanned_at", "faces", "faces_found",
 ]  # fmt: skip
-TABLES = {"models", "scans", "chunks", "results", "scan_workers"}
+TABLES = {"models", "scans", "chunks", "results", "scan_workers", "result_faces"}
 T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
 AWKWARD_PATHS = [
     "/data/caf\u00e9/\u5199\u771f.jpg",
@@ -150,8 +150,10 @@ def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
 def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     insp = inspect(db_engine)
     assert TABLES <= set(insp.get_table_names())
-    assert insp.get_view_names() == ["scan_results"]
+    assert sorted(insp.get_view_names()) == ["scan_faces", "scan_results"]
     assert [c["name"] for c in insp.get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS
+    assert [c["name"] for c in insp.get_columns("scan_faces")] == [
+        "scan_id", "path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label"]
 
     uniques = {u["name"]: u["column_names"] for u in insp.get_unique_constraints("results")}
     assert uniques == {"uq_results_scan_id_path": ["scan_id", "path"]}
@@ -169,7 +171,7 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     columns = {c["name"] for c in insp.get_columns("results")}
     assert columns == {
         "id", "scan_id", "model_id", "path", "size", "mtime", "status", "label", "p_fake",
-        "confidence", "error", "error_code", "scanned_at",
+        "confidence", "error", "error_code", "scanned_at", "faces", "faces_found",
     }  # fmt: skip
     for table in ("models", "scans", "chunks"):
         assert {c["name"] for c in insp.get_columns(table)} == set(

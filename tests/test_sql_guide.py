@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from dfscan import db
-from dfscan.db.models import Model, Result, Scan
+from dfscan.db.models import Model, Result, ResultFace, Scan
 from dfscan.cli import main
 from tests._images import write_bad_files, write_jpegs
 from tests._models import export_tiny_model, tiny_onnx_model  # noqa: F401 - fixture
@@ -65,6 +65,7 @@ class Archive:
     model_b: Path
     threshold_a: float
     threshold_b: float
+    faces: list[str]  # scan 4 (faces on): one face, three faces (capped at two), none
 
 
 def scan(url: str, *args: str) -> dict:
@@ -116,7 +117,25 @@ def archive(tmp_path_factory: pytest.TempPathFactory, tiny_onnx_model: Path) -> 
     a_fake_alpha = sum(a_scores[p] >= threshold_a for p in alpha)
     n_b = a_fake_alpha + 1 if a_fake_alpha < len(alpha) else a_fake_alpha - 1
     threshold_b = _cut([b_scores[p] for p in alpha], n_b)
-    return Archive(root, alpha, beta, bad, tiny_onnx_model, model_b, threshold_a, threshold_b)
+    return Archive(root, alpha, beta, bad, tiny_onnx_model, model_b, threshold_a, threshold_b,
+                   _write_faces(base / "faces"))
+
+
+def _write_faces(folder: Path) -> list[str]:
+    """Real faces (scikit-image's astronaut) alone, three pasted on a photo, and a cat without a face."""
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True)
+    astronaut = Image.fromarray(data.astronaut())
+    astronaut.save(folder / "astronaut.png")
+    group = Image.fromarray(data.coffee()).resize((1200, 800))
+    face = astronaut.crop((150, 30, 300, 200))
+    for x, y, s in ((40, 60, 1.0), (400, 300, 1.6), (800, 80, 2.2)):
+        group.paste(face.resize((round(150 * s), round(170 * s))), (x, y))
+    group.save(folder / "group.jpg", quality=95)
+    Image.fromarray(data.chelsea()).save(folder / "chelsea.jpg")
+    return sorted(str(p) for p in folder.iterdir())
 
 
 def _populate(url: str, a: Archive) -> None:
@@ -125,7 +144,10 @@ def _populate(url: str, a: Archive) -> None:
     s2 = scan(url, str(a.root / "alpha"), str(a.root / "bad"), "--model", str(a.model_b),
               "--threshold", repr(a.threshold_b), "--name", "model-b")
     s3 = scan(url, str(a.root / "alpha"), "--model", str(a.model_a), "--threshold", "1", "--name", "strict")
-    assert [s1["scan_id"], s2["scan_id"], s3["scan_id"]] == [1, 2, 3]
+    s4 = scan(url, str(a.faces[0].rsplit("/", 1)[0]), "--model", str(a.model_a), "--faces", "on", "--max-faces", "2",
+              "--name", "faces")
+    assert [s1["scan_id"], s2["scan_id"], s3["scan_id"], s4["scan_id"]] == [1, 2, 3, 4]
+    assert (s4["ok"], s4["no_face"]) == (2, 1)
     assert (s1["total"], s2["total"], s3["total"]) == (13, 9, 5)
     assert s1["fake"] == 4 and s3["fake"] == 0
 
@@ -138,6 +160,7 @@ class Data:
     results: list[dict[str, Any]]
     scans: dict[int, dict[str, Any]]
     models: dict[int, dict[str, Any]]
+    faces: list[dict[str, Any]]
 
 
 def _read(url: str) -> Data:
@@ -152,12 +175,18 @@ def _read(url: str) -> Data:
             }
             results = [
                 {c: getattr(r, c) for c in ("scan_id", "model_id", "path", "status", "label", "p_fake", "confidence",
-                                            "error_code", "scanned_at")} | {"model_sha256": models[r.model_id]["sha256"]}
+                                            "error_code", "scanned_at", "faces", "faces_found")}
+                | {"model_sha256": models[r.model_id]["sha256"]}
                 for r in s.scalars(select(Result))
+            ]
+            faces = [
+                {c: getattr(f, c) for c in ("scan_id", "path", "face_index", "x", "y", "w", "h", "detector_score",
+                                            "p_fake", "label")}
+                for f in s.scalars(select(ResultFace))
             ]
     finally:
         engine.dispose()
-    return Data(url, results, scans, models)
+    return Data(url, results, scans, models, faces)
 
 
 def _sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -280,6 +309,21 @@ def expect_latest_verdict_per_file(d: Data, tz: ZoneInfo) -> list[tuple]:
     return [(p, r["scan_id"], r["label"], r["p_fake"], r["model_sha256"]) for p, r in sorted(latest.items())]
 
 
+def expect_most_suspicious_faces(d: Data, tz: ZoneInfo) -> list[tuple]:
+    faces = sorted((f for f in d.faces if f["scan_id"] == 4), key=lambda f: (-f["p_fake"], f["path"], f["face_index"]))
+    return [(f["path"], f["face_index"], f["x"], f["y"], f["w"], f["h"], f["detector_score"], f["p_fake"], f["label"])
+            for f in faces[:10]]
+
+
+def expect_faces_per_image(d: Data, tz: ZoneInfo) -> list[tuple]:
+    by: dict[tuple, int] = defaultdict(int)
+    for r in d.results:
+        if r["scan_id"] == 4:
+            by[(r["status"], -1 if r["faces"] is None else r["faces"],
+                -1 if r["faces_found"] is None else r["faces_found"])] += 1
+    return [(*k, n) for k, n in sorted(by.items())]
+
+
 EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple]]]] = {
     "scans-overview": (("id", "name", "status", "model_sha256", "threshold", "total", "real", "fake", "errors",
                         "started_at", "finished_at"), expect_scans_overview),
@@ -295,6 +339,9 @@ EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple
     "daily-volume": (("day", "files", "fakes", "errors", "scans"), expect_daily_volume),
     "latest-verdict-per-file": (("path", "scan_id", "label", "p_fake", "model_sha256"),
                                 expect_latest_verdict_per_file),
+    "most-suspicious-faces": (("path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label"),
+                              expect_most_suspicious_faces),
+    "faces-per-image": (("status", "faces", "faces_found", "images"), expect_faces_per_image),
 }
 
 
@@ -357,14 +404,19 @@ def test_query_returns_the_expected_rows(populated: Data, name: str):
 def test_the_scans_exercise_what_the_queries_ask(populated: Data, archive: Archive):
     """The data has the shapes the guide talks about, so the expectations above are not vacuous."""
     d = populated
-    assert len(d.models) == 2 and len(d.scans) == 3
+    assert len(d.models) == 2 and len(d.scans) == 4
     assert {r["error_code"] for r in d.results if r["scan_id"] == 1 and r["status"] == "error"} == {
         "empty", "truncated", "not-image", "too-many-pixels"}
     rates = [row[3] for row in expect_fake_rate_by_folder(d, ZoneInfo("UTC"))]
     assert len(rates) == 2 and rates[0] != rates[1]
-    assert [r[0] for r in expect_never_scored_by_current_model(d, ZoneInfo("UTC"))] == sorted(archive.beta + archive.bad)
+    assert [r[0] for r in expect_never_scored_by_current_model(d, ZoneInfo("UTC"))] == sorted(
+        archive.beta + archive.bad + archive.faces)
     # Scan 3 (model A, threshold 1: all real) is model A's latest verdict on alpha, not scan 1.
     changed = expect_changed_between_models(d, ZoneInfo("UTC"))
     assert changed and all(row[1] == "real" and row[2] == "fake" for row in changed)
     latest = expect_latest_verdict_per_file(d, ZoneInfo("UTC"))
-    assert {row[0]: row[1] for row in latest} == {**{p: 3 for p in archive.alpha}, **{p: 1 for p in archive.beta}}
+    with_a_face = [p for p in archive.faces if not p.endswith("chelsea.jpg")]
+    assert {row[0]: row[1] for row in latest} == {**{p: 3 for p in archive.alpha}, **{p: 1 for p in archive.beta},
+                                                  **{p: 4 for p in with_a_face}}
+    # Scan 4: the group photo's three faces were found and two (the cap) scored.
+    assert expect_faces_per_image(d, ZoneInfo("UTC")) == [("no-face", 0, 0, 1), ("ok", 1, 1, 1), ("ok", 2, 3, 1)]

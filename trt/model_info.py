@@ -49,8 +49,11 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Sidecar keys read into ModelInfo fields; any other key lands in ``extra``.
 _KNOWN_KEYS = frozenset(
     {"architecture", "classes", "input_size", "mean", "std", "threshold", "temperature", "sha256", "created_at",
-     "opset", "format"}
+     "opset", "format", "input"}
 )
+# What the model was trained on: whole images resized to its input, or face crops
+# (``dfscan scan --faces auto`` follows this). A sidecar without it is a whole-image model.
+MODEL_INPUTS = ("whole-image", "face-crop")
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class ModelInfo:
     created_at: str | None
     has_sidecar: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    input: str = "whole-image"
 
 
 def sha256_file(path: Path) -> str:
@@ -95,6 +99,7 @@ def write_model_info(
     threshold: float = DEFAULT_THRESHOLD,
     temperature: float = DEFAULT_TEMPERATURE,
     opset: int | None = None,
+    input: str = "whole-image",
     **extra: Any,
 ) -> Path:
     """Write ``model_info.json`` next to ``onnx_path``, stamped with the file's sha256; returns its path.
@@ -120,6 +125,7 @@ def write_model_info(
         "sha256": sha256_file(onnx_path),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "opset": int(opset),
+        "input": input,
     }
     extra.setdefault("onnx_version", onnx.__version__)
     record.update(extra)
@@ -179,6 +185,7 @@ def inspect_model(path: Path) -> ModelInfo:
         created_at=sidecar.get("created_at"),
         has_sidecar=bool(sidecar),
         extra={k: v for k, v in sidecar.get("_raw", {}).items() if k not in _KNOWN_KEYS},
+        input=sidecar.get("input", "whole-image"),
     )
 
 
@@ -339,6 +346,10 @@ def _read_sidecar(path: Path, sha: str) -> dict[str, Any]:
         if not _is_num(t) or not math.isfinite(t) or not TEMPERATURE_RANGE[0] <= t <= TEMPERATURE_RANGE[1]:
             raise bad("temperature", f"a number between {TEMPERATURE_RANGE[0]:g} and {TEMPERATURE_RANGE[1]:g}")
         fields["temperature"] = float(t)
+    if "input" in raw:
+        if raw["input"] not in MODEL_INPUTS:
+            raise bad("input", " or ".join(repr(v) for v in MODEL_INPUTS))
+        fields["input"] = raw["input"]
     if "opset" in raw and not _is_int(raw["opset"]):
         raise bad("opset", "an integer")
     return fields

@@ -44,6 +44,10 @@ class PreparedBatch:
     errors: dict[int, ImageError] = field(default_factory=dict)
     # Set by the caller that knows about chunks.
     tag: object = None
+    # A decoder that makes several tensors per image (the face stage, workers.faces) leaves
+    # ``tensors`` None, puts its per-image items here and scores them with ``scorer``.
+    items: list | None = None
+    scorer: object = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,9 @@ class BatchMaker:
             else:
                 tensors.append(out)
                 ok_index.append(i)
+        if getattr(self.decoder, "per_image", False):
+            return PreparedBatch(list(paths), sizes, mtimes, None, ok_index, errors, items=tensors,
+                                 scorer=self.decoder.score)
         stacked = np.stack(tensors) if tensors else None
         return PreparedBatch(list(paths), sizes, mtimes, stacked, ok_index, errors)
 
@@ -203,6 +210,8 @@ def score(prepared: PreparedBatch, runtime: Runtime, verdict: Verdict) -> list[R
     A runtime failure on the batch makes every image of it an error row; the
     scan goes on.
     """
+    if prepared.scorer is not None:
+        return prepared.scorer(prepared, runtime, verdict)
     now = datetime.now(timezone.utc)
     errors = dict(prepared.errors)
     verdicts: dict[int, tuple[str, float, float]] = {}

@@ -22,6 +22,7 @@ from dfscan.trt import Runtime, load_runtime
 from dfscan.workers.batches import BatchMaker, Verdict
 from dfscan.workers.decode import Preprocess
 from dfscan.workers.decoders import create_decoder
+from dfscan.workers.faces import faces_enabled, face_stage
 from dfscan.workers.registration import register_model, threshold_for
 
 
@@ -55,6 +56,8 @@ class ScanContext:
         )
         pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std, max_pixels=settings.max_pixels)
         decoder = create_decoder(settings.decoder, pre, threads=settings.decode_threads, batch_size=settings.batch_size)
+        if faces_enabled(settings.faces, info.input):
+            decoder = face_stage(decoder, pre, settings)
         threshold = threshold_for(settings, info)
         verdict = Verdict(classes=info.classes, threshold=threshold, temperature=info.temperature)
         try:
@@ -89,7 +92,17 @@ class ScanContext:
             "decoder": decoder.name,
             "decoder_version": getattr(decoder, "version", None),
             "batch_size": self.settings.batch_size,
+            "faces": self.faces_record(),
         }
+
+    def faces_record(self) -> dict | None:
+        """The face stage's settings (None: faces off, the model sees whole images)."""
+        options = getattr(self.batches.decoder, "options", None)
+        if options is None:
+            return None
+        return {"detector": self.batches.decoder.detector.name, "max_faces": options.max_faces,
+                "margin": options.margin, "min_size": options.min_size, "aggregation": options.aggregation,
+                "detect_size": options.detect_size}
 
     def record_worker(self, session: Session, scan_id: int) -> None:
         db.record_worker(session, scan_id=scan_id, host=socket.gethostname(), pid=os.getpid(),

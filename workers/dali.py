@@ -249,9 +249,18 @@ class DaliDecoder:
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
+    def decode_rgb_batch(self, files: Sequence[FileData]) -> list[np.ndarray | ImageError]:
+        """Oriented RGB images at full resolution (HWC uint8), decoded once: the face stage's input."""
+        if getattr(self, "_rgb", None) is None:
+            from dfscan.workers._dali_rgb import DaliRgb
+
+            self._rgb = DaliRgb(self)
+        return self._rgb.decode(files)
+
     def close(self) -> None:
         with self._lock:
             self._pipe = None
+            self._rgb = None
         self.fallback.close()
 
 

@@ -22,6 +22,7 @@ REASONS: dict[str, str] = {
     "inference-failed": "the runtime failed on the batch holding this image",
     "bad-probability": "the model gave no valid probability (NaN or out of [0, 1]) for this image",
     "worker-lost": "the chunk killed its worker on every attempt",
+    "face-detect-failed": "the face detector failed on this image (faces on)",
 }
 
 

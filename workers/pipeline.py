@@ -57,8 +57,10 @@ def _tally(counts: Counter, rows: list[ResultRow]) -> None:
         if row.status == "ok":
             counts["ok"] += 1
             counts[row.label] += 1
-        else:
+        elif row.status == "error":
             counts["errors"] += 1
+        else:  # no-face: neither a verdict nor an error
+            counts[row.status] += 1
 
 
 def _result(chunk: Chunk, counts: Counter) -> ChunkResult:

@@ -59,6 +59,10 @@ class BenchOptions:
     decode_threads: int = 2
     naive: bool = True
     workdir: Path | None = None
+    # The face stage's rows (dfscan.bench.faces): detection, and the scan with faces on and off.
+    faces: bool = False
+    face_images: Path | None = None
+    face_count: int = 32
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,7 @@ class BenchReport:
     large_jpeg_full_over_draft: float | None = None
     peak_rss_mib: float = 0.0
     int8: dict[str, Any] | None = None
+    faces: dict[str, Any] | None = None  # --faces: the end-to-end rate with faces on over faces off
     seconds: float = 0.0
 
     def row(self, stage: str, variant: str) -> Row | None:

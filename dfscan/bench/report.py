@@ -48,6 +48,13 @@ def format_report(report: BenchReport) -> str:
                      f"{report.large_jpeg_full_over_draft:.2f}x the time of draft mode (the cost of decoder agreement)")
     if report.dfscan_over_naive is not None:
         lines.append(f"dfscan scan / naive reference loop = {report.dfscan_over_naive:.2f}x")
+    on, off = report.row("scan", "end-to-end, faces on"), report.row("scan", "end-to-end, faces off")
+    detect = report.row("faces", "detect (mtcnn)")
+    if on is not None and off is not None and on.status == off.status == "ok":
+        lines.append(f"faces on: {on.images_per_s:.1f} images/s end to end vs {off.images_per_s:.1f} for the classifier "
+                     f"alone = {on.images_per_s / off.images_per_s:.2f}x"
+                     + (f"; face detection alone {detect.images_per_s:.1f} images/s" if detect and detect.status == "ok"
+                        else ""))  # fmt: skip
     if report.int8 and report.int8.get("agreement"):
         a = report.int8["agreement"]
         lines.append(f"INT8 vs FP32 on {a['images']} images: {a['identical_share']:.2%} identical verdicts, "

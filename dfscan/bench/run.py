@@ -115,6 +115,12 @@ class _Bench:
         if scan_row.status == "ok":
             self._remeasure(report, scan_row, models, tensors)
 
+        if o.faces:
+            from dfscan.bench.faces import face_rows
+
+            face, ratio = face_rows(o, info, self.work, self.say, self._scan_settings)
+            rows.extend(face)
+            report.faces = ratio
         rows.append(self._naive_row(info, paths))
         self._ratios(report, scan_row)
         report.peak_rss_mib = stages.process_peak_rss_mib()
@@ -320,11 +326,12 @@ class _Bench:
             rows.append(Row("write", "postgresql", "skipped", reason="no --pg URL given"))
         return rows
 
-    def _scan_settings(self, info, db_name: str):
+    def _scan_settings(self, info, db_name: str, faces: str = "auto"):
         from dfscan.settings import Settings
 
         return Settings(db_url=f"sqlite:///{self.work / db_name}", model=info.path, batch_size=self.o.batch_size,
-                        read_threads=self.o.read_threads, decode_threads=self.o.decode_threads)  # fmt: skip
+                        read_threads=self.o.read_threads, decode_threads=self.o.decode_threads,
+                        faces=faces)  # fmt: skip
 
     def _scan_row(self, info, folder: Path) -> Row:
         self.say("end-to-end scan")

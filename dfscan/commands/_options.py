@@ -20,12 +20,22 @@ from typing import Any
 import click
 
 from dfscan.redact import mask_text
-from dfscan.settings import DEFAULT_DB_URL, PRECISIONS, Settings, SettingsError, env_name
+from dfscan.settings import (
+    DEFAULT_DB_URL,
+    FACE_AGGREGATIONS,
+    FACE_MODES,
+    PRECISIONS,
+    Settings,
+    SettingsError,
+    env_name,
+)
 
 __all__ = [
     "batch_size_option",
     "broker_option",
     "db_option",
+    "face_options",
+    "face_settings",
     "json_option",
     "max_attempts_option",
     "max_outstanding_option",
@@ -201,6 +211,38 @@ def runtime_options(func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+FACE_FIELDS = ("faces", "face_detector", "max_faces", "face_margin", "min_face_size", "face_aggregation",
+               "face_detect_size")
+
+
+def face_options(func: Callable) -> Callable:
+    """--faces and the face stage's knobs; the command takes them as keyword arguments (:func:`face_settings`)."""
+    options = [
+        setting_option("--faces", field="faces", type=click.Choice(FACE_MODES),
+                       help="Score faces (crops) instead of whole images; auto follows the model's "
+                            "model_info.json 'input'."),
+        setting_option("--face-detector", field="face_detector", help="Face detector (mtcnn)."),
+        setting_option("--max-faces", field="max_faces", type=int,
+                       help="Most faces scored per image (the largest); the row says how many were found."),
+        setting_option("--face-margin", field="face_margin", type=float,
+                       help="Crop side as a multiple of the face box (square, clamped to the image)."),
+        setting_option("--min-face-size", field="min_face_size", type=int,
+                       help="Smallest face scored, in pixels of the original image."),
+        setting_option("--face-aggregation", field="face_aggregation", type=click.Choice(FACE_AGGREGATIONS),
+                       help="How the faces' p_fake make the image's."),
+        setting_option("--face-detect-size", field="face_detect_size", type=int,
+                       help="Longer side of the downscaled copy the detector looks at."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def face_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the face options from a command's keyword arguments (for ``from_env``)."""
+    return {name: kwargs.pop(name, None) for name in FACE_FIELDS}
 
 
 class stop_on_signals:

@@ -49,6 +49,12 @@ def _bench_errors(func):
 @click.option("--limit", type=int, default=1024, show_default=True, envvar="DFSCAN_BENCH_LIMIT", show_envvar=True,
               help="At most this many images from --images.")
 @click.option("--naive/--no-naive", default=True, show_default=True, help="Run the naive reference loop.")
+@click.option("--faces", is_flag=True, envvar="DFSCAN_BENCH_FACES", show_envvar=True,
+              help="Add the face stage: detection alone, and the scan with faces on beside faces off (the "
+                   "classifier alone), on 1-face photos of ~1 megapixel.")
+@click.option("--face-images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="With --faces: measure on these images instead of the generated 1-face photos.")
+@click.option("--face-count", type=int, default=32, show_default=True, help="With --faces: photos to generate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), envvar="DFSCAN_BENCH_OUTPUT",
               show_envvar=True, help="Also write the report as JSON to this file.")
@@ -56,7 +62,8 @@ def _bench_errors(func):
 @_bench_errors
 def bench(images: Path | None, synthetic: int | None, model: Path | None, int8_model: Path | None,
           checkpoint: Path | None, backbone: str, pg_url: str | None, batch_size: int | None, min_seconds: float, limit: int,
-          naive: bool, as_json: bool, output: Path | None) -> None:  # fmt: skip
+          naive: bool, faces: bool, face_images: Path | None, face_count: int, as_json: bool,
+          output: Path | None) -> None:  # fmt: skip
     """Measure every stage of a scan, and the whole scan, on this machine.
 
     Reading, decoding (each decoder), inference (each runtime and precision),
@@ -72,7 +79,8 @@ def bench(images: Path | None, synthetic: int | None, model: Path | None, int8_m
     batch_size = from_env(batch_size=batch_size).batch_size
     options = BenchOptions(images=images, synthetic=synthetic, model=model, int8_model=int8_model,
                            checkpoint=checkpoint, backbone=backbone, pg_url=pg_url, batch_size=batch_size,
-                           min_seconds=min_seconds, limit=limit, naive=naive)  # fmt: skip
+                           min_seconds=min_seconds, limit=limit, naive=naive, faces=faces,
+                           face_images=face_images, face_count=face_count)  # fmt: skip
     report = run_bench(options, progress=None if as_json else lambda msg: click.echo(f"... {msg}", err=True))
     data = report.to_dict()
     if output is not None:

@@ -90,13 +90,16 @@ def synth(out: Path, n: int, layout: str, source: str, size: int, seed: int, qua
 @click.option("--workers", type=int, default=2, show_default=True, help="Data-loading processes (0: in-process).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-steps", type=int, help="At most this many batches per epoch (quick runs).")
+@click.option("--faces", type=click.Choice(["on", "off"]), default="off", show_default=True,
+              help="on: train on the crop of each image's largest face, made as `dfscan scan --faces on` makes "
+                   "it; the exported model_info.json says \"input\": \"face-crop\" and scans follow it.")
 @click.option("--fresh", is_flag=True, help="Start over even if OUT holds an unfinished run.")
 @_progress_option
 @reports_errors
 def train(data_dir: Path, out_dir: Path, backbone: str, backbone_weights: Path | None, epochs: int, batch_size: int,
           lr: float, weight_decay: float, dropout: float, lstm_hidden: int, patience: int, factor: float,
           target_accuracy: float, rotation: float, no_augment: bool, device: str, workers: int, seed: int,
-          max_steps: int | None, fresh: bool, progress: bool | None) -> None:
+          max_steps: int | None, faces: str, fresh: bool, progress: bool | None) -> None:
     """Train a detector on DATA_DIR and keep the checkpoint with the best validation accuracy.
 
     DATA_DIR has the "140k Real and Fake Faces" layout (train/, valid/, test/,
@@ -114,7 +117,7 @@ def train(data_dir: Path, out_dir: Path, backbone: str, backbone_weights: Path |
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, scheduler_patience=patience,
         scheduler_factor=factor, dropout=dropout, lstm_hidden=lstm_hidden,
         target_accuracy=target_accuracy or None, augment=not no_augment, rotation=rotation, device=device,
-        workers=workers, seed=seed, max_steps_per_epoch=max_steps,
+        workers=workers, seed=seed, max_steps_per_epoch=max_steps, faces=faces == "on",
     )
     try:
         result = run_training(data_dir, out_dir, config, resume=not fresh, progress=_show(progress), log=click.echo)

@@ -17,6 +17,8 @@ from dfscan.commands._options import (
     batch_size_option,
     broker_option,
     db_option,
+    face_options,
+    face_settings,
     json_option,
     max_outstanding_option,
     model_option,
@@ -47,9 +49,10 @@ from dfscan.settings import from_env, parse_extensions
 @runtime_options
 @setting_option("--max-pixels", field="max_pixels", type=int, help="Refuse images whose header declares more pixels.")
 @threads_option
+@face_options
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links while walking.")
 @click.option("--incremental", is_flag=True, envvar="DFSCAN_INCREMENTAL", show_envvar=True,
-              help="Skip files whose path, size and mtime already have an 'ok' row from this model.")
+              help="Skip files whose path, size and mtime already have an 'ok' (or 'no-face') row from this model.")
 @broker_option
 @click.option("--wait", is_flag=True, help="With --broker: follow progress until the scan completes.")
 @max_outstanding_option
@@ -60,7 +63,7 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
          paths_from: tuple[str, ...], extensions: str | None, batch_size: int | None, chunk_size: int | None,
          runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None,
          max_pixels: int | None, intra_op_threads: int | None, no_follow_symlinks: bool, incremental: bool, broker_url: str | None, wait: bool,
-         max_outstanding_chunks: int | None, progress: bool | None, as_json: bool) -> None:
+         max_outstanding_chunks: int | None, progress: bool | None, as_json: bool, **faces: Any) -> None:
     """Scan ROOTS (files and directories, recursively) and store one row per image.
 
     Exit status 0 means the scan completed, even where some images failed:
@@ -82,7 +85,7 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
         batch_size=batch_size, chunk_size=chunk_size, runtime=runtime, decoder=decoder, precision=precision,
         engine_dir=engine_dir, max_pixels=max_pixels,
         intra_op_threads=intra_op_threads, follow_symlinks=False if no_follow_symlinks else None,
-        broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks,
+        broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks, **face_settings(faces),
     )
     source = ScanSource(tuple(check_roots(roots)), tuple(paths_from),
                         WalkOptions(extensions=settings.extensions, follow_symlinks=settings.follow_symlinks))
@@ -146,6 +149,8 @@ def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str]
     click.echo(f"  real    {summary.real}")
     click.echo(f"  fake    {summary.fake}")
     click.echo(f"  error   {summary.errors}")
+    if summary.no_face:
+        click.echo(f"  no-face {summary.no_face} (faces on, no face found: neither a verdict nor an error)")
     if skipped is not None:
         click.echo(f"  skipped {skipped} (unchanged since an earlier scan with this model)")
     if summary.errors_by_reason:
@@ -168,6 +173,7 @@ def summary_dict(summary: Any) -> dict:
         "real": summary.real,
         "fake": summary.fake,
         "errors": summary.errors,
+        "no_face": getattr(summary, "no_face", 0),
         "errors_by_reason": dict(summary.errors_by_reason),
         "started_at": summary.started_at,
         "finished_at": summary.finished_at,
@@ -176,14 +182,15 @@ def summary_dict(summary: Any) -> dict:
     }
 
 
-RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256", "scanned_at")
+RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256", "scanned_at",
+                  "faces", "faces_found")
 
 
 @click.command()
 @db_option
 @scan_id_option
 @click.option("--label", type=click.Choice(["real", "fake"]), help="Only rows with this label.")
-@click.option("--status", type=click.Choice(["ok", "error"]), help="Only rows with this status.")
+@click.option("--status", type=click.Choice(["ok", "error", "no-face"]), help="Only rows with this status.")
 @click.option("--min-p", type=float, help="Only rows with p_fake >= P.")
 @click.option("--limit", type=click.IntRange(min=0), help="At most this many rows.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
@@ -250,13 +257,14 @@ def _emit_rows(rows: Iterator[dict], fmt: str) -> None:
             out.write(("," if i else "") + "\n  " + json.dumps({c: row[c] for c in RESULT_COLUMNS}, default=str))
         out.write("\n]\n")
     else:
-        out.write(f"{'status':<6} {'label':<5} {'p_fake':>7} {'conf':>6}  path / error\n")
+        out.write(f"{'status':<7} {'label':<5} {'p_fake':>7} {'conf':>6}  path / error\n")
         for row in rows:
             p = "" if row["p_fake"] is None else f"{row['p_fake']:.4f}"
             c = "" if row["confidence"] is None else f"{row['confidence']:.3f}"
-            tail = row["path"] if row["status"] == "ok" else f"{row['path']}  [{row['error']}]"
+            tail = {"ok": row["path"], "no-face": f"{row['path']}  [no face]"}.get(
+                row["status"], f"{row['path']}  [{row['error']}]")
             tail = _printable(str(tail))
-            out.write(f"{row['status']:<6} {row['label'] or '':<5} {p:>7} {c:>6}  {tail!s}\n")
+            out.write(f"{row['status']:<7} {row['label'] or '':<5} {p:>7} {c:>6}  {tail!s}\n")
 
 
 def _cell(value: Any) -> Any:

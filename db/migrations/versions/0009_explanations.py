@@ -1,7 +1,7 @@
 """Explanations: class-activation heatmaps of a scan's images, with their peak and a small overlay.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0007
 Create Date: 2026-11-26
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
