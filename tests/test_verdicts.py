@@ -133,7 +133,11 @@ def test_migration_0004_turns_old_bad_ok_rows_into_errors(db_engine: Engine) -> 
     sessions = db.session_factory(db_engine)
     with sessions.begin() as s:
         scan_id, model_id = _scan(s)
-        db.write_batch(s, scan_id=scan_id, model_id=model_id, rows=[_ok("/nan.jpg", None), _ok("/fine.jpg", 0.25)])
+        # Plain SQL: today's write_batch writes columns that later migrations add.
+        for path, p_fake in (("/nan.jpg", None), ("/fine.jpg", 0.25)):
+            s.execute(text("INSERT INTO results (scan_id, model_id, path, size, mtime, status, label, p_fake, "
+                           "confidence, scanned_at) VALUES (:s, :m, :p, 1, 0.0, 'ok', 'real', :f, 0.5, :t)"),
+                      {"s": scan_id, "m": model_id, "p": path, "f": p_fake, "t": T0})
     db.upgrade(db_engine)
     with db_engine.connect() as conn:
         rows = conn.execute(text("SELECT path, status, label, p_fake, error_code FROM results ORDER BY path")).all()
