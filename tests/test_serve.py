@@ -324,3 +324,40 @@ def test_serve_sends_scans_to_the_fleet_with_a_broker(sqlite_url: str, redis_ser
     finally:
         server.proc.send_signal(signal.SIGTERM)
         server.proc.wait(timeout=30)
+
+
+@pytest.mark.timeout(240)
+def test_score_with_faces_on_gives_each_face_and_the_scans_verdict(sqlite_url: str, tiny_onnx_model: Path,  # noqa: F811
+                                                                   tmp_path: Path) -> None:
+    """With faces on, /v1/score returns the faces and the same image verdict `dfscan scan --faces on` stores."""
+    from tests.test_faces import _write_inputs
+
+    expected = _write_inputs(tmp_path / "imgs")
+    for big in ("panorama.jpg",):  # the 20000-px panorama is the scan tests' business; uploads stay small here
+        (tmp_path / "imgs" / big).unlink()
+        expected.pop(big)
+    res = CliRunner().invoke(main, ["scan", str(tmp_path / "imgs"), "--model", str(tiny_onnx_model), "--db",
+                                    sqlite_url, "--faces", "on", "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = {Path(r["path"]).name: r for r in json.loads(_cli("results", "--db", sqlite_url, "--format", "json"))}
+    token = json.loads(_cli("api-key", "create", "--name", "faces", "--db", sqlite_url, "--json"))["token"]
+    server = _start(tiny_onnx_model, sqlite_url, tmp_path, tmp_path, "--faces", "on", "--max-upload-bytes",
+                    "8000000")
+    try:
+        with httpx.Client(base_url=server.url, timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
+            r = client.post("/v1/score", files=_files(tmp_path / "imgs"))
+            assert r.status_code == 200, r.text
+            got = {x["name"]: x for x in r.json()["results"]}
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=30)
+    assert set(got) == set(expected)
+    for name, (status, n_faces) in expected.items():
+        assert got[name]["status"] == rows[name]["status"] == status, (name, got[name])
+        if status == "ok":
+            assert len(got[name]["faces"]) == n_faces
+            assert got[name]["p_fake"] == rows[name]["p_fake"]
+            assert got[name]["p_fake"] == max(f["p_fake"] for f in got[name]["faces"])
+            assert all(f["w"] > 0 and f["h"] > 0 for f in got[name]["faces"])
+        elif status == "no-face":
+            assert got[name]["faces"] == [] and got[name]["p_fake"] is None

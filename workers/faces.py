@@ -255,6 +255,13 @@ class FaceStage:
             close()
 
 
+def image_verdict(face_p_fakes: Sequence[float], aggregation: str, threshold: float) -> tuple[str, float, float]:
+    """An image's (label, p_fake, confidence) from its faces' p_fake: the most suspicious face, or their mean."""
+    p_fake = float(max(face_p_fakes)) if aggregation == "max" else float(np.mean(face_p_fakes))
+    label = "fake" if p_fake >= threshold else "real"
+    return label, p_fake, p_fake if label == "fake" else 1.0 - p_fake
+
+
 def score_faces(prepared, runtime: Runtime, verdict, aggregation: str = "max",
                 batch_size: int = 64) -> list[ResultRow]:
     """Rows for a batch whose items are :class:`FaceCrops`: every crop of every image in shared runtime batches."""
@@ -295,9 +302,7 @@ def score_faces(prepared, runtime: Runtime, verdict, aggregation: str = "max",
             label, p = per_face[(i, k)]
             ps.append(p)
             face_rows.append(FaceRow(k, x, y, w, h, det, p, label))
-        p_fake = float(max(ps)) if aggregation == "max" else float(np.mean(ps))
-        label = "fake" if p_fake >= verdict.threshold else "real"
-        conf = p_fake if label == "fake" else 1.0 - p_fake
+        label, p_fake, conf = image_verdict(ps, aggregation, verdict.threshold)
         rows.append(ResultRow(path, size, mtime, "ok", label, p_fake, conf, None, None, now,
                               faces=len(face_rows), faces_found=item.found, face_rows=tuple(face_rows)))
     return rows

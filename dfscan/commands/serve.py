@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -11,6 +12,8 @@ from dfscan.commands._options import (
     batch_size_option,
     broker_option,
     db_option,
+    face_options,
+    face_settings,
     json_option,
     model_option,
     reports_errors,
@@ -39,6 +42,7 @@ from dfscan.settings import from_env, parse_roots
 @setting_option("--threshold", field="threshold", type=float,
                 help="Decision threshold on p_fake [default: the model's, else 0.5].")
 @runtime_options
+@face_options
 @threads_option
 @broker_option
 @click.option("--log-level", default="info", show_default=True,
@@ -48,7 +52,7 @@ def serve(serve_host: str | None, serve_port: int | None, model: Path | None, db
           batch_size: int | None, max_batch_delay_ms: float | None, max_upload_bytes: int | None,
           max_upload_files: int | None, request_timeout_s: float | None, threshold: float | None,
           runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None,
-          intra_op_threads: int | None, broker_url: str | None, log_level: str) -> None:
+          intra_op_threads: int | None, broker_url: str | None, log_level: str, **faces: Any) -> None:
     """Run the HTTP API: POST /v1/score (uploads), /v1/scans (scans of the server's storage).
 
     OpenAPI at /docs and /openapi.json; /healthz, /readyz, /metrics for operations. Every /v1 request
@@ -63,7 +67,7 @@ def serve(serve_host: str | None, serve_port: int | None, model: Path | None, db
         batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms, max_upload_bytes=max_upload_bytes,
         max_upload_files=max_upload_files, request_timeout_s=request_timeout_s, threshold=threshold,
         runtime=runtime, decoder=decoder, precision=precision, engine_dir=engine_dir,
-        intra_op_threads=intra_op_threads, broker_url=broker_url,
+        intra_op_threads=intra_op_threads, broker_url=broker_url, **face_settings(faces),
     )
     if settings.model is None:
         raise click.UsageError("no model given: pass --model PATH or set DFSCAN_MODEL")

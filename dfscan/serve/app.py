@@ -211,6 +211,51 @@ def create_app(settings: Settings) -> FastAPI:
     def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    async def _score_images(uploads: list, decoded: list) -> list[dict]:
+        ok = [d for d in decoded if not isinstance(d, ImageError)]
+        scored = iter(await state.batcher.score(ok)) if ok else iter(())
+        results = []
+        for up, d in zip(uploads, decoded):
+            if isinstance(d, ImageError):
+                results.append(row_fields(up.name, len(up.data), "error", error=d.message, error_code=d.code))
+                continue
+            verdict = next(scored)
+            if isinstance(verdict, InferenceFailed):
+                results.append(row_fields(up.name, len(up.data), "error", error=f"inference failed: {verdict}",
+                                          error_code="inference-failed"))
+            else:
+                label, p_fake, confidence = verdict
+                results.append(row_fields(up.name, len(up.data), "ok", label, p_fake, confidence))
+        return results
+
+    async def _score_faces(uploads: list, decoded: list, aggregation: str) -> list[dict]:
+        """Every face crop of every upload through the batcher; each image gets the verdict of its faces."""
+        from dfscan.workers.faces import image_verdict
+
+        crops = [t for d in decoded if not isinstance(d, ImageError) and d.faces for t in d.tensors]
+        scored = iter(await state.batcher.score(crops)) if crops else iter(())
+        results = []
+        for up, d in zip(uploads, decoded):
+            if isinstance(d, ImageError):
+                results.append(row_fields(up.name, len(up.data), "error", error=d.message, error_code=d.code))
+                continue
+            if not d.faces:
+                results.append({**row_fields(up.name, len(up.data), "no-face"), "faces": [], "faces_found": d.found})
+                continue
+            verdicts = [next(scored) for _ in d.faces]
+            failed = next((v for v in verdicts if isinstance(v, InferenceFailed)), None)
+            if failed is not None:
+                results.append(row_fields(up.name, len(up.data), "error", error=f"inference failed: {failed}",
+                                          error_code="inference-failed"))
+                continue
+            faces = [{"index": k, "x": x, "y": y, "w": w, "h": h, "detector_score": det, "p_fake": p, "label": lab}
+                     for k, ((x, y, w, h, det), (lab, p, _c)) in enumerate(zip(d.faces, verdicts))]
+            label, p_fake, confidence = image_verdict([f["p_fake"] for f in faces], aggregation,
+                                                      state.ctx.verdict.threshold)
+            results.append({**row_fields(up.name, len(up.data), "ok", label, p_fake, confidence),
+                            "faces": faces, "faces_found": d.found})
+        return results
+
     @app.post("/v1/score", tags=["score"])
     async def score(request: Request, key: Key) -> dict:
         """Score uploaded images (multipart, one part per file); per file, the fields a scan row has.
@@ -228,20 +273,10 @@ def create_app(settings: Settings) -> FastAPI:
                 with state.decode_lock:
                     return decode_uploads(decoder, uploads)
             decoded = await asyncio.to_thread(locked)
-        ok = [d for d in decoded if not isinstance(d, ImageError)]
-        scored = iter(await state.batcher.score(ok)) if ok else iter(())
-        results = []
-        for up, d in zip(uploads, decoded):
-            if isinstance(d, ImageError):
-                results.append(row_fields(up.name, len(up.data), "error", error=d.message, error_code=d.code))
-                continue
-            verdict = next(scored)
-            if isinstance(verdict, InferenceFailed):
-                results.append(row_fields(up.name, len(up.data), "error", error=f"inference failed: {verdict}",
-                                          error_code="inference-failed"))
-            else:
-                label, p_fake, confidence = verdict
-                results.append(row_fields(up.name, len(up.data), "ok", label, p_fake, confidence))
+        if getattr(decoder, "per_image", False):  # the face stage: each face's crop is scored, as in a scan
+            results = await _score_faces(uploads, decoded, decoder.options.aggregation)
+        else:
+            results = await _score_images(uploads, decoded)
         for r in results:
             state.metrics.images.labels(r["status"]).inc()
         return {"model_sha256": state.ctx.info.sha256, "threshold": state.ctx.verdict.threshold, "results": results}

@@ -136,6 +136,9 @@ async function scoreOnServer(bytes, url, settings) {
   }
   const row = body?.results?.[0];
   if (!row) throw new CheckError("server-error", "the dfscan server's answer has no result");
+  if (row.status === "no-face") {
+    return { status: "error", code: "no-face", error: "no face found in this image (the server's model scores faces)" };
+  }
   if (row.status !== "ok") return { status: "error", code: row.error_code || "server-error", error: row.error || "error" };
   return {
     status: "ok", label: row.label, p_fake: row.p_fake, confidence: row.confidence,

@@ -37,10 +37,9 @@ function drawFigure(r) {
     const ctx = canvas.getContext("2d");
     ctx.drawImage(img, 0, 0);
     ctx.lineWidth = Math.max(2, img.naturalWidth / 150);
-    for (const f of r.faces || []) {  // [x0, y0, x1, y1] in pixels, or {box: [...]}, from a face model on the server
-      const [x0, y0, x1, y1] = Array.isArray(f) ? f : f.box;
+    for (const f of r.faces || []) {  // {x, y, w, h, p_fake, label} in original pixels, from the server's face stage
       ctx.strokeStyle = (f.label || r.label) === "fake" ? "#e53935" : "#43a047";
-      ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+      ctx.strokeRect(f.x, f.y, f.w, f.h);
     }
     $("figure").hidden = false;
   };
