@@ -277,7 +277,7 @@ class Worker:
         args = [DFSCAN, "worker", "--broker", broker_url, "--db", db_url, "--concurrency", str(concurrency),
                 "--pool", "prefork", "--loglevel", "INFO", "--hostname", f"{name}-{os.getpid()}@%h",
                 "--include", "tests._faults"]  # fmt: skip
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "DFSCAN_THREADS": "1", "DFSCAN_READ_THREADS": "2",
+        full_env = {**os.environ, "DFSCAN_THREADS": "1", "DFSCAN_READ_THREADS": "2",
                     "DFSCAN_DECODE_THREADS": "1", "DFSCAN_BATCH_SIZE": "8", "DFSCAN_TEST_FAULTS": json.dumps(faults or {}),
                     **(env or {})}  # fmt: skip
         self._log = open(self.log_path, "wb")

@@ -499,7 +499,7 @@ def test_celery_inspect_and_events_reach_a_dfscan_worker(redis_server, pg_db, wo
     broker = redis_server.url()
     w = workers(broker, pg_db, name="mon", env={"DFSCAN_EVENTS": "1"}).wait_ready()
     celery = os.path.join(os.path.dirname(sys.executable), "celery")
-    env = {**os.environ, "DFSCAN_BROKER_URL": broker, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "DFSCAN_BROKER_URL": broker}
     ping = subprocess.run([celery, "-A", "dfscan.workers", "inspect", "ping", "--timeout", "10", "--json"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert ping.returncode == 0, ping.stdout + ping.stderr

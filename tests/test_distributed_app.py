@@ -65,7 +65,7 @@ def test_import_workers_loads_no_runtime_and_celery_finds_the_app():
         "heavy = [m for m in ('onnxruntime', 'torch', 'tensorrt', 'dfscan.workers.context', 'nvidia.dali') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    env = {**os.environ, "DFSCAN_BROKER_URL": "redis://127.0.0.1:9/3", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "DFSCAN_BROKER_URL": "redis://127.0.0.1:9/3"}
     result = subprocess.run([PY, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
@@ -202,7 +202,7 @@ def test_celery_a_workers_worker(tmp_path, redis_server, tiny_onnx_model, sqlite
     """`celery -A dfscan.workers worker` runs the same app, configured from DFSCAN_* variables."""
     paths = sorted(str(p) for p in write_jpegs(tmp_path / "arc", 10, size=(64, 64)))
     env = {**os.environ, "DFSCAN_BROKER_URL": redis_server.url(), "DFSCAN_DB_URL": sqlite_url,
-           "DFSCAN_INTRA_OP_THREADS": "1", "PYTHONPATH": str(REPO)}  # fmt: skip
+           "DFSCAN_INTRA_OP_THREADS": "1"}  # fmt: skip
     celery = os.path.join(os.path.dirname(PY), "celery")
     log = open(tmp_path / "celery.log", "wb")
     proc = subprocess.Popen([celery, "-A", "dfscan.workers", "worker", "--pool", "solo", "-Q", "dfscan",

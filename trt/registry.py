@@ -22,10 +22,11 @@ class RuntimeSpec:
     auto_available: Callable[[ModelInfo | None], tuple[bool, str]] | None = None
 
     def usable_by_auto(self, info: ModelInfo | None) -> tuple[bool, str]:
-        ok, why = self.available()
-        if ok and self.auto_available is not None:
+        # A runtime with its own rule for `auto` checks everything it needs there, cheapest first
+        # (the torch runtime must not import torch on a machine without a GPU).
+        if self.auto_available is not None:
             return self.auto_available(info)
-        return ok, why
+        return self.available()
 
 
 def _ort_available() -> tuple[bool, str]:
@@ -72,11 +73,11 @@ def _torch_auto(info: ModelInfo | None) -> tuple[bool, str]:
     """``auto`` takes PyTorch only on CUDA (on the CPU ONNX Runtime is faster) and only with a recorded .pt2."""
     from dfscan.trt import pytorch
 
+    if info is not None and not isinstance(info.extra.get(pytorch.PROGRAM_KEY), dict):
+        return False, f"{info.path.name} has no PyTorch export (model.pt2); re-export with `dfscan export`"
     ok, why = pytorch.cuda_status()
     if not ok:
         return False, f"not on the CPU (ONNX Runtime is faster there; no CUDA: {why})"
-    if info is not None and not isinstance(info.extra.get(pytorch.PROGRAM_KEY), dict):
-        return False, f"{info.path.name} has no PyTorch export (model.pt2); re-export with `dfscan export`"
     return True, ""
 
 
