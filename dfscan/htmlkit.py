@@ -41,7 +41,6 @@ th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eef0f4; v
 th { color: #5b6475; font-weight: 500; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code, .path { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; font-size: 12px; word-break: break-all; }
-svg text { font: 11px system-ui, sans-serif; fill: #3b4252; }
 figure { margin: 12px 0 24px; } figcaption { color: #5b6475; font-size: 13px; margin-top: 4px; }
 .muted { color: #5b6475; }
 .warning { background: #fff4e5; border-left: 4px solid #d9822b; padding: 8px 12px; }
@@ -195,7 +194,7 @@ class Chart:
     def text(self, xv: float, yv: float, s: str, *, anchor: str = "start", size: int = 12, colour: str = "#222") -> Chart:
         self.items.append(
             f'<text x="{_fmt(self.x(xv))}" y="{_fmt(self.y(yv))}" font-size="{size}" text-anchor="{anchor}" '
-            f'fill="{colour}" style="{FONT}">{escape(s)}</text>'
+            f'style="{FONT};fill:{colour}">{escape(s)}</text>'
         )
         return self
 
@@ -264,8 +263,8 @@ def heatmap(matrix: Sequence[Sequence[int]], labels: Sequence[str], title: str, 
             out.append(f'<rect x="{_fmt(cx)}" y="{_fmt(cy)}" width="{_fmt(cell)}" height="{_fmt(cell)}" '
                        f'fill="{fill}" stroke="#fff"/>')
             out.append(f'<text x="{_fmt(cx + cell / 2)}" y="{_fmt(cy + cell / 2)}" font-size="18" '
-                       f'text-anchor="middle" fill="{colour}" style="{FONT}">{v}</text>')
+                       f'text-anchor="middle" style="{FONT};fill:{colour}">{v}</text>')
             out.append(f'<text x="{_fmt(cx + cell / 2)}" y="{_fmt(cy + cell / 2 + 18)}" font-size="12" '
-                       f'text-anchor="middle" fill="{colour}" style="{FONT}">{100 * v / total_rows[i]:.1f}%</text>')
+                       f'text-anchor="middle" style="{FONT};fill:{colour}">{100 * v / total_rows[i]:.1f}%</text>')
     out.append("</svg>")
     return "".join(out)

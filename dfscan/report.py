@@ -127,6 +127,7 @@ def write_report(db_url: str, scan_id: int, out: Path, *, top: int = 24, bins: i
 # --- rendering ------------------------------------------------------------------------
 
 _CSS = """
+svg text { font: 11px system-ui, sans-serif; fill: #3b4252; }
 main table { width: 100%%; }
 main th { width: 200px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(180px, 1fr)); gap: 12px; }
