@@ -9,10 +9,11 @@ the command line left out, from the environment or the defaults.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from dfscan.settings import (
 )
 
 __all__ = [
+    "migrated_database",
     "batch_size_option",
     "broker_option",
     "db_option",
@@ -265,3 +267,16 @@ class stop_on_signals:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def migrated_database(db_url: str) -> Iterator[Any]:
+    """The session factory of a database brought up to date, for one command; the engine is disposed after."""
+    from dfscan import db
+
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine)
+        yield db.session_factory(engine)
+    finally:
+        engine.dispose()

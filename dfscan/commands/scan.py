@@ -20,6 +20,7 @@ from dfscan.commands._options import (
     face_options,
     face_settings,
     json_option,
+    migrated_database,
     max_outstanding_option,
     model_option,
     one_line,
@@ -205,25 +206,20 @@ def results(db_url: str, scan_id: int | None, label: str | None, status: str | N
     """
     from dfscan import db
 
-    engine = db.make_engine(db_url)
-    try:
-        db.upgrade(engine)
-        with db.session_factory(engine)() as session:
+    with migrated_database(db_url) as sessions, sessions() as session:
+        if scan_id is None:
+            scan_id = db.latest_scan_id(session)
             if scan_id is None:
-                scan_id = db.latest_scan_id(session)
-                if scan_id is None:
-                    raise click.ClickException(f"no scans in {mask_url(db_url)}")
-            else:
-                db.scan_head(session, scan_id)  # ScanNotFound before anything is printed
-            rows = db.iter_results(session, scan_id=scan_id, label=label, min_p=min_p, status=status, limit=limit)
-            try:
-                _emit_rows(rows, fmt)
-                sys.stdout.flush()
-            except BrokenPipeError:
-                rows.close()  # type: ignore[attr-defined]  # the cursor closes while its connection is open
-                _stdout_closed()
-    finally:
-        engine.dispose()
+                raise click.ClickException(f"no scans in {mask_url(db_url)}")
+        else:
+            db.scan_head(session, scan_id)  # ScanNotFound before anything is printed
+        rows = db.iter_results(session, scan_id=scan_id, label=label, min_p=min_p, status=status, limit=limit)
+        try:
+            _emit_rows(rows, fmt)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            rows.close()  # type: ignore[attr-defined]  # the cursor closes while its connection is open
+            _stdout_closed()
 
 
 def _stdout_closed() -> None:

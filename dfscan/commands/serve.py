@@ -15,6 +15,7 @@ from dfscan.commands._options import (
     face_options,
     face_settings,
     json_option,
+    migrated_database,
     model_option,
     reports_errors,
     runtime_options,
@@ -93,16 +94,10 @@ def api_key() -> None:
 @reports_errors
 def create(name: str, db_url: str, as_json: bool) -> None:
     """Create a key; its token and callback-signing secret are printed once, never stored in clear."""
-    from dfscan import db
     from dfscan.db.api_keys import create_api_key
 
-    engine = db.make_engine(db_url)
-    try:
-        db.upgrade(engine)
-        with db.session_factory(engine).begin() as session:
-            new = create_api_key(session, name)
-    finally:
-        engine.dispose()
+    with migrated_database(db_url) as sessions, sessions.begin() as session:
+        new = create_api_key(session, name)
     if as_json:
         click.echo(json.dumps({"id": new.info.id, "name": new.info.name, "prefix": new.info.prefix,
                                "token": new.token, "signing_secret": new.signing_secret}))
@@ -118,16 +113,10 @@ def create(name: str, db_url: str, as_json: bool) -> None:
 @reports_errors
 def list_keys(db_url: str, as_json: bool) -> None:
     """Keys with their request counts (tokens are not stored, only their prefixes)."""
-    from dfscan import db
     from dfscan.db.api_keys import list_api_keys
 
-    engine = db.make_engine(db_url)
-    try:
-        db.upgrade(engine)
-        with db.session_factory(engine)() as session:
-            keys = list_api_keys(session)
-    finally:
-        engine.dispose()
+    with migrated_database(db_url) as sessions, sessions() as session:
+        keys = list_api_keys(session)
     if as_json:
         click.echo(json.dumps([k.__dict__ for k in keys], default=str))
         return
@@ -143,16 +132,10 @@ def list_keys(db_url: str, as_json: bool) -> None:
 @reports_errors
 def revoke(key: str, db_url: str) -> None:
     """Revoke KEY (its id, name or prefix); the server refuses it within a second."""
-    from dfscan import db
     from dfscan.db.api_keys import revoke_api_key
 
-    engine = db.make_engine(db_url)
-    try:
-        db.upgrade(engine)
-        with db.session_factory(engine).begin() as session:
-            info = revoke_api_key(session, key)
-    finally:
-        engine.dispose()
+    with migrated_database(db_url) as sessions, sessions.begin() as session:
+        info = revoke_api_key(session, key)
     click.echo(f"API key {info.id} ({info.name}) revoked")
 
 
