@@ -220,13 +220,23 @@ def create_app(settings: Settings) -> FastAPI:
                 results.append(row_fields(up.name, len(up.data), "error", error=d.message, error_code=d.code))
                 continue
             verdict = next(scored)
-            if isinstance(verdict, InferenceFailed):
-                results.append(row_fields(up.name, len(up.data), "error", error=f"inference failed: {verdict}",
-                                          error_code="inference-failed"))
+            failed = _failure(up, [verdict])
+            if failed is not None:
+                results.append(failed)
             else:
                 label, p_fake, confidence = verdict
                 results.append(row_fields(up.name, len(up.data), "ok", label, p_fake, confidence))
         return results
+
+    def _failure(up, verdicts: list) -> dict | None:
+        """The error row of an upload one of whose verdicts failed: the runtime's failure or a non-probability."""
+        for v in verdicts:
+            if isinstance(v, InferenceFailed):
+                return row_fields(up.name, len(up.data), "error", error=f"inference failed: {v}",
+                                  error_code="inference-failed")
+            if isinstance(v, ImageError):  # Verdict.rows: p_fake NaN or outside [0, 1]
+                return row_fields(up.name, len(up.data), "error", error=v.message, error_code=v.code)
+        return None
 
     async def _score_faces(uploads: list, decoded: list, aggregation: str) -> list[dict]:
         """Every face crop of every upload through the batcher; each image gets the verdict of its faces."""
@@ -243,10 +253,9 @@ def create_app(settings: Settings) -> FastAPI:
                 results.append({**row_fields(up.name, len(up.data), "no-face"), "faces": [], "faces_found": d.found})
                 continue
             verdicts = [next(scored) for _ in d.faces]
-            failed = next((v for v in verdicts if isinstance(v, InferenceFailed)), None)
+            failed = _failure(up, verdicts)
             if failed is not None:
-                results.append(row_fields(up.name, len(up.data), "error", error=f"inference failed: {failed}",
-                                          error_code="inference-failed"))
+                results.append(failed)
                 continue
             faces = [{"index": k, "x": x, "y": y, "w": w, "h": h, "detector_score": det, "p_fake": p, "label": lab}
                      for k, ((x, y, w, h, det), (lab, p, _c)) in enumerate(zip(d.faces, verdicts))]
