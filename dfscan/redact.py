@@ -30,6 +30,8 @@ _BARE_USERINFO = re.compile(r"(?<![\w:/@])([\w.+%-]*):(?!/)[^\s@'\"]+@")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # A URL inside free text: scheme:// up to white space or a quote.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+# An AWS access key id (long-term AKIA..., temporary ASIA...), as a signed request's Credential= shows it.
+_AWS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 
 
 def mask_url(url: str) -> str:
@@ -55,4 +57,5 @@ def mask_text(text: str) -> str:
     """``text`` (a message, an argv item) with every URL in it masked, and ``password=...`` pairs too."""
     masked = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), str(text))
     masked = _BARE_USERINFO.sub(rf"\g<1>:{MASK}@", masked)
+    masked = _AWS_KEY_ID.sub(MASK, masked)
     return _SECRET_PAIR.sub(rf"\g<1>{MASK}", masked)

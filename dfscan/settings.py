@@ -93,6 +93,9 @@ class Settings:
     min_face_size: int = 24
     face_aggregation: str = "max"
     face_detect_size: int = 640
+    # s3:// roots: the endpoint of an S3-compatible store (None: boto3's default, AWS or its
+    # AWS_ENDPOINT_URL_S3). Credentials never come from here: boto3's chain (environment, profile, role).
+    s3_endpoint_url: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -172,6 +175,8 @@ class Settings:
             raise SettingsError(f"min face size must be at least 1 pixel, got {self.min_face_size}")
         if not 64 <= self.face_detect_size <= 4096:
             raise SettingsError(f"face detect size must be between 64 and 4096 pixels, got {self.face_detect_size}")
+        if self.s3_endpoint_url is not None:
+            _check_endpoint(self.s3_endpoint_url)
         for ext in self.extensions:
             if not ext.startswith(".") or len(ext) < 2:
                 raise SettingsError(f"extension {ext!r} must look like '.jpg'")
@@ -179,6 +184,24 @@ class Settings:
     def with_(self, **changes: Any) -> "Settings":
         """A copy with ``changes`` applied; ``None`` values keep the current one."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _check_endpoint(url: str) -> None:
+    """An http(s) URL with a host and no user:password (the endpoint is kept in the audit record)."""
+    from urllib.parse import urlsplit
+
+    from dfscan.redact import mask_url
+
+    if "@" in url:  # user:password@ (the password may hold "/", so this is checked before any parsing)
+        raise SettingsError("S3 endpoint must not hold credentials: give them through the AWS chain "
+                            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise SettingsError(f"S3 endpoint {mask_url(url)!r} is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"S3 endpoint {mask_url(url)!r} must be an http:// or https:// URL with a host")
 
 
 def parse_extensions(text: str | tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -4,17 +4,26 @@ A file is skipped when its path, size and mtime equal those of an ``ok`` row
 of the same model in another scan.  Error rows never count (a file that
 failed is tried again), nor do rows of another model.  Paths are looked up a
 chunk at a time, so memory stays flat whatever the archive's size.
+
+An ``s3://`` object's size and mtime are its listing's Size and LastModified
+(whole seconds; what the reader stores in its row too): a rewritten object has
+a new LastModified, so it is scored again.  Objects named by a path list are
+asked for them with HEAD requests, a few at a time.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan import db
+from dfscan.scanner.objects import ObjectError, ObjectPath, is_object_url, object_store
 from dfscan.scanner.paths import on_disk, stat_path
+
+# HEAD requests in flight for the objects of a block that no listing described.
+_HEAD_THREADS = 8
 
 __all__ = ["IncrementalFilter"]
 
@@ -49,7 +58,12 @@ class IncrementalFilter:
 
     def _filter(self, block: list[str]) -> list[str]:
         stats: dict[str, tuple[int, float]] = {}
+        objects = [p for p in block if is_object_url(p)]
+        if objects:
+            stats.update(_object_stats(objects))
         for path in block:
+            if path in stats or is_object_url(path):
+                continue
             try:
                 st = stat_path(on_disk(path))
             except OSError:
@@ -65,3 +79,27 @@ class IncrementalFilter:
         unchanged = self.retry(lookup, "incremental lookup")
         self.skipped += sum(1 for p in block if p in unchanged)
         return [p for p in block if p not in unchanged]
+
+
+def _object_stats(urls: list[str]) -> dict[str, tuple[int, float]]:
+    """(size, mtime) of each object that answers; the listing's when it had them, else a HEAD request's."""
+
+    def stat(url: str) -> tuple[int, float] | None:
+        try:
+            info = url.stat() if isinstance(url, ObjectPath) else object_store().head(url)
+        except ObjectError:
+            return None  # kept: it ends as an error row
+        return info.size, info.mtime
+
+    asked = [u for u in urls if not (isinstance(u, ObjectPath) and u.info is not None)]
+    if len(asked) > 1:
+        with ThreadPoolExecutor(min(_HEAD_THREADS, len(asked)), thread_name_prefix="head") as pool:
+            found = dict(zip(asked, pool.map(stat, asked)))
+    else:
+        found = {u: stat(u) for u in asked}
+    out = {}
+    for url in urls:
+        got = found[url] if url in found else stat(url)
+        if got is not None:
+            out[url] = got
+    return out

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from dfscan.scanner.objects import ObjectPath, is_object_url, object_store
 from dfscan.scanner.paths import on_disk, storable
 from dfscan.scanner.walker import SkipHook, WalkOptions, count_files, read_path_list, walk
 
@@ -33,7 +34,11 @@ class ScanSource:
         """The roots walked in order, then each path list's lines: one stream, read lazily."""
         walked = walk(self.roots, self.options, on_skip=on_skip)
         listed = (read_path_list(source) for source in self.path_lists)
-        return itertools.chain(walked, itertools.chain.from_iterable(listed))
+        return itertools.chain(walked, map(self._located, itertools.chain.from_iterable(listed)))
+
+    def _located(self, path: str) -> str:
+        """A listed ``s3://`` URL tied to this source's store, so that ``--incremental`` asks the right endpoint."""
+        return ObjectPath(path, object_store(self.options.s3_endpoint_url)) if is_object_url(path) else path
 
     def count(self) -> int | None:
         """How many files the roots hold (a second walk), or None when path lists make it unknowable up front."""
@@ -61,10 +66,15 @@ class ScanSource:
 
     def record(self) -> dict[str, Any]:
         """The ``walk`` part of the audit record: enough to walk the same way again."""
-        return {"roots": [storable(r) for r in self.roots], "path_lists": [storable(p) for p in self.path_lists],
-                "extensions": list(self.options.extensions), "follow_symlinks": self.options.follow_symlinks}
+        record = {"roots": [storable(r) for r in self.roots], "path_lists": [storable(p) for p in self.path_lists],
+                  "extensions": list(self.options.extensions), "follow_symlinks": self.options.follow_symlinks}
+        if self.options.s3_endpoint_url:
+            # Settings refuse an endpoint with user:password in it: it is safe to keep.
+            record["s3_endpoint_url"] = self.options.s3_endpoint_url
+        return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "ScanSource":
         return cls(tuple(on_disk(r) for r in record["roots"]), tuple(on_disk(p) for p in record["path_lists"]),
-                   WalkOptions(tuple(record["extensions"]), bool(record["follow_symlinks"])))
+                   WalkOptions(tuple(record["extensions"]), bool(record["follow_symlinks"]),
+                               record.get("s3_endpoint_url")))

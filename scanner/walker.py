@@ -14,6 +14,9 @@ the pipeline's reader turns each into an error row without opening it for a
 blocking read, which is how "nothing is lost" holds.  A directory that can't be
 listed is reported through ``on_skip``: its files can't be named, so the caller
 reports it as a warning.
+
+A root or a path-list line that is an ``s3://bucket/prefix`` URL is an
+object-storage root: its keys are listed page by page (:mod:`scanner.objects`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from dfscan.scanner.errors import PathListError, RootNotFound
+from dfscan.scanner.objects import is_object_url, object_store, walk_objects
 
 SkipHook = Callable[[str, str], None]
 
@@ -34,15 +38,23 @@ SkipHook = Callable[[str, str], None]
 class WalkOptions:
     extensions: tuple[str, ...]
     follow_symlinks: bool = True
+    # Where s3:// roots are listed (None: boto3's default endpoint).
+    s3_endpoint_url: str | None = None
 
     def wanted(self, name: str) -> bool:
         return os.path.splitext(name)[1].lower() in self.extensions
 
 
-def check_roots(roots: Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Absolute paths of ``roots``; raises :class:`RootNotFound` for any that is missing."""
+def check_roots(roots: Iterable[str | os.PathLike[str]], s3_endpoint_url: str | None = None) -> list[str]:
+    """Absolute paths of ``roots``; raises :class:`RootNotFound` for any that is missing.
+
+    An ``s3://`` root is kept as it is once its bucket answers (and its prefix holds objects).
+    """
     out = []
     for root in roots:
+        if is_object_url(os.fspath(root)):
+            out.append(object_store(s3_endpoint_url).check_root(os.fspath(root)))
+            continue
         path = os.path.abspath(os.fspath(root))
         try:
             st = os.stat(path)
@@ -67,7 +79,10 @@ def walk(
     user named it).  Directories are walked recursively in
     sorted order, which makes chunks reproducible.
     """
-    for root in check_roots(roots):
+    for root in check_roots(roots, options.s3_endpoint_url):
+        if is_object_url(root):
+            yield from walk_objects(root, options.wanted, options.s3_endpoint_url, on_skip)
+            continue
         st = os.stat(root)
         if stat.S_ISDIR(st.st_mode):
             yield from _walk_dir(root, st, options, on_skip)
@@ -161,7 +176,7 @@ def _open_dir(name: str, path: str, parent_fd: int | None,
 def read_path_list(source: str | os.PathLike[str], stdin: IO[str] | None = None) -> Iterator[str]:
     """Paths from a file (one per line, ``-`` for stdin); blank lines and ``#`` comments skipped.
 
-    Relative paths are taken relative to the current directory.  Lines are
+    Relative paths are taken relative to the current directory; ``s3://`` URLs are kept as they are.  Lines are
     streamed, so a list of a hundred million paths costs no memory.
     """
     if os.fspath(source) == "-":
@@ -180,7 +195,7 @@ def _lines(handle: IO[str]) -> Iterator[str]:
     for line in handle:
         line = line.rstrip("\r\n")
         if line.strip() and not line.lstrip().startswith("#"):
-            yield os.path.abspath(line)
+            yield line if is_object_url(line) else os.path.abspath(line)
 
 
 def count_files(roots: Iterable[str], options: WalkOptions) -> int:

@@ -102,8 +102,10 @@ class BatchMaker:
         read_threads: int = 8,
         max_file_bytes: int = MAX_FILE_BYTES,
         budget_bytes: int = READ_BUDGET_BYTES,
+        store=None,
     ) -> None:
         self.decoder = decoder
+        self.store = store  # reads s3:// paths (scanner.objects.ObjectStore; None: the default endpoint)
         self.max_file_bytes = max_file_bytes
         self.budget_bytes = budget_bytes
         pre = getattr(decoder, "pre", None)
@@ -183,14 +185,14 @@ class BatchMaker:
 
     def _head(self, path: str) -> FileData | ImageError:
         try:
-            return read_head(path, self.max_file_bytes)
+            return read_head(path, self.max_file_bytes, store=self.store)
         except ImageError as exc:
             return exc
 
     def _whole(self, path: str, head: FileData) -> FileData | ImageError:
         """The whole file, no more than the size its head saw (the budget was reserved for that)."""
         try:
-            f = read_head(path, self.max_file_bytes, head_bytes=head.size)
+            f = read_head(path, self.max_file_bytes, head_bytes=head.size, store=self.store)
         except ImageError as exc:
             return exc
         if f.size != head.size or len(f.data) != head.size:

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan import db
+from dfscan.scanner.objects import object_store
 from dfscan.trt.model_info import ModelInfo, inspect_model
 from dfscan.settings import Settings, SettingsError
 from dfscan.trt import Runtime, load_runtime
@@ -70,7 +71,8 @@ class ScanContext:
             settings=settings,
             info=info,
             runtime=runtime,
-            batches=BatchMaker(decoder, read_threads=settings.read_threads),
+            batches=BatchMaker(decoder, read_threads=settings.read_threads,
+                               store=object_store(settings.s3_endpoint_url)),
             verdict=verdict,
             engine=engine,
             sessions=db.session_factory(engine),

@@ -1,4 +1,8 @@
-"""Read a file's bytes and its size and mtime, turning every OS failure into an ImageError."""
+"""Read a file's bytes and its size and mtime, turning every OS failure into an ImageError.
+
+An ``s3://bucket/key`` path is an object: read with a ranged GET through the
+process's :class:`~scanner.objects.ObjectStore` (its LastModified is the mtime).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from dfscan.scanner.objects import ObjectError, ObjectStore, is_object_url, object_store
 from dfscan.scanner.paths import on_disk, open_path, stat_path
 from dfscan.workers.errors import ImageError
 
@@ -27,21 +32,25 @@ class FileData:
     data: bytes
 
 
-def read_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> FileData:
+def read_file(path: str, max_bytes: int = MAX_FILE_BYTES, store: ObjectStore | None = None) -> FileData:
     """The file's bytes; raises :class:`ImageError` with the reason it can't be read.
 
     ``path`` is the stored form of the name (see :mod:`scanner.paths`).
     """
-    return read_head(path, max_bytes, head_bytes=max_bytes)
+    return read_head(path, max_bytes, head_bytes=max_bytes, store=store)
 
 
-def read_head(path: str, max_bytes: int = MAX_FILE_BYTES, head_bytes: int = HEAD_BYTES) -> FileData:
+def read_head(path: str, max_bytes: int = MAX_FILE_BYTES, head_bytes: int = HEAD_BYTES,
+              store: ObjectStore | None = None) -> FileData:
     """At most ``head_bytes`` of the file: the whole file when it is that small.
 
     ``FileData.size`` is the file's full size, so ``len(data) < size`` says
-    the rest is still to read (:func:`read_file`).
+    the rest is still to read (:func:`read_file`).  ``store`` reads ``s3://``
+    paths (None: boto3's default endpoint).
     """
     disk = on_disk(path)
+    if is_object_url(disk):
+        return _read_object(disk, max_bytes, head_bytes, store or object_store())
     try:
         # stat_path and open_path also reach files whose path exceeds PATH_MAX.
         if not stat.S_ISREG(stat_path(disk).st_mode):
@@ -69,6 +78,19 @@ def read_head(path: str, max_bytes: int = MAX_FILE_BYTES, head_bytes: int = HEAD
     return FileData(path=disk, size=st.st_size, mtime=st.st_mtime, data=data)
 
 
+def _read_object(url: str, max_bytes: int, head_bytes: int, store: ObjectStore) -> FileData:
+    """One ranged GET: the object's first ``head_bytes`` (all of it when small) and its full size."""
+    try:
+        data, info = store.get(url, min(head_bytes, max_bytes))
+    except ObjectError as exc:
+        raise ImageError(exc.code, exc.message) from None
+    if info.size == 0 or not data:
+        raise ImageError("empty", "empty object")
+    if info.size > max_bytes:
+        raise ImageError("too-large", f"object is {info.size} bytes, over the {max_bytes}-byte limit")
+    return FileData(path=url, size=info.size, mtime=info.mtime, data=data)
+
+
 def _read_exactly(fd: int, n: int) -> bytes:
     """Up to ``n`` bytes in one allocation (a regular file's read returns them all at once).
 
@@ -90,7 +112,9 @@ def _read_exactly(fd: int, n: int) -> bytes:
 
 
 def stat_quietly(path: str) -> tuple[int | None, float | None]:
-    """Size and mtime for an error row, or ``(None, None)``."""
+    """Size and mtime for an error row, or ``(None, None)`` (always for an object: no request is spent on it)."""
+    if is_object_url(path):
+        return None, None
     try:
         st = stat_path(on_disk(path))
     except OSError:

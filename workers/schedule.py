@@ -5,7 +5,7 @@ A schedule file is TOML, one ``[[scan]]`` table per entry::
     [[scan]]
     name = "archive-nightly"          # scans are named "archive-nightly <run id>"
     cron = "30 2 * * *"               # minute hour day-of-month month day-of-week, UTC
-    roots = ["/data/archive"]
+    roots = ["/data/archive"]         # or "s3://bucket/prefix" (the worker's --s3-endpoint-url)
     model = "/models/deepfake/model.onnx"
     # optional: paths_from, extensions, chunk_size, threshold, follow_symlinks, max_outstanding
 
@@ -158,8 +158,8 @@ def run_entry(settings: Settings, message: dict[str, Any], *, run_key: str) -> i
             if running:
                 producer.resume(existing)
             return existing
-        source = ScanSource(tuple(check_roots(entry.roots)), tuple(entry.paths_from),
-                            WalkOptions(settings.extensions, entry.follow_symlinks))
+        source = ScanSource(tuple(check_roots(entry.roots, settings.s3_endpoint_url)), tuple(entry.paths_from),
+                            WalkOptions(settings.extensions, entry.follow_symlinks, settings.s3_endpoint_url))
         scan_id = producer.register(source, name=name, incremental=True)
         producer.produce(scan_id)
         return scan_id

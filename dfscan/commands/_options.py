@@ -45,6 +45,7 @@ __all__ = [
     "one_line",
     "reports_errors",
     "runtime_options",
+    "s3_endpoint_option",
     "SCAN_ID",
     "scan_id_option",
     "setting_option",
@@ -190,6 +191,13 @@ def visibility_timeout_option(func: Callable) -> Callable:
 def max_outstanding_option(func: Callable) -> Callable:
     return setting_option("--max-outstanding", field="max_outstanding_chunks", type=int,
                           help="With a broker: most chunks enqueued and unfinished at once.")(func)
+
+
+def s3_endpoint_option(func: Callable) -> Callable:
+    return setting_option("--s3-endpoint-url", field="s3_endpoint_url",
+                          help="Endpoint of an S3-compatible store for s3:// paths (http[s]://HOST:PORT) [default: "
+                               "AWS, or AWS_ENDPOINT_URL_S3]. Credentials come from the AWS chain, never from "
+                               "here.")(func)
 
 
 def json_option(what: str) -> Callable:

@@ -25,6 +25,7 @@ from dfscan.commands._options import (
     model_option,
     reports_errors,
     runtime_options,
+    s3_endpoint_option,
     setting_option,
     stop_on_signals,
     threads_option,
@@ -138,6 +139,7 @@ def _duration(seconds: float) -> str:
                 help="Serve Prometheus metrics on this port (summed over the pool's processes).")
 @setting_option("--metrics-bind", field="metrics_bind",
                 help="Address the metrics endpoint listens on (0.0.0.0: every interface; it has no authentication).")
+@s3_endpoint_option
 @click.option("--events", "-E", is_flag=True, envvar="DFSCAN_EVENTS", show_envvar=True,
               help="Send task events, for Flower's task views (`celery -A dfscan.workers flower`).")
 @click.option("--hostname", "-n", help="Celery node name [dfscan-PID@HOST].")
@@ -147,7 +149,8 @@ def _duration(seconds: float) -> str:
 def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency: int, pool: str, queues: str | None,
            runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None, batch_size: int | None, intra_op_threads: int | None,
            max_attempts: int | None, visibility_timeout: int | None, lease_seconds: int | None,
-           lease_renew_seconds: float | None, metrics_port: int | None, metrics_bind: str | None, events: bool,
+           lease_renew_seconds: float | None, metrics_port: int | None, metrics_bind: str | None,
+           s3_endpoint_url: str | None, events: bool,
            hostname: str | None, loglevel: str, include: tuple[str, ...]) -> None:
     """Start a Celery worker that scores chunks and writes their rows.
 
@@ -165,7 +168,7 @@ def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency:
                          batch_size=batch_size, intra_op_threads=intra_op_threads, max_attempts=max_attempts,
                          visibility_timeout=visibility_timeout, lease_seconds=lease_seconds,
                          lease_renew_seconds=lease_renew_seconds, metrics_port=metrics_port,
-                         metrics_bind=metrics_bind)
+                         metrics_bind=metrics_bind, s3_endpoint_url=s3_endpoint_url)
     _need_broker(settings)
     if concurrency < 1:
         raise click.BadParameter("must be at least 1", param_hint="--concurrency")

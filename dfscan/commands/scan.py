@@ -26,6 +26,7 @@ from dfscan.commands._options import (
     one_line,
     reports_errors,
     runtime_options,
+    s3_endpoint_option,
     scan_id_option,
     setting_option,
     stop_on_signals,
@@ -35,7 +36,7 @@ from dfscan.redact import mask_url
 from dfscan.settings import from_env, parse_extensions
 
 @click.command()
-@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("roots", nargs=-1, type=click.Path())
 @model_option
 @db_option
 @click.option("--name", envvar="DFSCAN_NAME", show_envvar=True, help="A name for the scan.")
@@ -51,6 +52,7 @@ from dfscan.settings import from_env, parse_extensions
 @setting_option("--max-pixels", field="max_pixels", type=int, help="Refuse images whose header declares more pixels.")
 @threads_option
 @face_options
+@s3_endpoint_option
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links while walking.")
 @click.option("--incremental", is_flag=True, envvar="DFSCAN_INCREMENTAL", show_envvar=True,
               help="Skip files whose path, size and mtime already have an 'ok' (or 'no-face') row from this model.")
@@ -60,12 +62,12 @@ from dfscan.settings import from_env, parse_extensions
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @json_option("the summary")
 @reports_errors
-def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | None, threshold: float | None,
+def scan(roots: tuple[str, ...], model: Path | None, db_url: str, name: str | None, threshold: float | None,
          paths_from: tuple[str, ...], extensions: str | None, batch_size: int | None, chunk_size: int | None,
          runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None,
-         max_pixels: int | None, intra_op_threads: int | None, no_follow_symlinks: bool, incremental: bool, broker_url: str | None, wait: bool,
+         max_pixels: int | None, intra_op_threads: int | None, s3_endpoint_url: str | None, no_follow_symlinks: bool, incremental: bool, broker_url: str | None, wait: bool,
          max_outstanding_chunks: int | None, progress: bool | None, as_json: bool, **faces: Any) -> None:
-    """Scan ROOTS (files and directories, recursively) and store one row per image.
+    """Scan ROOTS (files and directories, recursively, or s3://BUCKET/PREFIX) and store one row per image.
 
     Exit status 0 means the scan completed, even where some images failed:
     those are rows with status 'error' and a reason.  With --broker the scan
@@ -86,10 +88,12 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
         batch_size=batch_size, chunk_size=chunk_size, runtime=runtime, decoder=decoder, precision=precision,
         engine_dir=engine_dir, max_pixels=max_pixels,
         intra_op_threads=intra_op_threads, follow_symlinks=False if no_follow_symlinks else None,
-        broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks, **face_settings(faces),
+        broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks, s3_endpoint_url=s3_endpoint_url,
+        **face_settings(faces),
     )
-    source = ScanSource(tuple(check_roots(roots)), tuple(paths_from),
-                        WalkOptions(extensions=settings.extensions, follow_symlinks=settings.follow_symlinks))
+    source = ScanSource(tuple(check_roots(roots, settings.s3_endpoint_url)), tuple(paths_from),
+                        WalkOptions(extensions=settings.extensions, follow_symlinks=settings.follow_symlinks,
+                                    s3_endpoint_url=settings.s3_endpoint_url))
     show = sys.stderr.isatty() if progress is None else progress
     if settings.broker_url:
         from dfscan.commands.distributed import produce_scan

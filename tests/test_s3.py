@@ -1,0 +1,357 @@
+"""Object-storage roots (``s3://bucket/prefix``) against a real S3 server on 127.0.0.1 (SeaweedFS, tests/_s3.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import text
+
+from dfscan import db
+from dfscan.cli import main
+from dfscan.scanner import ScanSource, WalkOptions, objects
+from dfscan.scanner.errors import RootNotFound
+from dfscan.settings import DEFAULT_EXTENSIONS, Settings, SettingsError
+from tests._images import jpeg_bytes
+from tests._models import tiny_onnx_model  # noqa: F401 - fixture
+from tests._s3 import ADMIN, LIMITED, LIMITED_BUCKET, aws_env, s3_server  # noqa: F401 - fixture
+
+SECRETS = (*ADMIN, *LIMITED)
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def rows_by_path(url: str, scan_id: int) -> dict[str, dict]:
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(text("SELECT * FROM scan_results WHERE scan_id = :s"),
+                                                           {"s": scan_id})]
+            stats = {r.path: (r.size, r.mtime, r.error_code) for r in conn.execute(
+                text("SELECT path, size, mtime, error_code FROM results WHERE scan_id = :s"), {"s": scan_id})}
+    finally:
+        engine.dispose()
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)), "a path has more than one row"
+    for r in rows:
+        r["size"], r["mtime"], r["error_code"] = stats[r["path"]]
+    return {r["path"]: r for r in rows}
+
+
+def audit(url: str, scan_id: int) -> dict:
+    engine = db.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            value = conn.execute(text("SELECT settings FROM scans WHERE id = :s"), {"s": scan_id}).scalar_one()
+    finally:
+        engine.dispose()
+    return json.loads(value) if isinstance(value, str) else value
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):  # noqa: F811 - the fixture imported above
+    """The server, the admin's credentials in the AWS chain, and a fresh bucket name."""
+    aws_env(monkeypatch, ADMIN)
+    return s3_server
+
+
+def fresh_bucket(server) -> str:
+    return server.bucket(f"b-{uuid.uuid4().hex[:12]}")
+
+
+def scan(server, *args: str):
+    return run("scan", *args, "--s3-endpoint-url", server.endpoint, "--batch-size", "4", "--chunk-size", "8",
+               "--json", "--no-progress")
+
+
+# --- listing ---------------------------------------------------------------------------
+
+
+def test_walk_lists_a_prefix_page_by_page_lazily(s3, monkeypatch):
+    bucket = fresh_bucket(s3)
+    for i in range(23):
+        s3.put(bucket, f"set/{i:03d}.jpg", b"x")
+    s3.put(bucket, "set/sub/deep.PNG", b"x")
+    s3.put(bucket, "set/notes.txt", b"not an image name: not taken")
+    s3.put(bucket, "set/folder/", b"")  # a "folder" marker
+    s3.put(bucket, "set2/other.jpg", b"x")  # shares the prefix's letters, not its folder
+    monkeypatch.setattr(objects, "LIST_PAGE_SIZE", 5)
+    store = objects.object_store(s3.endpoint)
+    calls = []
+    store.client.meta.events.register("provide-client-params.s3.ListObjectsV2", lambda **kw: calls.append(kw["params"]))
+    source = ScanSource((f"s3://{bucket}/set",), (), WalkOptions(DEFAULT_EXTENSIONS, s3_endpoint_url=s3.endpoint))
+    paths = source.paths()
+    first = next(paths)
+    assert first == f"s3://{bucket}/set/000.jpg"
+    assert len(calls) == 1 and calls[0]["MaxKeys"] == 5, calls  # one page asked for, not the whole listing
+    rest = list(paths)
+    expected = [f"s3://{bucket}/set/{i:03d}.jpg" for i in range(23)] + [f"s3://{bucket}/set/sub/deep.PNG"]
+    assert [first, *rest] == expected
+    assert len(calls) == 6  # 27 keys under set/, 5 a page
+    # What the listing said travels with the path: --incremental needs no request for it.
+    assert rest[0].info.size == 1 and rest[0].info.mtime == int(rest[0].info.mtime)
+    assert source.count() == len(expected)
+    # An exact key is that object, whatever its extension (as a file named as a root).
+    one = ScanSource((f"s3://{bucket}/set/notes.txt",), (), WalkOptions(DEFAULT_EXTENSIONS, s3_endpoint_url=s3.endpoint))
+    assert list(one.paths()) == [f"s3://{bucket}/set/notes.txt"]
+
+
+def test_record_replays_the_same_walk_and_keeps_no_credentials(s3):
+    bucket = fresh_bucket(s3)
+    s3.put(bucket, "a/1.jpg", b"x")
+    source = ScanSource((f"s3://{bucket}/a/",), (), WalkOptions(DEFAULT_EXTENSIONS, s3_endpoint_url=s3.endpoint))
+    record = source.record()
+    assert record["roots"] == [f"s3://{bucket}/a/"] and record["s3_endpoint_url"] == s3.endpoint
+    assert not any(secret in json.dumps(record) for secret in SECRETS)
+    assert list(ScanSource.from_record(record).paths()) == [f"s3://{bucket}/a/1.jpg"]
+
+
+# --- scans -----------------------------------------------------------------------------
+
+
+def test_scan_of_a_bucket_prefix_gives_every_object_one_row(s3, monkeypatch, tiny_onnx_model, sqlite_url):
+    bucket = fresh_bucket(s3)
+    images = {f"s3://{bucket}/photos/{i:02d}.jpg": jpeg_bytes(i, size=(64, 64)) for i in range(11)}
+    for url, data in images.items():
+        s3.put(bucket, url.split("/", 3)[3], data)
+    s3.put(bucket, "photos/fake.jpg", b"this is text, not a JPEG")
+    s3.put(bucket, "photos/empty.png", b"")
+    s3.put(bucket, "photos/readme.txt", b"skipped by the extension filter")
+    monkeypatch.setattr(objects, "LIST_PAGE_SIZE", 4)  # several pages in the scan too
+    result = scan(s3, f"s3://{bucket}/photos", "--model", str(tiny_onnx_model), "--db", sqlite_url)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "completed" and summary["total"] == 13 and summary["errors"] == 2
+    rows = rows_by_path(sqlite_url, summary["scan_id"])
+    assert set(rows) == set(images) | {f"s3://{bucket}/photos/fake.jpg", f"s3://{bucket}/photos/empty.png"}
+    for url, data in images.items():
+        row = rows[url]
+        assert row["status"] == "ok" and row["label"] in ("real", "fake"), row
+        assert row["size"] == len(data) and row["mtime"] > time.time() - 3600
+    assert rows[f"s3://{bucket}/photos/fake.jpg"]["error_code"] == "not-image"
+    assert rows[f"s3://{bucket}/photos/empty.png"]["error_code"] == "empty"
+    assert audit(sqlite_url, summary["scan_id"])["walk"]["roots"] == [f"s3://{bucket}/photos"]
+
+
+def test_large_object_is_read_in_two_requests_and_scored(s3, tiny_onnx_model, sqlite_url):
+    """An object over the reader's head (256 KiB) gets a ranged GET for its header, then a full GET."""
+    import numpy as np
+    from PIL import Image
+    import io
+
+    bucket = fresh_bucket(s3)
+    noise = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")
+    data = buf.getvalue()
+    assert len(data) > 256 * 1024
+    s3.put(bucket, "big.png", data)
+    store = objects.object_store(s3.endpoint)
+    ranges = []
+    store.client.meta.events.register("provide-client-params.s3.GetObject", lambda **kw: ranges.append(kw["params"]["Range"]))
+    result = scan(s3, f"s3://{bucket}", "--model", str(tiny_onnx_model), "--db", sqlite_url)
+    assert result.exit_code == 0, result.output
+    row = rows_by_path(sqlite_url, json.loads(result.stdout)["scan_id"])[f"s3://{bucket}/big.png"]
+    assert row["status"] == "ok" and row["size"] == len(data), row
+    assert ranges == ["bytes=0-262143", f"bytes=0-{len(data) - 1}"]
+
+
+def test_path_list_with_s3_urls_and_a_vanished_object(s3, tmp_path, tiny_onnx_model, sqlite_url):
+    bucket = fresh_bucket(s3)
+    s3.put(bucket, "x/a.jpg", jpeg_bytes(1, size=(48, 48)))
+    s3.put(bucket, "x/b.jpg", jpeg_bytes(2, size=(48, 48)))
+    local = tmp_path / "local.jpg"
+    local.write_bytes(jpeg_bytes(3, size=(48, 48)))
+    listing = tmp_path / "paths.txt"
+    listing.write_text(f"s3://{bucket}/x/a.jpg\n# a comment\ns3://{bucket}/x/gone.jpg\n{local}\ns3://{bucket}/x/b.jpg\n")
+    result = scan(s3, "--paths-from", str(listing), "--model", str(tiny_onnx_model), "--db", sqlite_url)
+    assert result.exit_code == 0, result.output
+    rows = rows_by_path(sqlite_url, json.loads(result.stdout)["scan_id"])
+    assert {p: r["status"] for p, r in rows.items()} == {
+        f"s3://{bucket}/x/a.jpg": "ok", f"s3://{bucket}/x/b.jpg": "ok", str(local): "ok",
+        f"s3://{bucket}/x/gone.jpg": "error"}  # fmt: skip
+    gone = rows[f"s3://{bucket}/x/gone.jpg"]
+    assert gone["error_code"] == "missing" and "vanished" in gone["error"]
+
+
+def test_object_deleted_between_listing_and_reading_is_one_error_row(s3):
+    from dfscan.workers.batches import BatchMaker
+    from dfscan.workers.decode import Preprocess
+    from dfscan.workers.decoders import create_decoder
+
+    bucket = fresh_bucket(s3)
+    for i in range(3):
+        s3.put(bucket, f"p/{i}.jpg", jpeg_bytes(i, size=(40, 40)))
+    listed = list(ScanSource((f"s3://{bucket}/p",), (), WalkOptions(DEFAULT_EXTENSIONS,
+                                                                      s3_endpoint_url=s3.endpoint)).paths())
+    s3.client().delete_object(Bucket=bucket, Key="p/1.jpg")
+    pre = Preprocess(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    maker = BatchMaker(create_decoder("pillow", pre, threads=1, batch_size=4), read_threads=2,
+                       store=objects.object_store(s3.endpoint))
+    try:
+        prepared = maker.prepare(listed)
+    finally:
+        maker.close()
+    assert prepared.ok_index == [0, 2]
+    assert prepared.errors[1].code == "missing"
+    assert prepared.sizes[0] > 0 and prepared.sizes[1] is None
+
+
+def test_access_denied_is_an_error_row_not_a_crash(s3_server, monkeypatch, tmp_path, tiny_onnx_model,  # noqa: F811
+                                                   sqlite_url):
+    aws_env(monkeypatch, ADMIN)
+    bucket = s3_server.bucket(LIMITED_BUCKET)
+    s3_server.put(bucket, "open/a.jpg", jpeg_bytes(5, size=(48, 48)))
+    s3_server.put(bucket, "secret/b.jpg", jpeg_bytes(6, size=(48, 48)))
+    aws_env(monkeypatch, LIMITED)  # may list the bucket and read open/* only: the server answers 403 for the rest
+    result = scan(s3_server, f"s3://{bucket}", "--model", str(tiny_onnx_model), "--db", sqlite_url)
+    assert result.exit_code == 0, result.output
+    rows = rows_by_path(sqlite_url, json.loads(result.stdout)["scan_id"])
+    assert rows[f"s3://{bucket}/open/a.jpg"]["status"] == "ok"
+    denied = rows[f"s3://{bucket}/secret/b.jpg"]
+    assert denied["status"] == "error" and denied["error_code"] == "unreadable"
+    assert denied["error"] == "access denied (AccessDenied)"
+    # A bucket the identity may not list at all: a one-line setup error before any scan row.
+    other = s3_server.bucket(f"nope-{uuid.uuid4().hex[:8]}")
+    result = scan(s3_server, f"s3://{other}", "--model", str(tiny_onnx_model), "--db", sqlite_url)
+    assert result.exit_code == 1 and "access denied" in result.output and "Traceback" not in result.output
+    assert not any(secret in result.output for secret in SECRETS)
+
+
+@pytest.mark.parametrize("case", ["no-bucket", "empty-prefix", "bad-endpoint", "not-a-url", "userinfo"])
+def test_setup_errors_are_one_line(s3, tiny_onnx_model, sqlite_url, case):
+    from tests._cluster import free_port
+
+    bucket = fresh_bucket(s3)
+    root, endpoint = f"s3://{bucket}/photos", s3.endpoint
+    expected = {
+        "no-bucket": "no such bucket", "empty-prefix": "no objects under this prefix",
+        "bad-endpoint": "cannot reach the object store", "not-a-url": "must be an http:// or https:// URL",
+        "userinfo": "must not hold credentials"}[case]  # fmt: skip
+    if case == "no-bucket":
+        root = f"s3://missing-{uuid.uuid4().hex[:8]}/photos"
+    elif case == "bad-endpoint":
+        endpoint = f"http://127.0.0.1:{free_port()}"
+    elif case == "not-a-url":
+        endpoint = "127.0.0.1:8333"
+    elif case == "userinfo":
+        endpoint = f"http://{ADMIN[0]}:{ADMIN[1]}@127.0.0.1:8333"
+    result = run("scan", root, "--s3-endpoint-url", endpoint, "--model", str(tiny_onnx_model), "--db", sqlite_url)
+    assert result.exit_code == 1, result.output
+    assert expected in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not any(secret in result.output for secret in SECRETS)
+    if case not in ("not-a-url", "userinfo"):
+        with pytest.raises(RootNotFound, match=expected):
+            from dfscan.scanner import check_roots
+
+            check_roots([root], endpoint)
+    else:
+        with pytest.raises(SettingsError):
+            Settings(s3_endpoint_url=endpoint)
+
+
+def test_incremental_rescan_skips_unchanged_objects_and_rescores_changed_ones(s3, tmp_path, tiny_onnx_model,
+                                                                           sqlite_url):
+    bucket = fresh_bucket(s3)
+    for i in range(6):
+        s3.put(bucket, f"inc/{i}.jpg", jpeg_bytes(i, size=(48, 48)))
+    first = scan(s3, f"s3://{bucket}/inc", "--model", str(tiny_onnx_model), "--db", sqlite_url)
+    assert json.loads(first.stdout)["total"] == 6
+    again = json.loads(scan(s3, f"s3://{bucket}/inc", "--model", str(tiny_onnx_model), "--db", sqlite_url,
+                            "--incremental").stdout)
+    assert (again["total"], again["skipped"]) == (0, 6)
+    time.sleep(1.1)  # LastModified has whole seconds
+    s3.put(bucket, "inc/1.jpg", jpeg_bytes(100, size=(64, 64)))  # new content
+    s3.put(bucket, "inc/2.jpg", jpeg_bytes(2, size=(48, 48)))  # the same bytes written again: a new LastModified
+    s3.put(bucket, "inc/new.jpg", jpeg_bytes(7, size=(48, 48)))
+    third = json.loads(scan(s3, f"s3://{bucket}/inc", "--model", str(tiny_onnx_model), "--db", sqlite_url,
+                            "--incremental").stdout)
+    assert (third["total"], third["skipped"]) == (3, 4)
+    assert set(rows_by_path(sqlite_url, third["scan_id"])) == {f"s3://{bucket}/inc/{n}.jpg" for n in ("1", "2", "new")}
+    # The same objects named by a path list: their size and LastModified come from HEAD requests.
+    listing = tmp_path / "paths.txt"
+    listing.write_text("".join(f"s3://{bucket}/inc/{n}.jpg\n" for n in ("0", "1", "new", "gone")))
+    fourth = json.loads(scan(s3, "--paths-from", str(listing), "--model", str(tiny_onnx_model), "--db", sqlite_url,
+                             "--incremental").stdout)
+    assert (fourth["total"], fourth["skipped"], fourth["errors"]) == (1, 3, 1)  # only the missing one is tried
+
+
+def test_credentials_stay_out_of_logs_audit_report_and_errors(s3, caplog, tmp_path, tiny_onnx_model, sqlite_url):
+    bucket = fresh_bucket(s3)
+    s3.put(bucket, "c/a.jpg", jpeg_bytes(1, size=(48, 48)))
+    s3.put(bucket, "c/b.jpg", b"not an image")
+    listing = tmp_path / "paths.txt"
+    listing.write_text(f"s3://{bucket}/c/gone.jpg\n")
+    caplog.set_level(logging.DEBUG)  # every logger, botocore's included, at its most talkative
+    result = scan(s3, f"s3://{bucket}/c", "--paths-from", str(listing), "--model", str(tiny_onnx_model),
+                  "--db", sqlite_url)
+    assert result.exit_code == 0, result.output
+    scan_id = json.loads(result.stdout)["scan_id"]
+    report = tmp_path / "report.html"
+    made = run("report", str(scan_id), "--db", sqlite_url, "--out", str(report))
+    assert made.exit_code == 0, made.output
+    rows = rows_by_path(sqlite_url, scan_id)
+    assert {r["error_code"] for r in rows.values()} == {None, "not-image", "missing"}
+    everything = {
+        "log": caplog.text, "output": result.output + made.output, "audit": json.dumps(audit(sqlite_url, scan_id)),
+        "report": report.read_text(), "rows": json.dumps(list(rows.values()), default=str)}  # fmt: skip
+    assert "s3://" in everything["report"] and s3.endpoint in everything["audit"]
+    for where, text_ in everything.items():
+        for secret in SECRETS:
+            assert secret not in text_, f"{secret[:6]}... in the {where}"
+
+
+def test_aws_access_key_ids_are_masked():
+    from dfscan.redact import mask_text
+
+    text_ = f"Credential={ADMIN[0]}/20261126/us-east-1/s3/aws4_request, aws_secret_access_key={ADMIN[1]}"
+    masked = mask_text(text_)
+    assert ADMIN[0] not in masked and ADMIN[1] not in masked
+
+
+# --- the fleet -------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_fleet_scan_of_an_s3_prefix(s3, redis_server, pg_url, tmp_path, tiny_onnx_model):
+    """The producer lists the bucket, a Celery worker reads the objects by their URL from its chunks."""
+    from tests._cluster import Worker, wait_for
+
+    bucket = fresh_bucket(s3)
+    expected = []
+    for i in range(20):
+        s3.put(bucket, f"fleet/{i:02d}.jpg", jpeg_bytes(i, size=(48, 48)))
+        expected.append(f"s3://{bucket}/fleet/{i:02d}.jpg")
+    s3.put(bucket, "fleet/broken.jpg", b"no image")
+    expected.append(f"s3://{bucket}/fleet/broken.jpg")
+    env = {"AWS_ACCESS_KEY_ID": ADMIN[0], "AWS_SECRET_ACCESS_KEY": ADMIN[1], "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true", "DFSCAN_S3_ENDPOINT_URL": s3.endpoint}
+    (tmp_path / "logs").mkdir()
+    worker = Worker(redis_server.url(), pg_url, tmp_path / "logs", name="s3", env=env)
+    try:
+        worker.wait_ready()
+        result = run("scan", f"s3://{bucket}/fleet", "--s3-endpoint-url", s3.endpoint, "--model", str(tiny_onnx_model),
+                     "--db", pg_url, "--broker", redis_server.url(), "--chunk-size", "8", "--json")
+        assert result.exit_code == 0, result.output
+        scan_id = json.loads(result.stdout)["scan_id"]
+
+        def done() -> bool:
+            assert worker.alive(), worker.log()[-3000:]
+            return run("status", str(scan_id), "--db", pg_url, "--json").stdout.count('"completed"') > 0
+
+        wait_for(done, 120, f"scan {scan_id} to complete")
+        rows = rows_by_path(pg_url, scan_id)
+        assert sorted(rows) == sorted(expected)
+        assert rows[f"s3://{bucket}/fleet/broken.jpg"]["error_code"] == "not-image"
+        assert sum(r["status"] == "ok" for r in rows.values()) == 20
+        assert not any(secret in worker.log() for secret in SECRETS)
+    finally:
+        worker.stop()
