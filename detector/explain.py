@@ -149,6 +149,7 @@ def explain_scan(
 
     from dfscan.detector._cam import METHOD, CAM_TARGETS, GradCam
     from dfscan.detector.model import load_checkpoint
+    from dfscan.scanner.objects import store_of_scan
 
     started = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -178,7 +179,8 @@ def explain_scan(
             if refused is None:
                 cam = GradCam(model, device=device)
                 rows = _explain_rows(cam, selected, common, batch_size=batch_size, temperature=temperature,
-                                     score_tolerance=score_tolerance)
+                                     score_tolerance=score_tolerance,
+                                     store=store_of_scan(db.scan_audit(session, scan_id)))
             db.write_explanations(session, scan_id, rows)
             session.commit()
     finally:
@@ -214,8 +216,8 @@ def _temperature(session, scan_id: int) -> float:
 
 
 def _explain_rows(cam, selected: list[_Selected], common: dict, *, batch_size: int, temperature: float,
-                  score_tolerance: float) -> list[db.ExplanationRow]:
-    """Read, decode and explain ``selected`` in batches; every one ends as one row."""
+                  score_tolerance: float, store=None) -> list[db.ExplanationRow]:
+    """Read, decode and explain ``selected`` in batches; every one ends as one row (``store``: s3:// paths)."""
     import torch
 
     from dfscan.detector._cam import overlay_png, peak_in_original
@@ -260,7 +262,7 @@ def _explain_rows(cam, selected: list[_Selected], common: dict, *, batch_size: i
             fail(s, "not-scored", "the scan recorded an error for this file, not a verdict")
             continue
         try:
-            data = read_file(s.path).data
+            data = read_file(s.path, store=store).data
             # Exactly the scanner's pixels (a full decode, orientation applied); the size is the original's, upright.
             image = load_rgb(data, None, pre.max_pixels)
             tensor = to_tensor(image, pre)

@@ -77,8 +77,11 @@ def thumbnail_data_uri(path: str, px: int = 160) -> tuple[str | None, str]:
     return uri, reason
 
 
-def thumbnail(path: str, px: int = 160) -> tuple[str | None, str, tuple[int, int] | None]:
-    """Like :func:`thumbnail_data_uri`, plus the oriented image's full size (W, H): face boxes are in its pixels."""
+def thumbnail(path: str, px: int = 160, store=None) -> tuple[str | None, str, tuple[int, int] | None]:
+    """Like :func:`thumbnail_data_uri`, plus the oriented image's full size (W, H): face boxes are in its pixels.
+
+    ``store`` reads an ``s3://`` path (:func:`dfscan.scanner.objects.store_of_scan`).
+    """
     from PIL import Image
 
     from dfscan.workers.decode import load_rgb, open_image
@@ -86,7 +89,7 @@ def thumbnail(path: str, px: int = 160) -> tuple[str | None, str, tuple[int, int
     from dfscan.workers.reader import read_file
 
     try:
-        data = read_file(path).data
+        data = read_file(path, store=store).data
         head = open_image(data, 1 << 62)
         full = head.size
         if head.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap width and height

@@ -33,7 +33,7 @@ from dfscan.redact import mask_url
 from dfscan.scanner.errors import RootNotFound, ScannerError
 
 __all__ = ["SCHEME", "ObjectError", "ObjectInfo", "ObjectPath", "ObjectStore", "ObjectUrl", "is_object_url",
-           "forget_stores", "object_store", "walk_objects"]  # fmt: skip
+           "forget_stores", "object_store", "store_of_scan", "walk_objects"]  # fmt: skip
 
 SCHEME = "s3://"
 # Keys per list_objects_v2 page (S3's maximum): the walker holds one page at a time.
@@ -315,6 +315,15 @@ def object_store(endpoint_url: str | None = None) -> ObjectStore:
         if store is None:
             store = _STORES[endpoint_url] = ObjectStore(endpoint_url)
         return store
+
+
+def store_of_scan(audit: dict | None) -> ObjectStore:
+    """The store a scan listed its ``s3://`` roots from, by its audit record (``walk.s3_endpoint_url``).
+
+    What reads a scan's objects again later (the report's thumbnails, ``dfscan explain``) asks the same endpoint.
+    """
+    walk = (audit or {}).get("walk") or {}
+    return object_store(walk.get("s3_endpoint_url"))
 
 
 def forget_stores() -> None:

@@ -164,7 +164,9 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, credentials: tuple[str, str] = ADMI
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
+    # Code that forgot the scan's endpoint would ask AWS itself: here it gets a refused local port instead.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     # Clients are made once per process and endpoint: a test that changes credentials starts afresh.
     objects.forget_stores()

@@ -52,6 +52,27 @@ def test_mask_text_hides_keyword_passwords_and_keeps_the_rest():
     assert mask_text(line) == "connect host=h password=*** dbname=x; then redis://:***@h/0 failed"
 
 
+def test_mask_text_hides_aws_credentials():
+    """A signed S3 request as botocore would log it, and the AWS chain's variables, written out."""
+    key_id, temp_id, secret = "AKIAIOSFODNN7EXAMPLE", "ASIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    line = (f"Authorization: AWS4-HMAC-SHA256 Credential={key_id}/20261126/us-east-1/s3/aws4_request, "
+            f"SignedHeaders=host, Signature=abc123; https://b.s3.amazonaws.com/k?X-Amz-Credential={temp_id}%2F1"
+            f"&X-Amz-Signature=deadbeef; aws_secret_access_key={secret} AWS_SESSION_TOKEN=tok3n")
+    masked = mask_text(line)
+    for secret_part in (key_id, temp_id, secret, "deadbeef", "tok3n"):
+        assert secret_part not in masked, (secret_part, masked)
+    assert "us-east-1/s3/aws4_request" in masked  # the rest is kept
+
+
+def test_s3_endpoint_with_credentials_is_refused_before_it_is_stored():
+    from dfscan.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="must not hold credentials") as info:
+        Settings(s3_endpoint_url=f"http://AKIAIOSFODNN7EXAMPLE:{SECRET}@127.0.0.1:8333")
+    assert SECRET not in str(info.value) and "AKIA" not in str(info.value)
+    assert Settings(s3_endpoint_url="https://s3.example.internal:8443").s3_endpoint_url
+
+
 def test_settings_repr_and_worker_messages_mask_urls():
     settings = Settings(db_url=f"postgresql://u:{SECRET}@h/db", broker_url=f"redis://:{SECRET}@h/0")
     assert SECRET not in repr(settings) and "u:***@h" in repr(settings)

@@ -303,17 +303,11 @@ def test_credentials_stay_out_of_logs_audit_report_and_errors(s3, caplog, tmp_pa
         "log": caplog.text, "output": result.output + made.output, "audit": json.dumps(audit(sqlite_url, scan_id)),
         "report": report.read_text(), "rows": json.dumps(list(rows.values()), default=str)}  # fmt: skip
     assert "s3://" in everything["report"] and s3.endpoint in everything["audit"]
+    # The suspect's thumbnail was read from the scan's endpoint (its audit record), not from AWS.
+    assert 'src="data:image/jpeg;base64,' in everything["report"]
     for where, text_ in everything.items():
         for secret in SECRETS:
             assert secret not in text_, f"{secret[:6]}... in the {where}"
-
-
-def test_aws_access_key_ids_are_masked():
-    from dfscan.redact import mask_text
-
-    text_ = f"Credential={ADMIN[0]}/20261126/us-east-1/s3/aws4_request, aws_secret_access_key={ADMIN[1]}"
-    masked = mask_text(text_)
-    assert ADMIN[0] not in masked and ADMIN[1] not in masked
 
 
 # --- the fleet -------------------------------------------------------------------------
