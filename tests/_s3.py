@@ -170,3 +170,71 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, credentials: tuple[str, str] = ADMI
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     # Clients are made once per process and endpoint: a test that changes credentials starts afresh.
     objects.forget_stores()
+
+
+class ThrottlingProxy:
+    """An HTTP proxy in front of the S3 server that answers the first ``fail`` requests with 503 SlowDown.
+
+    SeaweedFS never throttles on its own; this is how a test sees botocore's
+    retries work against a real server.  Requests are forwarded with their
+    own Host header, so their SigV4 signatures still hold.
+    """
+
+    def __init__(self, upstream: str, fail: int) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        self.fail = fail
+        self.requests: list[tuple[str, int]] = []  # (method path, status sent)
+        target = urlsplit(upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _handle(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if len(proxy.requests) < proxy.fail:
+                    proxy.requests.append((f"{self.command} {self.path}", 503))
+                    xml = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(xml)))
+                    self.end_headers()
+                    self.wfile.write(xml)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                try:
+                    conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                    for name, value in self.headers.items():
+                        conn.putheader(name, value)
+                    conn.endheaders(body)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                finally:
+                    conn.close()
+                proxy.requests.append((f"{self.command} {self.path}", resp.status))
+                self.send_response(resp.status)
+                for name, value in resp.getheaders():
+                    if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

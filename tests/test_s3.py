@@ -349,3 +349,45 @@ def test_fleet_scan_of_an_s3_prefix(s3, redis_server, pg_url, tmp_path, tiny_onn
         assert not any(secret in worker.log() for secret in SECRETS)
     finally:
         worker.stop()
+
+
+@pytest.mark.redis
+def test_scheduled_scan_of_an_s3_root_lists_it_into_chunks(s3, redis_server, sqlite_url, tiny_onnx_model, tmp_path):
+    """A schedule entry's ``s3://`` root: the producer task (run_entry) checks it, lists it and records its chunks."""
+    from dfscan.settings import Settings
+    from dfscan.workers.schedule import load_schedule, run_entry
+
+    bucket = fresh_bucket(s3)
+    for i in range(5):
+        s3.put(bucket, f"nightly/{i}.jpg", jpeg_bytes(i, size=(32, 32)))
+    schedule = tmp_path / "nightly.toml"
+    schedule.write_text(f'[[scan]]\nname = "s3-nightly"\ncron = "30 2 * * *"\nroots = ["s3://{bucket}/nightly"]\n'
+                        f'model = "{tiny_onnx_model}"\nchunk_size = 2\n')
+    (entry,) = load_schedule(schedule)
+    settings = Settings(db_url=sqlite_url, broker_url=redis_server.url(), s3_endpoint_url=s3.endpoint)
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)  # as `dfscan worker` does before it takes tasks
+    scan_id = run_entry(settings, entry.message(), run_key="run-1")
+    with db.session_factory(engine)() as session:
+        paths = [p for seq in range(3) for p in db.chunk_paths(session, scan_id, seq)]
+        walk = db.scan_audit(session, scan_id)["walk"]
+    engine.dispose()
+    assert paths == [f"s3://{bucket}/nightly/{i}.jpg" for i in range(5)]
+    assert walk["roots"] == [f"s3://{bucket}/nightly"] and walk["s3_endpoint_url"] == s3.endpoint
+
+
+def test_throttling_is_retried_by_botocore(s3):
+    """Two 503 SlowDown answers before the real server's: the read succeeds on botocore's third attempt."""
+    from dfscan.workers.reader import read_head
+    from tests._s3 import ThrottlingProxy
+
+    bucket = fresh_bucket(s3)
+    data = jpeg_bytes(3, size=(32, 32))
+    s3.put(bucket, "t/a.jpg", data)
+    proxy = ThrottlingProxy(s3.endpoint, fail=2)
+    try:
+        got = read_head(f"s3://{bucket}/t/a.jpg", store=objects.ObjectStore(proxy.endpoint))
+    finally:
+        proxy.close()
+    assert got.data == data and got.size == len(data)
+    assert [status for _, status in proxy.requests] == [503, 503, 206]
