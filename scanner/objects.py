@@ -196,13 +196,21 @@ class ObjectStore:
     # --- roots --------------------------------------------------------------------------
 
     def check_root(self, url: str) -> str:
-        """``url`` if its bucket can be listed and it names something; raises :class:`RootNotFound`."""
+        """``url`` if its bucket can be listed and it names something; raises :class:`RootNotFound`.
+
+        "Something" is an object under the folder ``PREFIX/``, or the object
+        ``PREFIX`` itself; a bucket (no prefix) may be empty.
+        """
         from botocore.exceptions import BotoCoreError, ClientError
 
         where = ObjectUrl.parse(url)
-        prefix = where.key
+        folder = where.key if not where.key or where.key.endswith("/") else where.key + "/"
+        probe = self._client("probe")
         try:
-            page = self._client("probe").list_objects_v2(Bucket=where.bucket, Prefix=prefix, MaxKeys=1)
+            page = probe.list_objects_v2(Bucket=where.bucket, Prefix=folder, MaxKeys=1)
+            found = bool(page.get("KeyCount", len(page.get("Contents", ()))))
+            if not found and folder != where.key:
+                found = self._exists(probe, where)
         except ClientError as exc:
             code, status = _error_code(exc)
             if code == "NoSuchBucket" or status == 404:
@@ -213,9 +221,25 @@ class ObjectStore:
         except BotoCoreError as exc:
             raise RootNotFound(f"{url}: cannot reach the object store at {self.where} "
                                f"({type(exc).__name__})") from None
-        if prefix and not page.get("KeyCount", len(page.get("Contents", []))):
+        if where.key and not found:
             raise RootNotFound(f"{url}: no objects under this prefix")
         return url
+
+    @staticmethod
+    def _exists(client: Any, where: ObjectUrl) -> bool:
+        """Whether the key exists (a 403 says it does: its row will say it can't be read)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            client.head_object(Bucket=where.bucket, Key=where.key)
+        except ClientError as exc:
+            code, status = _error_code(exc)
+            if code in _MISSING or status == 404:
+                return False
+            if code in _DENIED or status == 403:
+                return True
+            raise
+        return True
 
     def walk(self, url: str, wanted: Callable[[str], bool], page_size: int | None = None) -> Iterator[ObjectPath]:
         """The objects under ``url`` whose key ``wanted`` accepts, in key order, one page in memory at a time.
@@ -230,10 +254,15 @@ class ObjectStore:
         prefix = where.key
         if prefix and not prefix.endswith("/"):
             try:
-                yield ObjectPath(url, self, self.head(url))
-                return
-            except ObjectError:
+                info = self.head(url)
+            except ObjectError as exc:
+                if exc.code != "missing":  # there, but not readable: its row will say why
+                    yield ObjectPath(url, self)
+                    return
                 prefix += "/"
+            else:
+                yield ObjectPath(url, self, info)
+                return
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=where.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size or LIST_PAGE_SIZE})
         try:

@@ -391,3 +391,19 @@ def test_throttling_is_retried_by_botocore(s3):
         proxy.close()
     assert got.data == data and got.size == len(data)
     assert [status for _, status in proxy.requests] == [503, 503, 206]
+
+
+def test_a_root_is_a_folder_or_one_object_never_a_name_prefix(s3):
+    from dfscan.scanner import check_roots
+
+    bucket = fresh_bucket(s3)
+    s3.put(bucket, "photos2/x.jpg", b"x")
+    s3.put(bucket, "photos-old/y.jpg", b"x")
+    with pytest.raises(RootNotFound, match="no objects under this prefix"):
+        check_roots([f"s3://{bucket}/photos"], s3.endpoint)
+    s3.put(bucket, "photos", b"an object named like the folder")
+    assert check_roots([f"s3://{bucket}/photos"], s3.endpoint) == [f"s3://{bucket}/photos"]
+    s3.put(bucket, "photos/z.jpg", b"x")
+    walked = ScanSource((f"s3://{bucket}/photos/",), (), WalkOptions(DEFAULT_EXTENSIONS, s3_endpoint_url=s3.endpoint))
+    assert list(walked.paths()) == [f"s3://{bucket}/photos/z.jpg"]
+    assert check_roots([f"s3://{bucket}"], s3.endpoint) == [f"s3://{bucket}"]  # a whole bucket
