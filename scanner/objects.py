@@ -144,8 +144,18 @@ def object_error(exc: BaseException) -> ObjectError:
             return ObjectError("unreadable", f"access denied ({code or status})")
         return ObjectError("unreadable", f"object store error {code or status}")
     if isinstance(exc, BotoCoreError):
-        return ObjectError("unreadable", f"object store unreachable ({type(exc).__name__})")
+        return ObjectError("unreadable", _transport_reason(exc))
     return ObjectError("unreadable", f"read failed ({type(exc).__name__})")
+
+
+def _transport_reason(exc: BaseException) -> str:
+    """Why a request got no answer: no credentials in the chain, or the store out of reach (never botocore's text)."""
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return ("no AWS credentials found (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance "
+                "role)")
+    return f"object store unreachable ({type(exc).__name__})"
 
 
 class ObjectStore:
@@ -219,8 +229,7 @@ class ObjectStore:
                 raise RootNotFound(f"{url}: access denied ({code or status}) at {self.where}") from None
             raise RootNotFound(f"{url}: object store error {code or status} at {self.where}") from None
         except BotoCoreError as exc:
-            raise RootNotFound(f"{url}: cannot reach the object store at {self.where} "
-                               f"({type(exc).__name__})") from None
+            raise RootNotFound(f"{url}: {_transport_reason(exc)} at {self.where}") from None
         if where.key and not found:
             raise RootNotFound(f"{url}: no objects under this prefix")
         return url

@@ -224,16 +224,17 @@ def test_access_denied_is_an_error_row_not_a_crash(s3_server, monkeypatch, tmp_p
     assert not any(secret in result.output for secret in SECRETS)
 
 
-@pytest.mark.parametrize("case", ["no-bucket", "empty-prefix", "bad-endpoint", "not-a-url", "userinfo"])
-def test_setup_errors_are_one_line(s3, tiny_onnx_model, sqlite_url, case):
+@pytest.mark.parametrize("case", ["no-bucket", "empty-prefix", "bad-endpoint", "not-a-url", "userinfo",
+                                  "no-credentials"])
+def test_setup_errors_are_one_line(s3, monkeypatch, tiny_onnx_model, sqlite_url, case):
     from tests._cluster import free_port
 
     bucket = fresh_bucket(s3)
     root, endpoint = f"s3://{bucket}/photos", s3.endpoint
     expected = {
         "no-bucket": "no such bucket", "empty-prefix": "no objects under this prefix",
-        "bad-endpoint": "cannot reach the object store", "not-a-url": "must be an http:// or https:// URL",
-        "userinfo": "must not hold credentials"}[case]  # fmt: skip
+        "bad-endpoint": "object store unreachable", "not-a-url": "must be an http:// or https:// URL",
+        "userinfo": "must not hold credentials", "no-credentials": "no AWS credentials found"}[case]  # fmt: skip
     if case == "no-bucket":
         root = f"s3://missing-{uuid.uuid4().hex[:8]}/photos"
     elif case == "bad-endpoint":
@@ -242,6 +243,10 @@ def test_setup_errors_are_one_line(s3, tiny_onnx_model, sqlite_url, case):
         endpoint = "127.0.0.1:8333"
     elif case == "userinfo":
         endpoint = f"http://{ADMIN[0]}:{ADMIN[1]}@127.0.0.1:8333"
+    elif case == "no-credentials":  # nothing in the chain: no variables, no files, no instance metadata
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+        objects.forget_stores()
     result = run("scan", root, "--s3-endpoint-url", endpoint, "--model", str(tiny_onnx_model), "--db", sqlite_url)
     assert result.exit_code == 1, result.output
     assert expected in result.output and "Traceback" not in result.output
