@@ -22,32 +22,49 @@ def _show(progress: bool | None) -> bool:
 
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--n", "n", type=int, default=1000, show_default=True, envvar="DFSCAN_SYNTH_N", show_envvar=True,
-              help="Number of images, half real and half fake (even).")
+@click.option("--n", "n", type=int, envvar="DFSCAN_SYNTH_N", show_envvar=True,
+              help="Number of images (default 1000), or of clips with --video (default 40); half real and half fake "
+                   "(even).")
 @click.option("--layout", type=click.Choice(["140k", "flat"]), default="140k", show_default=True,
               help="140k: train/valid/test with real/ and fake/ inside; flat: real/ and fake/ only.")
 @click.option("--source", type=click.Choice(["procedural", "packages"]), default="procedural", show_default=True,
               help="Where real images come from: drawn procedurally, or crops of photographs shipped in installed "
                    "packages (scikit-learn's sample images).")
-@click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels (the 140k set is 256).")
+@click.option("--size", type=int, help="Image or frame side in pixels (default 256, the 140k set's; 128 with --video).")
 @click.option("--seed", type=int, default=0, show_default=True, help="The same seed writes the same files.")
-@click.option("--quality", default="70-95", show_default=True, help="JPEG quality range, applied to both classes.")
+@click.option("--quality", default="70-95", show_default=True, help="JPEG quality range, applied to both classes (images only).")
 @click.option("--upsampler", "upsamplers", multiple=True, type=click.Choice(["transposed_conv", "nearest_smooth"]),
               help="Simulated up-sampling layer(s) for the fakes (repeatable; default: both, at random).")
+@click.option("--video", is_flag=True, help="Write video clips instead of images (synthetic too; see below).")
+@click.option("--clip-frames", type=int, default=24, show_default=True, help="With --video: frames per clip.")
+@click.option("--fps", type=int, default=12, show_default=True, help="With --video: frame rate of the clips.")
+@click.option("--video-format", type=click.Choice(["h264", "mjpeg"]), default="h264", show_default=True,
+              help="With --video: H.264 in MP4, or MJPEG in AVI.")
 @_progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @reports_errors
-def synth(out: Path, n: int, layout: str, source: str, size: int, seed: int, quality: str,
-          upsamplers: tuple[str, ...], progress: bool | None, as_json: bool) -> None:
+def synth(out: Path, n: int | None, layout: str, source: str, size: int | None, seed: int, quality: str,
+          upsamplers: tuple[str, ...], video: bool, clip_frames: int, fps: int, video_format: str,
+          progress: bool | None, as_json: bool) -> None:
     """Write a labelled sample archive to OUT (synthetic: NOT a deepfake data set).
 
     Real images are procedural (or crops of packaged photographs); each fake is
     made from one of them by a simulator of generator up-sampling artefacts
     (down-sampling, then transposed-convolution or nearest-neighbour up-sampling
     with smoothing). Both classes are JPEG re-compressed at random qualities.
+
+    With --video the archive holds clips: a camera panning over a procedural
+    picture (real), and the same clip with the simulator applied to every frame
+    plus a flickering gain (fake), both encoded alike. Also synthetic, also NOT
+    deepfakes.
     """
     from dfscan.detector.synth import NOTICE, synthesize
 
+    if video:
+        _synth_videos(out, n, layout, source, size, seed, upsamplers, clip_frames, fps, video_format,
+                      _show(progress), as_json)
+        return
+    n, size = n or 1000, size or 256
     try:
         lo, hi = (int(v) for v in quality.split("-", 1)) if "-" in quality else (int(quality),) * 2
     except ValueError:
@@ -61,6 +78,26 @@ def synth(out: Path, n: int, layout: str, source: str, size: int, seed: int, qua
     for split, counts in summary.counts.items():
         click.echo(f"  {split:<6} real {counts['real']:>6}  fake {counts['fake']:>6}")
     click.echo(NOTICE)
+
+
+def _synth_videos(out: Path, n: int | None, layout: str, source: str, size: int | None, seed: int,
+                  upsamplers: tuple[str, ...], frames: int, fps: int, video_format: str, progress: bool,
+                  as_json: bool) -> None:
+    from dfscan.detector.synth_video import DEFAULT_SIZE, DEFAULT_VIDEOS, VIDEO_NOTICE, synthesize_videos
+
+    if source != "procedural":
+        raise click.BadParameter("--video draws procedural scenes only", param_hint="--source")
+    summary = synthesize_videos(out, n or DEFAULT_VIDEOS, layout=layout, size=size or DEFAULT_SIZE, frames=frames,
+                                fps=fps, seed=seed, video_format=video_format, upsamplers=upsamplers or None,
+                                progress=progress)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    click.echo(f"wrote {summary.total} SYNTHETIC video clips to {out} ({layout} layout, {summary.size}x{summary.size}, "
+               f"{frames} frames at {fps} fps, {video_format})")
+    for split, counts in summary.counts.items():
+        click.echo(f"  {split:<6} real {counts['real']:>6}  fake {counts['fake']:>6}")
+    click.echo(VIDEO_NOTICE)
 
 
 @click.command()
