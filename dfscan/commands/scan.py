@@ -275,18 +275,36 @@ def _cell(value: Any) -> Any:
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Decision threshold stored in model_info.json.")
 @click.option("--torch-program/--no-torch-program", default=True, show_default=True,
               help="Also write model.pt2 (torch.export), the file of --runtime torch.")
+@click.option("--video/--no-video", default=True, show_default=True, envvar="DFSCAN_EXPORT_VIDEO", show_envvar=True,
+              help="Also write model.video.onnx, the sequence graph (N, T, 3, H, W) that scores a video's sampled "
+                   "frames through the LSTM.")
+@click.option("--frames", type=click.IntRange(1, 1024), envvar="DFSCAN_EXPORT_FRAMES", show_envvar=True,
+              help="Frames per video recorded in model_info.json (default: the T the checkpoint was trained "
+                   "with, 16 for one trained on images).")
 @reports_errors
-def export(checkpoint: Path, out_dir: Path, opset: int, threshold: float, torch_program: bool) -> None:
-    """Export a detector CHECKPOINT to ONNX (and a torch.export program), checked against PyTorch."""
+def export(checkpoint: Path, out_dir: Path, opset: int, threshold: float, torch_program: bool, video: bool,
+           frames: int | None) -> None:
+    """Export a detector CHECKPOINT to ONNX (and a torch.export program), checked against PyTorch.
+
+    Writes model.onnx (single frames, (N, 3, H, W)) and, unless --no-video,
+    model.video.onnx (sequences of sampled video frames, (N, T, 3, H, W), N and
+    T dynamic), each checked against PyTorch, and model_info.json naming both.
+    """
     from dfscan.detector.export import export_onnx
 
     if opset < 17:
         raise click.BadParameter("opset 17 or newer is required", param_hint="--opset")
-    result = export_onnx(checkpoint, out_dir, opset=opset, threshold=threshold, torch_program=torch_program)
+    result = export_onnx(checkpoint, out_dir, opset=opset, threshold=threshold, torch_program=torch_program,
+                         video=video, frames=frames)
     program = result.info.extra.get("torch_program")
     also = f", {out_dir / program['file']}" if isinstance(program, dict) else ""
+    also += f", {result.video_path}" if result.video_path else ""
     click.echo(f"wrote {result.onnx_path}{also} and {result.info_path}")
-    click.echo(f"max |logit difference| ONNX Runtime vs PyTorch: {result.max_abs_diff:.2e}")
+    if result.max_abs_diff is not None:
+        click.echo(f"max |logit difference| ONNX Runtime vs PyTorch: {result.max_abs_diff:.2e}")
+    if result.video_max_abs_diff is not None:
+        click.echo(f"video graph: {result.frames} frames per video, max |logit difference| "
+                   f"{result.video_max_abs_diff:.2e}")
 
 
 COMMANDS = [scan, results, export]
