@@ -27,9 +27,9 @@ import numpy as np
 from dfscan.detector.errors import DetectorError
 from dfscan.trt.model_info import CLASSES
 from dfscan.workers.decode import Preprocess, load_rgb, to_tensor
+from dfscan.workers.video import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi")
 # What a data set's files are, with the suffixes that count as one.
 MEDIA: dict[str, tuple[str, ...]] = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -257,8 +257,8 @@ class Augment:
     contrast: float = 0.2
 
 
-def train_transform(pre: Preprocess, augment: Augment = Augment(), faces: bool = False) -> Callable[[bytes], np.ndarray]:
-    """Decode as the scanner does, resize, augment the RGB image, then normalise as the scanner does."""
+def augment_pipeline(augment: Augment):
+    """The torchvision v2 transform of ``augment``: flip, rotation, colour jitter."""
     from torchvision.transforms import v2
 
     steps: list = [v2.RandomHorizontalFlip(augment.hflip)]
@@ -266,7 +266,12 @@ def train_transform(pre: Preprocess, augment: Augment = Augment(), faces: bool =
         steps.append(v2.RandomRotation(augment.degrees, interpolation=v2.InterpolationMode.BILINEAR))
     if augment.brightness or augment.contrast:
         steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
-    pipeline = v2.Compose(steps)
+    return v2.Compose(steps)
+
+
+def train_transform(pre: Preprocess, augment: Augment = Augment(), faces: bool = False) -> Callable[[bytes], np.ndarray]:
+    """Decode as the scanner does, resize, augment the RGB image, then normalise as the scanner does."""
+    pipeline = augment_pipeline(augment)
     h, w = pre.size
     crop = _face_cropper(pre) if faces else None
 
@@ -317,14 +322,24 @@ def make_dataset(items: list[Item], transform: Callable[[bytes], np.ndarray]):
     return _torch_dataset_class()(items, transform)
 
 
-def make_loader(items: list[Item], transform, *, batch_size: int, shuffle: bool, workers: int = 0, seed: int = 0):
-    """A DataLoader; shuffling follows ``seed`` (and the epoch, via :func:`torch.Generator` state)."""
+def make_loader(items: list[Item], transform, *, batch_size: int, shuffle: bool, workers: int = 0, seed: int = 0,
+                media: str = "image"):
+    """A DataLoader; shuffling follows ``seed`` (and the epoch, via :func:`torch.Generator` state).
+
+    ``media`` "video": ``transform`` takes a path and gives a clip (see :mod:`detector.video_data`).
+    """
     import torch
     from torch.utils.data import DataLoader
 
+    if media == "video":
+        from dfscan.detector.video_data import make_video_dataset
+
+        dataset = make_video_dataset(items, transform)
+    else:
+        dataset = make_dataset(items, transform)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        make_dataset(items, transform),
+        dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,

@@ -130,19 +130,26 @@ def _synth_videos(out: Path, n: int | None, layout: str, source: str, size: int 
 @click.option("--faces", type=click.Choice(["on", "off"]), default="off", show_default=True,
               help="on: train on the crop of each image's largest face, made as `dfscan scan --faces on` makes "
                    "it; the exported model_info.json says \"input\": \"face-crop\" and scans follow it.")
+@click.option("--frames", type=click.IntRange(1, 1024), default=16, show_default=True,
+              help="Video data sets: frames sampled per video, the LSTM's sequence length; a batch then holds "
+                   "--batch-size frames (batch-size // frames videos).")
 @click.option("--fresh", is_flag=True, help="Start over even if OUT holds an unfinished run.")
 @_progress_option
 @reports_errors
 def train(data_dir: Path, out_dir: Path, backbone: str, backbone_weights: Path | None, epochs: int, batch_size: int,
           lr: float, weight_decay: float, dropout: float, lstm_hidden: int, patience: int, factor: float,
           target_accuracy: float, rotation: float, no_augment: bool, device: str, workers: int, seed: int,
-          max_steps: int | None, faces: str, fresh: bool, progress: bool | None) -> None:
+          max_steps: int | None, faces: str, frames: int, fresh: bool, progress: bool | None) -> None:
     """Train a detector on DATA_DIR and keep the checkpoint with the best validation accuracy.
 
     DATA_DIR has the "140k Real and Fake Faces" layout (train/, valid/, test/,
     each with real/ and fake/) or plain real/ and fake/ folders, split 70/15/15
     with a fixed seed. Defaults are the original project's. Run the same
     command again after an interruption to resume from the last finished epoch.
+
+    DATA_DIR may hold videos instead of images (.mp4 .mov .m4v .webm .mkv
+    .avi, same layout): each video is --frames frames sampled evenly in time,
+    one sequence through the LSTM, one label.
     """
     from dfscan.detector.backbones import get_backbone
     from dfscan.detector.train import TrainConfig
@@ -154,7 +161,7 @@ def train(data_dir: Path, out_dir: Path, backbone: str, backbone_weights: Path |
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, scheduler_patience=patience,
         scheduler_factor=factor, dropout=dropout, lstm_hidden=lstm_hidden,
         target_accuracy=target_accuracy or None, augment=not no_augment, rotation=rotation, device=device,
-        workers=workers, seed=seed, max_steps_per_epoch=max_steps, faces=faces == "on",
+        workers=workers, seed=seed, max_steps_per_epoch=max_steps, faces=faces == "on", frames=frames,
     )
     try:
         result = run_training(data_dir, out_dir, config, resume=not fresh, progress=_show(progress), log=click.echo)

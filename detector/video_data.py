@@ -1,0 +1,106 @@
+"""Videos as training and evaluation samples: T frames sampled by the scanner's own sampler, as one sequence.
+
+A video becomes a (T, 3, H, W) float32 array: :func:`dfscan.workers.video.sample_video`
+takes T frames evenly spaced in time (upright, RGB), each is resized and
+normalised as the scanner's Pillow path does (:func:`workers.decode.to_tensor`).
+A video that yields fewer than T distinct frames (shorter than T frames, or
+frames that did not decode) has its frames repeated in time order up to T, so
+every sequence of a batch has the same length. Training applies the image
+augmentation with the same random draw to every frame of a clip: a flip or a
+rotation that changed from frame to frame would be a temporal artefact of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from dfscan.detector.data import Augment, DataError, Item, augment_pipeline
+from dfscan.workers.decode import Preprocess, to_tensor
+from dfscan.workers.video import DEFAULT_FRAMES, DEFAULT_TIME_LIMIT_S
+
+VideoTransform = Callable[[str], np.ndarray]
+
+
+def fit_frames(frames: list[np.ndarray], t: int) -> list[np.ndarray]:
+    """Exactly ``t`` frames: ``frames`` itself, or its frames repeated (in time order) when it has fewer."""
+    if not frames:
+        raise ValueError("no frames to fit")
+    if len(frames) == t:
+        return list(frames)
+    picks = (np.arange(t) * len(frames)) // t  # fewer: each frame held a while; more: evenly thinned
+    return [frames[int(i)] for i in picks]
+
+
+def _sample(path: str, frames: int, time_limit_s: float):
+    from PIL import Image
+
+    from dfscan.workers.video import sample_video
+
+    sampled = sample_video(path, frames, time_limit_s=time_limit_s)
+    return [Image.fromarray(f) for f in fit_frames(sampled.frames, frames)]
+
+
+def video_eval_transform(
+    pre: Preprocess, frames: int = DEFAULT_FRAMES, time_limit_s: float = DEFAULT_TIME_LIMIT_S
+) -> VideoTransform:
+    """Path to a normalised (T, 3, H, W) float32 array of ``frames`` sampled frames; raises the sampler's VideoError."""
+
+    def run(path: str) -> np.ndarray:
+        return np.stack([to_tensor(im, pre) for im in _sample(path, frames, time_limit_s)])
+
+    return run
+
+
+def video_train_transform(
+    pre: Preprocess, frames: int = DEFAULT_FRAMES, augment: Augment = Augment(),
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+) -> VideoTransform:
+    """As :func:`video_eval_transform`, with the original project's augmentation drawn once per clip."""
+    import torch
+    from PIL import Image
+
+    pipeline = augment_pipeline(augment)
+    h, w = pre.size
+    a, b = pre.scale_and_shift()
+
+    def run(path: str) -> np.ndarray:
+        ims = [im if im.size == (w, h) else im.resize((w, h), Image.Resampling.BILINEAR)  # to_tensor's resize
+               for im in _sample(path, frames, time_limit_s)]
+        clip = torch.from_numpy(np.stack([np.asarray(im) for im in ims])).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
+        clip = pipeline(clip)  # a plain tensor with leading dims: one random draw for the whole clip
+        return clip.numpy().astype(np.float32) * a + b
+
+    return run
+
+
+def _torch_video_dataset_class():
+    import torch
+    from torch.utils.data import Dataset
+
+    class VideoFolderDataset(Dataset):
+        """(clip tensor (T, 3, H, W), label) pairs; a video that can't be sampled raises DataError with its reason."""
+
+        def __init__(self, items: list[Item], transform: VideoTransform) -> None:
+            self.items = list(items)
+            self.transform = transform
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def __getitem__(self, index: int):
+            from dfscan.workers.errors import ImageError
+
+            path, label = self.items[index]
+            try:
+                return torch.from_numpy(self.transform(path)), label
+            except ImageError as exc:
+                raise DataError(f"{path}: {exc.code}: {exc.message}; remove or replace the file") from None
+
+    return VideoFolderDataset
+
+
+def make_video_dataset(items: list[Item], transform: VideoTransform):
+    """A ``torch.utils.data.Dataset`` of sampled clips over ``items``."""
+    return _torch_video_dataset_class()(items, transform)
