@@ -220,28 +220,38 @@ def calibrate(model: Path, data_dir: Path, target_fpr: float | None, split: str,
               help="training_results.json for the training curves (default: beside the model's checkpoint).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="For checkpoints: auto | cpu | cuda.")
+@click.option("--frames", type=click.IntRange(1, 1024),
+              help="Video data sets: frames sampled per video (default: the model's own, model_info.json frames).")
 @_progress_option
 @reports_errors
 def evaluate(model: Path, data_dir: Path, out_dir: Path, split: str, threshold: float | None,
-             training_results: Path | None, batch_size: int, device: str, progress: bool | None) -> None:
+             training_results: Path | None, batch_size: int, device: str, frames: int | None,
+             progress: bool | None) -> None:
     """Measure MODEL (an exported .onnx or a .pt checkpoint) on a split of DATA_DIR.
 
     Writes metrics.json and report.html (one self-contained file with every
     figure). An exported model is run as a scan runs it, with its temperature
-    and threshold.
+    and threshold. A DATA_DIR of videos is measured per video: each video is
+    one sequence of sampled frames through the export's video graph
+    (model.video.onnx) and one verdict.
     """
     from dfscan.detector.evaluate import evaluate as run_evaluation
 
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise click.BadParameter("must be between 0 and 1", param_hint="--threshold")
     result = run_evaluation(model, data_dir, out_dir, split=split, training_results=training_results,
-                            threshold=threshold, batch_size=batch_size, device=device, progress=_show(progress))
+                            threshold=threshold, batch_size=batch_size, device=device, progress=_show(progress),
+                            frames=frames)
     m = result.metrics
     auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
-    click.echo(f"{split}: {m['n']} images, accuracy {m['accuracy']:.2%}, ROC AUC {auc}, "
+    unit = f"{m['data']['media']}s"
+    if m["data"]["media"] == "video":
+        click.echo(f"videos: {m['data']['frames']} frames each, scored as {m['data']['scoring']}"
+                   + (" (no video graph in the export: a weaker verdict)" if m["data"]["scoring"] != "sequence" else ""))
+    click.echo(f"{split}: {m['n']} {unit}, accuracy {m['accuracy']:.2%}, ROC AUC {auc}, "
                f"ECE {m['calibration']['ece']:.4f} (threshold {m['threshold']:.3g}, T {m['temperature']:.3g})")
     if m["data"]["failed"]:
-        click.echo(f"  {len(m['data']['failed'])} images could not be decoded (listed in metrics.json)")
+        click.echo(f"  {len(m['data']['failed'])} {unit} could not be decoded (listed in metrics.json)")
     click.echo(f"wrote {result.metrics_path} and {result.report_path}")
 
 
