@@ -294,11 +294,15 @@ def _torch_dataset_class():
     from torch.utils.data import Dataset
 
     class ImageFolderDataset(Dataset):
-        """(image tensor, label) pairs read from files; a file that can't be decoded raises its ImageError."""
+        """(image tensor, label) pairs read from files; a file that can't be decoded raises DataError with its reason.
 
-        def __init__(self, items: list[Item], transform: Callable[[bytes], np.ndarray]) -> None:
+        ``by_path``: the transform takes the path, not the bytes (videos: the sampler reads what it seeks to).
+        """
+
+        def __init__(self, items: list[Item], transform: Callable, by_path: bool = False) -> None:
             self.items = list(items)
             self.transform = transform
+            self.by_path = by_path
 
         def __len__(self) -> int:
             return len(self.items)
@@ -308,6 +312,8 @@ def _torch_dataset_class():
 
             path, label = self.items[index]
             try:
+                if self.by_path:
+                    return torch.from_numpy(self.transform(path)), label
                 with open(path, "rb") as fh:
                     data = fh.read()
                 return torch.from_numpy(self.transform(data)), label
@@ -317,9 +323,9 @@ def _torch_dataset_class():
     return ImageFolderDataset
 
 
-def make_dataset(items: list[Item], transform: Callable[[bytes], np.ndarray]):
-    """A ``torch.utils.data.Dataset`` over ``items``."""
-    return _torch_dataset_class()(items, transform)
+def make_dataset(items: list[Item], transform: Callable, *, by_path: bool = False):
+    """A ``torch.utils.data.Dataset`` over ``items``; ``by_path``: ``transform`` takes a path, not bytes."""
+    return _torch_dataset_class()(items, transform, by_path)
 
 
 def make_loader(items: list[Item], transform, *, batch_size: int, shuffle: bool, workers: int = 0, seed: int = 0,
@@ -331,12 +337,7 @@ def make_loader(items: list[Item], transform, *, batch_size: int, shuffle: bool,
     import torch
     from torch.utils.data import DataLoader
 
-    if media == "video":
-        from dfscan.detector.video_data import make_video_dataset
-
-        dataset = make_video_dataset(items, transform)
-    else:
-        dataset = make_dataset(items, transform)
+    dataset = make_dataset(items, transform, by_path=media == "video")
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

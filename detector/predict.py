@@ -153,64 +153,29 @@ def predict(
 
 def _predict(infer, source: ModelSource, items: list[Item], columns: list[int], batch_size: int, threads: int,
              progress: bool, faces: bool = False) -> Predictions:
-    from tqdm import tqdm
-
     from dfscan.detector.data import eval_transform
 
     transform = eval_transform(source.preprocess, faces)
-
-    paths: list[str] = []
-    labels: list[int] = []
-    outs: list[np.ndarray] = []
-    failed: list[tuple[str, str]] = []
-    bar = tqdm(total=len(items), desc="predict", unit="img", disable=not progress, leave=False)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            decoded = list(pool.map(lambda item: _decode(item[0], transform), chunk))
-            batch = []
-            for (path, label), out in zip(chunk, decoded):
-                if isinstance(out, str):
-                    failed.append((path, out))
-                else:
-                    batch.append(out)
-                    paths.append(path)
-                    labels.append(label)
-            if batch:
-                outs.append(infer(np.stack(batch))[:, columns])
-            bar.update(len(chunk))
-    bar.close()
-    logits = np.concatenate(outs).astype(np.float64) if outs else np.zeros((0, len(CLASSES)))
-    return Predictions(paths, np.asarray(labels, dtype=np.int64), logits, failed)
+    return _score(infer, transform, items, columns, batch_size, threads, progress, unit="img")
 
 
-def _predict_videos(source: ModelSource, items: list[Item], columns: list[int], frames: int, batch_size: int,
-                    threads: int, progress: bool, device: str) -> Predictions:
+def _score(infer, transform, items: list[Item], columns: list[int], per_batch: int, threads: int, progress: bool,
+           *, unit: str, by_path: bool = False) -> Predictions:
+    """``per_batch`` items at a time: decoded in a thread pool, the ones that decode inferred as one batch."""
     from tqdm import tqdm
 
-    from dfscan.detector.video_data import video_eval_transform
-
-    if source.input == "face-crop":
-        raise DetectorError(f"{source.path} was trained on face crops; face tracks through videos are not "
-                            f"evaluated yet")
-    transform = video_eval_transform(source.preprocess, frames)
-    if source.kind == "onnx":
-        infer, close, scoring = _onnx_video_infer(source)
-    else:
-        (infer, close), scoring = _torch_infer(source, device), "sequence"
-    clips = max(1, batch_size // frames)  # a batch is bounded by its frames, not its videos
     paths: list[str] = []
     labels: list[int] = []
     outs: list[np.ndarray] = []
     failed: list[tuple[str, str]] = []
-    bar = tqdm(total=len(items), desc="predict", unit="video", disable=not progress, leave=False)
+    bar = tqdm(total=len(items), desc="predict", unit=unit, disable=not progress, leave=False)
     try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sample") as pool:
-            for start in range(0, len(items), clips):
-                chunk = items[start : start + clips]
-                sampled = list(pool.map(lambda item: _decode(item[0], transform, by_path=True), chunk))
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+            for start in range(0, len(items), per_batch):
+                chunk = items[start : start + per_batch]
+                decoded = list(pool.map(lambda item: _decode(item[0], transform, by_path=by_path), chunk))
                 batch = []
-                for (path, label), out in zip(chunk, sampled):
+                for (path, label), out in zip(chunk, decoded):
                     if isinstance(out, str):
                         failed.append((path, out))
                     else:
@@ -222,9 +187,29 @@ def _predict_videos(source: ModelSource, items: list[Item], columns: list[int], 
                 bar.update(len(chunk))
     finally:
         bar.close()
-        close()
     logits = np.concatenate(outs).astype(np.float64) if outs else np.zeros((0, len(CLASSES)))
-    return Predictions(paths, np.asarray(labels, dtype=np.int64), logits, failed, scoring=scoring)
+    return Predictions(paths, np.asarray(labels, dtype=np.int64), logits, failed)
+
+
+def _predict_videos(source: ModelSource, items: list[Item], columns: list[int], frames: int, batch_size: int,
+                    threads: int, progress: bool, device: str) -> Predictions:
+    from dfscan.detector.video_data import video_eval_transform
+
+    if source.input == "face-crop":
+        raise DetectorError(f"{source.path} was trained on face crops; face tracks through videos are not "
+                            f"evaluated yet")
+    transform = video_eval_transform(source.preprocess, frames)
+    if source.kind == "onnx":
+        infer, close, scoring = _onnx_video_infer(source)
+    else:
+        (infer, close), scoring = _torch_infer(source, device), "sequence"
+    clips = max(1, batch_size // frames)  # a batch is bounded by its frames, not its videos
+    try:
+        pred = _score(infer, transform, items, columns, clips, threads, progress, unit="video", by_path=True)
+    finally:
+        close()
+    pred.scoring = scoring
+    return pred
 
 
 def _onnx_video_infer(source: ModelSource):

@@ -18,18 +18,19 @@ plain ``real/`` and ``fake/``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dfscan.detector.synth import (
-    LAYOUTS,
     UPSAMPLERS,
+    ArchiveSummary,
     SynthError,
     _assign_splits,
     _bar,
     _procedural,
+    check_archive,
     simulate_fake,
 )
 
@@ -70,7 +71,7 @@ VIDEO_FORMATS: dict[str, VideoFormat] = {
 
 
 @dataclass(frozen=True)
-class VideoSynthSummary:
+class VideoSynthSummary(ArchiveSummary):
     """What :func:`synthesize_videos` wrote: counts of clips per split and class, and how."""
 
     out: Path
@@ -84,17 +85,6 @@ class VideoSynthSummary:
     upsamplers: tuple[str, ...] = tuple(sorted(UPSAMPLERS))
     notice: str = VIDEO_NOTICE
     kind: str = "video"
-
-    @property
-    def total(self) -> int:
-        return sum(sum(c.values()) for c in self.counts.values())
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["out"] = str(self.out)
-        data["upsamplers"] = list(self.upsamplers)
-        data["total"] = self.total
-        return data
 
 
 def real_clip(rng: np.random.Generator, size: int, frames: int) -> np.ndarray:
@@ -161,23 +151,12 @@ def synthesize_videos(
 
     The same arguments give the same frames (the encoder's bytes may differ between PyAV versions).
     """
-    if layout not in LAYOUTS:
-        raise SynthError(f"unknown layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
     if video_format not in VIDEO_FORMATS:
         raise SynthError(f"unknown video format {video_format!r}; known formats: {', '.join(VIDEO_FORMATS)}")
-    if n < 2 or n % 2:
-        raise SynthError(f"n must be an even number of at least 2 (pairs of real and fake), got {n}")
-    if size < 32 or size % 2:
-        raise SynthError(f"size must be even and at least 32 pixels, got {size}")
     if not 1 <= frames <= 10_000 or not 1 <= fps <= 240:
         raise SynthError(f"frames per clip must be 1-10000 and fps 1-240, got {frames} and {fps}")
-    methods = tuple(sorted(UPSAMPLERS)) if upsamplers is None else tuple(upsamplers)
-    unknown = [m for m in methods if m not in UPSAMPLERS]
-    if unknown or not methods:
-        raise SynthError(f"unknown up-sampler {unknown or '(none)'}; known up-samplers: {', '.join(UPSAMPLERS)}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise SynthError(f"{out} exists and is not empty; give a new folder")
+    methods = check_archive(out, n, layout, size, upsamplers)
     fmt = VIDEO_FORMATS[video_format]
 
     pairs = n // 2

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from dfscan.detector.data import Augment, DataError, Item, augment_pipeline
+from dfscan.detector.data import Augment, augment_pipeline
 from dfscan.workers.decode import Preprocess, to_tensor
 from dfscan.workers.video import DEFAULT_FRAMES, DEFAULT_TIME_LIMIT_S
 
@@ -73,34 +73,3 @@ def video_train_transform(
         return clip.numpy().astype(np.float32) * a + b
 
     return run
-
-
-def _torch_video_dataset_class():
-    import torch
-    from torch.utils.data import Dataset
-
-    class VideoFolderDataset(Dataset):
-        """(clip tensor (T, 3, H, W), label) pairs; a video that can't be sampled raises DataError with its reason."""
-
-        def __init__(self, items: list[Item], transform: VideoTransform) -> None:
-            self.items = list(items)
-            self.transform = transform
-
-        def __len__(self) -> int:
-            return len(self.items)
-
-        def __getitem__(self, index: int):
-            from dfscan.workers.errors import ImageError
-
-            path, label = self.items[index]
-            try:
-                return torch.from_numpy(self.transform(path)), label
-            except ImageError as exc:
-                raise DataError(f"{path}: {exc.code}: {exc.message}; remove or replace the file") from None
-
-    return VideoFolderDataset
-
-
-def make_video_dataset(items: list[Item], transform: VideoTransform):
-    """A ``torch.utils.data.Dataset`` of sampled clips over ``items``."""
-    return _torch_video_dataset_class()(items, transform)
