@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -132,8 +133,15 @@ def sample_video(
 def _container(path: str) -> ContainerSpec:
     """The container spec from the file's first bytes; the reader's reasons for a file that can't be read."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(SIGNATURE_BYTES)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise VideoError("not-regular", "not a regular file")
+        # O_NONBLOCK: should the path become a FIFO after the check, opening it must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            head = os.read(fd, SIGNATURE_BYTES)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise VideoError("missing", "file not found (vanished since it was listed)") from None
     except PermissionError:
