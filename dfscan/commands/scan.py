@@ -188,7 +188,7 @@ def summary_dict(summary: Any) -> dict:
 
 
 RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256", "scanned_at",
-                  "faces", "faces_found")
+                  "faces", "faces_found", "kind", "frames", "duration_s", "notes")
 
 
 @click.command()
@@ -257,14 +257,16 @@ def _emit_rows(rows: Iterator[dict], fmt: str) -> None:
             out.write(("," if i else "") + "\n  " + json.dumps({c: row[c] for c in RESULT_COLUMNS}, default=str))
         out.write("\n]\n")
     else:
-        out.write(f"{'status':<7} {'label':<5} {'p_fake':>7} {'conf':>6}  path / error\n")
+        out.write(f"{'status':<7} {'label':<5} {'p_fake':>7} {'conf':>6} {'kind':<5} {'frames':>6}  path / error\n")
         for row in rows:
             p = "" if row["p_fake"] is None else f"{row['p_fake']:.4f}"
             c = "" if row["confidence"] is None else f"{row['confidence']:.3f}"
+            frames = "" if row["frames"] is None else str(row["frames"])
             tail = {"ok": row["path"], "no-face": f"{row['path']}  [no face]"}.get(
                 row["status"], f"{row['path']}  [{row['error']}]")
             tail = _printable(str(tail))
-            out.write(f"{row['status']:<7} {row['label'] or '':<5} {p:>7} {c:>6}  {tail!s}\n")
+            out.write(f"{row['status']:<7} {row['label'] or '':<5} {p:>7} {c:>6} {row['kind']:<5} {frames:>6}  "
+                      f"{tail!s}\n")
 
 
 def _cell(value: Any) -> Any:
