@@ -399,3 +399,86 @@ def test_batches_are_bounded_by_frames_not_videos(tmp_path, tiny_video_model):  
     assert all(r.status == "ok" for r in rows)
     assert recording.shapes and all(n * t <= 16 for n, t, *_ in recording.shapes)
     assert all(shape[1:] == (6, 3, 224, 224) for shape in recording.shapes)
+
+
+# -- faces through time ------------------------------------------------------------------------
+
+import re  # noqa: E402
+
+FACE_FPS = 10
+FACE_FRAMES = 24
+STATIC_AT = (440, 170, 0.8)  # x, y, scale of the face that stays put
+
+
+def _moving_x(i: int) -> int:
+    return 20 + 10 * i  # the other face walks right, 10 px a frame
+
+
+def _face_video(path: Path) -> Path:
+    """A 640x360 video of two astronaut faces on coffee: one still, one moving right across the frames."""
+    from tests.test_faces import paste_faces, skimage_data
+
+    background = Image.fromarray(skimage_data.coffee()).resize((640, 360))
+
+    def draw(i: int) -> np.ndarray:
+        im, _ = paste_faces(background, [(_moving_x(i), 20, 1.0), STATIC_AT])
+        return np.asarray(im)
+
+    return write_video(path, FACE_FRAMES, codec="mjpeg-avi", fps=FACE_FPS, size=(640, 360), draw=draw)
+
+
+def _expected_boxes(frame_number: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from tests.test_faces import paste_faces
+
+    _, boxes = paste_faces(Image.new("RGB", (640, 360)), [(_moving_x(frame_number), 20, 1.0), STATIC_AT])
+    return boxes[0], boxes[1]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_faces_are_followed_through_time_and_the_most_suspicious_track_is_the_verdict(
+    tmp_path, tiny_video_model, backend, request  # noqa: F811
+):
+    from tests.test_faces import iou
+
+    db_url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _face_video(folder / "two-faces.avi")
+    write_video(folder / "no-face.mp4", 10, size=(128, 96))
+    out = _cli("scan", str(folder), "--model", str(tiny_video_model.parent), "--db", db_url, "--faces", "on",
+               "--frames", "6", "--threshold", "0", "--json")
+    assert out.exit_code == 0, out.output
+    scan_id = json.loads(out.output[out.output.index("{"):])["scan_id"]
+    rows = {Path(r.path).name: r for r in _query(db_url, "SELECT * FROM scan_results")}
+    assert rows["no-face.mp4"].status == "no-face" and rows["no-face.mp4"].kind == "video"
+    row = rows["two-faces.avi"]
+    assert (row.status, row.kind, row.frames, row.faces, row.faces_found) == ("ok", "video", 6, 2, 2)
+    frames = _query(db_url, "SELECT * FROM scan_frames WHERE path LIKE '%two-faces.avi' "
+                            "ORDER BY track, frame_index")
+    tracks: dict[int, list] = {}
+    for f in frames:
+        tracks.setdefault(f.track, []).append(f)
+    assert sorted(tracks) == [0, 1] and all(len(fs) == 6 for fs in tracks.values())
+    # Each track is one face, followed through the six frames: the moving one's boxes move with it.
+    moving = next(k for k, fs in tracks.items() if fs[-1].x - fs[0].x > 100)
+    for k, fs in tracks.items():
+        for f in fs:
+            expected = _expected_boxes(int(round(f.timestamp_s * FACE_FPS)))[0 if k == moving else 1]
+            assert iou((f.x, f.y, f.x + f.w, f.y + f.h), expected) >= 0.5, (k, f)
+        assert len({f.track_p_fake for f in fs}) == 1 and all(f.p_fake is None for f in fs)
+    # The video's verdict is its most suspicious track.
+    track_p = {k: fs[0].track_p_fake for k, fs in tracks.items()}
+    assert row.p_fake == pytest.approx(max(track_p.values()))
+    assert track_p[0] != pytest.approx(track_p[1])  # two different sequences, not one score copied
+
+    # The report shows the flagged track's frames with its face marked.
+    report = tmp_path / "report.html"
+    out = _cli("report", str(scan_id), "--db", db_url, "--out", str(report))
+    assert out.exit_code == 0, out.output
+    html = report.read_text(encoding="utf-8")
+    figure = re.search(r'<figure class="suspect video" data-path="[^"]*two-faces.avi">(.*?)</figure>', html, re.S)
+    assert figure is not None
+    drawn = [tuple(int(v) for v in m.split(",")) for m in re.findall(r'data-box="([^"]+)"', figure.group(1))]
+    flagged = max(track_p, key=track_p.get)
+    assert drawn == [(f.x, f.y, f.w, f.h) for f in tracks[flagged]]
+    assert len(re.findall(r"data:image/jpeg;base64,", figure.group(1))) == 6

@@ -168,8 +168,10 @@ class VideoStage:
             for frame, (x1, y1, x2, y2) in zip(video.frames, track.filled()):
                 ((crop, _square),) = crop_faces(frame, [(x1, y1, x2, y2, 0.0)], faces.options, self.pre.size)
                 crops.append(np.asarray(crop))
-                bx, by = int(round(x1)), int(round(y1))
-                boxes.append((bx, by, max(1, int(round(x2)) - bx), max(1, int(round(y2)) - by)))
+                # Boxes are stored in the video's own (upright) pixels, whatever the frames were scaled to.
+                s = video.width / frame.shape[1]
+                bx, by = int(round(x1 * s)), int(round(y1 * s))
+                boxes.append((bx, by, max(1, int(round(x2 * s)) - bx), max(1, int(round(y2 * s)) - by)))
             out.append(VideoTrack(np.stack(crops), boxes))
         return out, n_found
 
