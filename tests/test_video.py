@@ -21,9 +21,11 @@ from tests._videos import (
     corrupt_packets,
     index_frame,
     read_index,
+    face_box,
     tkhd_matrix,
     truncate_without_moov,
     write_audio_only,
+    write_face_video,
     write_video,
 )
 
@@ -414,24 +416,17 @@ def _moving_x(i: int) -> int:
     return 20 + 10 * i  # the other face walks right, 10 px a frame
 
 
+def _placements(i: int) -> list[tuple[int, int, float]]:
+    return [(_moving_x(i), 20, 1.0), STATIC_AT]
+
+
 def _face_video(path: Path) -> Path:
     """A 640x360 video of two astronaut faces on coffee: one still, one moving right across the frames."""
-    from tests.test_faces import paste_faces, skimage_data
-
-    background = Image.fromarray(skimage_data.coffee()).resize((640, 360))
-
-    def draw(i: int) -> np.ndarray:
-        im, _ = paste_faces(background, [(_moving_x(i), 20, 1.0), STATIC_AT])
-        return np.asarray(im)
-
-    return write_video(path, FACE_FRAMES, codec="mjpeg-avi", fps=FACE_FPS, size=(640, 360), draw=draw)
+    return write_face_video(path, FACE_FRAMES, _placements, fps=FACE_FPS)
 
 
-def _expected_boxes(frame_number: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    from tests.test_faces import paste_faces
-
-    _, boxes = paste_faces(Image.new("RGB", (640, 360)), [(_moving_x(frame_number), 20, 1.0), STATIC_AT])
-    return boxes[0], boxes[1]
+def _expected_boxes(frame_number: int) -> list[tuple[float, ...]]:
+    return [face_box(*p) for p in _placements(frame_number)]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

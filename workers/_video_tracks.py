@@ -1,4 +1,11 @@
-"""Faces followed through a video's sampled frames by box overlap: pure geometry, no pixels."""
+"""Faces followed through a video's sampled frames by box overlap: pure geometry, no pixels.
+
+Sampled frames are far apart in time (16 over a minute: one every 4 s), so a
+face that moves may no longer overlap its last box: a face whose box does not
+overlap enough still joins the track whose last box is near (centre within
+:data:`MAX_JUMP` box sides) and of a similar size (within :data:`MAX_SCALE`).
+Overlap wins over nearness when both could match.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,9 @@ Box = tuple[float, float, float, float]  # x1, y1, x2, y2
 
 # A face in the next frame is the same face when its box overlaps the track's last box this much.
 MIN_IOU = 0.3
+# Without enough overlap: how far (in box sides) and how much bigger or smaller a face may be and still follow.
+MAX_JUMP = 1.0
+MAX_SCALE = 1.5
 # A track must be seen in this share of the frames (at least one): one-frame false detections drop out.
 MIN_SEEN = 0.25
 
@@ -50,25 +60,39 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def affinity(a: Box, b: Box) -> float:
+    """How well box ``b`` continues box ``a``: above 1 by overlap, in (0, 1] by nearness, 0 not at all."""
+    overlap = iou(a, b)
+    if overlap >= MIN_IOU:
+        return 1.0 + overlap
+    side_a, side_b = max(a[2] - a[0], a[3] - a[1]), max(b[2] - b[0], b[3] - b[1])
+    if min(side_a, side_b) <= 0 or max(side_a, side_b) / min(side_a, side_b) > MAX_SCALE:
+        return 0.0
+    dx = (a[0] + a[2] - b[0] - b[2]) / 2
+    dy = (a[1] + a[3] - b[1] - b[3]) / 2
+    jump = math.hypot(dx, dy) / max(side_a, side_b)
+    return 0.0 if jump > MAX_JUMP else 1.0 - jump / (MAX_JUMP * 1.001)
+
+
 def follow(per_frame: list[list[tuple[Box, float]]], max_tracks: int) -> tuple[list[Track], int]:
     """Tracks from each frame's face boxes (with detector scores), the most seen (then largest) first, capped;
     and how many were found.
 
-    Greedy matching frame by frame: the pairs of (track, face) with the most
-    overlap are joined first, each track and face at most once; a face that
-    joins no track starts one.
+    Greedy matching frame by frame: the pairs of (track, face) with the
+    highest :func:`affinity` are joined first, each track and face at most
+    once; a face that joins no track starts one.
     """
     n = len(per_frame)
     tracks: list[Track] = []
     for t, faces in enumerate(per_frame):
         pairs = sorted(
-            ((iou(track.last(), box), k, j) for k, track in enumerate(tracks) for j, (box, _s) in enumerate(faces)),
-            reverse=True,
+            ((affinity(track.last(), box), k, j) for k, track in enumerate(tracks) for j, (box, _s) in enumerate(faces)),
+            key=lambda p: (-p[0], p[1], p[2]),
         )
         used_tracks: set[int] = set()
         used_faces: set[int] = set()
-        for overlap, k, j in pairs:
-            if overlap < MIN_IOU:
+        for score, k, j in pairs:
+            if score <= 0.0:
                 break
             if k in used_tracks or j in used_faces or tracks[k].boxes[t] is not None:
                 continue
