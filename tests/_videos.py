@@ -175,3 +175,32 @@ def tkhd_matrix(path: Path) -> tuple[int, ...]:
     # version/flags, creation and modification time, track id, reserved, duration, reserved, layer..volume
     offset = i + 4 + 4 + (8 + 8 if version == 1 else 4 + 4) + 4 + 4 + (8 if version == 1 else 4) + 8 + 8
     return struct.unpack(">9i", data[offset : offset + 36])
+
+
+# The astronaut's face patch of scikit-image's astronaut() (as tests/test_faces.py pastes it) and the face in it.
+PATCH_BOX = (150, 30, 300, 200)
+PATCH_FACE = (31.0, 32.0, 118.0, 142.0)
+
+
+def write_face_video(path: str | Path, count: int, placements: Callable[[int], list[tuple[int, int, float]]], *,
+                     fps: int = 10, size: tuple[int, int] = (640, 360)) -> Path:
+    """An MJPEG video of astronaut faces pasted on scikit-image's coffee at ``placements(i)`` = [(x, y, scale)]."""
+    from PIL import Image
+    from skimage import data
+
+    background = Image.fromarray(data.coffee()).resize(size)
+    patch = Image.fromarray(data.astronaut()).crop(PATCH_BOX)
+
+    def draw(i: int) -> np.ndarray:
+        im = background.copy()
+        for x, y, s in placements(i):
+            im.paste(patch.resize((round(patch.width * s), round(patch.height * s)), Image.Resampling.BILINEAR), (x, y))
+        return np.asarray(im)
+
+    return write_video(path, count, codec="mjpeg-avi", fps=fps, size=size, draw=draw)
+
+
+def face_box(x: int, y: int, s: float) -> tuple[float, float, float, float]:
+    """Where the face is when :func:`write_face_video` pastes the patch at (x, y) scaled by s."""
+    fx1, fy1, fx2, fy2 = PATCH_FACE
+    return (x + fx1 * s, y + fy1 * s, x + fx2 * s, y + fy2 * s)

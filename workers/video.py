@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -54,6 +56,7 @@ __all__ = [
     "SampledVideo",
     "VIDEO_EXTENSIONS",
     "VideoError",
+    "frames_at",
     "is_video_path",
     "pyav_version",
     "sample_video",
@@ -126,14 +129,52 @@ def sample_video(
         container.close()
 
 
+def frames_at(
+    path: str,
+    times_s: Sequence[float],
+    *,
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+    max_side: int | None = DEFAULT_MAX_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> SampledVideo:
+    """The frames on screen at ``times_s`` (seconds from the stream's start, ascending): a scan's stored
+    timestamps give back the frames it scored (the report's strip).  Same errors as :func:`sample_video`."""
+    import av
+
+    if not times_s:
+        raise ValueError("no times given")
+    deadline = time.monotonic() + time_limit_s
+    spec = _container(path)
+    try:
+        container = av.open(path, format=spec.demuxer, timeout=(time_limit_s, time_limit_s),
+                            metadata_errors="replace")
+    except av.error.ExitError:
+        raise _timeout(time_limit_s, 0, len(times_s)) from None
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise _open_error(exc, spec, path) from None
+    try:
+        sampler = _Sampler(container, spec, len(times_s), deadline, time_limit_s, max_side, max_pixels, 1)
+        sampler.at_s = sorted(float(t) for t in times_s)
+        return sampler.run()
+    finally:
+        container.close()
+
+
 # -- opening ------------------------------------------------------------------------------
 
 
 def _container(path: str) -> ContainerSpec:
     """The container spec from the file's first bytes; the reader's reasons for a file that can't be read."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(SIGNATURE_BYTES)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise VideoError("not-regular", "not a regular file")
+        # O_NONBLOCK: should the path become a FIFO after the check, opening it must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            head = os.read(fd, SIGNATURE_BYTES)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise VideoError("missing", "file not found (vanished since it was listed)") from None
     except PermissionError:
@@ -292,7 +333,11 @@ class _Sampler:
             return None
         return last - start
 
+    at_s: list[float] | None = None  # explicit times (frames_at) instead of T evenly spaced ones
+
     def _targets(self, start: int, duration: int | None) -> list[int]:
+        if self.at_s is not None:
+            return [start + int(round(t / self.tb)) for t in self.at_s]
         if duration is None or duration <= 0:
             self.notes.append("the video's length is unknown: sampled from its start")
             return [start] * self.requested

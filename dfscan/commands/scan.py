@@ -30,6 +30,8 @@ from dfscan.commands._options import (
     setting_option,
     stop_on_signals,
     threads_option,
+    video_options,
+    video_settings,
 )
 from dfscan.redact import mask_url
 from dfscan.settings import from_env, parse_extensions
@@ -51,6 +53,7 @@ from dfscan.settings import from_env, parse_extensions
 @setting_option("--max-pixels", field="max_pixels", type=int, help="Refuse images whose header declares more pixels.")
 @threads_option
 @face_options
+@video_options
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links while walking.")
 @click.option("--incremental", is_flag=True, envvar="DFSCAN_INCREMENTAL", show_envvar=True,
               help="Skip files whose path, size and mtime already have an 'ok' (or 'no-face') row from this model.")
@@ -64,8 +67,8 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
          paths_from: tuple[str, ...], extensions: str | None, batch_size: int | None, chunk_size: int | None,
          runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None,
          max_pixels: int | None, intra_op_threads: int | None, no_follow_symlinks: bool, incremental: bool, broker_url: str | None, wait: bool,
-         max_outstanding_chunks: int | None, progress: bool | None, as_json: bool, **faces: Any) -> None:
-    """Scan ROOTS (files and directories, recursively) and store one row per image.
+         max_outstanding_chunks: int | None, progress: bool | None, as_json: bool, **stages: Any) -> None:
+    """Scan ROOTS (files and directories, recursively) and store one row per image or video.
 
     Exit status 0 means the scan completed, even where some images failed:
     those are rows with status 'error' and a reason.  With --broker the scan
@@ -86,10 +89,11 @@ def scan(roots: tuple[Path, ...], model: Path | None, db_url: str, name: str | N
         batch_size=batch_size, chunk_size=chunk_size, runtime=runtime, decoder=decoder, precision=precision,
         engine_dir=engine_dir, max_pixels=max_pixels,
         intra_op_threads=intra_op_threads, follow_symlinks=False if no_follow_symlinks else None,
-        broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks, **face_settings(faces),
+        broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks, **face_settings(stages),
+        **video_settings(stages),
     )
     source = ScanSource(tuple(check_roots(roots)), tuple(paths_from),
-                        WalkOptions(extensions=settings.extensions, follow_symlinks=settings.follow_symlinks))
+                        WalkOptions(extensions=settings.scan_extensions, follow_symlinks=settings.follow_symlinks))
     show = sys.stderr.isatty() if progress is None else progress
     if settings.broker_url:
         from dfscan.commands.distributed import produce_scan
@@ -144,7 +148,7 @@ def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str]
         click.echo(json.dumps(data, indent=2, default=str))
         return
     click.echo(
-        f"scan {summary.scan_id} {summary.status}: {summary.total} images in {summary.elapsed_s:.1f} s "
+        f"scan {summary.scan_id} {summary.status}: {summary.total} files in {summary.elapsed_s:.1f} s "
         f"({summary.images_per_s:.1f} images/s)"
     )
     click.echo(f"  real    {summary.real}")
@@ -184,7 +188,7 @@ def summary_dict(summary: Any) -> dict:
 
 
 RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256", "scanned_at",
-                  "faces", "faces_found")
+                  "faces", "faces_found", "kind", "frames", "duration_s", "notes")
 
 
 @click.command()
@@ -253,14 +257,16 @@ def _emit_rows(rows: Iterator[dict], fmt: str) -> None:
             out.write(("," if i else "") + "\n  " + json.dumps({c: row[c] for c in RESULT_COLUMNS}, default=str))
         out.write("\n]\n")
     else:
-        out.write(f"{'status':<7} {'label':<5} {'p_fake':>7} {'conf':>6}  path / error\n")
+        out.write(f"{'status':<7} {'label':<5} {'p_fake':>7} {'conf':>6} {'kind':<5} {'frames':>6}  path / error\n")
         for row in rows:
             p = "" if row["p_fake"] is None else f"{row['p_fake']:.4f}"
             c = "" if row["confidence"] is None else f"{row['confidence']:.3f}"
+            frames = "" if row["frames"] is None else str(row["frames"])
             tail = {"ok": row["path"], "no-face": f"{row['path']}  [no face]"}.get(
                 row["status"], f"{row['path']}  [{row['error']}]")
             tail = _printable(str(tail))
-            out.write(f"{row['status']:<7} {row['label'] or '':<5} {p:>7} {c:>6}  {tail!s}\n")
+            out.write(f"{row['status']:<7} {row['label'] or '':<5} {p:>7} {c:>6} {row['kind']:<5} {frames:>6}  "
+                      f"{tail!s}\n")
 
 
 def _cell(value: Any) -> Any:
