@@ -25,7 +25,7 @@ import numpy as np
 
 from dfscan.detector.data import Item
 from dfscan.detector.errors import DetectorError
-from dfscan.trt.model_info import CLASSES, DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE, ModelInfo, inspect_model, sha256_file
+from dfscan.trt.model_info import CLASSES, DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE, ModelInfo, inspect_model
 from dfscan.workers.decode import Preprocess
 from dfscan.workers.errors import ImageError
 from dfscan.workers.video import DEFAULT_FRAMES
@@ -94,30 +94,13 @@ def open_model(path: Path) -> ModelSource:
         )
     info = inspect_model(path)
     ckpt = info.extra.get("checkpoint")
-    frames = info.extra.get("frames")
     return ModelSource(
         path=info.path, kind="onnx", architecture=info.architecture, classes=info.classes,
         preprocess=Preprocess(size=info.input_size, mean=info.mean, std=info.std),
         temperature=info.temperature, threshold=info.threshold, sha256=info.sha256, info=info,
         checkpoint=Path(ckpt) if isinstance(ckpt, str) and ckpt else None, input=info.input,
-        frames=frames if isinstance(frames, int) and frames >= 1 else DEFAULT_FRAMES, video_model=_video_model(info),
+        frames=info.frames or DEFAULT_FRAMES, video_model=info.video_model,
     )
-
-
-def _video_model(info: ModelInfo) -> Path | None:
-    """The sidecar's ``video_model`` beside the model, checked against its recorded sha256; None without one."""
-    name = info.extra.get("video_model")
-    if not isinstance(name, str) or not name:
-        return None
-    path = info.path.parent / name
-    if not path.is_file():
-        raise DetectorError(f"{info.path}'s model_info.json names the video graph {name}, which is missing; "
-                            f"re-export the model")
-    want = info.extra.get("video_model_sha256")
-    if want and sha256_file(path) != want:
-        raise DetectorError(f"{path} is not the video graph model_info.json describes (sha256 differs); "
-                            f"re-export the model")
-    return path
 
 
 def predict(
@@ -183,12 +166,25 @@ def _score(infer, transform, items: list[Item], columns: list[int], per_batch: i
                         paths.append(path)
                         labels.append(label)
                 if batch:
-                    outs.append(infer(np.stack(batch))[:, columns])
+                    outs.append(_infer_by_shape(infer, batch)[:, columns])
                 bar.update(len(chunk))
     finally:
         bar.close()
     logits = np.concatenate(outs).astype(np.float64) if outs else np.zeros((0, len(CLASSES)))
     return Predictions(paths, np.asarray(labels, dtype=np.int64), logits, failed)
+
+
+def _infer_by_shape(infer, arrays: list[np.ndarray]) -> np.ndarray:
+    """``infer`` on ``arrays`` stacked, one call per shape (videos: sequences of different lengths), in order."""
+    shapes = {a.shape for a in arrays}
+    if len(shapes) == 1:
+        return infer(np.stack(arrays))
+    out: list[np.ndarray | None] = [None] * len(arrays)
+    for shape in shapes:
+        idx = [i for i, a in enumerate(arrays) if a.shape == shape]
+        for i, row in zip(idx, infer(np.stack([arrays[i] for i in idx]))):
+            out[i] = row
+    return np.stack(out)
 
 
 def _predict_videos(source: ModelSource, items: list[Item], columns: list[int], frames: int, batch_size: int,
@@ -198,7 +194,7 @@ def _predict_videos(source: ModelSource, items: list[Item], columns: list[int], 
     if source.input == "face-crop":
         raise DetectorError(f"{source.path} was trained on face crops; face tracks through videos are not "
                             f"evaluated yet")
-    transform = video_eval_transform(source.preprocess, frames)
+    transform = video_eval_transform(source.preprocess, frames, pad=False)  # the frames a scan would score
     if source.kind == "onnx":
         infer, close, scoring = _onnx_video_infer(source)
     else:
@@ -213,25 +209,30 @@ def _predict_videos(source: ModelSource, items: list[Item], columns: list[int], 
 
 
 def _onnx_video_infer(source: ModelSource):
-    """(infer on (N, T, 3, H, W), close, scoring): the video graph, or the image graph per frame, logits averaged."""
+    """(infer on (N, T, 3, H, W), close, scoring): the video graph, or the image graph per frame.
+
+    Per frame, as the scan's video stage does it: each frame's probabilities at the model's temperature,
+    averaged over the frames, given back as logits that the same temperature turns into that mean.
+    """
     if source.video_model is None:
+        from dfscan.trt.base import softmax
+
         infer, close = _onnx_infer(source)
+        t_scale = source.temperature
 
         def per_frame(batch: np.ndarray) -> np.ndarray:
             n, t = batch.shape[:2]
-            return infer(batch.reshape(n * t, *batch.shape[2:])).reshape(n, t, -1).mean(axis=1)
+            logits = infer(batch.reshape(n * t, *batch.shape[2:]))
+            mean = softmax(logits, t_scale).reshape(n, t, -1).mean(axis=1)
+            return t_scale * np.log(np.clip(mean, 1e-12, 1.0))
 
         return per_frame, close, "per-frame mean"
-    import onnxruntime as ort
+    from dfscan.trt.model_info import inspect_video_model
+    from dfscan.trt.onnxruntime import OnnxRuntime
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(os.fspath(source.video_model), sess_options=opts,
-                                   providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return (lambda batch: session.run(None, {name: batch.astype(np.float32, copy=False)})[0]), (lambda: None), \
-        "sequence"
+    assert source.info is not None
+    runtime = OnnxRuntime(inspect_video_model(source.info), intra_op_threads=0)  # checks the file and its sha256
+    return runtime.infer, runtime.close, "sequence"
 
 
 def _decode(path: str, transform, *, by_path: bool = False) -> np.ndarray | str:

@@ -3,9 +3,10 @@
 A video becomes a (T, 3, H, W) float32 array: :func:`dfscan.workers.video.sample_video`
 takes T frames evenly spaced in time (upright, RGB), each is resized and
 normalised as the scanner's Pillow path does (:func:`workers.decode.to_tensor`).
-A video that yields fewer than T distinct frames (shorter than T frames, or
-frames that did not decode) has its frames repeated in time order up to T, so
-every sequence of a batch has the same length. Training applies the image
+For training, a video that yields fewer than T distinct frames (shorter than T
+frames, or frames that did not decode) has its frames repeated in time order
+up to T, so every sequence of a batch has the same length; evaluation
+(``pad=False``) scores the frames it got, as a scan does. Training applies the image
 augmentation with the same random draw to every frame of a clip: a flip or a
 rotation that changed from frame to frame would be a temporal artefact of its own.
 """
@@ -33,22 +34,25 @@ def fit_frames(frames: list[np.ndarray], t: int) -> list[np.ndarray]:
     return [frames[int(i)] for i in picks]
 
 
-def _sample(path: str, frames: int, time_limit_s: float):
+def _sample(path: str, frames: int, time_limit_s: float, pre: Preprocess, pad: bool = True):
     from PIL import Image
 
     from dfscan.workers.video import sample_video
 
-    sampled = sample_video(path, frames, time_limit_s=time_limit_s)
-    return [Image.fromarray(f) for f in fit_frames(sampled.frames, frames)]
+    sampled = sample_video(path, frames, time_limit_s=time_limit_s, max_pixels=pre.max_pixels)
+    return [Image.fromarray(f) for f in (fit_frames(sampled.frames, frames) if pad else sampled.frames)]
 
 
 def video_eval_transform(
-    pre: Preprocess, frames: int = DEFAULT_FRAMES, time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    pre: Preprocess, frames: int = DEFAULT_FRAMES, time_limit_s: float = DEFAULT_TIME_LIMIT_S, *, pad: bool = True
 ) -> VideoTransform:
-    """Path to a normalised (T, 3, H, W) float32 array of ``frames`` sampled frames; raises the sampler's VideoError."""
+    """Path to a normalised (T, 3, H, W) float32 array of ``frames`` sampled frames; raises the sampler's VideoError.
+
+    ``pad=False``: only the distinct frames the sampler found (T or fewer), as the scan's video stage scores them.
+    """
 
     def run(path: str) -> np.ndarray:
-        return np.stack([to_tensor(im, pre) for im in _sample(path, frames, time_limit_s)])
+        return np.stack([to_tensor(im, pre) for im in _sample(path, frames, time_limit_s, pre, pad)])
 
     return run
 
@@ -67,7 +71,7 @@ def video_train_transform(
 
     def run(path: str) -> np.ndarray:
         ims = [im if im.size == (w, h) else im.resize((w, h), Image.Resampling.BILINEAR)  # to_tensor's resize
-               for im in _sample(path, frames, time_limit_s)]
+               for im in _sample(path, frames, time_limit_s, pre)]
         clip = torch.from_numpy(np.stack([np.asarray(im) for im in ims])).permute(0, 3, 1, 2)  # (T, 3, H, W) uint8
         clip = pipeline(clip)  # a plain tensor with leading dims: one random draw for the whole clip
         return clip.numpy().astype(np.float32) * a + b

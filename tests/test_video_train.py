@@ -207,3 +207,41 @@ def test_a_bad_video_is_a_failed_item_with_its_reason(trained, video_set: Path, 
     assert len(pred) == 2 and len(reasons) == 2
     assert reasons[str(data / "test" / "fake" / "broken.mp4")].startswith("empty:")
     assert reasons[str(data / "test" / "real" / "still.mp4")].startswith("not-video:")
+
+
+def _scan_p_fake(folder: Path, model: Path, db_url: str) -> dict[str, float]:
+    from sqlalchemy import text
+
+    from dfscan import db
+
+    res = run("scan", str(folder), "--model", str(model), "--db", db_url, "--decoder", "pillow")
+    assert res.exit_code == 0, res.output
+    engine = db.make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return {r.path: r.p_fake for r in conn.execute(text("SELECT path, p_fake FROM scan_results"))}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("graph", ["sequence", "per-frame"])
+def test_evaluation_scores_each_video_as_a_scan_does(trained, video_set: Path, tmp_path: Path, sqlite_url: str,
+                                                      graph: str) -> None:
+    """The same p_fake per video as `dfscan scan`, a video with fewer frames than T included (no padding)."""
+    from dfscan.trt.base import softmax
+    from tests._videos import write_video
+
+    result, _, _ = trained
+    export = export_onnx(result.best_checkpoint, tmp_path / "m", video=graph == "sequence", torch_program=False)
+    data = tmp_path / "data"
+    shutil.copytree(video_set, data)
+    write_video(data / "test" / "real" / "short.webm", 2, codec="vp9-webm")  # 2 frames, T is 4
+    items = find_splits(data).test
+    source = open_model(export.onnx_path)
+    pred = predict(source, items, media="video")
+    assert pred.scoring == ("sequence" if graph == "sequence" else "per-frame mean") and len(pred) == 3
+    evaluated = dict(zip(pred.paths, softmax(pred.logits, source.temperature)[:, 1]))
+    scanned = _scan_p_fake(data / "test", export.onnx_path.parent, sqlite_url)
+    assert sorted(scanned) == sorted(evaluated)
+    for path, p in evaluated.items():
+        assert scanned[path] == pytest.approx(p, abs=1e-5), path
