@@ -32,8 +32,8 @@ from .engine import make_engine, session_factory
 from .explanations import Explanation, ExplanationRow, explanations_for, write_explanations
 from .errors import ChunkNotFound, DatabaseError, DatabaseURLError, ScanNotFound
 from .migrate import downgrade, upgrade
-from .records import FaceRow, ResultRow, ScanSummary
-from .results import existing_paths, iter_faces, iter_results, write_batch
+from .records import FaceRow, FrameRow, ResultRow, ScanSummary
+from .results import existing_paths, iter_faces, iter_frames, iter_results, write_batch
 from .scans import (
     add_chunk,
     create_scan,
@@ -54,6 +54,7 @@ __all__ = [
     "Explanation",
     "ExplanationRow",
     "FaceRow",
+    "FrameRow",
     "ResultRow",
     "ScanHead",
     "ScanNotFound",
@@ -73,6 +74,7 @@ __all__ = [
     "get_or_create_model",
     "is_transient",
     "iter_faces",
+    "iter_frames",
     "iter_results",
     "latest_scan_id",
     "make_engine",

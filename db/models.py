@@ -24,8 +24,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ._types import BigIntPK, JSONDoc, UTCDateTime, utcnow
 
-__all__ = ["ApiKey", "Base", "Chunk", "Model", "Result", "ResultFace", "Scan", "ScanCallback", "ScanWorker", "scan_faces",
-           "scan_results"]
+__all__ = ["ApiKey", "Base", "Chunk", "Model", "Result", "ResultFace", "ResultFrame", "Scan", "ScanCallback",
+           "ScanWorker", "scan_faces", "scan_frames", "scan_results"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -153,6 +153,7 @@ class Result(Base):
         CheckConstraint("label IS NULL OR label IN ('real', 'fake')", name="label"),
         # A verdict has a probability (migration 0004): a NaN or missing p_fake is never stored as "ok".
         CheckConstraint(OK_HAS_P_FAKE, name="ok_p_fake"),
+        CheckConstraint("kind IN ('image', 'video')", name="kind"),
         Index("ix_results_scan_id_status", "scan_id", "status"),
         Index("ix_results_scan_id_p_fake", "scan_id", "p_fake"),
         Index("ix_results_path", "path"),
@@ -175,6 +176,32 @@ class Result(Base):
     # Faces on: faces scored and found (they differ where max_faces capped them); NULL when faces are off.
     faces: Mapped[int | None]
     faces_found: Mapped[int | None]
+    # Videos (migration 0010): the kind of file, frames scored, its length, and what was odd about it
+    # (two video streams, frames that did not decode, the weaker per-frame verdict).
+    kind: Mapped[str] = mapped_column(String(8), default="image", server_default=text("'image'"))
+    frames: Mapped[int | None]
+    duration_s: Mapped[float | None] = mapped_column(Double)
+    notes: Mapped[str | None] = mapped_column(Text)
+
+
+class ResultFrame(Base):
+    """One sampled frame of a video in one track (migration 0010): time, face box, p_fake."""
+
+    __tablename__ = "result_frames"
+    __table_args__ = (UniqueConstraint("scan_id", "path", "track", "frame_index"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    track: Mapped[int]
+    frame_index: Mapped[int]
+    timestamp_s: Mapped[float] = mapped_column(Double)
+    x: Mapped[int | None]
+    y: Mapped[int | None]
+    w: Mapped[int | None]
+    h: Mapped[int | None]
+    p_fake: Mapped[float | None] = mapped_column(Double)
+    track_p_fake: Mapped[float | None] = mapped_column(Double)
 
 
 class ResultFace(Base):
@@ -203,7 +230,7 @@ class ResultFace(Base):
 # that create_all() and autogenerate never mistake it for a table.
 VIEW_COLUMNS = (
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
-    "scanned_at", "faces", "faces_found",
+    "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
 )  # fmt: skip
 scan_results = Table(
     "scan_results",
@@ -219,6 +246,10 @@ scan_results = Table(
     Column("scanned_at", UTCDateTime()),
     Column("faces", Integer),
     Column("faces_found", Integer),
+    Column("kind", String(8)),
+    Column("frames", Integer),
+    Column("duration_s", Double),
+    Column("notes", Text),
 )
 assert tuple(scan_results.c.keys()) == VIEW_COLUMNS
 
@@ -275,3 +306,24 @@ scan_faces = Table(
     Column("label", String(8)),
 )
 assert tuple(scan_faces.c.keys()) == FACE_VIEW_COLUMNS
+
+
+# A video's sampled frames over time, per track (migration 0010).
+FRAME_VIEW_COLUMNS = ("scan_id", "path", "track", "frame_index", "timestamp_s", "x", "y", "w", "h", "p_fake",
+                      "track_p_fake")
+scan_frames = Table(
+    "scan_frames",
+    MetaData(),
+    Column("scan_id", Integer),
+    Column("path", Text),
+    Column("track", Integer),
+    Column("frame_index", Integer),
+    Column("timestamp_s", Double),
+    Column("x", Integer),
+    Column("y", Integer),
+    Column("w", Integer),
+    Column("h", Integer),
+    Column("p_fake", Double),
+    Column("track_p_fake", Double),
+)
+assert tuple(scan_frames.c.keys()) == FRAME_VIEW_COLUMNS

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["CHUNK_STATUSES", "RESULT_LABELS", "RESULT_STATUSES", "SCAN_END_STATUSES",
-           "FaceRow", "ResultRow", "ScanSummary"]  # fmt: skip
+__all__ = ["CHUNK_STATUSES", "RESULT_KINDS", "RESULT_LABELS", "RESULT_STATUSES", "SCAN_END_STATUSES",
+           "FaceRow", "FrameRow", "ResultRow", "ScanSummary"]  # fmt: skip
 
 # ``no-face``: faces were on and the image has none worth scoring; neither a verdict nor an error.
 RESULT_STATUSES = ("ok", "error", "no-face")
 RESULT_LABELS = ("real", "fake")
+RESULT_KINDS = ("image", "video")
 SCAN_END_STATUSES = ("completed", "failed", "cancelled")
 CHUNK_STATUSES = ("queued", "done", "failed")
 
@@ -28,6 +29,28 @@ class FaceRow:
     detector_score: float
     p_fake: float
     label: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRow:
+    """One sampled frame of a video in one track: where and when it is, and what the model made of it.
+
+    ``track`` 0 is the whole frame when faces are off; with faces on, each
+    face followed through the frames is a track and ``x, y, w, h`` its box in
+    the frame's upright pixels.  ``track_p_fake`` is the track's verdict (the
+    sequence through the video model, or the mean of its frames' p_fake);
+    ``p_fake`` is the frame's own, None where only the sequence was scored.
+    """
+
+    track: int
+    frame_index: int  # which of the T evenly spaced times (0..T-1)
+    timestamp_s: float
+    x: int | None
+    y: int | None
+    w: int | None
+    h: int | None
+    p_fake: float | None
+    track_p_fake: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +71,12 @@ class ResultRow:
     faces: int | None = None
     faces_found: int | None = None
     face_rows: tuple[FaceRow, ...] = ()
+    # Videos: kind 'video', frames scored, duration, what was odd about the file (notes), the frames.
+    kind: str = "image"
+    frames: int | None = None
+    duration_s: float | None = None
+    notes: str | None = None
+    frame_rows: tuple[FrameRow, ...] = ()
 
     def __post_init__(self) -> None:
         # Checked here so that a bad row fails in the worker that made it, with
@@ -56,6 +85,8 @@ class ResultRow:
             raise ValueError(f"{self.path!r}: status {self.status!r} not in {RESULT_STATUSES}")
         if self.label is not None and self.label not in RESULT_LABELS:
             raise ValueError(f"{self.path!r}: label {self.label!r} not in {RESULT_LABELS}")
+        if self.kind not in RESULT_KINDS:
+            raise ValueError(f"{self.path!r}: kind {self.kind!r} not in {RESULT_KINDS}")
         if self.scanned_at.tzinfo is None or self.scanned_at.utcoffset() is None:
             raise ValueError(f"{self.path!r}: scanned_at must be timezone-aware (UTC)")
 

@@ -9,16 +9,16 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from ._dialects import dialect_name, insert_for
-from .models import Result, ResultFace, scan_results
+from .models import Result, ResultFace, ResultFrame, scan_results
 from .records import ResultRow
 
-__all__ = ["existing_paths", "iter_faces", "iter_results", "write_batch"]
+__all__ = ["existing_paths", "iter_faces", "iter_frames", "iter_results", "write_batch"]
 
 _RESULTS = Result.__table__
 # Columns a re-scored path overwrites; (scan_id, path) is the key and id stays.
 _UPSERT_COLUMNS = (
     "model_id", "size", "mtime", "status", "label", "p_fake", "confidence", "error",
-    "error_code", "scanned_at", "faces", "faces_found",
+    "error_code", "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
 )  # fmt: skip
 _IN_LIST_SIZE = 500
 STREAM_BATCH = 1000
@@ -54,6 +54,10 @@ def write_batch(
             "scanned_at": row.scanned_at,
             "faces": row.faces,
             "faces_found": row.faces_found,
+            "kind": row.kind,
+            "frames": row.frames,
+            "duration_s": row.duration_s,
+            "notes": row.notes,
         }
         for row in latest.values()
     ]
@@ -65,6 +69,30 @@ def write_batch(
     session.execute(_upsert_statement(session), values)
     if any(row.faces is not None for row in latest.values()):
         _write_faces(session, scan_id, list(latest.values()))
+    videos = [row for row in latest.values() if row.kind == "video"]
+    if videos:
+        _write_frames(session, scan_id, videos)
+
+
+def _delete_paths(session: Session, table: Any, scan_id: int, paths: list[str]) -> None:
+    for start in range(0, len(paths), _IN_LIST_SIZE):
+        session.execute(
+            delete(table).where(table.scan_id == scan_id, table.path.in_(paths[start : start + _IN_LIST_SIZE]))
+        )
+
+
+def _write_frames(session: Session, scan_id: int, rows: list[ResultRow]) -> None:
+    """Replace the frame rows of a batch's videos (a re-scored video may have other tracks)."""
+    _delete_paths(session, ResultFrame, scan_id, [row.path for row in rows])
+    frames = [
+        {"scan_id": scan_id, "path": row.path, "track": f.track, "frame_index": f.frame_index,
+         "timestamp_s": f.timestamp_s, "x": f.x, "y": f.y, "w": f.w, "h": f.h, "p_fake": f.p_fake,
+         "track_p_fake": f.track_p_fake}
+        for row in rows
+        for f in row.frame_rows
+    ]
+    if frames:
+        session.execute(insert(ResultFrame), frames)
 
 
 def _write_faces(session: Session, scan_id: int, rows: list[ResultRow]) -> None:
@@ -72,12 +100,7 @@ def _write_faces(session: Session, scan_id: int, rows: list[ResultRow]) -> None:
 
     Delete first because a re-scored image may have fewer faces than before.
     """
-    paths = [row.path for row in rows]
-    for start in range(0, len(paths), _IN_LIST_SIZE):
-        session.execute(
-            delete(ResultFace).where(ResultFace.scan_id == scan_id,
-                                     ResultFace.path.in_(paths[start : start + _IN_LIST_SIZE]))
-        )
+    _delete_paths(session, ResultFace, scan_id, [row.path for row in rows])
     faces = [
         {"scan_id": scan_id, "path": row.path, "face_index": f.index, "x": f.x, "y": f.y, "w": f.w, "h": f.h,
          "detector_score": f.detector_score, "p_fake": f.p_fake, "label": f.label}
@@ -164,6 +187,21 @@ def iter_faces(session: Session, *, scan_id: int, paths: Sequence[str] | None = 
 
     view = scan_faces.c
     stmt = select(scan_faces).where(view.scan_id == scan_id).order_by(view.path, view.face_index)
+    if paths is not None:
+        wanted = list(dict.fromkeys(paths))
+        for start in range(0, len(wanted), _IN_LIST_SIZE):
+            part = stmt.where(view.path.in_(wanted[start : start + _IN_LIST_SIZE]))
+            yield from (dict(r) for r in session.execute(part).mappings())
+        return
+    yield from (dict(r) for r in session.execute(stmt).mappings())
+
+
+def iter_frames(session: Session, *, scan_id: int, paths: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Rows of the ``scan_frames`` view for a scan (or some of its videos), by path, track, frame."""
+    from .models import scan_frames
+
+    view = scan_frames.c
+    stmt = select(scan_frames).where(view.scan_id == scan_id).order_by(view.path, view.track, view.frame_index)
     if paths is not None:
         wanted = list(dict.fromkeys(paths))
         for start in range(0, len(wanted), _IN_LIST_SIZE):

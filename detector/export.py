@@ -13,6 +13,12 @@ How torch 2.14 behaves (measured on this project's model):
 
 Both produce ONNX ``LSTM`` nodes and identical logits, so the legacy exporter is
 the default (exact opset, fast); ``exporter="dynamo"`` is there for when it goes.
+
+Two graphs are written from the same weights: ``model.onnx`` takes (N, 3, H, W)
+(single frames: every image runtime, serve and the browser extension use it) and
+``model.video.onnx`` takes (N, T, 3, H, W) with N and T dynamic (a video's sampled
+frames as the LSTM's sequence). The sidecar names the second (``video_model``)
+and says how many frames the checkpoint was trained with (``frames``).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from dfscan.trt.model_info import (
     sha256_file,
     write_model_info,
 )
-from dfscan.detector.model import DeepfakeDetector, load_checkpoint
+from dfscan.detector.model import DEFAULT_FRAMES, DeepfakeDetector, load_checkpoint
 
 DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-3
@@ -44,6 +50,8 @@ INPUT_NAME = "input"
 PROGRAM_NAME = "model.pt2"
 MAX_BATCH = 4096
 OUTPUT_NAME = "logits"
+VIDEO_MODEL_NAME = "model.video.onnx"
+MAX_FRAMES = 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,19 @@ class ExporterSpec:
     name: str
     min_opset: int
     run: Callable[[DeepfakeDetector, torch.Tensor, Path, int, str, bool], None]
+
+
+def _dynamic_axes(dummy: torch.Tensor, output_name: str) -> dict[str, dict[int, str]]:
+    """Batch dynamic, and for a 5-D input the frames axis too."""
+    inp = {0: "batch", 1: "frames"} if dummy.dim() == 5 else {0: "batch"}
+    return {INPUT_NAME: inp, output_name: {0: "batch"}}
+
+
+def _dynamic_shapes(dummy: torch.Tensor) -> tuple[dict[int, torch.export.Dim]]:
+    dims = {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}
+    if dummy.dim() == 5:
+        dims[1] = torch.export.Dim("frames", min=1, max=MAX_FRAMES)
+    return (dims,)
 
 
 @dataclass(frozen=True)
@@ -65,12 +86,15 @@ class ExportResult:
     exporter: str
     max_abs_diff: float | None
     info: ModelInfo
+    video_path: Path | None = None
+    video_max_abs_diff: float | None = None
+    frames: int | None = None
 
 
 def _run_torchscript(
     model: DeepfakeDetector, dummy: torch.Tensor, path: Path, opset: int, output_name: str, dynamic: bool
 ) -> None:
-    axes = {INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}} if dynamic else None
+    axes = _dynamic_axes(dummy, output_name) if dynamic else None
     with warnings.catch_warnings():
         # Known and handled: the deprecation notice, and the LSTM batch warning (no h0 is passed).
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
@@ -94,7 +118,7 @@ def _run_torchscript(
 def _run_dynamo(
     model: DeepfakeDetector, dummy: torch.Tensor, path: Path, opset: int, output_name: str, dynamic: bool
 ) -> None:
-    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic else None
+    shapes = _dynamic_shapes(dummy) if dynamic else None
     with warnings.catch_warnings():
         # torch.export's own internals (LSTM flat weights, _check_is_size); nothing we can act on.
         warnings.filterwarnings("ignore", message=".*_check_is_size.*", category=FutureWarning)
@@ -131,6 +155,8 @@ def export_onnx(
     check: bool = True,
     exporter: str = "torchscript",
     torch_program: bool = True,
+    video: bool = True,
+    frames: int | None = None,
 ) -> ExportResult:
     """Write ``out_dir/model.onnx`` (dynamic batch) and ``out_dir/model_info.json`` from ``checkpoint``.
 
@@ -139,6 +165,13 @@ def export_onnx(
     emits opset 18 at least, so a lower ``opset`` is raised to 18 for it. With
     ``torch_program`` the same model is also saved as ``out_dir/model.pt2`` (the
     torch runtime's file), recorded in the sidecar with both files' sha256.
+
+    With ``video`` the sequence graph ``out_dir/model.video.onnx`` ((N, T, 3, H, W),
+    N and T dynamic) is written too, always by the legacy exporter (torch.export fixes
+    T: it unrolls the LSTM over time), checked at two sequence lengths; the sidecar
+    gets ``video_model`` (its file name), ``video_model_sha256`` and ``frames``:
+    ``frames`` if given, else the T the checkpoint was trained with (16 for a
+    checkpoint trained on images).
     """
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r}; known exporters: {', '.join(EXPORTERS)}")
@@ -147,33 +180,43 @@ def export_onnx(
         raise ExportError(f"opset {opset} is too old for dfscan models; use 17 or newer")
     if not 0.0 <= threshold <= 1.0 or temperature <= 0:
         raise ExportError(f"threshold must be in [0, 1] and temperature > 0, got {threshold} and {temperature}")
+    if frames is not None and not 1 <= frames <= MAX_FRAMES:
+        raise ExportError(f"frames must be between 1 and {MAX_FRAMES}, got {frames}")
     opset = max(opset, spec.min_opset)
     checkpoint = Path(checkpoint)
     model, _ = load_checkpoint(checkpoint)
+    cfg = model.config
+    frames = frames or (cfg.frames if cfg.trained_on == "videos" else DEFAULT_FRAMES)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / "model.onnx"
-    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
-    # Checked under a temporary name: a file that fails the check never becomes model.onnx.
-    _export(model, tmp, spec, opset, OUTPUT_NAME, batch=2, dynamic=True)
-    try:
-        diff = check_parity(model, tmp, batch_sizes=PARITY_BATCHES) if check else None
-    except ExportMismatch as exc:
-        tmp.unlink(missing_ok=True)
-        raise ExportMismatch(
-            f"exporting {checkpoint} with {exporter}: ONNX Runtime and PyTorch logits differ by "
-            f"{exc.max_abs_diff:.3g} (tolerance {exc.atol:g}); nothing was written",
-            max_abs_diff=exc.max_abs_diff,
-            atol=exc.atol,
-        ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    video_path = out_dir / VIDEO_MODEL_NAME
+    # Checked under temporary names: a file that fails the check never becomes model.onnx.
+    tmp, diff = _export_checked(model, onnx_path, spec, opset, None, check, f"exporting {checkpoint} with {exporter}")
+    video_tmp, video_diff = None, None
+    if video:
+        # torch.export unrolls the LSTM over time, fixing T; the legacy exporter keeps an ONNX LSTM with T dynamic.
+        video_spec = EXPORTERS["torchscript"]
+        try:
+            video_tmp, video_diff = _export_checked(
+                model, video_path, video_spec, opset, frames, check,
+                f"exporting {checkpoint}'s video graph with {video_spec.name}",
+            )
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     (out_dir / SIDECAR_NAME).unlink(missing_ok=True)  # the old sidecar describes the old file
     (out_dir / PROGRAM_NAME).unlink(missing_ok=True)  # and the old program the old model
+    video_path.unlink(missing_ok=True)  # and the old video graph the old weights
     tmp.replace(onnx_path)
+    if video_tmp is not None:
+        video_tmp.replace(video_path)
     program = save_torch_program(model, out_dir / PROGRAM_NAME, onnx_path) if torch_program else None
-    cfg = model.config
+    video_fields = (
+        {"video_model": VIDEO_MODEL_NAME, "video_model_sha256": sha256_file(video_path),
+         "video_exporter": "torchscript", "video_parity_max_abs_diff": video_diff}
+        if video_tmp is not None else {}
+    )
     info_path = write_model_info(
         onnx_path,
         architecture=model.architecture,
@@ -190,12 +233,63 @@ def export_onnx(
         exporter=exporter,
         torch_version=torch.__version__,
         parity_max_abs_diff=diff,
+        frames=frames,
+        trained_on=cfg.trained_on,
+        **video_fields,
         **({"torch_program": program} if program else {}),
     )
     info = inspect_model(onnx_path)
     if info.fixed_batch is not None:
         raise ExportError(f"{onnx_path}: the exporter fixed the batch at {info.fixed_batch}; expected a dynamic batch")
-    return ExportResult(onnx_path, info_path, info.opset, exporter, diff, info)
+    return ExportResult(
+        onnx_path, info_path, info.opset, exporter, diff, info,
+        video_path=video_path if video_tmp is not None else None, video_max_abs_diff=video_diff, frames=frames,
+    )
+
+
+def _export_checked(
+    model: DeepfakeDetector, path: Path, spec: ExporterSpec, opset: int, frames: int | None, check: bool, what: str
+) -> tuple[Path, float | None]:
+    """Export to ``path``'s temporary name and check it; returns (temporary path, parity difference).
+
+    ``frames`` None: the image graph (N, 3, H, W), checked at batch 1 and 3. Otherwise the
+    video graph (N, T, 3, H, W), checked at (1, frames) and (2, another T): proves both axes dynamic.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    _export(model, tmp, spec, opset, OUTPUT_NAME, batch=2, dynamic=True, frames=frames and min(frames, 3))
+    try:
+        if frames is not None:
+            _require_dynamic_frames(tmp)
+        if not check:
+            return tmp, None
+        if frames is None:
+            return tmp, check_parity(model, tmp, batch_sizes=PARITY_BATCHES)
+        return tmp, check_parity(model, tmp, batch_sizes=(1, 2), frames=parity_frames(frames))
+    except ExportMismatch as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExportMismatch(
+            f"{what}: ONNX Runtime and PyTorch logits differ by "
+            f"{exc.max_abs_diff:.3g} (tolerance {exc.atol:g}); nothing was written",
+            max_abs_diff=exc.max_abs_diff,
+            atol=exc.atol,
+        ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _require_dynamic_frames(path: Path) -> None:
+    import onnx
+
+    dims = onnx.load(os.fspath(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 5 or not dims[1].dim_param:
+        shape = [d.dim_param or d.dim_value for d in dims]
+        raise ExportError(f"{path.name}: the exporter fixed the video graph's input at {shape}; expected T dynamic")
+
+
+def parity_frames(frames: int) -> tuple[int, int]:
+    """Two different sequence lengths to check a video graph at: the trained T and another one."""
+    return (frames, frames // 2 if frames > 2 else frames + 1)
 
 
 def save_torch_program(model: DeepfakeDetector, path: Path, onnx_path: Path) -> dict:
@@ -250,10 +344,12 @@ def check_parity(
     batch_sizes: tuple[int, ...] = (3,),
     atol: float = PARITY_ATOL,
     seed: int = 0,
+    frames: tuple[int, ...] | None = None,
 ) -> float:
     """Max absolute logit difference between ONNX Runtime (CPU) and ``model`` on random batches.
 
     Raises :class:`ExportMismatch` above ``atol``. A model with a fixed batch is run at that batch only.
+    With ``frames`` the batches are sequences (N, T, 3, H, W): the i-th batch size with the i-th T.
     """
     import onnxruntime as ort
 
@@ -268,14 +364,17 @@ def check_parity(
     model.eval()
     worst = 0.0
     try:
-        for n in (fixed,) if fixed else batch_sizes:
-            x = torch.randn(n, 3, h, w, generator=gen)
+        sizes = (fixed,) if fixed else batch_sizes
+        shapes = [(n, 3, h, w) for n in sizes] if frames is None else [(n, t, 3, h, w) for n, t in zip(sizes, frames)]
+        for shape in shapes:
+            n = shape[0]
+            x = torch.randn(*shape, generator=gen)
             with torch.no_grad():
                 expected = model(x).numpy()
             (got,) = session.run(None, {inp.name: x.numpy()})
             if got.shape != expected.shape:
                 raise ExportMismatch(
-                    f"{onnx_path}: ONNX Runtime gave shape {got.shape} for a batch of {n}, PyTorch {expected.shape}",
+                    f"{onnx_path}: ONNX Runtime gave shape {got.shape} for a batch of {shape}, PyTorch {expected.shape}",
                     max_abs_diff=float("inf"),
                     atol=atol,
                 )
@@ -293,11 +392,16 @@ def check_parity(
 
 
 def _export(
-    model: DeepfakeDetector, path: Path, spec: ExporterSpec, opset: int, output_name: str, *, batch: int, dynamic: bool
+    model: DeepfakeDetector, path: Path, spec: ExporterSpec, opset: int, output_name: str, *, batch: int, dynamic: bool,
+    frames: int | None = None,
 ) -> None:
-    """Export ``model`` in eval mode to ``path``; a failed export leaves no file behind."""
+    """Export ``model`` in eval mode to ``path``; a failed export leaves no file behind.
+
+    ``frames`` given: the input is a sequence batch (batch, frames, 3, H, W).
+    """
     h, w = model.config.input_size
-    dummy = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(0))
+    shape = (batch, 3, h, w) if frames is None else (batch, frames, 3, h, w)
+    dummy = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     model.eval()
     try:
         with torch.no_grad():

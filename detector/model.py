@@ -16,8 +16,12 @@ from torch import nn
 from dfscan.detector.backbones import DEFAULT_BACKBONE, get_backbone
 from dfscan.detector.errors import CheckpointError
 from dfscan.trt.model_info import CLASSES, IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
+from dfscan.workers.video import DEFAULT_FRAMES
 
 CHECKPOINT_FORMAT = 1
+# DEFAULT_FRAMES (16): frames per video sequence, what ``dfscan train`` samples from a video and what
+# an export records as ``frames`` when the checkpoint was not trained on videos.
+TRAINED_ON = ("images", "videos")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,9 @@ class DetectorConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     # What it was trained on: "whole-image" or "face-crop" (dfscan train --faces on); export writes it.
     input: str = "whole-image"
+    # Images (sequences of one frame) or videos (sequences of ``frames`` sampled frames).
+    trained_on: str = "images"
+    frames: int = DEFAULT_FRAMES
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -186,6 +186,8 @@ def quantize_model(
     quantized = _count_quantized(out)
 
     extra = _carried_fields(info)
+    if info.frames is not None:
+        extra["frames"] = info.frames  # what a video scan samples; the INT8 file scores them frame by frame
     quantization = {
         "format": "QDQ",
         "weights": "int8 per-channel",
@@ -310,7 +312,8 @@ def _head_nodes(model: Path) -> list[str]:
 def _carried_fields(info: ModelInfo) -> dict[str, Any]:
     """The original sidecar's own extra fields, minus those the new file must restate."""
     drop = {"file", "precision", "quantization", "agreement", "onnx_version", "torch_program", "fp16", "source_sha256",
-            "source_path"}
+            "source_path",
+            "video_model", "video_model_sha256", "video_parity_max_abs_diff"}  # an INT8 file has no video graph
     return {k: v for k, v in info.extra.items() if k not in drop}
 
 

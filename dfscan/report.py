@@ -11,6 +11,7 @@ rows are fetched.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -42,6 +43,11 @@ class Suspect:
     label: str
     # Faces on: (x, y, w, h, p_fake, label) of each scored face, in the original image's pixels.
     faces: tuple[tuple[int, int, int, int, float, str], ...] = ()
+    # Videos: the flagged (most suspicious) track, and its frames: (frame_index, timestamp_s, box or None,
+    # the frame's own p_fake or None), the box in the video's upright pixels.
+    kind: str = "image"
+    track: int | None = None
+    strip: tuple[tuple[int, float, tuple[int, int, int, int] | None, float | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -85,11 +91,14 @@ def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) ->
     finally:
         scores.close()
     rows = session.execute(
-        select(Result.path, Result.p_fake, Result.confidence, Result.label)
+        select(Result.path, Result.p_fake, Result.confidence, Result.label, Result.kind)
         .where(Result.scan_id == scan_id, Result.status == "ok")
         .order_by(Result.p_fake.desc(), Result.path)
         .limit(top)
     ).all()
+    strips: dict[str, list[dict]] = {}
+    for f in db.iter_frames(session, scan_id=scan_id, paths=[r.path for r in rows if r.kind == "video"]):
+        strips.setdefault(f["path"], []).append(f)
     faces: dict[str, list] = {}
     for f in db.iter_faces(session, scan_id=scan_id, paths=[r.path for r in rows]):
         faces.setdefault(f["path"], []).append((f["x"], f["y"], f["w"], f["h"], f["p_fake"], f["label"]))
@@ -102,9 +111,22 @@ def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) ->
         audit=dict(head.settings or {}),
         bin_edges=[float(e) for e in edges],
         bin_counts={label: [int(c) for c in hist] for label, hist in counts.items()},
-        suspects=[Suspect(r.path, r.p_fake, r.confidence, r.label, tuple(faces.get(r.path, ()))) for r in rows],
+        suspects=[Suspect(r.path, r.p_fake, r.confidence, r.label, tuple(faces.get(r.path, ())), r.kind,
+                          *_flagged_track(strips.get(r.path, []))) for r in rows],
         reason_descriptions=dict(REASONS),
         explanations=_explanations(session, scan_id, [r.path for r in rows]),
+    )
+
+
+def _flagged_track(frames: list[dict]) -> tuple[int | None, tuple]:
+    """The track whose p_fake is the video's (the most suspicious) and its frames in time order."""
+    if not frames:
+        return None, ()
+    track = max(frames, key=lambda f: (f["track_p_fake"] if f["track_p_fake"] is not None else -1.0, -f["track"]))
+    mine = sorted((f for f in frames if f["track"] == track["track"]), key=lambda f: f["frame_index"])
+    return track["track"], tuple(
+        (f["frame_index"], f["timestamp_s"], None if f["x"] is None else (f["x"], f["y"], f["w"], f["h"]), f["p_fake"])
+        for f in mine
     )
 
 
@@ -136,6 +158,9 @@ figure.suspect { margin: 0; border: 1px solid #e4e7ed; border-radius: 6px; paddi
 figure.suspect img, figure.suspect svg { display: block; margin: 0 auto 6px; max-width: 100%%; }
 figure.suspect figcaption { font-size: 12px; }
 .score { font-weight: 600; color: %(fake)s; }
+figure.suspect.video { grid-column: 1 / -1; }
+.strip { display: flex; flex-wrap: wrap; gap: 4px; margin-bottom: 6px; }
+.strip svg { margin: 0; }
 """ % {"fake": FAKE_COLOUR}
 
 
@@ -239,7 +264,59 @@ def _faces_svg(s: Suspect, uri: str, full: tuple[int, int], px: int) -> str:
     )
 
 
+def _video_strip(s: Suspect, px: int) -> str:
+    """The flagged track's sampled frames, read again from the video at their times, its face box drawn on each."""
+    from PIL import Image
+
+    from dfscan.workers.errors import ImageError
+    from dfscan.workers.video import frames_at
+
+    if not s.strip:
+        return _placeholder(px, "no frames recorded")
+    try:
+        video = frames_at(s.path, [t for _i, t, _b, _p in s.strip], max_side=px * 2, time_limit_s=30.0)
+    except ImageError as exc:
+        return _placeholder(px, exc.message)
+    except Exception as exc:  # noqa: BLE001 - one bad strip must not lose the report
+        return _placeholder(px, f"no preview: {type(exc).__name__}")
+    by_slot = dict(zip(video.indices, video.frames))
+    w, h = video.width, video.height
+    cells = []
+    for slot, (index, t, box, p) in enumerate(s.strip):
+        frame = by_slot.get(slot)
+        if frame is None:
+            cells.append(_placeholder(px // 2, f"frame {index} at {t:.2f} s did not decode"))
+            continue
+        im = Image.fromarray(frame)
+        im.thumbnail((px, px), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=80)
+        uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        scale = px / max(w, h)
+        tw, th = max(1, round(w * scale)), max(1, round(h * scale))
+        what = f"frame {index} at {t:.2f} s" + ("" if p is None else f": p_fake {p:.4f}")
+        mark = ""
+        if box is not None:
+            x, y, bw, bh = box
+            mark = (f'<rect class="face" data-box="{x},{y},{bw},{bh}" x="{x}" y="{y}" width="{bw}" height="{bh}" '
+                    f'fill="none" stroke="{FAKE_COLOUR}" stroke-width="{max(w, h) / px * 2:.1f}"/>')
+        cells.append(
+            f'<svg class="frame" data-frame="{index}" data-t="{t:.3f}" width="{tw}" height="{th}" '
+            f'viewBox="0 0 {w} {h}" role="img" aria-label="{escape(what)}"><title>{escape(what)}</title>'
+            f'<image href="{uri}" width="{w}" height="{h}" preserveAspectRatio="none"/>{mark}</svg>'
+        )
+    return f'<div class="strip">{"".join(cells)}</div>'
+
+
 def _suspect(s: Suspect, px: int, explained: list[db.ExplanationRow] | None = None, store=None) -> str:
+    if s.kind == "video":
+        track = "" if s.track is None else f", track {s.track}"
+        return (
+            f'<figure class="suspect video" data-path="{escape(s.path)}">{_video_strip(s, px // 2 + 24)}'
+            f'<figcaption><span class="score">p_fake {s.p_fake:.4f}</span> <span class="muted">(video, '
+            f'{escape(s.label)}, confidence {s.confidence:.3f}, {len(s.strip)} frames{track})</span><br>'
+            f'<span class="path">{escape(s.path)}</span></figcaption></figure>'
+        )
     uri, reason, full = thumbnail(s.path, px, store)
     if uri is None:
         image = _placeholder(px, reason)
@@ -294,7 +371,7 @@ def render(report: ScanReport, *, thumb_px: int = 160) -> str:
 <section id="distribution">{histogram_svg(report.bin_edges, report.bin_counts, report.threshold)}</section>
 <h2>Errors by reason</h2>
 <section id="error-breakdown">{errors}</section>
-<h2>The {len(report.suspects)} most suspicious images</h2>
+<h2>The {len(report.suspects)} most suspicious files</h2>
 <section id="suspects">{_explanations_note(report.explanations)}<div class="grid">{suspects}</div></section>
 <h2>Audit record</h2>
 <section id="audit"><p class="muted">What produced these verdicts, as stored with the scan.</p>

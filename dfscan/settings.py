@@ -17,6 +17,10 @@ ENV_PREFIX = "DFSCAN_"
 
 DEFAULT_DB_URL = "sqlite:///dfscan.db"
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Videos the walker takes beside images (dfscan.workers.video samples them).
+DEFAULT_VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi")
+DEFAULT_FRAMES = 16  # frames sampled per video when the model's sidecar says none
+MAX_FRAMES = 1024
 # Pillow's own default limit (about 89 megapixels); past it an image is refused
 # from its header, before any pixel is decoded.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -96,6 +100,11 @@ class Settings:
     # s3:// roots: the endpoint of an S3-compatible store (None: boto3's default, AWS or its
     # AWS_ENDPOINT_URL_S3). Credentials never come from here: boto3's chain (environment, profile, role).
     s3_endpoint_url: str | None = None
+    # Videos: their extensions (an empty tuple: images only), frames sampled per video (None: the
+    # video model's ``frames``, else DEFAULT_FRAMES), and the time one video may take to sample.
+    video_extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS
+    frames: int | None = None
+    video_time_limit_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -177,9 +186,21 @@ class Settings:
             raise SettingsError(f"face detect size must be between 64 and 4096 pixels, got {self.face_detect_size}")
         if self.s3_endpoint_url is not None:
             _check_endpoint(self.s3_endpoint_url)
-        for ext in self.extensions:
+        for ext in (*self.extensions, *self.video_extensions):
             if not ext.startswith(".") or len(ext) < 2:
                 raise SettingsError(f"extension {ext!r} must look like '.jpg'")
+        both = set(self.extensions) & set(self.video_extensions)
+        if both:
+            raise SettingsError(f"extension(s) {', '.join(sorted(both))} are both image and video extensions")
+        if self.frames is not None and not 1 <= self.frames <= MAX_FRAMES:
+            raise SettingsError(f"frames per video must be between 1 and {MAX_FRAMES}, got {self.frames}")
+        if not 0 < self.video_time_limit_s <= 86_400:
+            raise SettingsError(f"video time limit must be between 0 and 86400 s, got {self.video_time_limit_s}")
+
+    @property
+    def scan_extensions(self) -> tuple[str, ...]:
+        """What the walker takes: image and video extensions."""
+        return (*self.extensions, *self.video_extensions)
 
     def with_(self, **changes: Any) -> "Settings":
         """A copy with ``changes`` applied; ``None`` values keep the current one."""
@@ -219,6 +240,15 @@ def parse_extensions(text: str | tuple[str, ...] | None) -> tuple[str, ...] | No
     return tuple(dict.fromkeys(out))
 
 
+def parse_video_extensions(text: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Like :func:`parse_extensions`, but ``""`` or ``"none"`` turns videos off (images only)."""
+    if text is None:
+        return None
+    if isinstance(text, str) and text.strip().lower() in ("", "none"):
+        return ()
+    return parse_extensions(text)
+
+
 def parse_roots(text: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
     """``"/data/a:/data/b"`` (``os.pathsep``-separated, like PATH) -> ``("/data/a", "/data/b")``."""
     if text is None:
@@ -249,6 +279,9 @@ _CONVERTERS = {
     "min_face_size": int,
     "face_detect_size": int,
     "extensions": parse_extensions,
+    "video_extensions": parse_video_extensions,
+    "frames": int,
+    "video_time_limit_s": float,
     "serve_port": int,
     "serve_roots": parse_roots,
     "max_upload_bytes": int,

@@ -50,6 +50,21 @@ def export_tiny_model(directory: Path, seed: int = TINY_SEED) -> Path:
     return export_onnx(checkpoint, directory).onnx_path
 
 
+def export_tiny_video_model(directory: Path, seed: int = TINY_SEED, frames: int = 4) -> Path:
+    """Export the tiny detector with its video graph; returns ``directory/model.video.onnx``.
+
+    ``directory`` also gets ``model.onnx`` and a ``model_info.json`` with ``"video_model": "model.video.onnx"``
+    and ``"frames": frames`` (4 by default: small sequences keep tests fast; the graph takes any T).
+    """
+    from dfscan.detector.export import export_onnx
+
+    directory = Path(directory)
+    checkpoint = save_tiny_checkpoint(directory / "checkpoint", seed)
+    result = export_onnx(checkpoint, directory, frames=frames, torch_program=False)
+    assert result.video_path is not None
+    return result.video_path
+
+
 def export_tiny_legacy_model(directory: Path, seed: int = TINY_SEED) -> Path:
     """Export the tiny detector as the original project did: ``directory/legacy.onnx``, batch fixed at 1, no sidecar."""
     from dfscan.detector.export import export_legacy_fixed_batch
@@ -81,6 +96,13 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``model.onnx`` of the tiny detector with its ``model_info.json``, exported once per session. Don't modify it."""
     return _once("tiny_onnx", export_tiny_model, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_video_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model.video.onnx`` (N, T, 3, H, W) of the tiny detector, beside its ``model.onnx`` and sidecar
+    (``frames`` 4), exported once per session. Don't modify it."""
+    return _once("tiny_video", export_tiny_video_model, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

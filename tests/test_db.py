@@ -22,9 +22,9 @@ from dfscan.db.models import Chunk, Result, Scan
 
 CONTRACT_VIEW_COLUMNS = [
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
-    "scanned_at", "faces", "faces_found",
+    "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
 ]  # fmt: skip
-TABLES = {"models", "scans", "chunks", "results", "scan_workers", "result_faces"}
+TABLES = {"models", "scans", "chunks", "results", "scan_workers", "result_faces", "result_frames"}
 T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
 AWKWARD_PATHS = [
     "/data/caf\u00e9/\u5199\u771f.jpg",
@@ -150,17 +150,19 @@ def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
 def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     insp = inspect(db_engine)
     assert TABLES <= set(insp.get_table_names())
-    assert sorted(insp.get_view_names()) == ["scan_faces", "scan_results"]
+    assert sorted(insp.get_view_names()) == ["scan_faces", "scan_frames", "scan_results"]
     assert [c["name"] for c in insp.get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS
     assert [c["name"] for c in insp.get_columns("scan_faces")] == [
         "scan_id", "path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label"]
+    assert [c["name"] for c in insp.get_columns("scan_frames")] == [
+        "scan_id", "path", "track", "frame_index", "timestamp_s", "x", "y", "w", "h", "p_fake", "track_p_fake"]
 
     uniques = {u["name"]: u["column_names"] for u in insp.get_unique_constraints("results")}
     assert uniques == {"uq_results_scan_id_path": ["scan_id", "path"]}
     assert {u["name"] for u in insp.get_unique_constraints("chunks")} == {"uq_chunks_scan_id_seq"}
     assert {u["name"] for u in insp.get_unique_constraints("models")} == {"uq_models_sha256"}
     checks = {c["name"] for c in insp.get_check_constraints("results")}
-    assert checks == {"ck_results_status", "ck_results_label", "ck_results_ok_p_fake"}
+    assert checks == {"ck_results_status", "ck_results_label", "ck_results_ok_p_fake", "ck_results_kind"}
     indexes = {i["name"]: i["column_names"] for i in insp.get_indexes("results")}
     assert indexes["ix_results_scan_id_status"] == ["scan_id", "status"]
     assert indexes["ix_results_scan_id_p_fake"] == ["scan_id", "p_fake"]
@@ -171,7 +173,8 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     columns = {c["name"] for c in insp.get_columns("results")}
     assert columns == {
         "id", "scan_id", "model_id", "path", "size", "mtime", "status", "label", "p_fake",
-        "confidence", "error", "error_code", "scanned_at", "faces", "faces_found",
+        "confidence", "error", "error_code", "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s",
+        "notes",
     }  # fmt: skip
     for table in ("models", "scans", "chunks"):
         assert {c["name"] for c in insp.get_columns(table)} == set(

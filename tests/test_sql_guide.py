@@ -26,10 +26,11 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from dfscan import db
-from dfscan.db.models import Model, Result, ResultFace, Scan
+from dfscan.db.models import Model, Result, ResultFace, ResultFrame, Scan
 from dfscan.cli import main
 from tests._images import write_bad_files, write_jpegs
 from tests._models import export_tiny_model, tiny_onnx_model  # noqa: F401 - fixture
+from tests._videos import write_face_video, write_video
 from tests.conftest import throwaway_pg_database
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "sql.md"
@@ -66,6 +67,8 @@ class Archive:
     threshold_a: float
     threshold_b: float
     faces: list[str]  # scan 4 (faces on): one face, three faces (capped at two), none
+    videos: list[str]  # scan 5 (faces on, 4 frames): two face tracks, one, none, an empty file
+    threshold_v: float
 
 
 def scan(url: str, *args: str) -> dict:
@@ -117,8 +120,25 @@ def archive(tmp_path_factory: pytest.TempPathFactory, tiny_onnx_model: Path) -> 
     a_fake_alpha = sum(a_scores[p] >= threshold_a for p in alpha)
     n_b = a_fake_alpha + 1 if a_fake_alpha < len(alpha) else a_fake_alpha - 1
     threshold_b = _cut([b_scores[p] for p in alpha], n_b)
+    videos = _write_videos(base / "videos")
+    v_scores = _scores(scratch, scan(scratch, str(base / "videos"), *VIDEO_SCAN, "--model",
+                                     str(tiny_onnx_model))["scan_id"])
+    threshold_v = _cut(list(v_scores.values()), 1)  # one of the two videos with faces is fake
     return Archive(root, alpha, beta, bad, tiny_onnx_model, model_b, threshold_a, threshold_b,
-                   _write_faces(base / "faces"))
+                   _write_faces(base / "faces"), videos, threshold_v)
+
+
+VIDEO_SCAN = ("--faces", "on", "--frames", "4")
+
+
+def _write_videos(folder: Path) -> list[str]:
+    """Faces through time: one moving and one still face, a single face, a video without one, an empty file."""
+    folder.mkdir(parents=True)
+    write_face_video(folder / "moving.avi", 20, lambda i: [(20 + 12 * i, 20, 1.0), (440, 170, 0.8)])
+    write_face_video(folder / "single.avi", 12, lambda i: [(200, 60, 1.2)])
+    write_video(folder / "plain.mp4", 10, size=(128, 96))
+    (folder / "empty.mkv").write_bytes(b"")
+    return sorted(str(p) for p in folder.iterdir())
 
 
 def _write_faces(folder: Path) -> list[str]:
@@ -146,8 +166,11 @@ def _populate(url: str, a: Archive) -> None:
     s3 = scan(url, str(a.root / "alpha"), "--model", str(a.model_a), "--threshold", "1", "--name", "strict")
     s4 = scan(url, str(a.faces[0].rsplit("/", 1)[0]), "--model", str(a.model_a), "--faces", "on", "--max-faces", "2",
               "--name", "faces")
-    assert [s1["scan_id"], s2["scan_id"], s3["scan_id"], s4["scan_id"]] == [1, 2, 3, 4]
+    s5 = scan(url, str(a.videos[0].rsplit("/", 1)[0]), *VIDEO_SCAN, "--model", str(a.model_a),
+              "--threshold", repr(a.threshold_v), "--name", "videos")
+    assert [s1["scan_id"], s2["scan_id"], s3["scan_id"], s4["scan_id"], s5["scan_id"]] == [1, 2, 3, 4, 5]
     assert (s4["ok"], s4["no_face"]) == (2, 1)
+    assert (s5["ok"], s5["no_face"], s5["errors"], s5["fake"]) == (2, 1, 1, 1)
     assert (s1["total"], s2["total"], s3["total"]) == (13, 9, 5)
     assert s1["fake"] == 4 and s3["fake"] == 0
 
@@ -161,6 +184,7 @@ class Data:
     scans: dict[int, dict[str, Any]]
     models: dict[int, dict[str, Any]]
     faces: list[dict[str, Any]]
+    frames: list[dict[str, Any]]
 
 
 def _read(url: str) -> Data:
@@ -175,7 +199,8 @@ def _read(url: str) -> Data:
             }
             results = [
                 {c: getattr(r, c) for c in ("scan_id", "model_id", "path", "status", "label", "p_fake", "confidence",
-                                            "error_code", "scanned_at", "faces", "faces_found")}
+                                            "error_code", "scanned_at", "faces", "faces_found", "kind", "frames",
+                                            "duration_s")}
                 | {"model_sha256": models[r.model_id]["sha256"]}
                 for r in s.scalars(select(Result))
             ]
@@ -184,9 +209,14 @@ def _read(url: str) -> Data:
                                             "p_fake", "label")}
                 for f in s.scalars(select(ResultFace))
             ]
+            frames = [
+                {c: getattr(f, c) for c in ("scan_id", "path", "track", "frame_index", "timestamp_s", "x", "y", "w",
+                                            "h", "p_fake", "track_p_fake")}
+                for f in s.scalars(select(ResultFrame))
+            ]
     finally:
         engine.dispose()
-    return Data(url, results, scans, models, faces)
+    return Data(url, results, scans, models, faces, frames)
 
 
 def _sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -324,6 +354,27 @@ def expect_faces_per_image(d: Data, tz: ZoneInfo) -> list[tuple]:
     return [(*k, n) for k, n in sorted(by.items())]
 
 
+def expect_fake_video_tracks(d: Data, tz: ZoneInfo) -> list[tuple]:
+    out = []
+    for r in d.results:
+        if r["scan_id"] != 5 or r["kind"] != "video" or r["label"] != "fake":
+            continue
+        by_track: dict[int, list[float]] = defaultdict(list)
+        for f in d.frames:
+            if f["scan_id"] == 5 and f["path"] == r["path"] and f["track_p_fake"] == r["p_fake"]:
+                by_track[f["track"]].append(f["timestamp_s"])
+        out.extend((r["path"], r["p_fake"], r["frames"], r["duration_s"], k, min(ts), max(ts))
+                   for k, ts in by_track.items())
+    return sorted(out, key=lambda t: (-t[1], t[0], t[4]))
+
+
+def expect_video_frames_over_time(d: Data, tz: ZoneInfo) -> list[tuple]:
+    frames = sorted((f for f in d.frames if f["scan_id"] == 5 and f["path"].endswith("/moving.avi")),
+                    key=lambda f: (f["track"], f["timestamp_s"]))
+    return [(f["track"], f["frame_index"], f["timestamp_s"], f["x"], f["y"], f["w"], f["h"], f["p_fake"],
+             f["track_p_fake"]) for f in frames]
+
+
 EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple]]]] = {
     "scans-overview": (("id", "name", "status", "model_sha256", "threshold", "total", "real", "fake", "errors",
                         "started_at", "finished_at"), expect_scans_overview),
@@ -342,6 +393,10 @@ EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple
     "most-suspicious-faces": (("path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label"),
                               expect_most_suspicious_faces),
     "faces-per-image": (("status", "faces", "faces_found", "images"), expect_faces_per_image),
+    "fake-video-tracks": (("path", "p_fake", "frames", "duration_s", "track", "first_s", "last_s"),
+                          expect_fake_video_tracks),
+    "video-frames-over-time": (("track", "frame_index", "timestamp_s", "x", "y", "w", "h", "p_fake",
+                                "track_p_fake"), expect_video_frames_over_time),
 }
 
 
@@ -404,19 +459,24 @@ def test_query_returns_the_expected_rows(populated: Data, name: str):
 def test_the_scans_exercise_what_the_queries_ask(populated: Data, archive: Archive):
     """The data has the shapes the guide talks about, so the expectations above are not vacuous."""
     d = populated
-    assert len(d.models) == 2 and len(d.scans) == 4
+    assert len(d.models) == 2 and len(d.scans) == 5
     assert {r["error_code"] for r in d.results if r["scan_id"] == 1 and r["status"] == "error"} == {
         "empty", "truncated", "not-image", "too-many-pixels"}
     rates = [row[3] for row in expect_fake_rate_by_folder(d, ZoneInfo("UTC"))]
     assert len(rates) == 2 and rates[0] != rates[1]
     assert [r[0] for r in expect_never_scored_by_current_model(d, ZoneInfo("UTC"))] == sorted(
-        archive.beta + archive.bad + archive.faces)
+        archive.beta + archive.bad + archive.faces + archive.videos)
     # Scan 3 (model A, threshold 1: all real) is model A's latest verdict on alpha, not scan 1.
     changed = expect_changed_between_models(d, ZoneInfo("UTC"))
     assert changed and all(row[1] == "real" and row[2] == "fake" for row in changed)
     latest = expect_latest_verdict_per_file(d, ZoneInfo("UTC"))
     with_a_face = [p for p in archive.faces if not p.endswith("chelsea.jpg")]
+    videos_ok = [p for p in archive.videos if p.endswith(".avi")]
     assert {row[0]: row[1] for row in latest} == {**{p: 3 for p in archive.alpha}, **{p: 1 for p in archive.beta},
-                                                  **{p: 4 for p in with_a_face}}
+                                                  **{p: 4 for p in with_a_face}, **{p: 5 for p in videos_ok}}
+    # Scan 5: the moving video has two tracks of four frames each, the single one one track.
+    tracks = {(Path(f["path"]).name, f["track"]) for f in d.frames if f["scan_id"] == 5}
+    assert tracks == {("moving.avi", 0), ("moving.avi", 1), ("single.avi", 0)}
+    assert len([f for f in d.frames if f["scan_id"] == 5]) == 3 * 4
     # Scan 4: the group photo's three faces were found and two (the cap) scored.
     assert expect_faces_per_image(d, ZoneInfo("UTC")) == [("no-face", 0, 0, 1), ("ok", 1, 1, 1), ("ok", 2, 3, 1)]

@@ -49,8 +49,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # Sidecar keys read into ModelInfo fields; any other key lands in ``extra``.
 _KNOWN_KEYS = frozenset(
     {"architecture", "classes", "input_size", "mean", "std", "threshold", "temperature", "sha256", "created_at",
-     "opset", "format", "input"}
+     "opset", "format", "input", "video_model", "frames"}
 )
+# Most frames a sidecar may say a video model was trained with.
+MAX_FRAMES = 1024
 # What the model was trained on: whole images resized to its input, or face crops
 # (``dfscan scan --faces auto`` follows this). A sidecar without it is a whole-image model.
 MODEL_INPUTS = ("whole-image", "face-crop")
@@ -77,6 +79,12 @@ class ModelInfo:
     has_sidecar: bool
     extra: dict[str, Any] = field(default_factory=dict)
     input: str = "whole-image"
+    # Videos: the sequence graph beside this model ((N, T, 3, H, W), N and T dynamic, the same
+    # normalisation and (N, 2) logits), None when there is none; and the T it was trained with.
+    video_model: Path | None = None
+    frames: int | None = None
+    # 4: (N, 3, H, W) images; 5: (N, T, 3, H, W) sequences (the video model's own description).
+    rank: int = 4
 
 
 def sha256_file(path: Path) -> str:
@@ -186,7 +194,57 @@ def inspect_model(path: Path) -> ModelInfo:
         has_sidecar=bool(sidecar),
         extra={k: v for k, v in sidecar.get("_raw", {}).items() if k not in _KNOWN_KEYS},
         input=sidecar.get("input", "whole-image"),
+        video_model=sidecar.get("video_model"),
+        frames=sidecar.get("frames"),
     )
+
+
+def inspect_video_model(info: ModelInfo) -> ModelInfo:
+    """The description of ``info``'s sequence graph (``info.video_model``): input (N, T, 3, H, W), (N, 2) logits.
+
+    Its classes, normalisation, threshold and temperature are the image
+    model's (one sidecar describes both); its sha256 is checked against the
+    sidecar's ``video_model_sha256`` when that is there.
+    """
+    if info.video_model is None:
+        raise ModelNotFound(f"{info.path}: its sidecar names no video model")
+    path = info.video_model
+    if not path.is_file():
+        raise ModelNotFound(f"{sidecar_for_reading(info.path)} names the video model {path.name}, which is not "
+                            f"beside {info.path.name}. {_hint(info.path)}")
+    model = _load_graph(path)
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ModelInputError(f"{path}: expected one sequence input, found {len(inputs)}. {_hint(info.path)}")
+    inp = inputs[0]
+    dims = _dims(inp)
+    if dims is None or len(dims) != 5 or (isinstance(dims[2], int) and dims[2] != 3):
+        shape = "unknown" if dims is None else "(" + ", ".join(str(d or "?") for d in dims) + ")"
+        raise ModelInputError(f"{path}: input {inp.name!r} has shape {shape}, expected N x T x 3 x H x W. "
+                              f"{_hint(info.path)}")
+    if isinstance(dims[1], int):
+        raise ModelInputError(f"{path}: the number of frames is fixed at {dims[1]}; expected it dynamic. "
+                              f"{_hint(info.path)}")
+    hw = (dims[3], dims[4]) if isinstance(dims[3], int) and isinstance(dims[4], int) else None
+    if hw is not None and hw != tuple(info.input_size):
+        raise ModelInputError(f"{path}: frames of {hw[0]}x{hw[1]}, but the image model takes "
+                              f"{info.input_size[0]}x{info.input_size[1]}. {_hint(info.path)}")
+    out = graph.output[0] if graph.output else None
+    if out is None:
+        raise ModelOutputError(f"{path}: the graph has no output. {_hint(info.path)}")
+    _check_output(path, model, out, len(info.classes))
+    sha = sha256_file(path)
+    expected = info.extra.get("video_model_sha256")
+    if isinstance(expected, str) and expected != sha:
+        raise SidecarMismatch(f"{sidecar_for_reading(info.path)}: video_model_sha256 {expected[:12]}... is not "
+                              f"{path.name}'s {sha[:12]}...; re-export so they match")
+    from dataclasses import replace
+
+    fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+    return replace(info, path=path, sha256=sha, input_name=inp.name, output_name=out.name, fixed_batch=fixed,
+                   opset=_default_opset(model), video_model=None, rank=5)
 
 
 def reexport_hint(info: ModelInfo) -> str:
@@ -352,6 +410,18 @@ def _read_sidecar(path: Path, sha: str) -> dict[str, Any]:
         fields["input"] = raw["input"]
     if "opset" in raw and not _is_int(raw["opset"]):
         raise bad("opset", "an integer")
+    if "video_model" in raw:
+        name = raw["video_model"]
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise bad("video_model", "the file name of an ONNX model beside this one")
+        fields["video_model"] = path.parent / name
+    if "video_model_sha256" in raw and (not isinstance(raw["video_model_sha256"], str)
+                                        or not _SHA256.fullmatch(raw["video_model_sha256"])):
+        raise bad("video_model_sha256", "a hex SHA-256")
+    if "frames" in raw:
+        if not _is_int(raw["frames"]) or not 1 <= raw["frames"] <= MAX_FRAMES:
+            raise bad("frames", f"a whole number of frames between 1 and {MAX_FRAMES}")
+        fields["frames"] = raw["frames"]
     return fields
 
 

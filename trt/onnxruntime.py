@@ -10,6 +10,7 @@ from dfscan.trt.model_info import ModelInfo, reexport_hint
 from dfscan.trt.errors import InferenceFailed, ModelRejected, RuntimeUnavailable
 
 PROBE_BATCH = 2
+PROBE_FRAMES = 2
 
 
 def available() -> tuple[bool, str]:
@@ -58,14 +59,16 @@ class OnnxRuntime:
         """Run a zero batch now so a bad model fails before the scan, never half-way."""
         h, w = self.info.input_size
         n = self.fixed_batch or PROBE_BATCH
+        # A sequence model (rank 5) is probed with two frames per sequence.
+        item = (3, h, w) if self.info.rank == 4 else (PROBE_FRAMES, 3, h, w)
         try:
-            out = self.infer(np.zeros((n, 3, h, w), dtype=np.float32))
+            out = self.infer(np.zeros((n, *item), dtype=np.float32))
         except InferenceFailed as exc:
             if self.fixed_batch is None:
                 # Declared dynamic but baked to one batch size (a legacy export):
                 # fall back to batch 1 if that runs, as the original project's file does.
                 try:
-                    out = self.infer(np.zeros((1, 3, h, w), dtype=np.float32))
+                    out = self.infer(np.zeros((1, *item), dtype=np.float32))
                 except InferenceFailed:
                     raise ModelRejected(f"{self.info.path}: the model fails on a test batch: {exc}") from None
                 self.fixed_batch = 1

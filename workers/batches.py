@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -48,6 +48,9 @@ class PreparedBatch:
     # ``tensors`` None, puts its per-image items here and scores them with ``scorer``.
     items: list | None = None
     scorer: object = None
+    # A batch of images and videos: each kind prepared on its own, ``(positions, part)`` per kind;
+    # :func:`score` puts their rows back in the order of ``paths``.
+    parts: list[tuple[list[int], "PreparedBatch"]] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,13 @@ class BatchMaker:
         max_file_bytes: int = MAX_FILE_BYTES,
         budget_bytes: int = READ_BUDGET_BYTES,
         store=None,
+        video=None,
     ) -> None:
         self.decoder = decoder
         self.store = store  # reads s3:// paths (scanner.objects.ObjectStore; None: the default endpoint)
+        # The video stage (workers.video_stage.VideoStage) takes the paths it ``wants``; they are
+        # never read here: the video decoder opens them itself and reads what it needs.
+        self.video = video
         self.max_file_bytes = max_file_bytes
         self.budget_bytes = budget_bytes
         pre = getattr(decoder, "pre", None)
@@ -117,7 +124,25 @@ class BatchMaker:
 
     def prepare(self, paths: Sequence[str]) -> PreparedBatch:
         with self._one_at_a_time:
-            return self._prepare(paths)
+            videos = [i for i, p in enumerate(paths) if self.video is not None and self.video.wants(p)]
+            if not videos:
+                return self._prepare(paths)
+            if len(videos) == len(paths):
+                return self.video.prepare(paths)
+            taken = set(videos)
+            images = [i for i in range(len(paths)) if i not in taken]
+            parts = [(images, self._prepare([paths[i] for i in images])),
+                     (videos, self.video.prepare([paths[i] for i in videos]))]
+            sizes: list[int | None] = [None] * len(paths)
+            mtimes: list[float | None] = [None] * len(paths)
+            for positions, part in parts:
+                for pos, size, mtime in zip(positions, part.sizes, part.mtimes):
+                    sizes[pos], mtimes[pos] = size, mtime
+            return PreparedBatch(list(paths), sizes, mtimes, None, [], {}, parts=parts)
+
+    def cost(self, path: str) -> int:
+        """What ``path`` weighs in a batch of ``batch_size``: 1 for an image, its frames for a video."""
+        return self.video.cost(path) if self.video is not None else 1
 
     def _prepare(self, paths: Sequence[str]) -> PreparedBatch:
         heads = list(self._pool.map(self._head, paths))
@@ -201,9 +226,10 @@ class BatchMaker:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        close = getattr(self.decoder, "close", None)
-        if close is not None:
-            close()
+        for stage in (self.decoder, self.video):
+            close = getattr(stage, "close", None)
+            if close is not None:
+                close()
 
 
 def score(prepared: PreparedBatch, runtime: Runtime, verdict: Verdict) -> list[ResultRow]:
@@ -212,6 +238,13 @@ def score(prepared: PreparedBatch, runtime: Runtime, verdict: Verdict) -> list[R
     A runtime failure on the batch makes every image of it an error row; the
     scan goes on.
     """
+    if prepared.parts is not None:
+        rows: list[ResultRow | None] = [None] * len(prepared.paths)
+        for positions, part in prepared.parts:
+            for pos, row in zip(positions, score(part, runtime, verdict)):
+                rows[pos] = row
+        assert all(row is not None for row in rows), "a part left a path without a row"
+        return rows  # type: ignore[return-value]
     if prepared.scorer is not None:
         return prepared.scorer(prepared, runtime, verdict)
     now = datetime.now(timezone.utc)
@@ -243,9 +276,25 @@ def score(prepared: PreparedBatch, runtime: Runtime, verdict: Verdict) -> list[R
     return rows
 
 
-def split(paths: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(paths), size):
-        yield paths[start : start + size]
+def split(paths: Sequence[str], size: int, cost: Callable[[str], int] | None = None) -> Iterator[Sequence[str]]:
+    """Consecutive batches of ``paths`` weighing at most ``size`` each (by ``cost``, default 1 a path).
+
+    A video weighs its frames, so a batch holds 64 frames' worth, not 64
+    videos; one path heavier than ``size`` is a batch of its own.
+    """
+    if cost is None:
+        for start in range(0, len(paths), size):
+            yield paths[start : start + size]
+        return
+    start, weight = 0, 0
+    for i, path in enumerate(paths):
+        w = max(1, cost(path))
+        if i > start and weight + w > size:
+            yield paths[start:i]
+            start, weight = i, 0
+        weight += w
+    if start < len(paths):
+        yield paths[start:]
 
 
 def prefetch(items: Iterable, depth: int = 2) -> Iterator:

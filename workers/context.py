@@ -23,7 +23,8 @@ from dfscan.trt import Runtime, load_runtime
 from dfscan.workers.batches import BatchMaker, Verdict
 from dfscan.workers.decode import Preprocess
 from dfscan.workers.decoders import create_decoder
-from dfscan.workers.faces import faces_enabled, face_stage
+from dfscan.workers.faces import FaceStage, faces_enabled, face_stage
+from dfscan.workers.video_stage import video_stage
 from dfscan.workers.registration import register_model, threshold_for
 
 
@@ -59,6 +60,11 @@ class ScanContext:
         decoder = create_decoder(settings.decoder, pre, threads=settings.decode_threads, batch_size=settings.batch_size)
         if faces_enabled(settings.faces, info.input):
             decoder = face_stage(decoder, pre, settings)
+        try:
+            video = video_stage(pre, settings, info, faces=decoder if isinstance(decoder, FaceStage) else None)
+        except Exception:
+            runtime.close()
+            raise
         threshold = threshold_for(settings, info)
         verdict = Verdict(classes=info.classes, threshold=threshold, temperature=info.temperature)
         try:
@@ -72,7 +78,7 @@ class ScanContext:
             info=info,
             runtime=runtime,
             batches=BatchMaker(decoder, read_threads=settings.read_threads,
-                               store=object_store(settings.s3_endpoint_url)),
+                               store=object_store(settings.s3_endpoint_url), video=video),
             verdict=verdict,
             engine=engine,
             sessions=db.session_factory(engine),
@@ -95,7 +101,13 @@ class ScanContext:
             "decoder_version": getattr(decoder, "version", None),
             "batch_size": self.settings.batch_size,
             "faces": self.faces_record(),
+            "video": self.video_record(),
         }
+
+    def video_record(self) -> dict | None:
+        """The video stage's settings (None: videos off)."""
+        video = getattr(self.batches, "video", None)
+        return video.record() if video is not None else None
 
     def faces_record(self) -> dict | None:
         """The face stage's settings (None: faces off, the model sees whole images)."""

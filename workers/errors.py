@@ -17,12 +17,18 @@ REASONS: dict[str, str] = {
     "too-large": "the file is larger than the size limit",
     "not-image": "the bytes are not an image of an allowed format",
     "too-many-pixels": "the header declares more pixels than the limit (decompression bomb)",
-    "truncated": "the image data ends early",
+    "truncated": "the image or video data ends early (a video: its index, e.g. the MP4 moov atom, is missing)",
     "decode-failed": "the decoder rejected the image",
     "inference-failed": "the runtime failed on the batch holding this image",
     "bad-probability": "the model gave no valid probability (NaN or out of [0, 1]) for this image",
     "worker-lost": "the chunk killed its worker on every attempt",
     "face-detect-failed": "the face detector failed on this image (faces on)",
+    # Videos (dfscan.workers.video); "empty", "missing", "unreadable", "truncated", "too-many-pixels" and
+    # "decode-failed" also apply to them.
+    "not-video": "the bytes are not a video in a container we read (or are a still image named like a video)",
+    "no-video-stream": "the container holds no video stream (audio only, or cover art only)",
+    "no-frames": "no sampled frame of the video could be decoded",
+    "timeout": "decoding the video took longer than the per-file time limit",
 }
 
 
@@ -34,6 +40,10 @@ class ImageError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class VideoError(ImageError):
+    """One video can't be scored; the same contract as :class:`ImageError` (``code`` in :data:`REASONS`)."""
 
 
 class UnknownDecoder(ValueError):

@@ -208,6 +208,13 @@ class FaceStage:
             out.extend(part)
         return out
 
+    def detect(self, images: list[np.ndarray]) -> list[np.ndarray | ImageError]:
+        """Face boxes (x1, y1, x2, y2, score) in each RGB image's own pixels; the video stage's entry."""
+        found: list[np.ndarray | ImageError] = []
+        for start in range(0, len(images), DETECT_BATCH):
+            found.extend(self._detect(images[start : start + DETECT_BATCH]))
+        return found
+
     def _detect(self, images: list[np.ndarray]) -> list[np.ndarray | ImageError]:
         """Boxes in original pixels per image; a detector failure on one image is that image's error."""
         if not images:

@@ -72,7 +72,7 @@ def _result(chunk: Chunk, counts: Counter) -> ChunkResult:
 def _prepared(ctx: ScanContext, chunks: Iterable[Chunk]) -> Iterator[PreparedBatch]:
     """Batches of every chunk in order, each tagged with its chunk and position."""
     for chunk in chunks:
-        parts = list(split(chunk.paths, ctx.batch_size))
+        parts = list(split(chunk.paths, ctx.batch_size, ctx.batches.cost))
         for i, paths in enumerate(parts):
             prepared = ctx.batches.prepare(paths)
             prepared.tag = _Tag(chunk, i, len(parts))

@@ -51,6 +51,8 @@ __all__ = [
     "setting_option",
     "stop_on_signals",
     "threads_option",
+    "video_options",
+    "video_settings",
     "visibility_timeout_option",
 ]
 
@@ -253,6 +255,35 @@ def face_options(func: Callable) -> Callable:
 def face_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Pop the face options from a command's keyword arguments (for ``from_env``)."""
     return {name: kwargs.pop(name, None) for name in FACE_FIELDS}
+
+
+VIDEO_FIELDS = ("video_extensions", "frames", "video_time_limit_s")
+
+
+def video_options(func: Callable) -> Callable:
+    """--video-extensions, --frames, --video-time-limit; the command takes them as keyword arguments."""
+    options = [
+        setting_option("--video-extensions", field="video_extensions",
+                       help="Comma-separated video extensions to take from directories ('none': images only); each "
+                            "video is one row, scored from sampled frames."),
+        setting_option("--frames", field="frames", type=click.IntRange(1, 1024), show_default=False,
+                       help="Frames sampled per video, evenly spaced in time [default: the video model's "
+                            "'frames' in model_info.json, else 16]."),
+        setting_option("--video-time-limit", field="video_time_limit_s", type=float,
+                       help="Seconds one video may take to sample; past it the video is a 'timeout' error row."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def video_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the video options from a command's keyword arguments (for ``from_env``), parsed."""
+    from dfscan.settings import parse_video_extensions
+
+    values = {name: kwargs.pop(name, None) for name in VIDEO_FIELDS}
+    values["video_extensions"] = parse_video_extensions(values["video_extensions"])
+    return values
 
 
 class stop_on_signals:

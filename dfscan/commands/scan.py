@@ -31,6 +31,8 @@ from dfscan.commands._options import (
     setting_option,
     stop_on_signals,
     threads_option,
+    video_options,
+    video_settings,
 )
 from dfscan.redact import mask_url
 from dfscan.settings import from_env, parse_extensions
@@ -53,6 +55,7 @@ from dfscan.settings import from_env, parse_extensions
 @threads_option
 @face_options
 @s3_endpoint_option
+@video_options
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links while walking.")
 @click.option("--incremental", is_flag=True, envvar="DFSCAN_INCREMENTAL", show_envvar=True,
               help="Skip files whose path, size and mtime already have an 'ok' (or 'no-face') row from this model.")
@@ -66,8 +69,8 @@ def scan(roots: tuple[str, ...], model: Path | None, db_url: str, name: str | No
          paths_from: tuple[str, ...], extensions: str | None, batch_size: int | None, chunk_size: int | None,
          runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None,
          max_pixels: int | None, intra_op_threads: int | None, s3_endpoint_url: str | None, no_follow_symlinks: bool, incremental: bool, broker_url: str | None, wait: bool,
-         max_outstanding_chunks: int | None, progress: bool | None, as_json: bool, **faces: Any) -> None:
-    """Scan ROOTS (files and directories, recursively, or s3://BUCKET/PREFIX) and store one row per image.
+         max_outstanding_chunks: int | None, progress: bool | None, as_json: bool, **stages: Any) -> None:
+    """Scan ROOTS (files and directories, recursively, or s3://BUCKET/PREFIX) and store one row per image or video.
 
     Exit status 0 means the scan completed, even where some images failed:
     those are rows with status 'error' and a reason.  With --broker the scan
@@ -89,10 +92,10 @@ def scan(roots: tuple[str, ...], model: Path | None, db_url: str, name: str | No
         engine_dir=engine_dir, max_pixels=max_pixels,
         intra_op_threads=intra_op_threads, follow_symlinks=False if no_follow_symlinks else None,
         broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks, s3_endpoint_url=s3_endpoint_url,
-        **face_settings(faces),
+        **face_settings(stages), **video_settings(stages),
     )
     source = ScanSource(tuple(check_roots(roots, settings.s3_endpoint_url)), tuple(paths_from),
-                        WalkOptions(extensions=settings.extensions, follow_symlinks=settings.follow_symlinks,
+                        WalkOptions(extensions=settings.scan_extensions, follow_symlinks=settings.follow_symlinks,
                                     s3_endpoint_url=settings.s3_endpoint_url))
     show = sys.stderr.isatty() if progress is None else progress
     if settings.broker_url:
@@ -148,7 +151,7 @@ def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str]
         click.echo(json.dumps(data, indent=2, default=str))
         return
     click.echo(
-        f"scan {summary.scan_id} {summary.status}: {summary.total} images in {summary.elapsed_s:.1f} s "
+        f"scan {summary.scan_id} {summary.status}: {summary.total} files in {summary.elapsed_s:.1f} s "
         f"({summary.images_per_s:.1f} images/s)"
     )
     click.echo(f"  real    {summary.real}")
@@ -188,7 +191,7 @@ def summary_dict(summary: Any) -> dict:
 
 
 RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256", "scanned_at",
-                  "faces", "faces_found")
+                  "faces", "faces_found", "kind", "frames", "duration_s", "notes")
 
 
 @click.command()
@@ -257,14 +260,16 @@ def _emit_rows(rows: Iterator[dict], fmt: str) -> None:
             out.write(("," if i else "") + "\n  " + json.dumps({c: row[c] for c in RESULT_COLUMNS}, default=str))
         out.write("\n]\n")
     else:
-        out.write(f"{'status':<7} {'label':<5} {'p_fake':>7} {'conf':>6}  path / error\n")
+        out.write(f"{'status':<7} {'label':<5} {'p_fake':>7} {'conf':>6} {'kind':<5} {'frames':>6}  path / error\n")
         for row in rows:
             p = "" if row["p_fake"] is None else f"{row['p_fake']:.4f}"
             c = "" if row["confidence"] is None else f"{row['confidence']:.3f}"
+            frames = "" if row["frames"] is None else str(row["frames"])
             tail = {"ok": row["path"], "no-face": f"{row['path']}  [no face]"}.get(
                 row["status"], f"{row['path']}  [{row['error']}]")
             tail = _printable(str(tail))
-            out.write(f"{row['status']:<7} {row['label'] or '':<5} {p:>7} {c:>6}  {tail!s}\n")
+            out.write(f"{row['status']:<7} {row['label'] or '':<5} {p:>7} {c:>6} {row['kind']:<5} {frames:>6}  "
+                      f"{tail!s}\n")
 
 
 def _cell(value: Any) -> Any:
@@ -279,18 +284,36 @@ def _cell(value: Any) -> Any:
 @click.option("--threshold", type=float, default=0.5, show_default=True, help="Decision threshold stored in model_info.json.")
 @click.option("--torch-program/--no-torch-program", default=True, show_default=True,
               help="Also write model.pt2 (torch.export), the file of --runtime torch.")
+@click.option("--video/--no-video", default=True, show_default=True, envvar="DFSCAN_EXPORT_VIDEO", show_envvar=True,
+              help="Also write model.video.onnx, the sequence graph (N, T, 3, H, W) that scores a video's sampled "
+                   "frames through the LSTM.")
+@click.option("--frames", type=click.IntRange(1, 1024), envvar="DFSCAN_EXPORT_FRAMES", show_envvar=True,
+              help="Frames per video recorded in model_info.json (default: the T the checkpoint was trained "
+                   "with, 16 for one trained on images).")
 @reports_errors
-def export(checkpoint: Path, out_dir: Path, opset: int, threshold: float, torch_program: bool) -> None:
-    """Export a detector CHECKPOINT to ONNX (and a torch.export program), checked against PyTorch."""
+def export(checkpoint: Path, out_dir: Path, opset: int, threshold: float, torch_program: bool, video: bool,
+           frames: int | None) -> None:
+    """Export a detector CHECKPOINT to ONNX (and a torch.export program), checked against PyTorch.
+
+    Writes model.onnx (single frames, (N, 3, H, W)) and, unless --no-video,
+    model.video.onnx (sequences of sampled video frames, (N, T, 3, H, W), N and
+    T dynamic), each checked against PyTorch, and model_info.json naming both.
+    """
     from dfscan.detector.export import export_onnx
 
     if opset < 17:
         raise click.BadParameter("opset 17 or newer is required", param_hint="--opset")
-    result = export_onnx(checkpoint, out_dir, opset=opset, threshold=threshold, torch_program=torch_program)
+    result = export_onnx(checkpoint, out_dir, opset=opset, threshold=threshold, torch_program=torch_program,
+                         video=video, frames=frames)
     program = result.info.extra.get("torch_program")
     also = f", {out_dir / program['file']}" if isinstance(program, dict) else ""
+    also += f", {result.video_path}" if result.video_path else ""
     click.echo(f"wrote {result.onnx_path}{also} and {result.info_path}")
-    click.echo(f"max |logit difference| ONNX Runtime vs PyTorch: {result.max_abs_diff:.2e}")
+    if result.max_abs_diff is not None:
+        click.echo(f"max |logit difference| ONNX Runtime vs PyTorch: {result.max_abs_diff:.2e}")
+    if result.video_max_abs_diff is not None:
+        click.echo(f"video graph: {result.frames} frames per video, max |logit difference| "
+                   f"{result.video_max_abs_diff:.2e}")
 
 
 COMMANDS = [scan, results, export]

@@ -79,7 +79,7 @@ class ScanService:
     def start(self, request: ScanRequest, *, api_key_id: int) -> int:
         roots = check_allowed(request.roots, self.settings.serve_roots)
         # Symbolic links are not followed: one could lead out of the allowed prefixes.
-        source = ScanSource(tuple(roots), (), WalkOptions(extensions=self.settings.extensions, follow_symlinks=False))
+        source = ScanSource(tuple(roots), (), WalkOptions(extensions=self.settings.scan_extensions, follow_symlinks=False))
         stop = threading.Event()
         if self.settings.broker_url:
             scan_id, thread = self._start_fleet(source, request, stop)

@@ -1,0 +1,305 @@
+"""The video stage: sample each video's frames, make its sequences, score them, one row per video.
+
+A video is T frames sampled evenly in time (:mod:`workers.video`).  With
+faces off its one sequence is the whole frames, resized to the model's input
+like an image; with faces on, the face detector looks at every sampled frame,
+faces are followed from frame to frame by box overlap
+(:mod:`workers._video_tracks`), and each track is a sequence of T crops cut as
+for images (the same square of ``margin`` times the box,
+:mod:`workers._face_geometry`).  A frame where a track's face was missed takes
+the nearest frame's box.
+
+With a sequence model (``video_model`` in ``model_info.json``) each sequence
+goes through the BiLSTM as one (T, 3, H, W) item; sequences of several videos
+share a runtime batch of at most ``batch_size`` frames (``batch_size // T``
+sequences, at least one), so memory is bounded by frames, whatever T is.
+Without one, each frame is scored alone by the image model and a track's
+p_fake is the mean of its frames': a weaker verdict (no temporal model), said
+in the row's notes.  Either way the video's p_fake is its most suspicious
+track's, and every frame of every track is a :class:`~dfscan.db.records.FrameRow`.
+
+Crops wait for the runtime as uint8 (a quarter of float32's memory) and are
+normalised batch by batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+from PIL import Image
+
+from dfscan.db.records import FrameRow, ResultRow
+from dfscan.scanner.paths import on_disk
+from dfscan.trt.base import Runtime, run_batched
+from dfscan.trt.errors import InferenceFailed
+from dfscan.workers._video_tracks import follow
+from dfscan.workers.batches import PreparedBatch
+from dfscan.workers.decode import Preprocess
+from dfscan.workers.errors import ImageError, VideoError
+from dfscan.workers.faces import FaceStage, crop_faces, select_faces
+from dfscan.workers.reader import stat_quietly
+from dfscan.workers.video import DEFAULT_MAX_SIDE, SampledVideo, is_video_path, pyav_version, sample_video
+
+PER_FRAME_NOTE = ("no video model: each frame scored alone by the image model, p_fake the mean over a track's "
+                  "frames (a weaker verdict than a sequence model's)")
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    frames: int = 16
+    time_limit_s: float = 60.0
+    extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi")
+    max_side: int = DEFAULT_MAX_SIDE
+
+    @classmethod
+    def from_settings(cls, settings, model_frames: int | None = None) -> "VideoOptions":
+        from dfscan.settings import DEFAULT_FRAMES
+
+        return cls(frames=settings.frames or model_frames or DEFAULT_FRAMES, time_limit_s=settings.video_time_limit_s,
+                   extensions=tuple(settings.video_extensions))
+
+
+@dataclass
+class VideoTrack:
+    """One sequence of a video: its crops (t, H, W, 3) uint8 and, per frame, the face box (None: whole frame)."""
+
+    crops: np.ndarray
+    boxes: list[tuple[int, int, int, int] | None]
+
+
+@dataclass
+class VideoItem:
+    """One video through the stage: when its frames are, its tracks, what was odd about it."""
+
+    indices: list[int]
+    timestamps_s: list[float]
+    duration_s: float | None
+    tracks: list[VideoTrack]
+    found: int | None  # faces on: tracks found (before the cap); None with faces off
+    notes: list[str] = field(default_factory=list)
+
+
+class VideoStage:
+    """``prepare(paths) -> PreparedBatch`` of :class:`VideoItem`; its ``scorer`` is :meth:`score`."""
+
+    def __init__(self, pre: Preprocess, options: VideoOptions, *, faces: FaceStage | None = None,
+                 sequence_runtime: Runtime | None = None, threads: int = 2, batch_size: int = 64) -> None:
+        self.pre = pre
+        self.options = options
+        self.faces = faces
+        self.sequence_runtime = sequence_runtime
+        self.batch_size = batch_size
+        self.version = pyav_version()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="video")
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def wants(self, path: str) -> bool:
+        return is_video_path(path, self.options.extensions)
+
+    def cost(self, path: str) -> int:
+        """What a path weighs in a batch of ``batch_size`` frames: T for a video."""
+        return self.options.frames if self.wants(path) else 1
+
+    def record(self) -> dict:
+        return {"frames": self.options.frames, "time_limit_s": self.options.time_limit_s,
+                "decoder": self.version, "faces": self.faces is not None,
+                "scoring": "sequence" if self.sequence_runtime is not None else "per-frame",
+                "sequence_model": str(getattr(getattr(self.sequence_runtime, "info", None), "path", "") or "")
+                or None}
+
+    # -- preparing --------------------------------------------------------------------------
+
+    def prepare(self, paths: Sequence[str]) -> PreparedBatch:
+        outcomes = list(self._pool.map(self._prepare_one, paths))
+        sizes, mtimes, items, ok_index, errors = [], [], [], [], {}
+        for i, (path, out) in enumerate(zip(paths, outcomes)):
+            size, mtime = stat_quietly(path)
+            sizes.append(size)
+            mtimes.append(mtime)
+            if isinstance(out, ImageError):
+                errors[i] = out
+            else:
+                items.append(out)
+                ok_index.append(i)
+        return PreparedBatch(list(paths), sizes, mtimes, None, ok_index, errors, items=items, scorer=self.score)
+
+    def _prepare_one(self, path: str) -> VideoItem | ImageError:
+        try:
+            video = sample_video(on_disk(path), self.options.frames, time_limit_s=self.options.time_limit_s,
+                                 max_side=self.options.max_side, max_pixels=self.pre.max_pixels)
+            return self._item(video)
+        except ImageError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - a decoder bug is this video's error, not the batch's
+            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            return VideoError("decode-failed", f"video decode failed: {text}")
+
+    def _item(self, video: SampledVideo) -> VideoItem:
+        notes = list(video.notes)
+        if self.faces is None:
+            crops = np.stack([_resized(frame, self.pre.size) for frame in video.frames])
+            track = VideoTrack(crops, [None] * len(video.frames))
+            return VideoItem(video.indices, video.timestamps_s, video.duration_s, [track], None, notes)
+        return VideoItem(video.indices, video.timestamps_s, video.duration_s, *self._face_tracks(video), notes)
+
+    def _face_tracks(self, video: SampledVideo) -> tuple[list[VideoTrack], int]:
+        faces = self.faces
+        assert faces is not None
+        found = faces.detect(video.frames)
+        failed = [f for f in found if isinstance(f, ImageError)]
+        if len(failed) == len(found):
+            raise VideoError("face-detect-failed", failed[0].message)
+        per_frame = []
+        for frame, boxes in zip(video.frames, found):
+            if isinstance(boxes, ImageError):
+                per_frame.append([])
+                continue
+            selected, _n = select_faces(boxes, frame.shape[1], frame.shape[0], faces.options)
+            per_frame.append([((x1, y1, x2, y2), score) for x1, y1, x2, y2, score in selected])
+        tracks, n_found = follow(per_frame, faces.options.max_faces)
+        out = []
+        for track in tracks:
+            crops, boxes = [], []
+            for frame, (x1, y1, x2, y2) in zip(video.frames, track.filled()):
+                ((crop, _square),) = crop_faces(frame, [(x1, y1, x2, y2, 0.0)], faces.options, self.pre.size)
+                crops.append(np.asarray(crop))
+                # Boxes are stored in the video's own (upright) pixels, whatever the frames were scaled to.
+                s = video.width / frame.shape[1]
+                bx, by = int(round(x1 * s)), int(round(y1 * s))
+                boxes.append((bx, by, max(1, int(round(x2 * s)) - bx), max(1, int(round(y2 * s)) - by)))
+            out.append(VideoTrack(np.stack(crops), boxes))
+        return out, n_found
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def score(self, prepared: PreparedBatch, runtime: Runtime, verdict) -> list[ResultRow]:
+        """Rows for a batch of videos: every sequence scored, the most suspicious track is the video's verdict."""
+        errors: dict[int, ImageError] = dict(prepared.errors)
+        items: dict[int, VideoItem] = dict(zip(prepared.ok_index, prepared.items or []))
+        owners = [(pos, k) for pos, item in items.items() for k in range(len(item.tracks))]
+        if self.sequence_runtime is not None:
+            track_p, frame_p = self._score_sequences(items, owners, verdict, errors), {}
+        else:
+            track_p, frame_p = self._score_frames(items, owners, runtime, verdict, errors)
+        now = datetime.now(timezone.utc)
+        rows = []
+        for i, path in enumerate(prepared.paths):
+            size, mtime = prepared.sizes[i], prepared.mtimes[i]
+            item = items.get(i)
+            if i in errors or item is None:
+                err = errors[i]
+                rows.append(ResultRow(path, size, mtime, "error", None, None, None, err.message, err.code, now,
+                                      kind="video"))
+                continue
+            rows.append(self._row(path, size, mtime, now, item, [track_p[(i, k)] for k in range(len(item.tracks))],
+                                  [frame_p.get((i, k)) for k in range(len(item.tracks))], verdict.threshold))
+        return rows
+
+    def _row(self, path, size, mtime, now, item: VideoItem, track_p: list[float], frame_p: list, threshold: float):
+        notes = list(item.notes)
+        if self.sequence_runtime is None:
+            notes.append(PER_FRAME_NOTE)
+        faces = None if item.found is None else len(item.tracks)
+        common = dict(kind="video", frames=len(item.indices), duration_s=item.duration_s,
+                      notes="; ".join(notes) or None, faces=faces, faces_found=item.found)
+        if not item.tracks:
+            return ResultRow(path, size, mtime, "no-face", None, None, None, None, None, now, **common)
+        frame_rows = []
+        for k, (track, p_track) in enumerate(zip(item.tracks, track_p)):
+            for slot, (index, t) in enumerate(zip(item.indices, item.timestamps_s)):
+                box = track.boxes[slot]
+                p_frame = frame_p[k][slot] if frame_p[k] is not None else None
+                frame_rows.append(FrameRow(k, index, round(t, 6), *(box or (None, None, None, None)), p_frame,
+                                           p_track))
+        p_fake = max(track_p)
+        label = "fake" if p_fake >= threshold else "real"
+        confidence = p_fake if label == "fake" else 1.0 - p_fake
+        return ResultRow(path, size, mtime, "ok", label, p_fake, confidence, None, None, now,
+                         frame_rows=tuple(frame_rows), **common)
+
+    def _normalised(self, crops: np.ndarray) -> np.ndarray:
+        a, b = self.pre.scale_and_shift()
+        return crops.astype(np.float32).transpose(0, 3, 1, 2) * a + b
+
+    def _score_sequences(self, items, owners, verdict, errors) -> dict[tuple[int, int], float]:
+        """Each track through the sequence model; runtime batches of at most ``batch_size`` frames."""
+        by_length: dict[int, list[tuple[int, int]]] = {}
+        for pos, k in owners:
+            by_length.setdefault(len(items[pos].tracks[k].crops), []).append((pos, k))
+        out: dict[tuple[int, int], float] = {}
+        for length, group in sorted(by_length.items()):
+            per_call = max(1, self.batch_size // length)
+            for start in range(0, len(group), per_call):
+                part = group[start : start + per_call]
+                batch = np.stack([self._normalised(items[pos].tracks[k].crops) for pos, k in part])
+                self._run(part, batch, self.sequence_runtime, verdict, errors, out)
+        return out
+
+    def _score_frames(self, items, owners, runtime, verdict, errors):
+        """Each frame of each track alone through the image model; a track's p_fake is its frames' mean."""
+        flat = [(pos, k, slot) for pos, k in owners for slot in range(len(items[pos].tracks[k].crops))]
+        per_frame: dict[tuple[int, int, int], float] = {}
+        for start in range(0, len(flat), self.batch_size):
+            part = flat[start : start + self.batch_size]
+            batch = self._normalised(np.stack([items[pos].tracks[k].crops[slot] for pos, k, slot in part]))
+            self._run(part, batch, runtime, verdict, errors, per_frame)
+        track_p, frame_p = {}, {}
+        for pos, k in owners:
+            if pos in errors:
+                continue
+            ps = [per_frame[(pos, k, slot)] for slot in range(len(items[pos].tracks[k].crops))]
+            frame_p[(pos, k)] = ps
+            track_p[(pos, k)] = float(np.mean(ps))
+        return track_p, frame_p
+
+    @staticmethod
+    def _run(keys, batch, runtime, verdict, errors, out) -> None:
+        """Logits for ``batch`` into ``out`` by key; a failure is the error of every video in it."""
+        try:
+            logits = run_batched(runtime, batch)
+            if logits.shape[0] != len(keys) or not np.all(np.isfinite(logits)):
+                raise InferenceFailed(f"runtime returned {logits.shape} non-finite or misshapen logits")
+        except InferenceFailed as exc:
+            for key in keys:
+                errors[key[0]] = ImageError("inference-failed", f"inference failed: {exc}")
+            return
+        for key, v in zip(keys, verdict.rows(logits)):
+            if isinstance(v, ImageError):
+                errors[key[0]] = v
+            else:
+                out[key] = v[1]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self.sequence_runtime is not None:
+            self.sequence_runtime.close()
+
+
+def _resized(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A whole frame at the model's input size (H, W), resized as an image is (:func:`workers.decode.to_tensor`)."""
+    h, w = size
+    if frame.shape[:2] == (h, w):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def video_stage(pre: Preprocess, settings, info, *, faces: FaceStage | None) -> VideoStage | None:
+    """The scan's video stage from ``settings`` and the model ``info`` (None: videos are off)."""
+    if not settings.video_extensions:
+        return None
+    sequence_runtime = None
+    if info.video_model is not None:
+        from dfscan.trt.model_info import inspect_video_model
+        from dfscan.trt.registry import load_runtime
+
+        # Sequences run on ONNX Runtime: the TensorRT and torch runtimes build for 4-D image batches.
+        sequence_runtime = load_runtime("onnxruntime", inspect_video_model(info),
+                                        intra_op_threads=settings.intra_op_threads)
+    options = VideoOptions.from_settings(settings, info.frames)
+    return VideoStage(pre, options, faces=faces, sequence_runtime=sequence_runtime,
+                      threads=settings.decode_threads, batch_size=settings.batch_size)
