@@ -477,3 +477,113 @@ def test_faces_are_followed_through_time_and_the_most_suspicious_track_is_the_ve
     flagged = max(track_p, key=track_p.get)
     assert drawn == [(f.x, f.y, f.w, f.h) for f in tracks[flagged]]
     assert len(re.findall(r"data:image/jpeg;base64,", figure.group(1))) == 6
+
+
+# -- the fleet: Celery workers score videos through the same score_chunk ------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_celery_workers_score_a_mixed_folder_one_row_per_file(tmp_path, tiny_video_model, redis_server,  # noqa: F811
+                                                               pg_url):
+    from tests._cluster import Worker, wait_for
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_video(folder / "a.mp4", 30)
+    write_video(folder / "b.webm", 12, codec="vp9-webm")
+    write_audio_only(folder / "song.mov")
+    Image.fromarray(index_frame(5)).save(folder / "c.png")
+    expected = {"a.mp4": ("video", "ok"), "b.webm": ("video", "ok"), "song.mov": ("video", "error"),
+                "c.png": ("image", "ok")}
+    engine = db.make_engine(pg_url)
+    db.upgrade(engine)
+    engine.dispose()
+    (tmp_path / "logs").mkdir()
+    worker = Worker(redis_server.url(), pg_url, tmp_path / "logs", name="video")
+    try:
+        worker.wait_ready()
+        out = _cli("scan", str(folder), "--model", str(tiny_video_model.parent), "--db", pg_url, "--broker",
+                   redis_server.url(), "--chunk-size", "3", "--json")
+        assert out.exit_code == 0, out.output
+        scan_id = json.loads(out.stdout)["scan_id"]
+        wait_for(lambda: _query(pg_url, "SELECT status FROM scans WHERE id = :s", s=scan_id)[0].status != "running",
+                 120, "the fleet scan to complete", interval=0.5)
+        rows = _query(pg_url, "SELECT * FROM scan_results WHERE scan_id = :s", s=scan_id)
+        assert sorted(Path(r.path).name for r in rows) == sorted(expected), worker.log()[-3000:]
+        for r in rows:
+            assert (r.kind, r.status) == expected[Path(r.path).name], (r.path, r.error)
+        assert {r.frames for r in rows if r.kind == "video" and r.status == "ok"} == {4}
+        frames = _query(pg_url, "SELECT COUNT(*) AS n FROM scan_frames WHERE scan_id = :s", s=scan_id)
+        assert frames[0].n == 8
+    finally:
+        worker.stop()
+
+
+# -- settings and the walker -------------------------------------------------------------------
+
+
+def test_video_settings_come_from_options_and_the_environment(tmp_path, tiny_video_model, sqlite_url):  # noqa: F811
+    from dfscan.settings import DEFAULT_VIDEO_EXTENSIONS, Settings, SettingsError, from_env
+
+    assert Settings().scan_extensions[-len(DEFAULT_VIDEO_EXTENSIONS):] == DEFAULT_VIDEO_EXTENSIONS
+    assert set(DEFAULT_VIDEO_EXTENSIONS) == {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi"}
+    env = {"DFSCAN_VIDEO_EXTENSIONS": "MP4,webm", "DFSCAN_FRAMES": "8", "DFSCAN_VIDEO_TIME_LIMIT_S": "5"}
+    s = from_env(env)
+    assert (s.video_extensions, s.frames, s.video_time_limit_s) == ((".mp4", ".webm"), 8, 5.0)
+    assert from_env({"DFSCAN_VIDEO_EXTENSIONS": "none"}).video_extensions == ()
+    with pytest.raises(SettingsError, match="frames per video"):
+        Settings(frames=0)
+    with pytest.raises(SettingsError, match="both image and video"):
+        Settings(video_extensions=(".mp4", ".png"))
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_video(folder / "a.mp4", 10)
+    write_video(folder / "b.mkv", 10, codec="h264-mkv")
+    Image.fromarray(index_frame(2)).save(folder / "c.png")
+    # Only .mkv taken as video; .mp4 is not walked.
+    out = _cli("scan", str(folder), "--model", str(tiny_video_model.parent), "--db", sqlite_url,
+               "--video-extensions", "mkv", "--frames", "3")
+    assert out.exit_code == 0, out.output
+    rows = _query(sqlite_url, "SELECT path, kind, frames FROM scan_results ORDER BY path")
+    assert [(Path(r.path).name, r.kind, r.frames) for r in rows] == [("b.mkv", "video", 3), ("c.png", "image", None)]
+    # Videos off: images only.
+    out = CliRunner().invoke(main, ["scan", str(folder), "--model", str(tiny_video_model.parent), "--db", sqlite_url,
+                                    "--json"], env={"DFSCAN_VIDEO_EXTENSIONS": "none"})
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output[out.output.index("{"):])["total"] == 1
+    out = CliRunner().invoke(main, ["scan", str(folder), "--model", str(tiny_video_model.parent), "--db", sqlite_url,
+                                    "--frames", "0"])
+    assert out.exit_code == 2 and "--frames" in out.output
+
+
+def test_videos_are_opened_by_the_decoder_never_read_into_memory(tmp_path, tiny_video_model):  # noqa: F811
+    """A video larger than the reader's limits is scored; an image of the same size is refused by them."""
+    from dfscan.settings import Settings
+    from dfscan.trt import load_runtime
+    from dfscan.trt.model_info import inspect_model
+    from dfscan.workers.batches import BatchMaker, Verdict, score
+    from dfscan.workers.decode import PillowDecoder, Preprocess
+    from dfscan.workers.video_stage import video_stage
+
+    rng = np.random.default_rng(0)
+    video = write_video(tmp_path / "big.mkv", 20, codec="h264-mkv", size=(128, 96),
+                        draw=lambda i: rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    image = tmp_path / "big.png"
+    Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(image)
+    limit = 4096
+    assert video.stat().st_size > 10 * limit and image.stat().st_size > limit
+    info = inspect_model(tiny_video_model.parent)
+    stage = video_stage(Preprocess(), Settings(model=tiny_video_model.parent, frames=4), info, faces=None)
+    maker = BatchMaker(PillowDecoder(Preprocess()), read_threads=2, max_file_bytes=limit, budget_bytes=limit,
+                       video=stage)
+    runtime = load_runtime("onnxruntime", info)
+    try:
+        rows = score(maker.prepare([str(video), str(image)]), runtime, Verdict())
+    finally:
+        maker.close()
+        runtime.close()
+    assert [(r.kind, r.status, r.error_code) for r in rows] == [("video", "ok", None), ("image", "error", "too-large")]
+    assert rows[0].size == video.stat().st_size and rows[0].frames == 4
