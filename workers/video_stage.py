@@ -24,6 +24,7 @@ normalised batch by batch.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,7 +43,15 @@ from dfscan.workers.decode import Preprocess
 from dfscan.workers.errors import ImageError, VideoError
 from dfscan.workers.faces import FaceStage, crop_faces, select_faces
 from dfscan.workers.reader import stat_quietly
-from dfscan.workers.video import DEFAULT_MAX_SIDE, SampledVideo, is_video_path, pyav_version, sample_video
+from dfscan.settings import DEFAULT_FRAMES, DEFAULT_VIDEO_EXTENSIONS
+from dfscan.workers.video import (
+    DEFAULT_MAX_SIDE,
+    DEFAULT_TIME_LIMIT_S,
+    SampledVideo,
+    is_video_path,
+    pyav_version,
+    sample_video,
+)
 
 PER_FRAME_NOTE = ("no video model: each frame scored alone by the image model, p_fake the mean over a track's "
                   "frames (a weaker verdict than a sequence model's)")
@@ -50,15 +59,13 @@ PER_FRAME_NOTE = ("no video model: each frame scored alone by the image model, p
 
 @dataclass(frozen=True)
 class VideoOptions:
-    frames: int = 16
-    time_limit_s: float = 60.0
-    extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi")
+    frames: int = DEFAULT_FRAMES
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS
     max_side: int = DEFAULT_MAX_SIDE
 
     @classmethod
     def from_settings(cls, settings, model_frames: int | None = None) -> "VideoOptions":
-        from dfscan.settings import DEFAULT_FRAMES
-
         return cls(frames=settings.frames or model_frames or DEFAULT_FRAMES, time_limit_s=settings.video_time_limit_s,
                    extensions=tuple(settings.video_extensions))
 
@@ -95,6 +102,8 @@ class VideoStage:
         self.batch_size = batch_size
         self.version = pyav_version()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="video")
+        # Videos are sampled in parallel; the face detector (one torch model) sees one video at a time.
+        self._detect_lock = threading.Lock()
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -150,7 +159,8 @@ class VideoStage:
     def _face_tracks(self, video: SampledVideo) -> tuple[list[VideoTrack], int]:
         faces = self.faces
         assert faces is not None
-        found = faces.detect(video.frames)
+        with self._detect_lock:
+            found = faces.detect(video.frames)
         failed = [f for f in found if isinstance(f, ImageError)]
         if len(failed) == len(found):
             raise VideoError("face-detect-failed", failed[0].message)
