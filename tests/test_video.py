@@ -343,7 +343,8 @@ def test_without_a_video_model_frames_are_scored_alone_and_averaged(tmp_path, ti
     assert "no video model" in notes and "weaker" in notes
 
 
-def test_a_sidecar_naming_a_missing_video_model_fails_before_the_scan(tmp_path, tiny_video_model, sqlite_url):  # noqa: F811
+def test_a_model_copied_without_its_video_graph_scores_per_frame_and_says_why(tmp_path, tiny_video_model,  # noqa: F811
+                                                                               sqlite_url):
     model = tmp_path / "m" / "model.onnx"
     model.parent.mkdir()
     shutil.copy(tiny_video_model.parent / "model.onnx", model)
@@ -351,8 +352,15 @@ def test_a_sidecar_naming_a_missing_video_model_fails_before_the_scan(tmp_path, 
     folder = tmp_path / "in"
     folder.mkdir()
     write_video(folder / "v.mp4", 10)
+    out = _cli("scan", str(folder), "--model", str(model), "--db", sqlite_url)
+    assert out.exit_code == 0, out.output
+    ((notes, frames),) = _query(sqlite_url, "SELECT notes, frames FROM scan_results")
+    assert "no video model" in notes and "model.video.onnx" in notes and "not beside model.onnx" in notes
+    assert frames == 4
+    # A video graph that is there but is not the one the sidecar names fails the scan before any work.
+    shutil.copy(tiny_video_model.parent / "model.onnx", model.parent / "model.video.onnx")
     out = CliRunner().invoke(main, ["scan", str(folder), "--model", str(model), "--db", sqlite_url])
-    assert out.exit_code == 1 and "model.video.onnx" in out.output and "not beside" in out.output
+    assert out.exit_code == 1 and "model.video.onnx" in out.output
 
 
 def test_batches_are_bounded_by_frames_not_videos(tmp_path, tiny_video_model):  # noqa: F811

@@ -94,8 +94,11 @@ class VideoStage:
     """``prepare(paths) -> PreparedBatch`` of :class:`VideoItem`; its ``scorer`` is :meth:`score`."""
 
     def __init__(self, pre: Preprocess, options: VideoOptions, *, faces: FaceStage | None = None,
-                 sequence_runtime: Runtime | None = None, threads: int = 2, batch_size: int = 64) -> None:
+                 sequence_runtime: Runtime | None = None, threads: int = 2, batch_size: int = 64,
+                 why_per_frame: str | None = None) -> None:
         self.pre = pre
+        # Said on every video row scored per frame where the sidecar promised a sequence model.
+        self.why_per_frame = why_per_frame
         self.options = options
         self.faces = faces
         self.sequence_runtime = sequence_runtime
@@ -118,6 +121,7 @@ class VideoStage:
         return {"frames": self.options.frames, "time_limit_s": self.options.time_limit_s,
                 "decoder": self.version, "faces": self.faces is not None,
                 "scoring": "sequence" if self.sequence_runtime is not None else "per-frame",
+                "why_per_frame": self.why_per_frame,
                 "sequence_model": str(getattr(getattr(self.sequence_runtime, "info", None), "path", "") or "")
                 or None}
 
@@ -213,7 +217,7 @@ class VideoStage:
     def _row(self, path, size, mtime, now, item: VideoItem, track_p: list[float], frame_p: list, threshold: float):
         notes = list(item.notes)
         if self.sequence_runtime is None:
-            notes.append(PER_FRAME_NOTE)
+            notes.append(PER_FRAME_NOTE if self.why_per_frame is None else f"{PER_FRAME_NOTE}: {self.why_per_frame}")
         faces = None if item.found is None else len(item.tracks)
         common = dict(kind="video", frames=len(item.indices), duration_s=item.duration_s,
                       notes="; ".join(notes) or None, faces=faces, faces_found=item.found)
@@ -302,8 +306,12 @@ def video_stage(pre: Preprocess, settings, info, *, faces: FaceStage | None) -> 
     """The scan's video stage from ``settings`` and the model ``info`` (None: videos are off)."""
     if not settings.video_extensions:
         return None
-    sequence_runtime = None
-    if info.video_model is not None:
+    sequence_runtime, why = None, None
+    if info.video_model is not None and not info.video_model.is_file():
+        # A model folder copied without its sequence graph: videos are still scored, per frame, and
+        # every such row says why (a sequence graph that is there but broken fails the scan instead).
+        why = f"{info.video_model.name}, named by the model's sidecar, is not beside {info.path.name}"
+    elif info.video_model is not None:
         from dfscan.trt.model_info import inspect_video_model
         from dfscan.trt.registry import load_runtime
 
@@ -312,4 +320,4 @@ def video_stage(pre: Preprocess, settings, info, *, faces: FaceStage | None) -> 
                                         intra_op_threads=settings.intra_op_threads)
     options = VideoOptions.from_settings(settings, info.frames)
     return VideoStage(pre, options, faces=faces, sequence_runtime=sequence_runtime,
-                      threads=settings.decode_threads, batch_size=settings.batch_size)
+                      threads=settings.decode_threads, batch_size=settings.batch_size, why_per_frame=why)
