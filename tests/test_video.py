@@ -323,17 +323,23 @@ def test_the_sequence_verdict_is_the_lstm_over_the_sampled_frames(tmp_path, tiny
     assert p_fake == pytest.approx(float(torch.softmax(torch.from_numpy(logits), 1)[0, 1]), abs=1e-4)
 
 
-def test_without_a_video_model_frames_are_scored_alone_and_averaged(tmp_path, tiny_video_model, sqlite_url):  # noqa: F811
-    model = tmp_path / "image-only" / "model.onnx"
+def _one_video_and_the_image_model(tmp_path: Path, video_model: Path, frames: int,
+                                   drop: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A folder with one video, and ``model.onnx`` with its sidecar copied alone (less the keys ``drop``)."""
+    model = tmp_path / "m" / "model.onnx"
     model.parent.mkdir()
-    shutil.copy(tiny_video_model.parent / "model.onnx", model)
-    sidecar = json.loads((tiny_video_model.parent / "model_info.json").read_text())
-    for key in ("video_model", "video_model_sha256"):
-        sidecar.pop(key)
-    (model.parent / "model_info.json").write_text(json.dumps(sidecar))
+    shutil.copy(video_model.parent / "model.onnx", model)
+    sidecar = json.loads((video_model.parent / "model_info.json").read_text())
+    (model.parent / "model_info.json").write_text(json.dumps({k: v for k, v in sidecar.items() if k not in drop}))
     folder = tmp_path / "in"
     folder.mkdir()
-    write_video(folder / "v.mp4", 30)
+    write_video(folder / "v.mp4", frames)
+    return folder, model
+
+
+def test_without_a_video_model_frames_are_scored_alone_and_averaged(tmp_path, tiny_video_model, sqlite_url):  # noqa: F811
+    folder, model = _one_video_and_the_image_model(tmp_path, tiny_video_model, 30,
+                                                   drop=("video_model", "video_model_sha256"))
     out = _cli("scan", str(folder), "--model", str(model), "--db", sqlite_url)
     assert out.exit_code == 0, out.output
     ((p_fake, notes),) = _query(sqlite_url, "SELECT p_fake, notes FROM scan_results")
@@ -345,13 +351,7 @@ def test_without_a_video_model_frames_are_scored_alone_and_averaged(tmp_path, ti
 
 def test_a_model_copied_without_its_video_graph_scores_per_frame_and_says_why(tmp_path, tiny_video_model,  # noqa: F811
                                                                                sqlite_url):
-    model = tmp_path / "m" / "model.onnx"
-    model.parent.mkdir()
-    shutil.copy(tiny_video_model.parent / "model.onnx", model)
-    shutil.copy(tiny_video_model.parent / "model_info.json", model.parent / "model_info.json")
-    folder = tmp_path / "in"
-    folder.mkdir()
-    write_video(folder / "v.mp4", 10)
+    folder, model = _one_video_and_the_image_model(tmp_path, tiny_video_model, 10)
     out = _cli("scan", str(folder), "--model", str(model), "--db", sqlite_url)
     assert out.exit_code == 0, out.output
     ((notes, frames),) = _query(sqlite_url, "SELECT notes, frames FROM scan_results")
