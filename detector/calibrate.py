@@ -144,16 +144,19 @@ def calibrate(
             f"{model} is a checkpoint; calibration is stored beside an exported model: "
             f"run `dfscan export {model} --out DIR` and calibrate DIR/model.onnx"
         )
-    items = find_splits(Path(data_dir)).get(split)
+    splits = find_splits(Path(data_dir))
+    items = splits.get(split)
     if not items:
-        raise ScoreCalibrationError(f"{data_dir} has no {split} images to calibrate on")
-    pred = predict(source, items, batch_size=batch_size, progress=progress)
+        raise ScoreCalibrationError(f"{data_dir} has no {split} {splits.media}s to calibrate on")
+    # A video set calibrates on its videos' sequence verdicts: the sidecar's temperature serves both graphs.
+    pred = predict(source, items, batch_size=batch_size, progress=progress, media=splits.media)
     fitted = calibrate_predictions(pred, target_fpr=target_fpr, threshold=source.threshold)
     record = {
         "fitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": str(Path(data_dir).resolve()),
         "split": split,
         "n_images": len(pred),
+        "media": splits.media,
         "target_fpr": target_fpr,
         "fpr": fitted["fpr"],
         "tpr": fitted["tpr"],

@@ -6,6 +6,9 @@ Two layouts are understood (a table, looked up in order):
   ``val/``, ``validation/``) and ``test/``, each with ``real/`` and ``fake/``.
 * ``flat``: only ``real/`` and ``fake/``; split 70/15/15 per class with a fixed seed.
 
+A data set holds images or videos (:data:`MEDIA`), never both: videos are
+sequences of sampled frames (:mod:`detector.video_data`), one label per video.
+
 Images are read exactly as the scanner reads them (:func:`workers.decode.load_rgb`
 then :func:`workers.decode.to_tensor`), so what the model learns from and what
 it is shown in a scan are made the same way. Training adds the original
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +27,11 @@ import numpy as np
 from dfscan.detector.errors import DetectorError
 from dfscan.trt.model_info import CLASSES
 from dfscan.workers.decode import Preprocess, load_rgb, to_tensor
+from dfscan.workers.video import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# What a data set's files are, with the suffixes that count as one.
+MEDIA: dict[str, tuple[str, ...]] = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)
 SPLIT_SEED = 42
 SPLIT_NAMES = ("train", "valid", "test")
@@ -52,6 +58,7 @@ class Splits:
     classes: tuple[str, ...] = CLASSES
     seed: int | None = None
     notes: dict = field(default_factory=dict)
+    media: str = "image"  # "video": each item is a video, scored as a sequence of sampled frames
 
     def get(self, name: str) -> list[Item]:
         if name not in SPLIT_NAMES:
@@ -75,16 +82,17 @@ class Splits:
             "split_fractions": list(SPLIT_FRACTIONS) if self.layout == "flat" else None,
             "splits": {name: {"total": sum(c.values()), **c} for name, c in counts.items()},
             "total": sum(sum(c.values()) for c in counts.values()),
+            "media": self.media,
             **self.notes,
         }
 
 
-def _images(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursively), sorted so that a listing is reproducible."""
+def _files(folder: Path, extensions: tuple[str, ...]) -> list[str]:
+    """Files under ``folder`` (recursively) with one of ``extensions``, sorted so that a listing is reproducible."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames.sort()
-        found += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(extensions)]
     return found
 
 
@@ -98,17 +106,17 @@ def _class_dirs(folder: Path, classes: tuple[str, ...]) -> dict[str, Path] | Non
     return None
 
 
-def _labelled(dirs: dict[str, Path], classes: tuple[str, ...]) -> list[Item]:
-    return [(path, classes.index(c)) for c in classes for path in _images(dirs[c])]
+def _labelled(dirs: dict[str, Path], classes: tuple[str, ...], extensions: tuple[str, ...]) -> list[Item]:
+    return [(path, classes.index(c)) for c in classes for path in _files(dirs[c], extensions)]
 
 
-def _layout_140k(root: Path, classes: tuple[str, ...], seed: int) -> Splits | None:
+def _layout_140k(root: Path, classes: tuple[str, ...], seed: int, extensions: tuple[str, ...]) -> Splits | None:
     found: dict[str, list[Item]] = {}
     for split, aliases in _SPLIT_ALIASES.items():
         for alias in aliases:
             dirs = _class_dirs(root / alias, classes)
             if dirs is not None:
-                found[split] = _labelled(dirs, classes)
+                found[split] = _labelled(dirs, classes, extensions)
                 break
     if "train" not in found:
         return None
@@ -117,13 +125,13 @@ def _layout_140k(root: Path, classes: tuple[str, ...], seed: int) -> Splits | No
     return Splits(root, "140k", found["train"], found["valid"], found.get("test", []), classes)
 
 
-def _layout_flat(root: Path, classes: tuple[str, ...], seed: int) -> Splits | None:
+def _layout_flat(root: Path, classes: tuple[str, ...], seed: int, extensions: tuple[str, ...]) -> Splits | None:
     dirs = _class_dirs(root, classes)
     if dirs is None:
         return None
     parts: tuple[list[Item], list[Item], list[Item]] = ([], [], [])
     for i, c in enumerate(classes):
-        items = [(p, i) for p in _images(dirs[c])]
+        items = [(p, i) for p in _files(dirs[c], extensions)]
         for part, chunk in zip(parts, split_items(items, seed=seed + i)):
             part.extend(chunk)
     return Splits(root, "flat", *parts, classes=classes, seed=seed)
@@ -140,28 +148,50 @@ def split_items(items: list[Item], fractions: tuple[float, ...] = SPLIT_FRACTION
     return shuffled[:n_train], shuffled[n_train : n_train + n_valid], shuffled[n_train + n_valid :]
 
 
-LAYOUTS: dict[str, Callable[[Path, tuple[str, ...], int], Splits | None]] = {
+LAYOUTS: dict[str, Callable[[Path, tuple[str, ...], int, tuple[str, ...]], Splits | None]] = {
     "140k": _layout_140k,
     "flat": _layout_flat,
 }
 
 
-def find_splits(root: Path, *, classes: tuple[str, ...] = CLASSES, seed: int = SPLIT_SEED) -> Splits:
-    """The labelled splits of ``root`` in the first layout that fits; raises :class:`DataError`."""
+def find_splits(
+    root: Path, *, classes: tuple[str, ...] = CLASSES, seed: int = SPLIT_SEED, media: str = "auto"
+) -> Splits:
+    """The labelled splits of ``root`` in the first layout that fits; raises :class:`DataError`.
+
+    ``media`` "image" or "video" lists only those files; "auto" lists both and
+    takes what the folder holds (a folder holding both is refused: a model
+    learns from one kind of input).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
+    if media != "auto" and media not in MEDIA:
+        raise DataError(f"unknown media {media!r}; known: auto, {', '.join(MEDIA)}")
+    extensions = tuple(e for m in MEDIA for e in MEDIA[m]) if media == "auto" else MEDIA[media]
     for read in LAYOUTS.values():
-        splits = read(root, classes, seed)
+        splits = read(root, classes, seed, extensions)
         if splits is not None:
             if not splits.train or not splits.valid:
                 raise DataError(f"{root}: the {splits.layout} layout has an empty train or validation split")
-            return splits
+            return replace(splits, media=media if media != "auto" else _media_of(root, splits))
     want = "/".join(classes)
     raise DataError(
         f"{root} has neither train/ and valid/ folders with {want} inside (the 140k layout) "
         f"nor {want} folders; see `dfscan train --help`"
     )
+
+
+def _media_of(root: Path, splits: Splits) -> str:
+    """"image" or "video": what every listed file of ``splits`` is; raises when it holds both."""
+    paths = [p for name in SPLIT_NAMES for p, _ in splits.get(name)]
+    videos = sum(1 for p in paths if p.lower().endswith(VIDEO_EXTENSIONS))
+    if videos and videos < len(paths):
+        raise DataError(
+            f"{root} holds {len(paths) - videos} images and {videos} videos; a data set is one or the other "
+            f"(keep them in separate folders)"
+        )
+    return "video" if videos else "image"
 
 
 # ------------------------------------------------------------------ transforms
@@ -227,8 +257,8 @@ class Augment:
     contrast: float = 0.2
 
 
-def train_transform(pre: Preprocess, augment: Augment = Augment(), faces: bool = False) -> Callable[[bytes], np.ndarray]:
-    """Decode as the scanner does, resize, augment the RGB image, then normalise as the scanner does."""
+def augment_pipeline(augment: Augment):
+    """The torchvision v2 transform of ``augment``: flip, rotation, colour jitter."""
     from torchvision.transforms import v2
 
     steps: list = [v2.RandomHorizontalFlip(augment.hflip)]
@@ -236,7 +266,12 @@ def train_transform(pre: Preprocess, augment: Augment = Augment(), faces: bool =
         steps.append(v2.RandomRotation(augment.degrees, interpolation=v2.InterpolationMode.BILINEAR))
     if augment.brightness or augment.contrast:
         steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
-    pipeline = v2.Compose(steps)
+    return v2.Compose(steps)
+
+
+def train_transform(pre: Preprocess, augment: Augment = Augment(), faces: bool = False) -> Callable[[bytes], np.ndarray]:
+    """Decode as the scanner does, resize, augment the RGB image, then normalise as the scanner does."""
+    pipeline = augment_pipeline(augment)
     h, w = pre.size
     crop = _face_cropper(pre) if faces else None
 
@@ -259,11 +294,15 @@ def _torch_dataset_class():
     from torch.utils.data import Dataset
 
     class ImageFolderDataset(Dataset):
-        """(image tensor, label) pairs read from files; a file that can't be decoded raises its ImageError."""
+        """(image tensor, label) pairs read from files; a file that can't be decoded raises DataError with its reason.
 
-        def __init__(self, items: list[Item], transform: Callable[[bytes], np.ndarray]) -> None:
+        ``by_path``: the transform takes the path, not the bytes (videos: the sampler reads what it seeks to).
+        """
+
+        def __init__(self, items: list[Item], transform: Callable, by_path: bool = False) -> None:
             self.items = list(items)
             self.transform = transform
+            self.by_path = by_path
 
         def __len__(self) -> int:
             return len(self.items)
@@ -273,6 +312,8 @@ def _torch_dataset_class():
 
             path, label = self.items[index]
             try:
+                if self.by_path:
+                    return torch.from_numpy(self.transform(path)), label
                 with open(path, "rb") as fh:
                     data = fh.read()
                 return torch.from_numpy(self.transform(data)), label
@@ -282,19 +323,24 @@ def _torch_dataset_class():
     return ImageFolderDataset
 
 
-def make_dataset(items: list[Item], transform: Callable[[bytes], np.ndarray]):
-    """A ``torch.utils.data.Dataset`` over ``items``."""
-    return _torch_dataset_class()(items, transform)
+def make_dataset(items: list[Item], transform: Callable, *, by_path: bool = False):
+    """A ``torch.utils.data.Dataset`` over ``items``; ``by_path``: ``transform`` takes a path, not bytes."""
+    return _torch_dataset_class()(items, transform, by_path)
 
 
-def make_loader(items: list[Item], transform, *, batch_size: int, shuffle: bool, workers: int = 0, seed: int = 0):
-    """A DataLoader; shuffling follows ``seed`` (and the epoch, via :func:`torch.Generator` state)."""
+def make_loader(items: list[Item], transform, *, batch_size: int, shuffle: bool, workers: int = 0, seed: int = 0,
+                media: str = "image"):
+    """A DataLoader; shuffling follows ``seed`` (and the epoch, via :func:`torch.Generator` state).
+
+    ``media`` "video": ``transform`` takes a path and gives a clip (see :mod:`detector.video_data`).
+    """
     import torch
     from torch.utils.data import DataLoader
 
+    dataset = make_dataset(items, transform, by_path=media == "video")
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
-        make_dataset(items, transform),
+        dataset,
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,

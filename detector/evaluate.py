@@ -3,6 +3,10 @@
 The model is run as a scan would run it (see :mod:`detector.predict`): an
 exported model with its ``model_info.json`` temperature and threshold, on
 images decoded by the scanner's Pillow path.
+
+A data set of videos is measured per video: each is one sequence of T sampled
+frames (the model's ``frames``, or ``frames=``) and one verdict, so every count
+and curve is of videos.
 """
 
 from __future__ import annotations
@@ -192,16 +196,24 @@ def evaluate(
     batch_size: int = 64,
     device: str = "auto",
     progress: bool = False,
+    frames: int | None = None,
 ) -> EvalResult:
-    """Score ``split`` of ``data_dir`` with ``model``; write ``metrics.json`` and ``report.html`` to ``out_dir``."""
+    """Score ``split`` of ``data_dir`` with ``model``; write ``metrics.json`` and ``report.html`` to ``out_dir``.
+
+    A data set of videos is scored per video with ``frames`` sampled frames each (None: the model's own T).
+    """
     if split not in SPLIT_NAMES:
         raise EvaluationError(f"unknown split {split!r}; known splits: {', '.join(SPLIT_NAMES)}")
     source = open_model(Path(model))
     splits = find_splits(Path(data_dir))
     items = splits.get(split)
     if not items:
-        raise EvaluationError(f"{data_dir} has no {split} images")
-    pred = predict(source, items, batch_size=batch_size, device=device, progress=progress)
+        raise EvaluationError(f"{data_dir} has no {split} {splits.media}s")
+    if frames is not None and frames < 1:
+        raise EvaluationError(f"frames must be at least 1, got {frames}")
+    frames = (frames or source.frames) if splits.media == "video" else None
+    pred = predict(source, items, batch_size=batch_size, device=device, progress=progress, media=splits.media,
+                   frames=frames)
     op_threshold = source.threshold if threshold is None else threshold
     result = compute_metrics(pred, temperature=source.temperature, threshold=op_threshold)
     history_path = Path(training_results) if training_results else training_results_for(source)
@@ -214,8 +226,10 @@ def evaluate(
     record = {
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": source.describe(),
-        "data": {"root": str(splits.root), "layout": splits.layout, "split": split, "images": len(items),
-                 "scored": len(pred), "failed": [{"path": p, "reason": r} for p, r in pred.failed],
+        "data": {"root": str(splits.root), "layout": splits.layout, "split": split, f"{splits.media}s": len(items),
+                 "media": splits.media, "scored": len(pred),
+                 "failed": [{"path": p, "reason": r} for p, r in pred.failed],
+                 **({"frames": frames, "scoring": pred.scoring} if splits.media == "video" else {}),
                  # `dfscan synth` leaves synth.json in its archives: say so wherever these figures go.
                  "synthetic": (Path(splits.root) / "synth.json").is_file()},
         "training_results": str(history_path) if history_path else None,

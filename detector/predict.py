@@ -5,6 +5,13 @@ Runtime on images decoded by the scanner's own Pillow path, with the
 normalisation, temperature and threshold of its ``model_info.json``: the
 numbers measured are those a scan would give. A PyTorch checkpoint is run by
 torch, with temperature 1 and threshold 0.5.
+
+Videos (``media="video"``) are scored as sequences: T frames sampled by the
+scanner's sampler (:mod:`detector.video_data`), through the export's video graph
+(``model.video.onnx``, named in the sidecar) or the checkpoint's model on
+(N, T, 3, H, W). An export without a video graph scores each frame with the
+image graph and averages the logits over the frames: a weaker verdict (no
+temporal model), said in :attr:`Predictions.scoring`.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dfscan.detector.errors import DetectorError
 from dfscan.trt.model_info import CLASSES, DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE, ModelInfo, inspect_model
 from dfscan.workers.decode import Preprocess
 from dfscan.workers.errors import ImageError
+from dfscan.workers.video import DEFAULT_FRAMES
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 
@@ -40,6 +48,8 @@ class ModelSource:
     info: ModelInfo | None = None
     checkpoint: Path | None = None  # the training checkpoint behind it, when known
     input: str = "whole-image"  # "face-crop": evaluate and calibrate on face crops, as the scan's --faces auto
+    frames: int = DEFAULT_FRAMES  # frames per video: the T the model was trained with (sidecar ``frames``)
+    video_model: Path | None = None  # the export's sequence graph, when it has one
 
     def describe(self) -> dict:
         return {
@@ -49,6 +59,8 @@ class ModelSource:
             "sha256": self.sha256,
             "temperature": self.temperature,
             "threshold": self.threshold,
+            "frames": self.frames,
+            "video_model": str(self.video_model) if self.video_model else None,
         }
 
 
@@ -60,6 +72,7 @@ class Predictions:
     labels: np.ndarray
     logits: np.ndarray
     failed: list[tuple[str, str]] = field(default_factory=list)
+    scoring: str = "image"  # videos: "sequence" (the video graph or the checkpoint) or "per-frame mean" (weaker)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -77,6 +90,7 @@ def open_model(path: Path) -> ModelSource:
             path=path, kind="checkpoint", architecture=model.architecture, classes=cfg.classes,
             preprocess=Preprocess(size=cfg.input_size, mean=cfg.mean, std=cfg.std),
             temperature=DEFAULT_TEMPERATURE, threshold=DEFAULT_THRESHOLD, checkpoint=path, input=cfg.input,
+            frames=cfg.frames,
         )
     info = inspect_model(path)
     ckpt = info.extra.get("checkpoint")
@@ -85,6 +99,7 @@ def open_model(path: Path) -> ModelSource:
         preprocess=Preprocess(size=info.input_size, mean=info.mean, std=info.std),
         temperature=info.temperature, threshold=info.threshold, sha256=info.sha256, info=info,
         checkpoint=Path(ckpt) if isinstance(ckpt, str) and ckpt else None, input=info.input,
+        frames=info.frames or DEFAULT_FRAMES, video_model=info.video_model,
     )
 
 
@@ -97,14 +112,20 @@ def predict(
     threads: int = 2,
     progress: bool = False,
     faces: bool | None = None,
+    media: str = "image",
+    frames: int | None = None,
 ) -> Predictions:
     """Run ``source`` over ``items``; undecodable images are listed in ``failed``, not raised.
 
     ``faces`` (None: the model's own ``input``) scores the crop of each image's largest face.
+    ``media`` "video": each item is a video, scored as ``frames`` (None: the model's T) sampled
+    frames; a batch holds ``batch_size`` frames.
     """
     if set(CLASSES) - set(source.classes):
         raise DetectorError(f"{source.path}: classes {list(source.classes)} lack one of {list(CLASSES)}")
     columns = [source.classes.index(c) for c in CLASSES]
+    if media == "video":
+        return _predict_videos(source, items, columns, frames or source.frames, batch_size, threads, progress, device)
     infer, close = _onnx_infer(source) if source.kind == "onnx" else _torch_infer(source, device)
     try:
         use_faces = source.input == "face-crop" if faces is None else faces
@@ -115,39 +136,109 @@ def predict(
 
 def _predict(infer, source: ModelSource, items: list[Item], columns: list[int], batch_size: int, threads: int,
              progress: bool, faces: bool = False) -> Predictions:
-    from tqdm import tqdm
-
     from dfscan.detector.data import eval_transform
 
     transform = eval_transform(source.preprocess, faces)
+    return _score(infer, transform, items, columns, batch_size, threads, progress, unit="img")
+
+
+def _score(infer, transform, items: list[Item], columns: list[int], per_batch: int, threads: int, progress: bool,
+           *, unit: str, by_path: bool = False) -> Predictions:
+    """``per_batch`` items at a time: decoded in a thread pool, the ones that decode inferred as one batch."""
+    from tqdm import tqdm
 
     paths: list[str] = []
     labels: list[int] = []
     outs: list[np.ndarray] = []
     failed: list[tuple[str, str]] = []
-    bar = tqdm(total=len(items), desc="predict", unit="img", disable=not progress, leave=False)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            decoded = list(pool.map(lambda item: _decode(item[0], transform), chunk))
-            batch = []
-            for (path, label), out in zip(chunk, decoded):
-                if isinstance(out, str):
-                    failed.append((path, out))
-                else:
-                    batch.append(out)
-                    paths.append(path)
-                    labels.append(label)
-            if batch:
-                outs.append(infer(np.stack(batch))[:, columns])
-            bar.update(len(chunk))
-    bar.close()
+    bar = tqdm(total=len(items), desc="predict", unit=unit, disable=not progress, leave=False)
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
+            for start in range(0, len(items), per_batch):
+                chunk = items[start : start + per_batch]
+                decoded = list(pool.map(lambda item: _decode(item[0], transform, by_path=by_path), chunk))
+                batch = []
+                for (path, label), out in zip(chunk, decoded):
+                    if isinstance(out, str):
+                        failed.append((path, out))
+                    else:
+                        batch.append(out)
+                        paths.append(path)
+                        labels.append(label)
+                if batch:
+                    outs.append(_infer_by_shape(infer, batch)[:, columns])
+                bar.update(len(chunk))
+    finally:
+        bar.close()
     logits = np.concatenate(outs).astype(np.float64) if outs else np.zeros((0, len(CLASSES)))
     return Predictions(paths, np.asarray(labels, dtype=np.int64), logits, failed)
 
 
-def _decode(path: str, transform) -> np.ndarray | str:
+def _infer_by_shape(infer, arrays: list[np.ndarray]) -> np.ndarray:
+    """``infer`` on ``arrays`` stacked, one call per shape (videos: sequences of different lengths), in order."""
+    shapes = {a.shape for a in arrays}
+    if len(shapes) == 1:
+        return infer(np.stack(arrays))
+    out: list[np.ndarray | None] = [None] * len(arrays)
+    for shape in shapes:
+        idx = [i for i, a in enumerate(arrays) if a.shape == shape]
+        for i, row in zip(idx, infer(np.stack([arrays[i] for i in idx]))):
+            out[i] = row
+    return np.stack(out)
+
+
+def _predict_videos(source: ModelSource, items: list[Item], columns: list[int], frames: int, batch_size: int,
+                    threads: int, progress: bool, device: str) -> Predictions:
+    from dfscan.detector.video_data import video_eval_transform
+
+    if source.input == "face-crop":
+        raise DetectorError(f"{source.path} was trained on face crops; face tracks through videos are not "
+                            f"evaluated yet")
+    transform = video_eval_transform(source.preprocess, frames, pad=False)  # the frames a scan would score
+    if source.kind == "onnx":
+        infer, close, scoring = _onnx_video_infer(source)
+    else:
+        (infer, close), scoring = _torch_infer(source, device), "sequence"
+    clips = max(1, batch_size // frames)  # a batch is bounded by its frames, not its videos
     try:
+        pred = _score(infer, transform, items, columns, clips, threads, progress, unit="video", by_path=True)
+    finally:
+        close()
+    pred.scoring = scoring
+    return pred
+
+
+def _onnx_video_infer(source: ModelSource):
+    """(infer on (N, T, 3, H, W), close, scoring): the video graph, or the image graph per frame.
+
+    Per frame, as the scan's video stage does it: each frame's probabilities at the model's temperature,
+    averaged over the frames, given back as logits that the same temperature turns into that mean.
+    """
+    if source.video_model is None:
+        from dfscan.trt.base import softmax
+
+        infer, close = _onnx_infer(source)
+        t_scale = source.temperature
+
+        def per_frame(batch: np.ndarray) -> np.ndarray:
+            n, t = batch.shape[:2]
+            logits = infer(batch.reshape(n * t, *batch.shape[2:]))
+            mean = softmax(logits, t_scale).reshape(n, t, -1).mean(axis=1)
+            return t_scale * np.log(np.clip(mean, 1e-12, 1.0))
+
+        return per_frame, close, "per-frame mean"
+    from dfscan.trt.model_info import inspect_video_model
+    from dfscan.trt.onnxruntime import OnnxRuntime
+
+    assert source.info is not None
+    runtime = OnnxRuntime(inspect_video_model(source.info), intra_op_threads=0)  # checks the file and its sha256
+    return runtime.infer, runtime.close, "sequence"
+
+
+def _decode(path: str, transform, *, by_path: bool = False) -> np.ndarray | str:
+    try:
+        if by_path:  # videos: the sampler opens the file itself and reads only what it seeks to
+            return transform(path)
         with open(path, "rb") as fh:
             return transform(fh.read())
     except ImageError as exc:

@@ -186,6 +186,8 @@ def quantize_model(
     quantized = _count_quantized(out)
 
     extra = _carried_fields(info)
+    if info.frames is not None:
+        extra["frames"] = info.frames  # what a video scan samples; the INT8 file scores them frame by frame
     quantization = {
         "format": "QDQ",
         "weights": "int8 per-channel",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dfscan.htmlkit import PALETTE, Chart, card, escape, heatmap, page, thumbnail_data_uri
+from dfscan.workers.video import is_video_path
 
 # Figure ids, in page order; tests check that each is present.
 FIGURES = (
@@ -53,8 +54,34 @@ def _figure(fig_id: str, body: str, caption: str) -> str:
     return f'<h2>{escape(title)}</h2><figure id="{fig_id}">{body}<figcaption>{escape(caption)}</figcaption></figure>'
 
 
+def _video_thumbnail(path: str, px: int) -> str | None:
+    """A data URI of the middle frame of the video at ``path``, sampled as a scan samples it; None if it can't be."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from dfscan.workers.errors import ImageError
+    from dfscan.workers.video import sample_video
+
+    try:
+        sampled = sample_video(path, 1, time_limit_s=10.0)
+    except ImageError:
+        return None
+    if not sampled.frames:
+        return None
+    im = Image.fromarray(sampled.frames[0])
+    im.thumbnail((px, px), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
 def _thumb_cell(row: dict[str, Any]) -> str:
-    src, _ = thumbnail_data_uri(row["path"], THUMB)
+    if is_video_path(row["path"]):
+        src = _video_thumbnail(row["path"], THUMB)
+    else:
+        src, _ = thumbnail_data_uri(row["path"], THUMB)
     ok = row["true"] == row["predicted"]
     img = f'<img src="{src}" alt="{escape(Path(row["path"]).name)}">' if src else "<div>(unreadable)</div>"
     return (
@@ -62,6 +89,11 @@ def _thumb_cell(row: dict[str, Any]) -> str:
         f'true <b>{escape(row["true"])}</b>, said <b>{escape(row["predicted"])}</b><br>'
         f'p(fake) {row["p_fake"]:.3f}</div>'
     )
+
+
+def _unit(m: dict[str, Any]) -> str:
+    """What the record counts: "images", or "videos" for a data set of videos."""
+    return f'{m.get("data", {}).get("media", "image")}s'
 
 
 def _dashboard(m: dict[str, Any]) -> str:
@@ -72,7 +104,7 @@ def _dashboard(m: dict[str, Any]) -> str:
         ("average precision", _num(m.get("average_precision"))),
         ("ECE", _num(m["calibration"]["ece"])),
         ("mean confidence", _num(m["confidence"]["mean"])),
-        ("images", str(m["n"])),
+        (_unit(m), str(m["n"])),
         ("threshold / T", f'{m["threshold"]:.3f} / {m["temperature"]:.3f}'),
     ]
     html = '<div class="cards">' + "".join(card(k, v) for k, v in cards) + "</div>"
@@ -169,7 +201,7 @@ def _calibration(m: dict[str, Any]) -> tuple[str, str]:
         f"<td>{int(n)}</td>" for n in b["count"]
     )
     heads = "".join(f"<th>{lo:.1f}-{hi:.1f}</th>" for lo, hi in zip(edges[:-1], edges[1:]))
-    table = f"<table><tr><th class='l'>bin</th>{heads}</tr><tr><td class='l'>images</td>{counts}</tr></table>"
+    table = f"<table><tr><th class='l'>bin</th>{heads}</tr><tr><td class='l'>{_unit(m)}</td>{counts}</tr></table>"
     caption = (f"ECE {cal['ece']:.4f} at temperature {m['temperature']:.3f} (ECE {cal['ece_at_temperature_1']:.4f} "
                f"at T = 1); Brier score {cal['brier']:.4f}, log loss {cal['log_loss']:.4f}.")
     return c.render() + table, caption
@@ -179,7 +211,7 @@ def _confidence(m: dict[str, Any]) -> tuple[str, str]:
     conf = m["confidence"]
     h = conf["histogram"]
     peak = max(h["correct"] + h["incorrect"] + [1])
-    c = Chart("Confidence of correct and incorrect predictions", "confidence", "images",
+    c = Chart("Confidence of correct and incorrect predictions", "confidence", _unit(m),
               xlim=(h["edges"][0], 1.0), ylim=(0, peak * 1.1), width=520, height=340, legend_at="upper left")
     c.bars(h["edges"], h["correct"], colour=PALETTE[2], label="correct", share=0.5)
     c.bars(h["edges"], h["incorrect"], colour=PALETTE[1], label="incorrect", share=0.5, offset=0.5)
@@ -231,7 +263,7 @@ def _samples(m: dict[str, Any]) -> tuple[str, str]:
 def render(record: dict[str, Any], history: dict[str, Any] | None = None) -> str:
     """The report's HTML for a metrics record (as written to metrics.json)."""
     parts = [_figure("fig-dashboard", _dashboard(record),
-                     f"Accuracy {_pct(record['accuracy'])} on {record['n']} images at threshold "
+                     f"Accuracy {_pct(record['accuracy'])} on {record['n']} {_unit(record)} at threshold "
                      f"{record['threshold']:.3f}.")]
     for fig_id, build in (
         ("fig-training-curves", lambda: _training_curves(history)),
@@ -253,13 +285,18 @@ def render(record: dict[str, Any], history: dict[str, Any] | None = None) -> str
     header = (
         f"<h1>dfscan evaluation report</h1><p>Model <code>{escape(str(model.get('path', '?')))}</code> "
         f"({escape(str(model.get('architecture', '?')))}); data <code>{escape(str(data.get('root', '?')))}</code>, "
-        f"split <b>{escape(str(data.get('split', '?')))}</b>, {record['n']} images scored"
+        f"split <b>{escape(str(data.get('split', '?')))}</b>, {record['n']} {_unit(record)} scored"
         f"{f', {failed} could not be decoded' if failed else ''}. Written {escape(str(record.get('written_at', '')))}."
         f"</p>"
     )
+    if data.get("media") == "video":
+        weaker = (" The model has no video graph: each frame was scored alone and the logits averaged, a weaker "
+                  "verdict than a sequence model's." if data.get("scoring") == "per-frame mean" else "")
+        header += (f'<p class="note">One verdict per video: {escape(str(data.get("frames")))} frames sampled evenly '
+                   f"in time, scored as one sequence ({escape(str(data.get('scoring')))}).{weaker}</p>")
     if data.get("synthetic"):
         header += (
-            '<p class="warning"><b>Synthetic data.</b> These images were made by <code>dfscan synth</code>: '
+            f'<p class="warning"><b>Synthetic data.</b> These {_unit(record)} were made by <code>dfscan synth</code>: '
             "procedural images and a simulator of generator up-sampling artefacts, not real deepfakes. The figures "
             "say how well the model learnt that simulator, nothing about real deepfake detection.</p>"
         )

@@ -182,8 +182,25 @@ def jpeg(arr: np.ndarray, quality: int) -> bytes:
 SOURCES = ("procedural", "packages")
 
 
+class ArchiveSummary:
+    """``total`` and ``to_dict`` of an archive's summary: a frozen dataclass with ``out`` and ``counts``."""
+
+    out: Path
+    counts: dict[str, dict[str, int]]
+
+    @property
+    def total(self) -> int:
+        return sum(sum(c.values()) for c in self.counts.values())
+
+    def to_dict(self) -> dict:
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}  # type: ignore[call-overload]
+        data["out"] = str(self.out)
+        data["total"] = self.total
+        return data
+
+
 @dataclass(frozen=True)
-class SynthSummary:
+class SynthSummary(ArchiveSummary):
     """What :func:`synthesize` wrote: counts per split and class, and how."""
 
     out: Path
@@ -195,18 +212,6 @@ class SynthSummary:
     counts: dict[str, dict[str, int]]
     upsamplers: tuple[str, ...] = tuple(sorted(UPSAMPLERS))
     notice: str = NOTICE
-
-    @property
-    def total(self) -> int:
-        return sum(sum(c.values()) for c in self.counts.values())
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["out"] = str(self.out)
-        data["quality"] = list(self.quality)
-        data["upsamplers"] = list(self.upsamplers)
-        data["total"] = self.total
-        return data
 
 
 def synthesize(
@@ -227,24 +232,13 @@ def synthesize(
     "flat" writes only ``real/`` and ``fake/``. ``upsamplers`` restricts the simulators
     used (default: all of :data:`UPSAMPLERS`, drawn at random). The same arguments give the same files.
     """
-    if layout not in LAYOUTS:
-        raise SynthError(f"unknown layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
     if source not in SOURCES:
         raise SynthError(f"unknown source {source!r}; known sources: {', '.join(SOURCES)}")
-    if n < 2 or n % 2:
-        raise SynthError(f"n must be an even number of at least 2 (pairs of real and fake), got {n}")
-    if size < 32 or size % 2:
-        raise SynthError(f"size must be even and at least 32 pixels, got {size}")
     lo, hi = quality
     if not 1 <= lo <= hi <= 100:
         raise SynthError(f"JPEG quality range must satisfy 1 <= low <= high <= 100, got {lo}-{hi}")
-    methods = tuple(sorted(UPSAMPLERS)) if upsamplers is None else tuple(upsamplers)
-    unknown = [m for m in methods if m not in UPSAMPLERS]
-    if unknown or not methods:
-        raise SynthError(f"unknown up-sampler {unknown or '(none)'}; known up-samplers: {', '.join(UPSAMPLERS)}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise SynthError(f"{out} exists and is not empty; give a new folder")
+    methods = check_archive(out, n, layout, size, upsamplers)
     make_real = _procedural if source == "procedural" else _crop_of(_package_images())
 
     pairs = n // 2
@@ -272,6 +266,23 @@ def synthesize(
     (out / MANIFEST_NAME).write_text(json.dumps(summary.to_dict(), indent=2) + "\n", encoding="utf-8")
     (out / "README.txt").write_text(NOTICE + "\n", encoding="utf-8")
     return summary
+
+
+def check_archive(out: Path, n: int, layout: str, size: int, upsamplers: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Refuse arguments no archive can be written with; returns the up-samplers to draw from."""
+    if layout not in LAYOUTS:
+        raise SynthError(f"unknown layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
+    if n < 2 or n % 2:
+        raise SynthError(f"n must be an even number of at least 2 (pairs of real and fake), got {n}")
+    if size < 32 or size % 2:
+        raise SynthError(f"size must be even and at least 32 pixels, got {size}")
+    methods = tuple(sorted(UPSAMPLERS)) if upsamplers is None else tuple(upsamplers)
+    unknown = [m for m in methods if m not in UPSAMPLERS]
+    if unknown or not methods:
+        raise SynthError(f"unknown up-sampler {unknown or '(none)'}; known up-samplers: {', '.join(UPSAMPLERS)}")
+    if out.exists() and any(out.iterdir()):
+        raise SynthError(f"{out} exists and is not empty; give a new folder")
+    return methods
 
 
 def _assign_splits(pairs: int, rng: np.random.Generator) -> list[str]:

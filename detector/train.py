@@ -5,6 +5,12 @@ Defaults are the original's: 12 epochs, batch 64, Adam (lr 1e-3, weight decay
 cross-entropy, dropout 0.3, flip/rotation/colour-jitter augmentation, ImageNet
 normalisation, early stop at 93 % validation accuracy.
 
+A data set of videos trains the same model on sequences: each video gives T
+frames (``frames``, default 16) sampled by the scanner's sampler, and the
+BiLSTM runs over them. A batch then holds ``batch_size`` frames, i.e.
+``batch_size // T`` videos (at least one), so memory does not grow with T; the
+checkpoint records ``trained_on="videos"`` and T, and its export says so.
+
 ``OUT`` receives:
 
 * ``best.pt``: the checkpoint with the best validation accuracy (what to export);
@@ -29,6 +35,7 @@ from dfscan.detector.backbones import DEFAULT_BACKBONE
 from dfscan.detector.data import SPLIT_SEED, Augment, Splits, eval_transform, find_splits, make_loader, train_transform
 from dfscan.detector.errors import DetectorError
 from dfscan.workers.decode import Preprocess
+from dfscan.workers.video import DEFAULT_FRAMES, DEFAULT_TIME_LIMIT_S
 
 BEST_NAME = "best.pt"
 LAST_NAME = "last.pt"
@@ -36,7 +43,7 @@ RESULTS_NAME = "training_results.json"
 DATASET_NAME = "dataset_info.json"
 RESULTS_FORMAT = 1
 # Settings that shape the model or the data: a run can't resume under different ones.
-_FIXED_ON_RESUME = ("backbone", "lstm_hidden", "dropout", "split_seed", "batch_size")
+_FIXED_ON_RESUME = ("backbone", "lstm_hidden", "dropout", "split_seed", "batch_size", "frames")
 
 
 class TrainError(DetectorError):
@@ -68,6 +75,9 @@ class TrainConfig:
     evaluate_test: bool = True
     # Train on the crop of each image's largest face, made as the scan's face stage makes it.
     faces: bool = False
+    # Video data sets: frames sampled per video (the sequence length T), and the sampler's time limit per video.
+    frames: int = DEFAULT_FRAMES
+    video_time_limit_s: float = DEFAULT_TIME_LIMIT_S
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -80,6 +90,9 @@ class TrainConfig:
             raise TrainError(f"target accuracy must be in (0, 1], got {self.target_accuracy}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise TrainError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if not 1 <= self.frames <= 1024 or self.video_time_limit_s <= 0:
+            raise TrainError(f"frames must be 1-1024 and the video time limit > 0, got {self.frames} and "
+                             f"{self.video_time_limit_s}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise TrainError(f"max steps per epoch must be at least 1, got {self.max_steps_per_epoch}")
 
@@ -185,14 +198,15 @@ def train(
         from dataclasses import replace
 
         model.config = replace(model.config, input="face-crop")
+    model.config = _sequence_config(model.config, splits, config, resumed=state is not None, path=last_path)
     model.to(device)
     _write_json(out_dir / DATASET_NAME, {**splits.info(), "written_at": _now()})
 
     pre = Preprocess(size=model.config.input_size, mean=model.config.mean, std=model.config.std)
-    augment = Augment(degrees=config.rotation)
-    train_tf = train_transform(pre, augment, faces=config.faces) if config.augment else eval_transform(pre, config.faces)
-    val_loader = make_loader(splits.valid, eval_transform(pre, config.faces), batch_size=config.batch_size, shuffle=False,
-                             workers=config.workers)
+    train_tf, eval_tf = _transforms(pre, splits.media, config)
+    batch_size = _items_per_batch(splits.media, config, log)
+    val_loader = make_loader(splits.valid, eval_tf, batch_size=batch_size, shuffle=False, workers=config.workers,
+                             media=splits.media)
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -207,8 +221,8 @@ def train(
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         t0 = time.perf_counter()
-        loader = make_loader(splits.train, train_tf, batch_size=config.batch_size, shuffle=True,
-                             workers=config.workers, seed=config.seed * 100_003 + epoch)
+        loader = make_loader(splits.train, train_tf, batch_size=batch_size, shuffle=True,
+                             workers=config.workers, seed=config.seed * 100_003 + epoch, media=splits.media)
         tr_loss, tr_acc, batch_losses = _run_epoch(
             model, loader, device, criterion, optimizer, desc=f"epoch {epoch}/{config.epochs} train",
             progress=progress, max_steps=config.max_steps_per_epoch,
@@ -258,10 +272,11 @@ def train(
     if config.evaluate_test and splits.test:
         best_model, _ = load_checkpoint(best_path)
         best_model.to(device)
-        test_loader = make_loader(splits.test, eval_transform(pre, config.faces), batch_size=config.batch_size, shuffle=False,
-                                  workers=config.workers)
+        test_loader = make_loader(splits.test, eval_tf, batch_size=batch_size, shuffle=False, workers=config.workers,
+                                  media=splits.media)
         _, test_acc, _ = _run_epoch(best_model, test_loader, device, criterion, None, desc="test", progress=progress)
-        log(f"test accuracy of the best checkpoint (epoch {best_epoch}): {test_acc:.2%} on {len(splits.test)} images")
+        log(f"test accuracy of the best checkpoint (epoch {best_epoch}): {test_acc:.2%} on {len(splits.test)} "
+            f"{splits.media}s")
     results = _write_results(out_dir, config, device, history, best_acc, best_epoch, stop_reason, test_acc, splits,
                              elapsed=time.perf_counter() - started)
     return TrainResult(
@@ -319,8 +334,45 @@ def _run_epoch(model, loader, device: str, criterion, optimizer, *, desc: str, p
     return (loss_sum / total if total else float("nan")), (correct / total if total else 0.0), batch_losses
 
 
+def _sequence_config(cfg, splits: Splits, config: TrainConfig, *, resumed: bool, path: Path):
+    """The model config with what the data set makes of it: images, or videos of ``config.frames`` frames."""
+    from dataclasses import replace
+
+    trained_on = "videos" if splits.media == "video" else "images"
+    if resumed and cfg.trained_on != trained_on:
+        raise TrainError(f"{path} was trained on {cfg.trained_on}, and {splits.root} holds {trained_on}; "
+                         f"use --fresh or another --out")
+    if trained_on == "videos" and config.faces:
+        raise TrainError("--faces on is for image data sets; face tracks through videos are not trained yet")
+    return replace(cfg, trained_on=trained_on, frames=config.frames if trained_on == "videos" else cfg.frames)
+
+
+def _transforms(pre: Preprocess, media: str, config: TrainConfig):
+    """(train transform, evaluation transform) for images (bytes in) or videos (path in)."""
+    augment = Augment(degrees=config.rotation)
+    if media == "video":
+        from dfscan.detector.video_data import video_eval_transform, video_train_transform
+
+        limit = config.video_time_limit_s
+        eval_tf = video_eval_transform(pre, config.frames, limit)
+        return (video_train_transform(pre, config.frames, augment, limit) if config.augment else eval_tf), eval_tf
+    eval_tf = eval_transform(pre, config.faces)
+    return (train_transform(pre, augment, faces=config.faces) if config.augment else eval_tf), eval_tf
+
+
+def _items_per_batch(media: str, config: TrainConfig, log: Callable[[str], None]) -> int:
+    """Images per batch, or videos per batch: ``batch_size`` frames make ``batch_size // frames`` videos."""
+    if media != "video":
+        return config.batch_size
+    clips = max(1, config.batch_size // config.frames)
+    log(f"videos: {config.frames} frames each, {clips} per batch ({clips * config.frames} frames)")
+    return clips
+
+
 def _check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
-    diffs = [f"{k} {saved.get(k)!r} -> {getattr(config, k)!r}" for k in _FIXED_ON_RESUME if saved.get(k) != getattr(config, k)]
+    defaults = TrainConfig()  # a run saved before a setting existed ran with its default
+    diffs = [f"{k} {saved.get(k, getattr(defaults, k))!r} -> {getattr(config, k)!r}" for k in _FIXED_ON_RESUME
+             if saved.get(k, getattr(defaults, k)) != getattr(config, k)]
     if diffs:
         raise TrainError(
             f"{path} is a run with other settings ({'; '.join(diffs)}); use the same settings to resume, "

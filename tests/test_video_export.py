@@ -108,3 +108,14 @@ def test_export_command_reports_the_video_graph(tmp_path: Path, tiny_checkpoint:
     assert json.loads((out / "model_info.json").read_text())["frames"] == 3
     res = CliRunner().invoke(main, ["export", str(tiny_checkpoint), "--out", str(out), "--frames", "0"])
     assert res.exit_code != 0 and "--frames" in res.output
+
+
+def test_an_int8_copy_keeps_frames_but_names_no_video_graph(tmp_path: Path, tiny_video_model: Path) -> None:
+    from dfscan.detector.quantize import quantize_model
+    from dfscan.trt.model_info import inspect_model
+
+    tensors = np.random.default_rng(0).standard_normal((4, 3, 224, 224), dtype=np.float32)
+    result = quantize_model(tiny_video_model.with_name("model.onnx"), tensors, tmp_path / "int8" / "model.onnx")
+    info = inspect_model(result.onnx_path)
+    assert info.frames == 4 and info.video_model is None
+    assert "video_model_sha256" not in info.extra

@@ -22,32 +22,49 @@ def _show(progress: bool | None) -> bool:
 
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--n", "n", type=int, default=1000, show_default=True, envvar="DFSCAN_SYNTH_N", show_envvar=True,
-              help="Number of images, half real and half fake (even).")
+@click.option("--n", "n", type=int, envvar="DFSCAN_SYNTH_N", show_envvar=True,
+              help="Number of images (default 1000), or of clips with --video (default 40); half real and half fake "
+                   "(even).")
 @click.option("--layout", type=click.Choice(["140k", "flat"]), default="140k", show_default=True,
               help="140k: train/valid/test with real/ and fake/ inside; flat: real/ and fake/ only.")
 @click.option("--source", type=click.Choice(["procedural", "packages"]), default="procedural", show_default=True,
               help="Where real images come from: drawn procedurally, or crops of photographs shipped in installed "
                    "packages (scikit-learn's sample images).")
-@click.option("--size", type=int, default=256, show_default=True, help="Image side in pixels (the 140k set is 256).")
+@click.option("--size", type=int, help="Image or frame side in pixels (default 256, the 140k set's; 128 with --video).")
 @click.option("--seed", type=int, default=0, show_default=True, help="The same seed writes the same files.")
-@click.option("--quality", default="70-95", show_default=True, help="JPEG quality range, applied to both classes.")
+@click.option("--quality", default="70-95", show_default=True, help="JPEG quality range, applied to both classes (images only).")
 @click.option("--upsampler", "upsamplers", multiple=True, type=click.Choice(["transposed_conv", "nearest_smooth"]),
               help="Simulated up-sampling layer(s) for the fakes (repeatable; default: both, at random).")
+@click.option("--video", is_flag=True, help="Write video clips instead of images (synthetic too; see below).")
+@click.option("--clip-frames", type=int, default=24, show_default=True, help="With --video: frames per clip.")
+@click.option("--fps", type=int, default=12, show_default=True, help="With --video: frame rate of the clips.")
+@click.option("--video-format", type=click.Choice(["h264", "mjpeg"]), default="h264", show_default=True,
+              help="With --video: H.264 in MP4, or MJPEG in AVI.")
 @_progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @reports_errors
-def synth(out: Path, n: int, layout: str, source: str, size: int, seed: int, quality: str,
-          upsamplers: tuple[str, ...], progress: bool | None, as_json: bool) -> None:
+def synth(out: Path, n: int | None, layout: str, source: str, size: int | None, seed: int, quality: str,
+          upsamplers: tuple[str, ...], video: bool, clip_frames: int, fps: int, video_format: str,
+          progress: bool | None, as_json: bool) -> None:
     """Write a labelled sample archive to OUT (synthetic: NOT a deepfake data set).
 
     Real images are procedural (or crops of packaged photographs); each fake is
     made from one of them by a simulator of generator up-sampling artefacts
     (down-sampling, then transposed-convolution or nearest-neighbour up-sampling
     with smoothing). Both classes are JPEG re-compressed at random qualities.
+
+    With --video the archive holds clips: a camera panning over a procedural
+    picture (real), and the same clip with the simulator applied to every frame
+    plus a flickering gain (fake), both encoded alike. Also synthetic, also NOT
+    deepfakes.
     """
     from dfscan.detector.synth import NOTICE, synthesize
 
+    if video:
+        _synth_videos(out, n, layout, source, size, seed, upsamplers, clip_frames, fps, video_format,
+                      _show(progress), as_json)
+        return
+    n, size = n or 1000, size or 256
     try:
         lo, hi = (int(v) for v in quality.split("-", 1)) if "-" in quality else (int(quality),) * 2
     except ValueError:
@@ -61,6 +78,26 @@ def synth(out: Path, n: int, layout: str, source: str, size: int, seed: int, qua
     for split, counts in summary.counts.items():
         click.echo(f"  {split:<6} real {counts['real']:>6}  fake {counts['fake']:>6}")
     click.echo(NOTICE)
+
+
+def _synth_videos(out: Path, n: int | None, layout: str, source: str, size: int | None, seed: int,
+                  upsamplers: tuple[str, ...], frames: int, fps: int, video_format: str, progress: bool,
+                  as_json: bool) -> None:
+    from dfscan.detector.synth_video import DEFAULT_SIZE, DEFAULT_VIDEOS, VIDEO_NOTICE, synthesize_videos
+
+    if source != "procedural":
+        raise click.BadParameter("--video draws procedural scenes only", param_hint="--source")
+    summary = synthesize_videos(out, n or DEFAULT_VIDEOS, layout=layout, size=size or DEFAULT_SIZE, frames=frames,
+                                fps=fps, seed=seed, video_format=video_format, upsamplers=upsamplers or None,
+                                progress=progress)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), indent=2))
+        return
+    click.echo(f"wrote {summary.total} SYNTHETIC video clips to {out} ({layout} layout, {summary.size}x{summary.size}, "
+               f"{frames} frames at {fps} fps, {video_format})")
+    for split, counts in summary.counts.items():
+        click.echo(f"  {split:<6} real {counts['real']:>6}  fake {counts['fake']:>6}")
+    click.echo(VIDEO_NOTICE)
 
 
 @click.command()
@@ -93,19 +130,26 @@ def synth(out: Path, n: int, layout: str, source: str, size: int, seed: int, qua
 @click.option("--faces", type=click.Choice(["on", "off"]), default="off", show_default=True,
               help="on: train on the crop of each image's largest face, made as `dfscan scan --faces on` makes "
                    "it; the exported model_info.json says \"input\": \"face-crop\" and scans follow it.")
+@click.option("--frames", type=click.IntRange(1, 1024), default=16, show_default=True,
+              help="Video data sets: frames sampled per video, the LSTM's sequence length; a batch then holds "
+                   "--batch-size frames (batch-size // frames videos).")
 @click.option("--fresh", is_flag=True, help="Start over even if OUT holds an unfinished run.")
 @_progress_option
 @reports_errors
 def train(data_dir: Path, out_dir: Path, backbone: str, backbone_weights: Path | None, epochs: int, batch_size: int,
           lr: float, weight_decay: float, dropout: float, lstm_hidden: int, patience: int, factor: float,
           target_accuracy: float, rotation: float, no_augment: bool, device: str, workers: int, seed: int,
-          max_steps: int | None, faces: str, fresh: bool, progress: bool | None) -> None:
+          max_steps: int | None, faces: str, frames: int, fresh: bool, progress: bool | None) -> None:
     """Train a detector on DATA_DIR and keep the checkpoint with the best validation accuracy.
 
     DATA_DIR has the "140k Real and Fake Faces" layout (train/, valid/, test/,
     each with real/ and fake/) or plain real/ and fake/ folders, split 70/15/15
     with a fixed seed. Defaults are the original project's. Run the same
     command again after an interruption to resume from the last finished epoch.
+
+    DATA_DIR may hold videos instead of images (.mp4 .mov .m4v .webm .mkv
+    .avi, same layout): each video is --frames frames sampled evenly in time,
+    one sequence through the LSTM, one label.
     """
     from dfscan.detector.backbones import get_backbone
     from dfscan.detector.train import TrainConfig
@@ -117,7 +161,7 @@ def train(data_dir: Path, out_dir: Path, backbone: str, backbone_weights: Path |
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, scheduler_patience=patience,
         scheduler_factor=factor, dropout=dropout, lstm_hidden=lstm_hidden,
         target_accuracy=target_accuracy or None, augment=not no_augment, rotation=rotation, device=device,
-        workers=workers, seed=seed, max_steps_per_epoch=max_steps, faces=faces == "on",
+        workers=workers, seed=seed, max_steps_per_epoch=max_steps, faces=faces == "on", frames=frames,
     )
     try:
         result = run_training(data_dir, out_dir, config, resume=not fresh, progress=_show(progress), log=click.echo)
@@ -176,28 +220,38 @@ def calibrate(model: Path, data_dir: Path, target_fpr: float | None, split: str,
               help="training_results.json for the training curves (default: beside the model's checkpoint).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="For checkpoints: auto | cpu | cuda.")
+@click.option("--frames", type=click.IntRange(1, 1024),
+              help="Video data sets: frames sampled per video (default: the model's own, model_info.json frames).")
 @_progress_option
 @reports_errors
 def evaluate(model: Path, data_dir: Path, out_dir: Path, split: str, threshold: float | None,
-             training_results: Path | None, batch_size: int, device: str, progress: bool | None) -> None:
+             training_results: Path | None, batch_size: int, device: str, frames: int | None,
+             progress: bool | None) -> None:
     """Measure MODEL (an exported .onnx or a .pt checkpoint) on a split of DATA_DIR.
 
     Writes metrics.json and report.html (one self-contained file with every
     figure). An exported model is run as a scan runs it, with its temperature
-    and threshold.
+    and threshold. A DATA_DIR of videos is measured per video: each video is
+    one sequence of sampled frames through the export's video graph
+    (model.video.onnx) and one verdict.
     """
     from dfscan.detector.evaluate import evaluate as run_evaluation
 
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise click.BadParameter("must be between 0 and 1", param_hint="--threshold")
     result = run_evaluation(model, data_dir, out_dir, split=split, training_results=training_results,
-                            threshold=threshold, batch_size=batch_size, device=device, progress=_show(progress))
+                            threshold=threshold, batch_size=batch_size, device=device, progress=_show(progress),
+                            frames=frames)
     m = result.metrics
     auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
-    click.echo(f"{split}: {m['n']} images, accuracy {m['accuracy']:.2%}, ROC AUC {auc}, "
+    unit = f"{m['data']['media']}s"
+    if m["data"]["media"] == "video":
+        click.echo(f"videos: {m['data']['frames']} frames each, scored as {m['data']['scoring']}"
+                   + (" (no video graph in the export: a weaker verdict)" if m["data"]["scoring"] != "sequence" else ""))
+    click.echo(f"{split}: {m['n']} {unit}, accuracy {m['accuracy']:.2%}, ROC AUC {auc}, "
                f"ECE {m['calibration']['ece']:.4f} (threshold {m['threshold']:.3g}, T {m['temperature']:.3g})")
     if m["data"]["failed"]:
-        click.echo(f"  {len(m['data']['failed'])} images could not be decoded (listed in metrics.json)")
+        click.echo(f"  {len(m['data']['failed'])} {unit} could not be decoded (listed in metrics.json)")
     click.echo(f"wrote {result.metrics_path} and {result.report_path}")
 
 
