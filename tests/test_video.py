@@ -242,6 +242,7 @@ def _mixed_folder(folder: Path) -> dict[str, tuple[str, str, str | None]]:
     write_video(folder / "clip.avi", 12, codec="mjpeg-avi")
     write_video(folder / "phone.mov", 10, rotation=-90)
     write_video(folder / "one.mkv", 1, codec="h264-mkv")
+    corrupt_packets(write_video(folder / "glitch.mp4", 100, gop=10), (0.3, 0.6))  # frames 30..59 broken
     (folder / "zero.mp4").write_bytes(b"")
     truncate_without_moov(write_video(folder / "cut.m4v", 60))
     write_audio_only(folder / "song.mp4")
@@ -252,7 +253,7 @@ def _mixed_folder(folder: Path) -> dict[str, tuple[str, str, str | None]]:
     (folder / "notes.txt").write_text("not scanned")
     return {
         "clip.mp4": ("video", "ok", None), "clip.webm": ("video", "ok", None), "clip.avi": ("video", "ok", None),
-        "phone.mov": ("video", "ok", None), "one.mkv": ("video", "ok", None),
+        "phone.mov": ("video", "ok", None), "one.mkv": ("video", "ok", None), "glitch.mp4": ("video", "ok", None),
         "zero.mp4": ("video", "error", "empty"), "cut.m4v": ("video", "error", "truncated"),
         "song.mp4": ("video", "error", "no-video-stream"), "photo.mp4": ("video", "error", "not-video"),
         "photo.png": ("image", "ok", None), "photo.jpg": ("image", "ok", None),
@@ -266,7 +267,7 @@ def test_a_mixed_folder_scan_has_exactly_one_row_per_file(tmp_path, tiny_video_m
                "--decoder", "pillow", "--batch-size", "8", "--json")
     assert out.exit_code == 0, out.output
     summary = json.loads(out.output[out.output.index("{"):])
-    assert summary["total"] == len(expected) and summary["ok"] == 7 and summary["errors"] == 5
+    assert summary["total"] == len(expected) and summary["ok"] == 8 and summary["errors"] == 5
     rows = _query(db_url, "SELECT v.*, r.error_code FROM scan_results AS v JOIN results AS r "
                           "ON r.scan_id = v.scan_id AND r.path = v.path WHERE v.scan_id = :s", s=summary["scan_id"])
     assert sorted(Path(r.path).name for r in rows) == sorted(expected)  # one row per file, none twice
@@ -284,7 +285,7 @@ def test_a_mixed_folder_scan_has_exactly_one_row_per_file(tmp_path, tiny_video_m
         elif status == "ok":
             # The sidecar's T (4) frames, one sequence (faces off: track 0, no box) whose p_fake is the row's.
             fs = by_video[name]
-            assert r.frames == len(fs) == (1 if name == "one.mkv" else 4)
+            assert r.frames == len(fs) == {"one.mkv": 1, "glitch.mp4": 3}.get(name, 4)
             assert all(f.track == 0 and f.x is None and f.p_fake is None for f in fs)
             assert all(f.track_p_fake == pytest.approx(r.p_fake) for f in fs)
             assert [f.timestamp_s for f in fs] == sorted(f.timestamp_s for f in fs)
@@ -293,6 +294,9 @@ def test_a_mixed_folder_scan_has_exactly_one_row_per_file(tmp_path, tiny_video_m
             assert r.p_fake is None and r.error and name not in by_video
     one = next(r for r in rows if r.path.endswith("one.mkv"))
     assert "1 distinct frames" in one.notes
+    # Corrupt packets mid-stream: scored from what decodes, and the row says how many did not.
+    glitch = next(r for r in rows if r.path.endswith("glitch.mp4"))
+    assert "1 of 4 frames could not be decoded" in glitch.notes and "30 packets failed" in glitch.notes
 
     # The results command shows the kind and the frames scored.
     out = _cli("results", "--db", db_url, "--format", "csv")
