@@ -185,12 +185,17 @@ def iter_faces(session: Session, *, scan_id: int, paths: Sequence[str] | None = 
     """Rows of the ``scan_faces`` view for a scan (or some of its paths), by path then face index."""
     from .models import scan_faces
 
-    view = scan_faces.c
-    stmt = select(scan_faces).where(view.scan_id == scan_id).order_by(view.path, view.face_index)
+    return _iter_view(session, scan_faces, scan_id, paths, ("path", "face_index"))
+
+
+def _iter_view(session: Session, view: Any, scan_id: int, paths: Sequence[str] | None,
+               order: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """Rows of a per-path view for a scan, or for some of its paths (queried in bounded IN lists)."""
+    stmt = select(view).where(view.c.scan_id == scan_id).order_by(*(view.c[name] for name in order))
     if paths is not None:
         wanted = list(dict.fromkeys(paths))
         for start in range(0, len(wanted), _IN_LIST_SIZE):
-            part = stmt.where(view.path.in_(wanted[start : start + _IN_LIST_SIZE]))
+            part = stmt.where(view.c.path.in_(wanted[start : start + _IN_LIST_SIZE]))
             yield from (dict(r) for r in session.execute(part).mappings())
         return
     yield from (dict(r) for r in session.execute(stmt).mappings())
@@ -200,12 +205,4 @@ def iter_frames(session: Session, *, scan_id: int, paths: Sequence[str] | None =
     """Rows of the ``scan_frames`` view for a scan (or some of its videos), by path, track, frame."""
     from .models import scan_frames
 
-    view = scan_frames.c
-    stmt = select(scan_frames).where(view.scan_id == scan_id).order_by(view.path, view.track, view.frame_index)
-    if paths is not None:
-        wanted = list(dict.fromkeys(paths))
-        for start in range(0, len(wanted), _IN_LIST_SIZE):
-            part = stmt.where(view.path.in_(wanted[start : start + _IN_LIST_SIZE]))
-            yield from (dict(r) for r in session.execute(part).mappings())
-        return
-    yield from (dict(r) for r in session.execute(stmt).mappings())
+    return _iter_view(session, scan_frames, scan_id, paths, ("path", "track", "frame_index"))

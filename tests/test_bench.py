@@ -179,3 +179,35 @@ def test_bench_on_a_folder_counts_undecodable_files_in_the_scan(tiny_onnx_model,
     # Inference runs on the images that decode.
     assert rows[("infer", "onnxruntime fp32")]["images"] % 6 == 0
     assert Path(data["model"]["path"]) == tiny_onnx_model
+
+
+@pytest.mark.slow  # writes 1080p clips and a 10-minute video: about a minute on 2 busy cores
+def test_bench_videos_rows_and_the_seek_ratio(tiny_onnx_model, tmp_path, monkeypatch):
+    """--videos: sampling alone and in a scan (videos/s, frames/s), and the 10-minute / 10-second ratio."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        main, ["bench", "--synthetic", "8", "--model", str(tiny_onnx_model), "--min-time", "0", "--no-naive",
+               "--videos", "--video-count", "2", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    rows = {(r["stage"], r["variant"]): r for r in data["rows"]}
+    for key in (("video", "sample (16 frames, 1080p)"), ("scan", "end-to-end, videos"), ("video", "sample 10-min"),
+                ("video", "sample 10-s")):
+        row = rows[key]
+        assert row["status"] == "ok" and row["images"] >= 1 and row["seconds"] > 0, row
+    sample = rows[("video", "sample (16 frames, 1080p)")]
+    assert sample["images"] % 2 == 0  # whole passes over the two clips
+    assert math.isclose(sample["details"]["frames_per_s"], 16 * sample["images_per_s"], rel_tol=1e-2)
+    scan = rows[("scan", "end-to-end, videos")]
+    assert scan["details"]["ok"] == 2 and scan["details"]["errors"] == 0
+    assert scan["details"]["scoring"] == "sequence"  # the tiny model's export has its video graph
+    # Seeking: 16 frames of the 10-minute video decode about what the 10-second one does, not 60 times more.
+    long, short = rows[("video", "sample 10-min")], rows[("video", "sample 10-s")]
+    assert long["details"]["decoded_frames"] <= 16 * 20 and short["details"]["decoded_frames"] <= 100
+    videos = data["videos"]
+    assert math.isclose(videos["long_over_short"],
+                        videos["seconds_per_video"]["10-min"] / videos["seconds_per_video"]["10-s"])
+    result = CliRunner().invoke(
+        main, ["bench", "--synthetic", "8", "--model", str(tiny_onnx_model), "--min-time", "0", "--no-naive"])
+    assert "video" not in {r.split()[0] for r in result.output.splitlines() if r.strip()}

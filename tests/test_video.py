@@ -242,6 +242,7 @@ def _mixed_folder(folder: Path) -> dict[str, tuple[str, str, str | None]]:
     write_video(folder / "clip.avi", 12, codec="mjpeg-avi")
     write_video(folder / "phone.mov", 10, rotation=-90)
     write_video(folder / "one.mkv", 1, codec="h264-mkv")
+    corrupt_packets(write_video(folder / "glitch.mp4", 100, gop=10), (0.3, 0.6))  # frames 30..59 broken
     (folder / "zero.mp4").write_bytes(b"")
     truncate_without_moov(write_video(folder / "cut.m4v", 60))
     write_audio_only(folder / "song.mp4")
@@ -252,7 +253,7 @@ def _mixed_folder(folder: Path) -> dict[str, tuple[str, str, str | None]]:
     (folder / "notes.txt").write_text("not scanned")
     return {
         "clip.mp4": ("video", "ok", None), "clip.webm": ("video", "ok", None), "clip.avi": ("video", "ok", None),
-        "phone.mov": ("video", "ok", None), "one.mkv": ("video", "ok", None),
+        "phone.mov": ("video", "ok", None), "one.mkv": ("video", "ok", None), "glitch.mp4": ("video", "ok", None),
         "zero.mp4": ("video", "error", "empty"), "cut.m4v": ("video", "error", "truncated"),
         "song.mp4": ("video", "error", "no-video-stream"), "photo.mp4": ("video", "error", "not-video"),
         "photo.png": ("image", "ok", None), "photo.jpg": ("image", "ok", None),
@@ -266,7 +267,7 @@ def test_a_mixed_folder_scan_has_exactly_one_row_per_file(tmp_path, tiny_video_m
                "--decoder", "pillow", "--batch-size", "8", "--json")
     assert out.exit_code == 0, out.output
     summary = json.loads(out.output[out.output.index("{"):])
-    assert summary["total"] == len(expected) and summary["ok"] == 7 and summary["errors"] == 5
+    assert summary["total"] == len(expected) and summary["ok"] == 8 and summary["errors"] == 5
     rows = _query(db_url, "SELECT v.*, r.error_code FROM scan_results AS v JOIN results AS r "
                           "ON r.scan_id = v.scan_id AND r.path = v.path WHERE v.scan_id = :s", s=summary["scan_id"])
     assert sorted(Path(r.path).name for r in rows) == sorted(expected)  # one row per file, none twice
@@ -284,7 +285,7 @@ def test_a_mixed_folder_scan_has_exactly_one_row_per_file(tmp_path, tiny_video_m
         elif status == "ok":
             # The sidecar's T (4) frames, one sequence (faces off: track 0, no box) whose p_fake is the row's.
             fs = by_video[name]
-            assert r.frames == len(fs) == (1 if name == "one.mkv" else 4)
+            assert r.frames == len(fs) == {"one.mkv": 1, "glitch.mp4": 3}.get(name, 4)
             assert all(f.track == 0 and f.x is None and f.p_fake is None for f in fs)
             assert all(f.track_p_fake == pytest.approx(r.p_fake) for f in fs)
             assert [f.timestamp_s for f in fs] == sorted(f.timestamp_s for f in fs)
@@ -293,6 +294,9 @@ def test_a_mixed_folder_scan_has_exactly_one_row_per_file(tmp_path, tiny_video_m
             assert r.p_fake is None and r.error and name not in by_video
     one = next(r for r in rows if r.path.endswith("one.mkv"))
     assert "1 distinct frames" in one.notes
+    # Corrupt packets mid-stream: scored from what decodes, and the row says how many did not.
+    glitch = next(r for r in rows if r.path.endswith("glitch.mp4"))
+    assert "1 of 4 frames could not be decoded" in glitch.notes and "30 packets failed" in glitch.notes
 
     # The results command shows the kind and the frames scored.
     out = _cli("results", "--db", db_url, "--format", "csv")
@@ -323,17 +327,23 @@ def test_the_sequence_verdict_is_the_lstm_over_the_sampled_frames(tmp_path, tiny
     assert p_fake == pytest.approx(float(torch.softmax(torch.from_numpy(logits), 1)[0, 1]), abs=1e-4)
 
 
-def test_without_a_video_model_frames_are_scored_alone_and_averaged(tmp_path, tiny_video_model, sqlite_url):  # noqa: F811
-    model = tmp_path / "image-only" / "model.onnx"
+def _one_video_and_the_image_model(tmp_path: Path, video_model: Path, frames: int,
+                                   drop: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A folder with one video, and ``model.onnx`` with its sidecar copied alone (less the keys ``drop``)."""
+    model = tmp_path / "m" / "model.onnx"
     model.parent.mkdir()
-    shutil.copy(tiny_video_model.parent / "model.onnx", model)
-    sidecar = json.loads((tiny_video_model.parent / "model_info.json").read_text())
-    for key in ("video_model", "video_model_sha256"):
-        sidecar.pop(key)
-    (model.parent / "model_info.json").write_text(json.dumps(sidecar))
+    shutil.copy(video_model.parent / "model.onnx", model)
+    sidecar = json.loads((video_model.parent / "model_info.json").read_text())
+    (model.parent / "model_info.json").write_text(json.dumps({k: v for k, v in sidecar.items() if k not in drop}))
     folder = tmp_path / "in"
     folder.mkdir()
-    write_video(folder / "v.mp4", 30)
+    write_video(folder / "v.mp4", frames)
+    return folder, model
+
+
+def test_without_a_video_model_frames_are_scored_alone_and_averaged(tmp_path, tiny_video_model, sqlite_url):  # noqa: F811
+    folder, model = _one_video_and_the_image_model(tmp_path, tiny_video_model, 30,
+                                                   drop=("video_model", "video_model_sha256"))
     out = _cli("scan", str(folder), "--model", str(model), "--db", sqlite_url)
     assert out.exit_code == 0, out.output
     ((p_fake, notes),) = _query(sqlite_url, "SELECT p_fake, notes FROM scan_results")
@@ -343,16 +353,18 @@ def test_without_a_video_model_frames_are_scored_alone_and_averaged(tmp_path, ti
     assert "no video model" in notes and "weaker" in notes
 
 
-def test_a_sidecar_naming_a_missing_video_model_fails_before_the_scan(tmp_path, tiny_video_model, sqlite_url):  # noqa: F811
-    model = tmp_path / "m" / "model.onnx"
-    model.parent.mkdir()
-    shutil.copy(tiny_video_model.parent / "model.onnx", model)
-    shutil.copy(tiny_video_model.parent / "model_info.json", model.parent / "model_info.json")
-    folder = tmp_path / "in"
-    folder.mkdir()
-    write_video(folder / "v.mp4", 10)
+def test_a_model_copied_without_its_video_graph_scores_per_frame_and_says_why(tmp_path, tiny_video_model,  # noqa: F811
+                                                                               sqlite_url):
+    folder, model = _one_video_and_the_image_model(tmp_path, tiny_video_model, 10)
+    out = _cli("scan", str(folder), "--model", str(model), "--db", sqlite_url)
+    assert out.exit_code == 0, out.output
+    ((notes, frames),) = _query(sqlite_url, "SELECT notes, frames FROM scan_results")
+    assert "no video model" in notes and "model.video.onnx" in notes and "not beside model.onnx" in notes
+    assert frames == 4
+    # A video graph that is there but is not the one the sidecar names fails the scan before any work.
+    shutil.copy(tiny_video_model.parent / "model.onnx", model.parent / "model.video.onnx")
     out = CliRunner().invoke(main, ["scan", str(folder), "--model", str(model), "--db", sqlite_url])
-    assert out.exit_code == 1 and "model.video.onnx" in out.output and "not beside" in out.output
+    assert out.exit_code == 1 and "model.video.onnx" in out.output
 
 
 def test_batches_are_bounded_by_frames_not_videos(tmp_path, tiny_video_model):  # noqa: F811
@@ -477,3 +489,113 @@ def test_faces_are_followed_through_time_and_the_most_suspicious_track_is_the_ve
     flagged = max(track_p, key=track_p.get)
     assert drawn == [(f.x, f.y, f.w, f.h) for f in tracks[flagged]]
     assert len(re.findall(r"data:image/jpeg;base64,", figure.group(1))) == 6
+
+
+# -- the fleet: Celery workers score videos through the same score_chunk ------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_celery_workers_score_a_mixed_folder_one_row_per_file(tmp_path, tiny_video_model, redis_server,  # noqa: F811
+                                                               pg_url):
+    from tests._cluster import Worker, wait_for
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_video(folder / "a.mp4", 30)
+    write_video(folder / "b.webm", 12, codec="vp9-webm")
+    write_audio_only(folder / "song.mov")
+    Image.fromarray(index_frame(5)).save(folder / "c.png")
+    expected = {"a.mp4": ("video", "ok"), "b.webm": ("video", "ok"), "song.mov": ("video", "error"),
+                "c.png": ("image", "ok")}
+    engine = db.make_engine(pg_url)
+    db.upgrade(engine)
+    engine.dispose()
+    (tmp_path / "logs").mkdir()
+    worker = Worker(redis_server.url(), pg_url, tmp_path / "logs", name="video")
+    try:
+        worker.wait_ready()
+        out = _cli("scan", str(folder), "--model", str(tiny_video_model.parent), "--db", pg_url, "--broker",
+                   redis_server.url(), "--chunk-size", "3", "--json")
+        assert out.exit_code == 0, out.output
+        scan_id = json.loads(out.stdout)["scan_id"]
+        wait_for(lambda: _query(pg_url, "SELECT status FROM scans WHERE id = :s", s=scan_id)[0].status != "running",
+                 120, "the fleet scan to complete", interval=0.5)
+        rows = _query(pg_url, "SELECT * FROM scan_results WHERE scan_id = :s", s=scan_id)
+        assert sorted(Path(r.path).name for r in rows) == sorted(expected), worker.log()[-3000:]
+        for r in rows:
+            assert (r.kind, r.status) == expected[Path(r.path).name], (r.path, r.error)
+        assert {r.frames for r in rows if r.kind == "video" and r.status == "ok"} == {4}
+        frames = _query(pg_url, "SELECT COUNT(*) AS n FROM scan_frames WHERE scan_id = :s", s=scan_id)
+        assert frames[0].n == 8
+    finally:
+        worker.stop()
+
+
+# -- settings and the walker -------------------------------------------------------------------
+
+
+def test_video_settings_come_from_options_and_the_environment(tmp_path, tiny_video_model, sqlite_url):  # noqa: F811
+    from dfscan.settings import DEFAULT_VIDEO_EXTENSIONS, Settings, SettingsError, from_env
+
+    assert Settings().scan_extensions[-len(DEFAULT_VIDEO_EXTENSIONS):] == DEFAULT_VIDEO_EXTENSIONS
+    assert set(DEFAULT_VIDEO_EXTENSIONS) == {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi"}
+    env = {"DFSCAN_VIDEO_EXTENSIONS": "MP4,webm", "DFSCAN_FRAMES": "8", "DFSCAN_VIDEO_TIME_LIMIT_S": "5"}
+    s = from_env(env)
+    assert (s.video_extensions, s.frames, s.video_time_limit_s) == ((".mp4", ".webm"), 8, 5.0)
+    assert from_env({"DFSCAN_VIDEO_EXTENSIONS": "none"}).video_extensions == ()
+    with pytest.raises(SettingsError, match="frames per video"):
+        Settings(frames=0)
+    with pytest.raises(SettingsError, match="both image and video"):
+        Settings(video_extensions=(".mp4", ".png"))
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_video(folder / "a.mp4", 10)
+    write_video(folder / "b.mkv", 10, codec="h264-mkv")
+    Image.fromarray(index_frame(2)).save(folder / "c.png")
+    # Only .mkv taken as video; .mp4 is not walked.
+    out = _cli("scan", str(folder), "--model", str(tiny_video_model.parent), "--db", sqlite_url,
+               "--video-extensions", "mkv", "--frames", "3")
+    assert out.exit_code == 0, out.output
+    rows = _query(sqlite_url, "SELECT path, kind, frames FROM scan_results ORDER BY path")
+    assert [(Path(r.path).name, r.kind, r.frames) for r in rows] == [("b.mkv", "video", 3), ("c.png", "image", None)]
+    # Videos off: images only.
+    out = CliRunner().invoke(main, ["scan", str(folder), "--model", str(tiny_video_model.parent), "--db", sqlite_url,
+                                    "--json"], env={"DFSCAN_VIDEO_EXTENSIONS": "none"})
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output[out.output.index("{"):])["total"] == 1
+    out = CliRunner().invoke(main, ["scan", str(folder), "--model", str(tiny_video_model.parent), "--db", sqlite_url,
+                                    "--frames", "0"])
+    assert out.exit_code == 2 and "--frames" in out.output
+
+
+def test_videos_are_opened_by_the_decoder_never_read_into_memory(tmp_path, tiny_video_model):  # noqa: F811
+    """A video larger than the reader's limits is scored; an image of the same size is refused by them."""
+    from dfscan.settings import Settings
+    from dfscan.trt import load_runtime
+    from dfscan.trt.model_info import inspect_model
+    from dfscan.workers.batches import BatchMaker, Verdict, score
+    from dfscan.workers.decode import PillowDecoder, Preprocess
+    from dfscan.workers.video_stage import video_stage
+
+    rng = np.random.default_rng(0)
+    video = write_video(tmp_path / "big.mkv", 20, codec="h264-mkv", size=(128, 96),
+                        draw=lambda i: rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    image = tmp_path / "big.png"
+    Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)).save(image)
+    limit = 4096
+    assert video.stat().st_size > 10 * limit and image.stat().st_size > limit
+    info = inspect_model(tiny_video_model.parent)
+    stage = video_stage(Preprocess(), Settings(model=tiny_video_model.parent, frames=4), info, faces=None)
+    maker = BatchMaker(PillowDecoder(Preprocess()), read_threads=2, max_file_bytes=limit, budget_bytes=limit,
+                       video=stage)
+    runtime = load_runtime("onnxruntime", info)
+    try:
+        rows = score(maker.prepare([str(video), str(image)]), runtime, Verdict())
+    finally:
+        maker.close()
+        runtime.close()
+    assert [(r.kind, r.status, r.error_code) for r in rows] == [("video", "ok", None), ("image", "error", "too-large")]
+    assert rows[0].size == video.stat().st_size and rows[0].frames == 4

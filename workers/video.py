@@ -37,6 +37,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from dfscan.settings import DEFAULT_VIDEO_EXTENSIONS
 from dfscan.workers._video_containers import SIGNATURE_BYTES, ContainerSpec, container_for, what_else
 from dfscan.workers.errors import VideoError
 
@@ -48,7 +49,7 @@ DEFAULT_MAX_PIXELS = 89_478_485  # as for images: the coded frame's pixels, chec
 # Without a container index, a target this close ahead is decoded on to rather than sought.
 FORWARD_S = 1.0
 # Video file name extensions the walker takes (configurable: Settings.video_extensions).
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi")
+VIDEO_EXTENSIONS = DEFAULT_VIDEO_EXTENSIONS
 
 __all__ = [
     "DEFAULT_FRAMES",
@@ -110,19 +111,10 @@ def sample_video(
     threads: int = 1,
 ) -> SampledVideo:
     """``frames`` frames of the video at ``path``, evenly spaced in time; raises :class:`VideoError`."""
-    import av
-
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
     deadline = time.monotonic() + time_limit_s
-    spec = _container(path)
-    try:
-        container = av.open(path, format=spec.demuxer, timeout=(time_limit_s, time_limit_s),
-                            metadata_errors="replace")
-    except av.error.ExitError:
-        raise _timeout(time_limit_s, 0, frames) from None
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise _open_error(exc, spec, path) from None
+    spec, container = _open(path, time_limit_s, frames)
     try:
         return _Sampler(container, spec, frames, deadline, time_limit_s, max_side, max_pixels, threads).run()
     finally:
@@ -139,19 +131,10 @@ def frames_at(
 ) -> SampledVideo:
     """The frames on screen at ``times_s`` (seconds from the stream's start, ascending): a scan's stored
     timestamps give back the frames it scored (the report's strip).  Same errors as :func:`sample_video`."""
-    import av
-
     if not times_s:
         raise ValueError("no times given")
     deadline = time.monotonic() + time_limit_s
-    spec = _container(path)
-    try:
-        container = av.open(path, format=spec.demuxer, timeout=(time_limit_s, time_limit_s),
-                            metadata_errors="replace")
-    except av.error.ExitError:
-        raise _timeout(time_limit_s, 0, len(times_s)) from None
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise _open_error(exc, spec, path) from None
+    spec, container = _open(path, time_limit_s, len(times_s))
     try:
         sampler = _Sampler(container, spec, len(times_s), deadline, time_limit_s, max_side, max_pixels, 1)
         sampler.at_s = sorted(float(t) for t in times_s)
@@ -161,6 +144,21 @@ def frames_at(
 
 
 # -- opening ------------------------------------------------------------------------------
+
+
+def _open(path: str, time_limit_s: float, requested: int):
+    """The container spec and the open PyAV container (its one demuxer named); raises :class:`VideoError`."""
+    import av
+
+    spec = _container(path)
+    try:
+        container = av.open(path, format=spec.demuxer, timeout=(time_limit_s, time_limit_s),
+                            metadata_errors="replace")
+    except av.error.ExitError:
+        raise _timeout(time_limit_s, 0, requested) from None
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise _open_error(exc, spec, path) from None
+    return spec, container
 
 
 def _container(path: str) -> ContainerSpec:
@@ -238,6 +236,15 @@ class _Sampler:
         self.out_pts: list[int] = []
         self.rotation = 0
         self.decoded = 0
+        self.duplicates = 0  # targets that fell on a frame already taken
+        self.at_s: list[float] | None = None  # explicit times (frames_at) instead of T evenly spaced ones
+        # The decoder's state: the frames iterator since the last seek, the last frame decoded (pts, frame;
+        # None after a seek), a frame decoded beyond the last target (kept for the next), and the packets
+        # that failed since the last good frame (a target in such a gap has no frame).
+        self._frames_iter = None
+        self._prev = None
+        self._pending = None
+        self._errors_since_prev = 0
 
     def run(self) -> SampledVideo:
         import av
@@ -333,8 +340,6 @@ class _Sampler:
             return None
         return last - start
 
-    at_s: list[float] | None = None  # explicit times (frames_at) instead of T evenly spaced ones
-
     def _targets(self, start: int, duration: int | None) -> list[int]:
         if self.at_s is not None:
             return [start + int(round(t / self.tb)) for t in self.at_s]
@@ -344,12 +349,6 @@ class _Sampler:
         return [start + int(math.floor((k + 0.5) * duration / self.requested)) for k in range(self.requested)]
 
     # -- decoding ---------------------------------------------------------------------------
-
-    duplicates = 0
-    _frames_iter = None
-    _prev = None  # (pts, frame) of the last frame decoded, or None after a seek
-    _pending = None  # a decoded frame beyond the last target, kept for the next one
-    _errors_since_prev = 0
 
     def _take(self, k: int, target: int, keyframes: list[int]) -> None:
         """Find the frame on screen at ``target`` and keep it (as target ``k``)."""

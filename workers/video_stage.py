@@ -24,6 +24,7 @@ normalised batch by batch.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,7 +43,15 @@ from dfscan.workers.decode import Preprocess
 from dfscan.workers.errors import ImageError, VideoError
 from dfscan.workers.faces import FaceStage, crop_faces, select_faces
 from dfscan.workers.reader import stat_quietly
-from dfscan.workers.video import DEFAULT_MAX_SIDE, SampledVideo, is_video_path, pyav_version, sample_video
+from dfscan.settings import DEFAULT_FRAMES, DEFAULT_VIDEO_EXTENSIONS
+from dfscan.workers.video import (
+    DEFAULT_MAX_SIDE,
+    DEFAULT_TIME_LIMIT_S,
+    SampledVideo,
+    is_video_path,
+    pyav_version,
+    sample_video,
+)
 
 PER_FRAME_NOTE = ("no video model: each frame scored alone by the image model, p_fake the mean over a track's "
                   "frames (a weaker verdict than a sequence model's)")
@@ -50,15 +59,13 @@ PER_FRAME_NOTE = ("no video model: each frame scored alone by the image model, p
 
 @dataclass(frozen=True)
 class VideoOptions:
-    frames: int = 16
-    time_limit_s: float = 60.0
-    extensions: tuple[str, ...] = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi")
+    frames: int = DEFAULT_FRAMES
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS
     max_side: int = DEFAULT_MAX_SIDE
 
     @classmethod
     def from_settings(cls, settings, model_frames: int | None = None) -> "VideoOptions":
-        from dfscan.settings import DEFAULT_FRAMES
-
         return cls(frames=settings.frames or model_frames or DEFAULT_FRAMES, time_limit_s=settings.video_time_limit_s,
                    extensions=tuple(settings.video_extensions))
 
@@ -87,14 +94,19 @@ class VideoStage:
     """``prepare(paths) -> PreparedBatch`` of :class:`VideoItem`; its ``scorer`` is :meth:`score`."""
 
     def __init__(self, pre: Preprocess, options: VideoOptions, *, faces: FaceStage | None = None,
-                 sequence_runtime: Runtime | None = None, threads: int = 2, batch_size: int = 64) -> None:
+                 sequence_runtime: Runtime | None = None, threads: int = 2, batch_size: int = 64,
+                 why_per_frame: str | None = None) -> None:
         self.pre = pre
+        # Said on every video row scored per frame where the sidecar promised a sequence model.
+        self.why_per_frame = why_per_frame
         self.options = options
         self.faces = faces
         self.sequence_runtime = sequence_runtime
         self.batch_size = batch_size
         self.version = pyav_version()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="video")
+        # Videos are sampled in parallel; the face detector (one torch model) sees one video at a time.
+        self._detect_lock = threading.Lock()
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -109,6 +121,7 @@ class VideoStage:
         return {"frames": self.options.frames, "time_limit_s": self.options.time_limit_s,
                 "decoder": self.version, "faces": self.faces is not None,
                 "scoring": "sequence" if self.sequence_runtime is not None else "per-frame",
+                "why_per_frame": self.why_per_frame,
                 "sequence_model": str(getattr(getattr(self.sequence_runtime, "info", None), "path", "") or "")
                 or None}
 
@@ -150,7 +163,8 @@ class VideoStage:
     def _face_tracks(self, video: SampledVideo) -> tuple[list[VideoTrack], int]:
         faces = self.faces
         assert faces is not None
-        found = faces.detect(video.frames)
+        with self._detect_lock:
+            found = faces.detect(video.frames)
         failed = [f for f in found if isinstance(f, ImageError)]
         if len(failed) == len(found):
             raise VideoError("face-detect-failed", failed[0].message)
@@ -203,7 +217,7 @@ class VideoStage:
     def _row(self, path, size, mtime, now, item: VideoItem, track_p: list[float], frame_p: list, threshold: float):
         notes = list(item.notes)
         if self.sequence_runtime is None:
-            notes.append(PER_FRAME_NOTE)
+            notes.append(PER_FRAME_NOTE if self.why_per_frame is None else f"{PER_FRAME_NOTE}: {self.why_per_frame}")
         faces = None if item.found is None else len(item.tracks)
         common = dict(kind="video", frames=len(item.indices), duration_s=item.duration_s,
                       notes="; ".join(notes) or None, faces=faces, faces_found=item.found)
@@ -292,8 +306,12 @@ def video_stage(pre: Preprocess, settings, info, *, faces: FaceStage | None) -> 
     """The scan's video stage from ``settings`` and the model ``info`` (None: videos are off)."""
     if not settings.video_extensions:
         return None
-    sequence_runtime = None
-    if info.video_model is not None:
+    sequence_runtime, why = None, None
+    if info.video_model is not None and not info.video_model.is_file():
+        # A model folder copied without its sequence graph: videos are still scored, per frame, and
+        # every such row says why (a sequence graph that is there but broken fails the scan instead).
+        why = f"{info.video_model.name}, named by the model's sidecar, is not beside {info.path.name}"
+    elif info.video_model is not None:
         from dfscan.trt.model_info import inspect_video_model
         from dfscan.trt.registry import load_runtime
 
@@ -302,4 +320,4 @@ def video_stage(pre: Preprocess, settings, info, *, faces: FaceStage | None) -> 
                                         intra_op_threads=settings.intra_op_threads)
     options = VideoOptions.from_settings(settings, info.frames)
     return VideoStage(pre, options, faces=faces, sequence_runtime=sequence_runtime,
-                      threads=settings.decode_threads, batch_size=settings.batch_size)
+                      threads=settings.decode_threads, batch_size=settings.batch_size, why_per_frame=why)

@@ -63,6 +63,9 @@ class BenchOptions:
     faces: bool = False
     face_images: Path | None = None
     face_count: int = 32
+    # The video rows (dfscan.bench.video): sampling 1080p clips alone and in a scan, 10 min vs 10 s.
+    videos: bool = False
+    video_count: int = 4
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class BenchReport:
     peak_rss_mib: float = 0.0
     int8: dict[str, Any] | None = None
     faces: dict[str, Any] | None = None  # --faces: the end-to-end rate with faces on over faces off
+    videos: dict[str, Any] | None = None  # --videos: videos/s, and sampling a 10-min video over a 10-s one
     seconds: float = 0.0
 
     def row(self, stage: str, variant: str) -> Row | None:

@@ -55,6 +55,19 @@ def format_report(report: BenchReport) -> str:
                      f"alone = {on.images_per_s / off.images_per_s:.2f}x"
                      + (f"; face detection alone {detect.images_per_s:.1f} images/s" if detect and detect.status == "ok"
                         else ""))  # fmt: skip
+    if report.videos:
+        vd = report.videos
+        sample, scan_v = report.row("video", "sample (16 frames, 1080p)"), report.row("scan", "end-to-end, videos")
+        if sample is not None and sample.status == "ok":
+            lines.append(f"videos ({vd.get('clips')}): sampling {vd['frames']} frames alone {sample.images_per_s:.2f} "
+                         f"videos/s ({sample.details['frames_per_s']:.1f} frames/s)"
+                         + (f"; scan end to end {scan_v.images_per_s:.2f} videos/s "
+                            f"({scan_v.details['frames_per_s']:.1f} frames/s, {scan_v.details.get('scoring')} scoring)"
+                            if scan_v is not None and scan_v.status == "ok" else ""))  # fmt: skip
+        if vd.get("long_over_short") is not None:
+            per = vd["seconds_per_video"]
+            lines.append(f"sampling {vd['frames']} frames: 10-minute video {per['10-min'] * 1000:.0f} ms, 10-second "
+                         f"video {per['10-s'] * 1000:.0f} ms = {vd['long_over_short']:.2f}x (goal: within 2x)")
     if report.int8 and report.int8.get("agreement"):
         a = report.int8["agreement"]
         lines.append(f"INT8 vs FP32 on {a['images']} images: {a['identical_share']:.2%} identical verdicts, "

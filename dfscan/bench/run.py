@@ -121,6 +121,12 @@ class _Bench:
             face, ratio = face_rows(o, info, self.work, self.say, self._scan_settings)
             rows.extend(face)
             report.faces = ratio
+        if o.videos:
+            from dfscan.bench.video import video_rows
+
+            video, figures = video_rows(o, info, self.work, self.say, self._scan_settings)
+            rows.extend(video)
+            report.videos = figures
         rows.append(self._naive_row(info, paths))
         self._ratios(report, scan_row)
         report.peak_rss_mib = stages.process_peak_rss_mib()
@@ -326,12 +332,12 @@ class _Bench:
             rows.append(Row("write", "postgresql", "skipped", reason="no --pg URL given"))
         return rows
 
-    def _scan_settings(self, info, db_name: str, faces: str = "auto"):
+    def _scan_settings(self, info, db_name: str, faces: str = "auto", frames: int | None = None):
         from dfscan.settings import Settings
 
         return Settings(db_url=f"sqlite:///{self.work / db_name}", model=info.path, batch_size=self.o.batch_size,
                         read_threads=self.o.read_threads, decode_threads=self.o.decode_threads,
-                        faces=faces)  # fmt: skip
+                        faces=faces, frames=frames)  # fmt: skip
 
     def _scan_row(self, info, folder: Path) -> Row:
         self.say("end-to-end scan")

@@ -399,7 +399,8 @@ def measure_scan(settings, folder: Path) -> ScanRun:
 
     reset_peak_rss()
     start_rss = rss_mib()
-    job = LocalScan(settings, ScanSource((str(folder),), (), WalkOptions(settings.extensions)), name="dfscan bench")
+    job = LocalScan(settings, ScanSource((str(folder),), (), WalkOptions(settings.scan_extensions)),
+                    name="dfscan bench")
     summary = job.run()
     peak = peak_rss_mib()
     engine = db.make_engine(settings.db_url)

@@ -151,7 +151,7 @@ def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str]
         click.echo(json.dumps(data, indent=2, default=str))
         return
     click.echo(
-        f"scan {summary.scan_id} {summary.status}: {summary.total} files in {summary.elapsed_s:.1f} s "
+        f"scan {summary.scan_id} {summary.status}: {summary.total} images in {summary.elapsed_s:.1f} s "
         f"({summary.images_per_s:.1f} images/s)"
     )
     click.echo(f"  real    {summary.real}")
