@@ -19,6 +19,8 @@ _RESULTS = Result.__table__
 _UPSERT_COLUMNS = (
     "model_id", "size", "mtime", "status", "label", "p_fake", "confidence", "error",
     "error_code", "scanned_at", "faces", "faces_found",
+    "content_hash",
+    "verdict_source",
 )  # fmt: skip
 _IN_LIST_SIZE = 500
 STREAM_BATCH = 1000
@@ -54,6 +56,8 @@ def write_batch(
             "scanned_at": row.scanned_at,
             "faces": row.faces,
             "faces_found": row.faces_found,
+            "content_hash": row.content_hash,
+            "verdict_source": row.verdict_source,
         }
         for row in latest.values()
     ]

@@ -93,6 +93,10 @@ class Settings:
     min_face_size: int = 24
     face_aggregation: str = "max"
     face_detect_size: int = 640
+    # Take the verdict of an earlier scan's ``ok`` row with the same model and the same file bytes
+    # (content hash) instead of scoring the file again (dfscan.workers.dedupe).  Copies within a
+    # scan are always scored once.
+    reuse_verdicts: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -234,6 +238,7 @@ _CONVERTERS = {
     "request_timeout_s": float,
     "callback_attempts": int,
     "follow_symlinks": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
+    "reuse_verdicts": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
 }
 
 

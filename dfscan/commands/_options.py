@@ -44,6 +44,7 @@ __all__ = [
     "model_option",
     "one_line",
     "reports_errors",
+    "reuse_verdicts_option",
     "runtime_options",
     "SCAN_ID",
     "scan_id_option",
@@ -190,6 +191,12 @@ def visibility_timeout_option(func: Callable) -> Callable:
 def max_outstanding_option(func: Callable) -> Callable:
     return setting_option("--max-outstanding", field="max_outstanding_chunks", type=int,
                           help="With a broker: most chunks enqueued and unfinished at once.")(func)
+
+
+def reuse_verdicts_option(func: Callable) -> Callable:
+    return setting_option("--reuse-verdicts/--no-reuse-verdicts", field="reuse_verdicts", show_default=False,
+                          help="Take an earlier scan's 'ok' verdict for a file with the same bytes (content hash) "
+                               "and the same model instead of scoring it again [default: no].")(func)
 
 
 def json_option(what: str) -> Callable:
