@@ -63,6 +63,8 @@ class BenchOptions:
     faces: bool = False
     face_images: Path | None = None
     face_count: int = 32
+    # The dedupe rows (dfscan.bench.dedupe): this many files scanned all distinct, and half byte-copies.
+    dedupe: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class BenchReport:
     peak_rss_mib: float = 0.0
     int8: dict[str, Any] | None = None
     faces: dict[str, Any] | None = None  # --faces: the end-to-end rate with faces on over faces off
+    dedupe: dict[str, Any] | None = None  # --dedupe: inference seconds with half copies over all distinct
     seconds: float = 0.0
 
     def row(self, stage: str, variant: str) -> Row | None:

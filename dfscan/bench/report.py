@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dfscan.bench.dedupe import format_dedupe
 from dfscan.bench.records import BenchReport
 
 __all__ = ["format_report"]
@@ -55,6 +56,7 @@ def format_report(report: BenchReport) -> str:
                      f"alone = {on.images_per_s / off.images_per_s:.2f}x"
                      + (f"; face detection alone {detect.images_per_s:.1f} images/s" if detect and detect.status == "ok"
                         else ""))  # fmt: skip
+    lines.extend(format_dedupe(report.dedupe or {}))
     if report.int8 and report.int8.get("agreement"):
         a = report.int8["agreement"]
         lines.append(f"INT8 vs FP32 on {a['images']} images: {a['identical_share']:.2%} identical verdicts, "

@@ -55,6 +55,9 @@ def _bench_errors(func):
 @click.option("--face-images", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="With --faces: measure on these images instead of the generated 1-face photos.")
 @click.option("--face-count", type=int, default=32, show_default=True, help="With --faces: photos to generate.")
+@click.option("--dedupe", type=click.IntRange(min=2), envvar="DFSCAN_BENCH_DEDUPE", show_envvar=True,
+              help="Add two scans of N files: all distinct, and half of them byte copies of the other half (each "
+                   "distinct image is scored once: about half the inference time).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), envvar="DFSCAN_BENCH_OUTPUT",
               show_envvar=True, help="Also write the report as JSON to this file.")
@@ -62,7 +65,7 @@ def _bench_errors(func):
 @_bench_errors
 def bench(images: Path | None, synthetic: int | None, model: Path | None, int8_model: Path | None,
           checkpoint: Path | None, backbone: str, pg_url: str | None, batch_size: int | None, min_seconds: float, limit: int,
-          naive: bool, faces: bool, face_images: Path | None, face_count: int, as_json: bool,
+          naive: bool, faces: bool, face_images: Path | None, face_count: int, dedupe: int | None, as_json: bool,
           output: Path | None) -> None:  # fmt: skip
     """Measure every stage of a scan, and the whole scan, on this machine.
 
@@ -80,7 +83,7 @@ def bench(images: Path | None, synthetic: int | None, model: Path | None, int8_m
     options = BenchOptions(images=images, synthetic=synthetic, model=model, int8_model=int8_model,
                            checkpoint=checkpoint, backbone=backbone, pg_url=pg_url, batch_size=batch_size,
                            min_seconds=min_seconds, limit=limit, naive=naive, faces=faces,
-                           face_images=face_images, face_count=face_count)  # fmt: skip
+                           face_images=face_images, face_count=face_count, dedupe=dedupe)  # fmt: skip
     report = run_bench(options, progress=None if as_json else lambda msg: click.echo(f"... {msg}", err=True))
     data = report.to_dict()
     if output is not None:
