@@ -139,17 +139,21 @@ def _write_faces(folder: Path) -> list[str]:
 
 
 def _populate(url: str, a: Archive) -> None:
-    """Scan 1: model A over everything. Scan 2: model B over alpha and bad. Scan 3: model A over alpha again."""
+    """Scan 1: model A over everything. Scan 2: model B over alpha and bad. Scan 3: model A over alpha again,
+    reusing scan 1's verdicts."""
     s1 = scan(url, str(a.root), "--model", str(a.model_a), "--threshold", repr(a.threshold_a), "--name", "first")
     s2 = scan(url, str(a.root / "alpha"), str(a.root / "bad"), "--model", str(a.model_b),
               "--threshold", repr(a.threshold_b), "--name", "model-b")
-    s3 = scan(url, str(a.root / "alpha"), "--model", str(a.model_a), "--threshold", "1", "--name", "strict")
+    # Scan 3 takes scan 1's verdicts (same model, same bytes), decided again at its own threshold.
+    s3 = scan(url, str(a.root / "alpha"), "--model", str(a.model_a), "--threshold", "1", "--name", "strict",
+              "--reuse-verdicts")
     s4 = scan(url, str(a.faces[0].rsplit("/", 1)[0]), "--model", str(a.model_a), "--faces", "on", "--max-faces", "2",
               "--name", "faces")
     assert [s1["scan_id"], s2["scan_id"], s3["scan_id"], s4["scan_id"]] == [1, 2, 3, 4]
     assert (s4["ok"], s4["no_face"]) == (2, 1)
     assert (s1["total"], s2["total"], s3["total"]) == (13, 9, 5)
     assert s1["fake"] == 4 and s3["fake"] == 0
+    assert (s1["computed"], s3["reused"], s3["computed"]) == (13, 5, 0)
 
 
 @dataclass
@@ -175,7 +179,8 @@ def _read(url: str) -> Data:
             }
             results = [
                 {c: getattr(r, c) for c in ("scan_id", "model_id", "path", "status", "label", "p_fake", "confidence",
-                                            "error_code", "scanned_at", "faces", "faces_found")}
+                                            "error_code", "scanned_at", "faces", "faces_found", "content_hash",
+                                            "verdict_source")}
                 | {"model_sha256": models[r.model_id]["sha256"]}
                 for r in s.scalars(select(Result))
             ]
@@ -324,6 +329,23 @@ def expect_faces_per_image(d: Data, tz: ZoneInfo) -> list[tuple]:
     return [(*k, n) for k, n in sorted(by.items())]
 
 
+def expect_same_bytes_as_flagged(d: Data, tz: ZoneInfo) -> list[tuple]:
+    flagged = sorted(_ok(d, 1), key=lambda r: (-r["p_fake"], r["path"]))[0]
+    same = [r for r in d.results if r["content_hash"] == flagged["content_hash"]]
+    return [(r["scan_id"], r["path"], r["status"], r["label"], r["p_fake"], r["verdict_source"])
+            for r in sorted(same, key=lambda r: (r["scan_id"], r["path"]))]
+
+
+def expect_verdict_sources(d: Data, tz: ZoneInfo) -> list[tuple]:
+    by: dict[tuple, list] = defaultdict(lambda: [0, set()])
+    for r in d.results:
+        key = by[(r["scan_id"], r["verdict_source"])]
+        key[0] += 1
+        if r["content_hash"] is not None:
+            key[1].add(r["content_hash"])
+    return [(*k, n, len(h)) for k, (n, h) in sorted(by.items())]
+
+
 EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple]]]] = {
     "scans-overview": (("id", "name", "status", "model_sha256", "threshold", "total", "real", "fake", "errors",
                         "started_at", "finished_at"), expect_scans_overview),
@@ -342,6 +364,9 @@ EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple
     "most-suspicious-faces": (("path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label"),
                               expect_most_suspicious_faces),
     "faces-per-image": (("status", "faces", "faces_found", "images"), expect_faces_per_image),
+    "same-bytes-as-flagged": (("scan_id", "path", "status", "label", "p_fake", "verdict_source"),
+                              expect_same_bytes_as_flagged),
+    "verdict-sources": (("scan_id", "verdict_source", "files", "distinct_contents"), expect_verdict_sources),
 }
 
 
@@ -411,6 +436,8 @@ def test_the_scans_exercise_what_the_queries_ask(populated: Data, archive: Archi
     assert len(rates) == 2 and rates[0] != rates[1]
     assert [r[0] for r in expect_never_scored_by_current_model(d, ZoneInfo("UTC"))] == sorted(
         archive.beta + archive.bad + archive.faces)
+    sources = {(row[0], row[1]): row[2] for row in expect_verdict_sources(d, ZoneInfo("UTC"))}
+    assert sources[(3, "reused")] == len(archive.alpha) and (3, "computed") not in sources
     # Scan 3 (model A, threshold 1: all real) is model A's latest verdict on alpha, not scan 1.
     changed = expect_changed_between_models(d, ZoneInfo("UTC"))
     assert changed and all(row[1] == "real" and row[2] == "fake" for row in changed)
