@@ -374,3 +374,31 @@ def test_fleet_worker_scores_copies_once_and_reuses(tmp_path: Path, tiny_onnx_mo
     assert sources[second] == {"computed": 1, "copy": 4, "reused": 3}
     assert (summary.computed, summary.copied, summary.reused) == (1, 4, 3)
     assert os.path.exists(originals[0])
+
+
+# -- faces -------------------------------------------------------------------------------------------
+
+
+def test_copies_share_face_rows(tmp_path: Path, tiny_onnx_model: Path, sqlite_url: str) -> None:  # noqa: F811
+    """Faces on: a copy in the same batch and one in a later chunk have the original's face rows."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(skimage_data.astronaut()).save(folder / "a.png")
+    shutil.copy2(folder / "a.png", folder / "b.png")  # same batch
+    Image.fromarray(skimage_data.chelsea()).save(folder / "c.jpg")  # no face
+    shutil.copy2(folder / "a.png", folder / "d.png")  # next chunk
+    shutil.copy2(folder / "c.jpg", folder / "e.jpg")
+    settings = Settings(db_url=sqlite_url, model=tiny_onnx_model, faces="on", batch_size=3, chunk_size=3,
+                        decoder="pillow")
+    summary, counter = run_scan(settings, folder)
+    assert counter.images == 1  # one face crop, of one image
+    assert (summary.ok, summary.no_face, summary.computed, summary.copied) == (3, 2, 2, 3)
+    rows = table_rows(sqlite_url, summary.scan_id)
+    a = rows[str(folder / "a.png")]
+    assert a["faces"] == 1 and len(a["face_rows"]) == 1
+    same_but(a, rows[str(folder / "b.png")], DIFFERS)
+    same_but(a, rows[str(folder / "d.png")], DIFFERS | {"scanned_at"})
+    same_but(rows[str(folder / "c.jpg")], rows[str(folder / "e.jpg")], DIFFERS | {"scanned_at"})
