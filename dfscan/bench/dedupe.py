@@ -6,8 +6,9 @@ Two real in-process scans of the same number of files, with the same model:
 files, each also present as a byte-for-byte copy under another name).  The
 runtime of each scan is warmed up with one batch, then wrapped in a counter
 (:class:`CountedRuntime`), so the rows give the images that went through
-inference, their seconds, and the scan's own clock (which starts after the warm-up); the report prints the ratio of the inference seconds (about
-0.5: each distinct image is scored once) measured in this one run.
+inference, their seconds, and the scan's own clock (which starts after the
+warm-up); the report prints the ratio of the inference seconds (about 0.5:
+each distinct image is scored once) measured in this one run.
 """
 
 from __future__ import annotations
