@@ -9,7 +9,6 @@ a real Celery worker for the fleet.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -248,6 +247,11 @@ def test_cli_option_env_summary_and_audit(tmp_path: Path, tiny_onnx_model: Path,
     assert header.endswith("content_hash,verdict_source")
     assert sorted(line.rsplit(",", 1)[1] for line in lines) == ["computed", "copy", "copy", "copy", "reused",
                                                                  "reused"]
+    report = tmp_path / "report.html"
+    out = cli("report", str(summary["scan_id"]), "--db", sqlite_url, "--out", str(report))
+    assert out.exit_code == 0, out.output
+    assert "1 scored, 3 copies (same bytes earlier in this scan), 2 reused (earlier scans, same model)" in (
+        report.read_text(encoding="utf-8"))
     assert from_env({"DFSCAN_REUSE_VERDICTS": "yes"}).reuse_verdicts is True
     assert from_env({"DFSCAN_REUSE_VERDICTS": "0"}).reuse_verdicts is False
 
@@ -365,6 +369,8 @@ def test_fleet_worker_scores_copies_once_and_reuses(tmp_path: Path, tiny_onnx_mo
             }
             with db.session_factory(engine)() as session:
                 summary = db.scan_summary(session, second)
+        status = cli("status", str(second), "--db", pg_url)
+        assert "verdicts 1 scored, 4 copies (same bytes earlier in this scan), 3 reused" in status.output
     finally:
         worker.stop()
         engine.dispose()
@@ -373,7 +379,6 @@ def test_fleet_worker_scores_copies_once_and_reuses(tmp_path: Path, tiny_onnx_mo
     # a/: 3 images reused, the error computed again (errors are never reused); b/: copies of those rows.
     assert sources[second] == {"computed": 1, "copy": 4, "reused": 3}
     assert (summary.computed, summary.copied, summary.reused) == (1, 4, 3)
-    assert os.path.exists(originals[0])
 
 
 # -- faces -------------------------------------------------------------------------------------------
@@ -402,3 +407,32 @@ def test_copies_share_face_rows(tmp_path: Path, tiny_onnx_model: Path, sqlite_ur
     same_but(a, rows[str(folder / "b.png")], DIFFERS)
     same_but(a, rows[str(folder / "d.png")], DIFFERS | {"scanned_at"})
     same_but(rows[str(folder / "c.jpg")], rows[str(folder / "e.jpg")], DIFFERS | {"scanned_at"})
+
+
+# -- the migration -----------------------------------------------------------------------------------
+
+
+def test_migration_0011_down_and_up_keeps_rows(db_engine) -> None:
+    """Downgrade to 0009 drops the two columns and keeps the rows and the view; upgrading marks them computed."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import IntegrityError
+
+    with db.session_factory(db_engine).begin() as session:
+        model_id = db.get_or_create_model(session, sha256="a" * 64, name="m", path="/m", info={})
+        scan_id = db.create_scan(session, name="s", roots=[], model_id=model_id, threshold=0.5, settings={})
+        now = datetime.now(timezone.utc)
+        db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=[
+            db.ResultRow("/x", 1, 1.0, "ok", "real", 0.1, 0.9, None, None, now, content_hash="b" * 64,
+                         verdict_source="reused")])
+    db.downgrade(db_engine, "0009")
+    assert not {"content_hash", "verdict_source"} & {c["name"] for c in inspect(db_engine).get_columns("results")}
+    with db_engine.connect() as conn:
+        assert conn.execute(text("SELECT path, label FROM scan_results")).all() == [("/x", "real")]
+    db.upgrade(db_engine)
+    with db_engine.connect() as conn:
+        assert conn.execute(text("SELECT path, content_hash, verdict_source FROM scan_results")).all() == [
+            ("/x", None, "computed")]
+        with pytest.raises(IntegrityError, match="verdict_source"):
+            conn.execute(text("UPDATE results SET verdict_source = 'guessed'"))
