@@ -322,9 +322,24 @@ def test_bench_rows_show_half_the_inference(tmp_path: Path, tiny_onnx_model: Pat
                               lambda name: Settings(db_url=f"sqlite:///{tmp_path / name}", model=tiny_onnx_model,
                                                     batch_size=4))
     assert [r.status for r in rows] == ["ok", "ok"], [r.reason for r in rows]
-    assert (ratio["inferred_distinct"], ratio["inferred_half_copies"]) == (8, 4)
-    assert rows[1].details["copied"] == 4 and rows[1].details["computed"] == 4
+    assert (ratio["inferred_distinct"], ratio["inferred_half_copies"]) == (16, 8)  # two scans each
+    assert rows[1].details["copied"] == 4 and rows[1].details["computed"] == 4 and rows[1].repeats == 2
     assert "infer_seconds_ratio" in ratio and any("half copies / distinct" in line for line in format_dedupe(ratio))
+
+
+def test_dfscan_bench_dedupe_prints_both_and_the_ratio(tmp_path: Path, tiny_onnx_model: Path,  # noqa: F811
+                                                       monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out_json = tmp_path / "bench.json"
+    result = cli("bench", "--synthetic", "4", "--model", str(tiny_onnx_model), "--min-time", "0", "--no-naive",
+                 "--dedupe", "6", "--output", str(out_json))
+    assert result.exit_code == 0, result.output
+    data = json.loads(out_json.read_text())
+    rows = {(r["stage"], r["variant"]): r for r in data["rows"]}
+    assert rows[("scan", "end-to-end, half copies")]["details"]["inferred_images"] == 6  # 3 per scan, two scans
+    assert data["dedupe"]["infer_seconds_ratio"] == pytest.approx(
+        data["dedupe"]["infer_seconds_half_copies"] / data["dedupe"]["infer_seconds_distinct"], rel=1e-2)
+    assert "inference time, half copies / distinct =" in result.output
 
 
 # -- the fleet ---------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """``dfscan bench --dedupe``: an archive where half the files are byte-copies of the other half, beside one of
 as many distinct files.
 
-Two real in-process scans of the same number of files, with the same model:
+Real in-process scans of the same number of files, with the same model:
 ``distinct`` (every file different) and ``half copies`` (``n/2`` distinct
-files, each also present as a byte-for-byte copy under another name).  The
+files, each also present as a byte-for-byte copy under another name), each
+twice, in the order A B B A (:data:`ORDER`).  The
 runtime of each scan is warmed up with one batch, then wrapped in a counter
 (:class:`CountedRuntime`), so the rows give the images that went through
 inference, their seconds, and the scan's own clock (which starts after the
@@ -24,7 +25,7 @@ import numpy as np
 from dfscan.bench import stages
 from dfscan.bench.records import Row
 
-__all__ = ["CountedRuntime", "dedupe_rows", "write_half_copies"]
+__all__ = ["ORDER", "CountedRuntime", "counting", "dedupe_rows", "format_dedupe", "write_half_copies"]
 
 
 class CountedRuntime:
@@ -76,40 +77,62 @@ def write_half_copies(folder: Path, n: int) -> list[Path]:
     return originals + copies
 
 
+# The scans run in the order A B B A: on a shared machine whose load drifts, each variant gets an early and a
+# late turn, and the sums compare like with like.
+ORDER = ("distinct", "half copies", "half copies", "distinct")
+
+
 def dedupe_rows(n: int, work: Path, say: Callable[[str], None],
                 scan_settings: Callable[..., Any]) -> tuple[list[Row], dict[str, Any]]:
-    """The two scans' rows and the ratio of their inference seconds (half copies over distinct)."""
-    stages.write_synthetic(work / "dedupe-distinct", n)
-    write_half_copies(work / "dedupe-copies", n)
-    rows: list[Row] = []
-    measured: dict[str, tuple[CountedRuntime, Any]] = {}
-    for variant, folder, db_name in (("distinct", "dedupe-distinct", "dedupe-distinct.db"),
-                                     ("half copies", "dedupe-copies", "dedupe-copies.db")):
-        label = f"end-to-end, {variant}"
-        say(f"scan, {variant}")
+    """One row per variant (its two scans summed) and the ratio of their inference seconds (half copies over
+    distinct)."""
+    folders = {"distinct": work / "dedupe-distinct", "half copies": work / "dedupe-copies"}
+    stages.write_synthetic(folders["distinct"], n)
+    write_half_copies(folders["half copies"], n)
+    runs: dict[str, list[tuple[CountedRuntime, Any]]] = {v: [] for v in folders}
+    failed: dict[str, str] = {}
+    for turn, variant in enumerate(ORDER):
+        if variant in failed:
+            continue
+        say(f"scan, {variant} ({len(runs[variant]) + 1} of 2)")
         counters: list[CountedRuntime] = []
         try:
-            run = stages.measure_scan(scan_settings(db_name), work / folder, instrument=counting(counters, warm=True))
+            run = stages.measure_scan(scan_settings(f"dedupe-{turn}.db"), folders[variant],
+                                      instrument=counting(counters, warm=True))
         except Exception as exc:  # noqa: BLE001 - a row that failed, the run goes on
-            rows.append(Row("scan", label, "failed", reason=str(exc).splitlines()[0][:200]))
+            failed[variant] = str(exc).splitlines()[0][:200]
             continue
-        t, s, counter = run.timing, run.summary, counters[0]
-        measured[variant] = (counter, run)
-        rows.append(Row("scan", label, "ok", t.images, t.seconds, t.images_per_s, t.peak_rss_mib, t.start_rss_mib, 1,
-                        details={"inferred_images": counter.images, "infer_calls": counter.calls,
-                                 "infer_seconds": round(counter.seconds, 4), "computed": s.computed,
-                                 "copied": s.copied, "reused": s.reused, "ok": s.ok, "errors": s.errors}))
+        runs[variant].append((counters[0], run))
+    rows: list[Row] = []
+    totals: dict[str, dict[str, Any]] = {}
+    for variant, done in runs.items():
+        label = f"end-to-end, {variant}"
+        if variant in failed:
+            rows.append(Row("scan", label, "failed", reason=failed[variant]))
+            continue
+        images = sum(r.timing.images for _, r in done)
+        seconds = sum(r.timing.seconds for _, r in done)
+        last = done[-1][1].summary
+        t = {"infer_seconds": sum(c.seconds for c, _ in done), "inferred_images": sum(c.images for c, _ in done),
+             "infer_calls": sum(c.calls for c, _ in done), "scan_seconds": seconds}
+        totals[variant] = t
+        rows.append(Row("scan", label, "ok", images, seconds, images / seconds if seconds > 0 else 0.0,
+                        max(r.timing.peak_rss_mib for _, r in done), done[0][1].timing.start_rss_mib, len(done),
+                        details={**{k: round(v, 4) for k, v in t.items()}, "computed": last.computed,
+                                 "copied": last.copied, "reused": last.reused, "ok": last.ok, "errors": last.errors}))
     ratio: dict[str, Any] = {}
-    if len(measured) == 2:
-        (d, d_run), (c, c_run) = measured["distinct"], measured["half copies"]
-        ratio = {"files": n, "infer_seconds_distinct": round(d.seconds, 4), "infer_seconds_half_copies":
-                 round(c.seconds, 4), "inferred_distinct": d.images, "inferred_half_copies": c.images,
-                 "scan_seconds_distinct": round(d_run.timing.seconds, 4),
-                 "scan_seconds_half_copies": round(c_run.timing.seconds, 4)}
-        if d.seconds > 0:
-            ratio["infer_seconds_ratio"] = round(c.seconds / d.seconds, 4)
-        if d_run.timing.seconds > 0:
-            ratio["scan_seconds_ratio"] = round(c_run.timing.seconds / d_run.timing.seconds, 4)
+    if len(totals) == 2:
+        d, c = totals["distinct"], totals["half copies"]
+        ratio = {"files": n, "scans_each": len(runs["distinct"]),
+                 "infer_seconds_distinct": round(d["infer_seconds"], 6),
+                 "infer_seconds_half_copies": round(c["infer_seconds"], 6),
+                 "inferred_distinct": d["inferred_images"], "inferred_half_copies": c["inferred_images"],
+                 "scan_seconds_distinct": round(d["scan_seconds"], 4),
+                 "scan_seconds_half_copies": round(c["scan_seconds"], 4)}
+        if d["infer_seconds"] > 0:
+            ratio["infer_seconds_ratio"] = round(c["infer_seconds"] / d["infer_seconds"], 4)
+        if d["scan_seconds"] > 0:
+            ratio["scan_seconds_ratio"] = round(c["scan_seconds"] / d["scan_seconds"], 4)
     return rows, ratio
 
 
@@ -117,9 +140,10 @@ def format_dedupe(ratio: dict[str, Any]) -> list[str]:
     """The report's lines for the two scans."""
     if not ratio:
         return []
-    lines = [f"dedupe: {ratio['files']} files, half of them byte copies of the other half: inference "
-             f"{ratio['infer_seconds_half_copies']:.2f} s for {ratio['inferred_half_copies']} images vs "
-             f"{ratio['infer_seconds_distinct']:.2f} s for {ratio['inferred_distinct']} when all are distinct"]
+    lines = [f"dedupe: {ratio['files']} files, half of them byte copies of the other half, {ratio['scans_each']} "
+             f"scans each (A B B A): inference {ratio['infer_seconds_half_copies']:.2f} s for "
+             f"{ratio['inferred_half_copies']} images vs {ratio['infer_seconds_distinct']:.2f} s for "
+             f"{ratio['inferred_distinct']} when all are distinct"]
     if "infer_seconds_ratio" in ratio:
         lines.append(f"  inference time, half copies / distinct = {ratio['infer_seconds_ratio']:.3f}"
                      + (f"; whole scan {ratio['scan_seconds_ratio']:.3f}" if "scan_seconds_ratio" in ratio else ""))
