@@ -28,6 +28,7 @@ from .chunks import (
     unchanged_paths,
     unfinished_chunks,
 )
+from .content import KnownVerdict, known_verdicts
 from .engine import make_engine, session_factory
 from .explanations import Explanation, ExplanationRow, explanations_for, write_explanations
 from .errors import ChunkNotFound, DatabaseError, DatabaseURLError, ScanNotFound
@@ -52,6 +53,7 @@ __all__ = [
     "DatabaseError",
     "DatabaseURLError",
     "Explanation",
+    "KnownVerdict",
     "ExplanationRow",
     "FaceRow",
     "FrameRow",
@@ -76,6 +78,7 @@ __all__ = [
     "iter_faces",
     "iter_frames",
     "iter_results",
+    "known_verdicts",
     "latest_scan_id",
     "make_engine",
     "mark_walk_done",

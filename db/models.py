@@ -39,6 +39,7 @@ _NOW = text("CURRENT_TIMESTAMP")
 # PostgreSQL orders NaN above every number and SQLite stores NaN as NULL: both fail this check.
 OK_HAS_P_FAKE = "status <> 'ok' OR (p_fake IS NOT NULL AND p_fake >= 0 AND p_fake <= 1)"
 _ZERO = text("0")
+VERDICT_SOURCE_CHECK = "verdict_source IN ('computed', 'copy', 'reused')"
 
 
 class Base(DeclarativeBase):
@@ -158,6 +159,9 @@ class Result(Base):
         Index("ix_results_scan_id_p_fake", "scan_id", "p_fake"),
         Index("ix_results_path", "path"),
         Index("ix_results_model_id_path", "model_id", "path"),
+        # Migration 0011: copies of the same bytes are looked up by hash (workers.dedupe).
+        CheckConstraint(VERDICT_SOURCE_CHECK, name="verdict_source"),
+        Index("ix_results_content_hash", "content_hash"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -182,6 +186,10 @@ class Result(Base):
     frames: Mapped[int | None]
     duration_s: Mapped[float | None] = mapped_column(Double)
     notes: Mapped[str | None] = mapped_column(Text)
+
+    # SHA-256 (hex) of the file's bytes, and where the verdict came from (records.VERDICT_SOURCES).
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    verdict_source: Mapped[str] = mapped_column(String(8), default="computed", server_default=text("'computed'"))
 
 
 class ResultFrame(Base):
@@ -230,7 +238,7 @@ class ResultFace(Base):
 # that create_all() and autogenerate never mistake it for a table.
 VIEW_COLUMNS = (
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
-    "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
+    "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes", "content_hash", "verdict_source",
 )  # fmt: skip
 scan_results = Table(
     "scan_results",
@@ -250,6 +258,8 @@ scan_results = Table(
     Column("frames", Integer),
     Column("duration_s", Double),
     Column("notes", Text),
+    Column("content_hash", String(64)),
+    Column("verdict_source", String(8)),
 )
 assert tuple(scan_results.c.keys()) == VIEW_COLUMNS
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 __all__ = ["CHUNK_STATUSES", "RESULT_KINDS", "RESULT_LABELS", "RESULT_STATUSES", "SCAN_END_STATUSES",
-           "FaceRow", "FrameRow", "ResultRow", "ScanSummary"]  # fmt: skip
+           "VERDICT_SOURCES", "FaceRow", "FrameRow", "ResultRow", "ScanSummary"]  # fmt: skip
 
 # ``no-face``: faces were on and the image has none worth scoring; neither a verdict nor an error.
 RESULT_STATUSES = ("ok", "error", "no-face")
@@ -15,6 +15,11 @@ RESULT_LABELS = ("real", "fake")
 RESULT_KINDS = ("image", "video")
 SCAN_END_STATUSES = ("completed", "failed", "cancelled")
 CHUNK_STATUSES = ("queued", "done", "failed")
+# Where a row's verdict (or error) came from (migration 0011; docs/sql.md): ``computed`` from this
+# file's own bytes in this scan; ``copy`` from an earlier file of this scan with the same bytes
+# (the same content hash); ``reused`` from an ``ok`` row of an earlier scan with the same model and
+# content hash (``--reuse-verdicts``).  Rows written before 0011 were all computed.
+VERDICT_SOURCES = ("computed", "copy", "reused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,9 @@ class ResultRow:
     duration_s: float | None = None
     notes: str | None = None
     frame_rows: tuple[FrameRow, ...] = ()
+    # SHA-256 of the file's bytes (hex); None where they were never all read (the row is an error).
+    content_hash: str | None = None
+    verdict_source: str = "computed"
 
     def __post_init__(self) -> None:
         # Checked here so that a bad row fails in the worker that made it, with
@@ -89,6 +97,14 @@ class ResultRow:
             raise ValueError(f"{self.path!r}: kind {self.kind!r} not in {RESULT_KINDS}")
         if self.scanned_at.tzinfo is None or self.scanned_at.utcoffset() is None:
             raise ValueError(f"{self.path!r}: scanned_at must be timezone-aware (UTC)")
+        if self.verdict_source not in VERDICT_SOURCES:
+            raise ValueError(f"{self.path!r}: verdict_source {self.verdict_source!r} not in {VERDICT_SOURCES}")
+
+    def copied_to(self, path: str, size: int | None, mtime: float | None, *, source: str,
+                  scanned_at: datetime | None = None) -> "ResultRow":
+        """This row's verdict, error and faces for another file with the same bytes."""
+        return replace(self, path=path, size=size, mtime=mtime, verdict_source=source,
+                       scanned_at=scanned_at or self.scanned_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +138,11 @@ class ScanSummary:
     images_per_s: float  # total / elapsed_s; 0.0 before any time has passed
     eta_s: float | None  # while running with the walk done and a rate known
     no_face: int = 0  # rows with status no-face (faces on, none found)
+    # Rows by verdict_source (VERDICT_SOURCES): scored here, copied from the same bytes earlier in
+    # this scan, reused from an earlier scan with the same model (--reuse-verdicts).
+    computed: int = 0
+    copied: int = 0
+    reused: int = 0
 
     @property
     def images_done(self) -> int:

@@ -19,6 +19,7 @@ _RESULTS = Result.__table__
 _UPSERT_COLUMNS = (
     "model_id", "size", "mtime", "status", "label", "p_fake", "confidence", "error",
     "error_code", "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
+    "content_hash", "verdict_source",
 )  # fmt: skip
 _IN_LIST_SIZE = 500
 STREAM_BATCH = 1000
@@ -58,6 +59,8 @@ def write_batch(
             "frames": row.frames,
             "duration_s": row.duration_s,
             "notes": row.notes,
+            "content_hash": row.content_hash,
+            "verdict_source": row.verdict_source,
         }
         for row in latest.values()
     ]

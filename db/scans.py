@@ -191,7 +191,7 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
     if head is None:
         raise ScanNotFound(scan_id)
 
-    total, ok, real, fake, errors, no_face = session.execute(
+    total, ok, real, fake, errors, no_face, computed, copied, reused = session.execute(
         select(
             func.count(),
             _count_if(Result.status == "ok"),
@@ -199,6 +199,9 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
             _count_if(and_(Result.status == "ok", Result.label == "fake")),
             _count_if(Result.status == "error"),
             _count_if(Result.status == "no-face"),
+            _count_if(Result.verdict_source == "computed"),
+            _count_if(Result.verdict_source == "copy"),
+            _count_if(Result.verdict_source == "reused"),
         ).where(Result.scan_id == scan_id)
     ).one()
     reason = func.coalesce(Result.error_code, "unknown")
@@ -248,4 +251,7 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
         images_per_s=rate,
         eta_s=eta,
         no_face=no_face,
+        computed=computed,
+        copied=copied,
+        reused=reused,
     )

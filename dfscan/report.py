@@ -348,6 +348,8 @@ def render(report: ScanReport, *, thumb_px: int = 160) -> str:
         ("model", f"{escape(report.model_name)} <code>{escape(s.model_sha256)}</code>"),
         ("model file", f'<span class="path">{escape(report.model_path)}</span>'),
         ("threshold", escape(f"{report.threshold:.6g}")),
+        ("verdicts", escape(f"{s.computed} scored, {s.copied} copies (same bytes earlier in this scan), "
+                            f"{s.reused} reused (earlier scans, same model)")),
         ("started", escape(_when(s.started_at))),
         ("finished", escape(_when(s.finished_at))),
     ]

@@ -105,6 +105,10 @@ class Settings:
     video_extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS
     frames: int | None = None
     video_time_limit_s: float = 60.0
+    # Take the verdict of an earlier scan's ``ok`` row with the same model and the same file bytes
+    # (content hash) instead of scoring the file again (dfscan.workers.dedupe).  Copies within a
+    # scan are always scored once.
+    reuse_verdicts: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -290,6 +294,7 @@ _CONVERTERS = {
     "request_timeout_s": float,
     "callback_attempts": int,
     "follow_symlinks": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
+    "reuse_verdicts": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
 }
 
 

@@ -23,6 +23,7 @@ from dfscan.db.models import Chunk, Result, Scan
 CONTRACT_VIEW_COLUMNS = [
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
     "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
+    "content_hash", "verdict_source",
 ]  # fmt: skip
 TABLES = {"models", "scans", "chunks", "results", "scan_workers", "result_faces", "result_frames"}
 T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
@@ -162,19 +163,21 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     assert {u["name"] for u in insp.get_unique_constraints("chunks")} == {"uq_chunks_scan_id_seq"}
     assert {u["name"] for u in insp.get_unique_constraints("models")} == {"uq_models_sha256"}
     checks = {c["name"] for c in insp.get_check_constraints("results")}
-    assert checks == {"ck_results_status", "ck_results_label", "ck_results_ok_p_fake", "ck_results_kind"}
+    assert checks == {"ck_results_status", "ck_results_label", "ck_results_ok_p_fake", "ck_results_kind",
+                      "ck_results_verdict_source"}
     indexes = {i["name"]: i["column_names"] for i in insp.get_indexes("results")}
     assert indexes["ix_results_scan_id_status"] == ["scan_id", "status"]
     assert indexes["ix_results_scan_id_p_fake"] == ["scan_id", "p_fake"]
     assert indexes["ix_results_path"] == ["path"]
     assert indexes["ix_results_model_id_path"] == ["model_id", "path"]
+    assert indexes["ix_results_content_hash"] == ["content_hash"]
     fks = {fk["name"] for fk in insp.get_foreign_keys("results")}
     assert fks == {"fk_results_scan_id_scans", "fk_results_model_id_models"}
     columns = {c["name"] for c in insp.get_columns("results")}
     assert columns == {
         "id", "scan_id", "model_id", "path", "size", "mtime", "status", "label", "p_fake",
         "confidence", "error", "error_code", "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s",
-        "notes",
+        "notes", "content_hash", "verdict_source",
     }  # fmt: skip
     for table in ("models", "scans", "chunks"):
         assert {c["name"] for c in insp.get_columns(table)} == set(

@@ -159,11 +159,14 @@ def _write_faces(folder: Path) -> list[str]:
 
 
 def _populate(url: str, a: Archive) -> None:
-    """Scan 1: model A over everything. Scan 2: model B over alpha and bad. Scan 3: model A over alpha again."""
+    """Scan 1: model A over everything. Scan 2: model B over alpha and bad. Scan 3: model A over alpha again,
+    reusing scan 1's verdicts."""
     s1 = scan(url, str(a.root), "--model", str(a.model_a), "--threshold", repr(a.threshold_a), "--name", "first")
     s2 = scan(url, str(a.root / "alpha"), str(a.root / "bad"), "--model", str(a.model_b),
               "--threshold", repr(a.threshold_b), "--name", "model-b")
-    s3 = scan(url, str(a.root / "alpha"), "--model", str(a.model_a), "--threshold", "1", "--name", "strict")
+    # Scan 3 takes scan 1's verdicts (same model, same bytes), decided again at its own threshold.
+    s3 = scan(url, str(a.root / "alpha"), "--model", str(a.model_a), "--threshold", "1", "--name", "strict",
+              "--reuse-verdicts")
     s4 = scan(url, str(a.faces[0].rsplit("/", 1)[0]), "--model", str(a.model_a), "--faces", "on", "--max-faces", "2",
               "--name", "faces")
     s5 = scan(url, str(a.videos[0].rsplit("/", 1)[0]), *VIDEO_SCAN, "--model", str(a.model_a),
@@ -173,6 +176,7 @@ def _populate(url: str, a: Archive) -> None:
     assert (s5["ok"], s5["no_face"], s5["errors"], s5["fake"]) == (2, 1, 1, 1)
     assert (s1["total"], s2["total"], s3["total"]) == (13, 9, 5)
     assert s1["fake"] == 4 and s3["fake"] == 0
+    assert (s1["computed"], s3["reused"], s3["computed"]) == (13, 5, 0)
 
 
 @dataclass
@@ -200,7 +204,8 @@ def _read(url: str) -> Data:
             results = [
                 {c: getattr(r, c) for c in ("scan_id", "model_id", "path", "status", "label", "p_fake", "confidence",
                                             "error_code", "scanned_at", "faces", "faces_found", "kind", "frames",
-                                            "duration_s")}
+                                            "duration_s", "content_hash",
+                                            "verdict_source")}
                 | {"model_sha256": models[r.model_id]["sha256"]}
                 for r in s.scalars(select(Result))
             ]
@@ -375,6 +380,23 @@ def expect_video_frames_over_time(d: Data, tz: ZoneInfo) -> list[tuple]:
              f["track_p_fake"]) for f in frames]
 
 
+def expect_same_bytes_as_flagged(d: Data, tz: ZoneInfo) -> list[tuple]:
+    flagged = sorted(_ok(d, 1), key=lambda r: (-r["p_fake"], r["path"]))[0]
+    same = [r for r in d.results if r["content_hash"] == flagged["content_hash"]]
+    return [(r["scan_id"], r["path"], r["status"], r["label"], r["p_fake"], r["verdict_source"])
+            for r in sorted(same, key=lambda r: (r["scan_id"], r["path"]))]
+
+
+def expect_verdict_sources(d: Data, tz: ZoneInfo) -> list[tuple]:
+    by: dict[tuple, list] = defaultdict(lambda: [0, set()])
+    for r in d.results:
+        key = by[(r["scan_id"], r["verdict_source"])]
+        key[0] += 1
+        if r["content_hash"] is not None:
+            key[1].add(r["content_hash"])
+    return [(*k, n, len(h)) for k, (n, h) in sorted(by.items())]
+
+
 EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple]]]] = {
     "scans-overview": (("id", "name", "status", "model_sha256", "threshold", "total", "real", "fake", "errors",
                         "started_at", "finished_at"), expect_scans_overview),
@@ -397,6 +419,9 @@ EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple
                           expect_fake_video_tracks),
     "video-frames-over-time": (("track", "frame_index", "timestamp_s", "x", "y", "w", "h", "p_fake",
                                 "track_p_fake"), expect_video_frames_over_time),
+    "same-bytes-as-flagged": (("scan_id", "path", "status", "label", "p_fake", "verdict_source"),
+                              expect_same_bytes_as_flagged),
+    "verdict-sources": (("scan_id", "verdict_source", "files", "distinct_contents"), expect_verdict_sources),
 }
 
 
@@ -466,6 +491,8 @@ def test_the_scans_exercise_what_the_queries_ask(populated: Data, archive: Archi
     assert len(rates) == 2 and rates[0] != rates[1]
     assert [r[0] for r in expect_never_scored_by_current_model(d, ZoneInfo("UTC"))] == sorted(
         archive.beta + archive.bad + archive.faces + archive.videos)
+    sources = {(row[0], row[1]): row[2] for row in expect_verdict_sources(d, ZoneInfo("UTC"))}
+    assert sources[(3, "reused")] == len(archive.alpha) and (3, "computed") not in sources
     # Scan 3 (model A, threshold 1: all real) is model A's latest verdict on alpha, not scan 1.
     changed = expect_changed_between_models(d, ZoneInfo("UTC"))
     assert changed and all(row[1] == "real" and row[2] == "fake" for row in changed)

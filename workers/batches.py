@@ -6,7 +6,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -15,6 +15,7 @@ from dfscan.db.records import ResultRow
 from dfscan.trt.base import Runtime, run_batched, softmax
 from dfscan.trt.errors import InferenceFailed
 from dfscan.trt.model_info import TEMPERATURE_RANGE
+from dfscan.workers.dedupe import content_hash
 from dfscan.workers.errors import ImageError
 from dfscan.workers.decode import refuse_from_header
 from dfscan.workers.reader import MAX_FILE_BYTES, FileData, read_head, stat_quietly
@@ -33,7 +34,10 @@ class PreparedBatch:
 
     ``tensors`` holds the images that decoded, in the order of ``ok_index``
     (their positions in ``paths``); every other position has an entry in
-    ``errors``.  Each path is in exactly one of the two.
+    ``errors``, or in ``copy_of`` (its bytes are those of an earlier position
+    of the batch, whose row it takes: :mod:`workers.dedupe`).  Each path is in
+    exactly one of the three.  ``hashes`` holds each file's content hash (None
+    where its bytes were not all read; empty when nothing was hashed).
     """
 
     paths: list[str]
@@ -51,6 +55,23 @@ class PreparedBatch:
     # A batch of images and videos: each kind prepared on its own, ``(positions, part)`` per kind;
     # :func:`score` puts their rows back in the order of ``paths``.
     parts: list[tuple[list[int], "PreparedBatch"]] | None = None
+    hashes: list[str | None] = field(default_factory=list)
+    copy_of: dict[int, int] = field(default_factory=dict)
+
+    def subset(self, keep: Sequence[int]) -> "PreparedBatch":
+        """The batch of positions ``keep`` only (copies kept with their originals), tensors and items included."""
+        index = {old: new for new, old in enumerate(keep)}
+        rows = [k for k, pos in enumerate(self.ok_index) if pos in index]
+        tensors = self.tensors
+        if tensors is not None and len(rows) != len(self.ok_index):
+            tensors = tensors[rows] if rows else None
+        return PreparedBatch(
+            [self.paths[i] for i in keep], [self.sizes[i] for i in keep], [self.mtimes[i] for i in keep], tensors,
+            [index[p] for p in self.ok_index if p in index], {index[p]: e for p, e in self.errors.items() if p in index},
+            tag=self.tag, items=None if self.items is None else [self.items[k] for k in rows], scorer=self.scorer,
+            hashes=[self.hashes[i] for i in keep] if self.hashes else [],
+            copy_of={index[c]: index[o] for c, o in self.copy_of.items() if c in index},
+        )
 
 
 @dataclass(frozen=True)
@@ -149,9 +170,27 @@ class BatchMaker:
         outcome: dict[int, FileData | ImageError | np.ndarray] = {}
         complete: list[int] = []
         rest: list[int] = []
+        # Content hashes of the files read whole; a file whose bytes an earlier one had is a copy, not decoded.
+        hashes: list[str | None] = [None] * len(paths)
+        first: dict[str, int] = {}
+        copy_of: dict[int, int] = {}
+
+        def hashed_copies(positions: list[int], datas: Iterable[bytes]) -> set[int]:
+            copies = set()
+            for i, digest in zip(positions, self._pool.map(content_hash, datas)):
+                hashes[i] = digest
+                if first.setdefault(digest, i) != i:
+                    copy_of[i] = first[digest]
+                    copies.add(i)
+            return copies
+
+        whole = [i for i, h in enumerate(heads) if not isinstance(h, ImageError) and len(h.data) >= h.size]
+        copies = hashed_copies(whole, (heads[i].data for i in whole))  # type: ignore[union-attr]
         for i, item in enumerate(heads):
             if isinstance(item, ImageError):
                 outcome[i] = item
+            elif i in copies:
+                continue
             elif (refusal := refuse_from_header(item.data, self.max_pixels)) is not None:
                 outcome[i] = refusal
             elif len(item.data) >= item.size:
@@ -174,6 +213,8 @@ class BatchMaker:
                 take.append(i)
             full = dict(zip(take, self._pool.map(lambda i: self._whole(paths[i], heads[i]), take)))
             files = [i for i in take if not isinstance(full[i], ImageError)]
+            copies = hashed_copies(files, (full[i].data for i in files))  # type: ignore[union-attr]
+            files = [i for i in files if i not in copies]
             outcome.update({i: full[i] for i in take if isinstance(full[i], ImageError)})
             todo = round_ + files
             sources = [heads[i] if i in round_ else full[i] for i in todo]
@@ -190,13 +231,15 @@ class BatchMaker:
         tensors = []
         ok_index = []
         for i, path in enumerate(paths):
-            head, out = heads[i], outcome[i]
+            head, out = heads[i], outcome.get(i)
             if isinstance(head, ImageError):
                 size, mtime = stat_quietly(path)
             else:
                 size, mtime = head.size, head.mtime
             sizes.append(size)
             mtimes.append(mtime)
+            if out is None:  # a copy
+                continue
             if isinstance(out, ImageError):
                 errors[i] = out
             else:
@@ -204,9 +247,9 @@ class BatchMaker:
                 ok_index.append(i)
         if getattr(self.decoder, "per_image", False):
             return PreparedBatch(list(paths), sizes, mtimes, None, ok_index, errors, items=tensors,
-                                 scorer=self.decoder.score)
+                                 scorer=self.decoder.score, hashes=hashes, copy_of=copy_of)
         stacked = np.stack(tensors) if tensors else None
-        return PreparedBatch(list(paths), sizes, mtimes, stacked, ok_index, errors)
+        return PreparedBatch(list(paths), sizes, mtimes, stacked, ok_index, errors, hashes=hashes, copy_of=copy_of)
 
     def _head(self, path: str) -> FileData | ImageError:
         try:
@@ -236,7 +279,8 @@ def score(prepared: PreparedBatch, runtime: Runtime, verdict: Verdict) -> list[R
     """Rows for every path of ``prepared``, in order: verdicts for decoded images, errors for the rest.
 
     A runtime failure on the batch makes every image of it an error row; the
-    scan goes on.
+    scan goes on.  Copies (``prepared.copy_of``) take their original's row;
+    every row carries its file's content hash.
     """
     if prepared.parts is not None:
         rows: list[ResultRow | None] = [None] * len(prepared.paths)
@@ -245,8 +289,20 @@ def score(prepared: PreparedBatch, runtime: Runtime, verdict: Verdict) -> list[R
                 rows[pos] = row
         assert all(row is not None for row in rows), "a part left a path without a row"
         return rows  # type: ignore[return-value]
-    if prepared.scorer is not None:
-        return prepared.scorer(prepared, runtime, verdict)
+    if prepared.copy_of:
+        unique = [i for i in range(len(prepared.paths)) if i not in prepared.copy_of]
+        mine = dict(zip(unique, score(prepared.subset(unique), runtime, verdict)))
+        return [mine[i] if i in mine else mine[prepared.copy_of[i]].copied_to(path, prepared.sizes[i],
+                                                                                 prepared.mtimes[i], source="copy")
+                for i, path in enumerate(prepared.paths)]
+    rows = prepared.scorer(prepared, runtime, verdict) if prepared.scorer is not None else _score(prepared, runtime,
+                                                                                                     verdict)
+    if any(prepared.hashes):
+        rows = [replace(row, content_hash=h) if h else row for row, h in zip(rows, prepared.hashes)]
+    return rows
+
+
+def _score(prepared: PreparedBatch, runtime: Runtime, verdict: Verdict) -> list[ResultRow]:
     now = datetime.now(timezone.utc)
     errors = dict(prepared.errors)
     verdicts: dict[int, tuple[str, float, float]] = {}

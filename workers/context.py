@@ -37,6 +37,9 @@ class ScanContext:
     verdict: Verdict
     engine: Engine
     sessions: sessionmaker[Session]
+    # --reuse-verdicts: take an earlier scan's ok row for the same bytes and model (workers.dedupe).
+    # A fleet worker sets it per scan, from the scan's audit record.
+    reuse_verdicts: bool = False
 
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True) -> "ScanContext":
@@ -82,6 +85,7 @@ class ScanContext:
             verdict=verdict,
             engine=engine,
             sessions=db.session_factory(engine),
+            reuse_verdicts=settings.reuse_verdicts,
         )
 
     @property

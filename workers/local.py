@@ -8,6 +8,7 @@ row per path), so everything downstream (results, reports, SQL) is the same.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from dfscan import db
 from dfscan.scanner import ScanSource
@@ -34,10 +35,17 @@ class LocalScan:
     def _skipped(self, path: str, reason: str) -> None:
         self.warnings.append(f"{path}: {reason}; files under it were not scanned")
 
-    def run(self, *, stop: threading.Event | None = None, on_batch: ProgressHook | None = None) -> db.ScanSummary:
-        """Register, score every path, finish the scan; ``on_batch`` sees each batch's rows (a progress bar)."""
+    def run(self, *, stop: threading.Event | None = None, on_batch: ProgressHook | None = None,
+            instrument: Callable[[ScanContext], None] | None = None) -> db.ScanSummary:
+        """Register, score every path, finish the scan; ``on_batch`` sees each batch's rows (a progress bar).
+
+        ``instrument`` sees the context once it is open: the bench and the tests wrap its runtime to
+        time or count inference.
+        """
         ctx = ScanContext.open(self.settings)
         try:
+            if instrument is not None:
+                instrument(ctx)
             with ctx.sessions.begin() as session:
                 scan = register_scan(session, self.settings, ctx.info, self.source, name=self.name, mode="embedded",
                                      incremental=self.incremental, runtime=ctx.runtime_record())

@@ -23,6 +23,7 @@ from dfscan import db
 from dfscan.db.chunks import retry_db
 from dfscan.db.records import ResultRow
 from dfscan.scanner.chunks import Chunk, chunked
+from dfscan.workers import dedupe
 from dfscan.workers.batches import PreparedBatch, prefetch, score, split
 from dfscan.workers.context import ScanContext
 
@@ -103,6 +104,33 @@ def _write(ctx: ScanContext, chunk: Chunk, model_id: int, rows: list[ResultRow],
     retry_db(work, deadline_s=ctx.settings.db_retry_seconds, what=f"writing chunk {chunk.seq} of scan {chunk.scan_id}")
 
 
+def _scored(ctx: ScanContext, prepared: PreparedBatch, scan_id: int, model_id: int) -> list[ResultRow]:
+    """Rows of a batch, each distinct content scored once (:mod:`workers.dedupe`).
+
+    Before inference, one query asks which of the batch's content hashes this
+    scan (or, with ``reuse_verdicts``, an earlier scan of this model) already
+    has a verdict for; those files take it, the rest go to :func:`score`.
+    """
+
+    def lookup(hashes: list[str]) -> dict:
+        def read() -> dict:
+            with ctx.sessions() as session:
+                return db.known_verdicts(session, scan_id=scan_id, model_id=model_id, hashes=hashes,
+                                         reuse=ctx.reuse_verdicts, faces=ctx.faces_record() is not None)
+
+        return retry_db(read, deadline_s=ctx.settings.db_retry_seconds, what=f"looking up copies in scan {scan_id}")
+
+    if prepared.parts is not None:  # images and videos: each kind looked up on its own (videos have no hash)
+        rows: list[ResultRow | None] = [None] * len(prepared.paths)
+        for positions, part in prepared.parts:
+            for pos, row in zip(positions, _scored(ctx, part, scan_id, model_id)):
+                rows[pos] = row
+        return rows  # type: ignore[return-value]
+    options = getattr(ctx.batches.decoder, "options", None)
+    batch = dedupe.plan(prepared, lookup, scan_id, ctx.verdict, getattr(options, "aggregation", "max"))
+    return batch.rows(score(batch.todo, ctx.runtime, ctx.verdict) if batch.todo.paths else [])
+
+
 def _add_chunk(ctx: ScanContext, chunk: Chunk) -> int:
     with ctx.sessions.begin() as session:
         return db.add_chunk(session, scan_id=chunk.scan_id, seq=chunk.seq, paths=list(chunk.paths))
@@ -115,7 +143,7 @@ def score_chunk(ctx: ScanContext, chunk: Chunk, model_id: int, on_batch: Progres
         _write(ctx, chunk, model_id, [], counts)
         return _result(chunk, counts)
     for prepared in prefetch(_prepared(ctx, [chunk]), depth=2):
-        rows = score(prepared, ctx.runtime, ctx.verdict)
+        rows = _scored(ctx, prepared, chunk.scan_id, model_id)
         _tally(counts, rows)
         _write(ctx, chunk, model_id, rows, counts if prepared.tag.last else None)
         if on_batch is not None:
@@ -152,7 +180,7 @@ def run_local_scan(
                     lambda: _add_chunk(ctx, chunk), deadline_s=ctx.settings.db_retry_seconds, what="recording a chunk"
                 )
             chunk = Chunk(chunk.scan_id, chunk.seq, chunk.paths, recorded[chunk.seq])
-            rows = score(prepared, ctx.runtime, ctx.verdict)
+            rows = _scored(ctx, prepared, scan_id, model_id)
             _tally(counts, rows)
             _write(ctx, chunk, model_id, rows, counts if tag.last else None)
             if tag.last:

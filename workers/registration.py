@@ -96,6 +96,7 @@ def audit_record(settings: Settings, info: ModelInfo, source: ScanSource, *, mod
         "max_pixels": settings.max_pixels,
         "walk": source.record(),
         "incremental": incremental,
+        "reuse_verdicts": settings.reuse_verdicts,
     }
     if mode == "distributed":
         record["queue"] = settings.queue

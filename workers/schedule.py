@@ -7,7 +7,8 @@ A schedule file is TOML, one ``[[scan]]`` table per entry::
     cron = "30 2 * * *"               # minute hour day-of-month month day-of-week, UTC
     roots = ["/data/archive"]         # or "s3://bucket/prefix" (the worker's --s3-endpoint-url)
     model = "/models/deepfake/model.onnx"
-    # optional: paths_from, extensions, chunk_size, threshold, follow_symlinks, max_outstanding
+    # optional: paths_from, extensions, chunk_size, threshold, follow_symlinks, max_outstanding,
+    # reuse_verdicts (true: take an earlier scan's verdict for the same bytes and model)
 
 Beat sends one producer task per due entry; the task (:func:`run_entry`)
 registers an incremental scan and enqueues its chunks.  A redelivered task
@@ -27,7 +28,7 @@ from dfscan.settings import Settings, SettingsError, parse_extensions
 __all__ = ["ScheduleEntry", "ScheduleError", "beat_schedule", "load_schedule", "run_entry"]
 
 _KNOWN = {"name", "cron", "roots", "paths_from", "model", "extensions", "chunk_size", "threshold",
-          "follow_symlinks", "max_outstanding"}  # fmt: skip
+          "follow_symlinks", "max_outstanding", "reuse_verdicts"}  # fmt: skip
 
 
 class ScheduleError(SettingsError):
@@ -46,6 +47,7 @@ class ScheduleEntry:
     threshold: float | None = None
     follow_symlinks: bool = True
     max_outstanding: int | None = None
+    reuse_verdicts: bool | None = None  # None: the worker's DFSCAN_REUSE_VERDICTS
     options: dict[str, Any] = field(default_factory=dict)
 
     def crontab(self):
@@ -118,9 +120,16 @@ def _entry(table: dict[str, Any], where: str) -> ScheduleEntry:
             threshold=table.get("threshold"),
             follow_symlinks=bool(table.get("follow_symlinks", True)),
             max_outstanding=table.get("max_outstanding"),
+            reuse_verdicts=_flag(table.get("reuse_verdicts"), "reuse_verdicts"),
         )
     except SettingsError as exc:
         raise ScheduleError(f"{where}: {exc}") from None
+
+
+def _flag(value: Any, key: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise SettingsError(f"{key!r} must be true or false, got {value!r}")
+    return value
 
 
 def beat_schedule(entries: list[ScheduleEntry]) -> dict[str, dict[str, Any]]:
@@ -147,6 +156,7 @@ def run_entry(settings: Settings, message: dict[str, Any], *, run_key: str) -> i
     settings = settings.with_(
         model=Path(entry.model), extensions=tuple(entry.extensions) if entry.extensions else None,
         chunk_size=entry.chunk_size, threshold=entry.threshold, max_outstanding_chunks=entry.max_outstanding,
+        reuse_verdicts=entry.reuse_verdicts,
     )
     name = f"{entry.name} {run_key}"
     with Producer(settings) as producer:

@@ -56,6 +56,7 @@ class WorkerState:
         # Records each batch in the worker's Prometheus metrics, when they are served.
         self.on_batch = None
         self._noted_scans: set[int] = set()
+        self._reuse: dict[int, bool] = {}
 
     @property
     def sessions(self) -> "sessionmaker[Session]":
@@ -87,7 +88,22 @@ class WorkerState:
         ctx = self._ctx
         if ctx.verdict.threshold != head.threshold:
             ctx = dataclasses.replace(ctx, verdict=dataclasses.replace(ctx.verdict, threshold=head.threshold))
+        reuse = self.reuse_verdicts(head.scan_id)
+        if ctx.reuse_verdicts != reuse:
+            ctx = dataclasses.replace(ctx, reuse_verdicts=reuse)
         return ctx
+
+    def reuse_verdicts(self, scan_id: int) -> bool:
+        """Whether the scan was started with --reuse-verdicts (its audit record; this worker's setting if it
+        doesn't say); read once per scan."""
+        if scan_id not in self._reuse:
+            def read() -> dict:
+                with self.sessions() as session:
+                    return db.scan_audit(session, scan_id)
+
+            audit = self.retry(read, f"reading the audit record of scan {scan_id}")
+            self._reuse[scan_id] = bool(audit.get("reuse_verdicts", self.settings.reuse_verdicts))
+        return self._reuse[scan_id]
 
     def note_worker(self, ctx: "ScanContext", scan_id: int) -> None:
         """Record in ``scan_workers`` that this process scores ``scan_id``, with which runtime; once."""

@@ -66,6 +66,8 @@ class BenchOptions:
     # The video rows (dfscan.bench.video): sampling 1080p clips alone and in a scan, 10 min vs 10 s.
     videos: bool = False
     video_count: int = 4
+    # The dedupe rows (dfscan.bench.dedupe): this many files scanned all distinct, and half byte-copies.
+    dedupe: int | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class BenchReport:
     int8: dict[str, Any] | None = None
     faces: dict[str, Any] | None = None  # --faces: the end-to-end rate with faces on over faces off
     videos: dict[str, Any] | None = None  # --videos: videos/s, and sampling a 10-min video over a 10-s one
+    dedupe: dict[str, Any] | None = None  # --dedupe: inference seconds with half copies over all distinct
     seconds: float = 0.0
 
     def row(self, stage: str, variant: str) -> Row | None:

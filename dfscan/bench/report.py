@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dfscan.bench.dedupe import format_dedupe
 from dfscan.bench.records import BenchReport
 
 __all__ = ["format_report"]
@@ -68,6 +69,7 @@ def format_report(report: BenchReport) -> str:
             per = vd["seconds_per_video"]
             lines.append(f"sampling {vd['frames']} frames: 10-minute video {per['10-min'] * 1000:.0f} ms, 10-second "
                          f"video {per['10-s'] * 1000:.0f} ms = {vd['long_over_short']:.2f}x (goal: within 2x)")
+    lines.extend(format_dedupe(report.dedupe or {}))
     if report.int8 and report.int8.get("agreement"):
         a = report.int8["agreement"]
         lines.append(f"INT8 vs FP32 on {a['images']} images: {a['identical_share']:.2%} identical verdicts, "

@@ -9,6 +9,8 @@ One run, one set of images, one model.  Rows:
   unless one is given);
 * ``write``: result rows to SQLite, and to PostgreSQL when a URL is given;
 * ``scan``: the real in-process scan (walk, read, decode, infer, write) of the same images;
+* ``scan`` with ``--dedupe N``: N distinct files, and N files of which half are byte copies of the
+  other half (:mod:`dfscan.bench.dedupe`);
 * ``naive``: the original project's usage example run over the same images (Pillow and torchvision
   one image at a time, the eager PyTorch model in batches, one commit per row).
 
@@ -127,6 +129,12 @@ class _Bench:
             video, figures = video_rows(o, info, self.work, self.say, self._scan_settings)
             rows.extend(video)
             report.videos = figures
+        if o.dedupe:
+            from dfscan.bench.dedupe import dedupe_rows
+
+            dedupe, report.dedupe = dedupe_rows(o.dedupe, self.work, self.say,
+                                                lambda db_name: self._scan_settings(info, db_name))
+            rows.extend(dedupe)
         rows.append(self._naive_row(info, paths))
         self._ratios(report, scan_row)
         report.peak_rss_mib = stages.process_peak_rss_mib()

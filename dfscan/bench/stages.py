@@ -388,8 +388,11 @@ class ScanRun:
     audit: dict[str, Any]
 
 
-def measure_scan(settings, folder: Path) -> ScanRun:
-    """The real in-process scan of ``folder``; its own clock (scan start to finish, after the model loads)."""
+def measure_scan(settings, folder: Path, instrument=None) -> ScanRun:
+    """The real in-process scan of ``folder``; its own clock (scan start to finish, after the model loads).
+
+    ``instrument`` (optional) sees the scan's context once open (:meth:`workers.local.LocalScan.run`).
+    """
     from sqlalchemy import select
 
     from dfscan import db
@@ -401,7 +404,7 @@ def measure_scan(settings, folder: Path) -> ScanRun:
     start_rss = rss_mib()
     job = LocalScan(settings, ScanSource((str(folder),), (), WalkOptions(settings.scan_extensions)),
                     name="dfscan bench")
-    summary = job.run()
+    summary = job.run(instrument=instrument)
     peak = peak_rss_mib()
     engine = db.make_engine(settings.db_url)
     try:

@@ -44,6 +44,7 @@ __all__ = [
     "model_option",
     "one_line",
     "reports_errors",
+    "reuse_verdicts_option",
     "runtime_options",
     "s3_endpoint_option",
     "SCAN_ID",
@@ -200,6 +201,12 @@ def s3_endpoint_option(func: Callable) -> Callable:
                           help="Endpoint of an S3-compatible store for s3:// paths (http[s]://HOST:PORT) [default: "
                                "AWS, or AWS_ENDPOINT_URL_S3]. Credentials come from the AWS chain, never from "
                                "here.")(func)
+
+
+def reuse_verdicts_option(func: Callable) -> Callable:
+    return setting_option("--reuse-verdicts/--no-reuse-verdicts", field="reuse_verdicts", show_default=False,
+                          help="Take an earlier scan's 'ok' verdict for a file with the same bytes (content hash) "
+                               "and the same model instead of scoring it again [default: no].")(func)
 
 
 def json_option(what: str) -> Callable:

@@ -97,6 +97,8 @@ def _print_progress(p: Any) -> None:
     total = f"{p.images_total}" + ("" if p.walk_done else "+ (walk in progress)")
     click.echo(f"scan {p.scan_id} ({p.name}) {p.status}")
     click.echo(f"  images   {p.images_done} of {total} done: {p.ok} ok, {p.errors} errors")
+    click.echo(f"  verdicts {p.computed} scored, {p.copied} copies (same bytes earlier in this scan), "
+               f"{p.reused} reused (earlier scans)")
     click.echo(f"  chunks   {p.chunks_queued} queued, {p.chunks_done} done, {p.chunks_failed} failed")
     if p.skipped:
         click.echo(f"  skipped  {p.skipped} unchanged files (incremental)")

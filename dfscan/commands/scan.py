@@ -25,6 +25,7 @@ from dfscan.commands._options import (
     model_option,
     one_line,
     reports_errors,
+    reuse_verdicts_option,
     runtime_options,
     s3_endpoint_option,
     scan_id_option,
@@ -59,6 +60,7 @@ from dfscan.settings import from_env, parse_extensions
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links while walking.")
 @click.option("--incremental", is_flag=True, envvar="DFSCAN_INCREMENTAL", show_envvar=True,
               help="Skip files whose path, size and mtime already have an 'ok' (or 'no-face') row from this model.")
+@reuse_verdicts_option
 @broker_option
 @click.option("--wait", is_flag=True, help="With --broker: follow progress until the scan completes.")
 @max_outstanding_option
@@ -68,7 +70,7 @@ from dfscan.settings import from_env, parse_extensions
 def scan(roots: tuple[str, ...], model: Path | None, db_url: str, name: str | None, threshold: float | None,
          paths_from: tuple[str, ...], extensions: str | None, batch_size: int | None, chunk_size: int | None,
          runtime: str | None, decoder: str | None, precision: str | None, engine_dir: Path | None,
-         max_pixels: int | None, intra_op_threads: int | None, s3_endpoint_url: str | None, no_follow_symlinks: bool, incremental: bool, broker_url: str | None, wait: bool,
+         max_pixels: int | None, intra_op_threads: int | None, s3_endpoint_url: str | None, no_follow_symlinks: bool, incremental: bool, reuse_verdicts: bool | None, broker_url: str | None, wait: bool,
          max_outstanding_chunks: int | None, progress: bool | None, as_json: bool, **stages: Any) -> None:
     """Scan ROOTS (files and directories, recursively, or s3://BUCKET/PREFIX) and store one row per image or video.
 
@@ -92,6 +94,7 @@ def scan(roots: tuple[str, ...], model: Path | None, db_url: str, name: str | No
         engine_dir=engine_dir, max_pixels=max_pixels,
         intra_op_threads=intra_op_threads, follow_symlinks=False if no_follow_symlinks else None,
         broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks, s3_endpoint_url=s3_endpoint_url,
+        reuse_verdicts=reuse_verdicts,
         **face_settings(stages), **video_settings(stages),
     )
     source = ScanSource(tuple(check_roots(roots, settings.s3_endpoint_url)), tuple(paths_from),
@@ -159,6 +162,8 @@ def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str]
     click.echo(f"  error   {summary.errors}")
     if summary.no_face:
         click.echo(f"  no-face {summary.no_face} (faces on, no face found: neither a verdict nor an error)")
+    click.echo(f"  scored {summary.computed}, copies {summary.copied} (same bytes earlier in this scan), "
+               f"reused {summary.reused} (earlier scans, same model)")
     if skipped is not None:
         click.echo(f"  skipped {skipped} (unchanged since an earlier scan with this model)")
     if summary.errors_by_reason:
@@ -182,6 +187,9 @@ def summary_dict(summary: Any) -> dict:
         "fake": summary.fake,
         "errors": summary.errors,
         "no_face": getattr(summary, "no_face", 0),
+        "computed": summary.computed,
+        "copied": summary.copied,
+        "reused": summary.reused,
         "errors_by_reason": dict(summary.errors_by_reason),
         "started_at": summary.started_at,
         "finished_at": summary.finished_at,
@@ -191,7 +199,8 @@ def summary_dict(summary: Any) -> dict:
 
 
 RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256", "scanned_at",
-                  "faces", "faces_found", "kind", "frames", "duration_s", "notes")
+                  "faces", "faces_found", "kind", "frames", "duration_s", "notes",
+                  "content_hash", "verdict_source")
 
 
 @click.command()
