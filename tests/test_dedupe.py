@@ -451,3 +451,25 @@ def test_migration_0011_down_and_up_keeps_rows(db_engine) -> None:
             ("/x", None, "computed")]
         with pytest.raises(IntegrityError, match="verdict_source"):
             conn.execute(text("UPDATE results SET verdict_source = 'guessed'"))
+
+
+def test_a_batch_of_images_and_videos_reuses_its_images(tmp_path: Path, sqlite_url: str) -> None:
+    """A batch that mixes images and videos looks up each kind on its own: the images' verdicts are reused."""
+    from tests._models import export_tiny_video_model
+    from tests._videos import write_video
+
+    model = export_tiny_video_model(tmp_path / "model", frames=4).parent  # the folder: image and video graphs
+    originals, copies = archive(tmp_path / "in", n=3)
+    write_video(tmp_path / "in" / "a" / "clip.mp4", 12)
+    write_video(tmp_path / "in" / "b" / "clip.mp4", 12)
+    settings = Settings(db_url=sqlite_url, model=model, batch_size=16, frames=4)
+    scan_of = lambda root: LocalScan(settings.with_(reuse_verdicts=True),  # noqa: E731
+                                     ScanSource((str(root),), (), WalkOptions(settings.scan_extensions)), name="m")
+    first = scan_of(tmp_path / "in" / "a").run()
+    assert (first.total, first.computed) == (5, 5)
+    second = scan_of(tmp_path / "in" / "b").run()
+    assert (second.total, second.reused, second.computed) == (5, 3, 2)  # the video and the non-image are scored
+    rows = table_rows(sqlite_url, second.scan_id)
+    assert rows[str(tmp_path / "in" / "b" / "clip.mp4")]["kind"] == "video"
+    assert rows[str(tmp_path / "in" / "b" / "clip.mp4")]["verdict_source"] == "computed"
+    assert {rows[str(c)]["verdict_source"] for c in copies[:3]} == {"reused"}
