@@ -264,8 +264,11 @@ def _faces_svg(s: Suspect, uri: str, full: tuple[int, int], px: int) -> str:
     )
 
 
-def _video_strip(s: Suspect, px: int) -> str:
-    """The flagged track's sampled frames, read again from the video at their times, its face box drawn on each."""
+def _video_strip(s: Suspect, px: int, store=None) -> str:
+    """The flagged track's sampled frames, read again from the video at their times, its face box drawn on each.
+
+    An ``s3://`` video is read through ``store``, the scan's endpoint (streamed, as the scan read it).
+    """
     from PIL import Image
 
     from dfscan.workers.errors import ImageError
@@ -274,7 +277,7 @@ def _video_strip(s: Suspect, px: int) -> str:
     if not s.strip:
         return _placeholder(px, "no frames recorded")
     try:
-        video = frames_at(s.path, [t for _i, t, _b, _p in s.strip], max_side=px * 2, time_limit_s=30.0)
+        video = frames_at(s.path, [t for _i, t, _b, _p in s.strip], max_side=px * 2, time_limit_s=30.0, store=store)
     except ImageError as exc:
         return _placeholder(px, exc.message)
     except Exception as exc:  # noqa: BLE001 - one bad strip must not lose the report
@@ -312,7 +315,7 @@ def _suspect(s: Suspect, px: int, explained: list[db.ExplanationRow] | None = No
     if s.kind == "video":
         track = "" if s.track is None else f", track {s.track}"
         return (
-            f'<figure class="suspect video" data-path="{escape(s.path)}">{_video_strip(s, px // 2 + 24)}'
+            f'<figure class="suspect video" data-path="{escape(s.path)}">{_video_strip(s, px // 2 + 24, store)}'
             f'<figcaption><span class="score">p_fake {s.p_fake:.4f}</span> <span class="muted">(video, '
             f'{escape(s.label)}, confidence {s.confidence:.3f}, {len(s.strip)} frames{track})</span><br>'
             f'<span class="path">{escape(s.path)}</span></figcaption></figure>'

@@ -33,9 +33,12 @@ planning pass only; the size limit is what bounds DALI's share.
 MJPEG is left out of the CPU table: DALI 2.4's CPU video decoder killed the
 process (SIGSEGV, no exception) on an MJPEG AVI whose every frame had noise in
 its scan data (PyAV refuses that file with a reason). Random corruption raised
-a normal error that the bisection handles. Which sampler a scan uses: PyAV on
-the CPU (it seeks and streams; DALI's CPU backend has no advantage there and
-serves the parity tests), DALI ``mixed`` on a GPU.
+a normal error that the bisection handles. Which sampler a scan uses follows its
+image decoder (:func:`workers.video_stage.video_sampler`): ``dali-gpu`` (and
+``dali`` or ``auto`` where DALI has a GPU) samples with DALI ``mixed``,
+``dali-cpu`` (and ``dali`` without a GPU) with DALI's CPU backend, ``pillow``
+with PyAV alone; ``s3://`` videos are always PyAV's (it streams them; DALI
+would need the whole object in memory).
 """
 
 from __future__ import annotations
@@ -195,7 +198,7 @@ class DaliVideoSampler:
 
     def __init__(self, *, device: str = "cpu", batch_size: int = 8, threads: int = 2, device_id: int = 0,
                  max_side: int | None = DEFAULT_MAX_SIDE, max_bytes: int = DEFAULT_MAX_BYTES,
-                 codecs: frozenset[str] | None = None) -> None:
+                 codecs: frozenset[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         if device not in DALI_VIDEO_CODECS:
             raise ValueError(f"device must be one of {', '.join(DALI_VIDEO_CODECS)}, got {device!r}")
         import nvidia.dali
@@ -208,6 +211,7 @@ class DaliVideoSampler:
         self.device_id = device_id
         self.max_side = max_side
         self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
         self.codecs = DALI_VIDEO_CODECS[device] if codecs is None else frozenset(codecs)
         self.stats: Counter = Counter()
         self._pipe = None
@@ -264,7 +268,7 @@ class DaliVideoSampler:
         for i, path in enumerate(paths):
             try:
                 plan, data = self._plan(path, frames, time_limit_s)
-            except ImageError:
+            except (ImageError, OSError):
                 plan = None  # PyAV, the reference, decides: it scores the file or gives its reason
             if plan is None:  # a codec DALI doesn't decode here, a file too large for memory, or a failed plan
                 results[i] = self._pyav(path, frames, time_limit_s)
@@ -286,15 +290,13 @@ class DaliVideoSampler:
         return results  # type: ignore[return-value]
 
     def _plan(self, path: str, frames: int, time_limit_s: float) -> tuple[FramePlan | None, np.ndarray | None]:
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            size = 0  # _container reports a missing or unreadable file with its reason
+        _container(path)  # a missing, unreadable or irregular file (a FIFO: never opened to wait) is PyAV's to say
+        size = os.path.getsize(path)
         if size > self.max_bytes:
             return None, None
         with open(path, "rb") as fh:
             data = fh.read()
-        plan = plan_frames(path, data, frames, time_limit_s=time_limit_s)
+        plan = plan_frames(path, data, frames, time_limit_s=time_limit_s, max_pixels=self.max_pixels)
         if plan.codec not in self.codecs:
             return None, None
         return plan, np.frombuffer(data, dtype=np.uint8)
@@ -302,7 +304,8 @@ class DaliVideoSampler:
     def _pyav(self, path: str, frames: int, time_limit_s: float) -> SampledVideo | ImageError:
         self.stats["pyav"] += 1
         try:
-            return sample_video(path, frames, time_limit_s=time_limit_s, max_side=self.max_side)
+            return sample_video(path, frames, time_limit_s=time_limit_s, max_side=self.max_side,
+                                max_pixels=self.max_pixels)
         except ImageError as exc:
             return exc
 

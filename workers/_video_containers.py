@@ -23,39 +23,38 @@ class ContainerSpec:
     name: str
     demuxer: str  # FFmpeg's demuxer name, passed to av.open(format=...)
     matches: Callable[[bytes], bool]
-    # Why a file of this container that FFmpeg refused looks cut short (None: it doesn't).
-    missing_index: Callable[[str], str | None] | None = None
+    # Why a file of this container that FFmpeg refused looks cut short (None: it doesn't), from
+    # ``read_at(offset, n) -> bytes`` and the file's size.
+    missing_index: Callable[[Callable[[int, int], bytes], int], str | None] | None = None
 
 
 def _mp4(head: bytes) -> bool:
     return len(head) >= 8 and head[4:8] in _MP4_BOXES
 
 
-def mp4_missing_moov(path: str) -> str | None:
+def mp4_missing_moov(read_at: Callable[[int, int], bytes], size: int) -> str | None:
     """'no moov atom ...' when the file's top-level boxes hold no moov: an interrupted copy or recording.
 
-    Walks the box headers only (a seek per box), never the media data.
+    Walks the box headers only (``read_at(offset, n)`` per box: a seek on disk, a ranged GET in object
+    storage), never the media data.
     """
-    import os
-
     seen: list[bytes] = []
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        pos = 0
-        while pos + 8 <= size and len(seen) < 10_000:
-            fh.seek(pos)
-            header = fh.read(16)
-            length, kind = struct.unpack(">I4s", header[:8])
-            if length == 1 and len(header) >= 16:
-                length = struct.unpack(">Q", header[8:16])[0]
-            elif length == 0:  # the box runs to the end of the file
-                length = size - pos
-            if length < 8:
-                break
-            seen.append(kind)
-            if kind == b"moov":
-                return None
-            pos += length
+    pos = 0
+    while pos + 8 <= size and len(seen) < 10_000:
+        header = read_at(pos, 16)
+        if len(header) < 8:
+            break
+        length, kind = struct.unpack(">I4s", header[:8])
+        if length == 1 and len(header) >= 16:
+            length = struct.unpack(">Q", header[8:16])[0]
+        elif length == 0:  # the box runs to the end of the file
+            length = size - pos
+        if length < 8:
+            break
+        seen.append(kind)
+        if kind == b"moov":
+            return None
+        pos += length
     if pos > size:
         cut = seen[-1].decode("latin-1") if seen else "?"
         return f"no moov atom (the file ends inside its '{cut}' box: cut short while being copied or recorded)"

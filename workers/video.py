@@ -12,7 +12,10 @@ one does, never a decode of the whole stream.  The container's index
 closer than :data:`FORWARD_S` are decoded on to.
 
 PyAV opens the path itself and reads it in small blocks: a video is never
-read into memory whole, and may be larger than the image reader's limit.
+read into memory whole, and may be larger than the image reader's limit.  An
+``s3://`` video is read the same way over HTTP, from a presigned URL, seeking
+with Range requests (:mod:`workers._video_objects`); its messages never hold
+that URL.
 Frames come out as upright RGB (the display matrix of phone videos applied),
 downscaled so that their longer side is at most ``max_side``: sixteen 8K
 frames would otherwise hold 1.6 GB.
@@ -31,12 +34,15 @@ import math
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
+from dfscan.scanner.objects import is_object_url
 from dfscan.settings import DEFAULT_VIDEO_EXTENSIONS
 from dfscan.workers._video_containers import SIGNATURE_BYTES, ContainerSpec, container_for, what_else
 from dfscan.workers.errors import VideoError
@@ -109,16 +115,19 @@ def sample_video(
     max_side: int | None = DEFAULT_MAX_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     threads: int = 1,
+    store=None,
 ) -> SampledVideo:
-    """``frames`` frames of the video at ``path``, evenly spaced in time; raises :class:`VideoError`."""
+    """``frames`` frames of the video at ``path``, evenly spaced in time; raises :class:`VideoError`.
+
+    ``path`` may be an ``s3://`` URL, read through ``store`` (a :class:`~dfscan.scanner.objects.ObjectStore`;
+    None: the default endpoint's).
+    """
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
     deadline = time.monotonic() + time_limit_s
-    spec, container = _open(path, time_limit_s, frames)
-    try:
-        return _Sampler(container, spec, frames, deadline, time_limit_s, max_side, max_pixels, threads).run()
-    finally:
-        container.close()
+    source, container = _open(path, time_limit_s, frames, store)
+    with _closing(container, source):
+        return _Sampler(container, source.spec, frames, deadline, time_limit_s, max_side, max_pixels, threads).run()
 
 
 def frames_at(
@@ -128,37 +137,78 @@ def frames_at(
     time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     max_side: int | None = DEFAULT_MAX_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    store=None,
 ) -> SampledVideo:
     """The frames on screen at ``times_s`` (seconds from the stream's start, ascending): a scan's stored
-    timestamps give back the frames it scored (the report's strip).  Same errors as :func:`sample_video`."""
+    timestamps give back the frames it scored (the report's strip).  Same errors and ``store`` as
+    :func:`sample_video`."""
     if not times_s:
         raise ValueError("no times given")
     deadline = time.monotonic() + time_limit_s
-    spec, container = _open(path, time_limit_s, len(times_s))
-    try:
-        sampler = _Sampler(container, spec, len(times_s), deadline, time_limit_s, max_side, max_pixels, 1)
+    source, container = _open(path, time_limit_s, len(times_s), store)
+    with _closing(container, source):
+        sampler = _Sampler(container, source.spec, len(times_s), deadline, time_limit_s, max_side, max_pixels, 1)
         sampler.at_s = sorted(float(t) for t in times_s)
         return sampler.run()
-    finally:
-        container.close()
 
 
 # -- opening ------------------------------------------------------------------------------
 
 
-def _open(path: str, time_limit_s: float, requested: int):
-    """The container spec and the open PyAV container (its one demuxer named); raises :class:`VideoError`."""
+@dataclass(frozen=True)
+class _Source:
+    """What :func:`_open` opened: its container spec and, for an object, what keeps its presigned URL secret."""
+
+    spec: ContainerSpec
+    missing_index: Callable[[], str | None]  # why the container looks cut short (None: it doesn't)
+    remote: Any = None  # the ObjectVideo of an s3:// video (workers._video_objects); None for a file
+
+    def error(self, exc: BaseException, path: str) -> VideoError:
+        """The row's reason for a container FFmpeg refused to open."""
+        if self.remote is None:
+            return _open_error(exc, self.spec, path, self.missing_index)
+        found = self.remote.http_error(exc) or _open_error(exc, self.spec, path, self.missing_index)
+        return VideoError(found.code, self.remote.clean(found.message))
+
+
+def _open(path: str, time_limit_s: float, requested: int, store=None):
+    """The source and the open PyAV container (its one demuxer named); raises :class:`VideoError`."""
     import av
 
-    spec = _container(path)
+    if is_object_url(path):
+        from dfscan.scanner.objects import object_store
+        from dfscan.workers._video_objects import open_object
+
+        video = open_object(path, store if store is not None else object_store(), time_limit_s)
+        source, target = _Source(video.spec, video.missing_index, video), video.presigned
+    else:
+        spec = _container(path)
+        source, target = _Source(spec, lambda: _local_missing_index(spec, path)), path
     try:
-        container = av.open(path, format=spec.demuxer, timeout=(time_limit_s, time_limit_s),
+        container = av.open(target, format=source.spec.demuxer, timeout=(time_limit_s, time_limit_s),
                             metadata_errors="replace")
     except av.error.ExitError:
         raise _timeout(time_limit_s, 0, requested) from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise _open_error(exc, spec, path) from None
-    return spec, container
+        raise source.error(exc, path) from None
+    return source, container
+
+
+@contextmanager
+def _closing(container, source: _Source):
+    """Close ``container`` after use; an object's unforeseen errors leave as its row's reason, the URL cleaned out."""
+    try:
+        yield
+    except VideoError:
+        raise
+    except Exception as exc:
+        if source.remote is None:
+            raise  # a file's: the video stage makes it a decode-failed row, as before
+        error = source.remote.http_error(exc) or VideoError(
+            "decode-failed", f"video decode failed: {source.remote.clean(_short(exc))}")
+        raise error from None
+    finally:
+        container.close()
 
 
 def _container(path: str) -> ContainerSpec:
@@ -189,13 +239,26 @@ def _container(path: str) -> ContainerSpec:
     return spec
 
 
-def _open_error(exc: BaseException, spec: ContainerSpec, path: str) -> VideoError:
-    text = _short(exc).split(": '")[0]  # FFmpeg's message without the path it appends
+def _local_missing_index(spec: ContainerSpec, path: str) -> str | None:
+    if spec.missing_index is None:
+        return None
+    with open(path, "rb") as fh:
+        def read_at(offset: int, n: int) -> bytes:
+            fh.seek(offset)
+            return fh.read(n)
+
+        return spec.missing_index(read_at, os.fstat(fh.fileno()).st_size)
+
+
+def _open_error(exc: BaseException, spec: ContainerSpec, path: str,
+                missing_index: Callable[[], str | None] | None = None) -> VideoError:
+    """The row's reason for a container FFmpeg refused; ``missing_index`` says why it looks cut short."""
+    text = _short(exc).split(": '")[0]  # FFmpeg's message without the path (or URL) it appends
     if isinstance(exc, FileNotFoundError):
         return VideoError("missing", "file not found (vanished since it was listed)")
     if isinstance(exc, PermissionError):
         return VideoError("unreadable", "permission denied")
-    missing = spec.missing_index(path) if spec.missing_index is not None else None
+    missing = (missing_index or (lambda: _local_missing_index(spec, path)))()
     if missing:
         return VideoError("truncated", f"truncated {spec.name.upper()}: {missing}")
     if "end of file" in text.lower():

@@ -20,10 +20,18 @@ track's, and every frame of every track is a :class:`~dfscan.db.records.FrameRow
 
 Crops wait for the runtime as uint8 (a quarter of float32's memory) and are
 normalised batch by batch.
+
+Which decoder samples the frames follows the scan's image decoder
+(:data:`VIDEO_SAMPLERS`): with a DALI one, DALI's video decoder
+(:class:`workers._dali_video.DaliVideoSampler`, which hands each file it can't
+take to PyAV), else PyAV.  ``s3://`` videos are always PyAV's: it streams them
+over HTTP from a presigned URL (:mod:`workers._video_objects`); the row's size
+and mtime come from the object's HEAD.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +42,8 @@ import numpy as np
 from PIL import Image
 
 from dfscan.db.records import FrameRow, ResultRow
+from dfscan.redact import mask_text
+from dfscan.scanner.objects import ObjectError, ObjectPath, is_object_url, object_store
 from dfscan.scanner.paths import on_disk
 from dfscan.trt.base import Runtime, run_batched
 from dfscan.trt.errors import InferenceFailed
@@ -52,6 +62,12 @@ from dfscan.workers.video import (
     pyav_version,
     sample_video,
 )
+
+# The video sampler each image decoder implies: None is PyAV alone; else DALI's video decoder on that device
+# ("auto": as plain ``dali``, where DALI can use a GPU, else its CPU backend). ``auto`` resolves first.
+VIDEO_SAMPLERS: dict[str, str | None] = {"pillow": None, "dali": "auto", "dali-gpu": "gpu", "dali-cpu": "cpu"}
+
+log = logging.getLogger(__name__)
 
 PER_FRAME_NOTE = ("no video model: each frame scored alone by the image model, p_fake the mean over a track's "
                   "frames (a weaker verdict than a sequence model's)")
@@ -95,7 +111,7 @@ class VideoStage:
 
     def __init__(self, pre: Preprocess, options: VideoOptions, *, faces: FaceStage | None = None,
                  sequence_runtime: Runtime | None = None, threads: int = 2, batch_size: int = 64,
-                 why_per_frame: str | None = None) -> None:
+                 why_per_frame: str | None = None, sampler=None, store=None) -> None:
         self.pre = pre
         # Said on every video row scored per frame where the sidecar promised a sequence model.
         self.why_per_frame = why_per_frame
@@ -104,6 +120,9 @@ class VideoStage:
         self.sequence_runtime = sequence_runtime
         self.batch_size = batch_size
         self.version = pyav_version()
+        # DALI's video sampler (workers._dali_video.DaliVideoSampler) for the files on disk; None: PyAV alone.
+        self.sampler = sampler
+        self.store = store  # reads s3:// videos (scanner.objects.ObjectStore; None: the default endpoint's)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="video")
         # Videos are sampled in parallel; the face detector (one torch model) sees one video at a time.
         self._detect_lock = threading.Lock()
@@ -118,8 +137,11 @@ class VideoStage:
         return self.options.frames if self.wants(path) else 1
 
     def record(self) -> dict:
+        sampler = self.sampler
         return {"frames": self.options.frames, "time_limit_s": self.options.time_limit_s,
-                "decoder": self.version, "faces": self.faces is not None,
+                # The sampler of videos on disk; PyAV stands in for DALI per file, and reads every s3:// video.
+                "decoder": self.version if sampler is None else f"{sampler.name} (DALI {sampler.version})",
+                "fallback": None if sampler is None else self.version, "faces": self.faces is not None,
                 "scoring": "sequence" if self.sequence_runtime is not None else "per-frame",
                 "why_per_frame": self.why_per_frame,
                 "sequence_model": str(getattr(getattr(self.sequence_runtime, "info", None), "path", "") or "")
@@ -128,10 +150,10 @@ class VideoStage:
     # -- preparing --------------------------------------------------------------------------
 
     def prepare(self, paths: Sequence[str]) -> PreparedBatch:
-        outcomes = list(self._pool.map(self._prepare_one, paths))
+        by_dali = self._sample_with_dali(paths)
+        outcomes = list(self._pool.map(self._prepare_one, paths, by_dali))
         sizes, mtimes, items, ok_index, errors = [], [], [], [], {}
-        for i, (path, out) in enumerate(zip(paths, outcomes)):
-            size, mtime = stat_quietly(path)
+        for i, (out, size, mtime) in enumerate(outcomes):
             sizes.append(size)
             mtimes.append(mtime)
             if isinstance(out, ImageError):
@@ -141,16 +163,47 @@ class VideoStage:
                 ok_index.append(i)
         return PreparedBatch(list(paths), sizes, mtimes, None, ok_index, errors, items=items, scorer=self.score)
 
-    def _prepare_one(self, path: str) -> VideoItem | ImageError:
+    def _sample_with_dali(self, paths: Sequence[str]) -> list[SampledVideo | ImageError | None]:
+        """DALI's answer for each video on disk (None: PyAV samples it, as it does every s3:// video)."""
+        out: list[SampledVideo | ImageError | None] = [None] * len(paths)
+        local = [i for i, p in enumerate(paths) if not is_object_url(p)]
+        if self.sampler is None or not local:
+            return out
         try:
-            video = sample_video(on_disk(path), self.options.frames, time_limit_s=self.options.time_limit_s,
-                                 max_side=self.options.max_side, max_pixels=self.pre.max_pixels)
-            return self._item(video)
+            found = self.sampler.sample_batch([on_disk(paths[i]) for i in local], self.options.frames,
+                                              time_limit_s=self.options.time_limit_s)
+        except Exception as exc:  # noqa: BLE001 - DALI itself failed (its pipeline can't be built): PyAV samples all
+            self.sampler.stats["batches_left_to_pyav"] += 1
+            log.warning("DALI's video sampler failed on a batch of %d videos (%s); PyAV samples them",
+                        len(local), mask_text(_first_line(exc)))
+            return out
+        for i, video in zip(local, found):
+            out[i] = video
+        return out
+
+    def _prepare_one(self, path: str, sampled: SampledVideo | ImageError | None = None
+                     ) -> tuple[VideoItem | ImageError, int | None, float | None]:
+        """The video's item or its error, and the size and mtime for its row."""
+        if is_object_url(path):
+            try:
+                # The listing's size and LastModified where the path carries them, else a HEAD request.
+                info = path.stat() if isinstance(path, ObjectPath) else (self.store or object_store()).head(path)
+            except ObjectError as exc:
+                return VideoError(exc.code, exc.message), None, None
+            size, mtime = info.size, info.mtime
+        else:
+            size, mtime = stat_quietly(path)
+        try:
+            video = sampled if sampled is not None else sample_video(
+                on_disk(path), self.options.frames, time_limit_s=self.options.time_limit_s,
+                max_side=self.options.max_side, max_pixels=self.pre.max_pixels, store=self.store)
+            if isinstance(video, ImageError):
+                return video, size, mtime
+            return self._item(video), size, mtime
         except ImageError as exc:
-            return exc
+            return exc, size, mtime
         except Exception as exc:  # noqa: BLE001 - a decoder bug is this video's error, not the batch's
-            text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            return VideoError("decode-failed", f"video decode failed: {text}")
+            return VideoError("decode-failed", f"video decode failed: {mask_text(_first_line(exc))}"), size, mtime
 
     def _item(self, video: SampledVideo) -> VideoItem:
         notes = list(video.notes)
@@ -290,8 +343,14 @@ class VideoStage:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        if self.sampler is not None:
+            self.sampler.close()
         if self.sequence_runtime is not None:
             self.sequence_runtime.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _resized(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -319,5 +378,28 @@ def video_stage(pre: Preprocess, settings, info, *, faces: FaceStage | None) -> 
         sequence_runtime = load_runtime("onnxruntime", inspect_video_model(info),
                                         intra_op_threads=settings.intra_op_threads)
     options = VideoOptions.from_settings(settings, info.frames)
+    try:
+        sampler = video_sampler(settings.decoder, options, pre, threads=settings.decode_threads,
+                                batch_size=settings.batch_size)
+    except Exception:
+        if sequence_runtime is not None:
+            sequence_runtime.close()
+        raise
     return VideoStage(pre, options, faces=faces, sequence_runtime=sequence_runtime,
-                      threads=settings.decode_threads, batch_size=settings.batch_size, why_per_frame=why)
+                      threads=settings.decode_threads, batch_size=settings.batch_size, why_per_frame=why,
+                      sampler=sampler, store=object_store(settings.s3_endpoint_url))
+
+
+def video_sampler(decoder: str, options: VideoOptions, pre: Preprocess, *, threads: int = 2, batch_size: int = 64):
+    """DALI's video sampler for a scan whose image decoder is ``decoder`` (:data:`VIDEO_SAMPLERS`), or None: PyAV."""
+    from dfscan.workers.decoders import dali_device, resolve_decoder
+
+    device = VIDEO_SAMPLERS.get(resolve_decoder(decoder).name)
+    if device is None:
+        return None
+    from dfscan.workers._dali_video import DaliVideoSampler
+
+    # A batch of ``batch_size`` frames holds at most batch_size // T videos: DALI's batch is that.
+    return DaliVideoSampler(device=dali_device() if device == "auto" else device,
+                            batch_size=max(1, batch_size // options.frames), threads=threads,
+                            max_side=options.max_side, max_pixels=pre.max_pixels)
