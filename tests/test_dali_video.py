@@ -225,3 +225,106 @@ def test_mixed_decoder_takes_the_same_frames_as_pyav(tmp_path: Path) -> None:
         assert got.indices == ref.indices
         mad = np.mean([np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() for a, b in zip(got.frames, ref.frames)])
         assert mad < MAX_MEAN_ABS_DIFF
+
+
+# -- the scan: DALI's video decoder follows the scan's DALI image decoder ------------------------------
+
+import json  # noqa: E402
+
+from click.testing import CliRunner  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from dfscan import db  # noqa: E402
+from dfscan.cli import main  # noqa: E402
+from tests._models import linear_probe_onnx_model  # noqa: E402,F401 - fixture
+from tests._videos import truncate_without_moov  # noqa: E402
+
+
+def _three_videos(folder: Path) -> list[Path]:
+    """A VP9 WebM (DALI's CPU backend), an H.264 MP4 (PyAV's there), and a broken MP4 (no moov)."""
+    folder.mkdir(parents=True)
+    # Each frame draws its index (smooth areas: pixel noise would measure chroma upsampling, which differs).
+    return [
+        write_video(folder / "a.webm", 24, codec="vp9-webm"),
+        write_video(folder / "b.mp4", 24, codec="h264-mp4"),
+        truncate_without_moov(write_video(folder / "c.mp4", 24, codec="h264-mp4")),
+    ]
+
+
+def _scan(folder: Path, model: Path, db_url: str, decoder: str) -> tuple[dict[str, tuple], dict]:
+    """name -> (status, error_code, p_fake, frames) of each row, and the worker's video record."""
+    out = CliRunner().invoke(main, ["scan", str(folder), "--model", str(model), "--db", db_url, "--decoder", decoder,
+                                    "--frames", "6", "--json", "--no-progress"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    scan_id = json.loads(out.output[out.output.index("{"):])["scan_id"]
+    engine = db.make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT v.path, v.status, r.error_code, v.p_fake, v.frames FROM scan_results AS v "
+                                     "JOIN results AS r ON r.scan_id = v.scan_id AND r.path = v.path "
+                                     "WHERE v.scan_id = :s"), {"s": scan_id}).all()
+            (info,) = conn.execute(text("SELECT info FROM scan_workers WHERE scan_id = :s"), {"s": scan_id}).scalars()
+    finally:
+        engine.dispose()
+    info = json.loads(info) if isinstance(info, str) else info
+    return {Path(r.path).name: (r.status, r.error_code, r.p_fake, r.frames) for r in rows}, info["video"]
+
+
+def test_a_dali_cpu_scan_samples_webm_with_dali_and_scores_as_pyav_does(tmp_path, linear_probe_onnx_model,  # noqa: F811
+                                                                       sqlite_url):
+    folder = tmp_path / "in"
+    _three_videos(folder)
+    dali, dali_record = _scan(folder, linear_probe_onnx_model, sqlite_url, "dali-cpu")
+    pyav, pyav_record = _scan(folder, linear_probe_onnx_model, sqlite_url, "pillow")
+    assert dali_record["decoder"].startswith("dali-video-cpu (DALI ") and dali_record["fallback"].startswith("PyAV ")
+    assert pyav_record["decoder"].startswith("PyAV ") and pyav_record["fallback"] is None
+    # One row per file, the broken one with its reason; the linear probe's p_fake moves with every pixel.
+    assert set(dali) == set(pyav) == {"a.webm", "b.mp4", "c.mp4"}
+    assert dali["c.mp4"][:2] == pyav["c.mp4"][:2] == ("error", "truncated")
+    for name in ("a.webm", "b.mp4"):
+        assert dali[name][0] == pyav[name][0] == "ok" and dali[name][3] == pyav[name][3] == 6
+        assert dali[name][2] == pytest.approx(pyav[name][2], abs=0.005), name
+    print(f"\np_fake DALI cpu / PyAV: a.webm {dali['a.webm'][2]:.4f} / {pyav['a.webm'][2]:.4f}")
+
+
+def test_the_stage_hands_webm_to_dali_and_the_rest_to_pyav(tmp_path, linear_probe_onnx_model):  # noqa: F811
+    """Which sampler took each file, by the sampler's counters (the scan above can't see them)."""
+    from dfscan.settings import Settings
+    from dfscan.trt.model_info import inspect_model
+    from dfscan.workers.decode import Preprocess
+    from dfscan.workers.video_stage import video_stage
+
+    paths = _three_videos(tmp_path / "in")
+    gone = tmp_path / "in" / "gone.webm"  # vanished since it was listed: PyAV says so
+    info = inspect_model(linear_probe_onnx_model)
+    stage = video_stage(Preprocess(), Settings(model=linear_probe_onnx_model, decoder="dali-cpu", frames=4), info,
+                        faces=None)
+    try:
+        prepared = stage.prepare([str(p) for p in paths] + [str(gone)])
+        assert stage.sampler is not None and stage.sampler.device == "cpu"
+        assert stage.sampler.stats["dali"] == 1 and stage.sampler.stats["pyav"] == 3  # the MP4s and the gone file
+    finally:
+        stage.close()
+    assert prepared.ok_index == [0, 1]
+    assert {i: e.code for i, e in prepared.errors.items()} == {2: "truncated", 3: "missing"}
+    assert prepared.sizes[:3] == [p.stat().st_size for p in paths] and prepared.sizes[3] is None
+    pillow = video_stage(Preprocess(), Settings(model=linear_probe_onnx_model, decoder="pillow"), info, faces=None)
+    assert pillow.sampler is None
+    pillow.close()
+
+
+@pytest.mark.gpu
+def test_a_dali_gpu_scan_samples_h264_with_nvdec(tmp_path, linear_probe_onnx_model, sqlite_url):  # noqa: F811
+    from dfscan.workers.dali import dali_gpu_status
+
+    ok, why = dali_gpu_status()
+    if not ok:
+        pytest.skip(f"DALI's mixed video decoder needs a GPU: {why}")
+    folder = tmp_path / "in"
+    _three_videos(folder)
+    dali, record = _scan(folder, linear_probe_onnx_model, sqlite_url, "dali-gpu")
+    pyav, _ = _scan(folder, linear_probe_onnx_model, sqlite_url, "pillow")
+    assert record["decoder"].startswith("dali-video-gpu (DALI ")
+    assert dali["c.mp4"][:2] == ("error", "truncated")
+    for name in ("a.webm", "b.mp4"):
+        assert dali[name][0] == "ok" and dali[name][2] == pytest.approx(pyav[name][2], abs=0.01), name
