@@ -189,16 +189,17 @@ class ObjectStore:
             with self._lock:
                 client = self._clients.get(key)
                 if client is None:
-                    client = self._clients[key] = self._make(PROBE_RETRIES if purpose == "probe" else RETRIES)
+                    client = self._clients[key] = self._make(PROBE_RETRIES if purpose == "probe" else RETRIES,
+                                                             "s3v4" if purpose == "presign" else None)
         return client
 
-    def _make(self, retries: dict) -> Any:
+    def _make(self, retries: dict, signature_version: str | None = None) -> Any:
         import boto3
         from botocore.config import Config
 
         quiet_sdk_logs()
         config = Config(retries=retries, connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
-                        max_pool_connections=MAX_POOL_CONNECTIONS,
+                        max_pool_connections=MAX_POOL_CONNECTIONS, signature_version=signature_version,
                         # Path-style (endpoint/bucket/key) works with every S3-compatible store.
                         s3={"addressing_style": "path"} if self.endpoint_url else None)
         return boto3.session.Session().client("s3", endpoint_url=self.endpoint_url, config=config)
@@ -317,6 +318,20 @@ class ObjectStore:
         total = r.get("ContentRange", "").rpartition("/")[2]
         size = int(total) if total.isdigit() else int(r.get("ContentLength", len(data)))
         return data, ObjectInfo(size, _mtime(r["LastModified"]), _etag(r.get("ETag")))
+
+
+    def presigned_get(self, url: str, expires_s: int) -> str:
+        """A GET URL for the object, valid ``expires_s`` seconds, for a reader that is not boto3 (FFmpeg).
+
+        Signed with SigV4 (boto3 presigns S3 with SigV2 by default, which newer AWS regions refuse).  The
+        URL holds the access key id and a signature: a secret, like the credentials themselves.
+        """
+        where = ObjectUrl.parse(url)
+        try:
+            return self._client("presign").generate_presigned_url(
+                "get_object", Params={"Bucket": where.bucket, "Key": where.key}, ExpiresIn=expires_s)
+        except Exception as exc:  # noqa: BLE001 - no credentials in the chain: this object's reason
+            raise object_error(exc) from None
 
 
 def quiet_sdk_logs() -> None:

@@ -412,3 +412,164 @@ def test_a_root_is_a_folder_or_one_object_never_a_name_prefix(s3):
     walked = ScanSource((f"s3://{bucket}/photos/",), (), WalkOptions(DEFAULT_EXTENSIONS, s3_endpoint_url=s3.endpoint))
     assert list(walked.paths()) == [f"s3://{bucket}/photos/z.jpg"]
     assert check_roots([f"s3://{bucket}"], s3.endpoint) == [f"s3://{bucket}"]  # a whole bucket
+
+
+# --- videos ------------------------------------------------------------------------------
+# FFmpeg streams an s3:// video from a presigned URL (workers._video_objects): it seeks with Range requests,
+# and the URL (access key id, signature) never reaches a row, a log, the output or the report.
+
+import re  # noqa: E402
+
+from tests._models import tiny_video_model  # noqa: E402,F401 - fixture
+from tests._videos import truncate_without_moov, write_video  # noqa: E402
+
+# What a presigned URL holds, SigV2 or SigV4: none of it may leave the worker.
+PRESIGNED_MARKS = ("Signature=", "AWSAccessKeyId", "X-Amz-Credential", "X-Amz-Signature", "Expires=")
+
+
+def _video_bytes(tmp_path, name: str, frames: int = 30, **kw) -> bytes:
+    return write_video(tmp_path / name, frames, size=(64, 48), **kw).read_bytes()
+
+
+def test_scan_of_a_prefix_with_videos_streams_them_and_keeps_the_url_secret(s3, caplog, tmp_path, tiny_video_model,  # noqa: F811
+                                                                          sqlite_url):
+    bucket = fresh_bucket(s3)
+    clip = _video_bytes(tmp_path, "clip.mp4", 60)
+    cut = truncate_without_moov(write_video(tmp_path / "cut.mp4", 40, size=(64, 48))).read_bytes()
+    s3.put(bucket, "v/photo.jpg", jpeg_bytes(1, size=(48, 48)))
+    s3.put(bucket, "v/clip.mp4", clip)
+    s3.put(bucket, "v/cut.mp4", cut)
+    s3.put(bucket, "v/clip.webm", _video_bytes(tmp_path, "clip.webm", 20, codec="vp9-webm"))
+    listing = tmp_path / "paths.txt"
+    listing.write_text(f"s3://{bucket}/v/gone.mp4\n")  # vanished since it was listed
+    store = objects.object_store(s3.endpoint)
+    ranges: list[str] = []
+    store.client.meta.events.register("provide-client-params.s3.GetObject",
+                                      lambda **kw: ranges.append(kw["params"].get("Range", "")))
+    caplog.set_level(logging.DEBUG)
+    result = scan(s3, f"s3://{bucket}/v", "--paths-from", str(listing), "--model", str(tiny_video_model.parent),
+                  "--db", sqlite_url)
+    assert result.exit_code == 0, result.output
+    scan_id = json.loads(result.stdout)["scan_id"]
+    rows = rows_by_path(sqlite_url, scan_id)
+    url = f"s3://{bucket}/v/"
+    assert set(rows) == {url + n for n in ("photo.jpg", "clip.mp4", "cut.mp4", "clip.webm", "gone.mp4")}
+    for name in ("clip.mp4", "clip.webm"):
+        row = rows[url + name]
+        assert (row["kind"], row["status"], row["frames"]) == ("video", "ok", 4), row  # the sidecar's T
+        assert row["duration_s"] > 0 and 0 <= row["p_fake"] <= 1 and row["mtime"] > time.time() - 3600
+    assert rows[url + "clip.mp4"]["size"] == len(clip)
+    assert (rows[url + "photo.jpg"]["kind"], rows[url + "photo.jpg"]["status"]) == ("image", "ok")
+    cut_row = rows[url + "cut.mp4"]
+    assert (cut_row["kind"], cut_row["error_code"]) == ("video", "truncated") and "no moov atom" in cut_row["error"]
+    assert cut_row["size"] == len(cut)
+    gone = rows[url + "gone.mp4"]
+    assert (gone["kind"], gone["error_code"]) == ("video", "missing") and "vanished" in gone["error"]
+    # Only the videos' first bytes went through boto3 (and the MP4 box walk of the cut one): FFmpeg read the rest.
+    assert f"bytes=0-{len(clip) - 1}" not in ranges and "bytes=0-63" in ranges
+
+    report = tmp_path / "report.html"
+    made = run("report", str(scan_id), "--db", sqlite_url, "--out", str(report))
+    assert made.exit_code == 0, made.output
+    html = report.read_text()
+    figure = re.search(rf'<figure class="suspect video" data-path="{re.escape(url)}clip.mp4">(.*?)</figure>', html,
+                       re.S)
+    assert figure is not None and len(re.findall(r'<svg class="frame"', figure.group(1))) == 4  # read via the store
+    everything = {
+        "log": caplog.text, "output": result.output + made.output, "audit": json.dumps(audit(sqlite_url, scan_id)),
+        "report": html, "rows": json.dumps(list(rows.values()), default=str)}  # fmt: skip
+    for where, text_ in everything.items():
+        for secret in (*SECRETS, *PRESIGNED_MARKS):
+            assert secret not in text_, f"{secret[:8]}... in the {where}"
+
+
+def test_ffmpeg_messages_about_an_object_never_hold_its_presigned_url(s3, tmp_path):
+    from dfscan.workers._video_objects import open_object
+    from dfscan.workers.errors import VideoError
+    from dfscan.workers.video import sample_video
+
+    bucket = fresh_bucket(s3)
+    s3.put(bucket, "a.mp4", _video_bytes(tmp_path, "a.mp4"))
+    store = objects.object_store(s3.endpoint)
+    video = open_object(f"s3://{bucket}/a.mp4", store, 10)
+    assert ADMIN[0] in video.presigned and "Signature" in video.presigned  # what there is to hide
+    assert video.presigned not in repr(video)
+    said = video.clean(f"Server returned 403 Forbidden: '{video.presigned}'")
+    assert said == f"Server returned 403 Forbidden: 's3://{bucket}/a.mp4'"
+    # A URL that expired before FFmpeg used it: the server refuses FFmpeg's request (HTTP 403), a reason
+    # without the URL.
+    presign = store.presigned_get
+
+    def expired(url: str, expires_s: int) -> str:
+        signed = presign(url, 1)
+        time.sleep(2.5)
+        return signed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store, "presigned_get", expired)
+        with pytest.raises(VideoError) as refused:
+            sample_video(f"s3://{bucket}/a.mp4", 4, time_limit_s=10, store=store)
+    assert refused.value.code == "unreadable" and "access denied" in refused.value.message
+    assert not any(mark in refused.value.message for mark in (ADMIN[0], *PRESIGNED_MARKS))
+
+
+def test_a_video_the_identity_may_not_read_is_unreadable(s3_server, monkeypatch, tmp_path, tiny_video_model,  # noqa: F811
+                                                          sqlite_url):
+    s3_server.bucket(LIMITED_BUCKET)
+    s3_server.put(LIMITED_BUCKET, "open/ok.mp4", _video_bytes(tmp_path, "ok.mp4"))
+    s3_server.put(LIMITED_BUCKET, "closed/no.mp4", _video_bytes(tmp_path, "no.mp4"))
+    aws_env(monkeypatch, LIMITED)
+    listing = tmp_path / "paths.txt"
+    listing.write_text(f"s3://{LIMITED_BUCKET}/open/ok.mp4\ns3://{LIMITED_BUCKET}/closed/no.mp4\n")
+    result = scan(s3_server, "--paths-from", str(listing), "--model", str(tiny_video_model.parent), "--db", sqlite_url)
+    assert result.exit_code == 0, result.output
+    rows = rows_by_path(sqlite_url, json.loads(result.stdout)["scan_id"])
+    assert rows[f"s3://{LIMITED_BUCKET}/open/ok.mp4"]["status"] == "ok"
+    denied = rows[f"s3://{LIMITED_BUCKET}/closed/no.mp4"]
+    assert (denied["kind"], denied["error_code"]) == ("video", "unreadable") and "access denied" in denied["error"]
+
+
+def test_ffmpeg_seeks_in_the_object_with_range_requests_not_a_whole_download(s3, tmp_path):
+    """16 frames of a 12.7 MB video cost a fraction of its bytes, counted on the wire by a proxy before the store.
+
+    FFmpeg's requests are bounded (``HTTP_REQUEST_BYTES``): open-ended ones moved 60 MB here (the store fills
+    the TCP buffers of every request FFmpeg abandons on a seek).
+    """
+    import numpy as np
+
+    from dfscan.workers.video import sample_video
+    from tests._cluster import TcpProxy
+
+    class CountingProxy(TcpProxy):
+        """Counts the bytes the store sends back through it."""
+
+        down = 0
+
+        def _pump(self, src, dst) -> None:
+            downstream = src.getpeername()[1] == self.target_port
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+                    if downstream:
+                        self.down += len(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    self._close(s)
+
+    bucket = fresh_bucket(s3)
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(50)]
+    data = write_video(tmp_path / "long.mp4", 1500, size=(128, 96), gop=30, draw=lambda i: noise[i % 50]).read_bytes()
+    s3.put(bucket, "long.mp4", data)
+    proxy = CountingProxy(int(s3.endpoint.rsplit(":", 1)[1]))
+    try:
+        video = sample_video(f"s3://{bucket}/long.mp4", 16, time_limit_s=30,
+                             store=objects.ObjectStore(f"http://127.0.0.1:{proxy.port}"))
+    finally:
+        proxy.close()
+    assert len(video.frames) == 16
+    print(f"\n16 frames of a {len(data) / 1e6:.1f} MB object: {proxy.down / 1e6:.2f} MB read "
+          f"({proxy.down / len(data):.0%})")
+    assert proxy.down < 0.5 * len(data)

@@ -180,13 +180,13 @@ def _open(path: str, time_limit_s: float, requested: int, store=None):
         from dfscan.workers._video_objects import open_object
 
         video = open_object(path, store if store is not None else object_store(), time_limit_s)
-        source, target = _Source(video.spec, video.missing_index, video), video.presigned
+        source, target, options = _Source(video.spec, video.missing_index, video), video.presigned, video.options
     else:
         spec = _container(path)
-        source, target = _Source(spec, lambda: _local_missing_index(spec, path)), path
+        source, target, options = _Source(spec, lambda: _local_missing_index(spec, path)), path, None
     try:
-        container = av.open(target, format=source.spec.demuxer, timeout=(time_limit_s, time_limit_s),
-                            metadata_errors="replace")
+        container = av.open(target, format=source.spec.demuxer, options=options,
+                            timeout=(time_limit_s, time_limit_s), metadata_errors="replace")
     except av.error.ExitError:
         raise _timeout(time_limit_s, 0, requested) from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:
