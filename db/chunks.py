@@ -433,7 +433,14 @@ def maybe_complete_scan(session: Session, scan_id: int) -> bool:
     Run in its own transaction after a chunk's commit: the scan row is locked
     first, so of two workers finishing the last two chunks at once, the second
     sees both.  Returns True if this call completed the scan.
+
+    While the scan has a queued chunk (most calls: every chunk's end asks), one
+    unlocked look at the (scan_id, status) index answers, without taking the
+    scan's lock or counting its chunks.  It can't answer "no" wrongly: whoever
+    commits the last chunk asks after its commit, and sees no queued chunk.
     """
+    if _still_queued(session, scan_id):
+        return False
     stmt = select(Scan.status, Scan.walk_done, Scan.n_chunks).where(Scan.id == scan_id)
     if dialect_name(session) == "postgresql":
         stmt = stmt.with_for_update()
@@ -452,6 +459,15 @@ def maybe_complete_scan(session: Session, scan_id: int) -> bool:
         return False
     finish_scan(session, scan_id=scan_id, status="completed")
     return True
+
+
+def _still_queued(session: Session, scan_id: int) -> bool:
+    """The scan is running and has a queued chunk (or has not finished its walk): it can't complete yet."""
+    queued = select(Chunk.id).where(Chunk.scan_id == scan_id, Chunk.status == "queued").exists()
+    row = session.execute(
+        select(Scan.status, Scan.walk_done, queued.label("queued")).where(Scan.id == scan_id)
+    ).one_or_none()
+    return row is not None and row.status == "running" and (row.queued or not row.walk_done)
 
 
 def cancel_scan(session: Session, scan_id: int) -> bool:

@@ -109,7 +109,12 @@ def add_chunk(session: Session, *, scan_id: int, seq: int, paths: list[str]) -> 
         attempts=0,
         created_at=utcnow(),
     )
-    session.execute(stmt.on_conflict_do_nothing(index_elements=["scan_id", "seq"]))
+    inserted = session.execute(
+        stmt.on_conflict_do_nothing(index_elements=["scan_id", "seq"]).returning(Chunk.id)
+    ).scalar_one_or_none()
+    if inserted is not None:
+        return inserted
+    # Already there (a walk replayed): it must hold the same paths.
     chunk_id, stored = session.execute(
         select(Chunk.id, Chunk.paths).where(Chunk.scan_id == scan_id, Chunk.seq == seq)
     ).one()
@@ -127,7 +132,11 @@ def _update_chunk(session: Session, chunk_id: int, **values: Any) -> None:
 def finish_chunk(
     session: Session, *, chunk_id: int, ok: int, fake: int, real: int, errors: int
 ) -> None:
-    """Mark a chunk done. Counts are set, not added, so a redelivered chunk can finish twice."""
+    """Mark a chunk done and end its lease. Counts are set, not added, so a redelivered chunk can finish twice.
+
+    The lease's owner stays, as who last held it; a finished chunk needs no lease (the
+    reaper looks at queued chunks only), so this is the lease's release too.
+    """
     _update_chunk(
         session,
         chunk_id,
@@ -138,6 +147,7 @@ def finish_chunk(
         errors=errors,
         last_error=None,
         finished_at=utcnow(),
+        lease_until=None,
     )
 
 

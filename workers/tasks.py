@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -155,7 +156,10 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
                                 holder_alive=holder_alive)
             return begun, db.scan_head(session, chunk.scan_id)
 
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
     begun, head = state.retry(start, f"starting chunk {chunk.seq} of scan {chunk.scan_id}")
+    timings["claim"] = time.perf_counter() - began
     if begun.scan_status == "cancelled":
         return CANCELLED
     if begun.leased_by is not None:
@@ -180,12 +184,19 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
         from dfscan.workers.pipeline import score_chunk
 
         with Heartbeat(sessions, chunk.chunk_id, owner=owner, lease_s=settings.lease_seconds,
-                       renew_s=settings.lease_renew_seconds):
+                       renew_s=settings.lease_renew_seconds) as beat:
             ctx = state.context_for(head)
             state.note_worker(ctx, chunk.scan_id)
-            score_chunk(ctx, chunk, head.model_id, on_batch=state.on_batch)
+            result = score_chunk(ctx, chunk, head.model_id, on_batch=state.on_batch)
+            beat.release = False  # the chunk's last commit ended its lease
+        timings.update(result.timings)
         outcome = SCORED
+    done = time.perf_counter()
     complete(state, chunk.scan_id)
+    end = time.perf_counter()
+    timings["complete"] = end - done
+    log.info("chunk %d of scan %d: %s, %d paths in %.2f ms (%s)", chunk.seq, chunk.scan_id, outcome, len(chunk.paths),
+             1000 * (end - began), ", ".join(f"{k} {1000 * v:.2f}" for k, v in timings.items()))
     return outcome
 
 
