@@ -30,8 +30,10 @@ def copy_rows(session: Session, copy_sql: str, rows: Iterable[Sequence[Any]], *,
     inside values are escaped by the driver; None is NULL).  With
     ``savepoint``, a failed ``COPY`` is rolled back to a savepoint taken just
     before it, so the transaction goes on (the caller sees the error, e.g. a
-    unique violation, and can write the rows another way).  Errors are
-    SQLAlchemy's (:class:`sqlalchemy.exc.IntegrityError` and so on).
+    unique violation, and can write the rows another way).  The savepoint is
+    not released (a round trip saved): the transaction's commit ends it, and a
+    later one of the same name shadows it.  Errors are SQLAlchemy's
+    (:class:`sqlalchemy.exc.IntegrityError` and so on).
     """
     connection = session.connection()
     dbapi = connection.connection.driver_connection
@@ -55,8 +57,6 @@ def copy_rows(session: Session, copy_sql: str, rows: Iterable[Sequence[Any]], *,
                     raise
                 cursor.execute(f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}")
                 raise
-            if savepoint:
-                cursor.execute(f"RELEASE SAVEPOINT {_SAVEPOINT}")
     except errors as exc:
         lost = dialect.is_disconnect(exc, dbapi, None)
         if lost:

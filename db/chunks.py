@@ -173,6 +173,8 @@ class ChunkStart:
     # A live holder of the chunk's lease other than the caller: the delivery is not
     # counted and the chunk is not the caller's to score.
     leased_by: str | None = None
+    # What a worker needs to know about the chunk's scan (claim_chunk reads it with the chunk).
+    head: ScanHead | None = None
 
 
 def start_attempt(session: Session, chunk_id: int) -> ChunkStart:
@@ -262,12 +264,17 @@ def claim_chunk(
     conditional UPDATE, so of two claims racing only one wins.
     """
     row = session.execute(
-        select(Chunk.status, Chunk.lease_owner, Chunk.lease_until, Chunk.attempts, Scan.status.label("scan_status"))
+        select(Chunk.status, Chunk.lease_owner, Chunk.lease_until, Chunk.attempts, Scan.status.label("scan_status"),
+               Chunk.scan_id, Scan.model_id, Model.sha256, Model.path.label("model_path"), Scan.threshold,
+               Scan.walk_done, Scan.n_chunks, Scan.skipped)
         .join(Scan, Scan.id == Chunk.scan_id)
+        .join(Model, Model.id == Scan.model_id)
         .where(Chunk.id == chunk_id)
     ).one_or_none()
     if row is None:
         raise ChunkNotFound(chunk_id)
+    head = ScanHead(row.scan_id, row.scan_status, row.model_id, row.sha256, row.model_path, row.threshold,
+                    row.walk_done, row.n_chunks, row.skipped)
     now = now or utcnow()
     table = Chunk.__table__
     c = table.c
@@ -282,7 +289,7 @@ def claim_chunk(
             and not row.lease_owner.startswith(REQUEUE_OWNER_PREFIX)
         )
         if held and holder_alive(row.lease_owner):
-            return ChunkStart(row.status, row.attempts, row.scan_status, leased_by=row.lease_owner)
+            return ChunkStart(row.status, row.attempts, row.scan_status, leased_by=row.lease_owner, head=head)
         values.update(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s))
         # Taken only if nobody renewed or took the lease since it was read.
         stmt = stmt.where(
@@ -292,8 +299,8 @@ def claim_chunk(
     attempts = session.execute(stmt.values(**values).returning(c.attempts)).scalar_one_or_none()
     if attempts is None:
         current = session.execute(select(Chunk.lease_owner).where(Chunk.id == chunk_id)).scalar_one_or_none()
-        return ChunkStart(row.status, row.attempts, row.scan_status, leased_by=current or "another worker")
-    return ChunkStart(row.status, attempts, row.scan_status)
+        return ChunkStart(row.status, row.attempts, row.scan_status, leased_by=current or "another worker", head=head)
+    return ChunkStart(row.status, attempts, row.scan_status, head=head)
 
 
 def renew_lease(session: Session, chunk_id: int, *, owner: str, lease_s: float, now: datetime | None = None) -> bool:

@@ -154,7 +154,7 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
         with sessions.begin() as session:
             begun = claim_chunk(session, chunk.chunk_id, owner=owner, lease_s=settings.lease_seconds,
                                 holder_alive=holder_alive)
-            return begun, db.scan_head(session, chunk.scan_id)
+            return begun, begun.head or db.scan_head(session, chunk.scan_id)
 
     timings: dict[str, float] = {}
     began = time.perf_counter()
