@@ -117,10 +117,10 @@ def producer_rss(args, tmp: Path, pg, redis, model: Path) -> None:
     dsn = f"host=127.0.0.1 port={pg.port} user=postgres dbname={url.rsplit('/', 1)[1]}"
     stop = threading.Event()
     drained: list[int] = []
-    thread = threading.Thread(target=lambda: drained.append(drain(redis.url(), dsn, "dfscan", stop)), daemon=True)
+    thread = threading.Thread(target=lambda: drained.append(drain(redis.url(1), dsn, "dfscan", stop)), daemon=True)
     thread.start()
     dfscan = str(Path(sys.executable).with_name("dfscan"))
-    cmd = [dfscan, "scan", "--paths-from", str(listing), "--broker", redis.url(), "--db", url, "--model", str(model),
+    cmd = [dfscan, "scan", "--paths-from", str(listing), "--broker", redis.url(1), "--db", url, "--model", str(model),
            "--chunk-size", str(args.chunk_size), "--max-outstanding", str(args.max_outstanding), "--json"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -230,6 +230,8 @@ def main() -> None:
         print(f"  between tasks   {1e6 * (args.workers * wall - task_s) / n:.1f}  (workers x wall minus task time: "
               "broker fetch, acknowledgement, prefork pipes, idle)")
         if args.rss_paths:
+            for w in workers:  # the drain stands in for them
+                w.stop()
             producer_rss(args, tmp, pg, redis, model)
     finally:
         for w in workers:
