@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, text
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from ._dialects import dialect_name, insert_for
 from ._pgcopy import UNIQUE_VIOLATION, copy_rows
+from ._types import UTCDateTime
 from .models import Result, ResultFace, scan_results
 from .records import ResultRow
 
@@ -50,7 +52,7 @@ def write_batch(
     if not latest:
         return
     if dialect_name(session) == "postgresql":
-        _write_pg(session, scan_id, model_id, [_row_values(row) for row in latest.values()])
+        _write_pg(session, scan_id, model_id, latest.values())
     else:
         keys = ROW_COLUMNS
         values = []
@@ -67,7 +69,36 @@ def write_batch(
         _write_faces(session, scan_id, list(latest.values()))
 
 
-def _write_pg(session: Session, scan_id: int, model_id: int, values: list[tuple]) -> None:
+# COPY sends the rows' timestamps as ISO 8601 text, formatted once per distinct value (a batch shares one
+# scanned_at) where the driver would format every row's anew; they go last in COPY's column list.
+_TIMES = tuple(c for c in ROW_COLUMNS if isinstance(_RESULTS.c[c].type, UTCDateTime))
+_PLAIN = tuple(c for c in ROW_COLUMNS if c not in _TIMES)
+_COPY_COLUMNS = _PLAIN + _TIMES
+_plain_values = operator.attrgetter(*_PLAIN)
+
+
+def _iso(t: datetime | None, texts: dict[datetime, str]) -> str | None:
+    if t is None:
+        return None
+    text_ = texts.get(t)
+    if text_ is None:
+        if t.tzinfo is None or t.utcoffset() is None:  # as UTCDateTime refuses them
+            raise ValueError(f"naive datetime {t!r}: pass an aware (UTC) datetime")
+        text_ = texts[t] = t.isoformat()
+    return text_
+
+
+def _copy_values(rows: Iterable[ResultRow], prefix: tuple = ()) -> list[tuple]:
+    """``prefix`` + the values of each row in the order of ``_COPY_COLUMNS``."""
+    texts: dict[datetime, str] = {}
+    plain = _plain_values
+    if len(_TIMES) == 1:
+        time_of = operator.attrgetter(_TIMES[0])
+        return [prefix + plain(row) + (_iso(time_of(row), texts),) for row in rows]
+    return [prefix + plain(row) + tuple(_iso(getattr(row, c), texts) for c in _TIMES) for row in rows]
+
+
+def _write_pg(session: Session, scan_id: int, model_id: int, rows: Iterable[ResultRow]) -> None:
     """``COPY`` the rows straight into ``results``; if any of their paths is there already, upsert them all.
 
     The first write of a chunk's paths (nearly every write) is a plain ``COPY``, in
@@ -77,16 +108,16 @@ def _write_pg(session: Session, scan_id: int, model_id: int, values: list[tuple]
     which rewrites the rows that exist: the same rows either way.
     """
     try:
-        copy_rows(session, _COPY_RESULTS, [(scan_id, model_id, *v) for v in values], savepoint=True)
+        copy_rows(session, _COPY_RESULTS, _copy_values(rows, (scan_id, model_id)), savepoint=True)
         return
     except IntegrityError as exc:
         if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
             raise
-    copy_rows(session, _STAGE_COPY, values, setup=_STAGE_DDL)
+    copy_rows(session, _STAGE_COPY, _copy_values(rows), setup=_STAGE_DDL)
     session.execute(_FROM_STAGE, {"scan_id": scan_id, "model_id": model_id})
 
 
-_COPY_RESULTS = f"COPY {_RESULTS.name} (scan_id, model_id, {', '.join(ROW_COLUMNS)}) FROM STDIN"
+_COPY_RESULTS = f"COPY {_RESULTS.name} (scan_id, model_id, {', '.join(_COPY_COLUMNS)}) FROM STDIN"
 # PostgreSQL's staging table: one per connection (temporary), emptied at every commit; the upsert empties it
 # too (DELETE ... RETURNING feeds the INSERT), so two writes in one transaction never see each other's rows.
 # Made from the columns of ``results`` themselves, so its types are theirs.
@@ -101,7 +132,7 @@ _STAGE_DDL = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
     f"SELECT {', '.join(ROW_COLUMNS)} FROM {_RESULTS.name} WITH NO DATA"
 )
-_STAGE_COPY = f"COPY {_STAGE} ({', '.join(ROW_COLUMNS)}) FROM STDIN"
+_STAGE_COPY = f"COPY {_STAGE} ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
 _FROM_STAGE = text(
     f"WITH staged AS (DELETE FROM {_STAGE} RETURNING *) "
     f"INSERT INTO {_RESULTS.name} (scan_id, model_id, {', '.join(ROW_COLUMNS)}) "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from ._dialects import insert_for
@@ -137,18 +137,21 @@ def finish_chunk(
     The lease's owner stays, as who last held it; a finished chunk needs no lease (the
     reaper looks at queued chunks only), so this is the lease's release too.
     """
-    _update_chunk(
-        session,
-        chunk_id,
-        status="done",
-        ok=ok,
-        fake=fake,
-        real=real,
-        errors=errors,
-        last_error=None,
-        finished_at=utcnow(),
-        lease_until=None,
-    )
+    result = session.execute(_FINISH_CHUNK, {"chunk_id": chunk_id, "n_ok": ok, "n_fake": fake, "n_real": real,
+                                             "n_errors": errors, "at": utcnow()})
+    if result.rowcount == 0:
+        raise ChunkNotFound(chunk_id)
+
+
+# Built once: it runs at the end of every chunk.
+_CHUNKS = Chunk.__table__
+_FINISH_CHUNK = (
+    update(_CHUNKS)
+    .where(_CHUNKS.c.id == bindparam("chunk_id"))
+    .values(status="done", ok=bindparam("n_ok"), fake=bindparam("n_fake"), real=bindparam("n_real"),
+            errors=bindparam("n_errors"), last_error=None, finished_at=bindparam("at", type_=_CHUNKS.c.finished_at.type),
+            lease_until=None)
+)
 
 
 def finish_scan(session: Session, *, scan_id: int, status: str) -> None:

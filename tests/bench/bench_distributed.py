@@ -70,6 +70,37 @@ def worker_stages(logs: list[str], scan_id: int) -> tuple[Counter, int]:
     return total, chunks
 
 
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process and its descendants.
+
+    A negative pid stands for that process alone (this one, whose children are the others).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, root in roots.items():
+        total = 0
+        for p in ([-root] if root < 0 else _tree(root)):
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        out[name] = total / tick
+    return out
+
+
 def rss_kb(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of a process in kB."""
     fields = {}
@@ -197,11 +228,16 @@ def main() -> None:
                 for key in timings:
                     timings[key] = 0.0
             scan_id = producer.register(ScanSource((), (str(listing),), WalkOptions(settings.extensions)), name="bench")
+            postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+            roots = {"postgresql": postmaster, "redis": redis.proc.pid, "producer (this process)": -os.getpid(),
+                     **{f"worker {w.name}": w.pid for w in workers}}
+            cpu0 = cpu_seconds(roots)
             t0 = time.perf_counter()
             report = producer.produce(scan_id)
             t_enqueued = time.perf_counter()
             wait_for(lambda: producer.progress(scan_id).status == "completed", 3600, "the scan", interval=0.05)
             t_done = time.perf_counter()
+            cpu1 = cpu_seconds(roots)
             p = producer.progress(scan_id)
         assert p.images_done == args.images, p
         logs = [w.log() for w in workers]
@@ -229,6 +265,10 @@ def main() -> None:
             print("  workers         (no per-chunk stage lines in the worker logs)")
         print(f"  between tasks   {1e6 * (args.workers * wall - task_s) / n:.1f}  (workers x wall minus task time: "
               "broker fetch, acknowledgement, prefork pipes, idle)")
+        cpu = {k: cpu1[k] - cpu0[k] for k in roots}
+        print("CPU time, in microseconds per image (2 cores shared with everything else on the machine)")
+        print("  " + ", ".join(f"{k} {1e6 * v / n:.1f}" for k, v in cpu.items())
+              + f"; all {1e6 * sum(cpu.values()) / n:.1f} of {2e6 * wall / n:.1f} core-time")
         if args.rss_paths:
             for w in workers:  # the drain stands in for them
                 w.stop()
