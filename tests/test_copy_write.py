@@ -26,22 +26,17 @@ from dfscan.scanner.paths import storable
 from dfscan.settings import Settings
 from dfscan.workers import pipeline
 from dfscan.workers.context import ScanContext
-from tests._awkward import write_awkward
+from tests._awkward import AWKWARD_PATHS, write_awkward
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.postgres
 
 T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
-ODD_PATHS = [
-    "/data/tab\there.jpg",
-    "/data/line\nbreak.jpg",
+ODD_PATHS = AWKWARD_PATHS + [
     "/data/carriage\rreturn.jpg",
-    "/data/back\\slash.jpg",
     "/data/\\N looks like NULL.jpg",
     "\\N",
-    "/data/it's \"quoted\", with, commas.jpg",
-    "/data/caf\u00e9/\u5199\u771f \U0001f600.webp",
     storable(os.fsdecode(b"/data/bad\xffname.jpg")),
     storable(os.fsdecode(b"/data/mixed\\\xfe\\x41.jpg")),
     storable("/data/bad\\xffname.jpg"),  # the literal text of an escape

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from dfscan import db
 import dfscan.db.results
 from dfscan.db.models import Chunk, Result, Scan
+from tests._awkward import AWKWARD_PATHS
 
 CONTRACT_VIEW_COLUMNS = [
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
@@ -26,15 +27,6 @@ CONTRACT_VIEW_COLUMNS = [
 ]  # fmt: skip
 TABLES = {"models", "scans", "chunks", "results", "scan_workers", "result_faces"}
 T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
-AWKWARD_PATHS = [
-    "/data/caf\u00e9/\u5199\u771f.jpg",
-    "/data/a,b,c.png",
-    "/data/it's \"quoted\".jpg",
-    "/data/line\nbreak.jpg",
-    "/data/tab\tand\\backslash.jpg",
-    "/data/emoji \U0001f600.webp",
-    "/data/semi;colon -- not sql'); DROP TABLE results;--.jpg",
-]
 
 
 def ok_row(path: str, p_fake: float, *, at: datetime = T0, size: int | None = 1000) -> db.ResultRow:
