@@ -32,6 +32,7 @@ _UPSERT_COLUMNS = (
 ROW_COLUMNS = ("path",) + tuple(c for c in _UPSERT_COLUMNS if c != "model_id")
 _row_values = operator.attrgetter(*ROW_COLUMNS)
 assert set(_UPSERT_COLUMNS) <= set(_RESULTS.c.keys()), "every written column is a column of results"
+assert set(ROW_COLUMNS) <= set(ResultRow.__dataclass_fields__), "every written column but model_id is a ResultRow field"
 _IN_LIST_SIZE = 500
 STREAM_BATCH = 1000
 

@@ -123,12 +123,6 @@ def add_chunk(session: Session, *, scan_id: int, seq: int, paths: list[str]) -> 
     return chunk_id
 
 
-def _update_chunk(session: Session, chunk_id: int, **values: Any) -> None:
-    result = session.execute(update(Chunk).where(Chunk.id == chunk_id).values(**values))
-    if result.rowcount == 0:
-        raise ChunkNotFound(chunk_id)
-
-
 def finish_chunk(
     session: Session, *, chunk_id: int, ok: int, fake: int, real: int, errors: int
 ) -> None:
