@@ -33,6 +33,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -278,6 +279,7 @@ def main() -> None:
             w.stop()
         redis.stop()
         pg.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)  # the model, the path lists (330 MB for 10M paths), the logs
 
 
 if __name__ == "__main__":
