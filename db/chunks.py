@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import String, bindparam, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -173,6 +173,8 @@ class ChunkStart:
     # A live holder of the chunk's lease other than the caller: the delivery is not
     # counted and the chunk is not the caller's to score.
     leased_by: str | None = None
+    # What a worker needs to know about the chunk's scan (claim_chunk reads it with the chunk).
+    head: ScanHead | None = None
 
 
 def start_attempt(session: Session, chunk_id: int) -> ChunkStart:
@@ -243,6 +245,37 @@ def _chunk_counts(session: Session, scan_id: int, paths: Sequence[str]) -> tuple
 REQUEUE_OWNER_PREFIX = "requeue:"
 
 
+# The statements of a claim, built once: a chunk's claim is per delivery, and building and
+# caching an ORM statement each time costs more than the database does.
+_CHUNKS = Chunk.__table__
+_SCANS = Scan.__table__
+_MODELS = Model.__table__
+_CLAIM_READ = (
+    select(_CHUNKS.c.status, _CHUNKS.c.lease_owner, _CHUNKS.c.lease_until, _CHUNKS.c.attempts,
+           _SCANS.c.status.label("scan_status"), _CHUNKS.c.scan_id, _SCANS.c.model_id, _MODELS.c.sha256,
+           _MODELS.c.path.label("model_path"), _SCANS.c.threshold, _SCANS.c.walk_done, _SCANS.c.n_chunks,
+           _SCANS.c.skipped)
+    .select_from(_CHUNKS.join(_SCANS, _SCANS.c.id == _CHUNKS.c.scan_id).join(_MODELS, _MODELS.c.id == _SCANS.c.model_id))
+    .where(_CHUNKS.c.id == bindparam("chunk_id"))
+)
+_CLAIM_COUNT = (
+    update(_CHUNKS).where(_CHUNKS.c.id == bindparam("chunk_id"))
+    .values(attempts=_CHUNKS.c.attempts + 1).returning(_CHUNKS.c.attempts)
+)
+_CLAIM_TAKE = (
+    update(_CHUNKS)
+    .where(
+        _CHUNKS.c.id == bindparam("chunk_id"),
+        or_(_CHUNKS.c.lease_until.is_(None),
+            _CHUNKS.c.lease_until == bindparam("read_until", type_=_CHUNKS.c.lease_until.type)),
+        or_(_CHUNKS.c.lease_owner.is_(None), _CHUNKS.c.lease_owner == bindparam("read_owner", type_=String())),
+    )
+    .values(attempts=_CHUNKS.c.attempts + 1, lease_owner=bindparam("owner", type_=String()),
+            lease_until=bindparam("until", type_=_CHUNKS.c.lease_until.type))
+    .returning(_CHUNKS.c.attempts)
+)
+
+
 def claim_chunk(
     session: Session,
     chunk_id: int,
@@ -261,19 +294,13 @@ def claim_chunk(
     nothing is counted and ``leased_by`` names the holder.  The take-over is a
     conditional UPDATE, so of two claims racing only one wins.
     """
-    row = session.execute(
-        select(Chunk.status, Chunk.lease_owner, Chunk.lease_until, Chunk.attempts, Scan.status.label("scan_status"))
-        .join(Scan, Scan.id == Chunk.scan_id)
-        .where(Chunk.id == chunk_id)
-    ).one_or_none()
+    row = session.execute(_CLAIM_READ, {"chunk_id": chunk_id}).one_or_none()
     if row is None:
         raise ChunkNotFound(chunk_id)
+    head = ScanHead(row.scan_id, row.scan_status, row.model_id, row.sha256, row.model_path, row.threshold,
+                    row.walk_done, row.n_chunks, row.skipped)
     now = now or utcnow()
-    table = Chunk.__table__
-    c = table.c
     scoring = row.status not in FINISHED and row.scan_status == "running"
-    values: dict = {"attempts": c.attempts + 1}
-    stmt = update(table).where(c.id == chunk_id)
     if scoring:
         held = (
             row.lease_until is not None
@@ -282,18 +309,18 @@ def claim_chunk(
             and not row.lease_owner.startswith(REQUEUE_OWNER_PREFIX)
         )
         if held and holder_alive(row.lease_owner):
-            return ChunkStart(row.status, row.attempts, row.scan_status, leased_by=row.lease_owner)
-        values.update(lease_owner=owner, lease_until=now + timedelta(seconds=lease_s))
+            return ChunkStart(row.status, row.attempts, row.scan_status, leased_by=row.lease_owner, head=head)
         # Taken only if nobody renewed or took the lease since it was read.
-        stmt = stmt.where(
-            or_(c.lease_until.is_(None), c.lease_until == row.lease_until),
-            or_(c.lease_owner.is_(None), c.lease_owner == row.lease_owner),
-        )
-    attempts = session.execute(stmt.values(**values).returning(c.attempts)).scalar_one_or_none()
+        attempts = session.execute(_CLAIM_TAKE, {
+            "chunk_id": chunk_id, "owner": owner, "until": now + timedelta(seconds=lease_s),
+            "read_until": row.lease_until, "read_owner": row.lease_owner,
+        }).scalar_one_or_none()
+    else:
+        attempts = session.execute(_CLAIM_COUNT, {"chunk_id": chunk_id}).scalar_one_or_none()
     if attempts is None:
         current = session.execute(select(Chunk.lease_owner).where(Chunk.id == chunk_id)).scalar_one_or_none()
-        return ChunkStart(row.status, row.attempts, row.scan_status, leased_by=current or "another worker")
-    return ChunkStart(row.status, attempts, row.scan_status)
+        return ChunkStart(row.status, row.attempts, row.scan_status, leased_by=current or "another worker", head=head)
+    return ChunkStart(row.status, attempts, row.scan_status, head=head)
 
 
 def renew_lease(session: Session, chunk_id: int, *, owner: str, lease_s: float, now: datetime | None = None) -> bool:
@@ -433,7 +460,14 @@ def maybe_complete_scan(session: Session, scan_id: int) -> bool:
     Run in its own transaction after a chunk's commit: the scan row is locked
     first, so of two workers finishing the last two chunks at once, the second
     sees both.  Returns True if this call completed the scan.
+
+    While the scan has a queued chunk (most calls: every chunk's end asks), one
+    unlocked look at the (scan_id, status) index answers, without taking the
+    scan's lock or counting its chunks.  It can't answer "no" wrongly: whoever
+    commits the last chunk asks after its commit, and sees no queued chunk.
     """
+    if _still_queued(session, scan_id):
+        return False
     stmt = select(Scan.status, Scan.walk_done, Scan.n_chunks).where(Scan.id == scan_id)
     if dialect_name(session) == "postgresql":
         stmt = stmt.with_for_update()
@@ -452,6 +486,19 @@ def maybe_complete_scan(session: Session, scan_id: int) -> bool:
         return False
     finish_scan(session, scan_id=scan_id, status="completed")
     return True
+
+
+_STILL_QUEUED = select(
+    _SCANS.c.status, _SCANS.c.walk_done,
+    select(_CHUNKS.c.id).where(_CHUNKS.c.scan_id == bindparam("scan_id"), _CHUNKS.c.status == "queued")
+    .exists().label("queued"),
+).where(_SCANS.c.id == bindparam("scan_id"))
+
+
+def _still_queued(session: Session, scan_id: int) -> bool:
+    """The scan is running and has a queued chunk (or has not finished its walk): it can't complete yet."""
+    row = session.execute(_STILL_QUEUED, {"scan_id": scan_id}).one_or_none()
+    return row is not None and row.status == "running" and (row.queued or not row.walk_done)
 
 
 def cancel_scan(session: Session, scan_id: int) -> bool:

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import operator
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ._dialects import dialect_name, insert_for
+from ._pgcopy import UNIQUE_VIOLATION, copy_rows
+from ._types import UTCDateTime
 from .models import Result, ResultFace, ResultFrame, scan_results
 from .records import ResultRow
 
-__all__ = ["existing_paths", "iter_faces", "iter_frames", "iter_results", "write_batch"]
+__all__ = ["ROW_COLUMNS", "existing_paths", "iter_faces", "iter_frames", "iter_results", "write_batch"]
 
 _RESULTS = Result.__table__
-# Columns a re-scored path overwrites; (scan_id, path) is the key and id stays.
+# The one list of what a write sets: the columns a re-scored path overwrites ((scan_id, path) is the key and
+# id stays).  Every column but model_id is the ResultRow field of the same name, so adding a column to the
+# write path (SQLite's upsert, PostgreSQL's COPY, staging table and upsert) is one entry here.
 _UPSERT_COLUMNS = (
     "model_id", "size", "mtime", "status", "label", "p_fake", "confidence", "error",
     "error_code", "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
     "content_hash", "verdict_source",
 )  # fmt: skip
+# What each row carries, in this order: the path and every ResultRow field of _UPSERT_COLUMNS.
+ROW_COLUMNS = ("path",) + tuple(c for c in _UPSERT_COLUMNS if c != "model_id")
+_row_values = operator.attrgetter(*ROW_COLUMNS)
+assert set(_UPSERT_COLUMNS) <= set(_RESULTS.c.keys()), "every written column is a column of results"
+assert set(ROW_COLUMNS) <= set(ResultRow.__dataclass_fields__), "every written column but model_id is a ResultRow field"
 _IN_LIST_SIZE = 500
 STREAM_BATCH = 1000
 
@@ -28,48 +41,32 @@ STREAM_BATCH = 1000
 def write_batch(
     session: Session, *, scan_id: int, model_id: int, rows: Sequence[ResultRow]
 ) -> None:
-    """Upsert one batch of results on (scan_id, path) in a single statement.
+    """Upsert a batch of results (any number: a batch, a chunk) on (scan_id, path).
 
     Rewriting a path replaces its row, so a redelivered chunk writes the same
     rows again. Paths repeated within ``rows`` keep their last row: PostgreSQL
     refuses a statement that updates one key twice. Does not commit.
+
+    PostgreSQL: ``COPY`` (see :func:`_write_pg`).  SQLite: one upsert statement
+    executed with the batch's parameter list.
     """
-    latest: dict[str, ResultRow] = {}
-    for row in rows:
-        latest[row.path] = row
+    latest = {row.path: row for row in rows}
     if not latest:
         return
-    values = [
-        {
-            "scan_id": scan_id,
-            "model_id": model_id,
-            "path": row.path,
-            "size": row.size,
-            "mtime": row.mtime,
-            "status": row.status,
-            "label": row.label,
-            "p_fake": row.p_fake,
-            "confidence": row.confidence,
-            "error": row.error,
-            "error_code": row.error_code,
-            "scanned_at": row.scanned_at,
-            "faces": row.faces,
-            "faces_found": row.faces_found,
-            "kind": row.kind,
-            "frames": row.frames,
-            "duration_s": row.duration_s,
-            "notes": row.notes,
-            "content_hash": row.content_hash,
-            "verdict_source": row.verdict_source,
-        }
-        for row in latest.values()
-    ]
-    # One statement object per dialect, executed with the batch's parameter
-    # list: SQLAlchemy compiles it once and caches it, where a multi-row
-    # VALUES clause is compiled anew for every batch (about 15 ms for 64
-    # rows). The drivers send the list as one executemany (psycopg 3 in a
-    # pipeline), so a batch is still one statement and one round trip.
-    session.execute(_upsert_statement(session), values)
+    if dialect_name(session) == "postgresql":
+        _write_pg(session, scan_id, model_id, latest.values())
+    else:
+        keys = ROW_COLUMNS
+        values = []
+        for row in latest.values():
+            value = dict(zip(keys, _row_values(row)))
+            value["scan_id"] = scan_id
+            value["model_id"] = model_id
+            values.append(value)
+        # One statement object per dialect, executed with the batch's parameter
+        # list: SQLAlchemy compiles it once and caches it, where a multi-row
+        # VALUES clause is compiled anew for every batch (about 15 ms for 64 rows).
+        session.execute(_upsert_statement(session), values)
     if any(row.faces is not None for row in latest.values()):
         _write_faces(session, scan_id, list(latest.values()))
     videos = [row for row in latest.values() if row.kind == "video"]
@@ -96,6 +93,80 @@ def _write_frames(session: Session, scan_id: int, rows: list[ResultRow]) -> None
     ]
     if frames:
         session.execute(insert(ResultFrame), frames)
+
+
+# COPY sends the rows' timestamps as ISO 8601 text, formatted once per distinct value (a batch shares one
+# scanned_at) where the driver would format every row's anew; they go last in COPY's column list.
+_TIMES = tuple(c for c in ROW_COLUMNS if isinstance(_RESULTS.c[c].type, UTCDateTime))
+_PLAIN = tuple(c for c in ROW_COLUMNS if c not in _TIMES)
+_COPY_COLUMNS = _PLAIN + _TIMES
+_plain_values = operator.attrgetter(*_PLAIN)
+
+
+def _iso(t: datetime | None, texts: dict[datetime, str]) -> str | None:
+    if t is None:
+        return None
+    text_ = texts.get(t)
+    if text_ is None:
+        if t.tzinfo is None or t.utcoffset() is None:  # as UTCDateTime refuses them
+            raise ValueError(f"naive datetime {t!r}: pass an aware (UTC) datetime")
+        text_ = texts[t] = t.isoformat()
+    return text_
+
+
+def _copy_values(rows: Iterable[ResultRow], prefix: tuple = ()) -> list[tuple]:
+    """``prefix`` + the values of each row in the order of ``_COPY_COLUMNS``."""
+    texts: dict[datetime, str] = {}
+    plain = _plain_values
+    if len(_TIMES) == 1:
+        time_of = operator.attrgetter(_TIMES[0])
+        return [prefix + plain(row) + (_iso(time_of(row), texts),) for row in rows]
+    return [prefix + plain(row) + tuple(_iso(getattr(row, c), texts) for c in _TIMES) for row in rows]
+
+
+def _write_pg(session: Session, scan_id: int, model_id: int, rows: Iterable[ResultRow]) -> None:
+    """``COPY`` the rows straight into ``results``; if any of their paths is there already, upsert them all.
+
+    The first write of a chunk's paths (nearly every write) is a plain ``COPY``, in
+    a savepoint.  A unique violation (a chunk scored again, a path named twice in
+    a scan) rolls back to the savepoint, and the rows are ``COPY``'d into a
+    staging table and moved by one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``,
+    which rewrites the rows that exist: the same rows either way.
+    """
+    try:
+        copy_rows(session, _COPY_RESULTS, _copy_values(rows, (scan_id, model_id)), savepoint=True)
+        return
+    except IntegrityError as exc:
+        if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+            raise
+    copy_rows(session, _STAGE_COPY, _copy_values(rows), setup=_STAGE_DDL)
+    session.execute(_FROM_STAGE, {"scan_id": scan_id, "model_id": model_id})
+
+
+_COPY_RESULTS = f"COPY {_RESULTS.name} (scan_id, model_id, {', '.join(_COPY_COLUMNS)}) FROM STDIN"
+# PostgreSQL's staging table: one per connection (temporary), emptied at every commit; the upsert empties it
+# too (DELETE ... RETURNING feeds the INSERT), so two writes in one transaction never see each other's rows.
+# Made from the columns of ``results`` themselves, so its types are theirs.
+_STAGE = "dfscan_stage_results"
+
+
+def _pg_type(column: str) -> str:
+    return str(_RESULTS.c[column].type.compile(dialect=postgresql.dialect()))
+
+
+_STAGE_DDL = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
+    f"SELECT {', '.join(ROW_COLUMNS)} FROM {_RESULTS.name} WITH NO DATA"
+)
+_STAGE_COPY = f"COPY {_STAGE} ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
+_FROM_STAGE = text(
+    f"WITH staged AS (DELETE FROM {_STAGE} RETURNING *) "
+    f"INSERT INTO {_RESULTS.name} (scan_id, model_id, {', '.join(ROW_COLUMNS)}) "
+    f"SELECT CAST(:scan_id AS {_pg_type('scan_id')}), CAST(:model_id AS {_pg_type('model_id')}), "
+    f"{', '.join(ROW_COLUMNS)} FROM staged "
+    f"ON CONFLICT (scan_id, path) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _UPSERT_COLUMNS)
+)
 
 
 def _write_faces(session: Session, scan_id: int, rows: list[ResultRow]) -> None:

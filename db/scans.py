@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
 from ._dialects import insert_for
@@ -109,7 +109,12 @@ def add_chunk(session: Session, *, scan_id: int, seq: int, paths: list[str]) -> 
         attempts=0,
         created_at=utcnow(),
     )
-    session.execute(stmt.on_conflict_do_nothing(index_elements=["scan_id", "seq"]))
+    inserted = session.execute(
+        stmt.on_conflict_do_nothing(index_elements=["scan_id", "seq"]).returning(Chunk.id)
+    ).scalar_one_or_none()
+    if inserted is not None:
+        return inserted
+    # Already there (a walk replayed): it must hold the same paths.
     chunk_id, stored = session.execute(
         select(Chunk.id, Chunk.paths).where(Chunk.scan_id == scan_id, Chunk.seq == seq)
     ).one()
@@ -118,27 +123,29 @@ def add_chunk(session: Session, *, scan_id: int, seq: int, paths: list[str]) -> 
     return chunk_id
 
 
-def _update_chunk(session: Session, chunk_id: int, **values: Any) -> None:
-    result = session.execute(update(Chunk).where(Chunk.id == chunk_id).values(**values))
+def finish_chunk(
+    session: Session, *, chunk_id: int, ok: int, fake: int, real: int, errors: int
+) -> None:
+    """Mark a chunk done and end its lease. Counts are set, not added, so a redelivered chunk can finish twice.
+
+    The lease's owner stays, as who last held it; a finished chunk needs no lease (the
+    reaper looks at queued chunks only), so this is the lease's release too.
+    """
+    result = session.execute(_FINISH_CHUNK, {"chunk_id": chunk_id, "n_ok": ok, "n_fake": fake, "n_real": real,
+                                             "n_errors": errors, "at": utcnow()})
     if result.rowcount == 0:
         raise ChunkNotFound(chunk_id)
 
 
-def finish_chunk(
-    session: Session, *, chunk_id: int, ok: int, fake: int, real: int, errors: int
-) -> None:
-    """Mark a chunk done. Counts are set, not added, so a redelivered chunk can finish twice."""
-    _update_chunk(
-        session,
-        chunk_id,
-        status="done",
-        ok=ok,
-        fake=fake,
-        real=real,
-        errors=errors,
-        last_error=None,
-        finished_at=utcnow(),
-    )
+# Built once: it runs at the end of every chunk.
+_CHUNKS = Chunk.__table__
+_FINISH_CHUNK = (
+    update(_CHUNKS)
+    .where(_CHUNKS.c.id == bindparam("chunk_id"))
+    .values(status="done", ok=bindparam("n_ok"), fake=bindparam("n_fake"), real=bindparam("n_real"),
+            errors=bindparam("n_errors"), last_error=None, finished_at=bindparam("at", type_=_CHUNKS.c.finished_at.type),
+            lease_until=None)
+)
 
 
 def finish_scan(session: Session, *, scan_id: int, status: str) -> None:

@@ -25,6 +25,19 @@ ROTATED = ("rot_exif.png", "rot_xmp.png", "rot_rawprofile.png", "rot_exif_after_
 REFUSED_METADATA = ("ztxt_bomb.png", "itxt_bomb.png", "iccp_method1.png", "ztxt_bomb_after_idat.png")
 
 
+# Paths that text formats and SQL quoting trip over: stored and read back unchanged (tests/test_db.py,
+# tests/test_copy_write.py).
+AWKWARD_PATHS = [
+    "/data/caf\u00e9/\u5199\u771f.jpg",
+    "/data/a,b,c.png",
+    "/data/it's \"quoted\".jpg",
+    "/data/line\nbreak.jpg",
+    "/data/tab\tand\\backslash.jpg",
+    "/data/emoji \U0001f600.webp",
+    "/data/semi;colon -- not sql'); DROP TABLE results;--.jpg",
+]
+
+
 def chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 

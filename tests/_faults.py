@@ -11,6 +11,9 @@
 * ``noop_model``: no file is read and no model runs; every path gets an
   ``ok`` row at once, so that a benchmark measures orchestration alone
   (paths in, rows out: broker, task dispatch, database writes);
+* ``flush_rows``: a chunk commits its rows every this many (``workers.pipeline.FLUSH_ROWS``)
+  instead of all at once with its completion, so that a test can find a chunk
+  half written;
 * ``hang_after_commit_seq`` + ``marker``: after the chunk with that seq has
   committed, and before its acknowledgement, the pool process writes
   ``marker`` and hangs, once, so that the test can kill the worker there.
@@ -42,6 +45,12 @@ if FAULTS.get("slow_batch_s"):
         return _score(*args, **kwargs)
 
     _pipeline.score = _slow_score
+
+
+if FAULTS.get("flush_rows"):
+    import dfscan.workers.pipeline as _pipeline
+
+    _pipeline.FLUSH_ROWS = int(FAULTS["flush_rows"])
 
 
 if FAULTS.get("poison"):

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from dfscan import db
 import dfscan.db.results
 from dfscan.db.models import Chunk, Result, Scan
+from tests._awkward import AWKWARD_PATHS
 
 CONTRACT_VIEW_COLUMNS = [
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
@@ -27,15 +28,6 @@ CONTRACT_VIEW_COLUMNS = [
 ]  # fmt: skip
 TABLES = {"models", "scans", "chunks", "results", "scan_workers", "result_faces", "result_frames"}
 T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
-AWKWARD_PATHS = [
-    "/data/caf\u00e9/\u5199\u771f.jpg",
-    "/data/a,b,c.png",
-    "/data/it's \"quoted\".jpg",
-    "/data/line\nbreak.jpg",
-    "/data/tab\tand\\backslash.jpg",
-    "/data/emoji \U0001f600.webp",
-    "/data/semi;colon -- not sql'); DROP TABLE results;--.jpg",
-]
 
 
 def ok_row(path: str, p_fake: float, *, at: datetime = T0, size: int | None = 1000) -> db.ResultRow:
@@ -319,9 +311,19 @@ def test_write_batch_is_one_statement(
     try:
         rows = [ok_row(f"/one/{i:02}.jpg", 0.5) for i in range(64)]
         db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=rows)
+        first = list(statements)
+        statements.clear()
+        db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=rows)  # the same paths again
     finally:
         event.remove(db_engine, "before_cursor_execute", record)
-    assert len(statements) == 1 and "ON CONFLICT" in statements[0]
+    if db_engine.dialect.name == "postgresql":
+        # New paths: one COPY on the driver's connection, nothing else; paths already there: COPY into
+        # the staging table, then one INSERT ... SELECT ... ON CONFLICT.
+        assert first == []
+        assert len(statements) == 1 and "ON CONFLICT" in statements[0] and "SELECT" in statements[0]
+    else:
+        assert len(first) == 1 and "ON CONFLICT" in first[0]
+        assert len(statements) == 1 and "ON CONFLICT" in statements[0]
     session.commit()
     assert len(result_rows(session, scan_id)) == 64
 

@@ -112,7 +112,7 @@ def test_endpoint_counts_what_the_pipeline_wrote(tiny_onnx_model, sqlite_url, ch
         assert after[(f"{histogram}_count", ())] == count, histogram
         assert after[(f"{histogram}_sum", ())] > 0, histogram
         assert after[(f"{histogram}_bucket", (("le", "+Inf"),))] == count, histogram
-    # A batch's latency runs from the start of its reading to its commit: it holds its decoding and inference.
+    # A batch's latency runs from the start of its reading to its rows: it holds its decoding and inference.
     assert after[("dfscan_batch_seconds_sum", ())] >= after[("dfscan_decode_seconds_sum", ())]
     assert after[("dfscan_batch_seconds_sum", ())] >= after[("dfscan_inference_seconds_sum", ())]
 

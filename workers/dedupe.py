@@ -25,14 +25,14 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from dfscan.db.content import KnownVerdict
+from dfscan.db.content import CONTENT_ERRORS, KnownVerdict
 from dfscan.db.records import ResultRow
 from dfscan.workers.faces import image_verdict
 
 if TYPE_CHECKING:
     from dfscan.workers.batches import PreparedBatch, Verdict
 
-__all__ = ["Plan", "content_hash", "plan", "relabel"]
+__all__ = ["Plan", "content_hash", "plan", "relabel", "remember"]
 
 
 def content_hash(data: bytes) -> str:
@@ -109,3 +109,12 @@ def relabel(row: ResultRow, threshold: float, aggregation: str = "max") -> Resul
 def _label(p_fake: float, threshold: float) -> str:
     return "fake" if p_fake >= threshold else "real"
 
+
+
+def remember(known: dict[str, KnownVerdict], rows: list[ResultRow], scan_id: int) -> None:
+    """Add to ``known`` the rows (of scan ``scan_id``) that copies may take, as :func:`db.known_verdicts` would find them."""
+    for row in rows:
+        if row.content_hash and row.content_hash not in known and (
+            row.status in ("ok", "no-face") or row.error_code in CONTENT_ERRORS
+        ):
+            known[row.content_hash] = KnownVerdict(scan_id, row)

@@ -87,6 +87,8 @@ class Heartbeat:
         self.lease_s = lease_s
         self.renew_s = renew_s
         self.lost = False
+        # Cleared by a caller whose last commit ended the lease itself (finish_chunk does): no extra transaction.
+        self.release = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{chunk_id}", daemon=True)
 
@@ -97,6 +99,8 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=max(5.0, self.renew_s))
+        if not self.release:
+            return
         try:
             with self.sessions.begin() as session:
                 release_lease(session, self.chunk_id, owner=self.owner)

@@ -93,7 +93,7 @@ class WorkerMetrics:
                               registry=r)
         self.batches = Counter(f"{PREFIX}_batches", "Batches scored and written", registry=r)
         self.batch_seconds = Histogram(f"{PREFIX}_batch_seconds", "Latency of a batch: from the start of its reading "
-                                       "to its commit", buckets=TIME_BUCKETS, registry=r)
+                                       "to its rows (committed with the chunk's)", buckets=TIME_BUCKETS, registry=r)
         self.decode_seconds = Histogram(f"{PREFIX}_decode_seconds", "Reading and decoding one batch",
                                         buckets=TIME_BUCKETS, registry=r)
         self.inference_seconds = Histogram(f"{PREFIX}_inference_seconds", "The runtime's time on one batch",
@@ -217,7 +217,7 @@ def instrument(ctx: Any, metrics: WorkerMetrics) -> Callable[[list], None]:
     batches, runtime = ctx.batches, ctx.runtime
 
     def on_batch(rows: list) -> None:
-        # Called after the batch's commit, on the thread that scored it.
+        # Called once the batch is scored, on the thread that scored it (its rows commit with its chunk's).
         started = batches.take(rows)
         decode_s = total_s = None
         if started is not None:

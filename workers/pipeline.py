@@ -3,21 +3,30 @@
 :func:`score_chunk` is the unit a Celery task calls; :func:`run_local_scan`
 is the embedded default, which streams every chunk of a walk through the same
 steps in one process.  Both overlap reading and decoding (a background thread,
-:func:`workers.batches.prefetch`) with inference, and both commit one
-transaction per batch: the upsert of its rows and, with the chunk's last
-batch, the chunk's completion.  Memory: a batch waiting in the prefetch queue holds
-its decoded tensors only (64 x 3 x 224 x 224 float32, 38 MB); file bytes exist
-only while :meth:`workers.batches.BatchMaker.prepare` reads and decodes, within
-its byte budget.  Re-running any batch or chunk rewrites the
-same rows, never adds to them.
+:func:`workers.batches.prefetch`) with inference.
+
+Transactions: a chunk scored by :func:`score_chunk` is written in one
+transaction, its rows together with its completion (``done``, its counts, the
+end of its lease); a chunk larger than :data:`FLUSH_ROWS` commits its rows
+every :data:`FLUSH_ROWS` rows and finishes with the last ones, so the rows
+held stay bounded.  A worker killed mid-chunk leaves nothing or whole flushes
+behind, and the chunk is scored again: every write is an upsert, so re-running
+a chunk rewrites the same rows, never adds to them.  The embedded mode commits
+every batch (its progress bar and its stop between batches follow the commits).
+
+Memory: a batch waiting in the prefetch queue holds its decoded tensors only
+(64 x 3 x 224 x 224 float32, 38 MB); file bytes exist only while
+:meth:`workers.batches.BatchMaker.prepare` reads and decodes, within its byte
+budget; rows of a chunk wait for their commit, at most :data:`FLUSH_ROWS` of them.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dfscan import db
 from dfscan.db.chunks import retry_db
@@ -29,6 +38,9 @@ from dfscan.workers.context import ScanContext
 
 ProgressHook = Callable[[list[ResultRow]], None]
 
+# Rows a distributed chunk holds before it commits them: bounds memory whatever the chunk size.
+FLUSH_ROWS = 4096
+
 
 @dataclass(frozen=True)
 class ChunkResult:
@@ -39,6 +51,8 @@ class ChunkResult:
     real: int
     fake: int
     errors: int
+    # Seconds spent per stage (score_chunk: "read" waiting for decoded batches, "score", "write").
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -64,9 +78,10 @@ def _tally(counts: Counter, rows: list[ResultRow]) -> None:
             counts[row.status] += 1
 
 
-def _result(chunk: Chunk, counts: Counter) -> ChunkResult:
+def _result(chunk: Chunk, counts: Counter, timings: dict[str, float] | None = None) -> ChunkResult:
     return ChunkResult(
-        chunk.scan_id, chunk.chunk_id, counts["total"], counts["ok"], counts["real"], counts["fake"], counts["errors"]
+        chunk.scan_id, chunk.chunk_id, counts["total"], counts["ok"], counts["real"], counts["fake"], counts["errors"],
+        timings or {},
     )
 
 
@@ -81,7 +96,7 @@ def _prepared(ctx: ScanContext, chunks: Iterable[Chunk]) -> Iterator[PreparedBat
 
 
 def _write(ctx: ScanContext, chunk: Chunk, model_id: int, rows: list[ResultRow], finish: Counter | None) -> None:
-    """Commit one batch's rows (and, with the last batch, the chunk's end) in one transaction.
+    """Commit rows (and, with the chunk's last rows, the chunk's end) in one transaction.
 
     A lost connection or a database restart is retried with back-off for up
     to ``settings.db_retry_seconds``: the transaction is an upsert and a set,
@@ -104,15 +119,23 @@ def _write(ctx: ScanContext, chunk: Chunk, model_id: int, rows: list[ResultRow],
     retry_db(work, deadline_s=ctx.settings.db_retry_seconds, what=f"writing chunk {chunk.seq} of scan {chunk.scan_id}")
 
 
-def _scored(ctx: ScanContext, prepared: PreparedBatch, scan_id: int, model_id: int) -> list[ResultRow]:
+def _scored(ctx: ScanContext, prepared: PreparedBatch, scan_id: int, model_id: int,
+            unwritten: dict | None = None) -> list[ResultRow]:
     """Rows of a batch, each distinct content scored once (:mod:`workers.dedupe`).
 
     Before inference, one query asks which of the batch's content hashes this
     scan (or, with ``reuse_verdicts``, an earlier scan of this model) already
     has a verdict for; those files take it, the rest go to :func:`score`.
+    ``unwritten``: rows of this scan scored but not yet committed (a fleet
+    chunk commits once, at its end), by content hash; they come first.
     """
 
     def lookup(hashes: list[str]) -> dict:
+        local = {h: unwritten[h] for h in hashes if unwritten and h in unwritten}
+        rest = [h for h in hashes if h not in local]
+        return {**(_stored(rest) if rest else {}), **local}
+
+    def _stored(hashes: list[str]) -> dict:
         def read() -> dict:
             with ctx.sessions() as session:
                 return db.known_verdicts(session, scan_id=scan_id, model_id=model_id, hashes=hashes,
@@ -123,7 +146,7 @@ def _scored(ctx: ScanContext, prepared: PreparedBatch, scan_id: int, model_id: i
     if prepared.parts is not None:  # images and videos: each kind looked up on its own (videos have no hash)
         rows: list[ResultRow | None] = [None] * len(prepared.paths)
         for positions, part in prepared.parts:
-            for pos, row in zip(positions, _scored(ctx, part, scan_id, model_id)):
+            for pos, row in zip(positions, _scored(ctx, part, scan_id, model_id, unwritten)):
                 rows[pos] = row
         return rows  # type: ignore[return-value]
     options = getattr(ctx.batches.decoder, "options", None)
@@ -137,18 +160,43 @@ def _add_chunk(ctx: ScanContext, chunk: Chunk) -> int:
 
 
 def score_chunk(ctx: ScanContext, chunk: Chunk, model_id: int, on_batch: ProgressHook | None = None) -> ChunkResult:
-    """Score every path of ``chunk`` and commit its rows; the chunk ends ``done``."""
+    """Score every path of ``chunk`` and commit its rows; the chunk ends ``done``.
+
+    One transaction for the whole chunk (see the module's docstring), or one
+    per :data:`FLUSH_ROWS` rows for a larger chunk.  ``on_batch`` sees each
+    batch's rows as soon as they are scored, before their commit.
+    """
     counts: Counter = Counter()
-    if not chunk.paths:
-        _write(ctx, chunk, model_id, [], counts)
-        return _result(chunk, counts)
-    for prepared in prefetch(_prepared(ctx, [chunk]), depth=2):
-        rows = _scored(ctx, prepared, chunk.scan_id, model_id)
-        _tally(counts, rows)
-        _write(ctx, chunk, model_id, rows, counts if prepared.tag.last else None)
-        if on_batch is not None:
-            on_batch(rows)
-    return _result(chunk, counts)
+    pending: list[ResultRow] = []
+    # This chunk's rows by content hash: copies in its later batches take them before they are committed.
+    unwritten: dict = {}
+    read_s = score_s = write_s = 0.0
+    clock = time.perf_counter
+    stream = prefetch(_prepared(ctx, [chunk]), depth=2)
+    try:
+        waited = clock()
+        for prepared in stream:
+            scored = clock()
+            read_s += scored - waited
+            rows = _scored(ctx, prepared, chunk.scan_id, model_id, unwritten)
+            _tally(counts, rows)
+            pending.extend(rows)
+            dedupe.remember(unwritten, rows, chunk.scan_id)
+            if on_batch is not None:
+                on_batch(rows)
+            waited = clock()
+            score_s += waited - scored
+            if len(pending) >= FLUSH_ROWS and not prepared.tag.last:
+                _write(ctx, chunk, model_id, pending, None)
+                pending = []
+                write_s += clock() - waited
+                waited = clock()
+    finally:
+        stream.close()
+    started = clock()
+    _write(ctx, chunk, model_id, pending, counts)
+    write_s += clock() - started
+    return _result(chunk, counts, {"read": read_s, "score": score_s, "write": write_s})
 
 
 def run_local_scan(

@@ -72,6 +72,10 @@ class Producer:
         self.sessions: sessionmaker[Session] = db.session_factory(self.engine)
         self.warnings: list[str] = []
         self._reaper: Reaper | None = None
+        # Seconds spent per stage of producing, summed over this producer's walks: "walk" (reading the roots
+        # or path lists and making chunks), "record" (committing chunks), "publish" (to the broker), "wait"
+        # (back-pressure: waiting for workers to finish chunks).  For benchmarks and logs.
+        self.timings: dict[str, float] = dict.fromkeys(("walk", "record", "publish", "wait"), 0.0)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -160,18 +164,31 @@ class Producer:
         window = _Window(self, scan_id, self.settings.max_outstanding_chunks, stop)
         published = images = 0
         n_chunks = 0
+        timings = self.timings
+        clock = time.perf_counter
+        mark = clock()
         for seq, batch in enumerate(chunked(paths, chunk_size)):
+            now = clock()
+            timings["walk"] += now - mark
             n_chunks = seq + 1
             images += len(batch)
             if seq < recorded:
                 self._check_replayed(scan_id, seq, batch)
+                mark = clock()
+                timings["record"] += mark - now
                 continue
             if not window.wait_for_room():
                 return ProduceReport(scan_id, published, None, images, incremental.skipped if incremental else 0, True)
+            waited = clock()
             chunk_id = self._retry(lambda: self._record(scan_id, seq, batch), "recording a chunk")
+            recorded_at = clock()
             self.publish(Chunk(scan_id, seq, tuple(batch), chunk_id))
             window.add(chunk_id)
             published += 1
+            mark = clock()
+            timings["wait"] += waited - now
+            timings["record"] += recorded_at - waited
+            timings["publish"] += mark - recorded_at
         skipped = incremental.skipped if incremental else 0
 
         def finish() -> None:
@@ -290,17 +307,27 @@ class Producer:
 
 
 class _Window:
-    """The chunks this producer published that are not finished yet, at most ``limit``."""
+    """The chunks this producer published that are not finished yet, at most ``limit``.
+
+    Once full, it waits until a quarter of them (``refill``) have finished
+    before it lets the next ones through: one look at the database per
+    ``refill`` chunks rather than one per chunk, and the broker still holds
+    three quarters of the window for the workers meanwhile.  Its memory is
+    ``limit`` chunk ids whatever the scan's size.
+    """
 
     def __init__(self, producer: Producer, scan_id: int, limit: int, stop: threading.Event | None) -> None:
         self.producer = producer
         self.scan_id = scan_id
         self.limit = limit
+        self.refill = max(1, limit // 4)
         self.stop = stop
         self.ids: deque[int] = deque()
+        self._room = limit  # chunks that may go out before the next look at the database
 
     def add(self, chunk_id: int) -> None:
         self.ids.append(chunk_id)
+        self._room -= 1
 
     def wait_for_room(self) -> bool:
         """Block until fewer than ``limit`` chunks are outstanding; False if stopped or cancelled."""
@@ -308,7 +335,7 @@ class _Window:
         while True:
             if self.stop is not None and self.stop.is_set():
                 return False
-            if len(self.ids) < self.limit:
+            if len(self.ids) < self.limit and (self._room > 0 or len(self.ids) <= self.limit - self.refill):
                 return True
 
             def check() -> tuple[set[int], str]:
@@ -324,6 +351,9 @@ class _Window:
             if finished:
                 self.ids = deque(i for i in self.ids if i not in finished)
                 delay = self.producer.poll_s
-                continue
+                if len(self.ids) <= self.limit - self.refill:
+                    self._room = self.limit - len(self.ids)
+                    return True
             time.sleep(delay)
-            delay = min(delay * 1.5, 2.0)
+            if not finished:
+                delay = min(delay * 1.5, 2.0)

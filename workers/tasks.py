@@ -9,10 +9,12 @@ serves scans of any model it can find, one model loaded at a time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,8 @@ from dfscan.scanner.chunks import Chunk
 from dfscan.workers.lease import Heartbeat, Reaper, holder_alive, lease_owner
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,11 +63,28 @@ class WorkerState:
         self._reuse: dict[int, bool] = {}
 
     @property
-    def sessions(self) -> "sessionmaker[Session]":
-        if self._sessions is None:
+    def engine(self) -> "Engine":
+        if self._engine is None:
             self._engine = db.make_engine(self.settings.db_url)
             self._sessions = db.session_factory(self._engine)
+        return self._engine
+
+    @property
+    def sessions(self) -> "sessionmaker[Session]":
+        if self._sessions is None:
+            self._sessions = db.session_factory(self.engine)
         return self._sessions
+
+    @contextlib.contextmanager
+    def one_connection(self) -> "Iterator[sessionmaker[Session]]":
+        """Sessions whose transactions all run on one connection of the pool, checked out once."""
+        from sqlalchemy.orm import sessionmaker
+
+        connection = self.retry(self.engine.connect, "connecting to the database")
+        try:
+            yield sessionmaker(bind=connection, expire_on_commit=False)
+        finally:
+            connection.close()
 
     def retry(self, work, what: str):
         return db.retry_db(work, deadline_s=self.settings.db_retry_seconds, what=what)
@@ -158,9 +179,19 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
 
     Every path ends with the scan's completion check, so the worker that
     finishes the last chunk completes the scan.
+
+    The chunk's transactions (claim, rows with completion, the scan's check)
+    share one pooled connection: one checkout and liveness ping per chunk, not
+    one per transaction.  A connection lost meanwhile is replaced on its next
+    use, inside the same retries.
     """
     assert chunk.chunk_id is not None
-    sessions = state.sessions
+    with state.one_connection() as sessions:
+        return _handle_chunk(state, sessions, chunk)
+
+
+def _handle_chunk(state: WorkerState, sessions: "sessionmaker[Session]", chunk: Chunk) -> str:
+    assert chunk.chunk_id is not None
     settings = state.settings
     max_attempts = settings.max_attempts
     owner = lease_owner()
@@ -169,9 +200,12 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
         with sessions.begin() as session:
             begun = claim_chunk(session, chunk.chunk_id, owner=owner, lease_s=settings.lease_seconds,
                                 holder_alive=holder_alive)
-            return begun, db.scan_head(session, chunk.scan_id)
+            return begun, begun.head or db.scan_head(session, chunk.scan_id)
 
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
     begun, head = state.retry(start, f"starting chunk {chunk.seq} of scan {chunk.scan_id}")
+    timings["claim"] = time.perf_counter() - began
     if begun.scan_status == "cancelled":
         return CANCELLED
     if begun.leased_by is not None:
@@ -195,19 +229,29 @@ def handle_chunk(state: WorkerState, chunk: Chunk) -> str:
     else:
         from dfscan.workers.pipeline import score_chunk
 
-        with Heartbeat(sessions, chunk.chunk_id, owner=owner, lease_s=settings.lease_seconds,
-                       renew_s=settings.lease_renew_seconds):
-            ctx = state.context_for(head)
+        # The heartbeat renews from its own thread, on a connection of its own.
+        with Heartbeat(state.sessions, chunk.chunk_id, owner=owner, lease_s=settings.lease_seconds,
+                       renew_s=settings.lease_renew_seconds) as beat:
+            ctx = dataclasses.replace(state.context_for(head), sessions=sessions)
             state.note_worker(ctx, chunk.scan_id)
-            score_chunk(ctx, chunk, head.model_id, on_batch=state.on_batch)
+            result = score_chunk(ctx, chunk, head.model_id, on_batch=state.on_batch)
+            beat.release = False  # the chunk's last commit ended its lease
+        timings.update(result.timings)
         outcome = SCORED
-    complete(state, chunk.scan_id)
+    done = time.perf_counter()
+    complete(state, chunk.scan_id, sessions)
+    end = time.perf_counter()
+    timings["complete"] = end - done
+    log.info("chunk %d of scan %d: %s, %d paths in %.2f ms (%s)", chunk.seq, chunk.scan_id, outcome, len(chunk.paths),
+             1000 * (end - began), ", ".join(f"{k} {1000 * v:.2f}" for k, v in timings.items()))
     return outcome
 
 
-def complete(state: WorkerState, scan_id: int) -> bool:
+def complete(state: WorkerState, scan_id: int, sessions: "sessionmaker[Session] | None" = None) -> bool:
+    sessions = sessions or state.sessions
+
     def work() -> bool:
-        with state.sessions.begin() as session:
+        with sessions.begin() as session:
             return db.maybe_complete_scan(session, scan_id)
 
     done = state.retry(work, f"completing scan {scan_id}")

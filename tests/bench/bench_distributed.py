@@ -1,6 +1,7 @@
 """Orchestration throughput of a distributed scan: paths in, rows out, with a no-op model.
 
     python tests/bench/bench_distributed.py [--images 100000] [--workers 2] [--chunk-size 256]
+                                            [--rss-paths 10000000]
 
 Starts a throwaway Redis and PostgreSQL (``tests/_cluster.py``), ``--workers``
 real ``dfscan worker`` processes with the no-op model of ``tests/_faults.py``
@@ -11,20 +12,173 @@ real producer on a path list of ``--images`` made-up paths.  Prints:
   end-to-end  first chunk recorded -> scan completed (every row committed)
   task time   sum of the workers' task durations (from their logs) / (workers x wall)
 
-and where the time goes.  Not a test: nothing here asserts a speed.
+and where the time goes, per image: the producer's stages (walk, record, publish,
+back-pressure wait: its own clock), each worker stage (from the line a worker logs per
+chunk: claim, read+decode, score, write = rows and the chunk's completion in one
+transaction, the scan's completion check), Celery's own time inside a task, and the time
+between tasks (broker round trips, acknowledgement, the prefork pool's pipes).  Worker
+stages are summed over both workers, so they add up to about workers x wall time.
+
+``--rss-paths N`` then runs the producer alone (the real ``dfscan scan --broker``
+command, in its own process) over a path list of N made-up paths, with a drain
+standing in for infinitely fast workers (it pops each message from Redis and marks
+the chunk done in PostgreSQL), and prints the producer's resident memory as it goes
+and at its peak.  Not a test: nothing here asserts a speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+# The line workers/tasks.py logs per chunk.
+CHUNK_LINE = re.compile(r"chunk \d+ of scan (\d+): \w[\w-]*, (\d+) paths in ([0-9.]+) ms \(([^)]*)\)")
+
+
+def write_listing(path: Path, n: int) -> None:
+    with open(path, "w") as out:
+        for start in range(0, n, 100_000):
+            out.write("".join(f"/archive/{i // 1000:05d}/img_{i:09d}.jpg\n" for i in range(start, min(n, start + 100_000))))
+
+
+def worker_stages(logs: list[str], scan_id: int) -> tuple[Counter, int]:
+    """Milliseconds per stage summed over the scan's chunks, and how many chunks."""
+    total: Counter = Counter()
+    chunks = 0
+    for text in logs:
+        for m in CHUNK_LINE.finditer(text):
+            if int(m.group(1)) != scan_id:
+                continue
+            chunks += 1
+            total["handled"] += float(m.group(3))
+            for part in m.group(4).split(", "):
+                name, value = part.rsplit(" ", 1)
+                total[name] += float(value)
+    return total, chunks
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process and its descendants.
+
+    A negative pid stands for that process alone (this one, whose children are the others).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, root in roots.items():
+        total = 0
+        for p in ([-root] if root < 0 else _tree(root)):
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        out[name] = total / tick
+    return out
+
+
+def rss_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process in kB."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0])
+    return fields.get("VmRSS", 0), fields.get("VmHWM", 0)
+
+
+def drain(redis_url: str, pg_dsn: str, queue: str, stop: threading.Event) -> int:
+    """Stand in for workers: pop chunk messages, mark their chunks done.  Returns how many."""
+    import psycopg
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    n = 0
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        while True:
+            raw = client.lpop(queue, 500)
+            if not raw:
+                if stop.is_set():
+                    return n
+                time.sleep(0.01)
+                continue
+            ids = []
+            for message in raw:
+                envelope = json.loads(message)
+                body = envelope["body"]
+                if envelope.get("properties", {}).get("body_encoding") == "base64":
+                    body = base64.b64decode(body)
+                ids.append(int(json.loads(body)[1]["chunk_id"]))
+            conn.execute("UPDATE chunks SET status = 'done', finished_at = now() WHERE id = ANY(%s)", (ids,))
+            n += len(ids)
+
+
+def producer_rss(args, tmp: Path, pg, redis, model: Path) -> None:
+    listing = tmp / "rss-paths.txt"
+    t0 = time.perf_counter()
+    write_listing(listing, args.rss_paths)
+    print(f"\nproducer alone   {args.rss_paths} paths ({listing.stat().st_size / 1e6:.0f} MB list written in "
+          f"{time.perf_counter() - t0:.0f} s), drained by a stand-in for workers")
+    url = pg.create_database(f"rss_{uuid.uuid4().hex[:8]}")
+    dsn = f"host=127.0.0.1 port={pg.port} user=postgres dbname={url.rsplit('/', 1)[1]}"
+    stop = threading.Event()
+    drained: list[int] = []
+    thread = threading.Thread(target=lambda: drained.append(drain(redis.url(1), dsn, "dfscan", stop)), daemon=True)
+    thread.start()
+    dfscan = str(Path(sys.executable).with_name("dfscan"))
+    cmd = [dfscan, "scan", "--paths-from", str(listing), "--broker", redis.url(1), "--db", url, "--model", str(model),
+           "--chunk-size", str(args.chunk_size), "--max-outstanding", str(args.max_outstanding), "--json"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    samples: list[tuple[float, int]] = []
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss, hwm = rss_kb(proc.pid)
+        except OSError:
+            break
+        peak = max(peak, hwm)
+        samples.append((time.perf_counter() - t0, rss))
+        time.sleep(0.5)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    stop.set()
+    thread.join(60)
+    if proc.returncode != 0:
+        print(f"producer failed ({proc.returncode}):\n{err[-2000:]}")
+        return
+    report = json.loads(out)
+    print(f"producer         {report['images']} paths in {report['chunks_enqueued']} chunks in {wall:.1f} s "
+          f"({report['images'] / wall:.0f} paths/s, process start included); scan {report['status']}")
+    marks = [samples[int(len(samples) * f)] for f in (0.1, 0.25, 0.5, 0.75) if samples] + samples[-1:]
+    print("producer RSS     " + ", ".join(f"{rss / 1024:.0f} MB at {t:.0f} s" for t, rss in marks))
+    print(f"producer peak    {peak / 1024:.0f} MB (VmHWM)")
 
 
 def main() -> None:
@@ -33,6 +187,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--max-outstanding", type=int, default=64)
+    parser.add_argument("--rss-paths", type=int, default=0,
+                        help="then run the producer alone over this many paths and print its memory (e.g. 10000000)")
     args = parser.parse_args()
 
     from dfscan import db
@@ -45,9 +201,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dfscan-bench-"))
     model = export_tiny_model(tmp / "model")
     listing = tmp / "paths.txt"
-    with open(listing, "w") as out:
-        for i in range(args.images):
-            out.write(f"/archive/{i // 1000:05d}/img_{i:09d}.jpg\n")
+    write_listing(listing, args.images)
     pg = PostgresServer().init()
     redis = RedisServer(tmp / "redis").start()
     url = pg.create_database(f"bench_{uuid.uuid4().hex[:8]}")
@@ -70,28 +224,62 @@ def main() -> None:
             wait_for(lambda: producer.progress(warm).status == "completed", 300, "the warm-up scan")
             for w in workers:
                 w.log_path.write_text("")  # count the timed scan's tasks only
+            timings = getattr(producer, "timings", None)
+            if timings is not None:
+                for key in timings:
+                    timings[key] = 0.0
             scan_id = producer.register(ScanSource((), (str(listing),), WalkOptions(settings.extensions)), name="bench")
+            postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+            roots = {"postgresql": postmaster, "redis": redis.proc.pid, "producer (this process)": -os.getpid(),
+                     **{f"worker {w.name}": w.pid for w in workers}}
+            cpu0 = cpu_seconds(roots)
             t0 = time.perf_counter()
             report = producer.produce(scan_id)
             t_enqueued = time.perf_counter()
-            wait_for(lambda: producer.progress(scan_id).status == "completed", 3600, "the scan", interval=0.2)
+            wait_for(lambda: producer.progress(scan_id).status == "completed", 3600, "the scan", interval=0.05)
             t_done = time.perf_counter()
+            cpu1 = cpu_seconds(roots)
             p = producer.progress(scan_id)
         assert p.images_done == args.images, p
-        task_s = sum(float(x) for w in workers for x in re.findall(r"succeeded in ([0-9.]+)s", w.log()))
+        logs = [w.log() for w in workers]
+        task_s = sum(float(x) for text in logs for x in re.findall(r"succeeded in ([0-9.]+)s", text))
         wall = t_done - t0
-        print(f"images            {args.images} in {report.chunks_published} chunks of {args.chunk_size}, "
+        n = args.images
+        print(f"images            {n} in {report.chunks_published} chunks of {args.chunk_size}, "
               f"{args.workers} workers (prefork, 1 process each), max outstanding {args.max_outstanding}")
         print(f"enqueue           {t_enqueued - t0:8.2f} s   (producer done; back-pressure keeps it in step)")
-        print(f"end-to-end        {wall:8.2f} s   {args.images / wall:10.0f} images/s")
+        print(f"end-to-end        {wall:8.2f} s   {n / wall:10.0f} images/s")
         print(f"task time         {task_s:8.2f} s   {task_s / (args.workers * wall):.0%} of the workers' wall time; "
               f"{1000 * task_s / max(1, report.chunks_published):.1f} ms per chunk "
-              f"({1e6 * task_s / args.images:.0f} us per image)")
+              f"({1e6 * task_s / n:.0f} us per image)")
+        print("where the time goes, in microseconds per image")
+        if timings is not None:
+            print("  producer        " + ", ".join(f"{k} {1e6 * v / n:.1f}" for k, v in timings.items())
+                  + f"  (of {1e6 * wall / n:.1f} wall)")
+        stages, chunks = worker_stages(logs, scan_id)
+        if chunks:
+            handled = stages.pop("handled") / 1000
+            parts = ", ".join(f"{k} {1e3 * v / n:.1f}" for k, v in stages.items())
+            print(f"  workers         {parts}  (chunk handling {1e6 * handled / n:.1f})")
+            print(f"  celery in task  {1e6 * (task_s - handled) / n:.1f}  (task time minus chunk handling)")
+        else:
+            print("  workers         (no per-chunk stage lines in the worker logs)")
+        print(f"  between tasks   {1e6 * (args.workers * wall - task_s) / n:.1f}  (workers x wall minus task time: "
+              "broker fetch, acknowledgement, prefork pipes, idle)")
+        cpu = {k: cpu1[k] - cpu0[k] for k in roots}
+        print("CPU time, in microseconds per image (2 cores shared with everything else on the machine)")
+        print("  " + ", ".join(f"{k} {1e6 * v / n:.1f}" for k, v in cpu.items())
+              + f"; all {1e6 * sum(cpu.values()) / n:.1f} of {2e6 * wall / n:.1f} core-time")
+        if args.rss_paths:
+            for w in workers:  # the drain stands in for them
+                w.stop()
+            producer_rss(args, tmp, pg, redis, model)
     finally:
         for w in workers:
             w.stop()
         redis.stop()
         pg.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)  # the model, the path lists (330 MB for 10M paths), the logs
 
 
 if __name__ == "__main__":
