@@ -473,3 +473,30 @@ def test_a_batch_of_images_and_videos_reuses_its_images(tmp_path: Path, sqlite_u
     assert rows[str(tmp_path / "in" / "b" / "clip.mp4")]["kind"] == "video"
     assert rows[str(tmp_path / "in" / "b" / "clip.mp4")]["verdict_source"] == "computed"
     assert {rows[str(c)]["verdict_source"] for c in copies[:3]} == {"reused"}
+
+
+def test_a_fleet_chunk_scores_copies_in_its_later_batches_once(tmp_path: Path, tiny_onnx_model: Path,  # noqa: F811
+                                                               pg_url: str) -> None:
+    """A fleet chunk commits once, at its end: copies in its later batches take its uncommitted rows."""
+    from dfscan.workers import pipeline
+    from dfscan.workers.context import ScanContext
+
+    originals, copies = archive(tmp_path / "in", n=3)
+    paths = tuple(str(p) for p in originals + copies)  # batches of 4: every copy is in a later batch
+    ctx = ScanContext.open(Settings(db_url=pg_url, model=tiny_onnx_model, batch_size=4))
+    try:
+        counters: list[CountedRuntime] = []
+        counting(counters)(ctx)
+        model_id = ctx.register_model()
+        with ctx.sessions.begin() as s:
+            scan_id = db.create_scan(s, name="chunk", roots=[], model_id=model_id, threshold=0.5, settings={})
+            chunk_id = db.add_chunk(s, scan_id=scan_id, seq=0, paths=list(paths))
+        result = pipeline.score_chunk(ctx, Chunk(scan_id, 0, paths, chunk_id), model_id)
+    finally:
+        ctx.close()
+    assert (result.total, result.ok, result.errors) == (8, 6, 2)
+    rows = table_rows(pg_url, scan_id)
+    assert [rows[str(c)]["verdict_source"] for c in copies] == ["copy"] * 4
+    for original, copy in zip(originals, copies):
+        same_but(rows[str(original)], rows[str(copy)], DIFFERS | {"scanned_at"})  # scored in another batch
+    assert counters[0].images == 3  # the three distinct images, once each
