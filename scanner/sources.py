@@ -41,8 +41,14 @@ class ScanSource:
         return ObjectPath(path, object_store(self.options.s3_endpoint_url)) if is_object_url(path) else path
 
     def count(self) -> int | None:
-        """How many files the roots hold (a second walk), or None when path lists make it unknowable up front."""
-        return None if self.path_lists else count_files(self.roots, self.options)
+        """How many files the roots hold (a second walk), or None when that is unknowable or dear up front.
+
+        Path lists are read once, as they stream; a bucket is not listed twice (a
+        second listing costs requests and the scan's CPU).
+        """
+        if self.path_lists or any(is_object_url(r) for r in self.roots):
+            return None
+        return count_files(self.roots, self.options)
 
     @property
     def stored_roots(self) -> list[str]:

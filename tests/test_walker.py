@@ -134,3 +134,15 @@ def test_walking_memory_does_not_grow_with_the_archive(tmp_path):
     big_n, big = peak(tree(tmp_path / "big", 10, 10))
     assert (small_n, big_n) == (4, 40)  # 1,000 and 10,000 files in chunks of 256
     assert big < 1.3 * small, (small, big)  # holding the paths would take about 10 times as much
+
+
+def test_the_progress_total_walks_folders_but_never_lists_a_bucket_again(tmp_path) -> None:
+    from dfscan.scanner import ScanSource
+
+    for name in ("a.jpg", "b.png", "c.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    options = WalkOptions((".jpg", ".png"))
+    assert ScanSource((str(tmp_path),), (), options).count() == 2
+    # No store is reachable at this endpoint: a listing would raise, so None says nothing was asked.
+    s3 = WalkOptions((".jpg",), s3_endpoint_url="http://127.0.0.1:9")
+    assert ScanSource((str(tmp_path), "s3://bucket/photos"), (), s3).count() is None
