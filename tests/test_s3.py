@@ -347,20 +347,27 @@ def test_incremental_falls_back_to_size_and_mtime_for_rows_without_an_etag(s3, t
 
 
 def test_a_copy_keeps_its_own_objects_etag(s3, tiny_onnx_model, sqlite_url):
-    """Two objects with the same bytes, one uploaded in parts (another ETag): each row has its own object's ETag."""
+    """The same bytes in three objects, two uploaded in parts (another ETag): each row has its own object's ETag.
+
+    b is a copy in a's batch, z one in a later batch (batches of 4).
+    """
     bucket = fresh_bucket(s3)
     data = jpeg_bytes(5, size=(48, 48))
-    s3.put(bucket, "copies/a.jpg", data)
     client = s3.client()
-    upload = client.create_multipart_upload(Bucket=bucket, Key="copies/b.jpg")["UploadId"]
-    part = client.upload_part(Bucket=bucket, Key="copies/b.jpg", UploadId=upload, PartNumber=1, Body=data)
-    client.complete_multipart_upload(Bucket=bucket, Key="copies/b.jpg", UploadId=upload,
-                                     MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
-    etags = {f"s3://{bucket}/copies/{k}.jpg": _etag(s3, bucket, f"copies/{k}.jpg") for k in "ab"}
-    assert len(set(etags.values())) == 2, etags
+    s3.put(bucket, "copies/a.jpg", data)
+    for key in ("copies/b.jpg", "copies/z.jpg"):
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        part = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=data)
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
+                                         MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+    for n in range(3):
+        s3.put(bucket, f"copies/c{n}.jpg", jpeg_bytes(20 + n, size=(48, 48)))
+    etags = {f"s3://{bucket}/{k}": _etag(s3, bucket, k)
+             for k in ("copies/a.jpg", "copies/b.jpg", "copies/z.jpg", *(f"copies/c{n}.jpg" for n in range(3)))}
+    assert etags[f"s3://{bucket}/copies/a.jpg"] != etags[f"s3://{bucket}/copies/b.jpg"]
     result = json.loads(scan(s3, f"s3://{bucket}/copies", "--model", str(tiny_onnx_model), "--db", sqlite_url).stdout)
     rows = rows_by_path(sqlite_url, result["scan_id"])
-    assert sorted(r["verdict_source"] for r in rows.values()) == ["computed", "copy"]
+    assert [rows[f"s3://{bucket}/copies/{k}.jpg"]["verdict_source"] for k in "abz"] == ["computed", "copy", "copy"]
     assert {u: r["etag"] for u, r in rows.items()} == etags
 
 
@@ -427,6 +434,8 @@ def test_fleet_scan_of_an_s3_prefix(s3, redis_server, pg_url, tmp_path, tiny_onn
         assert sorted(rows) == sorted(expected)
         assert rows[f"s3://{bucket}/fleet/broken.jpg"]["error_code"] == "not-image"
         assert sum(r["status"] == "ok" for r in rows.values()) == 20
+        # Written by COPY: every row, the error too, carries its object's ETag.
+        assert {u: r["etag"] for u, r in rows.items()} == {u: _etag(s3, bucket, u.split("/", 3)[3]) for u in rows}
         assert not any(secret in worker.log() for secret in SECRETS)
     finally:
         worker.stop()
@@ -541,6 +550,9 @@ def test_scan_of_a_prefix_with_videos_streams_them_and_keeps_the_url_secret(s3, 
     assert cut_row["size"] == len(cut)
     gone = rows[url + "gone.mp4"]
     assert (gone["kind"], gone["error_code"]) == ("video", "missing") and "vanished" in gone["error"]
+    # A batch of an image and videos: each row has its object's ETag, the vanished one none.
+    assert {u: r["etag"] for u, r in rows.items()} == {
+        u: None if u.endswith("gone.mp4") else _etag(s3, bucket, u.split("/", 3)[3]) for u in rows}
     # Only the videos' first bytes went through boto3 (and the MP4 box walk of the cut one): FFmpeg read the rest.
     assert f"bytes=0-{len(clip) - 1}" not in ranges and "bytes=0-63" in ranges
 
