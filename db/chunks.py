@@ -537,9 +537,15 @@ def finished_among(session: Session, chunk_ids: Iterable[int]) -> set[int]:
     return out
 
 
-def unchanged_paths(session: Session, *, model_id: int, scan_id: int, stats: dict[str, tuple[int, float]]) -> set[str]:
-    """Paths whose (size, mtime) match an ``ok`` (or ``no-face``: a finished outcome) row of the same model in
-    another scan.
+def unchanged_paths(session: Session, *, model_id: int, scan_id: int,
+                    stats: dict[str, tuple[int, float, str | None]]) -> set[str]:
+    """Paths unchanged since an ``ok`` (or ``no-face``: a finished outcome) row of the same model in another scan.
+
+    ``stats`` gives each path's (size, mtime, etag); etag is an ``s3://``
+    object's ETag, None for a local file.  Where both it and the row have an
+    etag, size and etag must match (an object rewritten within LastModified's
+    second has a new ETag); otherwise, size and mtime (files, and rows written
+    before migration 0012).
 
     Served by the ``(model_id, path)`` index of ``results``: one IN-list
     lookup per chunk of paths.
@@ -548,14 +554,16 @@ def unchanged_paths(session: Session, *, model_id: int, scan_id: int, stats: dic
     paths = list(stats)
     for start in range(0, len(paths), _IN_LIST_SIZE):
         part = paths[start : start + _IN_LIST_SIZE]
-        for path, size, mtime in session.execute(
-            select(Result.path, Result.size, Result.mtime).where(
+        for path, size, mtime, etag in session.execute(
+            select(Result.path, Result.size, Result.mtime, Result.etag).where(
                 Result.model_id == model_id,
                 Result.path.in_(part),
                 Result.status.in_(("ok", "no-face")),
                 Result.scan_id != scan_id,
             )
         ):
-            if (size, mtime) == stats[path]:
+            now_size, now_mtime, now_etag = stats[path]
+            same = etag == now_etag if etag is not None and now_etag is not None else mtime == now_mtime
+            if size == now_size and same:
                 out.add(path)
     return out

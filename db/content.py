@@ -76,7 +76,7 @@ def _lookup(session: Session, scan_id: int, model_id: int, hashes: list[str], re
     stmt = (
         select(Result.id, Result.scan_id, Result.path, Result.size, Result.mtime, Result.status, Result.label,
                Result.p_fake, Result.confidence, Result.error, Result.error_code, Result.scanned_at, Result.faces,
-               Result.faces_found, Result.content_hash, Result.verdict_source,
+               Result.faces_found, Result.content_hash, Result.verdict_source, Result.etag,
                ResultFace.face_index, ResultFace.x, ResultFace.y, ResultFace.w, ResultFace.h,
                ResultFace.detector_score, ResultFace.p_fake.label("face_p_fake"), ResultFace.label.label("face_label"))
         .outerjoin(ResultFace, and_(ResultFace.scan_id == Result.scan_id, ResultFace.path == Result.path))
@@ -98,6 +98,6 @@ def _lookup(session: Session, scan_id: int, model_id: int, hashes: list[str], re
         h: KnownVerdict(r.scan_id, ResultRow(
             r.path, r.size, r.mtime, r.status, r.label, r.p_fake, r.confidence, r.error, r.error_code, r.scanned_at,
             faces=r.faces, faces_found=r.faces_found, face_rows=tuple(faces_of.get(h, ())), content_hash=h,
-            verdict_source=r.verdict_source))
+            verdict_source=r.verdict_source, etag=r.etag))
         for h, r in heads.items()
     }

@@ -190,6 +190,8 @@ class Result(Base):
     # SHA-256 (hex) of the file's bytes, and where the verdict came from (records.VERDICT_SOURCES).
     content_hash: Mapped[str | None] = mapped_column(String(64))
     verdict_source: Mapped[str] = mapped_column(String(8), default="computed", server_default=text("'computed'"))
+    # An s3:// object's ETag, unquoted (migration 0012): --incremental compares it with the size; NULL for files.
+    etag: Mapped[str | None] = mapped_column(String(128))
 
 
 class ResultFrame(Base):
@@ -239,6 +241,7 @@ class ResultFace(Base):
 VIEW_COLUMNS = (
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
     "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes", "content_hash", "verdict_source",
+    "etag",
 )  # fmt: skip
 scan_results = Table(
     "scan_results",
@@ -260,6 +263,7 @@ scan_results = Table(
     Column("notes", Text),
     Column("content_hash", String(64)),
     Column("verdict_source", String(8)),
+    Column("etag", String(128)),
 )
 assert tuple(scan_results.c.keys()) == VIEW_COLUMNS
 

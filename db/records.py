@@ -85,6 +85,8 @@ class ResultRow:
     # SHA-256 of the file's bytes (hex); None where they were never all read (the row is an error).
     content_hash: str | None = None
     verdict_source: str = "computed"
+    # An s3:// object's ETag (unquoted); None for local files.
+    etag: str | None = None
 
     def __post_init__(self) -> None:
         # Checked here so that a bad row fails in the worker that made it, with
@@ -101,10 +103,10 @@ class ResultRow:
             raise ValueError(f"{self.path!r}: verdict_source {self.verdict_source!r} not in {VERDICT_SOURCES}")
 
     def copied_to(self, path: str, size: int | None, mtime: float | None, *, source: str,
-                  scanned_at: datetime | None = None) -> "ResultRow":
-        """This row's verdict, error and faces for another file with the same bytes."""
+                  scanned_at: datetime | None = None, etag: str | None = None) -> "ResultRow":
+        """This row's verdict, error and faces for another file with the same bytes (and that file's own etag)."""
         return replace(self, path=path, size=size, mtime=mtime, verdict_source=source,
-                       scanned_at=scanned_at or self.scanned_at)
+                       scanned_at=scanned_at or self.scanned_at, etag=etag)
 
 
 @dataclass(frozen=True, slots=True)

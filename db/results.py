@@ -27,7 +27,7 @@ _RESULTS = Result.__table__
 _UPSERT_COLUMNS = (
     "model_id", "size", "mtime", "status", "label", "p_fake", "confidence", "error",
     "error_code", "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
-    "content_hash", "verdict_source",
+    "content_hash", "verdict_source", "etag",
 )  # fmt: skip
 # What each row carries, in this order: the path and every ResultRow field of _UPSERT_COLUMNS.
 ROW_COLUMNS = ("path",) + tuple(c for c in _UPSERT_COLUMNS if c != "model_id")

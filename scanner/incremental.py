@@ -5,10 +5,12 @@ of the same model in another scan.  Error rows never count (a file that
 failed is tried again), nor do rows of another model.  Paths are looked up a
 chunk at a time, so memory stays flat whatever the archive's size.
 
-An ``s3://`` object's size and mtime are its listing's Size and LastModified
-(whole seconds; what the reader stores in its row too): a rewritten object has
-a new LastModified, so it is scored again.  Objects named by a path list are
-asked for them with HEAD requests, a few at a time.
+An ``s3://`` object is unchanged when its size and ETag (the listing's, which
+the reader stores in its row too) equal the row's: LastModified has whole
+seconds only, so an object rewritten within the same second with the same size
+is told apart by its ETag alone.  A row written before migration 0012 has no
+etag: its size and LastModified (the row's mtime) are compared.  Objects named
+by a path list are asked for them with HEAD requests, a few at a time.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class IncrementalFilter:
             yield from self._filter(block)
 
     def _filter(self, block: list[str]) -> list[str]:
-        stats: dict[str, tuple[int, float]] = {}
+        stats: dict[str, tuple[int, float, str | None]] = {}
         objects = [p for p in block if is_object_url(p)]
         if objects:
             stats.update(_object_stats(objects))
@@ -68,7 +70,7 @@ class IncrementalFilter:
                 st = stat_path(on_disk(path))
             except OSError:
                 continue  # kept: it ends as an error row
-            stats[path] = (st.st_size, st.st_mtime)
+            stats[path] = (st.st_size, st.st_mtime, None)
         if not stats:
             return block
 
@@ -81,15 +83,15 @@ class IncrementalFilter:
         return [p for p in block if p not in unchanged]
 
 
-def _object_stats(urls: list[str]) -> dict[str, tuple[int, float]]:
-    """(size, mtime) of each object that answers; the listing's when it had them, else a HEAD request's."""
+def _object_stats(urls: list[str]) -> dict[str, tuple[int, float, str | None]]:
+    """(size, mtime, etag) of each object that answers; the listing's when it had them, else a HEAD request's."""
 
-    def stat(url: str) -> tuple[int, float] | None:
+    def stat(url: str) -> tuple[int, float, str | None] | None:
         try:
             info = url.stat() if isinstance(url, ObjectPath) else object_store().head(url)
         except ObjectError:
             return None  # kept: it ends as an error row
-        return info.size, info.mtime
+        return info.size, info.mtime, info.etag or None
 
     asked = [u for u in urls if not (isinstance(u, ObjectPath) and u.info is not None)]
     if len(asked) > 1:

@@ -24,7 +24,7 @@ from tests._awkward import AWKWARD_PATHS
 CONTRACT_VIEW_COLUMNS = [
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
     "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
-    "content_hash", "verdict_source",
+    "content_hash", "verdict_source", "etag",
 ]  # fmt: skip
 TABLES = {"models", "scans", "chunks", "results", "scan_workers", "result_faces", "result_frames"}
 T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
@@ -169,7 +169,7 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     assert columns == {
         "id", "scan_id", "model_id", "path", "size", "mtime", "status", "label", "p_fake",
         "confidence", "error", "error_code", "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s",
-        "notes", "content_hash", "verdict_source",
+        "notes", "content_hash", "verdict_source", "etag",
     }  # fmt: skip
     for table in ("models", "scans", "chunks"):
         assert {c["name"] for c in insp.get_columns(table)} == set(
@@ -218,6 +218,33 @@ def test_downgrade_to_base_removes_everything(db_engine: Engine) -> None:
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 0
     db.upgrade(db_engine)  # and back up again
     assert TABLES <= set(inspect(db_engine).get_table_names())
+
+
+def test_migration_0012_down_and_up_keeps_rows(db_engine: Engine) -> None:
+    """Downgrade to 0011 drops results.etag and the view's etag and keeps the rows; upgrading gives NULL etags."""
+    with db.session_factory(db_engine).begin() as session:
+        model_id = db.get_or_create_model(session, sha256="a" * 64, name="m", path="/m", info={})
+        scan_id = db.create_scan(session, name="s", roots=[], model_id=model_id, threshold=0.5, settings={})
+        db.write_batch(session, scan_id=scan_id, model_id=model_id, rows=[
+            db.ResultRow("s3://b/x.jpg", 1, 1.0, "ok", "real", 0.1, 0.9, None, None, T0, etag="9b2cf535f27731c9"),
+            db.ResultRow("/y.jpg", 2, 2.0, "ok", "fake", 0.9, 0.9, None, None, T0)])
+    with db_engine.connect() as conn:
+        assert conn.execute(text("SELECT path, etag FROM scan_results ORDER BY path")).all() == [
+            ("/y.jpg", None), ("s3://b/x.jpg", "9b2cf535f27731c9")]
+    db.downgrade(db_engine, "0011")
+    insp = inspect(db_engine)
+    assert "etag" not in {c["name"] for c in insp.get_columns("results")}
+    assert [c["name"] for c in insp.get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS[:-1]
+    with db_engine.connect() as conn:
+        assert conn.execute(text("SELECT path, label FROM scan_results ORDER BY path")).all() == [
+            ("/y.jpg", "fake"), ("s3://b/x.jpg", "real")]
+    db.upgrade(db_engine)
+    assert [c["name"] for c in inspect(db_engine).get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS
+    with db_engine.connect() as conn:
+        assert conn.execute(text("SELECT path, etag FROM scan_results ORDER BY path")).all() == [
+            ("/y.jpg", None), ("s3://b/x.jpg", None)]
+        assert conn.execute(text("SELECT path, size FROM results ORDER BY path")).all() == [
+            ("/y.jpg", 2), ("s3://b/x.jpg", 1)]
 
 
 def test_concurrent_upgrades_do_not_race(db_url: str) -> None:

@@ -274,18 +274,101 @@ def test_incremental_rescan_skips_unchanged_objects_and_rescores_changed_ones(s3
     assert (again["total"], again["skipped"]) == (0, 6)
     time.sleep(1.1)  # LastModified has whole seconds
     s3.put(bucket, "inc/1.jpg", jpeg_bytes(100, size=(64, 64)))  # new content
-    s3.put(bucket, "inc/2.jpg", jpeg_bytes(2, size=(48, 48)))  # the same bytes written again: a new LastModified
+    s3.put(bucket, "inc/2.jpg", jpeg_bytes(2, size=(48, 48)))  # the same bytes again: a new LastModified, same ETag
     s3.put(bucket, "inc/new.jpg", jpeg_bytes(7, size=(48, 48)))
     third = json.loads(scan(s3, f"s3://{bucket}/inc", "--model", str(tiny_onnx_model), "--db", sqlite_url,
                             "--incremental").stdout)
-    assert (third["total"], third["skipped"]) == (3, 4)
-    assert set(rows_by_path(sqlite_url, third["scan_id"])) == {f"s3://{bucket}/inc/{n}.jpg" for n in ("1", "2", "new")}
+    assert (third["total"], third["skipped"]) == (2, 5)
+    assert set(rows_by_path(sqlite_url, third["scan_id"])) == {f"s3://{bucket}/inc/{n}.jpg" for n in ("1", "new")}
     # The same objects named by a path list: their size and LastModified come from HEAD requests.
     listing = tmp_path / "paths.txt"
     listing.write_text("".join(f"s3://{bucket}/inc/{n}.jpg\n" for n in ("0", "1", "new", "gone")))
     fourth = json.loads(scan(s3, "--paths-from", str(listing), "--model", str(tiny_onnx_model), "--db", sqlite_url,
                              "--incremental").stdout)
     assert (fourth["total"], fourth["skipped"], fourth["errors"]) == (1, 3, 1)  # only the missing one is tried
+
+
+def _etag(server, bucket: str, key: str) -> str:
+    return server.client().head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+
+
+def _set_rows(url: str, sql: str, **params) -> None:
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql), params)
+    finally:
+        engine.dispose()
+
+
+def test_incremental_rescores_an_object_rewritten_in_the_same_second_with_the_same_size(s3, tiny_onnx_model,
+                                                                                       sqlite_url):
+    """Same size, same LastModified, other bytes: the ETag alone tells the rewrite; re-uploaded bytes are skipped."""
+    bucket = fresh_bucket(s3)
+    before = {n: jpeg_bytes(n, size=(48, 48), comment=b"version 1") for n in range(3)}
+    for n, data in before.items():
+        s3.put(bucket, f"etag/{n}.jpg", data)
+    first = json.loads(scan(s3, f"s3://{bucket}/etag", "--model", str(tiny_onnx_model), "--db", sqlite_url).stdout)
+    rows = rows_by_path(sqlite_url, first["scan_id"])
+    assert {u: r["etag"] for u, r in rows.items()} == {
+        f"s3://{bucket}/etag/{n}.jpg": _etag(s3, bucket, f"etag/{n}.jpg") for n in range(3)}
+    after = jpeg_bytes(0, size=(48, 48), comment=b"version 2")  # other bytes, the same size
+    assert len(after) == len(before[0]) and after != before[0]
+    s3.put(bucket, "etag/0.jpg", after)
+    s3.put(bucket, "etag/1.jpg", before[1])  # the same bytes uploaded again: the same ETag
+    assert _etag(s3, bucket, "etag/0.jpg") != rows[f"s3://{bucket}/etag/0.jpg"]["etag"]
+    assert _etag(s3, bucket, "etag/1.jpg") == rows[f"s3://{bucket}/etag/1.jpg"]["etag"]
+    # A rewrite within the same second: the rows' mtimes made the objects' LastModified now, whatever the
+    # clock did between the two PUTs, so size and mtime match for all three and only the ETag differs.
+    for n in range(3):
+        modified = s3.client().head_object(Bucket=bucket, Key=f"etag/{n}.jpg")["LastModified"].timestamp()
+        _set_rows(sqlite_url, "UPDATE results SET mtime = :m WHERE path = :p", m=float(int(modified)),
+                  p=f"s3://{bucket}/etag/{n}.jpg")
+    again = json.loads(scan(s3, f"s3://{bucket}/etag", "--model", str(tiny_onnx_model), "--db", sqlite_url,
+                            "--incremental").stdout)
+    assert (again["total"], again["skipped"]) == (1, 2)
+    rescored = rows_by_path(sqlite_url, again["scan_id"])
+    assert list(rescored) == [f"s3://{bucket}/etag/0.jpg"]
+    assert rescored[f"s3://{bucket}/etag/0.jpg"]["etag"] == _etag(s3, bucket, "etag/0.jpg")
+
+
+def test_incremental_falls_back_to_size_and_mtime_for_rows_without_an_etag(s3, tiny_onnx_model, sqlite_url):
+    """Rows written before migration 0012 have no etag: size and LastModified decide, as they did."""
+    bucket = fresh_bucket(s3)
+    for n in range(2):
+        s3.put(bucket, f"old/{n}.jpg", jpeg_bytes(n, size=(48, 48)))
+    first = json.loads(scan(s3, f"s3://{bucket}/old", "--model", str(tiny_onnx_model), "--db", sqlite_url).stdout)
+    _set_rows(sqlite_url, "UPDATE results SET etag = NULL WHERE scan_id = :s", s=first["scan_id"])
+    _set_rows(sqlite_url, "UPDATE results SET mtime = mtime - 5 WHERE path = :p", p=f"s3://{bucket}/old/1.jpg")
+    again = json.loads(scan(s3, f"s3://{bucket}/old", "--model", str(tiny_onnx_model), "--db", sqlite_url,
+                            "--incremental").stdout)
+    assert (again["total"], again["skipped"]) == (1, 1)
+    assert list(rows_by_path(sqlite_url, again["scan_id"])) == [f"s3://{bucket}/old/1.jpg"]
+
+
+def test_a_copy_keeps_its_own_objects_etag(s3, tiny_onnx_model, sqlite_url):
+    """The same bytes in three objects, two uploaded in parts (another ETag): each row has its own object's ETag.
+
+    b is a copy in a's batch, z one in a later batch (batches of 4).
+    """
+    bucket = fresh_bucket(s3)
+    data = jpeg_bytes(5, size=(48, 48))
+    client = s3.client()
+    s3.put(bucket, "copies/a.jpg", data)
+    for key in ("copies/b.jpg", "copies/z.jpg"):
+        upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        part = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=data)
+        client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
+                                         MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+    for n in range(3):
+        s3.put(bucket, f"copies/c{n}.jpg", jpeg_bytes(20 + n, size=(48, 48)))
+    etags = {f"s3://{bucket}/{k}": _etag(s3, bucket, k)
+             for k in ("copies/a.jpg", "copies/b.jpg", "copies/z.jpg", *(f"copies/c{n}.jpg" for n in range(3)))}
+    assert etags[f"s3://{bucket}/copies/a.jpg"] != etags[f"s3://{bucket}/copies/b.jpg"]
+    result = json.loads(scan(s3, f"s3://{bucket}/copies", "--model", str(tiny_onnx_model), "--db", sqlite_url).stdout)
+    rows = rows_by_path(sqlite_url, result["scan_id"])
+    assert [rows[f"s3://{bucket}/copies/{k}.jpg"]["verdict_source"] for k in "abz"] == ["computed", "copy", "copy"]
+    assert {u: r["etag"] for u, r in rows.items()} == etags
 
 
 def test_credentials_stay_out_of_logs_audit_report_and_errors(s3, caplog, tmp_path, tiny_onnx_model, sqlite_url):
@@ -351,6 +434,8 @@ def test_fleet_scan_of_an_s3_prefix(s3, redis_server, pg_url, tmp_path, tiny_onn
         assert sorted(rows) == sorted(expected)
         assert rows[f"s3://{bucket}/fleet/broken.jpg"]["error_code"] == "not-image"
         assert sum(r["status"] == "ok" for r in rows.values()) == 20
+        # Written by COPY: every row, the error too, carries its object's ETag.
+        assert {u: r["etag"] for u, r in rows.items()} == {u: _etag(s3, bucket, u.split("/", 3)[3]) for u in rows}
         assert not any(secret in worker.log() for secret in SECRETS)
     finally:
         worker.stop()
@@ -465,6 +550,9 @@ def test_scan_of_a_prefix_with_videos_streams_them_and_keeps_the_url_secret(s3, 
     assert cut_row["size"] == len(cut)
     gone = rows[url + "gone.mp4"]
     assert (gone["kind"], gone["error_code"]) == ("video", "missing") and "vanished" in gone["error"]
+    # A batch of an image and videos: each row has its object's ETag, the vanished one none.
+    assert {u: r["etag"] for u, r in rows.items()} == {
+        u: None if u.endswith("gone.mp4") else _etag(s3, bucket, u.split("/", 3)[3]) for u in rows}
     # Only the videos' first bytes went through boto3 (and the MP4 box walk of the cut one): FFmpeg read the rest.
     assert f"bytes=0-{len(clip) - 1}" not in ranges and "bytes=0-63" in ranges
 

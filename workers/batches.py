@@ -37,7 +37,8 @@ class PreparedBatch:
     ``errors``, or in ``copy_of`` (its bytes are those of an earlier position
     of the batch, whose row it takes: :mod:`workers.dedupe`).  Each path is in
     exactly one of the three.  ``hashes`` holds each file's content hash (None
-    where its bytes were not all read; empty when nothing was hashed).
+    where its bytes were not all read; empty when nothing was hashed), ``etags``
+    each object's ETag (None for a local file; empty when no path had one).
     """
 
     paths: list[str]
@@ -57,6 +58,10 @@ class PreparedBatch:
     parts: list[tuple[list[int], "PreparedBatch"]] | None = None
     hashes: list[str | None] = field(default_factory=list)
     copy_of: dict[int, int] = field(default_factory=dict)
+    etags: list[str | None] = field(default_factory=list)
+
+    def etag(self, i: int) -> str | None:
+        return self.etags[i] if self.etags else None
 
     def subset(self, keep: Sequence[int]) -> "PreparedBatch":
         """The batch of positions ``keep`` only (copies kept with their originals), tensors and items included."""
@@ -71,6 +76,7 @@ class PreparedBatch:
             tag=self.tag, items=None if self.items is None else [self.items[k] for k in rows], scorer=self.scorer,
             hashes=[self.hashes[i] for i in keep] if self.hashes else [],
             copy_of={index[c]: index[o] for c, o in self.copy_of.items() if c in index},
+            etags=[self.etags[i] for i in keep] if self.etags else [],
         )
 
 
@@ -156,10 +162,14 @@ class BatchMaker:
                      (videos, self.video.prepare([paths[i] for i in videos]))]
             sizes: list[int | None] = [None] * len(paths)
             mtimes: list[float | None] = [None] * len(paths)
+            etags: list[str | None] = [None] * len(paths)
             for positions, part in parts:
                 for pos, size, mtime in zip(positions, part.sizes, part.mtimes):
                     sizes[pos], mtimes[pos] = size, mtime
-            return PreparedBatch(list(paths), sizes, mtimes, None, [], {}, parts=parts)
+                for pos, etag in zip(positions, part.etags):
+                    etags[pos] = etag
+            return PreparedBatch(list(paths), sizes, mtimes, None, [], {}, parts=parts,
+                                 etags=etags if any(etags) else [])
 
     def cost(self, path: str) -> int:
         """What ``path`` weighs in a batch of ``batch_size``: 1 for an image, its frames for a video."""
@@ -227,6 +237,7 @@ class BatchMaker:
             round_ = []
         sizes: list[int | None] = []
         mtimes: list[float | None] = []
+        etags: list[str | None] = []
         errors: dict[int, ImageError] = {}
         tensors = []
         ok_index = []
@@ -238,6 +249,7 @@ class BatchMaker:
                 size, mtime = head.size, head.mtime
             sizes.append(size)
             mtimes.append(mtime)
+            etags.append(None if isinstance(head, ImageError) else head.etag)
             if out is None:  # a copy
                 continue
             if isinstance(out, ImageError):
@@ -245,11 +257,13 @@ class BatchMaker:
             else:
                 tensors.append(out)
                 ok_index.append(i)
+        etags = etags if any(etags) else []
         if getattr(self.decoder, "per_image", False):
             return PreparedBatch(list(paths), sizes, mtimes, None, ok_index, errors, items=tensors,
-                                 scorer=self.decoder.score, hashes=hashes, copy_of=copy_of)
+                                 scorer=self.decoder.score, hashes=hashes, copy_of=copy_of, etags=etags)
         stacked = np.stack(tensors) if tensors else None
-        return PreparedBatch(list(paths), sizes, mtimes, stacked, ok_index, errors, hashes=hashes, copy_of=copy_of)
+        return PreparedBatch(list(paths), sizes, mtimes, stacked, ok_index, errors, hashes=hashes, copy_of=copy_of,
+                             etags=etags)
 
     def _head(self, path: str) -> FileData | ImageError:
         try:
@@ -292,13 +306,15 @@ def score(prepared: PreparedBatch, runtime: Runtime, verdict: Verdict) -> list[R
     if prepared.copy_of:
         unique = [i for i in range(len(prepared.paths)) if i not in prepared.copy_of]
         mine = dict(zip(unique, score(prepared.subset(unique), runtime, verdict)))
-        return [mine[i] if i in mine else mine[prepared.copy_of[i]].copied_to(path, prepared.sizes[i],
-                                                                                 prepared.mtimes[i], source="copy")
+        return [mine[i] if i in mine else mine[prepared.copy_of[i]].copied_to(
+                    path, prepared.sizes[i], prepared.mtimes[i], source="copy", etag=prepared.etag(i))
                 for i, path in enumerate(prepared.paths)]
     rows = prepared.scorer(prepared, runtime, verdict) if prepared.scorer is not None else _score(prepared, runtime,
                                                                                                      verdict)
     if any(prepared.hashes):
         rows = [replace(row, content_hash=h) if h else row for row, h in zip(rows, prepared.hashes)]
+    if prepared.etags:
+        rows = [replace(row, etag=e) if e else row for row, e in zip(rows, prepared.etags)]
     return rows
 
 

@@ -65,20 +65,20 @@ class Plan:
             row = mine.get(i)
             if row is None:
                 row = self._from_known(self.known[p.hashes[i]], path, p.sizes[i], p.mtimes[i], now,
-                                       copy=i in p.copy_of)
+                                       copy=i in p.copy_of, etag=p.etag(i))
             out.append(row)
         return out
 
     def _from_known(self, known: KnownVerdict, path: str, size: int | None, mtime: float | None,
-                    now: datetime, copy: bool) -> ResultRow:
+                    now: datetime, copy: bool, etag: str | None = None) -> ResultRow:
         """``copy``: an earlier file of this batch has the bytes (it is the one ``reused``, this a ``copy``)."""
         row = known.row
         if known.scan_id != self.scan_id:
             return self._relabel(row).copied_to(path, size, mtime, source="copy" if copy else "reused",
-                                                scanned_at=now)
+                                                scanned_at=now, etag=etag)
         if row.path == path:  # a redelivered batch meets its own row: write it back as it is
             return row
-        return row.copied_to(path, size, mtime, source="copy", scanned_at=now)
+        return row.copied_to(path, size, mtime, source="copy", scanned_at=now, etag=etag)
 
 
 def plan(prepared: "PreparedBatch", lookup: Callable[[list[str]], dict[str, KnownVerdict]], scan_id: int,

@@ -1,7 +1,8 @@
 """Read a file's bytes and its size and mtime, turning every OS failure into an ImageError.
 
 An ``s3://bucket/key`` path is an object: read with a ranged GET through the
-process's :class:`~scanner.objects.ObjectStore` (its LastModified is the mtime).
+process's :class:`~scanner.objects.ObjectStore` (its LastModified is the mtime;
+its ETag goes to the row, for ``--incremental``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class FileData:
     size: int
     mtime: float
     data: bytes
+    etag: str | None = None  # an object's ETag (unquoted); None for a local file
 
 
 def read_file(path: str, max_bytes: int = MAX_FILE_BYTES, store: ObjectStore | None = None) -> FileData:
@@ -88,7 +90,7 @@ def _read_object(url: str, max_bytes: int, head_bytes: int, store: ObjectStore) 
         raise ImageError("empty", "empty object")
     if info.size > max_bytes:
         raise ImageError("too-large", f"object is {info.size} bytes, over the {max_bytes}-byte limit")
-    return FileData(path=url, size=info.size, mtime=info.mtime, data=data)
+    return FileData(path=url, size=info.size, mtime=info.mtime, data=data, etag=info.etag or None)
 
 
 def _read_exactly(fd: int, n: int) -> bytes:

@@ -152,16 +152,18 @@ class VideoStage:
     def prepare(self, paths: Sequence[str]) -> PreparedBatch:
         by_dali = self._sample_with_dali(paths)
         outcomes = list(self._pool.map(self._prepare_one, paths, by_dali))
-        sizes, mtimes, items, ok_index, errors = [], [], [], [], {}
-        for i, (out, size, mtime) in enumerate(outcomes):
+        sizes, mtimes, etags, items, ok_index, errors = [], [], [], [], [], {}
+        for i, (out, size, mtime, etag) in enumerate(outcomes):
             sizes.append(size)
             mtimes.append(mtime)
+            etags.append(etag)
             if isinstance(out, ImageError):
                 errors[i] = out
             else:
                 items.append(out)
                 ok_index.append(i)
-        return PreparedBatch(list(paths), sizes, mtimes, None, ok_index, errors, items=items, scorer=self.score)
+        return PreparedBatch(list(paths), sizes, mtimes, None, ok_index, errors, items=items, scorer=self.score,
+                             etags=etags if any(etags) else [])
 
     def _sample_with_dali(self, paths: Sequence[str]) -> list[SampledVideo | ImageError | None]:
         """DALI's answer for each video on disk (None: PyAV samples it, as it does every s3:// video)."""
@@ -182,15 +184,16 @@ class VideoStage:
         return out
 
     def _prepare_one(self, path: str, sampled: SampledVideo | ImageError | None = None
-                     ) -> tuple[VideoItem | ImageError, int | None, float | None]:
-        """The video's item or its error, and the size and mtime for its row."""
+                     ) -> tuple[VideoItem | ImageError, int | None, float | None, str | None]:
+        """The video's item or its error, and the size, mtime and etag (objects only) for its row."""
+        etag = None
         if is_object_url(path):
             try:
                 # The listing's size and LastModified where the path carries them, else a HEAD request.
                 info = path.stat() if isinstance(path, ObjectPath) else (self.store or object_store()).head(path)
             except ObjectError as exc:
-                return VideoError(exc.code, exc.message), None, None
-            size, mtime = info.size, info.mtime
+                return VideoError(exc.code, exc.message), None, None, None
+            size, mtime, etag = info.size, info.mtime, info.etag or None
         else:
             size, mtime = stat_quietly(path)
         try:
@@ -198,12 +201,12 @@ class VideoStage:
                 on_disk(path), self.options.frames, time_limit_s=self.options.time_limit_s,
                 max_side=self.options.max_side, max_pixels=self.pre.max_pixels, store=self.store)
             if isinstance(video, ImageError):
-                return video, size, mtime
-            return self._item(video), size, mtime
+                return video, size, mtime, etag
+            return self._item(video), size, mtime, etag
         except ImageError as exc:
-            return exc, size, mtime
+            return exc, size, mtime, etag
         except Exception as exc:  # noqa: BLE001 - a decoder bug is this video's error, not the batch's
-            return VideoError("decode-failed", f"video decode failed: {mask_text(_first_line(exc))}"), size, mtime
+            return VideoError("decode-failed", f"video decode failed: {mask_text(_first_line(exc))}"), size, mtime, etag
 
     def _item(self, video: SampledVideo) -> VideoItem:
         notes = list(video.notes)
