@@ -27,7 +27,7 @@ from pathlib import Path
 # synthetic fakes carry; flips and colour jitter stay.
 DEFAULTS = {"n": 2000, "epochs": 10, "batch_size": 32, "backbone": "tiny", "lstm_hidden": 64, "target_fpr": 0.05}
 # What the demo writes inside --out; only these are removed when it starts again.
-OWNED = ("data", "train", "model", "report", "demo.db", "demo.db-wal", "demo.db-shm")
+OWNED = ("data", "clips", "train", "model", "report", "demo.db", "demo.db-wal", "demo.db-shm")
 
 
 def _run(args: list[str], log: list[tuple[str, float]]) -> None:
@@ -58,7 +58,7 @@ SELECT COUNT(*) AS scored,
        SUM(CASE WHEN label = {TRUTH} THEN 1 ELSE 0 END) AS correct,
        ROUND(1.0 * SUM(CASE WHEN label = {TRUTH} THEN 1 ELSE 0 END) / COUNT(*), 4) AS accuracy
 FROM scan_results
-WHERE scan_id = :scan AND status = 'ok' AND {TRUTH} IS NOT NULL
+WHERE scan_id = :scan AND kind = 'image' AND status = 'ok' AND {TRUTH} IS NOT NULL
 """
 
 EXAMPLES = (
@@ -72,6 +72,13 @@ SELECT path, p_fake, confidence
 FROM scan_results
 WHERE scan_id = :scan AND label = 'fake'
 ORDER BY p_fake DESC, path LIMIT 5"""),
+    ("The videos: one row per clip, its sampled frames scored as one sequence by the BiLSTM (this detector "
+     "learnt from single images, so its video verdicts say little: a video detector trains on clips, "
+     "`dfscan synth --video` then `dfscan train --frames 16`)", """
+SELECT path, frames, duration_s, label, p_fake
+FROM scan_results
+WHERE scan_id = :scan AND kind = 'video'
+ORDER BY p_fake DESC, path"""),
     ("Closest calls, for a human to review (nearest the scan's threshold), and every error row", """
 SELECT r.path, r.status, r.label, r.p_fake, r.error
 FROM scan_results AS r JOIN scans AS s ON s.id = r.scan_id
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         elif p.exists():
             p.unlink()
     data, train_dir, model_dir, report_dir = out / "data", out / "train", out / "model", out / "report"
+    clips = out / "clips"
     db_path = out / "demo.db"
     log: list[tuple[str, float]] = []
     print(f"dfscan demo: everything goes to {out.resolve()}/ (CPU only)")
@@ -108,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     broken.parent.mkdir(parents=True, exist_ok=True)
     sample = next((data / "test" / "real").glob("*.jpg"))
     broken.write_bytes(sample.read_bytes()[:1500])
+    # A few synthetic clips (panning procedural scenes; fakes through the same simulator), scanned with the
+    # held-apart images: each is one row, its 16 sampled frames one sequence through the exported video graph.
+    _run(["synth", str(clips), "--video", "--n", "4", "--layout", "flat", "--size", "224", "--clip-frames", "16",
+          "--seed", "1", "--no-progress"], log)
     _run(["train", str(data), "--out", str(train_dir), "--backbone", DEFAULTS["backbone"],
           "--lstm-hidden", str(DEFAULTS["lstm_hidden"]), "--epochs", str(args.epochs),
           "--batch-size", str(DEFAULTS["batch_size"]), "--rotation", "0", "--device", "cpu", "--workers", "1",
@@ -115,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     _run(["export", str(train_dir / "best.pt"), "--out", str(model_dir)], log)
     model = model_dir / "model.onnx"
     _run(["calibrate", str(model), str(data), "--target-fpr", str(DEFAULTS["target_fpr"]), "--no-progress"], log)
-    _run(["scan", str(data / "test"), "--model", str(model), "--db", f"sqlite:///{db_path}", "--name", "demo-test",
-          "--no-progress"], log)
+    _run(["scan", str(data / "test"), str(clips), "--model", str(model), "--db", f"sqlite:///{db_path}",
+          "--name", "demo-test", "--no-progress"], log)
 
     print("\n# The stored verdicts against the known labels (the folder each image came from), in SQL:")
     with sqlite3.connect(db_path) as conn:
@@ -138,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     print("outputs:")
     for path, what in (
         (data, "the synthetic archive (train/valid/test, real/fake)"),
+        (clips, "synthetic video clips (real/, fake/), scanned with the test images"),
         (train_dir, "best.pt, last.pt, training_results.json, dataset_info.json"),
         (model_dir, "model.onnx and model_info.json (calibrated temperature and threshold)"),
         (db_path, f"SQLite results; try: dfscan results --db sqlite:///{db_path} --label fake"),
