@@ -311,11 +311,15 @@ def score(prepared: PreparedBatch, runtime: Runtime, verdict: Verdict) -> list[R
                 for i, path in enumerate(prepared.paths)]
     rows = prepared.scorer(prepared, runtime, verdict) if prepared.scorer is not None else _score(prepared, runtime,
                                                                                                      verdict)
-    if any(prepared.hashes):
-        rows = [replace(row, content_hash=h) if h else row for row, h in zip(rows, prepared.hashes)]
-    if prepared.etags:
-        rows = [replace(row, etag=e) if e else row for row, e in zip(rows, prepared.etags)]
-    return rows
+    hashes = prepared.hashes if any(prepared.hashes) else None
+    if hashes is None and not prepared.etags:
+        return rows
+    # The file's identity (content hash, object ETag) goes on its row in one pass: one copy of each row.
+    out = []
+    for i, row in enumerate(rows):
+        h, e = hashes[i] if hashes else None, prepared.etag(i)
+        out.append(replace(row, content_hash=h or row.content_hash, etag=e or row.etag) if h or e else row)
+    return out
 
 
 def _score(prepared: PreparedBatch, runtime: Runtime, verdict: Verdict) -> list[ResultRow]:
