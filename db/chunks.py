@@ -205,7 +205,7 @@ def close_lost_chunk(
     done = existing_paths(session, scan_id, list(paths))
     now = utcnow()
     rows = [
-        ResultRow(p, None, None, "error", None, None, None, reason, "worker-lost", now)
+        ResultRow.error_row(p, None, None, "worker-lost", reason, now)
         for p in dict.fromkeys(paths)
         if p not in done
     ]

@@ -102,6 +102,12 @@ class ResultRow:
         if self.verdict_source not in VERDICT_SOURCES:
             raise ValueError(f"{self.path!r}: verdict_source {self.verdict_source!r} not in {VERDICT_SOURCES}")
 
+    @classmethod
+    def error_row(cls, path: str, size: int | None, mtime: float | None, code: str, message: str | None,
+                  scanned_at: datetime, **extra: Any) -> "ResultRow":
+        """The row of a file that has no verdict: ``status='error'`` with its reason (``code``, ``message``)."""
+        return cls(path, size, mtime, "error", None, None, None, message, code, scanned_at, **extra)
+
     def copied_to(self, path: str, size: int | None, mtime: float | None, *, source: str,
                   scanned_at: datetime | None = None, etag: str | None = None) -> "ResultRow":
         """This row's verdict, error and faces for another file with the same bytes (and that file's own etag)."""

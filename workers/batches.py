@@ -348,7 +348,7 @@ def _score(prepared: PreparedBatch, runtime: Runtime, verdict: Verdict) -> list[
             rows.append(ResultRow(path, size, mtime, "ok", label, p_fake, conf, None, None, now))
         else:
             err = errors[i]
-            rows.append(ResultRow(path, size, mtime, "error", None, None, None, err.message, err.code, now))
+            rows.append(ResultRow.error_row(path, size, mtime, err.code, err.message, now))
     return rows
 
 

@@ -297,7 +297,7 @@ def score_faces(prepared, runtime: Runtime, verdict, aggregation: str = "max",
         item = items.get(i)
         if i in errors or item is None:
             err = errors[i]
-            rows.append(ResultRow(path, size, mtime, "error", None, None, None, err.message, err.code, now))
+            rows.append(ResultRow.error_row(path, size, mtime, err.code, err.message, now))
             continue
         if not item.faces:
             rows.append(ResultRow(path, size, mtime, "no-face", None, None, None, None, None, now,

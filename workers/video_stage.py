@@ -51,7 +51,7 @@ from dfscan.workers._video_tracks import follow
 from dfscan.workers.batches import PreparedBatch
 from dfscan.workers.decode import Preprocess
 from dfscan.workers.errors import ImageError, VideoError
-from dfscan.workers.faces import FaceStage, crop_faces, select_faces
+from dfscan.workers.faces import FaceStage, crop_faces, image_verdict, select_faces
 from dfscan.workers.reader import stat_quietly
 from dfscan.settings import DEFAULT_FRAMES, DEFAULT_VIDEO_EXTENSIONS
 from dfscan.workers.video import (
@@ -263,8 +263,7 @@ class VideoStage:
             item = items.get(i)
             if i in errors or item is None:
                 err = errors[i]
-                rows.append(ResultRow(path, size, mtime, "error", None, None, None, err.message, err.code, now,
-                                      kind="video"))
+                rows.append(ResultRow.error_row(path, size, mtime, err.code, err.message, now, kind="video"))
                 continue
             rows.append(self._row(path, size, mtime, now, item, [track_p[(i, k)] for k in range(len(item.tracks))],
                                   [frame_p.get((i, k)) for k in range(len(item.tracks))], verdict.threshold))
@@ -286,9 +285,7 @@ class VideoStage:
                 p_frame = frame_p[k][slot] if frame_p[k] is not None else None
                 frame_rows.append(FrameRow(k, index, round(t, 6), *(box or (None, None, None, None)), p_frame,
                                            p_track))
-        p_fake = max(track_p)
-        label = "fake" if p_fake >= threshold else "real"
-        confidence = p_fake if label == "fake" else 1.0 - p_fake
+        label, p_fake, confidence = image_verdict(track_p, "max", threshold)  # the most suspicious track
         return ResultRow(path, size, mtime, "ok", label, p_fake, confidence, None, None, now,
                          frame_rows=tuple(frame_rows), **common)
 
