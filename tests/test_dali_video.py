@@ -328,3 +328,18 @@ def test_a_dali_gpu_scan_samples_h264_with_nvdec(tmp_path, linear_probe_onnx_mod
     assert dali["c.mp4"][:2] == ("error", "truncated")
     for name in ("a.webm", "b.mp4"):
         assert dali[name][0] == "ok" and dali[name][2] == pytest.approx(pyav[name][2], abs=0.01), name
+
+
+def test_a_pipeline_that_cannot_be_built_is_the_decoders_failure_not_each_videos(tmp_path):
+    """No GPU here: the GPU pipeline can't be built, and that is said once, not bisected into per-video failures."""
+    from dfscan.workers.dali import dali_gpu_status
+    from dfscan.workers.errors import DecoderUnavailable
+
+    ok, _ = dali_gpu_status()
+    if ok:
+        pytest.skip("a GPU is here: the GPU pipeline builds")
+    sampler = _sampler("gpu")
+    clips = [str(write_video(tmp_path / f"{i}.webm", 12, codec="vp9-webm")) for i in range(3)]
+    with pytest.raises(DecoderUnavailable, match="can't be built"):
+        sampler.sample_batch(clips, 4)
+    assert sampler.stats["failed_runs"] == 0 and sampler.stats["dali_failed"] == 0

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dfscan.workers._dali_runs import build_or_unavailable, run_locating
 from dfscan.workers._headers import sniff
 from dfscan.workers.decode import load_rgb
 from dfscan.workers.errors import ImageError
 from dfscan.workers.reader import FileData
 
 INPUT_NAME = "encoded"
-_DALI_FAILURES = (RuntimeError, ValueError, IndexError)
 
 
 class DaliRgb:
@@ -49,19 +49,18 @@ class DaliRgb:
         return pipe
 
     def _run(self, datas: list[np.ndarray]) -> list[np.ndarray | None]:
-        if self._pipe is None:
-            self._pipe = self._build()
-        try:
-            (out,) = self._pipe.run(**{INPUT_NAME: datas})
-        except _DALI_FAILURES:
-            self._pipe = None
-            if len(datas) == 1:
-                return [None]
-            mid = len(datas) // 2
-            return self._run(datas[:mid]) + self._run(datas[mid:])
-        if self.decoder.device == "gpu":
-            out = out.as_cpu()
-        return [np.array(out[i]) for i in range(len(out))]
+        def run(part: list[np.ndarray]) -> list[np.ndarray]:
+            if self._pipe is None:
+                self._pipe = build_or_unavailable(self._build, f"{self.decoder.device} decode-only pipeline")
+            (out,) = self._pipe.run(**{INPUT_NAME: part})
+            if self.decoder.device == "gpu":
+                out = out.as_cpu()
+            return [np.array(out[i]) for i in range(len(out))]
+
+        return run_locating(run, datas, self._drop_pipe)
+
+    def _drop_pipe(self) -> None:
+        self._pipe = None  # a failed pipeline is not reused
 
     def decode(self, files: Sequence[FileData]) -> list[np.ndarray | ImageError]:
         d = self.decoder

@@ -56,6 +56,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from dfscan.workers._dali_runs import build_or_unavailable, run_locating
 from dfscan.workers.errors import ImageError, VideoError
 from dfscan.workers.video import (
     DEFAULT_MAX_PIXELS,
@@ -77,7 +78,6 @@ DALI_VIDEO_CODECS: dict[str, frozenset[str]] = {
 }
 DEFAULT_MAX_BYTES = 512 << 20  # DALI decodes from memory: larger files go to PyAV, which streams them
 ENCODED, FRAMES = "encoded", "frames"
-_DALI_FAILURES = (RuntimeError, ValueError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -236,13 +236,7 @@ class DaliVideoSampler:
 
     def _run(self, datas: list[np.ndarray], numbers: list[np.ndarray]) -> list[np.ndarray]:
         if self._pipe is None:
-            try:
-                self._pipe = self._build()
-            except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError and friends for setup problems
-                from dfscan.workers.errors import DecoderUnavailable
-
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise DecoderUnavailable(f"the DALI {self.device} video pipeline can't be built: {first}") from None
+            self._pipe = build_or_unavailable(self._build, f"{self.device} video pipeline")
         (out,) = self._pipe.run(**{ENCODED: datas, FRAMES: numbers})
         if self.device == "gpu":
             out = out.as_cpu()
@@ -250,15 +244,13 @@ class DaliVideoSampler:
 
     def _run_locating(self, datas: list[np.ndarray], numbers: list[np.ndarray]) -> list[np.ndarray | None]:
         """DALI's frames per sample; ``None`` for each sample that fails the batch, found by bisection."""
-        try:
-            return self._run(datas, numbers)
-        except _DALI_FAILURES:
+
+        def dropped() -> None:
             self.stats["failed_runs"] += 1
             self._pipe = None  # a pipeline that failed is not reused (NVIDIA/DALI#3913)
-        if len(datas) == 1:
-            return [None]
-        mid = len(datas) // 2
-        return self._run_locating(datas[:mid], numbers[:mid]) + self._run_locating(datas[mid:], numbers[mid:])
+
+        return run_locating(lambda part: self._run([d for d, _ in part], [n for _, n in part]),
+                            list(zip(datas, numbers)), dropped)
 
     def sample_batch(self, paths: Sequence[str], frames: int, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S
                      ) -> list[SampledVideo | ImageError]:

@@ -43,14 +43,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dfscan.workers._dali_runs import DALI_FAILURES, build_or_unavailable, run_locating
 from dfscan.workers._headers import sniff
 from dfscan.workers.decode import PillowDecoder, Preprocess, open_image
 from dfscan.workers.errors import ImageError
 from dfscan.workers.reader import FileData
 
 INPUT_NAME = "encoded"
-# DALI raises these for a sample it can't decode ("Critical error in pipeline").
-_DALI_FAILURES = (RuntimeError, ValueError, IndexError)
 
 
 def dali_status() -> tuple[bool, str]:
@@ -147,15 +146,8 @@ class DaliDecoder:
 
     def _ensure_pipe(self) -> None:
         """Build the pipeline if there is none; a pipeline that can't be built is the decoder's failure, not an image's."""
-        if self._pipe is not None:
-            return
-        try:
-            self._pipe = self._build()
-        except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError and friends for setup problems
-            from dfscan.workers.errors import DecoderUnavailable
-
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise DecoderUnavailable(f"the DALI {self.device} pipeline can't be built: {first}") from None
+        if self._pipe is None:
+            self._pipe = build_or_unavailable(self._build, f"{self.device} pipeline")
 
     def _run(self, datas: list[np.ndarray]) -> list[np.ndarray]:
         (out,) = self._pipe.run(**{INPUT_NAME: datas})
@@ -166,16 +158,15 @@ class DaliDecoder:
 
     def _run_locating(self, datas: list[np.ndarray]) -> list[np.ndarray | None]:
         """DALI's output per sample; ``None`` for each sample that fails it, found by bisection."""
-        self._ensure_pipe()
-        try:
-            return self._run(datas)
-        except _DALI_FAILURES:
-            self.stats["failed_runs"] += 1
-            self._pipe = None  # a failed pipeline is not reused
-        if len(datas) == 1:
-            return [None]
-        mid = len(datas) // 2
-        return self._run_locating(datas[:mid]) + self._run_locating(datas[mid:])
+        def run(part: list[np.ndarray]) -> list[np.ndarray]:
+            self._ensure_pipe()
+            return self._run(part)
+
+        return run_locating(run, datas, self._drop_pipe)
+
+    def _drop_pipe(self) -> None:
+        self.stats["failed_runs"] += 1
+        self._pipe = None  # a failed pipeline is not reused
 
     def decode_dense(self, files: Sequence[FileData]):
         """The whole batch as one DALI tensor (N, 3, H, W) float32, or None when any file needs the careful path.
@@ -199,9 +190,8 @@ class DaliDecoder:
             self._ensure_pipe()
             try:
                 (out,) = self._pipe.run(**{INPUT_NAME: [np.frombuffer(f.data, dtype=np.uint8) for f in files]})
-            except _DALI_FAILURES:
-                self.stats["failed_runs"] += 1
-                self._pipe = None
+            except DALI_FAILURES:
+                self._drop_pipe()
                 return None
         self.stats["dali"] += len(files)
         return out.as_tensor()
