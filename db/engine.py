@@ -10,7 +10,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dfscan.redact import mask_text, mask_url
+from dfscan.core.redact import mask_text, mask_url
 
 from .errors import DatabaseError, DatabaseURLError
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from dfscan.detector.errors import DetectorError
 from dfscan.trt.model_info import CLASSES
-from dfscan.workers.decode import Preprocess, load_rgb, to_tensor
-from dfscan.workers.video import VIDEO_EXTENSIONS
+from dfscan.workers.images.decode import Preprocess, load_rgb, to_tensor
+from dfscan.workers.video.sample import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # What a data set's files are, with the suffixes that count as one.
@@ -227,7 +227,8 @@ def _face_cropper(pre: Preprocess) -> Callable[[bytes], "object"]:
     def run(data: bytes):
         from PIL import Image
 
-        from dfscan.workers.faces import FaceOptions, FaceStage, create_face_detector, largest_face
+        from dfscan.workers.faces import FaceOptions, create_face_detector
+        from dfscan.workers.scoring.face_stage import FaceStage, largest_face
 
         im = load_rgb(data, None, pre.max_pixels)
         key = hashlib.blake2b(data, digest_size=16).digest()
@@ -308,7 +309,7 @@ def _torch_dataset_class():
             return len(self.items)
 
         def __getitem__(self, index: int):
-            from dfscan.workers.errors import ImageError
+            from dfscan.workers.reading.errors import ImageError
 
             path, label = self.items[index]
             try:

@@ -222,9 +222,9 @@ def _explain_rows(cam, selected: list[_Selected], common: dict, *, batch_size: i
 
     from dfscan.detector._cam import overlay_png, peak_in_original
     from dfscan.trt.base import softmax
-    from dfscan.workers.decode import Preprocess, load_rgb, to_tensor
-    from dfscan.workers.errors import ImageError
-    from dfscan.workers.reader import read_file
+    from dfscan.workers.images.decode import Preprocess, load_rgb, to_tensor
+    from dfscan.workers.reading.errors import ImageError
+    from dfscan.workers.reading.reader import read_file
 
     cfg = cam.model.config
     pre = Preprocess(size=tuple(cfg.input_size), mean=tuple(cfg.mean), std=tuple(cfg.std))
@@ -282,7 +282,7 @@ def _explain_rows(cam, selected: list[_Selected], common: dict, *, batch_size: i
 
 def _upright_size(data: bytes, max_pixels: int) -> tuple[int, int]:
     """(width, height) of the original image as shown, EXIF rotation applied, read from its header."""
-    from dfscan.workers.decode import open_image
+    from dfscan.workers.images.decode import open_image
 
     im = open_image(data, max_pixels)
     w, h = im.size

@@ -16,7 +16,7 @@ from torch import nn
 from dfscan.detector.backbones import DEFAULT_BACKBONE, get_backbone
 from dfscan.detector.errors import CheckpointError
 from dfscan.trt.model_info import CLASSES, IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
-from dfscan.workers.video import DEFAULT_FRAMES
+from dfscan.workers.video.sample import DEFAULT_FRAMES
 
 CHECKPOINT_FORMAT = 1
 # DEFAULT_FRAMES (16): frames per video sequence, what ``dfscan train`` samples from a video and what

@@ -33,7 +33,7 @@ import numpy as np
 from dfscan.trt.model_info import ModelInfo, inspect_model, sidecar_for_reading, sidecar_for_writing, write_model_info
 from dfscan.detector.errors import DetectorError
 from dfscan.trt.errors import Int8CalibrationError
-from dfscan.workers.calibration import calibration_images
+from dfscan.detector.calibration import calibration_images
 
 DEFAULT_MAX_IMAGES = 256
 # MinMax calibration reduces every tensor to its range inside the calibration

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dfscan.htmlkit import PALETTE, Chart, card, escape, heatmap, page, thumbnail_data_uri
-from dfscan.workers.video import is_video_path
+from dfscan.workers.video.sample import is_video_path
 
 # Figure ids, in page order; tests check that each is present.
 FIGURES = (
@@ -61,8 +61,8 @@ def _video_thumbnail(path: str, px: int) -> str | None:
 
     from PIL import Image
 
-    from dfscan.workers.errors import ImageError
-    from dfscan.workers.video import sample_video
+    from dfscan.workers.reading.errors import ImageError
+    from dfscan.workers.video.sample import sample_video
 
     try:
         sampled = sample_video(path, 1, time_limit_s=10.0)

@@ -34,8 +34,8 @@ from typing import Any
 from dfscan.detector.backbones import DEFAULT_BACKBONE
 from dfscan.detector.data import SPLIT_SEED, Augment, Splits, eval_transform, find_splits, make_loader, train_transform
 from dfscan.detector.errors import DetectorError
-from dfscan.workers.decode import Preprocess
-from dfscan.workers.video import DEFAULT_FRAMES, DEFAULT_TIME_LIMIT_S
+from dfscan.workers.images.decode import Preprocess
+from dfscan.workers.video.sample import DEFAULT_FRAMES, DEFAULT_TIME_LIMIT_S
 
 BEST_NAME = "best.pt"
 LAST_NAME = "last.pt"

@@ -1,6 +1,6 @@
 """Videos as training and evaluation samples: T frames sampled by the scanner's own sampler, as one sequence.
 
-A video becomes a (T, 3, H, W) float32 array: :func:`dfscan.workers.video.sample_video`
+A video becomes a (T, 3, H, W) float32 array: :func:`dfscan.workers.video.sample.sample_video`
 takes T frames evenly spaced in time (upright, RGB), each is resized and
 normalised as the scanner's Pillow path does (:func:`workers.decode.to_tensor`).
 For training, a video that yields fewer than T distinct frames (shorter than T
@@ -18,8 +18,8 @@ from collections.abc import Callable
 import numpy as np
 
 from dfscan.detector.data import Augment, augment_pipeline
-from dfscan.workers.decode import Preprocess, to_tensor
-from dfscan.workers.video import DEFAULT_FRAMES, DEFAULT_TIME_LIMIT_S
+from dfscan.workers.images.decode import Preprocess, to_tensor
+from dfscan.workers.video.sample import DEFAULT_FRAMES, DEFAULT_TIME_LIMIT_S
 
 VideoTransform = Callable[[str], np.ndarray]
 
@@ -37,7 +37,7 @@ def fit_frames(frames: list[np.ndarray], t: int) -> list[np.ndarray]:
 def _sample(path: str, frames: int, time_limit_s: float, pre: Preprocess, pad: bool = True):
     from PIL import Image
 
-    from dfscan.workers.video import sample_video
+    from dfscan.workers.video.sample import sample_video
 
     sampled = sample_video(path, frames, time_limit_s=time_limit_s, max_pixels=pre.max_pixels)
     return [Image.fromarray(f) for f in (fit_frames(sampled.frames, frames) if pad else sampled.frames)]

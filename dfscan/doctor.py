@@ -10,7 +10,7 @@ import importlib.metadata
 import platform
 from dataclasses import asdict, dataclass, field
 
-from dfscan.gpu import GpuInfo, probe_gpus
+from dfscan.core.gpu import GpuInfo, probe_gpus
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def versions() -> dict[str, str | None]:
         out["cuda_torch"] = torch.version.cuda
     except ImportError:
         pass
-    from dfscan.workers.dali import dali_status
+    from dfscan.workers.images.dali import dali_status
 
     ok, version = dali_status()
     if ok:
@@ -94,7 +94,7 @@ def versions() -> dict[str, str | None]:
 def diagnose() -> Report:
     from dfscan.trt.registry import RUNTIMES, resolve_runtime
     from dfscan.trt.errors import RuntimeErrorBase
-    from dfscan.workers.decoders import DECODERS, dali_device, resolve_decoder
+    from dfscan.workers.images.decoders import DECODERS, dali_device, resolve_decoder
 
     checks = []
     for spec in DECODERS.values():

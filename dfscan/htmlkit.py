@@ -84,9 +84,9 @@ def thumbnail(path: str, px: int = 160, store=None) -> tuple[str | None, str, tu
     """
     from PIL import Image
 
-    from dfscan.workers.decode import load_rgb, open_image
-    from dfscan.workers.errors import ImageError
-    from dfscan.workers.reader import read_file
+    from dfscan.workers.images.decode import load_rgb, open_image
+    from dfscan.workers.reading.errors import ImageError
+    from dfscan.workers.reading.reader import read_file
 
     try:
         data = read_file(path, store=store).data

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfscan.trt.model_info import inspect_model
-from dfscan.workers.decode import Preprocess
+from dfscan.workers.images.decode import Preprocess
 
 # The repository's plugin/ folder (sources, package.json, node_modules after `npm ci`).
 PLUGIN_DIR = Path(__file__).resolve().parent.parent / "plugin"

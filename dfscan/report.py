@@ -27,7 +27,7 @@ from dfscan import db
 from dfscan.db.models import Model, Result, Scan
 from dfscan.db.records import ScanSummary
 from dfscan.htmlkit import ERROR_COLOUR, FAKE_COLOUR, REAL_COLOUR, card, escape, page, thumbnail
-from dfscan.redact import mask_text
+from dfscan.core.redact import mask_text
 from dfscan.scanner.objects import store_of_scan
 
 __all__ = ["ScanReport", "Suspect", "collect", "render", "write_report"]
@@ -69,7 +69,7 @@ class ScanReport:
 
 def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) -> ScanReport:
     """Read what the report of ``scan_id`` shows; raises :class:`db.ScanNotFound`."""
-    from dfscan.workers.errors import REASONS
+    from dfscan.workers.reading.errors import REASONS
 
     summary = db.scan_summary(session, scan_id)
     head = session.execute(
@@ -169,7 +169,7 @@ def _when(value: datetime | None) -> str:
 
 
 def _audit_value(key: str, value: Any) -> str:
-    # Masked again here: records written before dfscan.redact may hold a password.
+    # Masked again here: records written before dfscan.core.redact may hold a password.
     if key == "command" and isinstance(value, list):
         return f"<code>{escape(shlex.join(mask_text(str(v)) for v in value))}</code>"
     if isinstance(value, (dict, list)):
@@ -271,8 +271,8 @@ def _video_strip(s: Suspect, px: int, store=None) -> str:
     """
     from PIL import Image
 
-    from dfscan.workers.errors import ImageError
-    from dfscan.workers.video import frames_at
+    from dfscan.workers.reading.errors import ImageError
+    from dfscan.workers.video.sample import frames_at
 
     if not s.strip:
         return _placeholder(px, "no frames recorded")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from dfscan.redact import mask_url
+from dfscan.core.redact import mask_url
 from dfscan.scanner.errors import RootNotFound, ScannerError
 
 __all__ = ["SCHEME", "ObjectError", "ObjectInfo", "ObjectPath", "ObjectStore", "ObjectUrl", "is_object_url",

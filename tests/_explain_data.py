@@ -78,7 +78,7 @@ def train_detector(items: list[tuple[Path, int]], out: Path, *, epochs: int = 2,
     import torch
 
     from dfscan.detector.model import DeepfakeDetector, save_checkpoint
-    from dfscan.workers.decode import Preprocess, decode_one
+    from dfscan.workers.images.decode import Preprocess, decode_one
 
     pre = Preprocess()
     x = torch.from_numpy(np.stack([decode_one(p.read_bytes(), pre) for p, _ in items]))

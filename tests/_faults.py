@@ -35,7 +35,7 @@ FAULTS: dict = json.loads(os.environ.get("DFSCAN_TEST_FAULTS") or "{}")
 
 
 if FAULTS.get("slow_batch_s"):
-    import dfscan.workers.pipeline as _pipeline
+    import dfscan.workers.scoring.loop as _pipeline
 
     _score = _pipeline.score
     _delay = float(FAULTS["slow_batch_s"])
@@ -48,13 +48,13 @@ if FAULTS.get("slow_batch_s"):
 
 
 if FAULTS.get("flush_rows"):
-    import dfscan.workers.pipeline as _pipeline
+    import dfscan.workers.scoring.loop as _pipeline
 
     _pipeline.FLUSH_ROWS = int(FAULTS["flush_rows"])
 
 
 if FAULTS.get("poison"):
-    import dfscan.workers.batches as _batches
+    import dfscan.workers.scoring.batches as _batches
 
     _read = _batches.read_head  # every read of a batch starts with the header
     _marker = str(FAULTS["poison"])
@@ -70,9 +70,9 @@ if FAULTS.get("poison"):
 if FAULTS.get("noop_model"):
     from datetime import datetime, timezone
 
-    import dfscan.workers.pipeline as _pipeline
+    import dfscan.workers.scoring.loop as _pipeline
     from dfscan.db.records import ResultRow
-    from dfscan.workers.batches import BatchMaker, PreparedBatch
+    from dfscan.workers.scoring.batches import BatchMaker, PreparedBatch
 
     def _no_read(self, paths):
         n = len(paths)

@@ -23,7 +23,7 @@ def _expected_rows(pg: bool) -> dict[tuple[str, str], set[str]]:
     """(stage, variant) -> the statuses acceptable for it on this machine."""
     from dfscan.trt.pytorch import cuda_status
     from dfscan.trt.registry import RUNTIMES
-    from dfscan.workers.decoders import DECODERS
+    from dfscan.workers.images.decoders import DECODERS
 
     rows: dict[tuple[str, str], set[str]] = {("read", "cached"): {"ok"}, ("read", "uncached"): {"ok"}}
     for name, spec in DECODERS.items():

@@ -14,8 +14,8 @@ from sqlalchemy import text
 from dfscan import db
 from dfscan.cli import main
 from dfscan.scanner import ScanSource
-from dfscan.settings import Settings, SettingsError, from_env
-from dfscan.workers.metrics import start_metrics_server
+from dfscan.core.settings import Settings, SettingsError, from_env
+from dfscan.workers.fleet.metrics import start_metrics_server
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 

@@ -23,9 +23,9 @@ from dfscan.db import results as results_module
 from dfscan.db.models import Chunk, Result, ResultFace
 from dfscan.scanner import Chunk as ChunkMessage
 from dfscan.scanner.paths import storable
-from dfscan.settings import Settings
-from dfscan.workers import pipeline
-from dfscan.workers.context import ScanContext
+from dfscan.core.settings import Settings
+from dfscan.workers.scoring import loop as pipeline
+from dfscan.workers.scoring.context import ScanContext
 from tests._awkward import AWKWARD_PATHS, write_awkward
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture

@@ -16,21 +16,21 @@ from click.testing import CliRunner
 from dfscan.trt.model_info import inspect_model
 from tests._images import jpeg_bytes, pattern, png_header_only, write_bad_files, write_jpegs, write_mode_zoo
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
-from dfscan.workers._headers import sniff
-from dfscan.workers.batches import BatchMaker, Verdict, score
-from dfscan.workers.decode import PillowDecoder, Preprocess, decode_one
-from dfscan.workers.decoders import DecoderUnavailable, UnknownDecoder, create_decoder, resolve_decoder
-from dfscan.workers.errors import ImageError
-from dfscan.workers.reader import FileData
+from dfscan.workers.reading.headers import sniff
+from dfscan.workers.scoring.batches import BatchMaker, Verdict, score
+from dfscan.workers.images.decode import PillowDecoder, Preprocess, decode_one
+from dfscan.workers.images.decoders import DecoderUnavailable, UnknownDecoder, create_decoder, resolve_decoder
+from dfscan.workers.reading.errors import ImageError
+from dfscan.workers.reading.reader import FileData
 
-dali_ok, dali_why = __import__("dfscan.workers.dali", fromlist=["dali_status"]).dali_status()
+dali_ok, dali_why = __import__("dfscan.workers.images.dali", fromlist=["dali_status"]).dali_status()
 pytestmark = pytest.mark.skipif(not dali_ok, reason=f"DALI unavailable: {dali_why}")
 
 PRE = Preprocess()
 
 
 def _gpu_reason() -> str | None:
-    from dfscan.workers.dali import dali_gpu_status
+    from dfscan.workers.images.dali import dali_gpu_status
 
     ok, why = dali_gpu_status()
     return None if ok else why
@@ -64,7 +64,7 @@ def raw(name: str, data: bytes) -> FileData:
 
 @pytest.fixture
 def dali_cpu():
-    from dfscan.workers.dali import DaliDecoder
+    from dfscan.workers.images.dali import DaliDecoder
 
     decoder = DaliDecoder(PRE, device="cpu", batch_size=64, threads=2)
     yield decoder
@@ -102,7 +102,7 @@ def test_header_check_refuses_a_bomb_without_decoding(dali_cpu):
 
 
 def test_pixel_limit_applies_to_dali_images():
-    from dfscan.workers.dali import DaliDecoder
+    from dfscan.workers.images.dali import DaliDecoder
 
     small = Preprocess(max_pixels=200 * 200)
     decoder = DaliDecoder(small, device="cpu")
@@ -175,7 +175,7 @@ def test_several_bad_images_in_one_batch(tmp_path, dali_cpu):
 
 
 def test_larger_than_pipeline_batch_is_split(tmp_path):
-    from dfscan.workers.dali import DaliDecoder
+    from dfscan.workers.images.dali import DaliDecoder
 
     decoder = DaliDecoder(PRE, device="cpu", batch_size=8)
     try:
@@ -187,7 +187,7 @@ def test_larger_than_pipeline_batch_is_split(tmp_path):
 
 
 def test_a_pipeline_that_cannot_be_built_is_the_decoders_error_not_the_images():
-    from dfscan.workers.dali import DaliDecoder
+    from dfscan.workers.images.dali import DaliDecoder
 
     if not _gpu_reason():
         pytest.skip("a GPU is present: the mixed pipeline builds here")
@@ -285,7 +285,7 @@ def sensitive_model(onnx_path: Path, images: list[str], out_dir: Path) -> Path:
 def test_parity_with_pillow_on_256_images(tmp_path, tiny_onnx_model):
     """The acceptance bar: same 256 images, max |delta p_fake| <= 0.02, verdicts agree on >= 99%."""
     from dfscan.trt.onnxruntime import OnnxRuntime
-    from dfscan.workers.dali import DaliDecoder
+    from dfscan.workers.images.dali import DaliDecoder
 
     paths = [str(p) for p in write_jpegs(tmp_path / "imgs", 256)]
     model = sensitive_model(tiny_onnx_model, paths, tmp_path / "model")
@@ -380,7 +380,7 @@ def test_mixed_decoding_matches_cpu(tmp_path):
     why = _gpu_reason()
     if why:
         pytest.skip(f"DALI mixed decoding needs a GPU: {why}")
-    from dfscan.workers.dali import DaliDecoder
+    from dfscan.workers.images.dali import DaliDecoder
 
     files = [as_file(p) for p in write_jpegs(tmp_path, 64)]
     files.insert(32, raw("corrupt.jpg", corrupt_jpeg()))

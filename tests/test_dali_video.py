@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfscan.workers.errors import ImageError
-from dfscan.workers.video import SampledVideo, sample_video
+from dfscan.workers.reading.errors import ImageError
+from dfscan.workers.video.sample import SampledVideo, sample_video
 from tests._videos import CODECS, Codec, read_index, write_video
 
-dali_ok, dali_why = __import__("dfscan.workers.dali", fromlist=["dali_status"]).dali_status()
+dali_ok, dali_why = __import__("dfscan.workers.images.dali", fromlist=["dali_status"]).dali_status()
 pytestmark = pytest.mark.skipif(not dali_ok, reason=f"DALI unavailable: {dali_why}")
 
 # MJPEG in a QuickTime file: the one container with a display matrix whose codec DALI's CPU backend decodes.
@@ -34,7 +34,7 @@ def _mjpeg_mov():
 
 def _sampler(device: str = "cpu", **kw):
     """DALI's sampler; on the CPU with MJPEG allowed (clean files only here: see ``_dali_video``'s docstring)."""
-    from dfscan.workers._dali_video import DALI_VIDEO_CODECS, DaliVideoSampler
+    from dfscan.workers.video.dali import DALI_VIDEO_CODECS, DaliVideoSampler
 
     if device == "cpu":
         kw.setdefault("codecs", DALI_VIDEO_CODECS["cpu"] | {"mjpeg"})
@@ -150,7 +150,7 @@ def _noisy_scans(path: Path) -> Path:
 
 _SAMPLE_IN_A_CHILD = """
 import sys
-from dfscan.workers._dali_video import DaliVideoSampler
+from dfscan.workers.video.dali import DaliVideoSampler
 (out,) = DaliVideoSampler(device=sys.argv[2], codecs=frozenset({"mjpeg"})).sample_batch([sys.argv[1]], 8)
 print(type(out).__name__, getattr(out, "code", ""))
 """
@@ -172,7 +172,7 @@ def test_dali_cpu_crashes_on_noisy_mjpeg_scans_which_is_why_mjpeg_is_left_to_pya
 
 
 def test_mjpeg_is_left_to_pyav_on_the_cpu_backend(tmp_path: Path) -> None:
-    from dfscan.workers._dali_video import DaliVideoSampler
+    from dfscan.workers.video.dali import DaliVideoSampler
 
     sampler = DaliVideoSampler(device="cpu")
     (got,) = sampler.sample_batch([str(write_video(tmp_path / "a.avi", 10, codec="mjpeg-avi"))], 4)
@@ -191,7 +191,7 @@ def test_files_over_the_size_limit_are_left_to_pyav(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 def test_mixed_decoder_takes_the_same_frames_as_pyav(tmp_path: Path) -> None:
-    from dfscan.workers.dali import dali_gpu_status
+    from dfscan.workers.images.dali import dali_gpu_status
 
     ok, why = dali_gpu_status()
     if not ok:
@@ -289,10 +289,10 @@ def test_a_dali_cpu_scan_samples_webm_with_dali_and_scores_as_pyav_does(tmp_path
 
 def test_the_stage_hands_webm_to_dali_and_the_rest_to_pyav(tmp_path, linear_probe_onnx_model):  # noqa: F811
     """Which sampler took each file, by the sampler's counters (the scan above can't see them)."""
-    from dfscan.settings import Settings
+    from dfscan.core.settings import Settings
     from dfscan.trt.model_info import inspect_model
-    from dfscan.workers.decode import Preprocess
-    from dfscan.workers.video_stage import video_stage
+    from dfscan.workers.images.decode import Preprocess
+    from dfscan.workers.scoring.video_stage import video_stage
 
     paths = _three_videos(tmp_path / "in")
     gone = tmp_path / "in" / "gone.webm"  # vanished since it was listed: PyAV says so
@@ -315,7 +315,7 @@ def test_the_stage_hands_webm_to_dali_and_the_rest_to_pyav(tmp_path, linear_prob
 
 @pytest.mark.gpu
 def test_a_dali_gpu_scan_samples_h264_with_nvdec(tmp_path, linear_probe_onnx_model, sqlite_url):  # noqa: F811
-    from dfscan.workers.dali import dali_gpu_status
+    from dfscan.workers.images.dali import dali_gpu_status
 
     ok, why = dali_gpu_status()
     if not ok:
@@ -332,8 +332,8 @@ def test_a_dali_gpu_scan_samples_h264_with_nvdec(tmp_path, linear_probe_onnx_mod
 
 def test_a_pipeline_that_cannot_be_built_is_the_decoders_failure_not_each_videos(tmp_path):
     """No GPU here: the GPU pipeline can't be built, and that is said once, not bisected into per-video failures."""
-    from dfscan.workers.dali import dali_gpu_status
-    from dfscan.workers.errors import DecoderUnavailable
+    from dfscan.workers.images.dali import dali_gpu_status
+    from dfscan.workers.reading.errors import DecoderUnavailable
 
     ok, _ = dali_gpu_status()
     if ok:

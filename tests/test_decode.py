@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from tests._images import jpeg_bytes, pattern, write_bad_files, write_mode_zoo
-from dfscan.workers.decode import PillowDecoder, Preprocess, decode_one, load_rgb, to_rgb
-from dfscan.workers.errors import ImageError
-from dfscan.workers.reader import read_file
+from dfscan.workers.images.decode import PillowDecoder, Preprocess, decode_one, load_rgb, to_rgb
+from dfscan.workers.reading.errors import ImageError
+from dfscan.workers.reading.reader import read_file
 
 PRE = Preprocess()
 
@@ -124,8 +124,8 @@ def test_reader_permission_denied(tmp_path):
         pytest.skip("running as root and setpriv (util-linux) is missing: can't make a file unreadable")
     code = (
         "import json, sys\n"
-        "from dfscan.workers.errors import ImageError\n"
-        "from dfscan.workers.reader import read_file\n"
+        "from dfscan.workers.reading.errors import ImageError\n"
+        "from dfscan.workers.reading.reader import read_file\n"
         "try:\n    read_file(sys.argv[1]); print(json.dumps(None))\n"
         "except ImageError as e:\n    print(json.dumps([e.code, e.message]))\n"
     )
@@ -136,7 +136,7 @@ def test_reader_permission_denied(tmp_path):
 
 
 def test_decoder_batch_keeps_order_and_isolates_failures(tmp_path):
-    from dfscan.workers.reader import FileData
+    from dfscan.workers.reading.reader import FileData
 
     good = [FileData(f"/g{i}", 1, 0.0, jpeg_bytes(i)) for i in range(5)]
     bad = FileData("/bad", 1, 0.0, b"garbage bytes")

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfscan.workers.decode import PillowDecoder, Preprocess, decode_one, open_image
-from dfscan.workers.errors import ImageError
-from dfscan.workers.reader import read_file
+from dfscan.workers.images.decode import PillowDecoder, Preprocess, decode_one, open_image
+from dfscan.workers.reading.errors import ImageError
+from dfscan.workers.reading.reader import read_file
 from tests._awkward import REFUSED_METADATA, ROTATED, write_awkward
 from tests._images import jpeg_bytes, pattern, png_header_only, write_bad_files
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
@@ -41,7 +41,7 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 def both(corpus):
     """Every corpus file decoded by Pillow and by DALI on the CPU: name -> (pillow, dali)."""
     pytest.importorskip("nvidia.dali")
-    from dfscan.workers.dali import DaliDecoder
+    from dfscan.workers.images.dali import DaliDecoder
 
     files = [read_file(str(p)) for p in corpus.values()]
     pillow = PillowDecoder(PRE)
@@ -120,7 +120,7 @@ def test_pixel_limit_follows_max_pixels_above_pillows_default_without_warnings()
 
 def test_pixel_limit_is_the_same_in_both_decoders():
     pytest.importorskip("nvidia.dali")
-    from dfscan.workers.dali import DaliDecoder
+    from dfscan.workers.images.dali import DaliDecoder
 
     small = Preprocess(max_pixels=150 * 150)
     files = [_raw("a.jpg", jpeg_bytes(1, (160, 160))), _raw("b.png", _png_bytes(pattern(2, (160, 150)))),
@@ -143,7 +143,7 @@ def _gif(im) -> bytes:
 
 
 def _raw(name: str, data: bytes):
-    from dfscan.workers.reader import FileData
+    from dfscan.workers.reading.reader import FileData
 
     return FileData(name, len(data), 0.0, data)
 

@@ -20,10 +20,10 @@ from dfscan import db
 from dfscan.bench.dedupe import CountedRuntime, counting, dedupe_rows, format_dedupe
 from dfscan.cli import main
 from dfscan.scanner import Chunk, ScanSource, WalkOptions
-from dfscan.settings import Settings, from_env
-from dfscan.workers.batches import BatchMaker, Verdict, score
-from dfscan.workers.decode import PillowDecoder, Preprocess
-from dfscan.workers.local import LocalScan
+from dfscan.core.settings import Settings, from_env
+from dfscan.workers.scoring.batches import BatchMaker, Verdict, score
+from dfscan.workers.images.decode import PillowDecoder, Preprocess
+from dfscan.workers.scoring.local import LocalScan
 from tests._images import jpeg_bytes, write_jpegs
 from tests._models import export_tiny_model, tiny_onnx_model  # noqa: F401 - fixture
 
@@ -141,8 +141,8 @@ def test_copies_across_batches_and_chunks(tmp_path: Path, tiny_onnx_model: Path,
 def test_a_redelivered_chunk_rewrites_the_same_rows(tmp_path: Path, tiny_onnx_model: Path,  # noqa: F811
                                                     sqlite_url: str) -> None:
     """Scoring a chunk again meets its own rows: the original stays computed, the copy a copy."""
-    from dfscan.workers.context import ScanContext
-    from dfscan.workers.pipeline import score_chunk
+    from dfscan.workers.scoring.context import ScanContext
+    from dfscan.workers.scoring.loop import score_chunk
 
     originals, copies = archive(tmp_path / "in", n=2)
     ctx = ScanContext.open(Settings(db_url=sqlite_url, model=tiny_onnx_model, batch_size=2))
@@ -257,7 +257,7 @@ def test_cli_option_env_summary_and_audit(tmp_path: Path, tiny_onnx_model: Path,
 
 
 def test_schedule_entry_takes_reuse_verdicts(tmp_path: Path) -> None:
-    from dfscan.workers.schedule import ScheduleError, load_schedule
+    from dfscan.workers.fleet.schedule import ScheduleError, load_schedule
 
     path = tmp_path / "s.toml"
     path.write_text('[[scan]]\nname = "n"\ncron = "0 2 * * *"\nroots = ["/data"]\nmodel = "/m.onnx"\n'
@@ -478,8 +478,8 @@ def test_a_batch_of_images_and_videos_reuses_its_images(tmp_path: Path, sqlite_u
 def test_a_fleet_chunk_scores_copies_in_its_later_batches_once(tmp_path: Path, tiny_onnx_model: Path,  # noqa: F811
                                                                pg_url: str) -> None:
     """A fleet chunk commits once, at its end: copies in its later batches take its uncommitted rows."""
-    from dfscan.workers import pipeline
-    from dfscan.workers.context import ScanContext
+    from dfscan.workers.scoring import loop as pipeline
+    from dfscan.workers.scoring.context import ScanContext
 
     originals, copies = archive(tmp_path / "in", n=3)
     paths = tuple(str(p) for p in originals + copies)  # batches of 4: every copy is in a later batch

@@ -4,7 +4,7 @@ No container engine, cluster or systemd runs here, so nothing is started:
 each file is parsed (PyYAML, the Dockerfile line by line, systemd units with
 configparser) and checked against the project itself: every ``dfscan``
 subcommand and option it uses is one ``dfscan.cli.main`` has, every
-``DFSCAN_*`` variable is one the CLI or ``dfscan.settings`` reads, every file
+``DFSCAN_*`` variable is one the CLI or ``dfscan.core.settings`` reads, every file
 it copies or mounts from the repository exists, and the services the issue
 asks for are there with the properties it asks for.
 """
@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from dfscan.cli import main
-from dfscan.settings import Settings, env_name
+from dfscan.core.settings import Settings, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -220,7 +220,7 @@ def test_compose_commands_and_variables_exist_in_the_project(compose):
 
 
 def test_the_example_schedules_are_ones_beat_accepts(tmp_path):
-    from dfscan.workers.schedule import load_schedule
+    from dfscan.workers.fleet.schedule import load_schedule
 
     example = load_schedule(DEPLOY / "schedule.example.toml")
     k8s = yaml.safe_load_all((DEPLOY / "k8s" / "configmap.yaml").read_text())

@@ -170,8 +170,8 @@ def test_update_model_info_keeps_other_fields_and_the_scanner_reads_it(tmp_path,
     import shutil
 
     from dfscan.trt.model_info import inspect_model
-    from dfscan.settings import Settings
-    from dfscan.workers.context import ScanContext
+    from dfscan.core.settings import Settings
+    from dfscan.workers.scoring.context import ScanContext
 
     model_dir = tmp_path / "m"
     shutil.copytree(tiny_onnx_model.parent, model_dir, ignore=shutil.ignore_patterns("checkpoint"))

@@ -288,8 +288,8 @@ def test_whole_worker_killed_mid_chunk_its_lease_runs_out(redis_server, pg_db, w
     assert [(r["status"], r["requeues"]) for r in listed] == [("done", 1)]
     # The stale original, delivered now, finds the chunk done and changes nothing.
     paths = query(pg_db, "SELECT seq, paths FROM chunks WHERE id = :c", c=chunk_id)[0]
-    from dfscan.settings import from_env
-    from dfscan.workers.producer import Producer
+    from dfscan.core.settings import from_env
+    from dfscan.workers.fleet.producer import Producer
 
     with Producer(from_env(db_url=pg_db, broker_url=broker)) as producer:
         producer.publish(Chunk(scan_id, paths["seq"], tuple(paths["paths"]), chunk_id))
@@ -367,8 +367,8 @@ def test_same_chunk_delivered_twice(redis_server, pg_db, workers, archive, tiny_
     broker = redis_server.url()
     scan_id = produce(root, tiny_onnx_model, broker, pg_db, "--max-outstanding", "100")
     # Every chunk is in the queue; publish each one a second time, then start two workers.
-    from dfscan.settings import from_env
-    from dfscan.workers.producer import Producer
+    from dfscan.core.settings import from_env
+    from dfscan.workers.fleet.producer import Producer
 
     with Producer(from_env(db_url=pg_db, broker_url=broker)) as producer:
         for c in query(pg_db, "SELECT id, seq, paths FROM chunks WHERE scan_id = :s", s=scan_id):
@@ -503,9 +503,9 @@ def test_celery_inspect_and_events_reach_a_dfscan_worker(redis_server, pg_db, wo
     import subprocess
     import threading
 
-    from dfscan.settings import Settings
+    from dfscan.core.settings import Settings
     from tests._cluster import REPO
-    from dfscan.workers.app import create_app
+    from dfscan.workers.fleet.app import create_app
 
     root, expected = archive
     broker = redis_server.url()

@@ -16,8 +16,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from dfscan.db.chunks import retry_db
 from dfscan.cli import main
-from dfscan.settings import Settings, SettingsError, from_env
-from dfscan.workers.schedule import ScheduleError, beat_schedule, load_schedule
+from dfscan.core.settings import Settings, SettingsError, from_env
+from dfscan.workers.fleet.schedule import ScheduleError, beat_schedule, load_schedule
 from tests._cluster import REPO, Worker, wait_for
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
@@ -33,7 +33,7 @@ def test_app_configuration_is_at_least_once_and_json_only():
     from kombu.exceptions import ContentDisallowed
     from kombu.serialization import loads
 
-    from dfscan.workers.app import SCORE_TASK, create_app
+    from dfscan.workers.fleet.app import SCORE_TASK, create_app
 
     app = create_app(Settings(broker_url="redis://127.0.0.1:1/0", visibility_timeout=77))
     conf = app.conf
@@ -48,7 +48,7 @@ def test_app_configuration_is_at_least_once_and_json_only():
 
 
 def test_app_needs_a_broker():
-    from dfscan.workers.app import create_app
+    from dfscan.workers.fleet.app import create_app
 
     with pytest.raises(SettingsError, match="no broker"):
         create_app(Settings())
@@ -62,7 +62,7 @@ def test_import_workers_loads_no_runtime_and_celery_finds_the_app():
         "assert type(app).__name__ == 'DfscanCelery', app\n"
         "assert app.conf.broker_url == 'redis://127.0.0.1:9/3'\n"
         "assert 'dfscan.score_chunk' in app.tasks\n"
-        "heavy = [m for m in ('onnxruntime', 'torch', 'tensorrt', 'dfscan.workers.context', 'nvidia.dali') if m in sys.modules]\n"
+        "heavy = [m for m in ('onnxruntime', 'torch', 'tensorrt', 'dfscan.workers.scoring.context', 'nvidia.dali') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     env = {**os.environ, "DFSCAN_BROKER_URL": "redis://127.0.0.1:9/3"}
@@ -156,7 +156,7 @@ def worker_factory(tmp_path):
 
 def test_back_pressure_then_resume_after_the_producer_stopped(tmp_path, redis_server, worker_factory, tiny_onnx_model,
                                                                sqlite_url):
-    from dfscan.workers.producer import Producer
+    from dfscan.workers.fleet.producer import Producer
     from dfscan.scanner import ScanSource, WalkOptions
 
     paths = sorted(str(p) for p in write_jpegs(tmp_path / "arc", 40, size=(64, 64)))

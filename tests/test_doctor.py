@@ -7,9 +7,9 @@ import json
 from click.testing import CliRunner
 
 from dfscan.cli import main
-from dfscan.gpu import probe_gpus
+from dfscan.core.gpu import probe_gpus
 from dfscan.trt.engine import tensorrt_status
-from dfscan.workers.dali import dali_gpu_status, dali_status
+from dfscan.workers.images.dali import dali_gpu_status, dali_status
 
 
 from dfscan.trt.pytorch import cuda_status

@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from dfscan import db
 from dfscan.cli import main
-from dfscan.workers._face_geometry import crop_square, detection_scale
+from dfscan.workers.faces.geometry import crop_square, detection_scale
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -64,8 +64,9 @@ def cli(*args: str):
 
 @pytest.fixture(scope="module")
 def stage():
-    from dfscan.workers.decode import Preprocess
-    from dfscan.workers.faces import FaceOptions, FaceStage, create_face_detector
+    from dfscan.workers.images.decode import Preprocess
+    from dfscan.workers.faces import FaceOptions, create_face_detector
+    from dfscan.workers.scoring.face_stage import FaceStage
 
     return FaceStage(None, Preprocess(), FaceOptions(), create_face_detector("mtcnn", "cpu"))
 
@@ -152,7 +153,8 @@ def test_face_on_the_border_and_face_larger_than_the_image(stage) -> None:
 
 def test_cap_on_faces_per_image(stage) -> None:
     """A grey image with 200 small faces: all found, the largest ``max_faces`` scored, the row says both."""
-    from dfscan.workers.faces import FaceOptions, FaceStage
+    from dfscan.workers.faces import FaceOptions
+    from dfscan.workers.scoring.face_stage import FaceStage
 
     grey = Image.new("RGB", (960, 480), (128, 128, 128))
     small = patch().resize((36, 41))
@@ -269,10 +271,10 @@ def test_text_summary_counts_no_face(tmp_path: Path, tiny_onnx_model: Path, sqli
 def test_auto_follows_model_info_and_missing_field_is_whole_image(tmp_path: Path, tiny_onnx_model: Path,  # noqa: F811
                                                                   sqlite_url: str) -> None:
     from dfscan.detector.calibrate import update_model_info
-    from dfscan.settings import Settings
+    from dfscan.core.settings import Settings
     from dfscan.trt.model_info import inspect_model
-    from dfscan.workers.context import ScanContext
-    from dfscan.workers.faces import FaceStage
+    from dfscan.workers.scoring.context import ScanContext
+    from dfscan.workers.scoring.face_stage import FaceStage
 
     face_model = tmp_path / "face" / "model.onnx"
     face_model.parent.mkdir()
@@ -300,7 +302,7 @@ def test_auto_follows_model_info_and_missing_field_is_whole_image(tmp_path: Path
 
 
 def test_face_settings_are_validated() -> None:
-    from dfscan.settings import Settings, SettingsError, from_env
+    from dfscan.core.settings import Settings, SettingsError, from_env
 
     for bad in ({"faces": "maybe"}, {"max_faces": 0}, {"face_margin": 0.5}, {"face_aggregation": "median"},
                 {"min_face_size": 0}):
@@ -317,8 +319,9 @@ def test_detector_failure_is_that_images_error_row(tmp_path: Path, tiny_onnx_mod
     """The detector raises on one image (a magenta corner marks it): that image is an error row, the batch goes on."""
     from dfscan.trt import load_runtime
     from dfscan.trt.model_info import inspect_model
-    from dfscan.workers.batches import BatchMaker, Verdict, score
-    from dfscan.workers.faces import FaceDetector, FaceStage
+    from dfscan.workers.scoring.batches import BatchMaker, Verdict, score
+    from dfscan.workers.faces import FaceDetector
+    from dfscan.workers.scoring.face_stage import FaceStage
 
     class FailsOnMagenta(FaceDetector):
         name = "mtcnn-failing"
@@ -377,14 +380,14 @@ def test_bench_prints_face_rows_beside_the_classifier_alone(tmp_path: Path, tiny
 
 def test_dali_gives_the_face_stage_its_decoded_image(tmp_path: Path, stage) -> None:
     """DALI decodes once; the face stage detects and crops on that image, as with Pillow."""
-    from dfscan.workers.dali import dali_status
+    from dfscan.workers.images.dali import dali_status
 
     ok, why = dali_status()
     if not ok:
         pytest.skip(why)
-    from dfscan.workers.dali import DaliDecoder
-    from dfscan.workers.faces import FaceStage
-    from dfscan.workers.reader import read_file
+    from dfscan.workers.images.dali import DaliDecoder
+    from dfscan.workers.scoring.face_stage import FaceStage
+    from dfscan.workers.reading.reader import read_file
 
     background = Image.fromarray(skimage_data.coffee()).resize((1200, 800))
     group, expected = paste_faces(background, [(40, 60, 1.0), (400, 300, 1.6), (800, 80, 2.2)])
@@ -476,8 +479,8 @@ def test_crops_of_many_images_share_runtime_batches(tmp_path: Path, tiny_onnx_mo
     """Five faces from three images go to the runtime as batches of batch_size (2, 2, 1), not one call per image."""
     from dfscan.trt import load_runtime
     from dfscan.trt.model_info import inspect_model
-    from dfscan.workers.batches import BatchMaker, Verdict, score
-    from dfscan.workers.faces import FaceStage
+    from dfscan.workers.scoring.batches import BatchMaker, Verdict, score
+    from dfscan.workers.scoring.face_stage import FaceStage
 
     class Recording:
         """The real runtime, with the batch sizes it was given written down."""

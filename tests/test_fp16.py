@@ -23,7 +23,7 @@ from dfscan.trt.base import softmax
 from dfscan.trt.fp16 import FP32_OPS, Fp16ConversionError, convert_fp16, fp16_path, recurrent_and_after
 from dfscan.trt.model_info import inspect_model
 from dfscan.trt.onnxruntime import OnnxRuntime
-from dfscan.workers.decode import Preprocess, decode_one
+from dfscan.workers.images.decode import Preprocess, decode_one
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 
 TOLERANCE = 0.01  # the bound on |p_fake(FP16) - p_fake(FP32)|

@@ -71,11 +71,11 @@ def test_a_broken_layer_is_caught(tmp_path):
     trt = view / "dfscan" / "trt"
     trt.unlink()
     shutil.copytree(REPO / "trt", trt, ignore=shutil.ignore_patterns("__pycache__"))
-    (trt / "upward.py").write_text("from dfscan.workers.batches import BatchMaker\n")
+    (trt / "upward.py").write_text("from dfscan.workers.scoring.batches import BatchMaker\n")
     proc = subprocess.run([_bin("lint-imports"), str(REPO / "pyproject.toml"), "--no-cache"], cwd=view,
                           env={**os.environ, "PYTHONPATH": str(view)}, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "dfscan.trt.upward -> dfscan.workers.batches" in proc.stdout
+    assert "dfscan.trt.upward -> dfscan.workers.scoring.batches" in proc.stdout
 
 
 def test_only_dfscan_is_importable_from_the_installation(tmp_path):

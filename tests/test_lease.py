@@ -27,7 +27,7 @@ from dfscan.db.chunks import (
     renew_lease,
 )
 from dfscan.db.models import Chunk
-from dfscan.workers.lease import Heartbeat, Reaper, holder_alive, lease_owner
+from dfscan.workers.fleet.lease import Heartbeat, Reaper, holder_alive, lease_owner
 
 LEASE = 30
 
@@ -242,8 +242,8 @@ def test_producer_reaper_publishes_the_expired_chunk_to_redis(redis_server, sqli
     """The producer under --wait is a reaper too: the expired chunk's message lands in the real queue, once."""
     import json
 
-    from dfscan.settings import from_env
-    from dfscan.workers.producer import Producer
+    from dfscan.core.settings import from_env
+    from dfscan.workers.fleet.producer import Producer
 
     settings = from_env(db_url=sqlite_url, broker_url=redis_server.url(), lease_seconds=10, lease_renew_seconds=1)
     with Producer(settings) as producer:
@@ -268,7 +268,7 @@ def test_producer_reaper_publishes_the_expired_chunk_to_redis(redis_server, sqli
 
 @pytest.mark.parametrize(("lease", "renew"), [(1, 0.5), (30, 16.0), (30, 0.0), (7200, 5.0)])
 def test_lease_settings_are_checked(lease: int, renew: float) -> None:
-    from dfscan.settings import Settings, SettingsError
+    from dfscan.core.settings import Settings, SettingsError
 
     with pytest.raises(SettingsError, match="lease"):
         Settings(lease_seconds=lease, lease_renew_seconds=renew)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfscan.workers.batches import BatchMaker
-from dfscan.workers.decode import PillowDecoder, Preprocess
+from dfscan.workers.scoring.batches import BatchMaker
+from dfscan.workers.images.decode import PillowDecoder, Preprocess
 from tests._images import jpeg_bytes, png_header_only, write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 

@@ -20,7 +20,7 @@ from dfscan import db
 from dfscan.cli import main
 from dfscan.scanner import WalkOptions, walk
 from dfscan.scanner.paths import on_disk, open_path, stat_path, storable
-from dfscan.workers.reader import read_file
+from dfscan.workers.reading.reader import read_file
 from tests._images import jpeg_bytes
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 

@@ -49,7 +49,7 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
 
     from dfscan.detector.export import export_onnx
     from dfscan.detector.model import save_checkpoint
-    from dfscan.workers.decode import Preprocess, decode_one
+    from dfscan.workers.images.decode import Preprocess, decode_one
 
     root = tmp_path_factory.mktemp("trained")
     labels = _graded_images(root / "train", 48, 0)
@@ -132,9 +132,9 @@ def test_int8_agrees_with_fp32_on_a_model_with_spread_outputs(trained_tiny, tmp_
 
 def test_scanner_scores_with_the_int8_model(tiny_onnx_model, calib_dir, tmp_path, sqlite_url):
     from dfscan import db
-    from dfscan.settings import Settings
+    from dfscan.core.settings import Settings
     from dfscan.scanner import ScanSource, WalkOptions
-    from dfscan.workers.local import LocalScan
+    from dfscan.workers.scoring.local import LocalScan
 
     out = quantize_model(tiny_onnx_model, calib_dir, tmp_path / "q" / "tiny_int8.onnx").onnx_path
     images = tmp_path / "images"

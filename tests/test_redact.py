@@ -1,6 +1,6 @@
 """No password reaches a terminal, a log, the audit record or a report.
 
-One masking function (:mod:`dfscan.redact`) is tested with each form a
+One masking function (:mod:`dfscan.core.redact`) is tested with each form a
 secret takes in a URL, then each place a URL is printed or stored is tested
 with a real PostgreSQL URL carrying a password (the shared server trusts
 local connections, so the password is accepted and ignored).
@@ -19,8 +19,8 @@ from dfscan import db
 from dfscan.cli import main
 from dfscan.commands.distributed import safe_url
 from dfscan.db.errors import DatabaseURLError
-from dfscan.redact import mask_text, mask_url
-from dfscan.settings import Settings
+from dfscan.core.redact import mask_text, mask_url
+from dfscan.core.settings import Settings
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 
@@ -65,7 +65,7 @@ def test_mask_text_hides_aws_credentials():
 
 
 def test_s3_endpoint_with_credentials_is_refused_before_it_is_stored():
-    from dfscan.settings import SettingsError
+    from dfscan.core.settings import SettingsError
 
     with pytest.raises(SettingsError, match="must not hold credentials") as info:
         Settings(s3_endpoint_url=f"http://AKIAIOSFODNN7EXAMPLE:{SECRET}@127.0.0.1:8333")

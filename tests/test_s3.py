@@ -15,7 +15,7 @@ from dfscan import db
 from dfscan.cli import main
 from dfscan.scanner import ScanSource, WalkOptions, objects
 from dfscan.scanner.errors import RootNotFound
-from dfscan.settings import DEFAULT_EXTENSIONS, Settings, SettingsError
+from dfscan.core.settings import DEFAULT_EXTENSIONS, Settings, SettingsError
 from tests._images import jpeg_bytes
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 from tests._s3 import ADMIN, LIMITED, LIMITED_BUCKET, aws_env, s3_server  # noqa: F401 - fixture
@@ -181,9 +181,9 @@ def test_path_list_with_s3_urls_and_a_vanished_object(s3, tmp_path, tiny_onnx_mo
 
 
 def test_object_deleted_between_listing_and_reading_is_one_error_row(s3):
-    from dfscan.workers.batches import BatchMaker
-    from dfscan.workers.decode import Preprocess
-    from dfscan.workers.decoders import create_decoder
+    from dfscan.workers.scoring.batches import BatchMaker
+    from dfscan.workers.images.decode import Preprocess
+    from dfscan.workers.images.decoders import create_decoder
 
     bucket = fresh_bucket(s3)
     for i in range(3):
@@ -444,8 +444,8 @@ def test_fleet_scan_of_an_s3_prefix(s3, redis_server, pg_url, tmp_path, tiny_onn
 @pytest.mark.redis
 def test_scheduled_scan_of_an_s3_root_lists_it_into_chunks(s3, redis_server, sqlite_url, tiny_onnx_model, tmp_path):
     """A schedule entry's ``s3://`` root: the producer task (run_entry) checks it, lists it and records its chunks."""
-    from dfscan.settings import Settings
-    from dfscan.workers.schedule import load_schedule, run_entry
+    from dfscan.core.settings import Settings
+    from dfscan.workers.fleet.schedule import load_schedule, run_entry
 
     bucket = fresh_bucket(s3)
     for i in range(5):
@@ -468,7 +468,7 @@ def test_scheduled_scan_of_an_s3_root_lists_it_into_chunks(s3, redis_server, sql
 
 def test_throttling_is_retried_by_botocore(s3):
     """Two 503 SlowDown answers before the real server's: the read succeeds on botocore's third attempt."""
-    from dfscan.workers.reader import read_head
+    from dfscan.workers.reading.reader import read_head
     from tests._s3 import ThrottlingProxy
 
     bucket = fresh_bucket(s3)
@@ -572,9 +572,9 @@ def test_scan_of_a_prefix_with_videos_streams_them_and_keeps_the_url_secret(s3, 
 
 
 def test_ffmpeg_messages_about_an_object_never_hold_its_presigned_url(s3, tmp_path):
-    from dfscan.workers._video_objects import open_object
-    from dfscan.workers.errors import VideoError
-    from dfscan.workers.video import sample_video
+    from dfscan.workers.video._objects import open_object
+    from dfscan.workers.reading.errors import VideoError
+    from dfscan.workers.video.sample import sample_video
 
     bucket = fresh_bucket(s3)
     s3.put(bucket, "a.mp4", _video_bytes(tmp_path, "a.mp4"))
@@ -625,7 +625,7 @@ def test_ffmpeg_seeks_in_the_object_with_range_requests_not_a_whole_download(s3,
     """
     import numpy as np
 
-    from dfscan.workers.video import sample_video
+    from dfscan.workers.video.sample import sample_video
     from tests._cluster import TcpProxy
 
     class CountingProxy(TcpProxy):

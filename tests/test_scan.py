@@ -15,14 +15,14 @@ from sqlalchemy import text
 from dfscan import db
 from dfscan.trt.model_info import inspect_model
 from dfscan.cli import main
-from dfscan.settings import Settings
+from dfscan.core.settings import Settings
 from dfscan.scanner import Chunk
 from tests._images import write_bad_files, write_jpegs, write_mode_zoo
 from tests._models import tiny_legacy_onnx_model, tiny_onnx_model  # noqa: F401 - fixtures
 from dfscan.trt.onnxruntime import OnnxRuntime
-from dfscan.workers.context import ScanContext
-from dfscan.workers.decode import Preprocess, decode_one
-from dfscan.workers.pipeline import score_chunk
+from dfscan.workers.scoring.context import ScanContext
+from dfscan.workers.images.decode import Preprocess, decode_one
+from dfscan.workers.scoring.loop import score_chunk
 
 
 def run(*args: str, input: str | None = None):

@@ -286,7 +286,7 @@ def _slow_client(url: str, token: str) -> int:
 
 
 def test_settings_refuse_bad_serve_values() -> None:
-    from dfscan.settings import Settings, SettingsError, from_env
+    from dfscan.core.settings import Settings, SettingsError, from_env
 
     with pytest.raises(SettingsError):
         Settings(serve_roots=("relative",))

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from dfscan.cli import main
-from dfscan.settings import Settings, SettingsError, from_env, parse_extensions
+from dfscan.core.settings import Settings, SettingsError, from_env, parse_extensions
 
 
 def test_environment_then_overrides():

@@ -19,7 +19,7 @@ from dfscan.cli import main
 from tests._images import write_bad_files, write_jpegs
 from tests._models import tiny_legacy_onnx_model, tiny_onnx_model  # noqa: F401 - fixtures
 from tests.test_fp16 import trained  # noqa: F401 - fixture: a tiny detector trained to separate images
-from dfscan.gpu import GpuInfo, parse_probe, probe_gpus
+from dfscan.core.gpu import GpuInfo, parse_probe, probe_gpus
 from dfscan.trt.cache import EngineCache, EngineKey, default_engine_dir
 from dfscan.trt.engine import (
     BuildOptions,
@@ -46,7 +46,7 @@ from dfscan.trt.errors import (
 )
 from dfscan.trt.precisions import PRECISIONS, choose_precision, get_precision
 from dfscan.trt.registry import resolve_runtime
-from dfscan.workers.decode import Preprocess, decode_one
+from dfscan.workers.images.decode import Preprocess, decode_one
 from types import SimpleNamespace
 
 H100 = GpuInfo(0, "NVIDIA H100 80GB HBM3", (9, 0), 80 << 30)
@@ -344,7 +344,7 @@ def test_fp16_command_writes_and_checks_the_graph(model_dir):
 
 
 def test_calibration_set_decodes_like_a_scan_and_skips_bad_files(tmp_path, tiny_onnx_model):
-    from dfscan.workers.calibration import calibration_images
+    from dfscan.detector.calibration import calibration_images
 
     info = inspect_model(tiny_onnx_model)
     paths = write_jpegs(tmp_path / "calib", 21)
@@ -435,7 +435,7 @@ def test_fp16_engine_matches_onnxruntime(tmp_path, trained):
     """
     from dfscan.trt.onnxruntime import OnnxRuntime
     from dfscan.trt.tensorrt import TensorRTRuntime
-    from dfscan.workers.batches import Verdict
+    from dfscan.workers.scoring.batches import Verdict
 
     source, images = trained
     shutil.copytree(source.parent, tmp_path / "trained")

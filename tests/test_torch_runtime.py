@@ -20,7 +20,7 @@ from dfscan.trt.model_info import inspect_model, sha256_file
 from dfscan.trt.onnxruntime import OnnxRuntime
 from dfscan.trt.pytorch import TorchRuntime, cuda_status
 from dfscan.trt.registry import RUNTIMES, resolve_runtime
-from dfscan.workers.decode import Preprocess, decode_one
+from dfscan.workers.images.decode import Preprocess, decode_one
 from tests._images import write_jpegs
 from tests._models import tiny_legacy_onnx_model, tiny_onnx_model  # noqa: F401 - fixtures
 
@@ -203,8 +203,8 @@ def test_cuda_p_fake_matches_onnxruntime(tmp_path, tiny_onnx_model, precision):
 
 def test_a_dali_batch_reaches_the_runtime_through_dlpack(tmp_path, tiny_onnx_model):
     """DALI's output tensor goes to the torch runtime as is (on a GPU it would never leave the device)."""
-    from dfscan.workers.dali import DaliDecoder, dali_status
-    from dfscan.workers.reader import read_file
+    from dfscan.workers.images.dali import DaliDecoder, dali_status
+    from dfscan.workers.reading.reader import read_file
 
     if not dali_status()[0]:
         pytest.skip(f"needs DALI: {dali_status()[1]}")

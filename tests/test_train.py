@@ -14,7 +14,7 @@ from dfscan.detector.model import load_checkpoint
 from dfscan.detector.synth import synthesize
 from dfscan.detector.train import TrainConfig, TrainError, train
 from dfscan.cli import main
-from dfscan.workers.decode import Preprocess, decode_one
+from dfscan.workers.images.decode import Preprocess, decode_one
 
 QUICK = dict(backbone="tiny", lstm_hidden=16, batch_size=8, workers=0, target_accuracy=None, evaluate_test=False)
 

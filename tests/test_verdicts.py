@@ -17,8 +17,8 @@ from sqlalchemy.exc import IntegrityError
 
 from dfscan import db
 from dfscan.cli import main
-from dfscan.workers.batches import PreparedBatch, Verdict, score
-from dfscan.workers.errors import ImageError
+from dfscan.workers.scoring.batches import PreparedBatch, Verdict, score
+from dfscan.workers.reading.errors import ImageError
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 

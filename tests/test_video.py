@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfscan.workers.errors import REASONS, ImageError, VideoError
-from dfscan.workers.video import sample_video
+from dfscan.workers.reading.errors import REASONS, ImageError, VideoError
+from dfscan.workers.video.sample import sample_video
 from tests._videos import (
     CODECS,
     corrupt_packets,
@@ -368,12 +368,12 @@ def test_a_model_copied_without_its_video_graph_scores_per_frame_and_says_why(tm
 
 
 def test_batches_are_bounded_by_frames_not_videos(tmp_path, tiny_video_model):  # noqa: F811
-    from dfscan.settings import Settings
+    from dfscan.core.settings import Settings
     from dfscan.trt import load_runtime
     from dfscan.trt.model_info import inspect_model
-    from dfscan.workers.batches import BatchMaker, Verdict, score, split
-    from dfscan.workers.decode import PillowDecoder, Preprocess
-    from dfscan.workers.video_stage import video_stage
+    from dfscan.workers.scoring.batches import BatchMaker, Verdict, score, split
+    from dfscan.workers.images.decode import PillowDecoder, Preprocess
+    from dfscan.workers.scoring.video_stage import video_stage
 
     class Recording:
         """The real sequence runtime, noting the shape of every batch it runs."""
@@ -537,7 +537,7 @@ def test_celery_workers_score_a_mixed_folder_one_row_per_file(tmp_path, tiny_vid
 
 
 def test_video_settings_come_from_options_and_the_environment(tmp_path, tiny_video_model, sqlite_url):  # noqa: F811
-    from dfscan.settings import DEFAULT_VIDEO_EXTENSIONS, Settings, SettingsError, from_env
+    from dfscan.core.settings import DEFAULT_VIDEO_EXTENSIONS, Settings, SettingsError, from_env
 
     assert Settings().scan_extensions[-len(DEFAULT_VIDEO_EXTENSIONS):] == DEFAULT_VIDEO_EXTENSIONS
     assert set(DEFAULT_VIDEO_EXTENSIONS) == {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi"}
@@ -573,12 +573,12 @@ def test_video_settings_come_from_options_and_the_environment(tmp_path, tiny_vid
 
 def test_videos_are_opened_by_the_decoder_never_read_into_memory(tmp_path, tiny_video_model):  # noqa: F811
     """A video larger than the reader's limits is scored; an image of the same size is refused by them."""
-    from dfscan.settings import Settings
+    from dfscan.core.settings import Settings
     from dfscan.trt import load_runtime
     from dfscan.trt.model_info import inspect_model
-    from dfscan.workers.batches import BatchMaker, Verdict, score
-    from dfscan.workers.decode import PillowDecoder, Preprocess
-    from dfscan.workers.video_stage import video_stage
+    from dfscan.workers.scoring.batches import BatchMaker, Verdict, score
+    from dfscan.workers.images.decode import PillowDecoder, Preprocess
+    from dfscan.workers.scoring.video_stage import video_stage
 
     rng = np.random.default_rng(0)
     video = write_video(tmp_path / "big.mkv", 20, codec="h264-mkv", size=(128, 96),

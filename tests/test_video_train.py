@@ -20,8 +20,8 @@ from dfscan.detector.synth import SynthError
 from dfscan.detector.synth_video import VIDEO_NOTICE, synthesize_videos
 from dfscan.detector.train import TrainConfig, TrainError, train
 from dfscan.detector.video_data import fit_frames, video_eval_transform, video_train_transform
-from dfscan.workers.decode import Preprocess
-from dfscan.workers.video import sample_video
+from dfscan.workers.images.decode import Preprocess
+from dfscan.workers.video.sample import sample_video
 
 T = 4  # frames per video in these tests: small sequences keep training and export fast
 PRE = Preprocess(size=(64, 64))

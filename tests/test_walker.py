@@ -96,7 +96,7 @@ def test_chunk_message_round_trip():
 
 def test_names_that_are_not_utf8_are_stored_reversibly(tmp_path):
     from dfscan.scanner.paths import on_disk, storable
-    from dfscan.workers.reader import read_file
+    from dfscan.workers.reading.reader import read_file
 
     raw = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.jpg"))
     with open(raw, "wb") as f:

@@ -17,14 +17,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from dfscan import db
-from dfscan.settings import Settings
+from dfscan.core.settings import Settings
 from dfscan.scanner import Chunk
 from tests._images import write_bad_files, write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
-from dfscan.workers.context import ScanContext
-from dfscan.workers.errors import REASONS
-from dfscan.workers.metrics import WorkerMetrics, instrument, redis_queue_depth, start_metrics_server
-from dfscan.workers.pipeline import score_chunk
+from dfscan.workers.scoring.context import ScanContext
+from dfscan.workers.reading.errors import REASONS
+from dfscan.workers.fleet.metrics import WorkerMetrics, instrument, redis_queue_depth, start_metrics_server
+from dfscan.workers.scoring.loop import score_chunk
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parent.parent
@@ -185,15 +185,15 @@ MULTIPROCESS_SCRIPT = r"""
 import json, multiprocessing, os, sys, urllib.request
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
 from dfscan import db
-from dfscan.settings import Settings
+from dfscan.core.settings import Settings
 from dfscan.scanner import Chunk
-from dfscan.workers.metrics import WorkerMetrics, instrument, mark_process_dead, start_metrics_server
+from dfscan.workers.fleet.metrics import WorkerMetrics, instrument, mark_process_dead, start_metrics_server
 
 model, url, paths = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 
 def child(seq):
-    from dfscan.workers.context import ScanContext
-    from dfscan.workers.pipeline import score_chunk
+    from dfscan.workers.scoring.context import ScanContext
+    from dfscan.workers.scoring.loop import score_chunk
     ctx = ScanContext.open(Settings(db_url=url, model=model, batch_size=4), migrate=False)
     try:
         hook = instrument(ctx, WorkerMetrics())

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dfscan.gpu import GpuInfo, first_gpu, probe_gpus
+from dfscan.core.gpu import GpuInfo, first_gpu, probe_gpus
 from dfscan.trt.cache import EngineCache, EngineKey, EnginePaths, default_engine_dir
 from dfscan.trt.errors import EngineBuildFailed, Int8CalibrationError, RuntimeUnavailable
 from dfscan.trt.model_info import ModelInfo, inspect_model

@@ -49,11 +49,11 @@ def available() -> tuple[bool, str]:
 def cuda_status() -> tuple[bool, str]:
     """Whether torch can run on a CUDA GPU here: the GPU's name, or why not.
 
-    The NVIDIA driver is asked first, in a child process (:func:`dfscan.gpu.probe_gpus`): where
+    The NVIDIA driver is asked first, in a child process (:func:`dfscan.core.gpu.probe_gpus`): where
     there is no GPU, torch is not imported (half a gigabyte of memory for a scan that runs ONNX
     Runtime), and CUDA is never initialised in a process that Celery forks afterwards.
     """
-    from dfscan.gpu import probe_gpus
+    from dfscan.core.gpu import probe_gpus
 
     probe = probe_gpus()
     if not probe.present:

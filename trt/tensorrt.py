@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dfscan.trt.model_info import ModelInfo, reexport_hint
-from dfscan.gpu import probe_gpus
+from dfscan.core.gpu import probe_gpus
 from dfscan.trt.cache import EngineCache, default_engine_dir
 from dfscan.trt.engine import (
     BuildOptions,

@@ -3,7 +3,7 @@
 Names are imported on first use (PEP 562), so that ``import dfscan.workers`` (which
 ``celery -A dfscan.workers worker`` does in the parent process before the pool forks)
 loads neither the model nor a runtime.  ``dfscan.workers.celery`` is the Celery app,
-configured from the ``DFSCAN_*`` environment; ``dfscan.workers.app`` is its module.
+configured from the ``DFSCAN_*`` environment; ``dfscan.workers.fleet.app`` is its module.
 """
 
 from __future__ import annotations
@@ -12,27 +12,27 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "BatchMaker": "dfscan.workers.batches",
-    "PreparedBatch": "dfscan.workers.batches",
-    "Verdict": "dfscan.workers.batches",
-    "prefetch": "dfscan.workers.batches",
-    "score": "dfscan.workers.batches",
-    "ScanContext": "dfscan.workers.context",
-    "PillowDecoder": "dfscan.workers.decode",
-    "Preprocess": "dfscan.workers.decode",
-    "decode_one": "dfscan.workers.decode",
-    "load_rgb": "dfscan.workers.decode",
-    "DECODERS": "dfscan.workers.decoders",
-    "create_decoder": "dfscan.workers.decoders",
-    "resolve_decoder": "dfscan.workers.decoders",
-    "REASONS": "dfscan.workers.errors",
-    "ImageError": "dfscan.workers.errors",
-    "VideoError": "dfscan.workers.errors",
-    "SampledVideo": "dfscan.workers.video",
-    "sample_video": "dfscan.workers.video",
-    "ChunkResult": "dfscan.workers.pipeline",
-    "run_local_scan": "dfscan.workers.pipeline",
-    "score_chunk": "dfscan.workers.pipeline",
+    "BatchMaker": "dfscan.workers.scoring.batches",
+    "PreparedBatch": "dfscan.workers.scoring.batches",
+    "Verdict": "dfscan.workers.scoring.batches",
+    "prefetch": "dfscan.workers.scoring.batches",
+    "score": "dfscan.workers.scoring.batches",
+    "ScanContext": "dfscan.workers.scoring.context",
+    "PillowDecoder": "dfscan.workers.images.decode",
+    "Preprocess": "dfscan.workers.images.decode",
+    "decode_one": "dfscan.workers.images.decode",
+    "load_rgb": "dfscan.workers.images.decode",
+    "DECODERS": "dfscan.workers.images.decoders",
+    "create_decoder": "dfscan.workers.images.decoders",
+    "resolve_decoder": "dfscan.workers.images.decoders",
+    "REASONS": "dfscan.workers.reading.errors",
+    "ImageError": "dfscan.workers.reading.errors",
+    "VideoError": "dfscan.workers.reading.errors",
+    "SampledVideo": "dfscan.workers.video.sample",
+    "sample_video": "dfscan.workers.video.sample",
+    "ChunkResult": "dfscan.workers.scoring.loop",
+    "run_local_scan": "dfscan.workers.scoring.loop",
+    "score_chunk": "dfscan.workers.scoring.loop",
 }
 
 __all__ = sorted([*_LAZY, "celery"])
@@ -40,9 +40,9 @@ __all__ = sorted([*_LAZY, "celery"])
 
 def __getattr__(name: str) -> Any:
     if name == "celery":
-        # Celery's ``-A dfscan.workers`` looks for ``dfscan.workers.app`` (here: the module
+        # Celery's ``-A dfscan.workers`` looks for ``dfscan.workers.fleet.app`` (here: the module
         # of that name, so it moves on), then ``dfscan.workers.celery``.
-        from dfscan.workers.app import get_app
+        from dfscan.workers.fleet.app import get_app
 
         return get_app()
     module = _LAZY.get(name)

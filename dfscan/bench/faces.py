@@ -47,8 +47,9 @@ def write_face_images(folder: Path, n: int) -> list[Path]:
 def face_rows(options: Any, info: Any, work: Path, say: Callable[[str], None],
               scan_settings: Callable[..., Any]) -> tuple[list[Row], dict[str, Any]]:
     """The face rows and the ratio of the end-to-end rate with faces on to the classifier alone."""
-    from dfscan.workers.decode import Preprocess
-    from dfscan.workers.faces import FaceOptions, FaceStage, create_face_detector
+    from dfscan.workers.images.decode import Preprocess
+    from dfscan.workers.faces import FaceOptions, create_face_detector
+    from dfscan.workers.scoring.face_stage import FaceStage
 
     folder = work / "faces"
     if options.face_images is not None:

@@ -71,7 +71,7 @@ class _Bench:
 
     def run(self, started: float) -> BenchReport:
         from dfscan.trt.model_info import inspect_model
-        from dfscan.workers.decode import Preprocess
+        from dfscan.workers.images.decode import Preprocess
 
         o = self.o
         folder, paths, source = self._images()
@@ -150,7 +150,7 @@ class _Bench:
             self.say(f"writing {o.synthetic} synthetic images")
             paths = [str(p) for p in stages.write_synthetic(folder, o.synthetic)]
             return folder, paths, f"synthetic: {o.synthetic} JPEGs of 256x256, quality 90"
-        from dfscan.settings import DEFAULT_EXTENSIONS
+        from dfscan.core.settings import DEFAULT_EXTENSIONS
         from dfscan.scanner import WalkOptions, walk
 
         root = Path(o.images)
@@ -189,7 +189,7 @@ class _Bench:
         return given, int8
 
     def _tensors(self, pre, files) -> np.ndarray:
-        from dfscan.workers.decode import PillowDecoder
+        from dfscan.workers.images.decode import PillowDecoder
 
         decoder = PillowDecoder(pre, threads=self.o.decode_threads)
         try:
@@ -211,7 +211,7 @@ class _Bench:
                    t.repeats, details=details)  # fmt: skip
 
     def _decode_rows(self, pre, files) -> list[Row]:
-        from dfscan.workers.decoders import DECODERS
+        from dfscan.workers.images.decoders import DECODERS
 
         rows = []
         for name, spec in DECODERS.items():
@@ -242,7 +242,7 @@ class _Bench:
         the model a different image from DALI's (up to 6 grey levels); the row
         pair and their ratio show the price of agreeing.
         """
-        from dfscan.workers.reader import read_file
+        from dfscan.workers.reading.reader import read_file
 
         self.say("decoding large JPEGs (full vs draft)")
         paths = stages.write_synthetic(self.work / "large", 8, size=stages.LARGE_JPEG_SIZE)
@@ -341,7 +341,7 @@ class _Bench:
         return rows
 
     def _scan_settings(self, info, db_name: str, faces: str = "auto", frames: int | None = None):
-        from dfscan.settings import Settings
+        from dfscan.core.settings import Settings
 
         return Settings(db_url=f"sqlite:///{self.work / db_name}", model=info.path, batch_size=self.o.batch_size,
                         read_threads=self.o.read_threads, decode_threads=self.o.decode_threads,

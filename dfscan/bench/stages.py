@@ -218,8 +218,8 @@ def write_synthetic(folder: Path, n: int, size: tuple[int, int] = (256, 256)) ->
 
 def read_all(paths: Sequence[str], threads: int) -> list:
     """Read every path with the scanner's reader in a thread pool, as :class:`workers.batches.BatchMaker` does."""
-    from dfscan.workers.errors import ImageError
-    from dfscan.workers.reader import read_file
+    from dfscan.workers.reading.errors import ImageError
+    from dfscan.workers.reading.reader import read_file
 
     def one(path: str):
         try:
@@ -291,7 +291,7 @@ LARGE_JPEG_SIZE = (2048, 1536)
 
 def measure_large_decode(datas: Sequence[bytes], pre, *, draft: bool, min_seconds: float) -> Timing:
     """Pillow decoding large JPEG bytes to the model's input, in full or in draft mode."""
-    from dfscan.workers.decode import decode_one
+    from dfscan.workers.images.decode import decode_one
 
     def run() -> int:
         for data in datas:
@@ -398,7 +398,7 @@ def measure_scan(settings, folder: Path, instrument=None) -> ScanRun:
     from dfscan import db
     from dfscan.db.models import Scan
     from dfscan.scanner import ScanSource, WalkOptions
-    from dfscan.workers.local import LocalScan
+    from dfscan.workers.scoring.local import LocalScan
 
     reset_peak_rss()
     start_rss = rss_mib()

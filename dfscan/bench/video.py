@@ -65,7 +65,7 @@ def write_clip(path: Path, seconds: float, fps: int, size: tuple[int, int], gop:
 def video_rows(options: Any, info: Any, work: Path, say: Callable[[str], None],
                scan_settings: Callable[..., Any]) -> tuple[list[Row], dict[str, Any]]:
     """The video rows, and the figures for the closing note (videos/s, frames/s, the 10-min / 10-s ratio)."""
-    from dfscan.workers.video import sample_video
+    from dfscan.workers.video.sample import sample_video
 
     folder = work / "videos"
     folder.mkdir(parents=True, exist_ok=True)

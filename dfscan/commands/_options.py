@@ -1,9 +1,9 @@
-"""What every command shares: the options that map to :class:`~dfscan.settings.Settings`, error reporting, signals.
+"""What every command shares: the options that map to :class:`~dfscan.core.settings.Settings`, error reporting, signals.
 
 Each shared option is declared once here. Its environment variable is the
 setting's (``DFSCAN_<FIELD>``) and the default shown in its help is read from
 ``Settings`` itself, so help never drifts from the value a command really uses.
-Options default to ``None``: :func:`dfscan.settings.from_env` then fills what
+Options default to ``None``: :func:`dfscan.core.settings.from_env` then fills what
 the command line left out, from the environment or the defaults.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 
 import click
 
-from dfscan.redact import mask_text
-from dfscan.settings import (
+from dfscan.core.redact import mask_text
+from dfscan.core.settings import (
     DEFAULT_DB_URL,
     FACE_AGGREGATIONS,
     FACE_MODES,
@@ -88,7 +88,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dfscan.detector.errors import DetectorError
     from dfscan.scanner.errors import ScannerError
     from dfscan.trt.errors import RuntimeErrorBase
-    from dfscan.workers.errors import DecoderUnavailable, UnknownDecoder
+    from dfscan.workers.reading.errors import DecoderUnavailable, UnknownDecoder
 
     return (
         SettingsError,
@@ -286,7 +286,7 @@ def video_options(func: Callable) -> Callable:
 
 def video_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Pop the video options from a command's keyword arguments (for ``from_env``), parsed."""
-    from dfscan.settings import parse_video_extensions
+    from dfscan.core.settings import parse_video_extensions
 
     values = {name: kwargs.pop(name, None) for name in VIDEO_FIELDS}
     values["video_extensions"] = parse_video_extensions(values["video_extensions"])

@@ -82,7 +82,7 @@ def bench(images: Path | None, synthetic: int | None, model: Path | None, int8_m
     exported (a model's speed does not depend on its weights).
     """
     from dfscan.bench import BenchOptions, format_report, run_bench
-    from dfscan.settings import from_env
+    from dfscan.core.settings import from_env
 
     batch_size = from_env(batch_size=batch_size).batch_size
     options = BenchOptions(images=images, synthetic=synthetic, model=model, int8_model=int8_model,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from dfscan.commands._options import db_option, reports_errors
-from dfscan.redact import mask_url
+from dfscan.core.redact import mask_url
 
 
 @click.command()

@@ -31,7 +31,7 @@ from dfscan.commands._options import (
     threads_option,
     visibility_timeout_option,
 )
-from dfscan.settings import Settings, from_env
+from dfscan.core.settings import Settings, from_env
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -46,7 +46,7 @@ def _need_broker(settings: Settings) -> None:
 
 def safe_url(url: str | None) -> str:
     """A URL fit for a terminal or a log: the password masked."""
-    from dfscan.redact import mask_url
+    from dfscan.core.redact import mask_url
 
     return mask_url(url) if url else ""
 
@@ -57,7 +57,7 @@ def safe_url(url: str | None) -> str:
 def produce_scan(settings: Settings, source: Any, *, name: str | None, incremental: bool, wait: bool,
                  progress: bool, as_json: bool) -> None:
     """The producer side of ``dfscan scan --broker``."""
-    from dfscan.workers.producer import Producer
+    from dfscan.workers.fleet.producer import Producer
 
     with Producer(settings) as producer, stop_on_signals() as stop:
         scan_id = producer.register(source, name=name, incremental=incremental)
@@ -163,7 +163,7 @@ def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency:
     import os
 
     from dfscan import db
-    from dfscan.workers.app import create_app, set_app
+    from dfscan.workers.fleet.app import create_app, set_app
 
     settings = _settings(broker_url=broker_url, db_url=db_url, model=model, runtime=runtime, decoder=decoder,
                          precision=precision, engine_dir=engine_dir,
@@ -210,7 +210,7 @@ def _serve_metrics(settings: Settings) -> None:
 
     directory = tempfile.mkdtemp(prefix="dfscan-prom-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
-    from dfscan.workers.metrics import WorkerMetrics, redis_queue_depth, start_metrics_server
+    from dfscan.workers.fleet.metrics import WorkerMetrics, redis_queue_depth, start_metrics_server
 
     metrics = WorkerMetrics()
     metrics.set_queue_depth(redis_queue_depth(settings.broker_url, [settings.queue, settings.queue + ".producer"]))
@@ -223,7 +223,7 @@ def _serve_metrics(settings: Settings) -> None:
 
 
 def _producer(settings: Settings):
-    from dfscan.workers.producer import Producer
+    from dfscan.workers.fleet.producer import Producer
 
     return Producer(settings)
 
@@ -336,7 +336,7 @@ def beat(schedule_file: Path, broker_url: str | None, db_url: str, state_file: P
     incremental scan: it walks, records and enqueues the chunks for the
     scoring workers.
     """
-    from dfscan.workers.schedule import beat_schedule, load_schedule
+    from dfscan.workers.fleet.schedule import beat_schedule, load_schedule
 
     entries = load_schedule(schedule_file)
     if check:
@@ -345,7 +345,7 @@ def beat(schedule_file: Path, broker_url: str | None, db_url: str, state_file: P
         return
     settings = _settings(broker_url=broker_url, db_url=db_url)
     _need_broker(settings)
-    from dfscan.workers.app import create_app, set_app
+    from dfscan.workers.fleet.app import create_app, set_app
 
     app = create_app(settings)
     app.conf.beat_schedule = beat_schedule(entries)

@@ -35,8 +35,8 @@ from dfscan.commands._options import (
     video_options,
     video_settings,
 )
-from dfscan.redact import mask_url
-from dfscan.settings import from_env, parse_extensions
+from dfscan.core.redact import mask_url
+from dfscan.core.settings import from_env, parse_extensions
 
 @click.command()
 @click.argument("roots", nargs=-1, type=click.Path())
@@ -80,7 +80,7 @@ def scan(roots: tuple[str, ...], model: Path | None, db_url: str, name: str | No
     scan id and returns once every chunk is enqueued (--wait: once scored).
     """
     from dfscan.scanner import ScanSource, WalkOptions, check_roots
-    from dfscan.workers.local import LocalScan
+    from dfscan.workers.scoring.local import LocalScan
 
     from dfscan.scanner.sources import NAME_MAX
 
@@ -110,7 +110,7 @@ def scan(roots: tuple[str, ...], model: Path | None, db_url: str, name: str | No
         return
     if wait:
         raise click.UsageError("--wait needs --broker (the embedded scan always runs to the end)")
-    from dfscan.workers.chatter import library_chatter_to_log
+    from dfscan.core.chatter import library_chatter_to_log
 
     # Image libraries' own warnings (libjpeg, libtiff, Pillow) go to the debug log; stderr gets one line.
     with library_chatter_to_log() as chatter:

@@ -22,7 +22,7 @@ from dfscan.commands._options import (
     setting_option,
     threads_option,
 )
-from dfscan.settings import from_env, parse_roots
+from dfscan.core.settings import from_env, parse_roots
 
 
 @click.command()

@@ -18,8 +18,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
 from dfscan.serve.errors import BadRequest, RequestTimeout, TooLarge
-from dfscan.workers.errors import ImageError
-from dfscan.workers.reader import FileData
+from dfscan.workers.reading.errors import ImageError
+from dfscan.workers.reading.reader import FileData
 
 __all__ = ["Upload", "read_body", "parse_uploads", "decode_uploads", "row_fields"]
 

@@ -32,9 +32,9 @@ from dfscan.serve.callbacks import CallbackDispatcher, summary_dict
 from dfscan.serve.errors import ServeError
 from dfscan.serve.metrics import ServeMetrics
 from dfscan.serve.scans import ScanRequest, ScanService
-from dfscan.settings import Settings
+from dfscan.core.settings import Settings
 from dfscan.trt.errors import InferenceFailed
-from dfscan.workers.errors import ImageError
+from dfscan.workers.reading.errors import ImageError
 
 __all__ = ["create_app"]
 
@@ -140,7 +140,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from dfscan.workers.context import ScanContext
+        from dfscan.workers.scoring.context import ScanContext
 
         ctx = await asyncio.to_thread(ScanContext.open, settings)
         state.ctx = ctx
@@ -240,7 +240,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def _score_faces(uploads: list, decoded: list, aggregation: str) -> list[dict]:
         """Every face crop of every upload through the batcher; each image gets the verdict of its faces."""
-        from dfscan.workers.faces import image_verdict
+        from dfscan.workers.scoring.face_stage import image_verdict
 
         crops = [t for d in decoded if not isinstance(d, ImageError) and d.faces for t in d.tensors]
         scored = iter(await state.batcher.score(crops)) if crops else iter(())

@@ -20,7 +20,7 @@ import numpy as np
 
 from dfscan.trt.base import Runtime, run_batched
 from dfscan.trt.errors import InferenceFailed
-from dfscan.workers.batches import Verdict
+from dfscan.workers.scoring.batches import Verdict
 
 __all__ = ["DynamicBatcher", "Scored"]
 

@@ -20,7 +20,7 @@ from dfscan.db.api_keys import add_callback
 from dfscan.scanner import ScanSource, WalkOptions, check_roots
 from dfscan.scanner.errors import ScannerError
 from dfscan.serve.errors import BadRequest, Forbidden
-from dfscan.settings import Settings
+from dfscan.core.settings import Settings
 
 __all__ = ["ScanRequest", "ScanService", "check_allowed"]
 
@@ -95,7 +95,7 @@ class ScanService:
 
     def _start_embedded(self, source: ScanSource, request: ScanRequest,
                         stop: threading.Event) -> tuple[int, threading.Thread]:
-        from dfscan.workers.local import LocalScan
+        from dfscan.workers.scoring.local import LocalScan
 
         job = LocalScan(self.settings, source, name=request.name, incremental=request.incremental)
         failure: list[BaseException] = []
@@ -131,7 +131,7 @@ class ScanService:
 
     def _start_fleet(self, source: ScanSource, request: ScanRequest,
                      stop: threading.Event) -> tuple[int, threading.Thread]:
-        from dfscan.workers.producer import Producer
+        from dfscan.workers.fleet.producer import Producer
 
         producer = Producer(self.settings)
         try:

@@ -192,8 +192,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from dfscan import db
-    from dfscan.settings import from_env
-    from dfscan.workers.producer import Producer
+    from dfscan.core.settings import from_env
+    from dfscan.workers.fleet.producer import Producer
     from dfscan.scanner import ScanSource, WalkOptions
     from tests._cluster import PostgresServer, RedisServer, Worker, wait_for
     from tests._models import export_tiny_model

@@ -45,7 +45,7 @@ def write_images(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
 
 
 def decoders_here(only: list[str] | None = None) -> list[str]:
-    from dfscan.workers.decoders import DECODERS
+    from dfscan.workers.images.decoders import DECODERS
 
     names = [name for name in ("pillow", "dali-cpu", "dali-gpu") if DECODERS[name].available()[0]]
     return [n for n in names if not only or n in only]
@@ -69,7 +69,7 @@ def runtimes_here(model: Path | None = None, only: list[str] | None = None) -> l
 
 
 def bench_decode(name: str, files, pre, batch: int, repeats: int) -> float:
-    from dfscan.workers.decoders import create_decoder
+    from dfscan.workers.images.decoders import create_decoder
 
     decoder = create_decoder(name, pre, threads=max(2, (os.cpu_count() or 2) // 2), batch_size=batch)
     try:
@@ -137,8 +137,8 @@ def main() -> None:
 
     from dfscan.trt.model_info import inspect_model
     from dfscan.doctor import versions
-    from dfscan.workers.decode import PillowDecoder, Preprocess
-    from dfscan.workers.reader import read_file
+    from dfscan.workers.images.decode import PillowDecoder, Preprocess
+    from dfscan.workers.reading.reader import read_file
 
     figures: dict = {"images": args.images, "size": args.size, "batch": args.batch, "cpus": os.cpu_count(),
                      "versions": versions(), "decode": {}, "inference": {}, "end_to_end": {}}

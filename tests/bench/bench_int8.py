@@ -68,7 +68,7 @@ def main() -> None:
     from dfscan.trt.model_info import inspect_model
     from dfscan.detector.model import DeepfakeDetector, save_checkpoint
     from dfscan.detector.quantize import quantize_model
-    from dfscan.workers.calibration import calibration_images
+    from dfscan.detector.calibration import calibration_images
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dfscan-int8-") as tmp:

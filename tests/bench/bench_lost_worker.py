@@ -38,9 +38,9 @@ def main() -> None:
     from sqlalchemy import text
 
     from dfscan import db
-    from dfscan.settings import from_env
+    from dfscan.core.settings import from_env
     from dfscan.scanner import ScanSource, WalkOptions
-    from dfscan.workers.producer import Producer
+    from dfscan.workers.fleet.producer import Producer
     from tests._cluster import PostgresServer, RedisServer, Worker, wait_for
     from tests._images import write_jpegs
     from tests._models import export_tiny_model

@@ -34,7 +34,7 @@ def main() -> None:
     from dfscan.plugin import build_extension
     from dfscan.trt.model_info import inspect_model
     from dfscan.trt.onnxruntime import OnnxRuntime
-    from dfscan.workers.decode import Preprocess, decode_one
+    from dfscan.workers.images.decode import Preprocess, decode_one
     from tests._browser import CHROMIUM, CHROMIUM_ARGS, http_server
     from tests._models import export_linear_probe_model
     from tests.test_plugin import compare, scan_reference, write_test_images

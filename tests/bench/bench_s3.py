@@ -42,8 +42,8 @@ def main() -> None:
 
     from dfscan.scanner import ScanSource, WalkOptions
     from dfscan.scanner.objects import object_store
-    from dfscan.settings import DEFAULT_EXTENSIONS
-    from dfscan.workers.reader import read_head
+    from dfscan.core.settings import DEFAULT_EXTENSIONS
+    from dfscan.workers.reading.reader import read_head
     from tests._images import jpeg_bytes
     from tests._s3 import ADMIN, REGION, start_s3_server
 

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 def model_only(onnx_path: Path, files: list[Path], batch: int) -> float:
     from dfscan.trt.model_info import inspect_model
     from dfscan.trt.onnxruntime import OnnxRuntime
-    from dfscan.workers.decode import Preprocess, decode_one
+    from dfscan.workers.images.decode import Preprocess, decode_one
 
     info = inspect_model(onnx_path)
     pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)
@@ -49,9 +49,9 @@ def model_only(onnx_path: Path, files: list[Path], batch: int) -> float:
 
 def end_to_end(onnx_path: Path, folder: Path, db_path: Path, batch: int, **settings: object) -> float:
     """images/s of the real in-process scan of ``folder`` into a fresh SQLite file; ``settings`` override."""
-    from dfscan.settings import Settings
+    from dfscan.core.settings import Settings
     from dfscan.scanner import ScanSource, WalkOptions
-    from dfscan.workers.local import LocalScan
+    from dfscan.workers.scoring.local import LocalScan
 
     if db_path.exists():
         db_path.unlink()

@@ -38,7 +38,7 @@ from tests._images import write_jpegs  # noqa: E402
 def model_only(onnx_path: Path, files: list[Path], batch: int, threads: int, repeats: int = 4) -> float:
     from dfscan.trt.model_info import inspect_model
     from dfscan.trt.onnxruntime import OnnxRuntime
-    from dfscan.workers.decode import Preprocess, decode_one
+    from dfscan.workers.images.decode import Preprocess, decode_one
 
     info = inspect_model(onnx_path)
     pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)

@@ -1,0 +1,319 @@
+"""One frozen configuration object, loaded once and passed down explicitly.
+
+Precedence is CLI option > environment variable > default.  Click reads the
+``DFSCAN_*`` variables for the options it declares (``auto_envvar_prefix``);
+code that runs without the CLI (Celery workers, Alembic) calls
+:func:`from_env`, the only other place the environment is read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "DFSCAN_"
+
+DEFAULT_DB_URL = "sqlite:///dfscan.db"
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# Videos the walker takes beside images (dfscan.workers.video.sample samples them).
+DEFAULT_VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi")
+DEFAULT_FRAMES = 16  # frames sampled per video when the model's sidecar says none
+MAX_FRAMES = 1024
+# Pillow's own default limit (about 89 megapixels); past it an image is refused
+# from its header, before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # bf16: --runtime torch only
+# Faces: ``auto`` follows the model's ``input`` (face-crop or whole-image), ``on`` and ``off`` force it.
+FACE_MODES = ("auto", "on", "off")
+# How an image's verdict comes from its faces' p_fake.
+FACE_AGGREGATIONS = ("max", "mean")
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; raised before any work starts."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_url: str = DEFAULT_DB_URL
+    model: Path | None = None
+    threshold: float | None = None
+    batch_size: int = 64
+    chunk_size: int = 256
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    read_threads: int = 8
+    decode_threads: int = 2
+    runtime: str = "auto"
+    # TensorRT: the engine precision (None: the best cached, else fp16) and where engines are cached
+    # (None: engines/ beside the model).
+    precision: str | None = None
+    engine_dir: Path | None = None
+    decoder: str = "auto"
+    intra_op_threads: int = 0
+    broker_url: str | None = None
+    max_outstanding_chunks: int = 64
+    max_attempts: int = 3
+    # Distributed mode: the Celery queue chunks go to, how long Redis waits
+    # before handing an unacknowledged chunk to another worker (longer than
+    # the slowest chunk), and how long a database outage is retried before a
+    # write gives up.
+    queue: str = "dfscan"
+    visibility_timeout: int = 3600
+    db_retry_seconds: float = 120.0
+    # A chunk being scored is leased in the database for this long and renewed every
+    # ``lease_renew_seconds``; a lease that runs out (the worker's host died) has its
+    # chunk re-enqueued by any live worker or producer, long before the visibility timeout.
+    lease_seconds: int = 30
+    lease_renew_seconds: float = 5.0
+    # Workers serve Prometheus metrics on this port when it is set, on this address (loopback
+    # unless an operator opens it: the endpoint has no authentication).
+    metrics_port: int | None = None
+    metrics_bind: str = "127.0.0.1"
+    follow_symlinks: bool = True
+    # `dfscan serve`: where it listens, the only directories a scan through the API may name,
+    # the upload limits, how long the dynamic batcher waits to fill a batch, how long a
+    # client may take to send its request, and how often a scan's callback is tried.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    serve_roots: tuple[str, ...] = ()
+    max_upload_bytes: int = 32 * 1024 * 1024
+    max_upload_files: int = 64
+    max_batch_delay_ms: float = 5.0
+    request_timeout_s: float = 30.0
+    callback_attempts: int = 5
+    # The face stage (dfscan.workers.scoring.face_stage): mode, detector (a name in its table), the most faces
+    # scored per image (the largest first), the crop's side as a multiple of the face box, the
+    # smallest face worth scoring (pixels of the original image), how faces make the image's
+    # p_fake, and the side of the downscaled copy the detector looks at.
+    faces: str = "auto"
+    face_detector: str = "mtcnn"
+    max_faces: int = 16
+    face_margin: float = 1.3
+    min_face_size: int = 24
+    face_aggregation: str = "max"
+    face_detect_size: int = 640
+    # s3:// roots: the endpoint of an S3-compatible store (None: boto3's default, AWS or its
+    # AWS_ENDPOINT_URL_S3). Credentials never come from here: boto3's chain (environment, profile, role).
+    s3_endpoint_url: str | None = None
+    # Videos: their extensions (an empty tuple: images only), frames sampled per video (None: the
+    # video model's ``frames``, else DEFAULT_FRAMES), and the time one video may take to sample.
+    video_extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS
+    frames: int | None = None
+    video_time_limit_s: float = 60.0
+    # Take the verdict of an earlier scan's ``ok`` row with the same model and the same file bytes
+    # (content hash) instead of scoring the file again (dfscan.workers.scoring.dedupe).  Copies within a
+    # scan are always scored once.
+    reuse_verdicts: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def __repr__(self) -> str:
+        # A logged or printed Settings must not carry the database or broker password.
+        from dfscan.core.redact import mask_url
+
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("db_url", "broker_url") and value:
+                value = mask_url(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    def validate(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise SettingsError(f"threshold must be between 0 and 1, got {self.threshold}")
+        if not 1 <= self.batch_size <= 4096:
+            raise SettingsError(f"batch size must be between 1 and 4096, got {self.batch_size}")
+        if self.chunk_size < 1:
+            raise SettingsError(f"chunk size must be at least 1, got {self.chunk_size}")
+        if self.max_pixels < 1:
+            raise SettingsError(f"max pixels must be positive, got {self.max_pixels}")
+        if self.read_threads < 1 or self.decode_threads < 1:
+            raise SettingsError("read and decode thread counts must be at least 1")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise SettingsError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        if self.intra_op_threads < 0:
+            raise SettingsError(f"thread count must be 0 (all cores) or more, got {self.intra_op_threads}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise SettingsError(f"metrics port must be between 0 and 65535, got {self.metrics_port}")
+        if not self.metrics_bind.strip():
+            raise SettingsError("the metrics bind address is empty")
+        if self.max_attempts < 1:
+            raise SettingsError(f"max attempts must be at least 1, got {self.max_attempts}")
+        if self.max_outstanding_chunks < 1:
+            raise SettingsError("max outstanding chunks must be at least 1")
+        if self.visibility_timeout < 1:
+            raise SettingsError(f"visibility timeout must be at least 1 s, got {self.visibility_timeout}")
+        if not 2 <= self.lease_seconds <= 3600:
+            raise SettingsError(f"lease time must be between 2 and 3600 s, got {self.lease_seconds}")
+        if not 0 < self.lease_renew_seconds <= self.lease_seconds / 2:
+            raise SettingsError(
+                f"lease renew interval must be positive and at most half the lease time ({self.lease_seconds} s), "
+                f"got {self.lease_renew_seconds}"
+            )
+        if self.db_retry_seconds < 0:
+            raise SettingsError(f"database retry time must not be negative, got {self.db_retry_seconds}")
+        if not self.queue:
+            raise SettingsError("the queue name is empty")
+        if not 0 <= self.serve_port <= 65535:
+            raise SettingsError(f"serve port must be between 0 and 65535, got {self.serve_port}")
+        if self.max_upload_bytes < 1 or self.max_upload_files < 1:
+            raise SettingsError("upload limits (bytes, files) must be at least 1")
+        if not 0 <= self.max_batch_delay_ms <= 10_000:
+            raise SettingsError(f"batch delay must be between 0 and 10000 ms, got {self.max_batch_delay_ms}")
+        if self.request_timeout_s <= 0:
+            raise SettingsError(f"request timeout must be positive, got {self.request_timeout_s}")
+        if self.callback_attempts < 1:
+            raise SettingsError(f"callback attempts must be at least 1, got {self.callback_attempts}")
+        for root in self.serve_roots:
+            if not os.path.isabs(root):
+                raise SettingsError(f"serve root {root!r} must be an absolute path")
+        if self.faces not in FACE_MODES:
+            raise SettingsError(f"faces must be one of {', '.join(FACE_MODES)}, got {self.faces!r}")
+        if self.face_aggregation not in FACE_AGGREGATIONS:
+            raise SettingsError(
+                f"face aggregation must be one of {', '.join(FACE_AGGREGATIONS)}, got {self.face_aggregation!r}"
+            )
+        if self.max_faces < 1:
+            raise SettingsError(f"max faces must be at least 1, got {self.max_faces}")
+        if not 1.0 <= self.face_margin <= 4.0:
+            raise SettingsError(f"face margin must be between 1.0 and 4.0 (times the face box), got {self.face_margin}")
+        if self.min_face_size < 1:
+            raise SettingsError(f"min face size must be at least 1 pixel, got {self.min_face_size}")
+        if not 64 <= self.face_detect_size <= 4096:
+            raise SettingsError(f"face detect size must be between 64 and 4096 pixels, got {self.face_detect_size}")
+        if self.s3_endpoint_url is not None:
+            _check_endpoint(self.s3_endpoint_url)
+        for ext in (*self.extensions, *self.video_extensions):
+            if not ext.startswith(".") or len(ext) < 2:
+                raise SettingsError(f"extension {ext!r} must look like '.jpg'")
+        both = set(self.extensions) & set(self.video_extensions)
+        if both:
+            raise SettingsError(f"extension(s) {', '.join(sorted(both))} are both image and video extensions")
+        if self.frames is not None and not 1 <= self.frames <= MAX_FRAMES:
+            raise SettingsError(f"frames per video must be between 1 and {MAX_FRAMES}, got {self.frames}")
+        if not 0 < self.video_time_limit_s <= 86_400:
+            raise SettingsError(f"video time limit must be between 0 and 86400 s, got {self.video_time_limit_s}")
+
+    @property
+    def scan_extensions(self) -> tuple[str, ...]:
+        """What the walker takes: image and video extensions."""
+        return (*self.extensions, *self.video_extensions)
+
+    def with_(self, **changes: Any) -> "Settings":
+        """A copy with ``changes`` applied; ``None`` values keep the current one."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _check_endpoint(url: str) -> None:
+    """An http(s) URL with a host and no user:password (the endpoint is kept in the audit record)."""
+    from urllib.parse import urlsplit
+
+    from dfscan.core.redact import mask_url
+
+    if "@" in url:  # user:password@ (the password may hold "/", so this is checked before any parsing)
+        raise SettingsError("S3 endpoint must not hold credentials: give them through the AWS chain "
+                            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role)")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise SettingsError(f"S3 endpoint {mask_url(url)!r} is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"S3 endpoint {mask_url(url)!r} must be an http:// or https:// URL with a host")
+
+
+def parse_extensions(text: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``"jpg,.PNG"`` -> ``(".jpg", ".png")``; matching is case-insensitive."""
+    if text is None:
+        return None
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for item in items:
+        item = item.strip().lower()
+        if item:
+            out.append(item if item.startswith(".") else "." + item)
+    if not out:
+        raise SettingsError("the extension allow-list is empty")
+    return tuple(dict.fromkeys(out))
+
+
+def parse_video_extensions(text: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Like :func:`parse_extensions`, but ``""`` or ``"none"`` turns videos off (images only)."""
+    if text is None:
+        return None
+    if isinstance(text, str) and text.strip().lower() in ("", "none"):
+        return ()
+    return parse_extensions(text)
+
+
+def parse_roots(text: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``"/data/a:/data/b"`` (``os.pathsep``-separated, like PATH) -> ``("/data/a", "/data/b")``."""
+    if text is None:
+        return None
+    items = text.split(os.pathsep) if isinstance(text, str) else list(text)
+    return tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
+
+
+_CONVERTERS = {
+    "model": Path,
+    "engine_dir": Path,
+    "threshold": float,
+    "batch_size": int,
+    "chunk_size": int,
+    "max_pixels": int,
+    "read_threads": int,
+    "decode_threads": int,
+    "intra_op_threads": int,
+    "max_outstanding_chunks": int,
+    "max_attempts": int,
+    "metrics_port": int,
+    "visibility_timeout": int,
+    "lease_seconds": int,
+    "lease_renew_seconds": float,
+    "db_retry_seconds": float,
+    "max_faces": int,
+    "face_margin": float,
+    "min_face_size": int,
+    "face_detect_size": int,
+    "extensions": parse_extensions,
+    "video_extensions": parse_video_extensions,
+    "frames": int,
+    "video_time_limit_s": float,
+    "serve_port": int,
+    "serve_roots": parse_roots,
+    "max_upload_bytes": int,
+    "max_upload_files": int,
+    "max_batch_delay_ms": float,
+    "request_timeout_s": float,
+    "callback_attempts": int,
+    "follow_symlinks": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
+    "reuse_verdicts": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
+}
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def from_env(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from ``DFSCAN_*`` variables, then ``overrides`` (non-None) on top."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = environ.get(env_name(f.name))
+        if raw is None or raw == "":
+            continue
+        convert = _CONVERTERS.get(f.name, str)
+        try:
+            values[f.name] = convert(raw)
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"{env_name(f.name)}={raw!r}: {exc}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

@@ -1,0 +1,22 @@
+"""Faces: named detectors, the boxes kept and their square crops, faces followed through a video's frames.
+
+Pure detection and geometry on RGB arrays: nothing here decodes a file or runs the model.
+"""
+
+from dfscan.workers.faces.detectors import (
+    DETECT_BATCH,
+    FACE_DETECTORS,
+    FaceDetector,
+    FaceDetectorSpec,
+    FaceFinder,
+    MtcnnDetector,
+    create_face_detector,
+)
+from dfscan.workers.faces.geometry import FaceOptions, crop_faces, crop_square, detection_scale, select_faces
+from dfscan.workers.faces.tracks import Track, follow
+
+__all__ = [
+    "DETECT_BATCH", "FACE_DETECTORS", "FaceDetector", "FaceDetectorSpec", "FaceFinder", "FaceOptions",
+    "MtcnnDetector", "Track", "create_face_detector", "crop_faces", "crop_square", "detection_scale", "follow",
+    "select_faces",
+]

@@ -1,0 +1,163 @@
+"""Face detectors: a table of named detectors, and :class:`FaceFinder`, which finds faces in RGB images.
+
+Detectors are data (:data:`FACE_DETECTORS`): MTCNN from facenet-pytorch now
+(its wheel ships the P/R/O-net weights, nothing is downloaded).  A finder
+looks at a copy of each image whose longer side is ``detect_size`` (batched:
+a sub-batch shares one canvas) and gives the boxes in the image's own pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from dfscan.workers.faces.geometry import FaceOptions, detection_scale
+from dfscan.workers.reading.errors import ImageError, UnknownDecoder
+
+# Images decoded and detected together: bounds the full-resolution images held at once.
+DETECT_BATCH = 16
+
+
+@dataclass(frozen=True)
+class FaceDetectorSpec:
+    name: str
+    description: str
+    create: Callable[..., "FaceDetector"]
+
+
+class FaceDetector:
+    """``detect(canvas)``: per image of an (N, H, W, 3) uint8 batch, an (n, 5) array of x1, y1, x2, y2, score."""
+
+    name = "none"
+    device = "cpu"
+
+    def detect(self, canvas: np.ndarray, min_size: int | None = None) -> list[np.ndarray]:  # pragma: no cover
+        """``min_size``: the smallest face worth finding, in canvas pixels (None: the detector's own)."""
+        raise NotImplementedError
+
+
+class MtcnnDetector(FaceDetector):
+    """MTCNN (facenet-pytorch): P-, R- and O-net, weights from its wheel, on the GPU where there is one."""
+
+    name = "mtcnn"
+    MIN_SIZE = 20  # pixels of the detection canvas; MTCNN's own default
+
+    def __init__(self, device: str = "auto", threads: int | None = None) -> None:
+        import torch
+        from facenet_pytorch import MTCNN
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        # MTCNN's convolutions are small: more intra-op threads gain little and, on a busy machine,
+        # lose a lot (10x measured with 2 threads on 2 shared cores); detection also runs beside the
+        # runtime (the prefetch thread), which has the cores.
+        self.threads = threads or 1
+        self.device = device
+        self._torch = torch
+        self._mtcnn = MTCNN(keep_all=True, min_face_size=self.MIN_SIZE, device=device)
+
+    def detect(self, canvas: np.ndarray, min_size: int | None = None) -> list[np.ndarray]:
+        from facenet_pytorch.models.utils.detect_face import detect_face
+
+        # Below 20 canvas pixels MTCNN finds little; above, each step up drops pyramid levels (faster).
+        min_face = max(self.MIN_SIZE, int(min_size or 0))
+        m = self._mtcnn
+        torch = self._torch
+        previous = torch.get_num_threads()
+        if self.device == "cpu":
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.no_grad():
+                batch = torch.as_tensor(np.ascontiguousarray(canvas), device=self.device)
+                boxes, _points = detect_face(batch, min_face, m.pnet, m.rnet, m.onet, m.thresholds, m.factor,
+                                             self.device)
+        finally:
+            torch.set_num_threads(previous)
+        out = []
+        for b in boxes:
+            arr = np.asarray(b, dtype=np.float64)
+            out.append(arr.reshape(-1, 5) if arr.size else np.zeros((0, 5)))
+        return out
+
+
+FACE_DETECTORS: dict[str, FaceDetectorSpec] = {
+    spec.name: spec
+    for spec in (
+        FaceDetectorSpec("mtcnn", "MTCNN (facenet-pytorch 2.6, weights in its wheel); the GPU where there is one",
+                         lambda device, threads=None: MtcnnDetector(device, threads)),
+    )
+}
+
+
+def create_face_detector(name: str, device: str = "auto", threads: int | None = None) -> FaceDetector:
+    try:
+        spec = FACE_DETECTORS[name]
+    except KeyError:
+        raise UnknownDecoder(f"unknown face detector {name!r}; known: {', '.join(FACE_DETECTORS)}") from None
+    return spec.create(device, threads)
+
+
+class FaceFinder:
+    """Face boxes (x1, y1, x2, y2, score) in each RGB image's own pixels, with ``detector`` on downscaled copies."""
+
+    def __init__(self, detector: FaceDetector, options: FaceOptions) -> None:
+        self.detector = detector
+        self.options = options
+
+    def detect(self, images: list[np.ndarray]) -> list[np.ndarray | ImageError]:
+        """Boxes per image, :data:`DETECT_BATCH` images at a time; a failure on one image is that image's error."""
+        found: list[np.ndarray | ImageError] = []
+        for start in range(0, len(images), DETECT_BATCH):
+            found.extend(self._detect(images[start : start + DETECT_BATCH]))
+        return found
+
+    def _detect(self, images: list[np.ndarray]) -> list[np.ndarray | ImageError]:
+        """Boxes in original pixels per image; a detector failure on one image is that image's error."""
+        if not images:
+            return []
+        scales = [detection_scale(im.shape[1], im.shape[0], self.options.detect_size) for im in images]
+        small = [_downscale(im, s) for im, s in zip(images, scales)]
+        # The smallest face worth scoring, at the scale that shrinks it most: smaller ones aren't looked for.
+        min_canvas = int(self.options.min_size * min(scales))
+        try:
+            found = self.detector.detect(_canvas(small), min_canvas)
+        except Exception:  # noqa: BLE001 - find the image that fails, the others go on
+            found = None
+        if found is None or len(found) != len(images):
+            found = []
+            for im in small:
+                try:
+                    found.append(self.detector.detect(_canvas([im]), min_canvas)[0])
+                except Exception as exc:  # noqa: BLE001
+                    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                    found.append(ImageError("face-detect-failed", f"face detection failed: {text}"))
+        return [_rescale(f, s) for f, s in zip(found, scales)]
+
+
+def _downscale(im: np.ndarray, scale: float) -> np.ndarray:
+    if scale >= 1.0:
+        return im
+    h, w = im.shape[:2]
+    size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+    return np.asarray(Image.fromarray(im).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+
+
+def _canvas(images: list[np.ndarray]) -> np.ndarray:
+    """Images of different sizes on one zero-padded canvas (top-left), so MTCNN runs them as one batch."""
+    hh = max(im.shape[0] for im in images)
+    ww = max(im.shape[1] for im in images)
+    canvas = np.zeros((len(images), max(hh, 12), max(ww, 12), 3), dtype=np.uint8)
+    for k, im in enumerate(images):
+        canvas[k, : im.shape[0], : im.shape[1]] = im
+    return canvas
+
+
+def _rescale(found, scale: float):
+    if isinstance(found, ImageError):
+        return found
+    found = np.asarray(found, dtype=np.float64).reshape(-1, 5).copy()
+    found[:, :4] /= scale
+    return found

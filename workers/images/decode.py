@@ -1,0 +1,215 @@
+"""Decode image bytes into normalised CHW float32 arrays with Pillow.
+
+This is the reference decoder: the embedded default, the one training uses
+(so what the model learnt and what it is shown are made the same way), and the
+one the DALI path is checked against.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dfscan.workers.reading.headers import sniff
+from dfscan.workers.reading.errors import ImageError
+from dfscan.workers.reading.reader import FileData
+
+# Decoders outside this list are never tried: several rarely used Pillow
+# plugins have had memory-safety bugs, and no archive of photos needs them.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # JPEG also opens MPO files
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How the model wants its input: size (H, W), normalisation, and the pixel limit."""
+
+    size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    max_pixels: int = 89_478_485
+
+    def scale_and_shift(self) -> tuple[np.ndarray, np.ndarray]:
+        """``x * a + b`` equals ``(x / 255 - mean) / std`` per channel."""
+        std = np.asarray(self.std, dtype=np.float32)
+        a = (1.0 / (255.0 * std)).reshape(3, 1, 1)
+        b = (-np.asarray(self.mean, dtype=np.float32) / std).reshape(3, 1, 1)
+        return a.astype(np.float32), b.astype(np.float32)
+
+
+def refuse_from_header(data: bytes, max_pixels: int | None) -> ImageError | None:
+    """Why ``data`` (the first bytes of a file are enough) can't be an image we decode, or None.
+
+    A signature none of :data:`ALLOWED_FORMATS` has is refused as Pillow would
+    refuse it; a header that declares more than ``max_pixels`` is refused
+    without a byte of pixels read or decoded.
+    """
+    header = sniff(data)
+    if header.format is None:
+        return ImageError("not-image", "not an image file (format not recognised)")
+    pixels = header.pixels
+    if max_pixels is not None and pixels is not None and pixels > max_pixels:
+        return _too_many(header.width, header.height, max_pixels)
+    return None
+
+
+def _too_many(w: int | None, h: int | None, max_pixels: int) -> ImageError:
+    return ImageError("too-many-pixels", f"too many pixels: {w}x{h} exceeds the limit of {max_pixels}")
+
+
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Open ``data`` lazily (header only) and check its size; raises :class:`ImageError`.
+
+    This is ``Image.open`` without its decompression-bomb check: that check
+    reads the process-global ``Image.MAX_IMAGE_PIXELS`` and reports through
+    the process-global warnings filter, so it could neither follow
+    ``--max-pixels`` nor be turned into an error safely from several decode
+    threads.  The size is checked here, against ``max_pixels``, from the
+    header the plugin parsed.  Both decoders call this.
+    """
+    refusal = refuse_from_header(data, max_pixels)
+    if refusal is not None:
+        raise refusal
+    im = None
+    why = ""
+    try:
+        Image.preinit()
+        fp = io.BytesIO(data)
+        prefix = data[:16]
+        for fmt in ALLOWED_FORMATS:
+            if fmt not in Image.OPEN:
+                Image.init()
+            if fmt not in Image.OPEN:  # a plugin this Pillow build lacks
+                continue
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None:
+                ok = accept(prefix)
+                if not ok or isinstance(ok, str):
+                    continue
+            fp.seek(0)
+            try:
+                im = factory(fp, "")
+                break
+            except (SyntaxError, IndexError, TypeError, struct.error) as exc:  # Image.open: "not this format"
+                why = _short(exc)
+    except (OSError, ValueError, EOFError, MemoryError, Image.DecompressionBombError) as exc:
+        raise ImageError("not-image", f"unreadable image header: {_short(exc)}") from None
+    if im is None:
+        if why:
+            raise ImageError("not-image", f"unreadable image header: {why}")
+        raise ImageError("not-image", "not an image file (format not recognised)")
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ImageError("decode-failed", f"invalid image size {w}x{h}")
+    if w * h > max_pixels:
+        raise _too_many(w, h, max_pixels)
+    return im
+
+
+def load_rgb(data: bytes, size: tuple[int, int] | None = None, max_pixels: int = 89_478_485) -> Image.Image:
+    """Decode ``data`` to an 8-bit RGB image with its EXIF orientation applied.
+
+    ``size`` (H, W) lets JPEG decode in draft mode at 1/2, 1/4 or 1/8 scale
+    while staying at least that large: for previews (reports) only.  The
+    model's input never uses it (:func:`decode_one`): DALI has no such mode,
+    and both decoders must feed the model the same image (draft mode moved
+    pixels by up to 6 grey levels).  ``dfscan bench`` shows what it costs.
+    """
+    im = open_image(data, max_pixels)
+    try:
+        if size is not None and im.format in ("JPEG", "MPO"):
+            im.draft("RGB", (size[1], size[0]))
+        im = ImageOps.exif_transpose(im) or im
+        im = to_rgb(im)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError:  # a GIF frame larger than Pillow's own limit
+        raise ImageError("too-many-pixels", "too many pixels in a frame") from None
+    except OSError as exc:
+        text = str(exc)
+        if "truncated" in text or "broken data stream" in text or "premature end" in text.lower():
+            raise ImageError("truncated", "truncated image data") from None
+        raise ImageError("decode-failed", f"decode failed: {_short(exc)}") from None
+    except (SyntaxError, ValueError, TypeError, EOFError, MemoryError) as exc:
+        raise ImageError("decode-failed", f"decode failed: {_short(exc)}") from None
+    return im
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB.
+
+    16- and 32-bit integer and float images are rescaled to 0..255 instead of
+    being clipped (Pillow's own ``convert`` saturates them to white); palette
+    images with transparency go through RGBA, as Pillow recommends.
+    """
+    mode = im.mode
+    if mode == "RGB":
+        im.load()
+        return im
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255) else 255.0
+        if mode == "F":
+            top = max(float(arr.max(initial=0)), 1.0)
+        arr = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
+def to_tensor(im: Image.Image, pre: Preprocess) -> np.ndarray:
+    """Resize to ``pre.size`` and normalise: (3, H, W) float32."""
+    h, w = pre.size
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.float32).transpose(2, 0, 1)
+    a, b = pre.scale_and_shift()
+    return arr * a + b
+
+
+def decode_one(data: bytes, pre: Preprocess, *, draft: bool = False) -> np.ndarray:
+    """The model's input for ``data``: full decode, no JPEG draft mode unless ``draft`` (the bench compares)."""
+    return to_tensor(load_rgb(data, pre.size if draft else None, pre.max_pixels), pre)
+
+
+class PillowDecoder:
+    """Decodes a batch in a thread pool; Pillow releases the GIL while decoding."""
+
+    name = "pillow"
+    device = "cpu"
+
+    def __init__(self, pre: Preprocess, threads: int = 2) -> None:
+        self.pre = pre
+        self.version = Image.__version__ if hasattr(Image, "__version__") else _pil_version()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+
+    def decode_batch(self, files: Sequence[FileData]) -> list[np.ndarray | ImageError]:
+        return list(self._pool.map(self._decode_safely, files))
+
+    def _decode_safely(self, f: FileData) -> np.ndarray | ImageError:
+        try:
+            return decode_one(f.data, self.pre)
+        except ImageError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001 - any decoder bug is this image's error, not the batch's
+            return ImageError("decode-failed", f"decode failed: {_short(exc)}")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _pil_version() -> str:
+    import PIL
+
+    return PIL.__version__
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]

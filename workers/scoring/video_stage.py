@@ -1,0 +1,405 @@
+"""The video stage: sample each video's frames, make its sequences, score them, one row per video.
+
+A video is T frames sampled evenly in time (:mod:`workers.video`).  With
+faces off its one sequence is the whole frames, resized to the model's input
+like an image; with faces on, the face detector looks at every sampled frame,
+faces are followed from frame to frame by box overlap
+(:mod:`workers._video_tracks`), and each track is a sequence of T crops cut as
+for images (the same square of ``margin`` times the box,
+:mod:`workers._face_geometry`).  A frame where a track's face was missed takes
+the nearest frame's box.
+
+With a sequence model (``video_model`` in ``model_info.json``) each sequence
+goes through the BiLSTM as one (T, 3, H, W) item; sequences of several videos
+share a runtime batch of at most ``batch_size`` frames (``batch_size // T``
+sequences, at least one), so memory is bounded by frames, whatever T is.
+Without one, each frame is scored alone by the image model and a track's
+p_fake is the mean of its frames': a weaker verdict (no temporal model), said
+in the row's notes.  Either way the video's p_fake is its most suspicious
+track's, and every frame of every track is a :class:`~dfscan.db.records.FrameRow`.
+
+Crops wait for the runtime as uint8 (a quarter of float32's memory) and are
+normalised batch by batch.
+
+Which decoder samples the frames follows the scan's image decoder
+(:data:`VIDEO_SAMPLERS`): with a DALI one, DALI's video decoder
+(:class:`workers._dali_video.DaliVideoSampler`, which hands each file it can't
+take to PyAV), else PyAV.  ``s3://`` videos are always PyAV's: it streams them
+over HTTP from a presigned URL (:mod:`workers._video_objects`); the row's size
+and mtime come from the object's HEAD.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+from PIL import Image
+
+from dfscan.db.records import FrameRow, ResultRow
+from dfscan.core.redact import mask_text
+from dfscan.scanner.objects import ObjectError, ObjectPath, is_object_url, object_store
+from dfscan.scanner.paths import on_disk
+from dfscan.trt.base import Runtime, run_batched
+from dfscan.trt.errors import InferenceFailed
+from dfscan.workers.scoring.batches import PreparedBatch
+from dfscan.workers.images.decode import Preprocess
+from dfscan.workers.reading.errors import ImageError, VideoError
+from dfscan.workers.faces import crop_faces, follow, select_faces
+from dfscan.workers.scoring.face_stage import FaceStage, image_verdict
+from dfscan.workers.reading.reader import stat_quietly
+from dfscan.core.settings import DEFAULT_FRAMES, DEFAULT_VIDEO_EXTENSIONS
+from dfscan.workers.video.sample import (
+    DEFAULT_MAX_SIDE,
+    DEFAULT_TIME_LIMIT_S,
+    SampledVideo,
+    is_video_path,
+    pyav_version,
+    sample_video,
+)
+
+# The video sampler each image decoder implies: None is PyAV alone; else DALI's video decoder on that device
+# ("auto": as plain ``dali``, where DALI can use a GPU, else its CPU backend). ``auto`` resolves first.
+VIDEO_SAMPLERS: dict[str, str | None] = {"pillow": None, "dali": "auto", "dali-gpu": "gpu", "dali-cpu": "cpu"}
+
+log = logging.getLogger(__name__)
+
+PER_FRAME_NOTE = ("no video model: each frame scored alone by the image model, p_fake the mean over a track's "
+                  "frames (a weaker verdict than a sequence model's)")
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    frames: int = DEFAULT_FRAMES
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    extensions: tuple[str, ...] = DEFAULT_VIDEO_EXTENSIONS
+    max_side: int = DEFAULT_MAX_SIDE
+
+    @classmethod
+    def from_settings(cls, settings, model_frames: int | None = None) -> "VideoOptions":
+        return cls(frames=settings.frames or model_frames or DEFAULT_FRAMES, time_limit_s=settings.video_time_limit_s,
+                   extensions=tuple(settings.video_extensions))
+
+
+@dataclass
+class VideoTrack:
+    """One sequence of a video: its crops (t, H, W, 3) uint8 and, per frame, the face box (None: whole frame)."""
+
+    crops: np.ndarray
+    boxes: list[tuple[int, int, int, int] | None]
+
+
+@dataclass
+class VideoItem:
+    """One video through the stage: when its frames are, its tracks, what was odd about it."""
+
+    indices: list[int]
+    timestamps_s: list[float]
+    duration_s: float | None
+    tracks: list[VideoTrack]
+    found: int | None  # faces on: tracks found (before the cap); None with faces off
+    notes: list[str] = field(default_factory=list)
+
+
+class VideoStage:
+    """``prepare(paths) -> PreparedBatch`` of :class:`VideoItem`; its ``scorer`` is :meth:`score`."""
+
+    def __init__(self, pre: Preprocess, options: VideoOptions, *, faces: FaceStage | None = None,
+                 sequence_runtime: Runtime | None = None, threads: int = 2, batch_size: int = 64,
+                 why_per_frame: str | None = None, sampler=None, store=None) -> None:
+        self.pre = pre
+        # Said on every video row scored per frame where the sidecar promised a sequence model.
+        self.why_per_frame = why_per_frame
+        self.options = options
+        self.faces = faces
+        self.sequence_runtime = sequence_runtime
+        self.batch_size = batch_size
+        self.version = pyav_version()
+        # DALI's video sampler (workers._dali_video.DaliVideoSampler) for the files on disk; None: PyAV alone.
+        self.sampler = sampler
+        self.store = store  # reads s3:// videos (scanner.objects.ObjectStore; None: the default endpoint's)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="video")
+        # Videos are sampled in parallel; the face detector (one torch model) sees one video at a time.
+        self._detect_lock = threading.Lock()
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def wants(self, path: str) -> bool:
+        return is_video_path(path, self.options.extensions)
+
+    def cost(self, path: str) -> int:
+        """What a path weighs in a batch of ``batch_size`` frames: T for a video."""
+        return self.options.frames if self.wants(path) else 1
+
+    def record(self) -> dict:
+        sampler = self.sampler
+        return {"frames": self.options.frames, "time_limit_s": self.options.time_limit_s,
+                # The sampler of videos on disk; PyAV stands in for DALI per file, and reads every s3:// video.
+                "decoder": self.version if sampler is None else f"{sampler.name} (DALI {sampler.version})",
+                "fallback": None if sampler is None else self.version, "faces": self.faces is not None,
+                "scoring": "sequence" if self.sequence_runtime is not None else "per-frame",
+                "why_per_frame": self.why_per_frame,
+                "sequence_model": str(getattr(getattr(self.sequence_runtime, "info", None), "path", "") or "")
+                or None}
+
+    # -- preparing --------------------------------------------------------------------------
+
+    def prepare(self, paths: Sequence[str]) -> PreparedBatch:
+        by_dali = self._sample_with_dali(paths)
+        outcomes = list(self._pool.map(self._prepare_one, paths, by_dali))
+        sizes, mtimes, etags, items, ok_index, errors = [], [], [], [], [], {}
+        for i, (out, size, mtime, etag) in enumerate(outcomes):
+            sizes.append(size)
+            mtimes.append(mtime)
+            etags.append(etag)
+            if isinstance(out, ImageError):
+                errors[i] = out
+            else:
+                items.append(out)
+                ok_index.append(i)
+        return PreparedBatch(list(paths), sizes, mtimes, None, ok_index, errors, items=items, scorer=self.score,
+                             etags=etags if any(etags) else [])
+
+    def _sample_with_dali(self, paths: Sequence[str]) -> list[SampledVideo | ImageError | None]:
+        """DALI's answer for each video on disk (None: PyAV samples it, as it does every s3:// video)."""
+        out: list[SampledVideo | ImageError | None] = [None] * len(paths)
+        local = [i for i, p in enumerate(paths) if not is_object_url(p)]
+        if self.sampler is None or not local:
+            return out
+        try:
+            found = self.sampler.sample_batch([on_disk(paths[i]) for i in local], self.options.frames,
+                                              time_limit_s=self.options.time_limit_s)
+        except Exception as exc:  # noqa: BLE001 - DALI itself failed (its pipeline can't be built): PyAV samples all
+            self.sampler.stats["batches_left_to_pyav"] += 1
+            log.warning("DALI's video sampler failed on a batch of %d videos (%s); PyAV samples them",
+                        len(local), mask_text(_first_line(exc)))
+            return out
+        for i, video in zip(local, found):
+            out[i] = video
+        return out
+
+    def _prepare_one(self, path: str, sampled: SampledVideo | ImageError | None = None
+                     ) -> tuple[VideoItem | ImageError, int | None, float | None, str | None]:
+        """The video's item or its error, and the size, mtime and etag (objects only) for its row."""
+        etag = None
+        if is_object_url(path):
+            try:
+                # The listing's size and LastModified where the path carries them, else a HEAD request.
+                info = path.stat() if isinstance(path, ObjectPath) else (self.store or object_store()).head(path)
+            except ObjectError as exc:
+                return VideoError(exc.code, exc.message), None, None, None
+            size, mtime, etag = info.size, info.mtime, info.etag or None
+        else:
+            size, mtime = stat_quietly(path)
+        try:
+            video = sampled if sampled is not None else sample_video(
+                on_disk(path), self.options.frames, time_limit_s=self.options.time_limit_s,
+                max_side=self.options.max_side, max_pixels=self.pre.max_pixels, store=self.store)
+            if isinstance(video, ImageError):
+                return video, size, mtime, etag
+            return self._item(video), size, mtime, etag
+        except ImageError as exc:
+            return exc, size, mtime, etag
+        except Exception as exc:  # noqa: BLE001 - a decoder bug is this video's error, not the batch's
+            return VideoError("decode-failed", f"video decode failed: {mask_text(_first_line(exc))}"), size, mtime, etag
+
+    def _item(self, video: SampledVideo) -> VideoItem:
+        notes = list(video.notes)
+        if self.faces is None:
+            crops = np.stack([_resized(frame, self.pre.size) for frame in video.frames])
+            track = VideoTrack(crops, [None] * len(video.frames))
+            return VideoItem(video.indices, video.timestamps_s, video.duration_s, [track], None, notes)
+        return VideoItem(video.indices, video.timestamps_s, video.duration_s, *self._face_tracks(video), notes)
+
+    def _face_tracks(self, video: SampledVideo) -> tuple[list[VideoTrack], int]:
+        faces = self.faces
+        assert faces is not None
+        with self._detect_lock:
+            found = faces.detect(video.frames)
+        failed = [f for f in found if isinstance(f, ImageError)]
+        if len(failed) == len(found):
+            raise VideoError("face-detect-failed", failed[0].message)
+        per_frame = []
+        for frame, boxes in zip(video.frames, found):
+            if isinstance(boxes, ImageError):
+                per_frame.append([])
+                continue
+            selected, _n = select_faces(boxes, frame.shape[1], frame.shape[0], faces.options)
+            per_frame.append([((x1, y1, x2, y2), score) for x1, y1, x2, y2, score in selected])
+        tracks, n_found = follow(per_frame, faces.options.max_faces)
+        out = []
+        for track in tracks:
+            crops, boxes = [], []
+            for frame, (x1, y1, x2, y2) in zip(video.frames, track.filled()):
+                ((crop, _square),) = crop_faces(frame, [(x1, y1, x2, y2, 0.0)], faces.options, self.pre.size)
+                crops.append(np.asarray(crop))
+                # Boxes are stored in the video's own (upright) pixels, whatever the frames were scaled to.
+                s = video.width / frame.shape[1]
+                bx, by = int(round(x1 * s)), int(round(y1 * s))
+                boxes.append((bx, by, max(1, int(round(x2 * s)) - bx), max(1, int(round(y2 * s)) - by)))
+            out.append(VideoTrack(np.stack(crops), boxes))
+        return out, n_found
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def score(self, prepared: PreparedBatch, runtime: Runtime, verdict) -> list[ResultRow]:
+        """Rows for a batch of videos: every sequence scored, the most suspicious track is the video's verdict."""
+        errors: dict[int, ImageError] = dict(prepared.errors)
+        items: dict[int, VideoItem] = dict(zip(prepared.ok_index, prepared.items or []))
+        owners = [(pos, k) for pos, item in items.items() for k in range(len(item.tracks))]
+        if self.sequence_runtime is not None:
+            track_p, frame_p = self._score_sequences(items, owners, verdict, errors), {}
+        else:
+            track_p, frame_p = self._score_frames(items, owners, runtime, verdict, errors)
+        now = datetime.now(timezone.utc)
+        rows = []
+        for i, path in enumerate(prepared.paths):
+            size, mtime = prepared.sizes[i], prepared.mtimes[i]
+            item = items.get(i)
+            if i in errors or item is None:
+                err = errors[i]
+                rows.append(ResultRow.error_row(path, size, mtime, err.code, err.message, now, kind="video"))
+                continue
+            rows.append(self._row(path, size, mtime, now, item, [track_p[(i, k)] for k in range(len(item.tracks))],
+                                  [frame_p.get((i, k)) for k in range(len(item.tracks))], verdict.threshold))
+        return rows
+
+    def _row(self, path, size, mtime, now, item: VideoItem, track_p: list[float], frame_p: list, threshold: float):
+        notes = list(item.notes)
+        if self.sequence_runtime is None:
+            notes.append(PER_FRAME_NOTE if self.why_per_frame is None else f"{PER_FRAME_NOTE}: {self.why_per_frame}")
+        faces = None if item.found is None else len(item.tracks)
+        common = dict(kind="video", frames=len(item.indices), duration_s=item.duration_s,
+                      notes="; ".join(notes) or None, faces=faces, faces_found=item.found)
+        if not item.tracks:
+            return ResultRow(path, size, mtime, "no-face", None, None, None, None, None, now, **common)
+        frame_rows = []
+        for k, (track, p_track) in enumerate(zip(item.tracks, track_p)):
+            for slot, (index, t) in enumerate(zip(item.indices, item.timestamps_s)):
+                box = track.boxes[slot]
+                p_frame = frame_p[k][slot] if frame_p[k] is not None else None
+                frame_rows.append(FrameRow(k, index, round(t, 6), *(box or (None, None, None, None)), p_frame,
+                                           p_track))
+        label, p_fake, confidence = image_verdict(track_p, "max", threshold)  # the most suspicious track
+        return ResultRow(path, size, mtime, "ok", label, p_fake, confidence, None, None, now,
+                         frame_rows=tuple(frame_rows), **common)
+
+    def _normalised(self, crops: np.ndarray) -> np.ndarray:
+        a, b = self.pre.scale_and_shift()
+        return crops.astype(np.float32).transpose(0, 3, 1, 2) * a + b
+
+    def _score_sequences(self, items, owners, verdict, errors) -> dict[tuple[int, int], float]:
+        """Each track through the sequence model; runtime batches of at most ``batch_size`` frames."""
+        by_length: dict[int, list[tuple[int, int]]] = {}
+        for pos, k in owners:
+            by_length.setdefault(len(items[pos].tracks[k].crops), []).append((pos, k))
+        out: dict[tuple[int, int], float] = {}
+        for length, group in sorted(by_length.items()):
+            per_call = max(1, self.batch_size // length)
+            for start in range(0, len(group), per_call):
+                part = group[start : start + per_call]
+                batch = np.stack([self._normalised(items[pos].tracks[k].crops) for pos, k in part])
+                self._run(part, batch, self.sequence_runtime, verdict, errors, out)
+        return out
+
+    def _score_frames(self, items, owners, runtime, verdict, errors):
+        """Each frame of each track alone through the image model; a track's p_fake is its frames' mean."""
+        flat = [(pos, k, slot) for pos, k in owners for slot in range(len(items[pos].tracks[k].crops))]
+        per_frame: dict[tuple[int, int, int], float] = {}
+        for start in range(0, len(flat), self.batch_size):
+            part = flat[start : start + self.batch_size]
+            batch = self._normalised(np.stack([items[pos].tracks[k].crops[slot] for pos, k, slot in part]))
+            self._run(part, batch, runtime, verdict, errors, per_frame)
+        track_p, frame_p = {}, {}
+        for pos, k in owners:
+            if pos in errors:
+                continue
+            ps = [per_frame[(pos, k, slot)] for slot in range(len(items[pos].tracks[k].crops))]
+            frame_p[(pos, k)] = ps
+            track_p[(pos, k)] = float(np.mean(ps))
+        return track_p, frame_p
+
+    @staticmethod
+    def _run(keys, batch, runtime, verdict, errors, out) -> None:
+        """Logits for ``batch`` into ``out`` by key; a failure is the error of every video in it."""
+        try:
+            logits = run_batched(runtime, batch)
+            if logits.shape[0] != len(keys) or not np.all(np.isfinite(logits)):
+                raise InferenceFailed(f"runtime returned {logits.shape} non-finite or misshapen logits")
+        except InferenceFailed as exc:
+            for key in keys:
+                errors[key[0]] = ImageError("inference-failed", f"inference failed: {exc}")
+            return
+        for key, v in zip(keys, verdict.rows(logits)):
+            if isinstance(v, ImageError):
+                errors[key[0]] = v
+            else:
+                out[key] = v[1]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self.sampler is not None:
+            self.sampler.close()
+        if self.sequence_runtime is not None:
+            self.sequence_runtime.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _resized(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A whole frame at the model's input size (H, W), resized as an image is (:func:`workers.decode.to_tensor`)."""
+    h, w = size
+    if frame.shape[:2] == (h, w):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def video_stage(pre: Preprocess, settings, info, *, faces: FaceStage | None) -> VideoStage | None:
+    """The scan's video stage from ``settings`` and the model ``info`` (None: videos are off)."""
+    if not settings.video_extensions:
+        return None
+    sequence_runtime, why = None, None
+    if info.video_model is not None and not info.video_model.is_file():
+        # A model folder copied without its sequence graph: videos are still scored, per frame, and
+        # every such row says why (a sequence graph that is there but broken fails the scan instead).
+        why = f"{info.video_model.name}, named by the model's sidecar, is not beside {info.path.name}"
+    elif info.video_model is not None:
+        from dfscan.trt.model_info import inspect_video_model
+        from dfscan.trt.registry import load_runtime
+
+        # Sequences run on ONNX Runtime: the TensorRT and torch runtimes build for 4-D image batches.
+        sequence_runtime = load_runtime("onnxruntime", inspect_video_model(info),
+                                        intra_op_threads=settings.intra_op_threads)
+    options = VideoOptions.from_settings(settings, info.frames)
+    try:
+        sampler = video_sampler(settings.decoder, options, pre, threads=settings.decode_threads,
+                                batch_size=settings.batch_size)
+    except Exception:
+        if sequence_runtime is not None:
+            sequence_runtime.close()
+        raise
+    return VideoStage(pre, options, faces=faces, sequence_runtime=sequence_runtime,
+                      threads=settings.decode_threads, batch_size=settings.batch_size, why_per_frame=why,
+                      sampler=sampler, store=object_store(settings.s3_endpoint_url))
+
+
+def video_sampler(decoder: str, options: VideoOptions, pre: Preprocess, *, threads: int = 2, batch_size: int = 64):
+    """DALI's video sampler for a scan whose image decoder is ``decoder`` (:data:`VIDEO_SAMPLERS`), or None: PyAV."""
+    from dfscan.workers.images.decoders import dali_device, resolve_decoder
+
+    device = VIDEO_SAMPLERS.get(resolve_decoder(decoder).name)
+    if device is None:
+        return None
+    from dfscan.workers.video.dali import DaliVideoSampler
+
+    # A batch of ``batch_size`` frames holds at most batch_size // T videos: DALI's batch is that.
+    return DaliVideoSampler(device=dali_device() if device == "auto" else device,
+                            batch_size=max(1, batch_size // options.frames), threads=threads,
+                            max_side=options.max_side, max_pixels=pre.max_pixels)
