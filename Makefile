@@ -13,9 +13,6 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[test]'
-	# The face detector's MTCNN weights ship in this wheel; its metadata pins an old torch and
-	# numpy although its code runs on ours (tests/test_faces.py proves it), so no dependencies.
-	$(PIP) install --quiet --no-deps facenet-pytorch==2.6.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,45 +4,52 @@ Callers mostly get plain values (``ResultRow``,
 ``ScanSummary``, ``ScanHead``, ...). Nothing here commits except
 :func:`retry_db`, which runs a whole unit of work; the caller owns the
 transaction.
+
+One concept a module: ``engine`` (engines and sessions), ``retry`` (retrying a
+unit of work), ``migrate``, ``models`` and ``records`` (ORM tables, plain
+values), ``scans`` (a scan's rows, lookup, end and summary), ``chunks`` (a
+scan's chunks and their attempts), ``leases`` (who scores a chunk, the
+reaper), ``results`` (writing and reading result rows; ``_pgcopy``, its COPY
+path), ``content`` (what earlier rows already tell about a file),
+``explanations``, ``api_keys`` and ``callbacks`` (`dfscan serve`).  This face
+exports what most callers need; the rest is imported from its module.
 """
 
 from . import models
 from ._env import url_from_env
+from ._types import utcnow
 from .chunks import (
-    FINISHED,
     ChunkStart,
-    ScanHead,
-    cancel_scan,
+    add_chunk,
     chunk_paths,
     close_lost_chunk,
-    find_scan_by_name,
+    finish_chunk,
     finished_among,
-    is_transient,
-    mark_walk_done,
-    maybe_complete_scan,
     recorded_chunks,
-    retry_db,
-    scan_audit,
-    scan_head,
     start_attempt,
-    unchanged_paths,
     unfinished_chunks,
 )
-from .content import KnownVerdict, known_verdicts
+from .content import KnownVerdict, known_verdicts, unchanged_paths
 from .engine import make_engine, session_factory
-from .explanations import Explanation, ExplanationRow, explanations_for, write_explanations
 from .errors import ChunkNotFound, DatabaseError, DatabaseURLError, ScanNotFound
+from .explanations import Explanation, ExplanationRow, explanations_for, write_explanations
 from .migrate import downgrade, upgrade
-from .records import FaceRow, FrameRow, ResultRow, ScanSummary
+from .records import FINISHED, FaceRow, FrameRow, ResultRow, ScanSummary
 from .results import existing_paths, iter_faces, iter_frames, iter_results, write_batch
+from .retry import is_transient, retry_db
 from .scans import (
-    add_chunk,
+    ScanHead,
+    cancel_scan,
     create_scan,
-    finish_chunk,
+    find_scan_by_name,
     finish_scan,
     get_or_create_model,
     latest_scan_id,
+    mark_walk_done,
+    maybe_complete_scan,
     record_worker,
+    scan_audit,
+    scan_head,
     scan_summary,
 )
 
@@ -95,7 +102,8 @@ __all__ = [
     "unchanged_paths",
     "unfinished_chunks",
     "upgrade",
-    "write_explanations",
     "url_from_env",
+    "utcnow",
     "write_batch",
+    "write_explanations",
 ]

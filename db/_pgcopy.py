@@ -2,7 +2,7 @@
 
 SQLAlchemy has no ``COPY``: it runs on the driver's connection, inside the
 session's transaction.  A driver error there would escape SQLAlchemy's
-translation (and :func:`dfscan.db.chunks.is_transient` would not know a lost
+translation (and :func:`dfscan.db.retry.is_transient` would not know a lost
 connection from a bug), so it is translated here the same way, and a
 connection that the error shows to be dead is invalidated rather than put back
 in the pool.

@@ -1,4 +1,12 @@
-"""Verdicts already known for some file contents: the lookup behind "each distinct image scored once".
+"""What earlier result rows already tell about a file, so that it is not scored again.
+
+Two lookups, both served by indexes of ``results``:
+
+* by content (:func:`known_verdicts`), the lookup behind "each distinct image
+  scored once";
+* by path and stat (:func:`unchanged_paths`), the lookup behind an
+  incremental scan, which skips the files unchanged since a finished row of
+  the same model.
 
 A batch about to be scored asks, in one query, which of its content hashes
 already have a row it can copy (:func:`known_verdicts`):
@@ -25,7 +33,7 @@ from sqlalchemy.orm import Session
 from .models import Result, ResultFace
 from .records import FaceRow, ResultRow
 
-__all__ = ["CONTENT_ERRORS", "KnownVerdict", "known_verdicts"]
+__all__ = ["CONTENT_ERRORS", "KnownVerdict", "known_verdicts", "unchanged_paths"]
 
 # Error codes that the bytes alone decide: a copy of such a file gets the same error without a try.
 CONTENT_ERRORS = ("not-image", "too-many-pixels", "truncated", "decode-failed", "bad-probability")
@@ -101,3 +109,35 @@ def _lookup(session: Session, scan_id: int, model_id: int, hashes: list[str], re
             verdict_source=r.verdict_source, etag=r.etag))
         for h, r in heads.items()
     }
+
+
+def unchanged_paths(session: Session, *, model_id: int, scan_id: int,
+                    stats: dict[str, tuple[int, float, str | None]]) -> set[str]:
+    """Paths unchanged since an ``ok`` (or ``no-face``: a finished outcome) row of the same model in another scan.
+
+    ``stats`` gives each path's (size, mtime, etag); etag is an ``s3://``
+    object's ETag, None for a local file.  Where both it and the row have an
+    etag, size and etag must match (an object rewritten within LastModified's
+    second has a new ETag); otherwise, size and mtime (files, and rows written
+    before migration 0012).
+
+    Served by the ``(model_id, path)`` index of ``results``: one IN-list
+    lookup per chunk of paths.
+    """
+    out: set[str] = set()
+    paths = list(stats)
+    for start in range(0, len(paths), _IN_LIST_SIZE):
+        part = paths[start : start + _IN_LIST_SIZE]
+        for path, size, mtime, etag in session.execute(
+            select(Result.path, Result.size, Result.mtime, Result.etag).where(
+                Result.model_id == model_id,
+                Result.path.in_(part),
+                Result.status.in_(("ok", "no-face")),
+                Result.scan_id != scan_id,
+            )
+        ):
+            now_size, now_mtime, now_etag = stats[path]
+            same = etag == now_etag if etag is not None and now_etag is not None else mtime == now_mtime
+            if size == now_size and same:
+                out.add(path)
+    return out

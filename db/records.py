@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-__all__ = ["CHUNK_STATUSES", "RESULT_KINDS", "RESULT_LABELS", "RESULT_STATUSES", "SCAN_END_STATUSES",
+__all__ = ["CHUNK_STATUSES", "FINISHED", "RESULT_KINDS", "RESULT_LABELS", "RESULT_STATUSES", "SCAN_END_STATUSES",
            "VERDICT_SOURCES", "FaceRow", "FrameRow", "ResultRow", "ScanSummary"]  # fmt: skip
 
 # ``no-face``: faces were on and the image has none worth scoring; neither a verdict nor an error.
@@ -15,6 +15,8 @@ RESULT_LABELS = ("real", "fake")
 RESULT_KINDS = ("image", "video")
 SCAN_END_STATUSES = ("completed", "failed", "cancelled")
 CHUNK_STATUSES = ("queued", "done", "failed")
+# The statuses of a chunk that is over: nothing more to score in it.
+FINISHED = ("done", "failed")
 # Where a row's verdict (or error) came from (migration 0011; docs/sql.md): ``computed`` from this
 # file's own bytes in this scan; ``copy`` from an earlier file of this scan with the same bytes
 # (the same content hash); ``reused`` from an ``ok`` row of an earlier scan with the same model and

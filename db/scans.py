@@ -1,32 +1,47 @@
-"""The life of a scan: its model, its chunks, its end and its summary.
+"""The life of a scan: its model and workers, its row, how workers look it up, its walk, its end and its summary.
 
 None of these functions commits: the caller owns the transaction, so that a
 batch of results and the chunk update that accounts for it commit together.
-Functions that create rows flush to learn their ids.
+Functions that create rows flush to learn their ids.  A scan's chunks are in
+:mod:`dfscan.db.chunks`, their leases in :mod:`dfscan.db.leases`.
+
+The walk's state (whether it has finished, how many chunks it recorded, how
+many files an incremental scan skipped) is in columns of ``scans``; the scan's
+``settings`` document is its audit record and is written once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, case, func, select, update
 from sqlalchemy.orm import Session
 
-from ._dialects import insert_for
+from ._dialects import dialect_name, insert_for
 from ._types import utcnow
-from .errors import ChunkNotFound, DatabaseError, ScanNotFound
+from .errors import ScanNotFound
 from .models import Chunk, Model, Result, Scan, ScanWorker
-from .records import SCAN_END_STATUSES, ScanSummary
+from .records import FINISHED, SCAN_END_STATUSES, ScanSummary
 
 __all__ = [
-    "add_chunk",
+    "ScanHead",
+    "cancel_scan",
     "create_scan",
-    "finish_chunk",
+    "find_scan_by_name",
     "finish_scan",
     "get_or_create_model",
     "latest_scan_id",
+    "mark_walk_done",
+    "maybe_complete_scan",
+    "record_worker",
+    "scan_audit",
+    "scan_head",
     "scan_summary",
 ]
+
+
+# --- registering a model, a worker, a scan ----------------------------------------------
 
 
 def get_or_create_model(
@@ -94,58 +109,64 @@ def create_scan(
     return scan.id
 
 
-def add_chunk(session: Session, *, scan_id: int, seq: int, paths: list[str]) -> int:
-    """Queue chunk ``seq`` of a scan and return its id.
+# --- a scan, as a worker sees it ---------------------------------------------------
 
-    Idempotent, so that a walker that restarts can re-add what it already
-    added; re-adding a seq with different paths is an error.
-    """
-    stmt = insert_for(session)(Chunk).values(
-        scan_id=scan_id,
-        seq=seq,
-        paths=list(paths),
-        n_paths=len(paths),
-        status="queued",
-        attempts=0,
-        created_at=utcnow(),
+
+@dataclass(frozen=True)
+class ScanHead:
+    """What a worker needs to know about the scan a chunk belongs to."""
+
+    scan_id: int
+    status: str
+    model_id: int
+    model_sha256: str
+    model_path: str
+    threshold: float
+    walk_done: bool = False
+    n_chunks: int | None = None
+    skipped: int = 0
+
+
+def scan_head(session: Session, scan_id: int) -> ScanHead:
+    row = session.execute(
+        select(Scan.status, Scan.model_id, Model.sha256, Model.path, Scan.threshold, Scan.walk_done, Scan.n_chunks,
+               Scan.skipped)
+        .join(Model, Model.id == Scan.model_id)
+        .where(Scan.id == scan_id)
+    ).one_or_none()
+    if row is None:
+        raise ScanNotFound(scan_id)
+    return ScanHead(scan_id, row.status, row.model_id, row.sha256, row.path, row.threshold, row.walk_done,
+                    row.n_chunks, row.skipped)
+
+
+def scan_audit(session: Session, scan_id: int) -> dict:
+    """The scan's audit record (``scans.settings``): how it was started, with what."""
+    settings = session.execute(select(Scan.settings).where(Scan.id == scan_id)).scalar_one_or_none()
+    if settings is None:
+        raise ScanNotFound(scan_id)
+    return dict(settings)
+
+
+def find_scan_by_name(session: Session, name: str) -> int | None:
+    return session.execute(select(func.min(Scan.id)).where(Scan.name == name)).scalar_one()
+
+
+def latest_scan_id(session: Session) -> int | None:
+    """Id of the most recently created scan, or None when there is none."""
+    return session.execute(select(func.max(Scan.id))).scalar_one()
+
+
+# --- the walk, and the end of a scan ------------------------------------------------------
+
+
+def mark_walk_done(session: Session, scan_id: int, *, n_chunks: int, skipped: int) -> None:
+    """Record that every chunk of the scan is in the database: from now on it can complete."""
+    result = session.execute(
+        update(Scan).where(Scan.id == scan_id).values(walk_done=True, n_chunks=n_chunks, skipped=skipped)
     )
-    inserted = session.execute(
-        stmt.on_conflict_do_nothing(index_elements=["scan_id", "seq"]).returning(Chunk.id)
-    ).scalar_one_or_none()
-    if inserted is not None:
-        return inserted
-    # Already there (a walk replayed): it must hold the same paths.
-    chunk_id, stored = session.execute(
-        select(Chunk.id, Chunk.paths).where(Chunk.scan_id == scan_id, Chunk.seq == seq)
-    ).one()
-    if stored != list(paths):
-        raise DatabaseError(f"chunk {seq} of scan {scan_id} already exists with other paths")
-    return chunk_id
-
-
-def finish_chunk(
-    session: Session, *, chunk_id: int, ok: int, fake: int, real: int, errors: int
-) -> None:
-    """Mark a chunk done and end its lease. Counts are set, not added, so a redelivered chunk can finish twice.
-
-    The lease's owner stays, as who last held it; a finished chunk needs no lease (the
-    reaper looks at queued chunks only), so this is the lease's release too.
-    """
-    result = session.execute(_FINISH_CHUNK, {"chunk_id": chunk_id, "n_ok": ok, "n_fake": fake, "n_real": real,
-                                             "n_errors": errors, "at": utcnow()})
     if result.rowcount == 0:
-        raise ChunkNotFound(chunk_id)
-
-
-# Built once: it runs at the end of every chunk.
-_CHUNKS = Chunk.__table__
-_FINISH_CHUNK = (
-    update(_CHUNKS)
-    .where(_CHUNKS.c.id == bindparam("chunk_id"))
-    .values(status="done", ok=bindparam("n_ok"), fake=bindparam("n_fake"), real=bindparam("n_real"),
-            errors=bindparam("n_errors"), last_error=None, finished_at=bindparam("at", type_=_CHUNKS.c.finished_at.type),
-            lease_until=None)
-)
+        raise ScanNotFound(scan_id)
 
 
 def finish_scan(session: Session, *, scan_id: int, status: str) -> None:
@@ -178,9 +199,68 @@ def finish_scan(session: Session, *, scan_id: int, status: str) -> None:
         raise ScanNotFound(scan_id)
 
 
-def latest_scan_id(session: Session) -> int | None:
-    """Id of the most recently created scan, or None when there is none."""
-    return session.execute(select(func.max(Scan.id))).scalar_one()
+def maybe_complete_scan(session: Session, scan_id: int) -> bool:
+    """Mark a running scan ``completed`` once its walk is done and every chunk is finished.
+
+    Run in its own transaction after a chunk's commit: the scan row is locked
+    first, so of two workers finishing the last two chunks at once, the second
+    sees both.  Returns True if this call completed the scan.
+
+    While the scan has a queued chunk (most calls: every chunk's end asks), one
+    unlocked look at the (scan_id, status) index answers, without taking the
+    scan's lock or counting its chunks.  It can't answer "no" wrongly: whoever
+    commits the last chunk asks after its commit, and sees no queued chunk.
+    """
+    if _still_queued(session, scan_id):
+        return False
+    stmt = select(Scan.status, Scan.walk_done, Scan.n_chunks).where(Scan.id == scan_id)
+    if dialect_name(session) == "postgresql":
+        stmt = stmt.with_for_update()
+    row = session.execute(stmt).one_or_none()
+    if row is None:
+        raise ScanNotFound(scan_id)
+    if row.status != "running" or not row.walk_done:
+        return False
+    counts = dict(
+        session.execute(
+            select(Chunk.status, func.count()).where(Chunk.scan_id == scan_id).group_by(Chunk.status)
+        ).all()
+    )
+    finished = sum(counts.get(s, 0) for s in FINISHED)
+    if finished != sum(counts.values()) or finished < (row.n_chunks or 0):
+        return False
+    finish_scan(session, scan_id=scan_id, status="completed")
+    return True
+
+
+# Built once: every chunk's end asks.
+_CHUNKS = Chunk.__table__
+_SCANS = Scan.__table__
+_STILL_QUEUED = select(
+    _SCANS.c.status, _SCANS.c.walk_done,
+    select(_CHUNKS.c.id).where(_CHUNKS.c.scan_id == bindparam("scan_id"), _CHUNKS.c.status == "queued")
+    .exists().label("queued"),
+).where(_SCANS.c.id == bindparam("scan_id"))
+
+
+def _still_queued(session: Session, scan_id: int) -> bool:
+    """The scan is running and has a queued chunk (or has not finished its walk): it can't complete yet."""
+    row = session.execute(_STILL_QUEUED, {"scan_id": scan_id}).one_or_none()
+    return row is not None and row.status == "running" and (row.queued or not row.walk_done)
+
+
+def cancel_scan(session: Session, scan_id: int) -> bool:
+    """End a running scan as ``cancelled``; workers then drop its chunks unscored."""
+    status = session.execute(select(Scan.status).where(Scan.id == scan_id)).scalar_one_or_none()
+    if status is None:
+        raise ScanNotFound(scan_id)
+    if status != "running":
+        return False
+    finish_scan(session, scan_id=scan_id, status="cancelled")
+    return True
+
+
+# --- a scan's summary -----------------------------------------------------------------------
 
 
 def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:

@@ -20,6 +20,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
+from dfscan.core.errors import UnknownName
+from dfscan.core.registry import Registry
 from dfscan.detector.errors import DetectorError
 from dfscan.detector.model import DeepfakeDetector
 
@@ -34,14 +36,23 @@ class CamTarget:
     hooked: str
 
 
+class UnknownCamTarget(DetectorError, UnknownName):
+    """No Grad-CAM target layer is known for the backbone."""
+
+
 # The last block of each backbone of dfscan.detector.backbones (module names inside DeepfakeDetector).
-CAM_TARGETS: dict[str, CamTarget] = {
-    "resnext50_32x4d": CamTarget(("backbone.layer4",), "backbone.layer4"),
-    "resnet18": CamTarget(("backbone.layer4",), "backbone.layer4"),
-    "mobilenet_v3_small": CamTarget(("backbone.features.12",), "backbone.features.12"),
-    # TinyTrunk: conv, BatchNorm, ReLU of the fifth stage.
-    "tiny": CamTarget(("backbone.12", "backbone.13", "backbone.14"), "backbone.14"),
-}
+CAM_TARGETS: Registry[CamTarget] = Registry(
+    "backbone",
+    UnknownCamTarget,
+    message="no Grad-CAM target layer is known for {kind} {name!r}",
+    entries={
+        "resnext50_32x4d": CamTarget(("backbone.layer4",), "backbone.layer4"),
+        "resnet18": CamTarget(("backbone.layer4",), "backbone.layer4"),
+        "mobilenet_v3_small": CamTarget(("backbone.features.12",), "backbone.features.12"),
+        # TinyTrunk: conv, BatchNorm, ReLU of the fifth stage.
+        "tiny": CamTarget(("backbone.12", "backbone.13", "backbone.14"), "backbone.14"),
+    },
+)
 
 
 class FramesAsBatch(nn.Module):
@@ -91,9 +102,7 @@ class GradCam:
         from captum.attr import LayerGradCam
 
         backbone = model.config.backbone
-        if backbone not in CAM_TARGETS:
-            raise DetectorError(f"no Grad-CAM target layer is known for backbone {backbone!r}")
-        self.target = CAM_TARGETS[backbone]
+        self.target = CAM_TARGETS.get(backbone)
         self.device = device
         self.model = model.to(device).eval()
         freeze_all_but(self.model, self.target.block)

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dfscan.core.errors import first_line
+from dfscan.core.registry import Registry
 from dfscan.detector.errors import UnknownBackbone, WeightsError
 
 DEFAULT_BACKBONE = "resnext50_32x4d"
@@ -74,26 +76,24 @@ def _build_tiny(weights_path: Path | None = None) -> nn.Module:
     return net
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
+BACKBONES: Registry[BackboneSpec] = Registry(
+    "backbone",
+    UnknownBackbone,
+    factory=lambda spec: spec.build,
+    entries=(
         BackboneSpec("resnext50_32x4d", 2048, _torchvision_trunk("resnext50_32x4d", "fc"), "the original project's"),
         BackboneSpec("resnet18", 512, _torchvision_trunk("resnet18", "fc"), "small torchvision ResNet"),
         BackboneSpec(
             "mobilenet_v3_small", 576, _torchvision_trunk("mobilenet_v3_small", "classifier"), "fast on CPU"
         ),
         BackboneSpec("tiny", 128, _build_tiny, "in-house 5-stage CNN for tests and demos"),
-    )
-}
+    ),
+)
 
 
 def get_backbone(name: str) -> BackboneSpec:
     """The spec called ``name``; an unknown name raises :class:`UnknownBackbone` listing the known ones."""
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        known = ", ".join(BACKBONES)
-        raise UnknownBackbone(f"unknown backbone {name!r}; known backbones: {known}") from None
+    return BACKBONES.get(name)
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -104,8 +104,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises pickle, zip and runtime errors alike
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise WeightsError(f"can't read backbone weights {path}: {why}") from None
+        raise WeightsError(f"can't read backbone weights {path}: {first_line(exc, limit=None)}") from None
     if isinstance(obj, dict):
         for key in _STATE_DICT_KEYS:
             if isinstance(obj.get(key), dict):

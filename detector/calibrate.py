@@ -5,12 +5,11 @@ fitted to minimise the validation negative log-likelihood; it leaves the
 ranking (and so ROC AUC) unchanged and makes ``p_fake`` honest. The threshold
 is then chosen on the calibrated ``p_fake`` of the real validation images so
 that at most ``target_fpr`` of them would be called fake. Both go into the
-model's ``model_info.json``, which the scanner reads (``workers.batches.Verdict``).
+model's ``model_info.json``, which the scanner reads (``dfscan.workers.scoring.Verdict``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -22,8 +21,7 @@ import numpy as np
 from dfscan.detector import metrics
 from dfscan.detector.data import find_splits
 from dfscan.detector.errors import DetectorError
-from dfscan.trt.errors import SidecarError
-from dfscan.trt.model_info import SIDECAR_NAME, inspect_model, write_model_info
+from dfscan.trt.model_info import ModelFolder, inspect_model, write_model_info
 from dfscan.detector.predict import Predictions, open_model, predict
 from dfscan.trt.base import softmax
 
@@ -192,14 +190,11 @@ _REWRITTEN = ("format", "file", "sha256")
 def update_model_info(onnx_path: Path, **changes: Any) -> Path:
     """Rewrite ``model_info.json`` beside ``onnx_path`` with ``changes``, keeping every other field."""
     onnx_path = Path(onnx_path)
-    side = onnx_path.parent / SIDECAR_NAME
+    folder = ModelFolder(onnx_path)
     record: dict[str, Any] = {}
-    if side.is_file():
+    if folder.sidecar.is_file():
         inspect_model(onnx_path)  # refuses a sidecar that belongs to another file
-        try:
-            record = json.loads(side.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SidecarError(f"{side} is not readable JSON ({exc}); fix or delete it") from None
+        record = folder.read_sidecar() or {}
     record.update(changes)
     named = {k: record.pop(k) for k in _NAMED if k in record}
     for key in ("classes", "input_size", "mean", "std"):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dfscan.core.registry import Registry
 from dfscan.detector.errors import DetectorError
 from dfscan.trt.model_info import CLASSES
 from dfscan.workers.images.decode import Preprocess, load_rgb, to_tensor
@@ -148,10 +149,10 @@ def split_items(items: list[Item], fractions: tuple[float, ...] = SPLIT_FRACTION
     return shuffled[:n_train], shuffled[n_train : n_train + n_valid], shuffled[n_train + n_valid :]
 
 
-LAYOUTS: dict[str, Callable[[Path, tuple[str, ...], int, tuple[str, ...]], Splits | None]] = {
-    "140k": _layout_140k,
-    "flat": _layout_flat,
-}
+# Data set layouts, tried in this order: each reads (root, classes, seed, extensions) as Splits, or None.
+LAYOUTS: Registry[Callable[[Path, tuple[str, ...], int, tuple[str, ...]], Splits | None]] = Registry(
+    "layout", entries={"140k": _layout_140k, "flat": _layout_flat}
+)
 
 
 def find_splits(
@@ -228,14 +229,14 @@ def _face_cropper(pre: Preprocess) -> Callable[[bytes], "object"]:
         from PIL import Image
 
         from dfscan.workers.faces import FaceOptions, create_face_detector
-        from dfscan.workers.scoring.face_stage import FaceStage, largest_face
+        from dfscan.workers.scoring.face_stage import FaceDecoder, largest_face
 
         im = load_rgb(data, None, pre.max_pixels)
         key = hashlib.blake2b(data, digest_size=16).digest()
         if key not in _FACE_SQUARES:
             stage = state.get("stage")
             if stage is None:
-                stage = state["stage"] = FaceStage(None, pre, FaceOptions(), create_face_detector("mtcnn", "cpu"))
+                stage = state["stage"] = FaceDecoder(None, pre, FaceOptions(), create_face_detector("mtcnn", "cpu"))
             face = largest_face(np.asarray(im), stage)
             _FACE_SQUARES[key] = None if face is None else face[1]
         square = _FACE_SQUARES[key]

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from dfscan.trt.model_info import ModelFolder
+
 # The demo's compact detector: the in-house tiny backbone and a small LSTM, trained on
 # 224x224 images (the model's input size, so the scanner does not resample them). Random
 # rotation is off: it resamples the pixel grid and smears the up-sampling traces the
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
           "--batch-size", str(DEFAULTS["batch_size"]), "--rotation", "0", "--device", "cpu", "--workers", "1",
           "--no-progress"], log)
     _run(["export", str(train_dir / "best.pt"), "--out", str(model_dir)], log)
-    model = model_dir / "model.onnx"
+    model = ModelFolder.export_to(model_dir).model
     _run(["calibrate", str(model), str(data), "--target-fpr", str(DEFAULTS["target_fpr"]), "--no-progress"], log)
     _run(["scan", str(data / "test"), str(clips), "--model", str(model), "--db", f"sqlite:///{db_path}",
           "--name", "demo-test", "--no-progress"], log)

@@ -6,12 +6,14 @@ Messages are one line and say what to do next.
 
 from __future__ import annotations
 
+from dfscan.core.errors import UnknownName
+
 
 class DetectorError(Exception):
     """Base class for every error of the ``detector`` package."""
 
 
-class UnknownBackbone(DetectorError, LookupError):
+class UnknownBackbone(DetectorError, UnknownName):
     """A backbone name that is not in the table; the message lists the known ones."""
 
 
@@ -25,6 +27,10 @@ class CheckpointError(DetectorError):
 
 class ExportError(DetectorError):
     """The ONNX export itself failed."""
+
+
+class UnknownExporter(ExportError, UnknownName):
+    """An exporter name that is not in the table; the message lists the known ones."""
 
 
 class ExportMismatch(ExportError):

@@ -57,6 +57,32 @@ def compute_metrics(pred: Predictions, *, temperature: float = 1.0, threshold: f
     y_pred = (p_fake >= threshold).astype(np.int64)
     confidence = np.where(y_pred == 1, p_fake, 1.0 - p_fake)
     correct = y_pred == y
+    cm = metrics.confusion_matrix(y, y_pred, len(CLASSES))
+    out: dict[str, Any] = {
+        "n": int(len(y)),
+        "threshold": float(threshold),
+        "temperature": float(temperature),
+        "accuracy": metrics.accuracy(y, y_pred),
+        **_per_class(y, y_pred),
+        "confusion_matrix": {"labels": list(CLASSES), "rows": "true", "columns": "predicted", "matrix": cm.tolist()},
+        "false_positives": int(cm[0, 1]),
+        "false_negatives": int(cm[1, 0]),
+    }
+    out.update(_ranking(y, p_fake))
+    out["calibration"] = _calibration(pred, probs, p_fake, confidence, correct, n_bins)
+    # Confidence is >= 0.5 at threshold 0.5; a calibrated threshold below 0.5 lets "fake" verdicts go lower.
+    low = min(0.5, float(np.floor(confidence.min() * 10) / 10))
+    out["confidence"] = _confidence(confidence, correct, low)
+    ent = metrics.entropy(probs, normalise=True)
+    out["uncertainty"] = _uncertainty(ent, correct)
+    out["errors"] = _errors(pred, p_fake, y_pred, confidence, ent, low)
+    out["targets"] = _targets(out)
+    out["samples"] = _samples(pred, p_fake, y_pred, confidence, ent)
+    return out
+
+
+def _per_class(y: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """Precision, recall, F1 and support per class, and their macro and weighted averages."""
     prf = metrics.precision_recall_f1(y, y_pred, len(CLASSES))
     support = prf["support"]
     per_class = {
@@ -64,38 +90,35 @@ def compute_metrics(pred: Predictions, *, temperature: float = 1.0, threshold: f
         for i, c in enumerate(CLASSES)
     }
     weights = support / max(support.sum(), 1)
-    averages = {
+    return {
+        "per_class": per_class,
         "macro_avg": {k: float(np.mean(prf[k])) for k in ("precision", "recall", "f1")},
         "weighted_avg": {k: float(np.sum(prf[k] * weights)) for k in ("precision", "recall", "f1")},
     }
-    cm = metrics.confusion_matrix(y, y_pred, len(CLASSES))
-    both = len(set(y.tolist())) == 2
-    out: dict[str, Any] = {
-        "n": int(len(y)),
-        "threshold": float(threshold),
-        "temperature": float(temperature),
-        "accuracy": metrics.accuracy(y, y_pred),
-        "per_class": per_class,
-        **averages,
-        "confusion_matrix": {"labels": list(CLASSES), "rows": "true", "columns": "predicted", "matrix": cm.tolist()},
-        "false_positives": int(cm[0, 1]),
-        "false_negatives": int(cm[1, 0]),
+
+
+def _ranking(y: np.ndarray, p_fake: np.ndarray) -> dict[str, Any]:
+    """ROC and precision-recall figures; None (and no curves) unless both classes are present."""
+    if len(set(y.tolist())) != 2:
+        return {"roc_auc": None, "youden": None, "pr_auc": None, "average_precision": None, "curves": {}}
+    fpr, tpr, thr = metrics.roc_curve(y, p_fake)
+    prec, rec, _ = metrics.precision_recall_curve(y, p_fake)
+    return {
+        "roc_auc": metrics.auc(fpr, tpr),
+        "youden": metrics.youden_threshold(y, p_fake),
+        "pr_auc": metrics.auc(rec, prec),
+        "average_precision": metrics.average_precision(y, p_fake),
+        "curves": {"roc": _thin(fpr, tpr), "pr": _thin(rec, prec)},
     }
-    if both:
-        fpr, tpr, thr = metrics.roc_curve(y, p_fake)
-        prec, rec, _ = metrics.precision_recall_curve(y, p_fake)
-        out.update(
-            roc_auc=metrics.auc(fpr, tpr),
-            youden=metrics.youden_threshold(y, p_fake),
-            pr_auc=metrics.auc(rec, prec),
-            average_precision=metrics.average_precision(y, p_fake),
-            curves={"roc": _thin(fpr, tpr), "pr": _thin(rec, prec)},
-        )
-    else:
-        out.update(roc_auc=None, youden=None, pr_auc=None, average_precision=None, curves={})
+
+
+def _calibration(pred: Predictions, probs: np.ndarray, p_fake: np.ndarray, confidence: np.ndarray,
+                 correct: np.ndarray, n_bins: int) -> dict[str, Any]:
+    """Reliability bins, ECE (at this temperature and at 1), Brier score and log loss."""
+    y = pred.labels
     bins = metrics.reliability_bins(confidence, correct, n_bins)
     raw = softmax(pred.logits, 1.0)
-    out["calibration"] = {
+    return {
         "n_bins": n_bins,
         "ece": metrics.expected_calibration_error(confidence, correct, n_bins),
         "ece_at_temperature_1": metrics.expected_calibration_error(raw.max(1), raw.argmax(1) == y, n_bins),
@@ -104,10 +127,12 @@ def compute_metrics(pred: Predictions, *, temperature: float = 1.0, threshold: f
         "bins": {k: [None if not np.isfinite(v) else float(v) for v in np.asarray(bins[k], dtype=float)]
                  for k in ("edges", "count", "confidence", "accuracy")},
     }
-    # Confidence is >= 0.5 at threshold 0.5; a calibrated threshold below 0.5 lets "fake" verdicts go lower.
-    low = min(0.5, float(np.floor(confidence.min() * 10) / 10))
+
+
+def _confidence(confidence: np.ndarray, correct: np.ndarray, low: float) -> dict[str, Any]:
+    """Mean confidence, overall and when right or wrong, and its histogram from ``low`` to 1 in 0.05 steps."""
     edges = np.linspace(low, 1.0, int(round((1.0 - low) * 20)) + 1)
-    out["confidence"] = {
+    return {
         "mean": float(confidence.mean()),
         "mean_correct": _mean(confidence[correct]),
         "mean_incorrect": _mean(confidence[~correct]),
@@ -117,8 +142,11 @@ def compute_metrics(pred: Predictions, *, temperature: float = 1.0, threshold: f
             "incorrect": np.histogram(confidence[~correct], edges)[0].tolist(),
         },
     }
-    ent = metrics.entropy(probs, normalise=True)
-    out["uncertainty"] = {
+
+
+def _uncertainty(ent: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
+    """Entropy of the predictions, and accuracy above and below the high-uncertainty line."""
+    return {
         "entropy": "normalised Shannon entropy of the (real, fake) probabilities, 0 = certain, 1 = a coin toss",
         "mean_entropy": float(ent.mean()),
         "mean_entropy_correct": _mean(ent[correct]),
@@ -128,10 +156,17 @@ def compute_metrics(pred: Predictions, *, temperature: float = 1.0, threshold: f
         "accuracy_when_certain": _mean(correct[ent <= HIGH_UNCERTAINTY].astype(float)),
         "accuracy_when_uncertain": _mean(correct[ent > HIGH_UNCERTAINTY].astype(float)),
     }
+
+
+def _errors(pred: Predictions, p_fake: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, ent: np.ndarray,
+            low: float) -> dict[str, Any]:
+    """The wrong verdicts: how many, by confidence, and the most confident of them."""
+    y = pred.labels
+    correct = y_pred == y
     wrong = np.flatnonzero(~correct)
     order = wrong[np.argsort(-confidence[wrong], kind="mergesort")]
     conf_edges = [round(v, 2) for v in np.linspace(low, 1.0, int(round((1.0 - low) * 10)) + 1)]
-    out["errors"] = {
+    return {
         "count": int(len(wrong)),
         "rate": float(len(wrong) / len(y)),
         "by_confidence": {
@@ -142,14 +177,17 @@ def compute_metrics(pred: Predictions, *, temperature: float = 1.0, threshold: f
         },
         "highest_confidence": [_row(pred, i, p_fake, y_pred, confidence, ent) for i in order[:TOP_ERRORS]],
     }
-    out["targets"] = {
+
+
+def _targets(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each of :data:`TARGETS` with its value in ``out`` and whether it passed."""
+    targets = {
         name: {"target": goal, "value": out.get(name) if name != "mean_confidence" else out["confidence"]["mean"]}
         for name, goal in TARGETS.items()
     }
-    for rec in out["targets"].values():
+    for rec in targets.values():
         rec["passed"] = rec["value"] is not None and rec["value"] >= rec["target"]
-    out["samples"] = _samples(pred, p_fake, y_pred, confidence, ent)
-    return out
+    return targets
 
 
 def _row(pred: Predictions, i: int, p_fake, y_pred, confidence, ent) -> dict[str, Any]:

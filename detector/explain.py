@@ -158,9 +158,7 @@ def explain_scan(
     checkpoint = Path(checkpoint)
     model, _ = load_checkpoint(checkpoint)
     checkpoint_sha = sha256_file(checkpoint)
-    target = CAM_TARGETS.get(model.config.backbone)
-    if target is None:
-        raise DetectorError(f"no Grad-CAM target layer is known for backbone {model.config.backbone!r}")
+    target = CAM_TARGETS.get(model.config.backbone)  # or UnknownCamTarget (a DetectorError)
     common = dict(method=METHOD, target_layer=target.hooked, checkpoint_sha256=checkpoint_sha)
     engine = db.make_engine(db_url)
     try:

@@ -32,26 +32,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfscan.detector.errors import ExportError, ExportMismatch
+from dfscan.core.constants import DEFAULT_FRAMES, MAX_FRAMES
+from dfscan.core.errors import first_line
+from dfscan.core.registry import Registry
+from dfscan.detector.errors import ExportError, ExportMismatch, UnknownExporter
 from dfscan.trt.model_info import (
     DEFAULT_TEMPERATURE,
-    SIDECAR_NAME,
+    PROGRAM_KEY,
+    VIDEO_MODEL_NAME,  # noqa: F401 - the video graph's file name, named from here by callers and tests
+    ModelFolder,
     ModelInfo,
     inspect_model,
     sha256_file,
     write_model_info,
 )
-from dfscan.detector.model import DEFAULT_FRAMES, DeepfakeDetector, load_checkpoint
+from dfscan.detector.model import DeepfakeDetector, load_checkpoint
 
 DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-3
 PARITY_BATCHES = (1, 3)  # batch 1 and a larger one: proves the batch axis is really dynamic
 INPUT_NAME = "input"
-PROGRAM_NAME = "model.pt2"
 MAX_BATCH = 4096
 OUTPUT_NAME = "logits"
-VIDEO_MODEL_NAME = "model.video.onnx"
-MAX_FRAMES = 1024
 
 
 @dataclass(frozen=True)
@@ -136,13 +138,10 @@ def _run_dynamo(
     program.save(os.fspath(path), external_data=False)
 
 
-EXPORTERS: dict[str, ExporterSpec] = {
-    spec.name: spec
-    for spec in (
-        ExporterSpec("torchscript", 11, _run_torchscript),
-        ExporterSpec("dynamo", 18, _run_dynamo),
-    )
-}
+EXPORTERS: Registry[ExporterSpec] = Registry("exporter", UnknownExporter, entries=(
+    ExporterSpec("torchscript", 11, _run_torchscript),
+    ExporterSpec("dynamo", 18, _run_dynamo),
+))
 
 
 def export_onnx(
@@ -173,51 +172,78 @@ def export_onnx(
     ``frames`` if given, else the T the checkpoint was trained with (16 for a
     checkpoint trained on images).
     """
-    if exporter not in EXPORTERS:
-        raise ExportError(f"unknown exporter {exporter!r}; known exporters: {', '.join(EXPORTERS)}")
-    spec = EXPORTERS[exporter]
+    spec = _exporter_for(exporter, opset, threshold, temperature, frames)
+    opset = max(opset, spec.min_opset)
+    checkpoint = Path(checkpoint)
+    model, _ = load_checkpoint(checkpoint)
+    cfg = model.config
+    frames = frames or (cfg.frames if cfg.trained_on == "videos" else DEFAULT_FRAMES)
+    folder = ModelFolder.export_to(out_dir)
+    folder.directory.mkdir(parents=True, exist_ok=True)
+    onnx_path = folder.model
+    video_path = folder.video_graph
+    # Checked under temporary names: a file that fails the check never becomes model.onnx.
+    tmp, diff = _export_checked(model, onnx_path, spec, opset, None, check, f"exporting {checkpoint} with {exporter}")
+    video_tmp, video_diff = None, None
+    if video:
+        video_tmp, video_diff = _export_video_checked(model, video_path, opset, frames, check, checkpoint, tmp)
+    folder.sidecar_to_write.unlink(missing_ok=True)  # the old sidecar describes the old file
+    folder.program.unlink(missing_ok=True)  # and the old program the old model
+    video_path.unlink(missing_ok=True)  # and the old video graph the old weights
+    tmp.replace(onnx_path)
+    if video_tmp is not None:
+        video_tmp.replace(video_path)
+    program = save_torch_program(model, folder.program, onnx_path) if torch_program else None
+    video_fields = (
+        {"video_model": video_path.name, "video_model_sha256": sha256_file(video_path),
+         "video_exporter": "torchscript", "video_parity_max_abs_diff": video_diff}
+        if video_tmp is not None else {}
+    )
+    info_path = _write_sidecar(
+        onnx_path, model, checkpoint, threshold=threshold, temperature=temperature, exporter=exporter, diff=diff,
+        frames=frames, **video_fields, **({PROGRAM_KEY: program} if program else {}),
+    )
+    info = inspect_model(onnx_path)
+    if info.fixed_batch is not None:
+        raise ExportError(f"{onnx_path}: the exporter fixed the batch at {info.fixed_batch}; expected a dynamic batch")
+    return ExportResult(
+        onnx_path, info_path, info.opset, exporter, diff, info,
+        video_path=video_path if video_tmp is not None else None, video_max_abs_diff=video_diff, frames=frames,
+    )
+
+
+def _exporter_for(exporter: str, opset: int, threshold: float, temperature: float, frames: int | None) -> ExporterSpec:
+    """The exporter named ``exporter``, once the export's options are known to be valid; else ExportError."""
+    spec = EXPORTERS.get(exporter)
     if opset < 17:
         raise ExportError(f"opset {opset} is too old for dfscan models; use 17 or newer")
     if not 0.0 <= threshold <= 1.0 or temperature <= 0:
         raise ExportError(f"threshold must be in [0, 1] and temperature > 0, got {threshold} and {temperature}")
     if frames is not None and not 1 <= frames <= MAX_FRAMES:
         raise ExportError(f"frames must be between 1 and {MAX_FRAMES}, got {frames}")
-    opset = max(opset, spec.min_opset)
-    checkpoint = Path(checkpoint)
-    model, _ = load_checkpoint(checkpoint)
+    return spec
+
+
+def _export_video_checked(model: DeepfakeDetector, video_path: Path, opset: int, frames: int, check: bool,
+                          checkpoint: Path, image_tmp: Path) -> tuple[Path, float | None]:
+    """The video graph, exported and checked like the image graph; a failure removes ``image_tmp`` too."""
+    # torch.export unrolls the LSTM over time, fixing T; the legacy exporter keeps an ONNX LSTM with T dynamic.
+    video_spec = EXPORTERS["torchscript"]
+    try:
+        return _export_checked(
+            model, video_path, video_spec, opset, frames, check,
+            f"exporting {checkpoint}'s video graph with {video_spec.name}",
+        )
+    except BaseException:
+        image_tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_sidecar(onnx_path: Path, model: DeepfakeDetector, checkpoint: Path, *, threshold: float,
+                   temperature: float, exporter: str, diff: float | None, frames: int, **more) -> Path:
+    """``onnx_path``'s sidecar: the model's config, where it came from, and the export's parity figures."""
     cfg = model.config
-    frames = frames or (cfg.frames if cfg.trained_on == "videos" else DEFAULT_FRAMES)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = out_dir / "model.onnx"
-    video_path = out_dir / VIDEO_MODEL_NAME
-    # Checked under temporary names: a file that fails the check never becomes model.onnx.
-    tmp, diff = _export_checked(model, onnx_path, spec, opset, None, check, f"exporting {checkpoint} with {exporter}")
-    video_tmp, video_diff = None, None
-    if video:
-        # torch.export unrolls the LSTM over time, fixing T; the legacy exporter keeps an ONNX LSTM with T dynamic.
-        video_spec = EXPORTERS["torchscript"]
-        try:
-            video_tmp, video_diff = _export_checked(
-                model, video_path, video_spec, opset, frames, check,
-                f"exporting {checkpoint}'s video graph with {video_spec.name}",
-            )
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    (out_dir / SIDECAR_NAME).unlink(missing_ok=True)  # the old sidecar describes the old file
-    (out_dir / PROGRAM_NAME).unlink(missing_ok=True)  # and the old program the old model
-    video_path.unlink(missing_ok=True)  # and the old video graph the old weights
-    tmp.replace(onnx_path)
-    if video_tmp is not None:
-        video_tmp.replace(video_path)
-    program = save_torch_program(model, out_dir / PROGRAM_NAME, onnx_path) if torch_program else None
-    video_fields = (
-        {"video_model": VIDEO_MODEL_NAME, "video_model_sha256": sha256_file(video_path),
-         "video_exporter": "torchscript", "video_parity_max_abs_diff": video_diff}
-        if video_tmp is not None else {}
-    )
-    info_path = write_model_info(
+    return write_model_info(
         onnx_path,
         architecture=model.architecture,
         classes=cfg.classes,
@@ -235,15 +261,7 @@ def export_onnx(
         parity_max_abs_diff=diff,
         frames=frames,
         trained_on=cfg.trained_on,
-        **video_fields,
-        **({"torch_program": program} if program else {}),
-    )
-    info = inspect_model(onnx_path)
-    if info.fixed_batch is not None:
-        raise ExportError(f"{onnx_path}: the exporter fixed the batch at {info.fixed_batch}; expected a dynamic batch")
-    return ExportResult(
-        onnx_path, info_path, info.opset, exporter, diff, info,
-        video_path=video_path if video_tmp is not None else None, video_max_abs_diff=video_diff, frames=frames,
+        **more,
     )
 
 
@@ -310,8 +328,7 @@ def save_torch_program(model: DeepfakeDetector, path: Path, onnx_path: Path) -> 
         torch.export.save(program, os.fspath(tmp))
     except Exception as exc:
         tmp.unlink(missing_ok=True)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"torch.export of {model.architecture} failed: {first}") from exc
+        raise ExportError(f"torch.export of {model.architecture} failed: {first_line(exc, None)}") from exc
     tmp.replace(path)
     return {
         "file": path.name,
@@ -410,8 +427,9 @@ def _export(
         path.unlink(missing_ok=True)
         if isinstance(exc, ExportError):
             raise
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"exporting {model.architecture} with {spec.name} (opset {opset}) failed: {first}") from exc
+        raise ExportError(
+            f"exporting {model.architecture} with {spec.name} (opset {opset}) failed: {first_line(exc, None)}"
+        ) from exc
 
 
 

@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfscan.core.constants import DEFAULT_FRAMES
+from dfscan.core.errors import first_line
 from dfscan.detector.backbones import DEFAULT_BACKBONE, get_backbone
 from dfscan.detector.errors import CheckpointError
 from dfscan.trt.model_info import CLASSES, IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE
-from dfscan.workers.video.sample import DEFAULT_FRAMES
 
 CHECKPOINT_FORMAT = 1
 # DEFAULT_FRAMES (16): frames per video sequence, what ``dfscan train`` samples from a video and what
@@ -164,8 +165,7 @@ def load_checkpoint(path: Path, *, backbone: str | None = None) -> tuple[Deepfak
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises pickle, zip and runtime errors alike
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"can't read checkpoint {path}: {why}") from None
+        raise CheckpointError(f"can't read checkpoint {path}: {first_line(exc, None)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     if isinstance(obj.get("state_dict"), dict) and isinstance(obj.get("config"), dict):

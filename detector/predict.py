@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dfscan.core.constants import DEFAULT_FRAMES
 from dfscan.detector.data import Item
 from dfscan.detector.errors import DetectorError
 from dfscan.trt.model_info import CLASSES, DEFAULT_THRESHOLD, DEFAULT_TEMPERATURE, ModelInfo, inspect_model
 from dfscan.workers.images.decode import Preprocess
 from dfscan.workers.reading.errors import ImageError
-from dfscan.workers.video.sample import DEFAULT_FRAMES
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth")
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from dfscan.core.errors import UnknownName, first_line
+from dfscan.core.registry import Registry
 from dfscan.trt.model_info import ModelInfo, inspect_model, sidecar_for_reading, sidecar_for_writing, write_model_info
 from dfscan.detector.errors import DetectorError
 from dfscan.trt.errors import Int8CalibrationError
@@ -55,18 +57,19 @@ class QuantTarget:
     description: str
 
 
-TARGETS: dict[str, QuantTarget] = {
-    t.name: t
-    for t in (
-        QuantTarget("cpu", "uint8", False, True, "ONNX Runtime on the CPU: unsigned activations with zero points"),
-        QuantTarget("tensorrt", "int8", True, False,
-                    "TensorRT explicit quantisation: signed INT8, symmetric (ONNX Runtime runs it too)"),
-    )
-}
-
-
 class QuantizeError(DetectorError):
     """Quantisation can't start or failed (no calibration images, bad output place, ORT failure)."""
+
+
+class UnknownQuantTarget(QuantizeError, UnknownName):
+    """A quantisation target that is not in :data:`TARGETS`; the message lists the known ones."""
+
+
+TARGETS: Registry[QuantTarget] = Registry("quantisation target", UnknownQuantTarget, plural="targets", entries=(
+    QuantTarget("cpu", "uint8", False, True, "ONNX Runtime on the CPU: unsigned activations with zero points"),
+    QuantTarget("tensorrt", "int8", True, False,
+                "TensorRT explicit quantisation: signed INT8, symmetric (ONNX Runtime runs it too)"),
+))
 
 
 @dataclass(frozen=True)
@@ -135,54 +138,14 @@ def quantize_model(
     (:data:`TARGETS`) picks the Q/DQ layout: ``tensorrt`` for the file a
     strongly typed INT8 engine is built from.  Raises :class:`QuantizeError`.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
     started = time.perf_counter()
-    info = inspect_model(Path(model))
-    if info.extra.get("precision", "fp32") != "fp32":
-        raise QuantizeError(f"{info.path} is already {info.extra['precision']}; quantise the FP32 model")
     out = Path(out)
-    if out.suffix != ".onnx":
-        raise QuantizeError(f"--out {out}: give a file name ending in .onnx")
-    _check_destination(info.path, out)
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}  # fmt: skip
-    if method not in methods:
-        raise QuantizeError(f"unknown calibration method {method!r}; known methods: {', '.join(methods)}")
-
-    if target not in TARGETS:
-        raise QuantizeError(f"unknown quantisation target {target!r}; known targets: {', '.join(TARGETS)}")
-    spec = TARGETS[target]
+    info, spec, calibrate_method = _check_request(Path(model), out, method, target)
     tensors, skipped = _tensors(calibrate, info, max_images)
     if len(tensors) == 0:
         raise QuantizeError(f"no decodable calibration images in {calibrate} ({skipped} failed to decode)")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tempfile.TemporaryDirectory(prefix="dfscan-quantize-") as work:
-        source = _preprocessed(info.path, Path(work) / "pre.onnx")
-        keep_float = _head_nodes(source) if float_head else []
-        try:
-            quantize_static(
-                os.fspath(source),
-                os.fspath(tmp),
-                _calibration_reader(info.input_name, tensors, CALIBRATION_BATCH),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=False,
-                activation_type=QuantType.QInt8 if spec.activations == "int8" else QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=methods[method],
-                nodes_to_exclude=keep_float,
-                # TensorRT's Q/DQ is INT8 only: biases stay float (it fuses them itself), not ORT's INT32.
-                extra_options={"ActivationSymmetric": spec.symmetric, "WeightSymmetric": True,
-                               "QuantizeBias": spec.quantize_bias},
-            )
-        except Exception as exc:  # ORT's quantiser raises plain exceptions of many kinds
-            tmp.unlink(missing_ok=True)
-            raise QuantizeError(f"quantising {info.path} failed: {_first_line(exc)}") from None
-    sidecar_for_writing(out).unlink(missing_ok=True)  # describes the file being replaced
-    tmp.replace(out)
+    keep_float = _write_quantized(info, tensors, out, spec, calibrate_method, float_head=float_head)
     quantized = _count_quantized(out)
 
     extra = _carried_fields(info)
@@ -221,6 +184,57 @@ def quantize_model(
         agreement=agreement,
         quantized_nodes=quantized,
     )
+
+
+def _check_request(model: Path, out: Path, method: str, target: str) -> tuple[ModelInfo, QuantTarget, Any]:
+    """(the FP32 model's info, the target, ORT's calibration method); QuantizeError for what can't be done."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    info = inspect_model(model)
+    if info.extra.get("precision", "fp32") != "fp32":
+        raise QuantizeError(f"{info.path} is already {info.extra['precision']}; quantise the FP32 model")
+    if out.suffix != ".onnx":
+        raise QuantizeError(f"--out {out}: give a file name ending in .onnx")
+    _check_destination(info.path, out)
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}  # fmt: skip
+    if method not in methods:
+        raise QuantizeError(f"unknown calibration method {method!r}; known methods: {', '.join(methods)}")
+    return info, TARGETS.get(target), methods[method]
+
+
+def _write_quantized(info: ModelInfo, tensors: np.ndarray, out: Path, spec: QuantTarget, calibrate_method: Any, *,
+                     float_head: bool) -> list[str]:
+    """Calibrate on ``tensors`` and write the QDQ model to ``out``; returns the nodes kept in float."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with tempfile.TemporaryDirectory(prefix="dfscan-quantize-") as work:
+        source = _preprocessed(info.path, Path(work) / "pre.onnx")
+        keep_float = _head_nodes(source) if float_head else []
+        try:
+            quantize_static(
+                os.fspath(source),
+                os.fspath(tmp),
+                _calibration_reader(info.input_name, tensors, CALIBRATION_BATCH),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=False,
+                activation_type=QuantType.QInt8 if spec.activations == "int8" else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=calibrate_method,
+                nodes_to_exclude=keep_float,
+                # TensorRT's Q/DQ is INT8 only: biases stay float (it fuses them itself), not ORT's INT32.
+                extra_options={"ActivationSymmetric": spec.symmetric, "WeightSymmetric": True,
+                               "QuantizeBias": spec.quantize_bias},
+            )
+        except Exception as exc:  # ORT's quantiser raises plain exceptions of many kinds
+            tmp.unlink(missing_ok=True)
+            raise QuantizeError(f"quantising {info.path} failed: {first_line(exc, 300)}") from None
+    sidecar_for_writing(out).unlink(missing_ok=True)  # describes the file being replaced
+    tmp.replace(out)
+    return keep_float
 
 
 def compare_models(fp32: ModelInfo, int8: ModelInfo, tensors: np.ndarray, batch: int = 64) -> Agreement:
@@ -331,8 +345,3 @@ def _count_quantized(path: Path) -> dict[str, int]:
         if inputs and all(i in dequantized for i in inputs):
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return dict(sorted(counts.items()))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from dfscan.core.errors import UnknownName
+from dfscan.core.registry import Registry
 from dfscan.detector.errors import DetectorError
 
 NOTICE = (
@@ -42,6 +44,10 @@ MANIFEST_NAME = "synth.json"
 
 class SynthError(DetectorError):
     """The sample archive can't be written as asked."""
+
+
+class UnknownSynthName(SynthError, UnknownName):
+    """An up-sampler or video format that is not in its table; the message lists the known ones."""
 
 
 # ---------------------------------------------------------------- real images
@@ -147,27 +153,29 @@ class Upsampler:
     description: str
 
 
-UPSAMPLERS: dict[str, Upsampler] = {
-    u.name: u
-    for u in (
+UPSAMPLERS: Registry[Upsampler] = Registry(
+    "up-sampler",
+    UnknownSynthName,
+    message="unknown {kind} {name!r}; known: {known}",
+    factory=lambda u: u.run,
+    entries=(
         Upsampler("transposed_conv", _transposed_conv, "zero insertion + uneven 3-tap kernel (checkerboard)"),
         Upsampler("nearest_smooth", _nearest_smooth, "nearest neighbour + Gaussian smoothing (blocks)"),
-    )
-}
+    ),
+)
 
 
 def simulate_fake(rng: np.random.Generator, real: np.ndarray, method: str | None = None) -> tuple[np.ndarray, str]:
     """``real`` shrunk by 2 and re-enlarged by a simulated up-sampling layer; returns (image, method)."""
     name = method or str(rng.choice(sorted(UPSAMPLERS)))
-    if name not in UPSAMPLERS:
-        raise SynthError(f"unknown up-sampler {name!r}; known: {', '.join(UPSAMPLERS)}")
+    upsampler = UPSAMPLERS.get(name)
     h, w = real.shape[:2]
     factor = 2
     low = np.asarray(Image.fromarray(real).resize((w // factor, h // factor), Image.Resampling.BOX), dtype=np.float32)
     # A generator synthesises its own fine texture (StyleGAN's per-layer noise inputs), but at the
     # low resolution's scale: the up-sampling layer then imprints its pattern on it too.
     low = low + rng.normal(0, rng.uniform(4.0, 8.0), low.shape)
-    up = UPSAMPLERS[name].run(rng, low, factor)
+    up = upsampler.run(rng, low, factor)
     return np.clip(up[:h, :w], 0, 255).astype(np.uint8), name
 
 

@@ -23,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dfscan.core.registry import Registry
 from dfscan.detector.synth import (
     UPSAMPLERS,
     ArchiveSummary,
     SynthError,
+    UnknownSynthName,
     _assign_splits,
     _bar,
     _procedural,
@@ -61,13 +63,10 @@ class VideoFormat:
     crf: bool  # whether the encoder takes x264's -crf option
 
 
-VIDEO_FORMATS: dict[str, VideoFormat] = {
-    f.name: f
-    for f in (
-        VideoFormat("h264", ".mp4", "mp4", "libx264", "yuv420p", True),
-        VideoFormat("mjpeg", ".avi", "avi", "mjpeg", "yuvj420p", False),
-    )
-}
+VIDEO_FORMATS: Registry[VideoFormat] = Registry("video format", UnknownSynthName, plural="formats", entries=(
+    VideoFormat("h264", ".mp4", "mp4", "libx264", "yuv420p", True),
+    VideoFormat("mjpeg", ".avi", "avi", "mjpeg", "yuvj420p", False),
+))
 
 
 @dataclass(frozen=True)
@@ -151,13 +150,11 @@ def synthesize_videos(
 
     The same arguments give the same frames (the encoder's bytes may differ between PyAV versions).
     """
-    if video_format not in VIDEO_FORMATS:
-        raise SynthError(f"unknown video format {video_format!r}; known formats: {', '.join(VIDEO_FORMATS)}")
+    fmt = VIDEO_FORMATS.get(video_format)
     if not 1 <= frames <= 10_000 or not 1 <= fps <= 240:
         raise SynthError(f"frames per clip must be 1-10000 and fps 1-240, got {frames} and {fps}")
     out = Path(out)
     methods = check_archive(out, n, layout, size, upsamplers)
-    fmt = VIDEO_FORMATS[video_format]
 
     pairs = n // 2
     split_of = _assign_splits(pairs, np.random.default_rng([seed, 1])) if layout == "140k" else [""] * pairs

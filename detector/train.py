@@ -158,35 +158,89 @@ def train(
     log: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train on ``data_dir`` into ``out_dir``; with ``resume`` an existing ``last.pt`` there is continued."""
-    import torch
-
-    from dfscan.detector.model import DeepfakeDetector, load_checkpoint, save_checkpoint
-
     out_dir = Path(out_dir)
     splits = find_splits(Path(data_dir), seed=config.split_seed)
     device = resolve_device(config.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out_dir / LAST_NAME, out_dir / BEST_NAME
 
-    history = History()
-    start_epoch, best_acc, best_epoch, resumed_from = 1, -1.0, 0, None
-    state: dict[str, Any] | None = None
-    if resume and last_path.is_file():
-        model, meta = load_checkpoint(last_path)
-        state = meta["extra"].get("train")
-        if not isinstance(state, dict):
-            raise TrainError(f"{last_path} is not a training checkpoint; use --fresh or another --out")
-        _check_resumable(state["config"], config, last_path)
-        history = History.from_dict(state["history"])
-        start_epoch = int(state["epoch"]) + 1
-        best_acc, best_epoch = float(state["best_val_acc"]), int(state["best_epoch"])
-        resumed_from = int(state["epoch"])
-        if state.get("stop_reason") == "target-accuracy":
-            log(f"{last_path}: that run already reached its target accuracy at epoch {resumed_from}; nothing to do")
-            start_epoch = config.epochs + 1
-        elif start_epoch <= config.epochs:
-            log(f"resuming from {last_path} after epoch {resumed_from}")
-    else:
+    model, run = _open_run(last_path, config, resume=resume, log=log)
+    if config.faces and model.config.input != "face-crop":
+        from dataclasses import replace
+
+        model.config = replace(model.config, input="face-crop")
+    model.config = _sequence_config(model.config, splits, config, resumed=run.state is not None, path=last_path)
+    model.to(device)
+    _write_json(out_dir / DATASET_NAME, {**splits.info(), "written_at": _now()})
+    loop = _make_loop(model, splits, config, device, run.state, out_dir=out_dir, progress=progress, log=log)
+
+    started = time.perf_counter()
+    for epoch in range(run.start_epoch, config.epochs + 1):
+        if _fit_epoch(loop, run, epoch):
+            break
+
+    if not best_path.is_file():
+        raise TrainError(f"no epoch completed in {out_dir}; nothing to keep")
+    test_acc = _test_accuracy(loop, best_path, run.best_epoch) if config.evaluate_test and splits.test else None
+    results = _write_results(out_dir, config, device, run.history, run.best_acc, run.best_epoch, run.stop_reason,
+                             test_acc, splits, elapsed=time.perf_counter() - started)
+    return TrainResult(
+        out_dir=out_dir,
+        best_checkpoint=best_path,
+        last_checkpoint=last_path,
+        results_path=results,
+        dataset_info_path=out_dir / DATASET_NAME,
+        best_val_accuracy=run.best_acc,
+        best_epoch=run.best_epoch,
+        epochs_completed=run.history.epoch[-1] if run.history.epoch else 0,
+        stop_reason=run.stop_reason,
+        resumed_from=run.resumed_from,
+        test_accuracy=test_acc,
+        device=device,
+        history=run.history,
+    )
+
+
+@dataclass
+class _Run:
+    """What a run carries from epoch to epoch, and from ``last.pt`` into a resumed run."""
+
+    history: History = field(default_factory=History)
+    start_epoch: int = 1
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    resumed_from: int | None = None
+    stop_reason: str = "epochs"
+    state: dict[str, Any] | None = None  # the training state read from last.pt, when resuming
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What stays the same through a run's epochs: the model, the data, the loss and the optimizer."""
+
+    model: Any
+    config: TrainConfig
+    device: str
+    splits: Splits
+    out_dir: Path
+    train_tf: Any
+    eval_tf: Any
+    batch_size: int
+    val_loader: Any
+    criterion: Any
+    optimizer: Any
+    scheduler: Any
+    progress: bool
+    log: Callable[[str], None]
+
+
+def _open_run(last_path: Path, config: TrainConfig, *, resume: bool, log: Callable[[str], None]) -> tuple[Any, _Run]:
+    """(model, run): continued from ``last_path`` when resuming and it exists, else a fresh model."""
+    import torch
+
+    from dfscan.detector.model import DeepfakeDetector, load_checkpoint
+
+    if not (resume and last_path.is_file()):
         torch.manual_seed(config.seed)
         model = DeepfakeDetector(
             config.backbone,
@@ -194,13 +248,33 @@ def train(
             dropout=config.dropout,
             backbone_weights=Path(config.backbone_weights) if config.backbone_weights else None,
         )
-    if config.faces and model.config.input != "face-crop":
-        from dataclasses import replace
+        return model, _Run()
+    model, meta = load_checkpoint(last_path)
+    state = meta["extra"].get("train")
+    if not isinstance(state, dict):
+        raise TrainError(f"{last_path} is not a training checkpoint; use --fresh or another --out")
+    _check_resumable(state["config"], config, last_path)
+    run = _Run(
+        history=History.from_dict(state["history"]),
+        start_epoch=int(state["epoch"]) + 1,
+        best_acc=float(state["best_val_acc"]),
+        best_epoch=int(state["best_epoch"]),
+        resumed_from=int(state["epoch"]),
+        stop_reason=state.get("stop_reason", "epochs"),
+        state=state,
+    )
+    if state.get("stop_reason") == "target-accuracy":
+        log(f"{last_path}: that run already reached its target accuracy at epoch {run.resumed_from}; nothing to do")
+        run.start_epoch = config.epochs + 1
+    elif run.start_epoch <= config.epochs:
+        log(f"resuming from {last_path} after epoch {run.resumed_from}")
+    return model, run
 
-        model.config = replace(model.config, input="face-crop")
-    model.config = _sequence_config(model.config, splits, config, resumed=state is not None, path=last_path)
-    model.to(device)
-    _write_json(out_dir / DATASET_NAME, {**splits.info(), "written_at": _now()})
+
+def _make_loop(model, splits: Splits, config: TrainConfig, device: str, state: dict[str, Any] | None, *,
+               out_dir: Path, progress: bool, log: Callable[[str], None]) -> _Loop:
+    """Transforms, validation loader, loss, optimizer and scheduler; a resumed run's states loaded into them."""
+    import torch
 
     pre = Preprocess(size=model.config.input_size, mean=model.config.mean, std=model.config.std)
     train_tf, eval_tf = _transforms(pre, splits.media, config)
@@ -216,84 +290,81 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+    return _Loop(model=model, config=config, device=device, splits=splits, out_dir=out_dir, train_tf=train_tf,
+                 eval_tf=eval_tf, batch_size=batch_size, val_loader=val_loader, criterion=criterion,
+                 optimizer=optimizer, scheduler=scheduler, progress=progress, log=log)
 
-    stop_reason = state.get("stop_reason", "epochs") if state else "epochs"
-    started = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs + 1):
-        t0 = time.perf_counter()
-        loader = make_loader(splits.train, train_tf, batch_size=batch_size, shuffle=True,
-                             workers=config.workers, seed=config.seed * 100_003 + epoch, media=splits.media)
-        tr_loss, tr_acc, batch_losses = _run_epoch(
-            model, loader, device, criterion, optimizer, desc=f"epoch {epoch}/{config.epochs} train",
-            progress=progress, max_steps=config.max_steps_per_epoch,
-        )
-        va_loss, va_acc, _ = _run_epoch(model, val_loader, device, criterion, None,
-                                        desc=f"epoch {epoch}/{config.epochs} valid", progress=progress)
-        scheduler.step(va_loss)
-        history.epoch.append(epoch)
-        history.train_loss.append(tr_loss)
-        history.train_acc.append(tr_acc)
-        history.val_loss.append(va_loss)
-        history.val_acc.append(va_acc)
-        history.lr.append(optimizer.param_groups[0]["lr"])
-        history.epoch_s.append(round(time.perf_counter() - t0, 3))
-        history.batch_loss.extend(batch_losses)
-        improved = va_acc > best_acc
-        if improved:
-            best_acc, best_epoch = va_acc, epoch
-            save_checkpoint(best_path, model, {"epoch": epoch, "val_acc": va_acc, "train_config": config.to_dict()})
-        reached = config.target_accuracy is not None and va_acc >= config.target_accuracy
-        stop_reason = "target-accuracy" if reached else "epochs"
-        train_state = {
-            "epoch": epoch,
-            "config": config.to_dict(),
-            "history": history.to_dict(),
-            "best_val_acc": best_acc,
-            "best_epoch": best_epoch,
-            "stop_reason": stop_reason,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        save_checkpoint(last_path, model, {"train": train_state})
-        log(
-            f"epoch {epoch}/{config.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.2%} | "
-            f"valid loss {va_loss:.4f} acc {va_acc:.2%} | lr {history.lr[-1]:.2e} | "
-            f"{history.epoch_s[-1]:.1f} s{'  (best)' if improved else ''}"
-        )
-        _write_results(out_dir, config, device, history, best_acc, best_epoch, stop_reason, None, splits)
-        if reached:
-            log(f"validation accuracy {va_acc:.2%} reached the target {config.target_accuracy:.2%}: stopping early")
-            break
 
-    if not best_path.is_file():
-        raise TrainError(f"no epoch completed in {out_dir}; nothing to keep")
-    test_acc = None
-    if config.evaluate_test and splits.test:
-        best_model, _ = load_checkpoint(best_path)
-        best_model.to(device)
-        test_loader = make_loader(splits.test, eval_tf, batch_size=batch_size, shuffle=False, workers=config.workers,
-                                  media=splits.media)
-        _, test_acc, _ = _run_epoch(best_model, test_loader, device, criterion, None, desc="test", progress=progress)
-        log(f"test accuracy of the best checkpoint (epoch {best_epoch}): {test_acc:.2%} on {len(splits.test)} "
-            f"{splits.media}s")
-    results = _write_results(out_dir, config, device, history, best_acc, best_epoch, stop_reason, test_acc, splits,
-                             elapsed=time.perf_counter() - started)
-    return TrainResult(
-        out_dir=out_dir,
-        best_checkpoint=best_path,
-        last_checkpoint=last_path,
-        results_path=results,
-        dataset_info_path=out_dir / DATASET_NAME,
-        best_val_accuracy=best_acc,
-        best_epoch=best_epoch,
-        epochs_completed=history.epoch[-1] if history.epoch else 0,
-        stop_reason=stop_reason,
-        resumed_from=resumed_from,
-        test_accuracy=test_acc,
-        device=device,
-        history=history,
+def _fit_epoch(loop: _Loop, run: _Run, epoch: int) -> bool:
+    """Train and validate one epoch, save its checkpoints and results; True when the target accuracy is reached."""
+    import torch
+
+    from dfscan.detector.model import save_checkpoint
+
+    config, history = loop.config, run.history
+    t0 = time.perf_counter()
+    loader = make_loader(loop.splits.train, loop.train_tf, batch_size=loop.batch_size, shuffle=True,
+                         workers=config.workers, seed=config.seed * 100_003 + epoch, media=loop.splits.media)
+    tr_loss, tr_acc, batch_losses = _run_epoch(
+        loop.model, loader, loop.device, loop.criterion, loop.optimizer, desc=f"epoch {epoch}/{config.epochs} train",
+        progress=loop.progress, max_steps=config.max_steps_per_epoch,
     )
+    va_loss, va_acc, _ = _run_epoch(loop.model, loop.val_loader, loop.device, loop.criterion, None,
+                                    desc=f"epoch {epoch}/{config.epochs} valid", progress=loop.progress)
+    loop.scheduler.step(va_loss)
+    history.epoch.append(epoch)
+    history.train_loss.append(tr_loss)
+    history.train_acc.append(tr_acc)
+    history.val_loss.append(va_loss)
+    history.val_acc.append(va_acc)
+    history.lr.append(loop.optimizer.param_groups[0]["lr"])
+    history.epoch_s.append(round(time.perf_counter() - t0, 3))
+    history.batch_loss.extend(batch_losses)
+    improved = va_acc > run.best_acc
+    if improved:
+        run.best_acc, run.best_epoch = va_acc, epoch
+        save_checkpoint(loop.out_dir / BEST_NAME, loop.model,
+                        {"epoch": epoch, "val_acc": va_acc, "train_config": config.to_dict()})
+    reached = config.target_accuracy is not None and va_acc >= config.target_accuracy
+    run.stop_reason = "target-accuracy" if reached else "epochs"
+    train_state = {
+        "epoch": epoch,
+        "config": config.to_dict(),
+        "history": history.to_dict(),
+        "best_val_acc": run.best_acc,
+        "best_epoch": run.best_epoch,
+        "stop_reason": run.stop_reason,
+        "optimizer": loop.optimizer.state_dict(),
+        "scheduler": loop.scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    save_checkpoint(loop.out_dir / LAST_NAME, loop.model, {"train": train_state})
+    loop.log(
+        f"epoch {epoch}/{config.epochs}: train loss {tr_loss:.4f} acc {tr_acc:.2%} | "
+        f"valid loss {va_loss:.4f} acc {va_acc:.2%} | lr {history.lr[-1]:.2e} | "
+        f"{history.epoch_s[-1]:.1f} s{'  (best)' if improved else ''}"
+    )
+    _write_results(loop.out_dir, config, loop.device, history, run.best_acc, run.best_epoch, run.stop_reason, None,
+                   loop.splits)
+    if reached:
+        loop.log(f"validation accuracy {va_acc:.2%} reached the target {config.target_accuracy:.2%}: stopping early")
+    return reached
+
+
+def _test_accuracy(loop: _Loop, best_path: Path, best_epoch: int) -> float:
+    """The best checkpoint's accuracy on the test split."""
+    from dfscan.detector.model import load_checkpoint
+
+    best_model, _ = load_checkpoint(best_path)
+    best_model.to(loop.device)
+    splits = loop.splits
+    test_loader = make_loader(splits.test, loop.eval_tf, batch_size=loop.batch_size, shuffle=False,
+                              workers=loop.config.workers, media=splits.media)
+    _, test_acc, _ = _run_epoch(best_model, test_loader, loop.device, loop.criterion, None, desc="test",
+                                progress=loop.progress)
+    loop.log(f"test accuracy of the best checkpoint (epoch {best_epoch}): {test_acc:.2%} on {len(splits.test)} "
+             f"{splits.media}s")
+    return test_acc
 
 
 def _run_epoch(model, loader, device: str, criterion, optimizer, *, desc: str, progress: bool,

@@ -83,85 +83,112 @@ def _bmp(width: int, height: int, bits: int, pixels: bytes, palette: bytes = b""
     return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + masks + palette + pixels
 
 
-def write_awkward(folder: Path) -> dict[str, Path]:
-    """Write the corpus into ``folder``; name -> path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Path] = {}
-    base = pattern(21, (240, 160))
-    flipped = base.transpose(Image.Transpose.ROTATE_180)
+class _Corpus:
+    """Writes files into ``folder`` and remembers them: name -> path."""
 
-    def put(name: str, data: bytes) -> None:
-        (folder / name).write_bytes(data)
-        out[name] = folder / name
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.out: dict[str, Path] = {}
 
-    def save(name: str, im: Image.Image, **kw: object) -> None:
+    def put(self, name: str, data: bytes) -> None:
+        (self.folder / name).write_bytes(data)
+        self.out[name] = self.folder / name
+
+    def save(self, name: str, im: Image.Image, **kw: object) -> None:
         buf = io.BytesIO()
         im.save(buf, format=kw.pop("format", None) or name.rsplit(".", 1)[1].upper().replace("JPG", "JPEG")
                 .replace("TIF", "TIFF").replace("TIFFF", "TIFF"), **kw)
-        put(name, buf.getvalue())
+        self.put(name, buf.getvalue())
 
-    # -- orientation that only Pillow used to apply -------------------------------------------
-    save("rot_exif.png", flipped, exif=_exif(3).tobytes())  # eXIf chunk before IDAT
+
+def write_awkward(folder: Path) -> dict[str, Path]:
+    """Write the corpus into ``folder``; name -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = _Corpus(folder)
+    base = pattern(21, (240, 160))
+    _write_rotated(corpus, base.transpose(Image.Transpose.ROTATE_180))
+    _write_refused_metadata(corpus, base)
+    _write_plain(corpus, base)
+    _write_hand_made_bmps(corpus)
+    _write_large_and_damaged(corpus, base)
+    return corpus.out
+
+
+def _write_rotated(corpus: _Corpus, flipped: Image.Image) -> None:
+    """Orientation that only Pillow used to apply: :data:`ROTATED`."""
+    corpus.save("rot_exif.png", flipped, exif=_exif(3).tobytes())  # eXIf chunk before IDAT
     info = PngImagePlugin.PngInfo()
     info.add_itxt("XML:com.adobe.xmp", _xmp(3))
-    save("rot_xmp.png", flipped, pnginfo=info)
+    corpus.save("rot_xmp.png", flipped, pnginfo=info)
     info = PngImagePlugin.PngInfo()
     info.add_text("Raw profile type exif", _raw_profile(_exif(3).tobytes()), zip=True)
-    save("rot_rawprofile.png", flipped, pnginfo=info)
-    put("rot_exif_after_idat.png", _png_with(flipped, after_idat=[chunk(b"eXIf", _exif(3).tobytes()[6:])]))
-    save("rot_xmp.jpg", flipped, quality=92, xmp=_xmp(3).encode())
-    save("rot_exif.jpg", flipped, quality=92, exif=_exif(3).tobytes())
-    save("rot_exif.webp", flipped, quality=90, exif=_exif(3).tobytes())
-    # -- metadata Pillow refuses ---------------------------------------------------------------
+    corpus.save("rot_rawprofile.png", flipped, pnginfo=info)
+    corpus.put("rot_exif_after_idat.png", _png_with(flipped, after_idat=[chunk(b"eXIf", _exif(3).tobytes()[6:])]))
+    corpus.save("rot_xmp.jpg", flipped, quality=92, xmp=_xmp(3).encode())
+    corpus.save("rot_exif.jpg", flipped, quality=92, exif=_exif(3).tobytes())
+    corpus.save("rot_exif.webp", flipped, quality=90, exif=_exif(3).tobytes())
+
+
+def _write_refused_metadata(corpus: _Corpus, base: Image.Image) -> None:
+    """Metadata Pillow refuses: :data:`REFUSED_METADATA`."""
     bomb = zlib.compress(b"A" * (4 << 20), 9)  # 4 MiB of text: past PngImagePlugin.MAX_TEXT_CHUNK
-    put("ztxt_bomb.png", _png_with(base, before_idat=[chunk(b"zTXt", b"Comment\x00\x00" + bomb)]))
-    put("itxt_bomb.png", _png_with(base, before_idat=[chunk(b"iTXt", b"Comment\x00\x01\x00\x00\x00" + bomb)]))
-    put("ztxt_bomb_after_idat.png", _png_with(base, after_idat=[chunk(b"zTXt", b"Comment\x00\x00" + bomb)]))
+    corpus.put("ztxt_bomb.png", _png_with(base, before_idat=[chunk(b"zTXt", b"Comment\x00\x00" + bomb)]))
+    corpus.put("itxt_bomb.png", _png_with(base, before_idat=[chunk(b"iTXt", b"Comment\x00\x01\x00\x00\x00" + bomb)]))
+    corpus.put("ztxt_bomb_after_idat.png", _png_with(base, after_idat=[chunk(b"zTXt", b"Comment\x00\x00" + bomb)]))
     iccp = chunk(b"iCCP", b"icc\x00\x01" + zlib.compress(b"\x00" * 128))  # compression method 1: unknown
-    put("iccp_method1.png", _png_with(base, before_idat=[iccp]))
-    # -- plain awkwardness both decoders handle ------------------------------------------------
+    corpus.put("iccp_method1.png", _png_with(base, before_idat=[iccp]))
+
+
+def _write_plain(corpus: _Corpus, base: Image.Image) -> None:
+    """Plain awkwardness both decoders handle: text chunks, 16-bit and compressed TIFF, CMYK, animation."""
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", "a harmless comment " * 20, zip=True)
-    save("text_ok.png", base, pnginfo=info)
+    corpus.save("text_ok.png", base, pnginfo=info)
     arr16 = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-    save("gray16.tif", Image.fromarray(arr16))
-    save("deflate.tif", base, compression="tiff_adobe_deflate")
-    save("lzw_tagged.tif", base, compression="tiff_lzw", tiffinfo={65000: "private tag", 33432: "copyright"})
-    save("cmyk.jpg", base.convert("CMYK"), quality=90)
-    save("palette.gif", base.convert("P", palette=Image.Palette.ADAPTIVE, colors=32))
+    corpus.save("gray16.tif", Image.fromarray(arr16))
+    corpus.save("deflate.tif", base, compression="tiff_adobe_deflate")
+    corpus.save("lzw_tagged.tif", base, compression="tiff_lzw", tiffinfo={65000: "private tag", 33432: "copyright"})
+    corpus.save("cmyk.jpg", base.convert("CMYK"), quality=90)
+    corpus.save("palette.gif", base.convert("P", palette=Image.Palette.ADAPTIVE, colors=32))
     frames = [pattern(30 + k, (120, 80)) for k in range(3)]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
-    put("animated.gif", buf.getvalue())
+    corpus.put("animated.gif", buf.getvalue())
     buf = io.BytesIO()
     frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], duration=50, quality=80)
-    put("animated.webp", buf.getvalue())
-    save("lossless.webp", base, lossless=True)
-    save("mono.bmp", base.convert("1"))
-    save("pal8.bmp", base.convert("P", palette=Image.Palette.ADAPTIVE, colors=200))
-    save("rgba32.bmp", base.convert("RGBA"))
-    save("photo.bmp", base)
-    # 4-bit palette and 16-bit RGB555 bitmaps: Pillow reads them but does not write them.
+    corpus.put("animated.webp", buf.getvalue())
+    corpus.save("lossless.webp", base, lossless=True)
+    corpus.save("mono.bmp", base.convert("1"))
+    corpus.save("pal8.bmp", base.convert("P", palette=Image.Palette.ADAPTIVE, colors=200))
+    corpus.save("rgba32.bmp", base.convert("RGBA"))
+    corpus.save("photo.bmp", base)
+
+
+def _write_hand_made_bmps(corpus: _Corpus) -> None:
+    """4-bit palette and 16-bit RGB555 bitmaps: Pillow reads them but does not write them."""
     w, h = 64, 48
     idx = (np.arange(w * h).reshape(h, w) // 7 % 16).astype(np.uint8)
     rows4 = b"".join((bytes((idx[y, 2 * x] << 4) | idx[y, 2 * x + 1] for x in range(w // 2))).ljust(32, b"\0")
                      for y in range(h))
     pal16 = b"".join(bytes((16 * k, 255 - 16 * k, (40 * k) % 256, 0)) for k in range(16))
-    put("pal4.bmp", _bmp(w, h, 4, rows4, pal16))
+    corpus.put("pal4.bmp", _bmp(w, h, 4, rows4, pal16))
     rgb555 = (np.arange(w * h, dtype=np.uint16).reshape(h, w) * 37) & 0x7FFF
-    put("rgb555.bmp", _bmp(w, h, 16, rgb555.astype("<u2").tobytes()))
+    corpus.put("rgb555.bmp", _bmp(w, h, 16, rgb555.astype("<u2").tobytes()))
+
+
+def _write_large_and_damaged(corpus: _Corpus, base: Image.Image) -> None:
+    """Large and progressive JPEGs, and damaged ones that still decode."""
     # A large JPEG: where Pillow's draft mode used to decode at reduced size and DALI did not.
-    save("large.jpg", pattern(22, (2400, 1600)), quality=90)
-    save("large_420.jpg", pattern(23, (1800, 1350)), quality=85, subsampling=2)
-    save("progressive.jpg", base, quality=85, progressive=True)
+    corpus.save("large.jpg", pattern(22, (2400, 1600)), quality=90)
+    corpus.save("large_420.jpg", pattern(23, (1800, 1350)), quality=85, subsampling=2)
+    corpus.save("progressive.jpg", base, quality=85, progressive=True)
     # Damaged but decodable: libjpeg warns (on stderr, inside DALI) and Pillow warns (a Python warning).
     good = io.BytesIO()
     base.save(good, "JPEG", quality=90)
     damaged = bytearray(good.getvalue())
     for i in range(len(damaged) // 2, len(damaged) // 2 + 100):
         damaged[i] ^= 0x55
-    put("corrupt_entropy.jpg", bytes(damaged))
-    put("trailing_garbage.jpg", good.getvalue() + b"garbage" * 10)
+    corpus.put("corrupt_entropy.jpg", bytes(damaged))
+    corpus.put("trailing_garbage.jpg", good.getvalue() + b"garbage" * 10)
     exif = _exif(1).tobytes()
-    save("bad_exif.jpg", base, quality=90, exif=exif[:-4] + b"\xff\xff\x00\x10")
-    return out
+    corpus.save("bad_exif.jpg", base, quality=90, exif=exif[:-4] + b"\xff\xff\x00\x10")

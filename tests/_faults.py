@@ -54,7 +54,7 @@ if FAULTS.get("flush_rows"):
 
 
 if FAULTS.get("poison"):
-    import dfscan.workers.scoring.batches as _batches
+    import dfscan.workers.scoring.images as _batches
 
     _read = _batches.read_head  # every read of a batch starts with the header
     _marker = str(FAULTS["poison"])
@@ -70,20 +70,18 @@ if FAULTS.get("poison"):
 if FAULTS.get("noop_model"):
     from datetime import datetime, timezone
 
-    import dfscan.workers.scoring.loop as _pipeline
     from dfscan.db.records import ResultRow
-    from dfscan.workers.scoring.batches import BatchMaker, PreparedBatch
+    from dfscan.workers.scoring import Batch, Stages
 
-    def _no_read(self, paths):
-        n = len(paths)
-        return PreparedBatch(list(paths), [None] * n, [None] * n, None, [], {})
+    def _no_read(self, paths, job=None):
+        return Batch.of(paths)
 
-    def _no_model(prepared, runtime, verdict):
+    def _no_model(self, batch, job=None):
         now = datetime.now(timezone.utc)
-        return [ResultRow(p, None, None, "ok", "real", 0.1, 0.9, None, None, now) for p in prepared.paths]
+        batch.result = [ResultRow(p, None, None, "ok", "real", 0.1, 0.9, None, None, now) for p in batch.paths]
 
-    BatchMaker.prepare = _no_read
-    _pipeline.score = _no_model
+    Stages.prepare = _no_read
+    Stages.score = _no_model
 
 
 @task_prerun.connect(weak=False)

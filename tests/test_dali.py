@@ -17,7 +17,8 @@ from dfscan.trt.model_info import inspect_model
 from tests._images import jpeg_bytes, pattern, png_header_only, write_bad_files, write_jpegs, write_mode_zoo
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 from dfscan.workers.reading.headers import sniff
-from dfscan.workers.scoring.batches import BatchMaker, Verdict, score
+from dfscan.workers.scoring import Verdict
+from tests._stages import stages as make_stages
 from dfscan.workers.images.decode import PillowDecoder, Preprocess, decode_one
 from dfscan.workers.images.decoders import DecoderUnavailable, UnknownDecoder, create_decoder, resolve_decoder
 from dfscan.workers.reading.errors import ImageError
@@ -226,14 +227,14 @@ def test_decoder_choice_follows_the_hardware():
 
 
 def _score_all(decoder, paths: list[str], runtime, verdict: Verdict, batch: int = 64) -> dict[str, object]:
-    maker = BatchMaker(decoder, read_threads=4)
+    stages = make_stages(decoder, runtime, verdict, read_threads=4)
     rows = {}
     try:
         for start in range(0, len(paths), batch):
-            for row in score(maker.prepare(paths[start : start + batch]), runtime, verdict):
+            for row in stages.run(paths[start : start + batch]).result:
                 rows[row.path] = row
     finally:
-        maker.close()
+        stages.close()
     return rows
 
 

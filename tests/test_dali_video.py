@@ -292,23 +292,28 @@ def test_the_stage_hands_webm_to_dali_and_the_rest_to_pyav(tmp_path, linear_prob
     from dfscan.core.settings import Settings
     from dfscan.trt.model_info import inspect_model
     from dfscan.workers.images.decode import Preprocess
+    from dfscan.workers.scoring import Batch, Resources, Verdict
     from dfscan.workers.scoring.video_stage import video_stage
+
+    def stage_for(settings):
+        return video_stage(Resources(settings, info, Preprocess(), Verdict(), {}))
 
     paths = _three_videos(tmp_path / "in")
     gone = tmp_path / "in" / "gone.webm"  # vanished since it was listed: PyAV says so
     info = inspect_model(linear_probe_onnx_model)
-    stage = video_stage(Preprocess(), Settings(model=linear_probe_onnx_model, decoder="dali-cpu", frames=4), info,
-                        faces=None)
+    stage = stage_for(Settings(model=linear_probe_onnx_model, decoder="dali-cpu", frames=4))
     try:
-        prepared = stage.prepare([str(p) for p in paths] + [str(gone)])
+        batch = Batch.of([str(p) for p in paths] + [str(gone)])
+        stage.run(batch)
+        items = batch.items
         assert stage.sampler is not None and stage.sampler.device == "cpu"
         assert stage.sampler.stats["dali"] == 1 and stage.sampler.stats["pyav"] == 3  # the MP4s and the gone file
     finally:
         stage.close()
-    assert prepared.ok_index == [0, 1]
-    assert {i: e.code for i, e in prepared.errors.items()} == {2: "truncated", 3: "missing"}
-    assert prepared.sizes[:3] == [p.stat().st_size for p in paths] and prepared.sizes[3] is None
-    pillow = video_stage(Preprocess(), Settings(model=linear_probe_onnx_model, decoder="pillow"), info, faces=None)
+    assert [i for i, it in enumerate(items) if it.payload is not None] == [0, 1]
+    assert {i: it.error.code for i, it in enumerate(items) if it.error is not None} == {2: "truncated", 3: "missing"}
+    assert [it.size for it in items[:3]] == [p.stat().st_size for p in paths] and items[3].size is None
+    pillow = stage_for(Settings(model=linear_probe_onnx_model, decoder="pillow"))
     assert pillow.sampler is None
     pillow.close()
 

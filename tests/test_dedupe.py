@@ -21,7 +21,9 @@ from dfscan.bench.dedupe import CountedRuntime, counting, dedupe_rows, format_de
 from dfscan.cli import main
 from dfscan.scanner import Chunk, ScanSource, WalkOptions
 from dfscan.core.settings import Settings, from_env
-from dfscan.workers.scoring.batches import BatchMaker, Verdict, score
+from dfscan.workers.scoring import Stages
+from dfscan.workers.scoring.images import ImageStage
+from tests._stages import score_paths
 from dfscan.workers.images.decode import PillowDecoder, Preprocess
 from dfscan.workers.scoring.local import LocalScan
 from tests._images import jpeg_bytes, write_jpegs
@@ -84,18 +86,21 @@ def same_but(a: dict, b: dict, differs: set[str]) -> None:
 def test_batch_maker_hashes_and_decodes_one_copy(tmp_path: Path) -> None:
     originals, copies = archive(tmp_path)
     paths = [str(p) for pair in zip(originals, copies) for p in pair]  # a, copy of a, b, copy of b, ...
-    maker = BatchMaker(PillowDecoder(Preprocess(size=(64, 64))))
+    stages = Stages([ImageStage(PillowDecoder(Preprocess(size=(64, 64))))])
     try:
-        batch = maker.prepare(paths)
+        batch = stages.prepare(paths)
     finally:
-        maker.close()
-    assert batch.copy_of == {i: i - 1 for i in range(1, len(paths), 2)}
-    assert batch.tensors is not None and batch.tensors.shape[0] == 4  # one decode per distinct image
-    assert set(batch.errors) == {8} and batch.errors[8].code == "not-image"
-    assert batch.hashes[0] == batch.hashes[1] != batch.hashes[2]
+        stages.close()
+    items = batch.items
+    assert {i: it.copy_of for i, it in enumerate(items) if it.copy_of is not None} == {
+        i: i - 1 for i in range(1, len(paths), 2)}
+    assert sum(it.payload is not None for it in items) == 4  # one decode per distinct image
+    errors = {i: it.error for i, it in enumerate(items) if it.error is not None}
+    assert set(errors) == {8} and errors[8].code == "not-image"
+    assert items[0].content_hash == items[1].content_hash != items[2].content_hash
     import hashlib
 
-    assert batch.hashes[0] == hashlib.sha256(originals[0].read_bytes()).hexdigest()
+    assert items[0].content_hash == hashlib.sha256(originals[0].read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -302,12 +307,11 @@ def test_score_keeps_rows_in_order_for_a_batch_of_copies(tmp_path: Path, tiny_on
     (p,) = write_jpegs(tmp_path, 1)
     paths = [str(p)] * 3 + [str(Path(shutil.copy2(p, tmp_path / "c.jpg")))]
     info = inspect_model(tiny_onnx_model)
-    maker = BatchMaker(PillowDecoder(Preprocess(size=info.input_size, mean=info.mean, std=info.std)))
     runtime = CountedRuntime(OnnxRuntime(info))
     try:
-        rows = score(maker.prepare(paths), runtime, Verdict())
+        rows = score_paths(paths, PillowDecoder(Preprocess(size=info.input_size, mean=info.mean, std=info.std)),
+                           runtime)
     finally:
-        maker.close()
         runtime.close()
     assert [r.path for r in rows] == paths and runtime.images == 1
     assert [r.verdict_source for r in rows] == ["computed", "copy", "copy", "copy"]

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from dfscan.db.chunks import retry_db
+from dfscan.db.retry import retry_db
 from dfscan.cli import main
 from dfscan.core.settings import Settings, SettingsError, from_env
 from dfscan.workers.fleet.schedule import ScheduleError, beat_schedule, load_schedule

@@ -66,9 +66,9 @@ def cli(*args: str):
 def stage():
     from dfscan.workers.images.decode import Preprocess
     from dfscan.workers.faces import FaceOptions, create_face_detector
-    from dfscan.workers.scoring.face_stage import FaceStage
+    from dfscan.workers.scoring.face_stage import FaceDecoder
 
-    return FaceStage(None, Preprocess(), FaceOptions(), create_face_detector("mtcnn", "cpu"))
+    return FaceDecoder(None, Preprocess(), FaceOptions(), create_face_detector("mtcnn", "cpu"))
 
 
 # -- the detector on the pinned torch -------------------------------------------------------------
@@ -91,7 +91,7 @@ def test_mtcnn_from_the_wheel_runs_on_the_pinned_torch() -> None:
 def test_stage_finds_pasted_faces_at_their_positions(stage) -> None:
     background = Image.fromarray(skimage_data.coffee()).resize((1200, 800))
     im, expected = paste_faces(background, [(40, 60, 1.0), (400, 300, 1.6), (800, 80, 2.2)])
-    (found,) = stage._detect([np.asarray(im)])
+    (found,) = stage.finder.detect([np.asarray(im)])
     assert len(found) == 3
     for box in expected:
         assert max(iou(f[:4], box) for f in found) >= 0.5, (box, found)
@@ -99,7 +99,7 @@ def test_stage_finds_pasted_faces_at_their_positions(stage) -> None:
 
 def test_detection_is_batched_across_images_of_different_sizes(stage) -> None:
     images = [skimage_data.astronaut(), skimage_data.chelsea(), skimage_data.coffee()]
-    found = stage._detect(images)
+    found = stage.finder.detect(images)
     assert [len(f) for f in found] == [1, 0, 0]
     assert iou(found[0][0, :4], ASTRONAUT_FACE) >= 0.5
 
@@ -107,7 +107,7 @@ def test_detection_is_batched_across_images_of_different_sizes(stage) -> None:
 def test_aligned_face_crop_is_one_face(stage) -> None:
     """A 140k-style aligned crop (the face fills the image) comes through as one face."""
     aligned = np.asarray(Image.fromarray(skimage_data.astronaut()).crop((165, 55, 285, 175)).resize((256, 256)))
-    (found,) = stage._detect([aligned])
+    (found,) = stage.finder.detect([aligned])
     crops = stage._crops(aligned, found)
     assert len(crops.faces) == 1 and crops.found == 1
     assert crops.tensors.shape == (1, 3, 224, 224)
@@ -139,14 +139,14 @@ def test_face_on_the_border_and_face_larger_than_the_image(stage) -> None:
     border = Image.new("RGB", (400, 300), (90, 110, 90))
     border.paste(src, (-int(PATCH_FACE[0]), 60))
     im = np.asarray(border)
-    crops = stage._crops(im, stage._detect([im])[0])
+    crops = stage._crops(im, stage.finder.detect([im])[0])
     assert len(crops.faces) == 1
     x0, y0, side = crops.crops[0]
     assert x0 == 0 and 0 <= y0 and y0 + side <= 300
     assert crops.faces[0][0] <= 3  # the box starts at the border
     # An image hardly larger than the face: the 1.3x square can't fit and becomes the shorter side.
     tight = np.asarray(Image.fromarray(skimage_data.astronaut()).crop((170, 50, 280, 185)))
-    crops = stage._crops(tight, stage._detect([tight])[0])
+    crops = stage._crops(tight, stage.finder.detect([tight])[0])
     assert len(crops.faces) == 1
     assert crops.crops[0][2] == min(tight.shape[:2])
 
@@ -154,16 +154,16 @@ def test_face_on_the_border_and_face_larger_than_the_image(stage) -> None:
 def test_cap_on_faces_per_image(stage) -> None:
     """A grey image with 200 small faces: all found, the largest ``max_faces`` scored, the row says both."""
     from dfscan.workers.faces import FaceOptions
-    from dfscan.workers.scoring.face_stage import FaceStage
+    from dfscan.workers.scoring.face_stage import FaceDecoder
 
     grey = Image.new("RGB", (960, 480), (128, 128, 128))
     small = patch().resize((36, 41))
     for i in range(20):
         for j in range(10):
             grey.paste(small, (i * 48 + 4, j * 48 + 2))
-    capped = FaceStage(None, stage.pre, FaceOptions(max_faces=5, min_size=8), stage.detector)
+    capped = FaceDecoder(None, stage.pre, FaceOptions(max_faces=5, min_size=8), stage.detector)
     im = np.asarray(grey)
-    crops = capped._crops(im, capped._detect([im])[0])
+    crops = capped._crops(im, capped.finder.detect([im])[0])
     assert crops.found >= 190
     assert len(crops.faces) == 5 and crops.tensors.shape[0] == 5
 
@@ -274,7 +274,7 @@ def test_auto_follows_model_info_and_missing_field_is_whole_image(tmp_path: Path
     from dfscan.core.settings import Settings
     from dfscan.trt.model_info import inspect_model
     from dfscan.workers.scoring.context import ScanContext
-    from dfscan.workers.scoring.face_stage import FaceStage
+    from dfscan.workers.scoring.face_stage import FaceDecoder
 
     face_model = tmp_path / "face" / "model.onnx"
     face_model.parent.mkdir()
@@ -290,7 +290,7 @@ def test_auto_follows_model_info_and_missing_field_is_whole_image(tmp_path: Path
     def stage_of(model: Path, faces: str) -> bool:
         ctx = ScanContext.open(Settings(db_url=sqlite_url, model=model, faces=faces, decoder="pillow"))
         try:
-            return isinstance(ctx.batches.decoder, FaceStage)
+            return isinstance(ctx.decoder, FaceDecoder)
         finally:
             ctx.close()
 
@@ -319,9 +319,9 @@ def test_detector_failure_is_that_images_error_row(tmp_path: Path, tiny_onnx_mod
     """The detector raises on one image (a magenta corner marks it): that image is an error row, the batch goes on."""
     from dfscan.trt import load_runtime
     from dfscan.trt.model_info import inspect_model
-    from dfscan.workers.scoring.batches import BatchMaker, Verdict, score
+    from tests._stages import stages as make_stages
     from dfscan.workers.faces import FaceDetector
-    from dfscan.workers.scoring.face_stage import FaceStage
+    from dfscan.workers.scoring.face_stage import FaceDecoder
 
     class FailsOnMagenta(FaceDetector):
         name = "mtcnn-failing"
@@ -343,11 +343,11 @@ def test_detector_failure_is_that_images_error_row(tmp_path: Path, tiny_onnx_mod
     Image.fromarray(skimage_data.coffee()).save(folder / "c.png")
     info = inspect_model(tiny_onnx_model)
     runtime = load_runtime("onnxruntime", info)
-    maker = BatchMaker(FaceStage(None, stage.pre, stage.options, FailsOnMagenta(stage.detector)))
+    stages = make_stages(FaceDecoder(None, stage.pre, stage.options, FailsOnMagenta(stage.detector)), runtime)
     try:
-        rows = score(maker.prepare([str(folder / n) for n in ("a.png", "b.png", "c.png")]), runtime, Verdict())
+        rows = stages.run([str(folder / n) for n in ("a.png", "b.png", "c.png")]).result
     finally:
-        maker.close()
+        stages.close()
         runtime.close()
     assert [r.status for r in rows] == ["ok", "error", "no-face"]
     assert rows[1].error_code == "face-detect-failed" and "detector crashed" in rows[1].error
@@ -386,7 +386,7 @@ def test_dali_gives_the_face_stage_its_decoded_image(tmp_path: Path, stage) -> N
     if not ok:
         pytest.skip(why)
     from dfscan.workers.images.dali import DaliDecoder
-    from dfscan.workers.scoring.face_stage import FaceStage
+    from dfscan.workers.scoring.face_stage import FaceDecoder
     from dfscan.workers.reading.reader import read_file
 
     background = Image.fromarray(skimage_data.coffee()).resize((1200, 800))
@@ -396,7 +396,7 @@ def test_dali_gives_the_face_stage_its_decoded_image(tmp_path: Path, stage) -> N
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
     files = [read_file(str(tmp_path / n)) for n in ("group.jpg", "chelsea.jpg", "broken.jpg")]
     dali = DaliDecoder(stage.pre, device="cpu", batch_size=4)
-    faces = FaceStage(dali, stage.pre, stage.options, stage.detector)
+    faces = FaceDecoder(dali, stage.pre, stage.options, stage.detector)
     try:
         rgb = dali.decode_rgb_batch(files)
         assert rgb[0].shape == (800, 1200, 3) and rgb[1].shape == (300, 451, 3)
@@ -479,8 +479,8 @@ def test_crops_of_many_images_share_runtime_batches(tmp_path: Path, tiny_onnx_mo
     """Five faces from three images go to the runtime as batches of batch_size (2, 2, 1), not one call per image."""
     from dfscan.trt import load_runtime
     from dfscan.trt.model_info import inspect_model
-    from dfscan.workers.scoring.batches import BatchMaker, Verdict, score
-    from dfscan.workers.scoring.face_stage import FaceStage
+    from tests._stages import stages as make_stages
+    from dfscan.workers.scoring.face_stage import FaceDecoder
 
     class Recording:
         """The real runtime, with the batch sizes it was given written down."""
@@ -500,20 +500,20 @@ def test_crops_of_many_images_share_runtime_batches(tmp_path: Path, tiny_onnx_mo
     paste_faces(background, [(40, 60, 1.0), (400, 300, 1.6), (800, 80, 2.2)])[0].save(tmp_path / "group.jpg")
     Image.fromarray(skimage_data.astronaut()).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "b.png")
     runtime = Recording(load_runtime("onnxruntime", inspect_model(tiny_onnx_model)))
-    maker = BatchMaker(FaceStage(None, stage.pre, stage.options, stage.detector, batch_size=2))
+    stages = make_stages(FaceDecoder(None, stage.pre, stage.options, stage.detector), runtime, batch_size=2)
     try:
-        rows = score(maker.prepare([str(tmp_path / n) for n in ("a.png", "group.jpg", "b.png")]), runtime, Verdict())
+        rows = stages.run([str(tmp_path / n) for n in ("a.png", "group.jpg", "b.png")]).result
     finally:
-        maker.close()
+        stages.close()
         runtime.inner.close()
     assert [r.faces for r in rows] == [1, 3, 1]
     assert runtime.calls == [2, 2, 1]
     # Each face's verdict is its own: the same as scoring that crop alone.
     alone = Recording(load_runtime("onnxruntime", inspect_model(tiny_onnx_model)))
-    maker = BatchMaker(FaceStage(None, stage.pre, stage.options, stage.detector, batch_size=64))
+    stages = make_stages(FaceDecoder(None, stage.pre, stage.options, stage.detector), alone, batch_size=64)
     try:
-        (single,) = score(maker.prepare([str(tmp_path / "a.png")]), alone, Verdict())
+        (single,) = stages.run([str(tmp_path / "a.png")]).result
     finally:
-        maker.close()
+        stages.close()
         alone.inner.close()
     assert single.p_fake == pytest.approx(rows[0].p_fake, abs=1e-5)

@@ -9,6 +9,7 @@ the repository's files, built from the same ``package-dir`` table.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import sqlite3
@@ -71,11 +72,11 @@ def test_a_broken_layer_is_caught(tmp_path):
     trt = view / "dfscan" / "trt"
     trt.unlink()
     shutil.copytree(REPO / "trt", trt, ignore=shutil.ignore_patterns("__pycache__"))
-    (trt / "upward.py").write_text("from dfscan.workers.scoring.batches import BatchMaker\n")
+    (trt / "upward.py").write_text("from dfscan.workers.scoring.loop import run_chunks\n")
     proc = subprocess.run([_bin("lint-imports"), str(REPO / "pyproject.toml"), "--no-cache"], cwd=view,
                           env={**os.environ, "PYTHONPATH": str(view)}, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "dfscan.trt.upward -> dfscan.workers.scoring.batches" in proc.stdout
+    assert "dfscan.trt.upward -> dfscan.workers.scoring.loop" in proc.stdout
 
 
 def test_only_dfscan_is_importable_from_the_installation(tmp_path):
@@ -115,3 +116,164 @@ def test_console_script_runs(args):
     proc = subprocess.run([_bin("dfscan"), *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Usage: dfscan" in proc.stdout
+
+
+# --- Each contract can fail -------------------------------------------------------------------------------
+
+
+def lint_imports(view: Path, *contracts: str) -> subprocess.CompletedProcess:
+    """``lint-imports`` on ``view`` (as :func:`test_layers_contract_is_kept` runs it), limited to ``contracts``."""
+    return subprocess.run([_bin("lint-imports"), str(REPO / "pyproject.toml"), "--no-cache", "--no-logo",
+                           *(f"--contract={c}" for c in contracts)],
+                          cwd=view, env={**os.environ, "PYTHONPATH": str(view)}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def view_with_module(root: Path, module: str, source: str) -> Path:
+    """:func:`build_view` with one more module, ``module`` (e.g. ``dfscan.trt.upward``), holding ``source``.
+
+    The stage folder that holds it is copied into the view rather than linked, so the
+    repository itself is never written to.
+    """
+    view = build_view(root)
+    parts = module.split(".")
+    top = view / parts[0] / parts[1]
+    if top.is_symlink():
+        target = top.resolve()
+        top.unlink()
+        shutil.copytree(target, top, ignore=shutil.ignore_patterns("__pycache__"))
+    path = view.joinpath(*parts).with_suffix(".py")
+    assert path.parent.resolve().is_relative_to(view.resolve()), f"{path} would be written outside the view"
+    path.write_text(source)
+    return view
+
+
+# (contract id, offending module, its source, the chain lint-imports must name).
+BREAKS = [
+    ("workers-by-concept", "dfscan.workers.images.offending", "import dfscan.workers.video\n",
+     "dfscan.workers.images.offending -> dfscan.workers.video"),
+    ("workers-by-concept", "dfscan.workers.reading.offending", "from dfscan.workers import scoring\n",
+     "dfscan.workers.reading.offending -> dfscan.workers.scoring"),
+    ("celery-only-in-the-fleet", "dfscan.workers.scoring.offending", "import celery\n",
+     "dfscan.workers.scoring.offending -> celery"),
+    ("celery-only-in-the-fleet", "dfscan.commands.offending", "from kombu import Connection\n",
+     "dfscan.commands.offending -> kombu"),
+    ("runtimes-take-tensors", "dfscan.trt.offending", "from PIL import Image\n", "dfscan.trt.offending -> PIL"),
+]
+
+
+def test_every_contract_has_a_test_that_breaks_it():
+    ids = {c["id"] for c in PYPROJECT["tool"]["importlinter"]["contracts"]}
+    covered = {"layers"} | {contract for contract, *_ in BREAKS}  # layers: test_a_broken_layer_is_caught
+    assert ids == covered, f"contracts without a breaking case: {ids - covered}; cases for no contract: {covered - ids}"
+
+
+@pytest.mark.parametrize(("contract", "module", "source", "chain"), BREAKS, ids=[b[1] for b in BREAKS])
+def test_a_broken_contract_is_caught(tmp_path, contract, module, source, chain):
+    proc = lint_imports(view_with_module(tmp_path, module, source), contract)
+    assert proc.returncode != 0, proc.stdout[-4000:]
+    assert "0 kept, 1 broken" in proc.stdout and chain in proc.stdout, proc.stdout[-4000:]
+
+
+# --- Static checks over the source ------------------------------------------------------------------------
+
+MAX_FUNCTION_LINES = 80
+# The product's folders are package-dir's; Alembic's migrations are generated, and exempt.
+EXEMPT = (REPO / "db" / "migrations",)
+
+
+def product_modules() -> dict[Path, str]:
+    """Every product source file and its installed module name (``db/records.py`` -> ``dfscan.db.records``)."""
+    out: dict[Path, str] = {}
+    for package, folder in PACKAGE_DIR.items():
+        for path in sorted((REPO / folder).rglob("*.py")):
+            if "__pycache__" in path.parts or any(path.is_relative_to(e) for e in EXEMPT):
+                continue
+            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[path] = ".".join([package, *parts])
+    return out
+
+
+def long_functions(source: str, filename: str, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``file:line name length`` for each function longer than ``limit`` lines, ``def`` to its last line.
+
+    Decorators are not counted; a nested function's lines count in its parent's too.
+    """
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            if length > limit:
+                found.append(f"{filename}:{node.lineno} {node.name} {length}")
+    return found
+
+
+def _private_part(module: str) -> str | None:
+    """The package that owns the first private module in ``module``'s path (``a.b._c.d`` -> ``a.b``), if any."""
+    parts = module.split(".")
+    for i, part in enumerate(parts[1:], start=1):
+        if part.startswith("_") and not part.startswith("__"):
+            return ".".join(parts[:i])
+    return None
+
+
+def private_imports(source: str, module: str, is_package: bool, modules: set[str]) -> list[str]:
+    """``module``'s imports of another package's private module: ``line: importer -> imported``.
+
+    A private module (``_name``) may be imported from inside the package that holds it (its
+    sub-packages included). ``from P import _name`` counts when ``P._name`` is in ``modules``.
+    """
+    here = module if is_package else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = here.split(".")[: len(here.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            targets = [base] + [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+        else:
+            continue
+        for target in targets:
+            owner = _private_part(target) if target.startswith("dfscan.") else None
+            if owner is not None and here != owner and not here.startswith(owner + "."):
+                found.append(f"{node.lineno}: {module} -> {target}")
+    return found
+
+
+def test_no_function_is_over_80_lines():
+    files = [*product_modules(), *sorted((REPO / "tests").rglob("*.py"))]
+    found = [hit for path in files if "__pycache__" not in path.parts
+             for hit in long_functions(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))]
+    assert not found, "functions over 80 lines (split them):\n" + "\n".join(found)
+
+
+def test_no_module_imports_another_packages_private_module():
+    modules = product_modules()
+    names = set(modules.values())
+    found = [f"{path.relative_to(REPO)}:{hit}" for path, name in modules.items()
+             for hit in private_imports(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", names)]
+    assert not found, "imports of another package's private module:\n" + "\n".join(found)
+
+
+def test_the_static_checks_can_fail():
+    body = "\n".join(f"    x = {i}" for i in range(79))
+    assert long_functions(f"@decorated\ndef fits():\n{body}\n", "f.py") == []  # 80 lines with its def
+    nested = "\n".join("    " + line for line in body.splitlines())
+    assert long_functions(f"def outer():\n    def inner():\n{nested}\n        y = 1\n    return inner\n", "f.py") == \
+        ["f.py:1 outer 83", "f.py:2 inner 81"]
+    known = {"dfscan.db._types", "dfscan.db.records", "dfscan.serve._keys"}
+    source = ("import dfscan.db._types\nfrom dfscan.db import _types, records\nfrom dfscan.db._types import X\n"
+              "from . import _keys\n")
+    assert private_imports(source, "dfscan.serve.app", False, known) == [
+        "1: dfscan.serve.app -> dfscan.db._types",
+        "2: dfscan.serve.app -> dfscan.db._types",
+        "3: dfscan.serve.app -> dfscan.db._types",
+    ]
+    assert private_imports("from dfscan.db._types import X\nfrom . import _types\n", "dfscan.db.records", False,
+                           known) == []
+    assert private_imports("from dfscan.db._types import X\n", "dfscan.db", True, known) == []

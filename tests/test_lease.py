@@ -17,8 +17,8 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from dfscan import db
-from dfscan.db._types import utcnow
-from dfscan.db.chunks import (
+from dfscan.db import utcnow
+from dfscan.db.leases import (
     claim_chunk,
     clear_requeue_leases,
     lease_records,

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dfscan.workers.scoring.batches import BatchMaker
+from dfscan.workers.scoring import Stages
+from dfscan.workers.scoring.images import ImageStage
 from dfscan.workers.images.decode import PillowDecoder, Preprocess
 from tests._images import jpeg_bytes, png_header_only, write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
@@ -106,17 +107,18 @@ def test_files_are_read_in_rounds_that_fit_the_budget_and_one_over_it_is_an_erro
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_header_only(60_000, 60_000))
     decoder = _Recording(Preprocess())
-    maker = BatchMaker(decoder, read_threads=4, budget_bytes=budget)
+    maker = Stages([ImageStage(decoder, read_threads=4, budget_bytes=budget)])
     try:
         paths = small + big + [str(huge), str(bomb)]
-        batch = maker.prepare(paths)
+        items = maker.prepare(paths).items
     finally:
         maker.close()
-    assert sorted(batch.ok_index + list(batch.errors)) == list(range(len(paths)))
-    assert len(batch.ok_index) == 8 and batch.tensors is not None and batch.tensors.shape[0] == 8
-    assert np.isfinite(batch.tensors).all()
-    huge_err = batch.errors[paths.index(str(huge))]
+    decoded = [it for it in items if it.payload is not None]
+    errors = {i: it.error for i, it in enumerate(items) if it.error is not None}
+    assert len(decoded) + len(errors) == len(paths)
+    assert len(decoded) == 8 and np.isfinite(np.stack([it.payload.tensor for it in decoded])).all()
+    huge_err = errors[paths.index(str(huge))]
     assert huge_err.code == "too-large" and "read budget" in huge_err.message
-    assert batch.errors[paths.index(str(bomb))].code == "too-many-pixels"
+    assert errors[paths.index(str(bomb))].code == "too-many-pixels"
     assert len(decoder.calls) >= 3 and max(decoder.calls) <= budget + 3 * (256 << 10)
-    assert batch.sizes[paths.index(str(huge))] == 4 << 20
+    assert items[paths.index(str(huge))].size == 4 << 20

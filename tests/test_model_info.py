@@ -22,7 +22,7 @@ from dfscan.trt.errors import (
     SidecarMismatch,
 )
 from dfscan.trt.model_info import IMAGENET_MEAN, IMAGENET_STD, inspect_model, reexport_hint, write_model_info
-from tests._models import tiny_legacy_onnx_model, tiny_onnx_model  # noqa: F401
+from tests._models import tiny_legacy_onnx_model, tiny_onnx_model, tiny_video_model  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -229,3 +229,116 @@ def test_two_models_share_a_folder_each_with_its_own_sidecar(tmp_path, tiny_onnx
     assert side.name == "model_int8.model_info.json"
     assert inspect_model(other).threshold == 0.3 and inspect_model(other).extra["precision"] == "int8"
     assert inspect_model(tmp_path / "model.onnx").threshold == 0.5
+
+
+# -- the model folder: one loader for every file of an exported model ---------------------------------
+
+
+def test_model_folder_names_every_file_of_an_export(tiny_video_model: Path) -> None:
+    from dfscan.trt.cache import default_engine_dir
+    from dfscan.trt.engine import int8_path
+    from dfscan.trt.fp16 import fp16_path
+    from dfscan.trt.model_info import ModelFolder, load_model_folder, sidecar_for_reading, sidecar_for_writing
+
+    directory = tiny_video_model.parent
+    folder = load_model_folder(directory)  # a folder means its model.onnx
+    assert folder == ModelFolder.of(directory / "model.onnx") == ModelFolder.export_to(directory)
+    assert folder.model == directory / "model.onnx" and folder.directory == directory
+    assert folder.sidecar == folder.sidecar_to_write == directory / "model_info.json"
+    assert folder.video_graph == tiny_video_model == directory / "model.video.onnx"
+    assert folder.program == directory / "model.pt2"
+    assert folder.engines == directory / "engines" == default_engine_dir(folder.model)
+    assert folder.fp16_graph == directory / "model_fp16.onnx" == fp16_path(folder.model)
+    assert folder.int8_graph == directory / "model_int8.onnx" == int8_path(folder.model)
+    assert sidecar_for_reading(folder.model) == folder.sidecar and sidecar_for_writing(folder.model) == folder.sidecar
+
+    info = folder.inspect()
+    assert info == inspect_model(directory) and info.folder == folder
+    # The files the sidecar names are resolved in the folder, by the folder.
+    assert info.video_model == folder.beside(folder.read_sidecar()["video_model"]) == folder.video_graph
+    assert folder.read_sidecar()["sha256"] == info.sha256
+
+
+def test_model_folder_finds_the_pt2_the_sidecar_names(tiny_onnx_model: Path) -> None:
+    from dfscan.trt.pytorch import PROGRAM_KEY, program_path
+
+    info = inspect_model(tiny_onnx_model)
+    entry = info.extra[PROGRAM_KEY]
+    assert info.folder.beside(entry["file"]) == info.folder.program == tiny_onnx_model.parent / "model.pt2"
+    assert program_path(info) == info.folder.program
+
+
+def test_model_folder_of_a_second_model_in_the_folder(tmp_path: Path, tiny_onnx_model: Path) -> None:
+    from dfscan.trt.model_info import ModelFolder
+
+    shutil.copy(tiny_onnx_model, tmp_path / "model.onnx")
+    shutil.copy(tiny_onnx_model.parent / "model_info.json", tmp_path / "model_info.json")
+    other = ModelFolder.of(tmp_path / "model_int8.onnx")
+    assert other.sidecar_to_write == tmp_path / "model_int8.model_info.json"
+    assert other.sidecar == tmp_path / "model_info.json"  # until it has its own, the folder's is read
+    (tmp_path / "model_int8.model_info.json").write_text("{}")
+    assert other.sidecar == tmp_path / "model_int8.model_info.json"
+    assert other.fp16_graph == tmp_path / "model_int8_fp16.onnx" and other.engines == tmp_path / "engines"
+
+
+def test_model_folder_reads_the_raw_sidecar(tmp_path: Path, tiny_onnx_model: Path) -> None:
+    from dfscan.trt.model_info import ModelFolder
+
+    bare = ModelFolder.of(shutil.copy(tiny_onnx_model, tmp_path / "bare.onnx"))
+    assert bare.read_sidecar() is None
+    path = Path(shutil.copy(tiny_onnx_model, tmp_path / "model.onnx"))
+    (tmp_path / "model_info.json").write_text("[1, 2]")
+    with pytest.raises(SidecarError, match="must hold a JSON object"):
+        ModelFolder.of(path).read_sidecar()
+    with pytest.raises(SidecarError, match="must hold a JSON object"):
+        inspect_model(path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"video_model": "../model.video.onnx"}, "'video_model' must be the file name of an ONNX model beside"),
+        ({"video_model_sha256": "abc"}, "'video_model_sha256' must be a hex SHA-256"),
+        ({"frames": 0}, "'frames' must be a whole number of frames between 1 and 1024"),
+        ({"input": "faces"}, "'input' must be 'whole-image' or 'face-crop'"),
+        ({"mean": [3.0, 0.5, 0.5]}, "'mean' must be three numbers between -1 and 2 (pixels scaled to 0..1)"),
+        ({"temperature": 500}, "'temperature' must be a number between 0.01 and 100"),
+    ],
+)
+def test_sidecar_messages_say_what_a_field_must_be(tmp_path: Path, tiny_onnx_model: Path, changes: dict,
+                                                   words: str) -> None:
+    path = _copy_with_sidecar(tmp_path, tiny_onnx_model, **changes)
+    with pytest.raises(SidecarError) as err:
+        inspect_model(path)
+    assert words in str(err.value) and str(tmp_path / "model_info.json") in str(err.value)
+
+
+def test_only_the_model_folder_spells_the_file_names() -> None:
+    """Every reader finds the graphs, the .pt2, the sidecar and the engines through ModelFolder."""
+    import ast
+
+    names = {"model.onnx", "model.video.onnx", "model.pt2", "model_info.json", "engines"}
+    # The browser extension's own copy of the model (plugin/model/model.onnx) is its layout, not an export's.
+    allowed = {REPO / "trt" / "model_info.py", REPO / "dfscan" / "plugin.py"}
+    found = []
+    for package in ("dfscan", "trt", "detector", "workers", "scanner", "db"):
+        for path in (REPO / package).rglob("*.py"):
+            if path in allowed:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Constant) and node.value in names:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}")
+    assert not found, found
+
+
+def test_no_function_in_trt_is_longer_than_80_lines() -> None:
+    import ast
+
+    long = []
+    for path in sorted((REPO / "trt").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{path.name}: {node.name} has {lines} lines")
+    assert not long, long

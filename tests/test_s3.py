@@ -181,8 +181,9 @@ def test_path_list_with_s3_urls_and_a_vanished_object(s3, tmp_path, tiny_onnx_mo
 
 
 def test_object_deleted_between_listing_and_reading_is_one_error_row(s3):
-    from dfscan.workers.scoring.batches import BatchMaker
     from dfscan.workers.images.decode import Preprocess
+    from dfscan.workers.scoring import Stages
+    from dfscan.workers.scoring.images import ImageStage
     from dfscan.workers.images.decoders import create_decoder
 
     bucket = fresh_bucket(s3)
@@ -192,15 +193,15 @@ def test_object_deleted_between_listing_and_reading_is_one_error_row(s3):
                                                                       s3_endpoint_url=s3.endpoint)).paths())
     s3.client().delete_object(Bucket=bucket, Key="p/1.jpg")
     pre = Preprocess(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    maker = BatchMaker(create_decoder("pillow", pre, threads=1, batch_size=4), read_threads=2,
-                       store=objects.object_store(s3.endpoint))
+    maker = Stages([ImageStage(create_decoder("pillow", pre, threads=1, batch_size=4), read_threads=2,
+                               store=objects.object_store(s3.endpoint))])
     try:
-        prepared = maker.prepare(listed)
+        items = maker.prepare(listed).items
     finally:
         maker.close()
-    assert prepared.ok_index == [0, 2]
-    assert prepared.errors[1].code == "missing"
-    assert prepared.sizes[0] > 0 and prepared.sizes[1] is None
+    assert [i for i, it in enumerate(items) if it.payload is not None] == [0, 2]
+    assert items[1].error.code == "missing"
+    assert items[0].size > 0 and items[1].size is None
 
 
 def test_access_denied_is_an_error_row_not_a_crash(s3_server, monkeypatch, tmp_path, tiny_onnx_model,  # noqa: F811

@@ -435,7 +435,7 @@ def test_fp16_engine_matches_onnxruntime(tmp_path, trained):
     """
     from dfscan.trt.onnxruntime import OnnxRuntime
     from dfscan.trt.tensorrt import TensorRTRuntime
-    from dfscan.workers.scoring.batches import Verdict
+    from dfscan.workers.scoring import Verdict
 
     source, images = trained
     shutil.copytree(source.parent, tmp_path / "trained")
@@ -454,8 +454,8 @@ def test_fp16_engine_matches_onnxruntime(tmp_path, trained):
         ort.close()
         trt_rt.close()
     verdict = Verdict()
-    p_ref = np.array([r[1] for r in verdict.rows(ref)])
-    p_ours = np.array([r[1] for r in verdict.rows(ours)])
+    p_ref = np.array([d.p_fake for d in verdict.decide(ref)])
+    p_ours = np.array([d.p_fake for d in verdict.decide(ours)])
     print(f"\nTensorRT fp16 vs ONNX Runtime: max |delta p_fake| {np.abs(p_ref - p_ours).max():.4f}")
     assert np.abs(p_ref - p_ours).max() <= 0.01
     np.testing.assert_allclose(one_call, ours, rtol=0, atol=1e-3)

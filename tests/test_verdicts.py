@@ -17,7 +17,8 @@ from sqlalchemy.exc import IntegrityError
 
 from dfscan import db
 from dfscan.cli import main
-from dfscan.workers.scoring.batches import PreparedBatch, Verdict, score
+from dfscan.workers.scoring import Batch, Item, TensorPayload, Verdict
+from dfscan.workers.scoring.infer import InferStage
 from dfscan.workers.reading.errors import ImageError
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
@@ -67,10 +68,10 @@ def test_verdict_refuses_numbers_that_break_probabilities(kwargs: dict) -> None:
 def test_non_finite_probability_is_an_error_not_a_verdict() -> None:
     # Finite float64 logits that overflow once divided by a (valid) low temperature: inf - inf = NaN.
     logits = np.array([[1e307, -1e307], [0.0, 0.01], [-1e307, 1e307]])
-    rows = Verdict(temperature=0.01).rows(logits)
+    rows = Verdict(temperature=0.01).decide(logits)
     assert isinstance(rows[0], ImageError) and rows[0].code == "bad-probability"
     assert isinstance(rows[2], ImageError)
-    label, p, conf = rows[1]
+    label, p, conf = rows[1].label, rows[1].p_fake, rows[1].confidence
     assert label == "fake" and 0.5 < p < 1 and conf == p
 
 
@@ -92,9 +93,11 @@ class _Float64Runtime:
 
 def test_score_makes_an_error_row_of_a_non_finite_probability() -> None:
     paths = ["/a.jpg", "/b.jpg", "/c.jpg"]
-    prepared = PreparedBatch(paths, [1, 2, 3], [0.0, 0.0, 0.0], np.zeros((3, 3, 4, 4), np.float32), [0, 1, 2])
+    batch = Batch([Item(p, size, 0.0, payload=TensorPayload(np.zeros((3, 4, 4), np.float32)))
+                   for p, size in zip(paths, [1, 2, 3])])
     runtime = _Float64Runtime(np.array([[1e307, -1e307], [2.0, 0.0], [0.0, 2.0]]))
-    rows = score(prepared, runtime, Verdict(temperature=0.01))
+    InferStage({"image": runtime}, Verdict(temperature=0.01)).run(batch)
+    rows = batch.result
     assert [(r.path, r.status, r.error_code) for r in rows] == [
         ("/a.jpg", "error", "bad-probability"), ("/b.jpg", "ok", None), ("/c.jpg", "ok", None),
     ]  # fmt: skip

@@ -371,9 +371,10 @@ def test_batches_are_bounded_by_frames_not_videos(tmp_path, tiny_video_model):  
     from dfscan.core.settings import Settings
     from dfscan.trt import load_runtime
     from dfscan.trt.model_info import inspect_model
-    from dfscan.workers.scoring.batches import BatchMaker, Verdict, score, split
     from dfscan.workers.images.decode import PillowDecoder, Preprocess
+    from dfscan.workers.scoring import Resources, Verdict, split
     from dfscan.workers.scoring.video_stage import video_stage
+    from tests._stages import stages as make_stages
 
     class Recording:
         """The real sequence runtime, noting the shape of every batch it runs."""
@@ -395,17 +396,19 @@ def test_batches_are_bounded_by_frames_not_videos(tmp_path, tiny_video_model):  
     Image.fromarray(index_frame(1)).save(tmp_path / "x.png")
     settings = Settings(model=tiny_video_model.parent, batch_size=16, frames=6)
     info = inspect_model(tiny_video_model.parent)
-    stage = video_stage(Preprocess(), settings, info, faces=None)
-    stage.sequence_runtime = recording = Recording(stage.sequence_runtime)
-    maker = BatchMaker(PillowDecoder(Preprocess()), read_threads=2, video=stage)
     image_runtime = load_runtime("onnxruntime", info)
+    res = Resources(settings, info, Preprocess(), Verdict(), {"image": image_runtime})
+    stage = video_stage(res)
+    recording = Recording(res.runtimes["sequence"])
+    maker = make_stages(PillowDecoder(Preprocess()), image_runtime, video=stage, sequence_runtime=recording,
+                        batch_size=16, read_threads=2)
     try:
         batches = list(split(paths, 16, maker.cost))
         # 6 frames a video, 16 frames a batch: two videos per batch; the image rides with the last.
         assert [len(b) for b in batches] == [2, 2, 2, 2]
         rows = []
         for batch in batches:
-            rows.extend(score(maker.prepare(batch), image_runtime, Verdict()))
+            rows.extend(maker.run(batch).result)
     finally:
         maker.close()
         image_runtime.close()
@@ -576,9 +579,10 @@ def test_videos_are_opened_by_the_decoder_never_read_into_memory(tmp_path, tiny_
     from dfscan.core.settings import Settings
     from dfscan.trt import load_runtime
     from dfscan.trt.model_info import inspect_model
-    from dfscan.workers.scoring.batches import BatchMaker, Verdict, score
     from dfscan.workers.images.decode import PillowDecoder, Preprocess
+    from dfscan.workers.scoring import Resources, Verdict
     from dfscan.workers.scoring.video_stage import video_stage
+    from tests._stages import stages as make_stages
 
     rng = np.random.default_rng(0)
     video = write_video(tmp_path / "big.mkv", 20, codec="h264-mkv", size=(128, 96),
@@ -588,14 +592,15 @@ def test_videos_are_opened_by_the_decoder_never_read_into_memory(tmp_path, tiny_
     limit = 4096
     assert video.stat().st_size > 10 * limit and image.stat().st_size > limit
     info = inspect_model(tiny_video_model.parent)
-    stage = video_stage(Preprocess(), Settings(model=tiny_video_model.parent, frames=4), info, faces=None)
-    maker = BatchMaker(PillowDecoder(Preprocess()), read_threads=2, max_file_bytes=limit, budget_bytes=limit,
-                       video=stage)
     runtime = load_runtime("onnxruntime", info)
+    res = Resources(Settings(model=tiny_video_model.parent, frames=4), info, Preprocess(), Verdict(), {"image": runtime})
+    stage = video_stage(res)
+    maker = make_stages(PillowDecoder(Preprocess()), runtime, video=stage, sequence_runtime=res.runtimes["sequence"],
+                        read_threads=2, max_file_bytes=limit, budget_bytes=limit)
     try:
-        rows = score(maker.prepare([str(video), str(image)]), runtime, Verdict())
+        rows = maker.run([str(video), str(image)]).result
     finally:
         maker.close()
-        runtime.close()
+        res.close()
     assert [(r.kind, r.status, r.error_code) for r in rows] == [("video", "ok", None), ("image", "error", "too-large")]
     assert rows[0].size == video.stat().st_size and rows[0].frames == 4

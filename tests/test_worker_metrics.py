@@ -23,7 +23,7 @@ from tests._images import write_bad_files, write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 from dfscan.workers.scoring.context import ScanContext
 from dfscan.workers.reading.errors import REASONS
-from dfscan.workers.fleet.metrics import WorkerMetrics, instrument, redis_queue_depth, start_metrics_server
+from dfscan.workers.fleet.metrics import WorkerMetrics, batch_hook, redis_queue_depth, start_metrics_server
 from dfscan.workers.scoring.loop import score_chunk
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -82,7 +82,7 @@ def test_endpoint_counts_what_the_pipeline_wrote(tiny_onnx_model, sqlite_url, ch
     server = start_metrics_server(0, "127.0.0.1", metrics=metrics)
     ctx = ScanContext.open(Settings(db_url=sqlite_url, model=tiny_onnx_model, batch_size=4))
     try:
-        hook = instrument(ctx, metrics)
+        hook = batch_hook(metrics)
         chunk, model_id = _open_chunk(ctx, chunk_of_files)
         before = scrape(server.url)
         result = score_chunk(ctx, chunk, model_id, on_batch=hook)
@@ -122,7 +122,7 @@ def test_a_batch_with_nothing_decodable_has_no_inference_time(tmp_path, tiny_onn
     metrics = WorkerMetrics()
     ctx = ScanContext.open(Settings(db_url=sqlite_url, model=tiny_onnx_model, batch_size=8))
     try:
-        hook = instrument(ctx, metrics)
+        hook = batch_hook(metrics)
         chunk, model_id = _open_chunk(ctx, bad)
         score_chunk(ctx, chunk, model_id, on_batch=hook)
     finally:
@@ -187,7 +187,7 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
 from dfscan import db
 from dfscan.core.settings import Settings
 from dfscan.scanner import Chunk
-from dfscan.workers.fleet.metrics import WorkerMetrics, instrument, mark_process_dead, start_metrics_server
+from dfscan.workers.fleet.metrics import WorkerMetrics, batch_hook, mark_process_dead, start_metrics_server
 
 model, url, paths = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 
@@ -196,7 +196,7 @@ def child(seq):
     from dfscan.workers.scoring.loop import score_chunk
     ctx = ScanContext.open(Settings(db_url=url, model=model, batch_size=4), migrate=False)
     try:
-        hook = instrument(ctx, WorkerMetrics())
+        hook = batch_hook(WorkerMetrics())
         model_id = ctx.register_model()
         with ctx.sessions.begin() as s:
             chunk_id = db.add_chunk(s, scan_id=1, seq=seq, paths=paths[seq])

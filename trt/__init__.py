@@ -13,6 +13,7 @@ from dfscan.trt.errors import (
     UnknownPrecision,
     UnknownRuntime,
 )
+from dfscan.trt.model_info import ModelFolder, ModelInfo, inspect_model, load_model_folder
 from dfscan.trt.registry import RUNTIMES, RuntimeSpec, get_runtime_spec, load_runtime, resolve_runtime
 
 __all__ = [
@@ -24,12 +25,16 @@ __all__ = [
     "PrecisionUnsupported",
     "UnknownPrecision",
     "InferenceFailed",
+    "ModelFolder",
+    "ModelInfo",
     "ModelRejected",
     "Runtime",
     "RuntimeSpec",
     "RuntimeUnavailable",
     "UnknownRuntime",
     "get_runtime_spec",
+    "inspect_model",
+    "load_model_folder",
     "load_runtime",
     "resolve_runtime",
     "run_batched",

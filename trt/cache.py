@@ -27,8 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dfscan.trt.errors import EngineIncompatible
+from dfscan.trt.model_info import ENGINE_DIR_NAME, ModelFolder
 
-ENGINE_DIR_NAME = "engines"
+__all__ = ["ENGINE_DIR_NAME", "EngineCache", "EngineKey", "EnginePaths", "default_engine_dir"]
+
 RECORD_FORMAT = 1
 
 
@@ -70,8 +72,8 @@ class EnginePaths:
 
 
 def default_engine_dir(model_path: Path) -> Path:
-    """``engines/`` beside the model file."""
-    return Path(model_path).parent / ENGINE_DIR_NAME
+    """``engines/`` beside the model file (:attr:`ModelFolder.engines`)."""
+    return ModelFolder(Path(model_path)).engines
 
 
 class EngineCache:

@@ -23,10 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfscan.core.errors import first_line
 from dfscan.core.gpu import GpuInfo, first_gpu, probe_gpus
-from dfscan.trt.cache import EngineCache, EngineKey, EnginePaths, default_engine_dir
+from dfscan.trt.cache import EngineCache, EngineKey, EnginePaths
 from dfscan.trt.errors import EngineBuildFailed, Int8CalibrationError, RuntimeUnavailable
-from dfscan.trt.model_info import ModelInfo, inspect_model
+from dfscan.trt.model_info import IMAGE_GRAPH_NAME, ModelFolder, ModelInfo, inspect_model
 from dfscan.trt.precisions import PRECISIONS, Precision, check_supported, get_precision
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ DEFAULT_MAX_BATCH = 64
 MAX_BATCH_LIMIT = 4096
 DEFAULT_WORKSPACE = 4 << 30
 INSTALL_HINT = "pip install 'tensorrt>=10' (or pip install -e '.[tensorrt]')"
-INT8_SUFFIX = "_int8"
 
 
 def import_tensorrt():
@@ -57,8 +57,7 @@ def tensorrt_status() -> tuple[bool, str]:
     try:
         import tensorrt
     except Exception as exc:  # noqa: BLE001 - the PyPI stub and broken installs raise anything
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        return False, f"the tensorrt package does not import ({first}); reinstall it: {INSTALL_HINT}"
+        return False, f"the tensorrt package does not import ({first_line(exc)}); reinstall it: {INSTALL_HINT}"
     version = getattr(tensorrt, "__version__", "0")
     if _major(version) < 10:
         return False, f"TensorRT {version} is too old, dfscan needs 10.x or newer; {INSTALL_HINT}"
@@ -197,8 +196,7 @@ def engine_key(info: ModelInfo, gpu: GpuInfo, tensorrt_version: str, precision: 
 
 def int8_path(model: Path) -> Path:
     """``NAME_int8.onnx`` beside ``NAME.onnx``: where TensorRT looks for the model's Q/DQ file."""
-    model = Path(model)
-    return model.with_name(f"{model.stem}{INT8_SUFFIX}.onnx")
+    return ModelFolder(Path(model)).int8_graph
 
 
 def quantize_command(info: ModelInfo) -> str:
@@ -213,7 +211,7 @@ def graph_for(info: ModelInfo, precision: str, *, convert: bool = True, spare_di
     ``spare_dir`` where the model's folder is read-only) or its Q/DQ INT8 file. Raises
     :class:`EngineBuildFailed` / :class:`Int8CalibrationError` naming the command that makes the file.
     """
-    from dfscan.trt.fp16 import convert_fp16, fp16_path, is_current
+    from dfscan.trt.fp16 import convert_fp16, is_current
 
     wanted = get_precision(precision)
     own = str(info.extra.get("precision", "fp32"))
@@ -224,9 +222,9 @@ def graph_for(info: ModelInfo, precision: str, *, convert: bool = True, spare_di
     if own != "fp32":
         raise EngineBuildFailed(
             f"{info.path} is a {own} model; a {wanted.name} engine is built from the FP32 model it came from "
-            f"(give that one, e.g. {info.extra.get('source_path') or 'model.onnx'})"
+            f"(give that one, e.g. {info.extra.get('source_path') or IMAGE_GRAPH_NAME})"
         )
-    home = fp16_path(info.path) if wanted.name == "fp16" else int8_path(info.path)
+    home = info.folder.fp16_graph if wanted.name == "fp16" else info.folder.int8_graph
     # Beside the model, or (for an FP16 graph made where the model's folder is read-only) in the engine cache.
     candidates = [home] + ([Path(spare_dir) / home.name] if spare_dir is not None else [])
     why = f"{home} does not exist"
@@ -270,7 +268,7 @@ def plan_build(info: ModelInfo, options: BuildOptions, gpu: GpuInfo, tensorrt_ve
     precision = get_precision(options.precision)
     check_supported(precision, gpu.capability, gpu.name)
     profile = profile_for(info, options.max_batch)
-    cache = EngineCache(options.engine_dir or default_engine_dir(info.path))
+    cache = EngineCache(options.engine_dir or info.folder.engines)
     key = engine_key(info, gpu, tensorrt_version, precision.name)
     return key, cache, profile, precision
 

@@ -1,11 +1,13 @@
 """Errors raised by inference runtimes."""
 
+from dfscan.core.errors import UnknownName
+
 
 class RuntimeErrorBase(Exception):
     """Base class for runtime errors."""
 
 
-class UnknownRuntime(RuntimeErrorBase):
+class UnknownRuntime(RuntimeErrorBase, UnknownName):
     """No runtime of that name is registered."""
 
 
@@ -21,7 +23,7 @@ class InferenceFailed(RuntimeErrorBase):
     """A batch failed inside the runtime."""
 
 
-class UnknownPrecision(RuntimeErrorBase):
+class UnknownPrecision(RuntimeErrorBase, UnknownName):
     """No precision of that name; the message lists the known ones."""
 
 

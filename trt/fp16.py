@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from dfscan.core.errors import first_line
 from dfscan.trt.errors import Fp16ConversionError
-from dfscan.trt.model_info import ModelInfo, inspect_model, sidecar_for_writing, write_model_info
+from dfscan.trt.model_info import FP16_SUFFIX, ModelFolder, ModelInfo, inspect_model, write_model_info
 
 # Op types kept in FP32: normalisation, softmax, reductions and the recurrent part.
 FP32_OPS: tuple[str, ...] = (
@@ -35,7 +36,7 @@ FP32_OPS: tuple[str, ...] = (
     "Pow", "Sqrt", "Div",
 )  # fmt: skip
 PARITY_BATCH = 4
-SUFFIX = "_fp16"
+SUFFIX = FP16_SUFFIX
 
 __all__ = ["FP32_OPS", "Fp16ConversionError", "convert_fp16", "fp16_path", "is_current", "max_logit_diff",
            "recurrent_and_after"]  # fmt: skip
@@ -43,8 +44,7 @@ __all__ = ["FP32_OPS", "Fp16ConversionError", "convert_fp16", "fp16_path", "is_c
 
 def fp16_path(source: Path) -> Path:
     """``NAME_fp16.onnx`` beside ``NAME.onnx``: where TensorRT looks for the FP16 graph of a model."""
-    source = Path(source)
-    return source.with_name(f"{source.stem}{SUFFIX}.onnx")
+    return ModelFolder(Path(source)).fp16_graph
 
 
 def recurrent_and_after(graph) -> list[str]:
@@ -84,10 +84,10 @@ def convert_fp16(info: ModelInfo, out: Path | None = None, *, check: bool = True
         _sort_topologically(half.graph)  # the converter appends its input casts at the end
         onnx.checker.check_model(half)
     except Exception as exc:  # the converter and checker raise many kinds
-        raise Fp16ConversionError(f"converting {info.path} to FP16 failed: {_first_line(exc)}") from None
+        raise Fp16ConversionError(f"converting {info.path} to FP16 failed: {first_line(exc, 300)}") from None
     tmp = out.with_name(out.name + ".tmp")
     onnx.save(half, os.fspath(tmp))
-    sidecar_for_writing(out).unlink(missing_ok=True)  # it describes the file being replaced
+    ModelFolder(out).sidecar_to_write.unlink(missing_ok=True)  # it describes the file being replaced
     tmp.replace(out)
     counts = _node_types(half)
     fp16: dict[str, Any] = {
@@ -174,8 +174,3 @@ def _node_types(model) -> dict[str, int]:
     for node in model.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

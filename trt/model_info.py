@@ -1,5 +1,8 @@
-"""What a runtime needs to know about an ONNX model, read without running it.
+"""An exported model folder, and what a runtime needs to know about its ONNX model, read without running it.
 
+:class:`ModelFolder` is the one place that knows the folder's files (the image
+and video graphs, the ``.pt2``, the sidecar, the graphs and engines TensorRT
+builds from it); everything that finds or opens one of them asks it.
 ``inspect_model`` accepts any ONNX file: the detector's own export (with its
 ``model_info.json`` sidecar) or the original project's bare file. It checks the
 graph's interface and fills what the graph can't say (classes, normalisation,
@@ -11,14 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dfscan.core.constants import MAX_FRAMES
+from dfscan.trt._sidecar import (
+    MEAN_RANGE,
+    MODEL_INPUTS,
+    STD_RANGE,
+    TEMPERATURE_RANGE,
+    check_fields,
+    check_sha256,
+)
 from dfscan.trt.errors import (
     ModelInputError,
     ModelNotFound,
@@ -28,6 +38,13 @@ from dfscan.trt.errors import (
     SidecarMismatch,
 )
 
+__all__ = [
+    "CLASSES", "DEFAULT_TEMPERATURE", "DEFAULT_THRESHOLD", "IMAGENET_MEAN", "IMAGENET_STD", "INPUT_SIZE",
+    "MAX_FRAMES", "MEAN_RANGE", "MODEL_INPUTS", "STD_RANGE", "TEMPERATURE_RANGE", "ModelFolder", "ModelInfo",
+    "inspect_model", "inspect_video_model", "load_model_folder", "reexport_hint", "sha256_file",
+    "sidecar_for_reading", "sidecar_for_writing", "write_model_info",
+]
+
 # The model's contract, shared by training, export and every runtime.
 CLASSES: tuple[str, ...] = ("real", "fake")
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -35,27 +52,131 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 INPUT_SIZE: tuple[int, int] = (224, 224)
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_TEMPERATURE = 1.0
-# What a sidecar's numbers may be.  Temperature scaling divides logits: calibration
-# gives values near 1; below 0.01 a logit of 10 is already e^1000 (overflow), and
-# above 100 every probability is 0.5.  Mean and std apply to pixels scaled to 0..1.
-TEMPERATURE_RANGE = (0.01, 100.0)
-MEAN_RANGE = (-1.0, 2.0)
-STD_RANGE = (1e-3, 10.0)
 
+# The files of an exported model folder (:class:`ModelFolder`).
+IMAGE_GRAPH_NAME = "model.onnx"
+VIDEO_MODEL_NAME = "model.video.onnx"
+PROGRAM_NAME = "model.pt2"
 SIDECAR_NAME = "model_info.json"
+ENGINE_DIR_NAME = "engines"
+FP16_SUFFIX = "_fp16"
+INT8_SUFFIX = "_int8"
+# The sidecar's entry for the .pt2 (a dict with its "file", "sha256" and "onnx_sha256").
+PROGRAM_KEY = "torch_program"
+
 SIDECAR_FORMAT = 1
 _HASH_BLOCK = 1 << 20
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 # Sidecar keys read into ModelInfo fields; any other key lands in ``extra``.
 _KNOWN_KEYS = frozenset(
     {"architecture", "classes", "input_size", "mean", "std", "threshold", "temperature", "sha256", "created_at",
      "opset", "format", "input", "video_model", "frames"}
 )
-# Most frames a sidecar may say a video model was trained with.
-MAX_FRAMES = 1024
-# What the model was trained on: whole images resized to its input, or face crops
-# (``dfscan scan --faces auto`` follows this). A sidecar without it is a whole-image model.
-MODEL_INPUTS = ("whole-image", "face-crop")
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """Every file of one exported model, found by its role: the one place that knows their names.
+
+    Like a model in Triton's model repository, an exported model is a folder::
+
+        model.onnx         the image graph, (N, 3, H, W) -> (N, 2) logits; any other NAME.onnx may be the model
+        model_info.json    its sidecar (NAME.model_info.json for another NAME.onnx, so models can share a folder)
+        model.video.onnx   the video graph, (N, T, 3, H, W), named by the sidecar's "video_model"
+        model.pt2          the torch.export program, named by the sidecar's "torch_program"
+        NAME_fp16.onnx     the FP16 graph and NAME_int8.onnx the Q/DQ graph that TensorRT engines are built from
+        engines/           built TensorRT engines and timing caches (dfscan.trt.cache)
+
+    Only paths: nothing is opened until :func:`inspect_model` (or :meth:`inspect`) reads the model.
+    """
+
+    model: Path  # the image graph
+
+    @classmethod
+    def of(cls, path: Path | str) -> ModelFolder:
+        """The folder of ``path``: an ONNX file, or a folder holding ``model.onnx``."""
+        path = Path(path)
+        if path.is_dir() and (path / IMAGE_GRAPH_NAME).is_file():
+            path = path / IMAGE_GRAPH_NAME
+        return cls(path)
+
+    @classmethod
+    def export_to(cls, directory: Path | str) -> ModelFolder:
+        """The folder ``dfscan export`` writes: ``directory/model.onnx`` and the files beside it."""
+        return cls(Path(directory) / IMAGE_GRAPH_NAME)
+
+    @property
+    def directory(self) -> Path:
+        return self.model.parent
+
+    def beside(self, name: str) -> Path:
+        """A file the sidecar names (the video graph, the .pt2): always in the model's folder."""
+        return self.directory / name
+
+    @property
+    def sidecar(self) -> Path:
+        """The sidecar to read: the model's own ``NAME.model_info.json`` if there is one, else the folder's."""
+        own = self.model.with_name(f"{self.model.stem}.{SIDECAR_NAME}")
+        return own if own.is_file() else self.directory / SIDECAR_NAME
+
+    @property
+    def sidecar_to_write(self) -> Path:
+        """``model_info.json`` for ``model.onnx``; ``NAME.model_info.json`` for any other ``NAME.onnx``.
+
+        Several models can then share a folder (an FP32 export and its INT8
+        quantisation) without one's sidecar claiming the other.
+        """
+        if self.model.name == IMAGE_GRAPH_NAME:
+            return self.directory / SIDECAR_NAME
+        return self.model.with_name(f"{self.model.stem}.{SIDECAR_NAME}")
+
+    @property
+    def video_graph(self) -> Path:
+        """Where ``dfscan export`` writes the video graph (a reader takes the name the sidecar gives)."""
+        return self.beside(VIDEO_MODEL_NAME)
+
+    @property
+    def program(self) -> Path:
+        """Where ``dfscan export`` writes the torch.export program (a reader takes the sidecar's name)."""
+        return self.beside(PROGRAM_NAME)
+
+    @property
+    def fp16_graph(self) -> Path:
+        """``NAME_fp16.onnx`` beside ``NAME.onnx``: where TensorRT looks for the FP16 graph of a model."""
+        return self.model.with_name(f"{self.model.stem}{FP16_SUFFIX}.onnx")
+
+    @property
+    def int8_graph(self) -> Path:
+        """``NAME_int8.onnx`` beside ``NAME.onnx``: where TensorRT looks for the model's Q/DQ file."""
+        return self.model.with_name(f"{self.model.stem}{INT8_SUFFIX}.onnx")
+
+    @property
+    def engines(self) -> Path:
+        """``engines/`` beside the model: the default TensorRT engine cache."""
+        return self.directory / ENGINE_DIR_NAME
+
+    def read_sidecar(self) -> dict[str, Any] | None:
+        """The sidecar's raw record (None when there is none); :class:`SidecarError` when it is no JSON object.
+
+        Unchecked: :func:`inspect_model` checks each field (and that the sidecar is this model's).
+        """
+        side = self.sidecar
+        if not side.is_file():
+            return None
+        try:
+            raw = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SidecarError(f"{side} is not readable JSON ({exc}); fix or delete it") from None
+        if not isinstance(raw, dict):
+            raise SidecarError(f"{side} must hold a JSON object; fix or delete it")
+        return raw
+
+    def inspect(self) -> ModelInfo:
+        return inspect_model(self.model)
+
+
+def load_model_folder(path: Path | str) -> ModelFolder:
+    """The exported model at ``path`` (an ONNX file or its folder): every file of it by role, nothing read yet."""
+    return ModelFolder.of(path)
 
 
 @dataclass(frozen=True)
@@ -85,6 +206,11 @@ class ModelInfo:
     frames: int | None = None
     # 4: (N, 3, H, W) images; 5: (N, T, 3, H, W) sequences (the video model's own description).
     rank: int = 4
+
+    @property
+    def folder(self) -> ModelFolder:
+        """The exported model folder this graph lies in: its sidecar, its other graphs, its engines."""
+        return ModelFolder(self.path)
 
 
 def sha256_file(path: Path) -> str:
@@ -137,7 +263,7 @@ def write_model_info(
     }
     extra.setdefault("onnx_version", onnx.__version__)
     record.update(extra)
-    out = sidecar_for_writing(onnx_path)
+    out = ModelFolder(onnx_path).sidecar_to_write
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     tmp.replace(out)
@@ -146,9 +272,8 @@ def write_model_info(
 
 def inspect_model(path: Path) -> ModelInfo:
     """Validate the ONNX file at ``path`` (or ``path/model.onnx``) and describe it, without running it."""
-    path = Path(path)
-    if path.is_dir() and (path / "model.onnx").is_file():
-        path = path / "model.onnx"
+    folder = load_model_folder(path)
+    path = folder.model
     if not path.is_file():
         raise ModelNotFound(f"model {path} does not exist; export one with `dfscan export CHECKPOINT --out DIR`")
     model = _load_graph(path)
@@ -166,14 +291,14 @@ def inspect_model(path: Path) -> ModelInfo:
     out = graph.output[0]
 
     sha = sha256_file(path)
-    sidecar = _read_sidecar(path, sha)
+    sidecar = _read_sidecar(folder, sha)
     classes = sidecar.get("classes", CLASSES)
     _check_output(path, model, out, len(classes))
 
     size = sidecar.get("input_size")
     if graph_hw is not None and size is not None and size != graph_hw:
         raise SidecarError(
-            f"{sidecar_for_reading(path)}: input_size {list(size)} contradicts the graph's {list(graph_hw)}; "
+            f"{folder.sidecar}: input_size {list(size)} contradicts the graph's {list(graph_hw)}; "
             f"delete the sidecar or re-export"
         )
     return ModelInfo(
@@ -210,7 +335,7 @@ def inspect_video_model(info: ModelInfo) -> ModelInfo:
         raise ModelNotFound(f"{info.path}: its sidecar names no video model")
     path = info.video_model
     if not path.is_file():
-        raise ModelNotFound(f"{sidecar_for_reading(info.path)} names the video model {path.name}, which is not "
+        raise ModelNotFound(f"{info.folder.sidecar} names the video model {path.name}, which is not "
                             f"beside {info.path.name}. {_hint(info.path)}")
     model = _load_graph(path)
     graph = model.graph
@@ -238,10 +363,8 @@ def inspect_video_model(info: ModelInfo) -> ModelInfo:
     sha = sha256_file(path)
     expected = info.extra.get("video_model_sha256")
     if isinstance(expected, str) and expected != sha:
-        raise SidecarMismatch(f"{sidecar_for_reading(info.path)}: video_model_sha256 {expected[:12]}... is not "
+        raise SidecarMismatch(f"{info.folder.sidecar}: video_model_sha256 {expected[:12]}... is not "
                               f"{path.name}'s {sha[:12]}...; re-export so they match")
-    from dataclasses import replace
-
     fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
     return replace(info, path=path, sha256=sha, input_name=inp.name, output_name=out.name, fixed_batch=fixed,
                    opset=_default_opset(model), video_model=None, rank=5)
@@ -320,114 +443,36 @@ def _check_output(path: Path, model, out, num_classes: int) -> None:
 
 
 def sidecar_for_writing(onnx_path: Path) -> Path:
-    """``model_info.json`` for ``model.onnx``; ``NAME.model_info.json`` for any other ``NAME.onnx``.
-
-    Several models can then share a folder (an FP32 export and its INT8
-    quantisation) without one's sidecar claiming the other.
-    """
-    onnx_path = Path(onnx_path)
-    if onnx_path.name == "model.onnx":
-        return onnx_path.parent / SIDECAR_NAME
-    return onnx_path.with_name(f"{onnx_path.stem}.{SIDECAR_NAME}")
+    """The sidecar written for ``onnx_path`` (:attr:`ModelFolder.sidecar_to_write`)."""
+    return ModelFolder(Path(onnx_path)).sidecar_to_write
 
 
 def sidecar_for_reading(onnx_path: Path) -> Path:
-    """The model's own ``NAME.model_info.json`` if there is one, else the folder's ``model_info.json``."""
-    onnx_path = Path(onnx_path)
-    own = onnx_path.with_name(f"{onnx_path.stem}.{SIDECAR_NAME}")
-    return own if own.is_file() else onnx_path.parent / SIDECAR_NAME
+    """The sidecar read for ``onnx_path`` (:attr:`ModelFolder.sidecar`)."""
+    return ModelFolder(Path(onnx_path)).sidecar
 
 
 def _default_opset(model) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _read_sidecar(path: Path, sha: str) -> dict[str, Any]:
+def _read_sidecar(folder: ModelFolder, sha: str) -> dict[str, Any]:
     """The validated sidecar fields (empty when there is none), plus the raw record under ``_raw``."""
-    side = sidecar_for_reading(path)
-    if not side.is_file():
+    raw = folder.read_sidecar()
+    if raw is None:
         return {}
-    where = f"{side}"
-    try:
-        raw = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SidecarError(f"{where} is not readable JSON ({exc}); fix or delete it") from None
-    if not isinstance(raw, dict):
-        raise SidecarError(f"{where} must hold a JSON object; fix or delete it")
+    side = folder.sidecar
 
     def bad(key: str, want: str) -> SidecarError:
-        return SidecarError(f"{where}: {key!r} must be {want}, got {raw[key]!r}; fix or delete the sidecar")
+        return SidecarError(f"{side}: {key!r} must be {want}, got {raw[key]!r}; fix or delete the sidecar")
 
-    fields: dict[str, Any] = {"_raw": raw}
-    if "sha256" in raw:
-        if not isinstance(raw["sha256"], str) or not _SHA256.fullmatch(raw["sha256"]):
-            raise bad("sha256", "a hex SHA-256")
-        if raw["sha256"] != sha:
-            raise SidecarMismatch(
-                f"{where} belongs to another model (its sha256 {raw['sha256'][:12]}... is not {path.name}'s "
-                f"{sha[:12]}...); re-export so model and sidecar match, or delete the sidecar"
-            )
-    for key in ("architecture", "created_at"):
-        if key in raw:
-            if not isinstance(raw[key], str):
-                raise bad(key, "a string")
-            fields[key] = raw[key]
-    if "classes" in raw:
-        val = raw["classes"]
-        if not isinstance(val, list) or len(val) < 2 or not all(isinstance(c, str) and c for c in val):
-            raise bad("classes", "a list of at least two class names")
-        fields["classes"] = tuple(val)
-    if "input_size" in raw:
-        val = raw["input_size"]
-        if not isinstance(val, list) or len(val) != 2 or not all(_is_int(v) and v > 0 for v in val):
-            raise bad("input_size", "[height, width] in pixels")
-        fields["input_size"] = (val[0], val[1])
-    # The numbers are checked for what they do, not only their type: each one divides or
-    # shifts every input or logit, and a NaN, an infinity or a denormal there makes every
-    # probability NaN (which no threshold catches).
-    for key in ("mean", "std"):
-        if key in raw:
-            val = raw[key]
-            if not isinstance(val, list) or len(val) != 3 or not all(_is_num(v) and math.isfinite(v) for v in val):
-                raise bad(key, "a list of three finite numbers")
-            if key == "mean" and not all(MEAN_RANGE[0] <= v <= MEAN_RANGE[1] for v in val):
-                raise bad(key, f"three numbers between {MEAN_RANGE[0]:g} and {MEAN_RANGE[1]:g} (pixels scaled to 0..1)")
-            if key == "std" and not all(STD_RANGE[0] <= v <= STD_RANGE[1] for v in val):
-                raise bad(key, f"three numbers between {STD_RANGE[0]:g} and {STD_RANGE[1]:g} (pixels scaled to 0..1)")
-            fields[key] = tuple(float(v) for v in val)
-    if "threshold" in raw:
-        if not _is_num(raw["threshold"]) or not math.isfinite(raw["threshold"]) or not 0.0 <= raw["threshold"] <= 1.0:
-            raise bad("threshold", "a number between 0 and 1")
-        fields["threshold"] = float(raw["threshold"])
-    if "temperature" in raw:
-        t = raw["temperature"]
-        if not _is_num(t) or not math.isfinite(t) or not TEMPERATURE_RANGE[0] <= t <= TEMPERATURE_RANGE[1]:
-            raise bad("temperature", f"a number between {TEMPERATURE_RANGE[0]:g} and {TEMPERATURE_RANGE[1]:g}")
-        fields["temperature"] = float(t)
-    if "input" in raw:
-        if raw["input"] not in MODEL_INPUTS:
-            raise bad("input", " or ".join(repr(v) for v in MODEL_INPUTS))
-        fields["input"] = raw["input"]
-    if "opset" in raw and not _is_int(raw["opset"]):
-        raise bad("opset", "an integer")
-    if "video_model" in raw:
-        name = raw["video_model"]
-        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
-            raise bad("video_model", "the file name of an ONNX model beside this one")
-        fields["video_model"] = path.parent / name
-    if "video_model_sha256" in raw and (not isinstance(raw["video_model_sha256"], str)
-                                        or not _SHA256.fullmatch(raw["video_model_sha256"])):
-        raise bad("video_model_sha256", "a hex SHA-256")
-    if "frames" in raw:
-        if not _is_int(raw["frames"]) or not 1 <= raw["frames"] <= MAX_FRAMES:
-            raise bad("frames", f"a whole number of frames between 1 and {MAX_FRAMES}")
-        fields["frames"] = raw["frames"]
-    return fields
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_num(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    recorded = check_sha256(raw, bad)
+    if recorded is not None and recorded != sha:
+        raise SidecarMismatch(
+            f"{side} belongs to another model (its sha256 {recorded[:12]}... is not {folder.model.name}'s "
+            f"{sha[:12]}...); re-export so model and sidecar match, or delete the sidecar"
+        )
+    fields = check_fields(raw, bad)
+    if "video_model" in fields:
+        fields["video_model"] = folder.beside(fields["video_model"])
+    return {"_raw": raw, **fields}

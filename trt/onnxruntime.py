@@ -6,8 +6,9 @@ import os
 
 import numpy as np
 
-from dfscan.trt.model_info import ModelInfo, reexport_hint
+from dfscan.core.errors import first_line
 from dfscan.trt.errors import InferenceFailed, ModelRejected, RuntimeUnavailable
+from dfscan.trt.model_info import ModelInfo, reexport_hint
 
 PROBE_BATCH = 2
 PROBE_FRAMES = 2
@@ -48,7 +49,7 @@ class OnnxRuntime:
         try:
             self._session = ort.InferenceSession(os.fspath(info.path), sess_options=opts, providers=providers)
         except Exception as exc:  # ORT raises its own exception types; all mean "unusable model"
-            raise ModelRejected(f"{info.path}: ONNX Runtime can't load the model: {_first_line(exc)}") from None
+            raise ModelRejected(f"{info.path}: ONNX Runtime can't load the model: {first_line(exc, 300)}") from None
         self.precision = str(info.extra.get("precision", "fp32"))
         self._input = info.input_name
         self._output = info.output_name
@@ -84,13 +85,8 @@ class OnnxRuntime:
         try:
             (out,) = self._session.run([self._output], {self._input: np.ascontiguousarray(batch, dtype=np.float32)})
         except Exception as exc:
-            raise InferenceFailed(_first_line(exc)) from None
+            raise InferenceFailed(first_line(exc, 300)) from None
         return out
 
     def close(self) -> None:
         self._session = None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

@@ -13,29 +13,23 @@ the model and ran ``dfscan build-engine --precision int8``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
+from dfscan.core.constants import ALL_PRECISIONS, Precision, precisions_for
+from dfscan.core.registry import Registry
 from dfscan.trt.errors import PrecisionUnsupported, UnknownPrecision
 
+__all__ = ["AUTO_BUILD", "PRECISIONS", "PREFERENCE", "Precision", "check_supported", "choose_precision",
+           "get_precision"]
 
-@dataclass(frozen=True)
-class Precision:
-    name: str
-    description: str
-    graph: str  # the sidecar "precision" of the ONNX file the engine is built from
-    min_capability: tuple[int, int]
-    needs_calibration: bool  # its graph needs calibration images (dfscan quantize), so is never made automatically
-
-
-PRECISIONS: dict[str, Precision] = {
-    p.name: p
-    for p in (
-        Precision("fp32", "FP32 as exported (TF32 where the GPU has it)", "fp32", (5, 0), False),
-        Precision("fp16", "the FP16 conversion of the ONNX file (LSTM, reductions, head in FP32)", "fp16", (5, 3),
-                  False),
-        Precision("int8", "the explicitly quantised Q/DQ file (signed INT8, symmetric)", "int8", (6, 1), True),
-    )
-}
+# The engine precisions: the entries of the one precision table (dfscan.core.constants) that TensorRT runs.
+# A precision only another runtime runs is named with that runtime in the message.
+PRECISIONS: Registry[Precision] = Registry(
+    "precision",
+    UnknownPrecision,
+    hints={p.name: f"{p.name} runs with --runtime {' or '.join(p.runtimes)}"
+           for p in ALL_PRECISIONS.values() if "tensorrt" not in p.runtimes},
+    entries=(ALL_PRECISIONS[name] for name in precisions_for("tensorrt")),
+)
 
 # What a runtime prefers when no precision is asked for: an engine someone
 # built deliberately (INT8 needs calibration, so it only exists on purpose),
@@ -46,13 +40,7 @@ AUTO_BUILD: tuple[str, ...] = ("fp16", "fp32")
 
 
 def get_precision(name: str) -> Precision:
-    try:
-        return PRECISIONS[name]
-    except KeyError:
-        hint = "; bf16 runs with --runtime torch" if name == "bf16" else ""
-        raise UnknownPrecision(
-            f"unknown precision {name!r}; known precisions: {', '.join(PRECISIONS)}{hint}"
-        ) from None
+    return PRECISIONS.get(name)
 
 
 def check_supported(precision: Precision, capability: tuple[int, int], gpu_name: str = "this GPU") -> None:

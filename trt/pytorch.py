@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from dfscan.core.errors import first_line
 from dfscan.trt.errors import InferenceFailed, ModelRejected, RuntimeUnavailable
-from dfscan.trt.model_info import ModelInfo, reexport_hint, sha256_file
+from dfscan.trt.model_info import PROGRAM_KEY, ModelInfo, reexport_hint, sha256_file
 
-PROGRAM_KEY = "torch_program"
 PROBE_BATCH = 2
 DEFAULT_MAX_BATCH = 1024  # larger batches are split (GPU memory), not refused
 # Precisions per device; the first is the default.
@@ -80,7 +80,7 @@ def program_path(info: ModelInfo) -> Path:
             f"{info.path.name} has no PyTorch export recorded in its model_info.json (the torch runtime runs "
             f"model.pt2 from `dfscan export`). {reexport_hint(info)}"
         )
-    path = info.path.parent / entry["file"]
+    path = info.folder.beside(entry["file"])
     if not path.is_file():
         raise RuntimeUnavailable(f"{path} (the PyTorch export of {info.path.name}) is missing. {reexport_hint(info)}")
     if entry.get("onnx_sha256") != info.sha256:
@@ -162,7 +162,7 @@ class TorchRuntime:
             program = on_device(torch.export.load(str(self.program_path)), self._device)
             module = program.module()
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign .pt2 raises anything
-            raise ModelRejected(f"{self.program_path}: torch can't load the program: {_first_line(exc)}") from None
+            raise ModelRejected(f"{self.program_path}: torch can't load the program: {first_line(exc, 300)}") from None
         self._module = module
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         self._probe()
@@ -228,7 +228,7 @@ class TorchRuntime:
         except InferenceFailed:
             raise
         except RuntimeError as exc:  # shape guards, CUDA errors and out-of-memory all surface as RuntimeError
-            raise InferenceFailed(_first_line(exc)) from None
+            raise InferenceFailed(first_line(exc, 300)) from None
 
     def infer(self, batch: Any) -> np.ndarray:
         return self.infer_device(batch).cpu().numpy()
@@ -239,8 +239,3 @@ class TorchRuntime:
             import torch
 
             torch.cuda.empty_cache()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

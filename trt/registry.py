@@ -6,8 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dfscan.trt.model_info import ModelInfo
+from dfscan.core.registry import Registry
 from dfscan.trt.base import Runtime
+from dfscan.trt.model_info import ModelInfo
 from dfscan.trt.errors import RuntimeUnavailable, UnknownRuntime
 
 
@@ -89,9 +90,12 @@ def _torch_load(
     return TorchRuntime(info, precision=precision, threads=intra_op_threads)
 
 
-RUNTIMES: dict[str, RuntimeSpec] = {
-    spec.name: spec
-    for spec in (
+RUNTIMES: Registry[RuntimeSpec] = Registry(
+    "runtime",
+    UnknownRuntime,
+    extra_names=("auto",),
+    factory=lambda spec: spec.load,
+    entries=(
         RuntimeSpec("onnxruntime", "ONNX Runtime on the CPU", _ort_available, _ort_load),
         RuntimeSpec(
             "tensorrt", "TensorRT engine on an NVIDIA GPU (built and cached per GPU type)", _trt_available, _trt_load
@@ -100,19 +104,15 @@ RUNTIMES: dict[str, RuntimeSpec] = {
             "torch", "PyTorch (torch.export program): CUDA in FP16/BF16, or the CPU in FP32", _torch_available,
             _torch_load, _torch_auto,
         ),
-    )
-}
+    ),
+)
 
 # The order `auto` tries runtimes in: the fastest that can run here wins.
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "torch", "onnxruntime")
 
 
 def get_runtime_spec(name: str) -> RuntimeSpec:
-    try:
-        return RUNTIMES[name]
-    except KeyError:
-        known = ", ".join(["auto", *RUNTIMES])
-        raise UnknownRuntime(f"unknown runtime {name!r}; known runtimes: {known}") from None
+    return RUNTIMES.get(name)
 
 
 def resolve_runtime(name: str, info: ModelInfo | None = None) -> RuntimeSpec:
@@ -124,10 +124,8 @@ def resolve_runtime(name: str, info: ModelInfo | None = None) -> RuntimeSpec:
             raise RuntimeUnavailable(f"runtime {name!r} can't run here: {why}")
         return spec
     reasons = []
-    for candidate in AUTO_ORDER:
-        spec = RUNTIMES.get(candidate)
-        if spec is None:
-            continue
+    for candidate in (c for c in AUTO_ORDER if c in RUNTIMES):
+        spec = RUNTIMES[candidate]
         ok, why = spec.usable_by_auto(info)
         if ok:
             return spec

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dfscan.trt.model_info import ModelInfo, reexport_hint
+from dfscan.core.errors import first_line
 from dfscan.core.gpu import probe_gpus
-from dfscan.trt.cache import EngineCache, default_engine_dir
+from dfscan.trt.cache import EngineCache
+from dfscan.trt.model_info import ModelInfo, reexport_hint
 from dfscan.trt.engine import (
     BuildOptions,
     build_engine,
@@ -114,7 +115,7 @@ class TensorRTRuntime:
         self.info = info
         self.version = trt.__version__
         gpu = current_gpu()
-        cache = EngineCache(engine_dir or default_engine_dir(info.path))
+        cache = EngineCache(engine_dir or info.folder.engines)
         cached = cache.cached_precisions(info.sha256, gpu.name, gpu.capability, trt.__version__)
         chosen, must_build = choose_precision(precision, gpu.capability, cached)
         if must_build and not build_missing:
@@ -231,7 +232,7 @@ class TensorRTRuntime:
         except InferenceFailed:
             raise
         except RuntimeError as exc:  # CUDA errors surface from torch as RuntimeError
-            raise InferenceFailed(str(exc).strip().splitlines()[0][:300]) from None
+            raise InferenceFailed(first_line(exc, 300)) from None
 
     def _parts(self, batch: np.ndarray) -> Iterator[np.ndarray]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)

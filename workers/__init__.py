@@ -1,4 +1,10 @@
-"""The batch pipeline: read, decode, infer, write.
+"""The path of an item, one sub-package per concept.
+
+* :mod:`.reading`: bytes in (files, ``s3://`` objects), headers, per-item errors;
+* :mod:`.images`: image decoding (Pillow, DALI); :mod:`.video`: frame sampling;
+  :mod:`.faces`: face detection and geometry (the media packages, independent of each other);
+* :mod:`.scoring`: the stage protocol and its table, the one verdict, the one loop;
+* :mod:`.fleet`: Celery (app, tasks, producer, leases, schedule, metrics).
 
 Names are imported on first use (PEP 562), so that ``import dfscan.workers`` (which
 ``celery -A dfscan.workers worker`` does in the parent process before the pool forks)
@@ -12,27 +18,27 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "BatchMaker": "dfscan.workers.scoring.batches",
-    "PreparedBatch": "dfscan.workers.scoring.batches",
-    "Verdict": "dfscan.workers.scoring.batches",
-    "prefetch": "dfscan.workers.scoring.batches",
-    "score": "dfscan.workers.scoring.batches",
-    "ScanContext": "dfscan.workers.scoring.context",
-    "PillowDecoder": "dfscan.workers.images.decode",
-    "Preprocess": "dfscan.workers.images.decode",
-    "decode_one": "dfscan.workers.images.decode",
-    "load_rgb": "dfscan.workers.images.decode",
-    "DECODERS": "dfscan.workers.images.decoders",
-    "create_decoder": "dfscan.workers.images.decoders",
-    "resolve_decoder": "dfscan.workers.images.decoders",
-    "REASONS": "dfscan.workers.reading.errors",
-    "ImageError": "dfscan.workers.reading.errors",
-    "VideoError": "dfscan.workers.reading.errors",
-    "SampledVideo": "dfscan.workers.video.sample",
-    "sample_video": "dfscan.workers.video.sample",
-    "ChunkResult": "dfscan.workers.scoring.loop",
-    "run_local_scan": "dfscan.workers.scoring.loop",
-    "score_chunk": "dfscan.workers.scoring.loop",
+    "Batch": "dfscan.workers.scoring",
+    "ChunkResult": "dfscan.workers.scoring",
+    "Item": "dfscan.workers.scoring",
+    "ScanContext": "dfscan.workers.scoring",
+    "Stages": "dfscan.workers.scoring",
+    "STAGES": "dfscan.workers.scoring",
+    "Verdict": "dfscan.workers.scoring",
+    "run_local_scan": "dfscan.workers.scoring",
+    "score_chunk": "dfscan.workers.scoring",
+    "PillowDecoder": "dfscan.workers.images",
+    "Preprocess": "dfscan.workers.images",
+    "DECODERS": "dfscan.workers.images",
+    "create_decoder": "dfscan.workers.images",
+    "decode_one": "dfscan.workers.images",
+    "load_rgb": "dfscan.workers.images",
+    "resolve_decoder": "dfscan.workers.images",
+    "REASONS": "dfscan.workers.reading",
+    "ImageError": "dfscan.workers.reading",
+    "VideoError": "dfscan.workers.reading",
+    "SampledVideo": "dfscan.workers.video",
+    "sample_video": "dfscan.workers.video",
 }
 
 __all__ = sorted([*_LAZY, "celery"])
@@ -40,8 +46,8 @@ __all__ = sorted([*_LAZY, "celery"])
 
 def __getattr__(name: str) -> Any:
     if name == "celery":
-        # Celery's ``-A dfscan.workers`` looks for ``dfscan.workers.fleet.app`` (here: the module
-        # of that name, so it moves on), then ``dfscan.workers.celery``.
+        # Celery's ``-A dfscan.workers`` looks for ``dfscan.workers.app`` (not a name here, so it
+        # moves on), then ``dfscan.workers.celery``.
         from dfscan.workers.fleet.app import get_app
 
         return get_app()

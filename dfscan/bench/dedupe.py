@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from dfscan.bench import stages
+from dfscan.core.errors import first_line
 from dfscan.bench.records import Row
 
 __all__ = ["ORDER", "CountedRuntime", "counting", "dedupe_rows", "format_dedupe", "write_half_copies"]
@@ -100,7 +101,7 @@ def dedupe_rows(n: int, work: Path, say: Callable[[str], None],
             run = stages.measure_scan(scan_settings(f"dedupe-{turn}.db"), folders[variant],
                                       instrument=counting(counters, warm=True))
         except Exception as exc:  # noqa: BLE001 - a row that failed, the run goes on
-            failed[variant] = str(exc).splitlines()[0][:200]
+            failed[variant] = first_line(exc)
             continue
         runs[variant].append((counters[0], run))
     rows: list[Row] = []

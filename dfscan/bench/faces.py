@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dfscan.bench import stages
+from dfscan.core.errors import first_line
 from dfscan.bench.records import Row
 
 __all__ = ["FACE_IMAGE_SIZE", "face_rows", "write_face_images"]
@@ -49,7 +50,7 @@ def face_rows(options: Any, info: Any, work: Path, say: Callable[[str], None],
     """The face rows and the ratio of the end-to-end rate with faces on to the classifier alone."""
     from dfscan.workers.images.decode import Preprocess
     from dfscan.workers.faces import FaceOptions, create_face_detector
-    from dfscan.workers.scoring.face_stage import FaceStage
+    from dfscan.workers.scoring.face_stage import FaceDecoder
 
     folder = work / "faces"
     if options.face_images is not None:
@@ -68,7 +69,7 @@ def face_rows(options: Any, info: Any, work: Path, say: Callable[[str], None],
     pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)
     rows: list[Row] = []
     say("face detection")
-    stage = FaceStage(None, pre, FaceOptions(), create_face_detector("mtcnn"))
+    stage = FaceDecoder(None, pre, FaceOptions(), create_face_detector("mtcnn"))
     try:
         found = [0]
 
@@ -82,7 +83,7 @@ def face_rows(options: Any, info: Any, work: Path, say: Callable[[str], None],
                         t.start_rss_mib, t.repeats, details={"faces_per_pass": found[0], "device": stage.detector.device,
                                                              "images": source}))
     except Exception as exc:  # noqa: BLE001 - a row that failed, the run goes on
-        rows.append(Row("faces", "detect (mtcnn)", "failed", reason=str(exc).splitlines()[0][:200]))
+        rows.append(Row("faces", "detect (mtcnn)", "failed", reason=first_line(exc)))
     finally:
         stage.close()
     rates: dict[str, float] = {}
@@ -92,7 +93,7 @@ def face_rows(options: Any, info: Any, work: Path, say: Callable[[str], None],
         try:
             run = stages.measure_scan(scan_settings(info, f"faces-{mode}.db", faces=mode), folder)
         except Exception as exc:  # noqa: BLE001
-            rows.append(Row("scan", variant, "failed", reason=str(exc).splitlines()[0][:200]))
+            rows.append(Row("scan", variant, "failed", reason=first_line(exc)))
             continue
         t, s = run.timing, run.summary
         rates[mode] = t.images_per_s

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from dfscan.bench import stages
+from dfscan.core.errors import first_line
 from dfscan.bench.records import (
     CALIBRATION_IMAGES,
     INFER_VARIANTS,
@@ -206,7 +207,7 @@ class _Bench:
         try:
             t = measure()
         except Exception as exc:  # noqa: BLE001 - one broken variant is a row, not the end of the report
-            return Row(stage, variant, "failed", reason=_first_line(exc), details=details)
+            return Row(stage, variant, "failed", reason=_reason(exc), details=details)
         return Row(stage, variant, "ok", t.images, t.seconds, t.images_per_s, t.peak_rss_mib, t.start_rss_mib,
                    t.repeats, details=details)  # fmt: skip
 
@@ -223,7 +224,7 @@ class _Bench:
             try:
                 decoder = spec.create(pre, threads=self.o.decode_threads, batch_size=self.o.batch_size)
             except Exception as exc:  # noqa: BLE001
-                rows.append(Row("decode", name, "failed", reason=_first_line(exc)))
+                rows.append(Row("decode", name, "failed", reason=_reason(exc)))
                 continue
             try:
                 rows.append(self._row("decode", name, lambda: stages.measure_decode(
@@ -265,7 +266,7 @@ class _Bench:
         try:
             result = quantize_model(fp32_info.path, tensors[:n], self.work / "int8" / "model_int8.onnx")
         except Exception as exc:  # noqa: BLE001 - the INT8 rows then say why they are missing
-            return None, {"quantized_here": True, "error": _first_line(exc)}
+            return None, {"quantized_here": True, "error": _reason(exc)}
         from dfscan.trt.model_info import inspect_model
 
         return inspect_model(result.onnx_path), {
@@ -307,7 +308,7 @@ class _Bench:
         try:
             runtime = spec.load(info, **accepted)
         except Exception as exc:  # noqa: BLE001 - e.g. an INT8 engine without calibration: the row says why
-            return Row("infer", label, "skipped", reason=_first_line(exc))
+            return Row("infer", label, "skipped", reason=_reason(exc))
         try:
             details = {"model": os.fspath(info.path), "runtime_version": getattr(runtime, "version", None),
                        "reported_precision": getattr(runtime, "precision", None),
@@ -329,7 +330,7 @@ class _Bench:
                 database = stages.BenchDatabase.open(url, model_sha256=info.sha256, model_name=info.architecture,
                                                      model_path=os.fspath(info.path), name="dfscan bench (write)")
             except Exception as exc:  # noqa: BLE001
-                rows.append(Row("write", name, "failed", reason=_first_line(exc)))
+                rows.append(Row("write", name, "failed", reason=_reason(exc)))
                 continue
             try:
                 rows.append(self._row("write", name, lambda: stages.measure_write(
@@ -352,7 +353,7 @@ class _Bench:
         try:
             run = stages.measure_scan(self._scan_settings(info, "scan.db"), folder)
         except Exception as exc:  # noqa: BLE001
-            return Row("scan", "end-to-end", "failed", reason=_first_line(exc))
+            return Row("scan", "end-to-end", "failed", reason=_reason(exc))
         audit, summary = run.audit, run.summary
         t = run.timing
         details = {"runtime": audit.get("runtime"), "precision": audit.get("precision"),
@@ -428,6 +429,7 @@ def _accepted_options(load: Callable, options: dict[str, Any]) -> dict[str, Any]
     return options if all(k in params for k in options) else None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)[:300]
+def _reason(exc: BaseException) -> str:
+    """``Type: first line`` of an error (the type alone when it says nothing), at most 300 characters."""
+    name = type(exc).__name__
+    return (f"{name}: {first_line(exc, None)}" if str(exc).strip() else name)[:300]

@@ -217,7 +217,7 @@ def write_synthetic(folder: Path, n: int, size: tuple[int, int] = (256, 256)) ->
 
 
 def read_all(paths: Sequence[str], threads: int) -> list:
-    """Read every path with the scanner's reader in a thread pool, as :class:`workers.batches.BatchMaker` does."""
+    """Read every path with the scanner's reader in a thread pool, as the image stage (:mod:`dfscan.workers.scoring.images`) does."""
     from dfscan.workers.reading.errors import ImageError
     from dfscan.workers.reading.reader import read_file
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dfscan.bench import stages
+from dfscan.core.errors import first_line
 from dfscan.bench.records import Row
 
 __all__ = ["CLIP_SIZE", "SEEK_SIZE", "video_rows", "write_clip"]
@@ -95,7 +96,7 @@ def video_rows(options: Any, info: Any, work: Path, say: Callable[[str], None],
                                  "videos": source}))
         figures["sample_videos_per_s"] = t.images_per_s
     except Exception as exc:  # noqa: BLE001 - a row that failed, the run goes on
-        rows.append(Row("video", "sample (16 frames, 1080p)", "failed", reason=str(exc).splitlines()[0][:200]))
+        rows.append(Row("video", "sample (16 frames, 1080p)", "failed", reason=first_line(exc)))
 
     say("scan of the clips")
     try:
@@ -107,7 +108,7 @@ def video_rows(options: Any, info: Any, work: Path, say: Callable[[str], None],
                                                      "scoring": (run.audit.get("video") or {}).get("scoring")}))
         figures["scan_videos_per_s"] = t.images_per_s
     except Exception as exc:  # noqa: BLE001
-        rows.append(Row("scan", "end-to-end, videos", "failed", reason=str(exc).splitlines()[0][:200]))
+        rows.append(Row("scan", "end-to-end, videos", "failed", reason=first_line(exc)))
 
     say("writing a 10-minute and a 10-second video to compare the sampling")
     gop = GOP_SECONDS * SEEK_FPS
@@ -124,7 +125,7 @@ def video_rows(options: Any, info: Any, work: Path, say: Callable[[str], None],
         try:
             t = stages.timed(sample_one, options.min_seconds)
         except Exception as exc:  # noqa: BLE001
-            rows.append(Row("video", f"sample {name}", "failed", reason=str(exc).splitlines()[0][:200]))
+            rows.append(Row("video", f"sample {name}", "failed", reason=first_line(exc)))
             continue
         per_video[name] = t.seconds / t.images
         rows.append(Row("video", f"sample {name}", "ok", t.images, t.seconds, t.images_per_s, t.peak_rss_mib,

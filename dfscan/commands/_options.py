@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from dfscan.core.errors import UnknownName, first_line
 from dfscan.core.redact import mask_text
 from dfscan.core.settings import (
     DEFAULT_DB_URL,
@@ -88,7 +89,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dfscan.detector.errors import DetectorError
     from dfscan.scanner.errors import ScannerError
     from dfscan.trt.errors import RuntimeErrorBase
-    from dfscan.workers.reading.errors import DecoderUnavailable, UnknownDecoder
+    from dfscan.workers.reading.errors import DecoderUnavailable
 
     return (
         SettingsError,
@@ -96,7 +97,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         DetectorError,
         ScannerError,
         RuntimeErrorBase,
-        UnknownDecoder,
+        UnknownName,  # an unknown name in any registry: decoder, face detector, runtime, backbone, ...
         DecoderUnavailable,
         sqlalchemy.exc.OperationalError,
         sqlalchemy.exc.ArgumentError,
@@ -106,13 +107,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _broker_errors() -> tuple[type[BaseException], ...]:
-    """The broker's connection errors (kombu and redis-py), where they are installed."""
-    try:
-        from kombu.exceptions import OperationalError
-        from redis.exceptions import ConnectionError, TimeoutError
-    except ImportError:
-        return ()
-    return (OperationalError, ConnectionError, TimeoutError)
+    """The fleet's errors, and the broker's connection errors (kombu and redis-py) where they are installed."""
+    from dfscan.workers.fleet.broker import connection_errors
+    from dfscan.workers.fleet.errors import FleetError
+
+    return (FleetError, *connection_errors())
 
 
 def reports_errors(func: Callable) -> Callable:
@@ -131,10 +130,10 @@ def reports_errors(func: Callable) -> Callable:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if hasattr(exc, "orig") and getattr(exc, "orig", None) is not None:  # SQLAlchemy wraps the driver's error
-        text = str(exc.orig).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
+    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
+    source = exc if orig is None else orig
+    # A driver error that says nothing is named by the wrapper's type.
+    first = first_line(source, limit=None) if str(source).strip() else type(exc).__name__
     return mask_text(first)[:400]
 
 

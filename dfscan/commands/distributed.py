@@ -210,10 +210,11 @@ def _serve_metrics(settings: Settings) -> None:
 
     directory = tempfile.mkdtemp(prefix="dfscan-prom-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    from dfscan.core.constants import producer_queue
     from dfscan.workers.fleet.metrics import WorkerMetrics, redis_queue_depth, start_metrics_server
 
     metrics = WorkerMetrics()
-    metrics.set_queue_depth(redis_queue_depth(settings.broker_url, [settings.queue, settings.queue + ".producer"]))
+    metrics.set_queue_depth(redis_queue_depth(settings.broker_url, [settings.queue, producer_queue(settings.queue)]))
     server = start_metrics_server(settings.metrics_port, settings.metrics_bind, metrics=metrics,
                                   multiprocess_dir=directory)
     click.echo(f"metrics on http://{server.address}:{server.port}/metrics", err=True)

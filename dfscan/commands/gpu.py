@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 
 from dfscan.commands._options import reports_errors
+from dfscan.core.constants import precisions_for
 
-PRECISION_NAMES = ("fp32", "fp16", "int8")  # trt.precisions.PRECISIONS, without importing it for --help
+PRECISION_NAMES = precisions_for("tensorrt")  # trt.precisions.PRECISIONS, without importing TensorRT code for --help
 
 
 @click.command("build-engine")

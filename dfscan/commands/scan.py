@@ -118,7 +118,7 @@ def scan(roots: tuple[str, ...], model: Path | None, db_url: str, name: str | No
         bar = ScanProgressBar(source.count) if show else None
         try:
             with stop_on_signals() as stop:
-                summary = job.run(stop=stop, on_batch=bar.rows if bar else None)
+                summary = job.run(stop=stop, on_batch=(lambda rows, _timings: bar.rows(rows)) if bar else None)
         finally:
             if bar is not None:
                 bar.close()
@@ -134,15 +134,13 @@ def scan(roots: tuple[str, ...], model: Path | None, db_url: str, name: str | No
 
 def _check_broker(url: str) -> None:
     """Refuse to start a fleet scan whose broker can't be reached: no scan row is made for it."""
-    from kombu import Connection
+    from dfscan.workers.fleet.broker import check_broker
+    from dfscan.workers.fleet.errors import BrokerUnreachable
 
-    connection = Connection(url, connect_timeout=5)
     try:
-        connection.ensure_connection(max_retries=1, timeout=5)
-    except Exception as exc:  # noqa: BLE001 - every transport error means the same to the user
-        raise click.ClickException(f"cannot reach the broker at {mask_url(url)}: {one_line(exc)}") from None
-    finally:
-        connection.release()
+        check_broker(url)
+    except BrokerUnreachable as exc:
+        raise click.ClickException(f"cannot reach the broker at {mask_url(exc.url)}: {one_line(exc.reason)}") from None
 
 
 def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str], skipped: int | None = None) -> None:
@@ -309,13 +307,14 @@ def export(checkpoint: Path, out_dir: Path, opset: int, threshold: float, torch_
     T dynamic), each checked against PyTorch, and model_info.json naming both.
     """
     from dfscan.detector.export import export_onnx
+    from dfscan.trt.model_info import PROGRAM_KEY
 
     if opset < 17:
         raise click.BadParameter("opset 17 or newer is required", param_hint="--opset")
     result = export_onnx(checkpoint, out_dir, opset=opset, threshold=threshold, torch_program=torch_program,
                          video=video, frames=frames)
-    program = result.info.extra.get("torch_program")
-    also = f", {out_dir / program['file']}" if isinstance(program, dict) else ""
+    program = result.info.extra.get(PROGRAM_KEY)
+    also = f", {result.info.folder.beside(program['file'])}" if isinstance(program, dict) else ""
     also += f", {result.video_path}" if result.video_path else ""
     click.echo(f"wrote {result.onnx_path}{also} and {result.info_path}")
     if result.max_abs_diff is not None:

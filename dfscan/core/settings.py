@@ -13,20 +13,17 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+# DEFAULT_FRAMES is named here too for the modules that take their defaults from the settings.
+from dfscan.core.constants import ALL_PRECISIONS, DEFAULT_FRAMES, DEFAULT_MAX_PIXELS, MAX_FRAMES  # noqa: F401
+
 ENV_PREFIX = "DFSCAN_"
 
 DEFAULT_DB_URL = "sqlite:///dfscan.db"
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # Videos the walker takes beside images (dfscan.workers.video.sample samples them).
 DEFAULT_VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi")
-DEFAULT_FRAMES = 16  # frames sampled per video when the model's sidecar says none
-MAX_FRAMES = 1024
-# Pillow's own default limit (about 89 megapixels); past it an image is refused
-# from its header, before any pixel is decoded.
-DEFAULT_MAX_PIXELS = 89_478_485
-
-
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # bf16: --runtime torch only
+# Every precision some runtime runs (bf16: --runtime torch only), from the one precision table.
+PRECISIONS = ALL_PRECISIONS.names()
 # Faces: ``auto`` follows the model's ``input`` (face-crop or whole-image), ``on`` and ``off`` force it.
 FACE_MODES = ("auto", "on", "off")
 # How an image's verdict comes from its faces' p_fake.

@@ -14,7 +14,7 @@ from collections import Counter
 from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from dfscan.db._types import utcnow
+from dfscan.db import utcnow
 from dfscan.db.api_keys import authenticate, hash_key
 from dfscan.db.models import ApiKey
 

@@ -17,9 +17,10 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
+from dfscan.db.records import ResultRow
 from dfscan.serve.errors import BadRequest, RequestTimeout, TooLarge
-from dfscan.workers.reading.errors import ImageError
-from dfscan.workers.reading.reader import FileData
+from dfscan.workers.reading import FileData, ImageError
+from dfscan.workers.scoring import Item, Payload, TensorPayload
 
 __all__ = ["Upload", "read_body", "parse_uploads", "decode_uploads", "row_fields"]
 
@@ -86,9 +87,9 @@ def _cut_short(body: bytes) -> bool:
     return not body.rstrip().endswith(b"--")
 
 
-def decode_uploads(decoder, uploads: list[Upload]) -> list[np.ndarray | ImageError]:
-    """Each upload decoded exactly as the scan's reader and decoder would (same checks, same tensor)."""
-    out: list[np.ndarray | ImageError | None] = [None] * len(uploads)
+def decode_uploads(decoder, uploads: list[Upload]) -> list[Payload | ImageError]:
+    """Each upload decoded exactly as the scan's reader and decoder would (same checks, same tensor or face crops)."""
+    out: list[Payload | ImageError | None] = [None] * len(uploads)
     files: list[FileData] = []
     where: list[int] = []
     now = time.time()
@@ -100,8 +101,22 @@ def decode_uploads(decoder, uploads: list[Upload]) -> list[np.ndarray | ImageErr
             where.append(i)
     if files:
         for i, decoded in zip(where, decoder.decode_batch(files)):
-            out[i] = decoded
+            out[i] = TensorPayload(decoded) if isinstance(decoded, np.ndarray) else decoded
     return out  # type: ignore[return-value]
+
+
+def result_fields(name: str, size: int, row: ResultRow) -> dict:
+    """:func:`row_fields` of a scan row made for an upload; with faces, each face and how many were found."""
+    fields = row_fields(name, size, row.status, row.label, row.p_fake, row.confidence, row.error, row.error_code)
+    if row.faces_found is not None:
+        fields["faces"] = [{"index": f.index, "x": f.x, "y": f.y, "w": f.w, "h": f.h, "detector_score": f.detector_score,
+                            "p_fake": f.p_fake, "label": f.label} for f in row.face_rows]
+        fields["faces_found"] = row.faces_found
+    return fields
+
+
+def upload_item(up: Upload) -> Item:
+    return Item(up.name, len(up.data))
 
 
 def row_fields(name: str, size: int, status: str, label: str | None = None, p_fake: float | None = None,

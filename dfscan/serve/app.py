@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -23,17 +24,17 @@ from starlette.routing import Match
 from sqlalchemy import text
 
 from dfscan import __version__, db
-from dfscan.db.api_keys import callback_state
+from dfscan.db.callbacks import callback_state
 from dfscan.serve import _results
 from dfscan.serve._keys import KeyCache
-from dfscan.serve._uploads import decode_uploads, parse_uploads, read_body, row_fields
+from dfscan.serve._uploads import decode_uploads, parse_uploads, read_body, result_fields, row_fields, upload_item
 from dfscan.serve.batcher import DynamicBatcher
 from dfscan.serve.callbacks import CallbackDispatcher, summary_dict
 from dfscan.serve.errors import ServeError
 from dfscan.serve.metrics import ServeMetrics
 from dfscan.serve.scans import ScanRequest, ScanService
+from dfscan.core.errors import first_line
 from dfscan.core.settings import Settings
-from dfscan.trt.errors import InferenceFailed
 from dfscan.workers.reading.errors import ImageError
 
 __all__ = ["create_app"]
@@ -145,7 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
         ctx = await asyncio.to_thread(ScanContext.open, settings)
         state.ctx = ctx
         # Pillow's decoder is thread-safe; a DALI pipeline is not: one request decodes at a time.
-        state.decode_lock = None if ctx.batches.decoder.name == "pillow" else threading.Lock()
+        state.decode_lock = None if ctx.decoder.name == "pillow" else threading.Lock()
         state.batcher = DynamicBatcher(ctx.runtime, ctx.verdict, max_batch=settings.batch_size,
                                        max_delay_s=settings.max_batch_delay_ms / 1000.0,
                                        on_batch=state.metrics.batch)
@@ -172,6 +173,14 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.add_middleware(_Gate, state=state, router=app.router)
 
+    _operations(app, state)
+    _scoring(app, state, settings)
+    _scans(app, state)
+    return app
+
+
+def _operations(app: FastAPI, state: State) -> None:
+    """Errors as JSON, and the health, readiness and metrics endpoints."""
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
@@ -203,7 +212,7 @@ def create_app(settings: Settings) -> FastAPI:
                     conn.execute(text("SELECT 1"))
                 checks["database"] = True
             except Exception as exc:  # noqa: BLE001 - not ready, with the reason
-                checks["database_error"] = str(exc).splitlines()[0][:200]
+                checks["database_error"] = first_line(exc)
         ready = checks["model"] and checks["database"]
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
@@ -211,58 +220,28 @@ def create_app(settings: Settings) -> FastAPI:
     def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    async def _score_images(uploads: list, decoded: list) -> list[dict]:
-        ok = [d for d in decoded if not isinstance(d, ImageError)]
-        scored = iter(await state.batcher.score(ok)) if ok else iter(())
+
+def _scoring(app: FastAPI, state: State, settings: Settings) -> None:
+    """``/v1/score``: uploads scored as a scan scores files (the same stages' decoder and verdict)."""
+    async def _score(uploads: list, decoded: list) -> list[dict]:
+        """Every input of every upload (the image, or each face's crop) through the batcher; a row per upload."""
+        inputs = [[] if isinstance(d, ImageError) else [inp.array for inp in d.inputs()] for d in decoded]
+        flat = [array for arrays in inputs for array in arrays]
+        scored = iter(await state.batcher.score(flat)) if flat else iter(())
+        now = datetime.now(timezone.utc)
         results = []
-        for up, d in zip(uploads, decoded):
+        for up, d, arrays in zip(uploads, decoded, inputs):
             if isinstance(d, ImageError):
                 results.append(row_fields(up.name, len(up.data), "error", error=d.message, error_code=d.code))
                 continue
-            verdict = next(scored)
-            failed = _failure(up, [verdict])
+            decisions = [next(scored) for _ in arrays]
+            failed = next((v for v in decisions if isinstance(v, ImageError)), None)
             if failed is not None:
-                results.append(failed)
-            else:
-                label, p_fake, confidence = verdict
-                results.append(row_fields(up.name, len(up.data), "ok", label, p_fake, confidence))
-        return results
-
-    def _failure(up, verdicts: list) -> dict | None:
-        """The error row of an upload one of whose verdicts failed: the runtime's failure or a non-probability."""
-        for v in verdicts:
-            if isinstance(v, InferenceFailed):
-                return row_fields(up.name, len(up.data), "error", error=f"inference failed: {v}",
-                                  error_code="inference-failed")
-            if isinstance(v, ImageError):  # Verdict.rows: p_fake NaN or outside [0, 1]
-                return row_fields(up.name, len(up.data), "error", error=v.message, error_code=v.code)
-        return None
-
-    async def _score_faces(uploads: list, decoded: list, aggregation: str) -> list[dict]:
-        """Every face crop of every upload through the batcher; each image gets the verdict of its faces."""
-        from dfscan.workers.scoring.face_stage import image_verdict
-
-        crops = [t for d in decoded if not isinstance(d, ImageError) and d.faces for t in d.tensors]
-        scored = iter(await state.batcher.score(crops)) if crops else iter(())
-        results = []
-        for up, d in zip(uploads, decoded):
-            if isinstance(d, ImageError):
-                results.append(row_fields(up.name, len(up.data), "error", error=d.message, error_code=d.code))
+                results.append(row_fields(up.name, len(up.data), "error", error=failed.message,
+                                          error_code=failed.code))
                 continue
-            if not d.faces:
-                results.append({**row_fields(up.name, len(up.data), "no-face"), "faces": [], "faces_found": d.found})
-                continue
-            verdicts = [next(scored) for _ in d.faces]
-            failed = _failure(up, verdicts)
-            if failed is not None:
-                results.append(failed)
-                continue
-            faces = [{"index": k, "x": x, "y": y, "w": w, "h": h, "detector_score": det, "p_fake": p, "label": lab}
-                     for k, ((x, y, w, h, det), (lab, p, _c)) in enumerate(zip(d.faces, verdicts))]
-            label, p_fake, confidence = image_verdict([f["p_fake"] for f in faces], aggregation,
-                                                      state.ctx.verdict.threshold)
-            results.append({**row_fields(up.name, len(up.data), "ok", label, p_fake, confidence),
-                            "faces": faces, "faces_found": d.found})
+            row = d.row(upload_item(up), decisions, state.ctx.verdict, now)
+            results.append(result_fields(up.name, len(up.data), row))
         return results
 
     @app.post("/v1/score", tags=["score"])
@@ -274,7 +253,7 @@ def create_app(settings: Settings) -> FastAPI:
         """
         body = await read_body(request, max_bytes=settings.max_upload_bytes, timeout_s=settings.request_timeout_s)
         uploads = await parse_uploads(request, body, max_files=settings.max_upload_files)
-        decoder = state.ctx.batches.decoder
+        decoder = state.ctx.decoder
         if state.decode_lock is None:
             decoded = await asyncio.to_thread(decode_uploads, decoder, uploads)
         else:
@@ -282,14 +261,14 @@ def create_app(settings: Settings) -> FastAPI:
                 with state.decode_lock:
                     return decode_uploads(decoder, uploads)
             decoded = await asyncio.to_thread(locked)
-        if getattr(decoder, "per_image", False):  # the face stage: each face's crop is scored, as in a scan
-            results = await _score_faces(uploads, decoded, decoder.options.aggregation)
-        else:
-            results = await _score_images(uploads, decoded)
+        results = await _score(uploads, decoded)
         for r in results:
             state.metrics.images.labels(r["status"]).inc()
         return {"model_sha256": state.ctx.info.sha256, "threshold": state.ctx.verdict.threshold, "results": results}
 
+
+def _scans(app: FastAPI, state: State) -> None:
+    """Scans of the server's storage: start, status, cancel, results."""
     @app.post("/v1/scans", status_code=202, tags=["scans"])
     def start_scan(body: ScanBody, key: Key) -> dict:
         """Start a scan of files and directories on the server's storage; 202 and its id.
@@ -330,6 +309,4 @@ def create_app(settings: Settings) -> FastAPI:
         after = _results.decode_cursor(cursor) if cursor else None
         query = _results.Query(scan_id, label, min_p, status, after, limit)
         return _results.respond(state.ctx.sessions, query, format)
-
-    return app
 

@@ -18,13 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dfscan.trt.base import Runtime, run_batched
-from dfscan.trt.errors import InferenceFailed
-from dfscan.workers.scoring.batches import Verdict
+from dfscan.trt.base import Runtime
+from dfscan.workers.reading import ImageError
+from dfscan.workers.scoring import Decision, Verdict, infer
 
-__all__ = ["DynamicBatcher", "Scored"]
-
-Scored = tuple[str, float, float]  # label, p_fake, confidence: Verdict.rows' tuple
+__all__ = ["DynamicBatcher"]
 BatchHook = Callable[[int, list[float]], None]  # batch size, queue waits (s)
 
 
@@ -65,7 +63,7 @@ class DynamicBatcher:
             pass
         self._pool.shutdown(wait=True)
 
-    async def score(self, tensors: list[np.ndarray]) -> list[Scored | InferenceFailed]:
+    async def score(self, tensors: list[np.ndarray]) -> list[Decision | ImageError]:
         """Verdicts for ``tensors`` (one request's decoded images), in order."""
         assert self._queue is not None, "batcher not started"
         loop = asyncio.get_running_loop()
@@ -109,14 +107,9 @@ class DynamicBatcher:
             if self.on_batch is not None:
                 self.on_batch(len(live), [started - item.queued_at for item in live])
 
-    def _infer(self, tensors: np.ndarray) -> list[Scored | InferenceFailed]:
-        """One batch on the inference thread; a failure becomes every image's error, never the loop's."""
+    def _infer(self, tensors: np.ndarray) -> list[Decision | ImageError]:
+        """One batch on the inference thread (the scan's :func:`infer`); a failure is every image's error."""
         try:
-            logits = run_batched(self.runtime, tensors)
-            if logits.shape[0] != tensors.shape[0] or not np.all(np.isfinite(logits)):
-                raise InferenceFailed(f"runtime returned {logits.shape} non-finite or misshapen logits")
-            return list(self.verdict.rows(logits))
-        except InferenceFailed as exc:
-            return [exc] * tensors.shape[0]
+            return infer(self.runtime, list(tensors), self.verdict, per_call=len(tensors))
         except Exception as exc:  # noqa: BLE001 - a runtime bug fails this batch's images, not the server
-            return [InferenceFailed(f"{type(exc).__name__}: {exc}")] * tensors.shape[0]
+            return [ImageError("inference-failed", f"inference failed: {type(exc).__name__}: {exc}")] * len(tensors)

@@ -22,7 +22,7 @@ import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan import db
-from dfscan.db.api_keys import DueCallback, claim_callback, due_callbacks, record_callback_attempt
+from dfscan.db.callbacks import DueCallback, claim_callback, due_callbacks, record_callback_attempt
 
 __all__ = ["CallbackDispatcher", "sign"]
 

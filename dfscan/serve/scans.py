@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan import db
-from dfscan.db.api_keys import add_callback
+from dfscan.db.callbacks import add_callback
 from dfscan.scanner import ScanSource, WalkOptions, check_roots
 from dfscan.scanner.errors import ScannerError
 from dfscan.serve.errors import BadRequest, Forbidden

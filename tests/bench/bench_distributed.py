@@ -41,7 +41,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -181,7 +183,21 @@ def producer_rss(args, tmp: Path, pg, redis, model: Path) -> None:
     print(f"producer peak    {peak / 1024:.0f} MB (VmHWM)")
 
 
-def main() -> None:
+@dataclass(frozen=True)
+class TimedScan:
+    """What the timed scan measured: its clocks, the producer's own stage timings, CPU per process."""
+
+    scan_id: int
+    report: Any  # the producer's report for the scan
+    progress: Any  # the scan's progress once completed
+    t0: float
+    t_enqueued: float
+    t_done: float
+    timings: dict[str, float] | None
+    cpu: dict[str, float]
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
@@ -189,13 +205,16 @@ def main() -> None:
     parser.add_argument("--max-outstanding", type=int, default=64)
     parser.add_argument("--rss-paths", type=int, default=0,
                         help="then run the producer alone over this many paths and print its memory (e.g. 10000000)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     from dfscan import db
     from dfscan.core.settings import from_env
     from dfscan.workers.fleet.producer import Producer
-    from dfscan.scanner import ScanSource, WalkOptions
-    from tests._cluster import PostgresServer, RedisServer, Worker, wait_for
+    from tests._cluster import PostgresServer, RedisServer, Worker
     from tests._models import export_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="dfscan-bench-"))
@@ -216,60 +235,12 @@ def main() -> None:
         settings = from_env(db_url=url, broker_url=redis.url(), model=model, chunk_size=args.chunk_size,
                             max_outstanding_chunks=args.max_outstanding)
         with Producer(settings) as producer:
-            # Warm-up: each worker process loads its (tiny) model on its first chunk.
-            warm_list = tmp / "warm.txt"
-            warm_list.write_text("".join(f"/warm/{i}.jpg\n" for i in range(args.chunk_size * 2 * args.workers)))
-            warm = producer.register(ScanSource((), (str(warm_list),), WalkOptions(settings.extensions)), name="warm-up")
-            producer.produce(warm)
-            wait_for(lambda: producer.progress(warm).status == "completed", 300, "the warm-up scan")
+            warm_up(producer, settings, tmp / "warm.txt", args.chunk_size * 2 * args.workers)
             for w in workers:
                 w.log_path.write_text("")  # count the timed scan's tasks only
-            timings = getattr(producer, "timings", None)
-            if timings is not None:
-                for key in timings:
-                    timings[key] = 0.0
-            scan_id = producer.register(ScanSource((), (str(listing),), WalkOptions(settings.extensions)), name="bench")
-            postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
-            roots = {"postgresql": postmaster, "redis": redis.proc.pid, "producer (this process)": -os.getpid(),
-                     **{f"worker {w.name}": w.pid for w in workers}}
-            cpu0 = cpu_seconds(roots)
-            t0 = time.perf_counter()
-            report = producer.produce(scan_id)
-            t_enqueued = time.perf_counter()
-            wait_for(lambda: producer.progress(scan_id).status == "completed", 3600, "the scan", interval=0.05)
-            t_done = time.perf_counter()
-            cpu1 = cpu_seconds(roots)
-            p = producer.progress(scan_id)
-        assert p.images_done == args.images, p
-        logs = [w.log() for w in workers]
-        task_s = sum(float(x) for text in logs for x in re.findall(r"succeeded in ([0-9.]+)s", text))
-        wall = t_done - t0
-        n = args.images
-        print(f"images            {n} in {report.chunks_published} chunks of {args.chunk_size}, "
-              f"{args.workers} workers (prefork, 1 process each), max outstanding {args.max_outstanding}")
-        print(f"enqueue           {t_enqueued - t0:8.2f} s   (producer done; back-pressure keeps it in step)")
-        print(f"end-to-end        {wall:8.2f} s   {n / wall:10.0f} images/s")
-        print(f"task time         {task_s:8.2f} s   {task_s / (args.workers * wall):.0%} of the workers' wall time; "
-              f"{1000 * task_s / max(1, report.chunks_published):.1f} ms per chunk "
-              f"({1e6 * task_s / n:.0f} us per image)")
-        print("where the time goes, in microseconds per image")
-        if timings is not None:
-            print("  producer        " + ", ".join(f"{k} {1e6 * v / n:.1f}" for k, v in timings.items())
-                  + f"  (of {1e6 * wall / n:.1f} wall)")
-        stages, chunks = worker_stages(logs, scan_id)
-        if chunks:
-            handled = stages.pop("handled") / 1000
-            parts = ", ".join(f"{k} {1e3 * v / n:.1f}" for k, v in stages.items())
-            print(f"  workers         {parts}  (chunk handling {1e6 * handled / n:.1f})")
-            print(f"  celery in task  {1e6 * (task_s - handled) / n:.1f}  (task time minus chunk handling)")
-        else:
-            print("  workers         (no per-chunk stage lines in the worker logs)")
-        print(f"  between tasks   {1e6 * (args.workers * wall - task_s) / n:.1f}  (workers x wall minus task time: "
-              "broker fetch, acknowledgement, prefork pipes, idle)")
-        cpu = {k: cpu1[k] - cpu0[k] for k in roots}
-        print("CPU time, in microseconds per image (2 cores shared with everything else on the machine)")
-        print("  " + ", ".join(f"{k} {1e6 * v / n:.1f}" for k, v in cpu.items())
-              + f"; all {1e6 * sum(cpu.values()) / n:.1f} of {2e6 * wall / n:.1f} core-time")
+            timed = timed_scan(producer, settings, listing, pg, redis, workers)
+        assert timed.progress.images_done == args.images, timed.progress
+        print_report(args, timed, [w.log() for w in workers])
         if args.rss_paths:
             for w in workers:  # the drain stands in for them
                 w.stop()
@@ -280,6 +251,75 @@ def main() -> None:
         redis.stop()
         pg.destroy()
         shutil.rmtree(tmp, ignore_errors=True)  # the model, the path lists (330 MB for 10M paths), the logs
+
+
+def warm_up(producer, settings, warm_list: Path, n: int) -> None:
+    """Each worker process loads its (tiny) model on its first chunk: a scan of ``n`` paths does that first."""
+    from dfscan.scanner import ScanSource, WalkOptions
+    from tests._cluster import wait_for
+
+    warm_list.write_text("".join(f"/warm/{i}.jpg\n" for i in range(n)))
+    warm = producer.register(ScanSource((), (str(warm_list),), WalkOptions(settings.extensions)), name="warm-up")
+    producer.produce(warm)
+    wait_for(lambda: producer.progress(warm).status == "completed", 300, "the warm-up scan")
+
+
+def timed_scan(producer, settings, listing: Path, pg, redis, workers) -> TimedScan:
+    """Scan ``listing`` to completion, with the clocks and every process's CPU time around it."""
+    from dfscan.scanner import ScanSource, WalkOptions
+    from tests._cluster import wait_for
+
+    timings = getattr(producer, "timings", None)
+    if timings is not None:
+        for key in timings:
+            timings[key] = 0.0
+    scan_id = producer.register(ScanSource((), (str(listing),), WalkOptions(settings.extensions)), name="bench")
+    postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
+    roots = {"postgresql": postmaster, "redis": redis.proc.pid, "producer (this process)": -os.getpid(),
+             **{f"worker {w.name}": w.pid for w in workers}}
+    cpu0 = cpu_seconds(roots)
+    t0 = time.perf_counter()
+    report = producer.produce(scan_id)
+    t_enqueued = time.perf_counter()
+    wait_for(lambda: producer.progress(scan_id).status == "completed", 3600, "the scan", interval=0.05)
+    t_done = time.perf_counter()
+    cpu1 = cpu_seconds(roots)
+    return TimedScan(scan_id=scan_id, report=report, progress=producer.progress(scan_id), t0=t0,
+                     t_enqueued=t_enqueued, t_done=t_done, timings=timings,
+                     cpu={k: cpu1[k] - cpu0[k] for k in roots})
+
+
+def print_report(args: argparse.Namespace, timed: TimedScan, logs: list[str]) -> None:
+    """Throughput, then where the time goes per image: producer, worker stages, Celery, between tasks, CPU."""
+    report, timings = timed.report, timed.timings
+    task_s = sum(float(x) for text in logs for x in re.findall(r"succeeded in ([0-9.]+)s", text))
+    wall = timed.t_done - timed.t0
+    n = args.images
+    print(f"images            {n} in {report.chunks_published} chunks of {args.chunk_size}, "
+          f"{args.workers} workers (prefork, 1 process each), max outstanding {args.max_outstanding}")
+    print(f"enqueue           {timed.t_enqueued - timed.t0:8.2f} s   (producer done; back-pressure keeps it in step)")
+    print(f"end-to-end        {wall:8.2f} s   {n / wall:10.0f} images/s")
+    print(f"task time         {task_s:8.2f} s   {task_s / (args.workers * wall):.0%} of the workers' wall time; "
+          f"{1000 * task_s / max(1, report.chunks_published):.1f} ms per chunk "
+          f"({1e6 * task_s / n:.0f} us per image)")
+    print("where the time goes, in microseconds per image")
+    if timings is not None:
+        print("  producer        " + ", ".join(f"{k} {1e6 * v / n:.1f}" for k, v in timings.items())
+              + f"  (of {1e6 * wall / n:.1f} wall)")
+    stages, chunks = worker_stages(logs, timed.scan_id)
+    if chunks:
+        handled = stages.pop("handled") / 1000
+        parts = ", ".join(f"{k} {1e3 * v / n:.1f}" for k, v in stages.items())
+        print(f"  workers         {parts}  (chunk handling {1e6 * handled / n:.1f})")
+        print(f"  celery in task  {1e6 * (task_s - handled) / n:.1f}  (task time minus chunk handling)")
+    else:
+        print("  workers         (no per-chunk stage lines in the worker logs)")
+    print(f"  between tasks   {1e6 * (args.workers * wall - task_s) / n:.1f}  (workers x wall minus task time: "
+          "broker fetch, acknowledgement, prefork pipes, idle)")
+    cpu = timed.cpu
+    print("CPU time, in microseconds per image (2 cores shared with everything else on the machine)")
+    print("  " + ", ".join(f"{k} {1e6 * v / n:.1f}" for k, v in cpu.items())
+          + f"; all {1e6 * sum(cpu.values()) / n:.1f} of {2e6 * wall / n:.1f} core-time")
 
 
 if __name__ == "__main__":

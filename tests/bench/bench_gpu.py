@@ -121,7 +121,7 @@ def bench_scan(model: Path, folder: Path, db_path: Path, decoder: str, runtime: 
                       decode_threads=max(2, (os.cpu_count() or 2) // 2))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="resnext50_32x4d")
     parser.add_argument("--model", type=Path, help="an ONNX model (default: export the detector with random weights)")
@@ -132,63 +132,30 @@ def main() -> None:
     parser.add_argument("--decoder", action="append", help="only this decoder (repeatable): pillow, dali-cpu, dali-gpu")
     parser.add_argument("--runtime", action="append", help="only this runtime (repeatable): onnxruntime, tensorrt, torch")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args()
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    return parser.parse_args()
 
-    from dfscan.trt.model_info import inspect_model
-    from dfscan.doctor import versions
-    from dfscan.workers.images.decode import PillowDecoder, Preprocess
-    from dfscan.workers.reading.reader import read_file
 
-    figures: dict = {"images": args.images, "size": args.size, "batch": args.batch, "cpus": os.cpu_count(),
-                     "versions": versions(), "decode": {}, "inference": {}, "end_to_end": {}}
-    with tempfile.TemporaryDirectory(prefix="dfscan-gpubench-") as tmp:
-        tmp_path = Path(tmp)
-        if args.model:
-            model_dir = tmp_path / "model"
-            shutil.copytree(args.model.parent, model_dir)  # engines go beside the copy, not the original
-            model = model_dir / args.model.name
-        else:
-            from dfscan.detector.export import export_untrained
+def model_to_bench(args: argparse.Namespace, tmp_path: Path) -> Path:
+    """A copy of ``--model`` (engines go beside the copy, not the original), or the detector with random weights."""
+    if args.model:
+        model_dir = tmp_path / "model"
+        shutil.copytree(args.model.parent, model_dir)
+        return model_dir / args.model.name
+    from dfscan.detector.export import export_untrained
 
-            model = export_untrained(args.backbone, tmp_path / "model")
-        info = inspect_model(model)
-        pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)
-        paths = write_images(tmp_path / "images", args.images, (w, h))
-        files = [read_file(str(p)) for p in paths]
+    return export_untrained(args.backbone, tmp_path / "model")
 
-        decoders, runtimes = decoders_here(args.decoder), runtimes_here(model, args.runtime)
-        figures["asked"] = {"decoders": decoders, "runtimes": runtimes}
 
-        def keep(stage: str, name: str, value) -> None:
-            """Print and save each figure as it comes: a run cut short by a time limit still reports."""
-            figures[stage][name] = value
-            print(f"measured {stage} {name}: {value}", flush=True)
-            if args.json:
-                args.json.write_text(json.dumps(figures, indent=2, default=str))
+def keep(figures: dict, json_path: Path | None, stage: str, name: str, value) -> None:
+    """Print and save each figure as it comes: a run cut short by a time limit still reports."""
+    figures[stage][name] = value
+    print(f"measured {stage} {name}: {value}", flush=True)
+    if json_path:
+        json_path.write_text(json.dumps(figures, indent=2, default=str))
 
-        for name in decoders:
-            keep("decode", name, bench_decode(name, files, pre, args.batch, args.repeats))
-        reference = PillowDecoder(pre)
-        tensors = np.stack(reference.decode_batch(files))
-        reference.close()
 
-        for kind, precision in runtimes:
-            label = kind if precision is None else f"{kind}-{precision}"
-            runtime = load_runtime(kind, precision, info, model.parent / "engines")
-            try:
-                keep("inference", label, bench_infer(runtime, tensors, args.batch, args.repeats))
-            finally:
-                runtime.close()
-
-        # The scan's runtime picks its own precision: the best engine cached beside the model (int8 if built above,
-        # else fp16); torch runs fp16 on CUDA.
-        for decoder in decoders:
-            for kind in dict.fromkeys(k for k, _ in runtimes):
-                keep("end_to_end", f"{decoder}+{kind}", bench_scan(
-                    model, tmp_path / "images", tmp_path / "bench.db", decoder, kind, args.batch
-                ))
-
+def print_table(figures: dict, args: argparse.Namespace) -> None:
+    """One row per measurement, and each scan's rate against the slower of its decode and inference."""
     print(f"{args.images} JPEGs of {args.size}, batch {args.batch}, {os.cpu_count()} CPUs")
     print(f"{'stage':<42}{'images/s':>12}")
     for name, rate in figures["decode"].items():
@@ -201,6 +168,53 @@ def main() -> None:
         infer_rates = [max(r.values()) for n, r in figures["inference"].items() if n.startswith(kind)]
         bound = min(figures["decode"][decoder], max(infer_rates))
         print(f"{'scan ' + pair:<42}{rate:>12.1f}   end-to-end / min(decode, infer) = {rate / bound:.2f}")
+
+
+def main() -> None:
+    args = parse_args()
+    w, h = (int(v) for v in args.size.lower().split("x"))
+
+    from dfscan.trt.model_info import inspect_model
+    from dfscan.doctor import versions
+    from dfscan.workers.images.decode import PillowDecoder, Preprocess
+    from dfscan.workers.reading.reader import read_file
+
+    figures: dict = {"images": args.images, "size": args.size, "batch": args.batch, "cpus": os.cpu_count(),
+                     "versions": versions(), "decode": {}, "inference": {}, "end_to_end": {}}
+    with tempfile.TemporaryDirectory(prefix="dfscan-gpubench-") as tmp:
+        tmp_path = Path(tmp)
+        model = model_to_bench(args, tmp_path)
+        info = inspect_model(model)
+        pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std)
+        paths = write_images(tmp_path / "images", args.images, (w, h))
+        files = [read_file(str(p)) for p in paths]
+
+        decoders, runtimes = decoders_here(args.decoder), runtimes_here(model, args.runtime)
+        figures["asked"] = {"decoders": decoders, "runtimes": runtimes}
+
+        for name in decoders:
+            keep(figures, args.json, "decode", name, bench_decode(name, files, pre, args.batch, args.repeats))
+        reference = PillowDecoder(pre)
+        tensors = np.stack(reference.decode_batch(files))
+        reference.close()
+
+        for kind, precision in runtimes:
+            label = kind if precision is None else f"{kind}-{precision}"
+            runtime = load_runtime(kind, precision, info, model.parent / "engines")
+            try:
+                keep(figures, args.json, "inference", label, bench_infer(runtime, tensors, args.batch, args.repeats))
+            finally:
+                runtime.close()
+
+        # The scan's runtime picks its own precision: the best engine cached beside the model (int8 if built above,
+        # else fp16); torch runs fp16 on CUDA.
+        for decoder in decoders:
+            for kind in dict.fromkeys(k for k, _ in runtimes):
+                keep(figures, args.json, "end_to_end", f"{decoder}+{kind}", bench_scan(
+                    model, tmp_path / "images", tmp_path / "bench.db", decoder, kind, args.batch
+                ))
+
+    print_table(figures, args)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
 

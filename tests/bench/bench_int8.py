@@ -16,7 +16,7 @@ so any quantisation "agrees" with it.  This script makes one that doesn't:
    BiLSTM and classifier on them for ``--steps`` Adam steps (training the
    whole network on two CPU cores would take hours; the head is what turns
    features into a wide spread of p_fake);
-3. exports it to ONNX, quantises it with ``trt.quantize.quantize_model``
+3. exports it to ONNX, quantises it with ``detector.quantize.quantize_model``
    (calibrating on up to 128 training images) and compares verdicts and
    p_fake on the held-out test split (images never seen in calibration).
 
@@ -53,19 +53,59 @@ def write_set(folder: Path, n: int) -> tuple[list[Path], list[int]]:
     return files, labels
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--images", type=int, default=600, help="synthetic images in all")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--calibration", type=int, default=128)
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def train_head(model, x_train: np.ndarray, y, steps: int) -> float:
+    """Train the BiLSTM and classifier on the backbone's features of ``x_train``; returns the final loss."""
+    import torch
+
+    with torch.no_grad():
+        feats = torch.cat([model.backbone(torch.from_numpy(x_train[i : i + 32])) for i in range(0, len(x_train), 32)])
+    feats = feats.unsqueeze(1)
+    params = [*model.lstm.parameters(), *model.classifier.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    model.lstm.train()
+    model.classifier.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(feats), (64,))
+        out, _ = model.lstm(feats[idx])
+        loss = torch.nn.functional.cross_entropy(model.classifier(out.mean(dim=1)), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return float(loss.detach())
+
+
+def accuracies(models: dict[str, Path], x_test: np.ndarray, y_test: np.ndarray) -> dict[str, float]:
+    """Each ONNX model's accuracy on the held-out images at threshold 0.5."""
+    from dfscan.trt.base import softmax
+    from dfscan.trt.model_info import inspect_model
+    from dfscan.trt.onnxruntime import OnnxRuntime
+
+    acc = {}
+    for name, path in models.items():
+        rt = OnnxRuntime(inspect_model(path))
+        p = np.concatenate([softmax(rt.infer(x_test[i : i + 64]))[:, 1] for i in range(0, len(x_test), 64)])
+        rt.close()
+        acc[name] = float(np.mean((p >= 0.5) == y_test))
+    return acc
+
+
+def main() -> None:
+    args = parse_args()
 
     import torch
 
     from dfscan.detector.export import export_onnx
-    from dfscan.trt.model_info import inspect_model
     from dfscan.detector.model import DeepfakeDetector, save_checkpoint
     from dfscan.detector.quantize import quantize_model
     from dfscan.detector.calibration import calibration_images
@@ -85,21 +125,7 @@ def main() -> None:
         decoded = calibration_images(train_files, info)
         x_train, used = decoded.tensors, decoded.files
         y = torch.tensor([train_labels[train_files.index(p)] for p in used])
-        with torch.no_grad():
-            feats = torch.cat([model.backbone(torch.from_numpy(x_train[i : i + 32])) for i in range(0, len(x_train), 32)])
-        feats = feats.unsqueeze(1)
-        params = [*model.lstm.parameters(), *model.classifier.parameters()]
-        opt = torch.optim.Adam(params, lr=1e-3)
-        model.lstm.train()
-        model.classifier.train()
-        for _ in range(args.steps):
-            idx = torch.randint(0, len(feats), (64,))
-            out, _ = model.lstm(feats[idx])
-            loss = torch.nn.functional.cross_entropy(model.classifier(out.mean(dim=1)), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
+        final_loss = train_head(model, x_train, y, args.steps)
         ckpt = save_checkpoint(root / "ckpt" / "trained.pt", model, {"purpose": "int8 agreement, head trained"})
         fp32 = export_onnx(ckpt, root / "fp32").onnx_path
 
@@ -111,15 +137,7 @@ def main() -> None:
         decoded = calibration_images(test_files, info)
         x_test, used_test = decoded.tensors, decoded.files
         y_test = np.array([test_labels[test_files.index(p)] for p in used_test])
-        from dfscan.trt.base import softmax
-        from dfscan.trt.onnxruntime import OnnxRuntime
-
-        acc = {}
-        for name, path in (("fp32", fp32), ("int8", result.onnx_path)):
-            rt = OnnxRuntime(inspect_model(path))
-            p = np.concatenate([softmax(rt.infer(x_test[i : i + 64]))[:, 1] for i in range(0, len(x_test), 64)])
-            rt.close()
-            acc[name] = float(np.mean((p >= 0.5) == y_test))
+        acc = accuracies({"fp32": fp32, "int8": result.onnx_path}, x_test, y_test)
 
     figures = {
         "backbone": args.backbone,
@@ -127,14 +145,14 @@ def main() -> None:
         "train_images": len(train_files),
         "test_images": len(test_files),
         "head_steps": args.steps,
-        "final_loss": round(float(loss.detach()), 4),
+        "final_loss": round(final_loss, 4),
         "calibration_images": result.calibration_images,
         "quantized_nodes": result.quantized_nodes,
         "agreement_on_test": asdict(a),
         "test_accuracy": acc,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    print(f"{args.backbone}: head trained {args.steps} steps (loss {float(loss.detach()):.3f}); "
+    print(f"{args.backbone}: head trained {args.steps} steps (loss {final_loss:.3f}); "
           f"calibrated on {result.calibration_images} train images; compared on {a.images} test images")
     print(f"identical verdicts: {a.identical_verdicts}/{a.images} = {a.identical_share:.2%}")
     print(f"largest |p_fake difference| {a.max_abs_dp_fake:.4f}, mean {a.mean_abs_dp_fake:.4f}")

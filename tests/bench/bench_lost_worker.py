@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--chunk-size", type=int, default=64)
@@ -33,9 +33,48 @@ def main() -> None:
     parser.add_argument("--renew", type=float, default=5.0)
     parser.add_argument("--slow", type=float, default=0.3, help="extra seconds per batch of 8")
     parser.add_argument("--observe", type=float, default=600.0, help="give up after this many seconds after the kill")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def one(engine, sql: str, **params):
+    """The first column of the first row of ``sql``."""
     from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return conn.execute(text(sql), params).scalar()
+
+
+def half_written(engine, worker, busy: Path, chunk_size: int) -> int | None:
+    """The chunk one of ``worker``'s processes is half-way through (some of its rows written), if any."""
+    for pid in worker.children():
+        try:
+            chunk_id = int((busy / str(pid)).read_text())
+        except (OSError, ValueError):
+            continue
+        n = one(engine, "SELECT count(*) FROM results r JOIN chunks c ON c.scan_id = r.scan_id "
+                "AND jsonb_exists(c.paths, r.path) WHERE c.id = :c AND c.status = 'queued'", c=chunk_id)
+        if 0 < n < chunk_size:
+            return chunk_id
+    return None
+
+
+def watch(engine, scan_id: int, killed: float, observe: float) -> tuple[str, int, float]:
+    """Print the rows every 10 s until the scan ends or ``observe`` s pass: (status, rows, seconds since the kill)."""
+    last_print = 0.0
+    while True:
+        elapsed = time.monotonic() - killed
+        status = one(engine, "SELECT status FROM scans WHERE id = :s", s=scan_id)
+        rows = one(engine, "SELECT count(*) FROM results WHERE scan_id = :s", s=scan_id)
+        if status != "running" or elapsed > observe:
+            return status, rows, elapsed
+        if elapsed - last_print >= 10:
+            print(f"  +{elapsed:5.0f} s  {rows} rows")
+            last_print = elapsed
+        time.sleep(0.5)
+
+
+def main() -> None:
+    args = parse_args()
 
     from dfscan import db
     from dfscan.core.settings import from_env
@@ -56,10 +95,6 @@ def main() -> None:
     engine = db.make_engine(url)
     db.upgrade(engine)
 
-    def one(sql: str, **params):
-        with engine.connect() as conn:
-            return conn.execute(text(sql), params).scalar()
-
     env = {"DFSCAN_LEASE_SECONDS": str(args.lease), "DFSCAN_LEASE_RENEW_SECONDS": str(args.renew)}
     faults = {"slow_batch_s": args.slow, "busy_dir": str(busy)}
     workers = [Worker(redis.url(), url, tmp, name=n, env=env, faults=faults) for n in ("a", "b")]
@@ -72,37 +107,15 @@ def main() -> None:
             scan_id = producer.register(source)
             producer.produce(scan_id)
         a = workers[0]
-
-        def half_written():
-            for pid in a.children():
-                try:
-                    chunk_id = int((busy / str(pid)).read_text())
-                except (OSError, ValueError):
-                    continue
-                n = one("SELECT count(*) FROM results r JOIN chunks c ON c.scan_id = r.scan_id "
-                        "AND jsonb_exists(c.paths, r.path) WHERE c.id = :c AND c.status = 'queued'", c=chunk_id)
-                if 0 < n < args.chunk_size:
-                    return chunk_id
-            return None
-
-        chunk_id = wait_for(half_written, 120, "worker a half-way through a chunk", interval=0.05)
-        rows_at_kill = one("SELECT count(*) FROM results WHERE scan_id = :s", s=scan_id)
+        chunk_id = wait_for(lambda: half_written(engine, a, busy, args.chunk_size), 120,
+                            "worker a half-way through a chunk", interval=0.05)
+        rows_at_kill = one(engine, "SELECT count(*) FROM results WHERE scan_id = :s", s=scan_id)
         a.kill_group(signal.SIGKILL)
         killed = time.monotonic()
         print(f"killed worker a (whole process group) mid-chunk {chunk_id}: {rows_at_kill} of {args.images} rows")
-        last_print = 0.0
-        while True:
-            elapsed = time.monotonic() - killed
-            status = one("SELECT status FROM scans WHERE id = :s", s=scan_id)
-            rows = one("SELECT count(*) FROM results WHERE scan_id = :s", s=scan_id)
-            if status != "running" or elapsed > args.observe:
-                break
-            if elapsed - last_print >= 10:
-                print(f"  +{elapsed:5.0f} s  {rows} rows")
-                last_print = elapsed
-            time.sleep(0.5)
-        distinct = one("SELECT count(DISTINCT path) FROM results WHERE scan_id = :s", s=scan_id)
-        requeues = one("SELECT requeues FROM chunks WHERE id = :c", c=chunk_id)
+        status, rows, elapsed = watch(engine, scan_id, killed, args.observe)
+        distinct = one(engine, "SELECT count(DISTINCT path) FROM results WHERE scan_id = :s", s=scan_id)
+        requeues = one(engine, "SELECT requeues FROM chunks WHERE id = :c", c=chunk_id)
         print(f"lease {args.lease} s, renew {args.renew} s, visibility timeout "
               f"{from_env().visibility_timeout} s: scan {status} {elapsed:.1f} s after the kill; "
               f"{rows} rows ({distinct} distinct) of {args.images}; the killed chunk re-enqueued {requeues} time(s)")

@@ -15,7 +15,9 @@ import numpy as np
 from PIL import Image
 
 from dfscan.workers.faces.geometry import FaceOptions, detection_scale
-from dfscan.workers.reading.errors import ImageError, UnknownDecoder
+from dfscan.core.errors import first_line
+from dfscan.core.registry import Registry
+from dfscan.workers.reading.errors import DecoderUnavailable, ImageError, UnknownFaceDetector
 
 # Images decoded and detected together: bounds the full-resolution images held at once.
 DETECT_BATCH = 16
@@ -44,10 +46,19 @@ class MtcnnDetector(FaceDetector):
 
     name = "mtcnn"
     MIN_SIZE = 20  # pixels of the detection canvas; MTCNN's own default
+    # A dependency of dfscan (pyproject.toml): 2.5.3, whose metadata leaves torch free (2.6.0 pins torch<2.3);
+    # its MTCNN code and weights are byte for byte 2.6.0's.
+    REQUIREMENT = "facenet-pytorch==2.5.3"
 
     def __init__(self, device: str = "auto", threads: int | None = None) -> None:
         import torch
-        from facenet_pytorch import MTCNN
+
+        try:
+            from facenet_pytorch import MTCNN
+        except ImportError as exc:  # a user's to fix: one line saying what to install (DecoderUnavailable)
+            raise DecoderUnavailable(
+                f"the {self.name} face detector can't be imported ({exc}); install it: "
+                f"pip install '{self.REQUIREMENT}' (or scan with --faces off)") from None
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -83,21 +94,20 @@ class MtcnnDetector(FaceDetector):
         return out
 
 
-FACE_DETECTORS: dict[str, FaceDetectorSpec] = {
-    spec.name: spec
-    for spec in (
+FACE_DETECTORS: Registry[FaceDetectorSpec] = Registry(
+    "face detector",
+    UnknownFaceDetector,
+    message="unknown {kind} {name!r}; known: {known}",
+    entries=(
         FaceDetectorSpec("mtcnn", "MTCNN (facenet-pytorch 2.6, weights in its wheel); the GPU where there is one",
                          lambda device, threads=None: MtcnnDetector(device, threads)),
-    )
-}
+    ),
+)
 
 
 def create_face_detector(name: str, device: str = "auto", threads: int | None = None) -> FaceDetector:
-    try:
-        spec = FACE_DETECTORS[name]
-    except KeyError:
-        raise UnknownDecoder(f"unknown face detector {name!r}; known: {', '.join(FACE_DETECTORS)}") from None
-    return spec.create(device, threads)
+    """The detector ``name`` of :data:`FACE_DETECTORS`; an unknown name raises :class:`UnknownFaceDetector`."""
+    return FACE_DETECTORS.create(name, device, threads)
 
 
 class FaceFinder:
@@ -132,8 +142,7 @@ class FaceFinder:
                 try:
                     found.append(self.detector.detect(_canvas([im]), min_canvas)[0])
                 except Exception as exc:  # noqa: BLE001
-                    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-                    found.append(ImageError("face-detect-failed", f"face detection failed: {text}"))
+                    found.append(ImageError("face-detect-failed", f"face detection failed: {first_line(exc, 160)}"))
         return [_rescale(f, s) for f, s in zip(found, scales)]
 
 

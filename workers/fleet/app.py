@@ -23,15 +23,15 @@ import threading
 
 from celery import Celery
 
+from dfscan.core.constants import producer_queue
 from dfscan.core.settings import Settings, SettingsError, from_env
 
 __all__ = ["SCORE_TASK", "SCHEDULED_SCAN_TASK", "create_app", "get_app", "set_app", "transport_options"]
 
 SCORE_TASK = "dfscan.score_chunk"
 SCHEDULED_SCAN_TASK = "dfscan.scheduled_scan"
-# Producer tasks of nightly schedules go to their own queue, so that a walk
-# never holds a scoring process (a GPU) for the length of a scan.
-PRODUCER_QUEUE_SUFFIX = ".producer"
+# Producer tasks of nightly schedules go to their own queue (dfscan.core.constants.producer_queue), so
+# that a walk never holds a scoring process (a GPU) for the length of a scan.
 
 
 class DfscanCelery(Celery):
@@ -78,14 +78,14 @@ def create_app(settings: Settings) -> DfscanCelery:
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_default_queue=settings.queue,
-        task_routes={SCHEDULED_SCAN_TASK: {"queue": settings.queue + PRODUCER_QUEUE_SUFFIX}},
+        task_routes={SCHEDULED_SCAN_TASK: {"queue": producer_queue(settings.queue)}},
         task_create_missing_queues=True,
         worker_send_task_events=False,
         worker_hijack_root_logger=False,
         enable_utc=True,
         timezone="UTC",
     )
-    from dfscan.workers import tasks
+    from dfscan.workers.fleet import tasks
 
     tasks.register(app)
     return app

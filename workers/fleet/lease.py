@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from dfscan.db.chunks import (
+from dfscan.core.errors import first_line
+from dfscan.db.leases import (
     ReapedChunk,
     clear_requeue_leases,
     reap_expired_leases,
@@ -38,8 +39,7 @@ _HOST = socket.gethostname()[:200]
 
 def describe(exc: BaseException) -> str:
     """``Type: first line`` of an error, for a one-line warning."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
+    return f"{type(exc).__name__}: {first_line(exc) if str(exc).strip() else ''}"
 
 
 def lease_owner(pid: int | None = None) -> str:

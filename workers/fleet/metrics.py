@@ -4,16 +4,15 @@ What an operator watches: images scored (by label), errors (by reason), and
 per batch the wall time, the read+decode time and the inference time; plus
 the depth of the broker queue, read when Prometheus scrapes.
 
-Wiring, with no change to the pipeline's code::
+Wiring::
 
     metrics = WorkerMetrics()                  # once per process
-    hook = instrument(ctx, metrics)            # after ScanContext.open()
-    score_chunk(ctx, chunk, model_id, on_batch=hook)
+    score_chunk(ctx, chunk, model_id, on_batch=batch_hook(metrics))
     start_metrics_server(9400, metrics=metrics)
 
-:func:`instrument` wraps the context's batch maker and runtime in timing
-proxies and returns the ``on_batch`` hook that records each batch.  Code that
-times its batches itself calls :meth:`WorkerMetrics.observe_batch` instead.
+The loop times each stage where it runs and hands the timings to the
+:func:`batch_hook`; code that times its batches itself calls
+:meth:`WorkerMetrics.observe_batch` instead.
 
 Celery's prefork pool scores in child processes: there, the metrics live in
 files shared by all of them (prometheus_client's multiprocess mode).  The
@@ -39,10 +38,8 @@ from dfscan.workers.reading.errors import REASONS
 
 __all__ = [
     "MetricsServer",
-    "TimedBatchMaker",
-    "TimedRuntime",
     "WorkerMetrics",
-    "instrument",
+    "batch_hook",
     "mark_process_dead",
     "redis_queue_depth",
     "start_metrics_server",
@@ -130,101 +127,27 @@ class WorkerMetrics:
         self._queue.source = source
 
 
-# --- timing the real pipeline ---------------------------------------------------------
+# --- the loop's timings -----------------------------------------------------------------
 
 
-class TimedRuntime:
-    """A runtime that adds the time of each ``infer`` call to a running total."""
+def batch_hook(metrics: WorkerMetrics) -> Callable[[list, dict[str, float]], None]:
+    """The loop's ``on_batch`` hook that records each batch: its rows, and the seconds the loop timed per stage.
 
-    def __init__(self, runtime: Any) -> None:
-        self._runtime = runtime
-        self.name = runtime.name
-        self.version = runtime.version
-        self.precision = runtime.precision
-        self.device = runtime.device
-        self.fixed_batch = runtime.fixed_batch
-        self._spent: float | None = None
-
-    def infer(self, batch: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return self._runtime.infer(batch)
-        finally:
-            self._spent = (self._spent or 0.0) + time.perf_counter() - start
-
-    def take(self) -> float | None:
-        """Inference seconds since the last ``take`` (``None``: no call, e.g. nothing decoded)."""
-        spent, self._spent = self._spent, None
-        return spent
-
-    def close(self) -> None:
-        self._runtime.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._runtime, name)
-
-
-class TimedBatchMaker:
-    """A batch maker that notes, per batch, when its reading started and how long read+decode took.
-
-    Batches are prepared in a prefetch thread, ahead of scoring; the note is
-    keyed by the batch's first path and size, which its rows carry, so that a
-    chunk abandoned half-way can't shift the timings of the next one.
+    Read+decode is the ``prepare`` phase (the media stages), inference the
+    runtime's calls in the infer stage (none: nothing to infer), and the
+    batch's wall time runs from its first stage to its rows (before their
+    commit, which is the chunk's).
     """
 
-    KEEP = 256  # notes of batches that were never scored (an aborted chunk) are dropped past this
-
-    def __init__(self, batches: Any) -> None:
-        self._batches = batches
-        self.decoder = batches.decoder
-        self._notes: dict[tuple[str, int], tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def prepare(self, paths: Any) -> Any:
-        start = time.perf_counter()
-        prepared = self._batches.prepare(paths)
-        if paths:
-            with self._lock:
-                self._notes[(paths[0], len(paths))] = (start, time.perf_counter() - start)
-                while len(self._notes) > self.KEEP:
-                    del self._notes[next(iter(self._notes))]
-        return prepared
-
-    def take(self, rows: list) -> tuple[float, float] | None:
-        """``(start, decode seconds)`` of the batch whose rows these are, if it was noted."""
-        if not rows:
-            return None
-        with self._lock:
-            return self._notes.pop((rows[0].path, len(rows)), None)
-
-    def close(self) -> None:
-        self._batches.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._batches, name)
-
-
-def instrument(ctx: Any, metrics: WorkerMetrics) -> Callable[[list], None]:
-    """Time ``ctx``'s decoding and inference; returns the ``on_batch`` hook that records each batch.
-
-    Replaces ``ctx.batches`` and ``ctx.runtime`` with timing proxies (once:
-    instrumenting twice keeps the first proxies).
-    """
-    if not isinstance(ctx.batches, TimedBatchMaker):
-        ctx.batches = TimedBatchMaker(ctx.batches)
-    if not isinstance(ctx.runtime, TimedRuntime):
-        ctx.runtime = TimedRuntime(ctx.runtime)
-    batches, runtime = ctx.batches, ctx.runtime
-
-    def on_batch(rows: list) -> None:
-        # Called once the batch is scored, on the thread that scored it (its rows commit with its chunk's).
-        started = batches.take(rows)
-        decode_s = total_s = None
-        if started is not None:
-            decode_s, total_s = started[1], time.perf_counter() - started[0]
-        metrics.observe_batch(rows, decode_s=decode_s, infer_s=runtime.take(), total_s=total_s)
+    def on_batch(rows: list, timings: dict[str, float]) -> None:
+        decode_s = sum(timings[name] for name in PREPARE_STAGES if name in timings) or None
+        metrics.observe_batch(rows, decode_s=decode_s, infer_s=timings.get("runtime"), total_s=timings.get("total"))
 
     return on_batch
+
+
+# The stages whose seconds are a batch's reading and decoding.
+PREPARE_STAGES = ("video", "images")
 
 
 # --- queue depth ----------------------------------------------------------------------

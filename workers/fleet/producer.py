@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan import db
-from dfscan.db.chunks import LeaseRecord, lease_records
+from dfscan.db.leases import LeaseRecord, lease_records
 from dfscan.core.settings import Settings
 from dfscan.scanner.chunks import Chunk, chunked
 from dfscan.scanner.errors import ScannerError

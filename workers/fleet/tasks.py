@@ -1,4 +1,4 @@
-"""Celery tasks: thin adapters over :func:`workers.pipeline.score_chunk`.
+"""Celery tasks: thin adapters over :func:`dfscan.workers.scoring.score_chunk`.
 
 A task parses its JSON message, asks the database what to do with the chunk
 (:func:`handle_chunk`, a plain function), and turns failures into a requeue.
@@ -22,7 +22,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_process_shutdown, worker_ready, worker_shutdown
 
 from dfscan import db
-from dfscan.db.chunks import claim_chunk
+from dfscan.db.leases import claim_chunk
 from dfscan.core.settings import Settings
 from dfscan.scanner.chunks import Chunk
 from dfscan.workers.fleet.lease import Heartbeat, Reaper, holder_alive, lease_owner
@@ -101,9 +101,9 @@ class WorkerState:
                 ctx.close()
                 raise ModelMismatch(f"{model} changed while loading (SHA-256 {ctx.info.sha256[:12]})")
             if self.settings.metrics_port is not None:
-                from dfscan.workers.fleet.metrics import WorkerMetrics, instrument
+                from dfscan.workers.fleet.metrics import WorkerMetrics, batch_hook
 
-                self.on_batch = instrument(ctx, WorkerMetrics())
+                self.on_batch = batch_hook(WorkerMetrics())
             self._ctx, self._ctx_sha = ctx, head.model_sha256
             log.info("loaded model %s (%s) on %s", model, head.model_sha256[:12], ctx.runtime.name)
         ctx = self._ctx

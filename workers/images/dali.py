@@ -43,6 +43,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dfscan.core.errors import first_line
 from dfscan.workers.reading.dali_runs import DALI_FAILURES, build_or_unavailable, run_locating
 from dfscan.workers.reading.headers import sniff
 from dfscan.workers.images.decode import PillowDecoder, Preprocess, open_image
@@ -61,8 +62,7 @@ def dali_status() -> tuple[bool, str]:
     try:
         import nvidia.dali
     except Exception as exc:  # noqa: BLE001 - a broken install raises anything
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        return False, f"NVIDIA DALI does not import ({first})"
+        return False, f"NVIDIA DALI does not import ({first_line(exc)})"
     return True, nvidia.dali.__version__
 
 

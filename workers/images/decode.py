@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dfscan.core.constants import DEFAULT_MAX_PIXELS
+from dfscan.core.errors import first_line
 from dfscan.workers.reading.headers import sniff
 from dfscan.workers.reading.errors import ImageError
 from dfscan.workers.reading.reader import FileData
@@ -32,7 +34,7 @@ class Preprocess:
     size: tuple[int, int] = (224, 224)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    max_pixels: int = 89_478_485
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def scale_and_shift(self) -> tuple[np.ndarray, np.ndarray]:
         """``x * a + b`` equals ``(x / 255 - mean) / std`` per channel."""
@@ -96,9 +98,9 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
                 im = factory(fp, "")
                 break
             except (SyntaxError, IndexError, TypeError, struct.error) as exc:  # Image.open: "not this format"
-                why = _short(exc)
+                why = first_line(exc)
     except (OSError, ValueError, EOFError, MemoryError, Image.DecompressionBombError) as exc:
-        raise ImageError("not-image", f"unreadable image header: {_short(exc)}") from None
+        raise ImageError("not-image", f"unreadable image header: {first_line(exc)}") from None
     if im is None:
         if why:
             raise ImageError("not-image", f"unreadable image header: {why}")
@@ -111,7 +113,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return im
 
 
-def load_rgb(data: bytes, size: tuple[int, int] | None = None, max_pixels: int = 89_478_485) -> Image.Image:
+def load_rgb(data: bytes, size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``data`` to an 8-bit RGB image with its EXIF orientation applied.
 
     ``size`` (H, W) lets JPEG decode in draft mode at 1/2, 1/4 or 1/8 scale
@@ -134,9 +136,9 @@ def load_rgb(data: bytes, size: tuple[int, int] | None = None, max_pixels: int =
         text = str(exc)
         if "truncated" in text or "broken data stream" in text or "premature end" in text.lower():
             raise ImageError("truncated", "truncated image data") from None
-        raise ImageError("decode-failed", f"decode failed: {_short(exc)}") from None
+        raise ImageError("decode-failed", f"decode failed: {first_line(exc)}") from None
     except (SyntaxError, ValueError, TypeError, EOFError, MemoryError) as exc:
-        raise ImageError("decode-failed", f"decode failed: {_short(exc)}") from None
+        raise ImageError("decode-failed", f"decode failed: {first_line(exc)}") from None
     return im
 
 
@@ -198,7 +200,7 @@ class PillowDecoder:
         except ImageError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - any decoder bug is this image's error, not the batch's
-            return ImageError("decode-failed", f"decode failed: {_short(exc)}")
+            return ImageError("decode-failed", f"decode failed: {first_line(exc)}")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -208,8 +210,3 @@ def _pil_version() -> str:
     import PIL
 
     return PIL.__version__
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]

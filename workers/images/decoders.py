@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dfscan.core.registry import Registry
 from dfscan.workers.images.decode import PillowDecoder, Preprocess
 from dfscan.workers.reading.errors import DecoderUnavailable, UnknownDecoder
 
@@ -52,16 +53,18 @@ def _dali(device: str | None):
     return create
 
 
-DECODERS: dict[str, DecoderSpec] = {
-    spec.name: spec
-    for spec in (
+DECODERS: Registry[DecoderSpec] = Registry(
+    "decoder",
+    UnknownDecoder,
+    extra_names=("auto",),
+    entries=(
         DecoderSpec("pillow", "Pillow on the CPU (the reference decoder)", _always, _pillow),
         DecoderSpec("dali", "NVIDIA DALI: nvJPEG on the GPU when there is one, else DALI's CPU decoders",
                     _dali_available, _dali(None)),
         DecoderSpec("dali-gpu", "NVIDIA DALI with nvJPEG on the GPU (mixed)", _dali_gpu_available, _dali("gpu")),
         DecoderSpec("dali-cpu", "NVIDIA DALI's CPU decoders", _dali_available, _dali("cpu")),
-    )
-}
+    ),
+)
 
 # `auto` takes the first that can run here.
 AUTO_ORDER: tuple[str, ...] = ("dali-gpu", "pillow")
@@ -69,17 +72,14 @@ AUTO_ORDER: tuple[str, ...] = ("dali-gpu", "pillow")
 
 def resolve_decoder(name: str) -> DecoderSpec:
     if name != "auto":
-        try:
-            spec = DECODERS[name]
-        except KeyError:
-            raise UnknownDecoder(f"unknown decoder {name!r}; known decoders: {', '.join(['auto', *DECODERS])}") from None
+        spec = DECODERS.get(name)
         ok, why = spec.available()
         if not ok:
             raise DecoderUnavailable(f"decoder {name!r} can't run here: {why}")
         return spec
-    for candidate in AUTO_ORDER:
-        spec = DECODERS.get(candidate)
-        if spec is not None and spec.available()[0]:
+    for candidate in (c for c in AUTO_ORDER if c in DECODERS):
+        spec = DECODERS[candidate]
+        if spec.available()[0]:
             return spec
     return DECODERS["pillow"]
 

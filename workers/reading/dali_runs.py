@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from dfscan.core.errors import first_line
 from dfscan.workers.reading.errors import DecoderUnavailable
 
 __all__ = ["DALI_FAILURES", "build_or_unavailable", "run_locating"]
@@ -27,8 +28,7 @@ def build_or_unavailable(build: Callable[[], T], what: str) -> T:
     try:
         return build()
     except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError and friends for setup problems
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise DecoderUnavailable(f"the DALI {what} can't be built: {first}") from None
+        raise DecoderUnavailable(f"the DALI {what} can't be built: {first_line(exc)}") from None
 
 
 def run_locating(run: Callable[[Sequence[Any]], list], samples: Sequence[Any],

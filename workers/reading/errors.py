@@ -8,6 +8,8 @@ to the row.
 
 from __future__ import annotations
 
+from dfscan.core.errors import UnknownName
+
 # error_code -> what it means; the codes are part of the SQL contract.
 REASONS: dict[str, str] = {
     "missing": "the file vanished between listing and reading",
@@ -46,8 +48,12 @@ class VideoError(ImageError):
     """One video can't be scored; the same contract as :class:`ImageError` (``code`` in :data:`REASONS`)."""
 
 
-class UnknownDecoder(ValueError):
-    """No decoder of that name is registered."""
+class UnknownDecoder(UnknownName):
+    """No decoder of that name is registered (a ``ValueError``, as :class:`UnknownName` is)."""
+
+
+class UnknownFaceDetector(UnknownName):
+    """No face detector of that name is registered."""
 
 
 class DecoderUnavailable(RuntimeError):

@@ -10,40 +10,76 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan import db
-from dfscan.scanner.objects import object_store
-from dfscan.trt.model_info import ModelInfo, inspect_model
 from dfscan.core.settings import Settings, SettingsError
+from dfscan.scanner.objects import ObjectStore, object_store
 from dfscan.trt import Runtime, load_runtime
-from dfscan.workers.scoring.batches import BatchMaker, Verdict
-from dfscan.workers.images.decode import Preprocess
-from dfscan.workers.images.decoders import create_decoder
-from dfscan.workers.scoring.face_stage import FaceStage, faces_enabled, face_stage
-from dfscan.workers.scoring.video_stage import video_stage
+from dfscan.trt.model_info import ModelInfo, inspect_model
+from dfscan.workers.images import Preprocess, create_decoder
+from dfscan.workers.scoring.face_stage import FaceDecoder, face_decoder, faces_enabled
 from dfscan.workers.scoring.registration import register_model, threshold_for
+from dfscan.workers.scoring.stages import Stages
+from dfscan.workers.scoring.verdict import Verdict
+
+_UNSET = object()
+
+
+@dataclass
+class Resources:
+    """What the stages of a scan are made from (:meth:`Stages.build`): settings, model, runtimes, decoders.
+
+    ``runtimes`` holds a runtime per graph: ``image`` always, ``sequence`` once
+    the video stage has loaded the model's video graph.
+    """
+
+    settings: Settings
+    info: ModelInfo
+    pre: Preprocess
+    verdict: Verdict
+    runtimes: dict[str, Runtime]
+    store: ObjectStore | None = None
+    _decoder: object = field(default=_UNSET, repr=False)
+
+    def decoder(self):
+        """The image decoder (:data:`~dfscan.workers.images.DECODERS`); with faces on, the face decoder over it."""
+        if self._decoder is _UNSET:
+            s = self.settings
+            base = create_decoder(s.decoder, self.pre, threads=s.decode_threads, batch_size=s.batch_size)
+            self._decoder = face_decoder(base, self.pre, s) if faces_enabled(s.faces, self.info.input) else base
+        return self._decoder
+
+    def face_decoder(self) -> FaceDecoder | None:
+        decoder = self.decoder()
+        return decoder if isinstance(decoder, FaceDecoder) else None
+
+    def close(self) -> None:
+        for runtime in self.runtimes.values():
+            runtime.close()
 
 
 @dataclass
 class ScanContext:
     settings: Settings
     info: ModelInfo
-    runtime: Runtime
-    batches: BatchMaker
-    verdict: Verdict
+    resources: Resources
+    stages: Stages
     engine: Engine
     sessions: sessionmaker[Session]
-    # --reuse-verdicts: take an earlier scan's ok row for the same bytes and model (workers.dedupe).
+    # How this scan decides (a fleet worker replaces it per scan: the scan's own threshold); the loop hands
+    # it to the stages with each chunk's job.
+    verdict: Verdict
+    # --reuse-verdicts: take an earlier scan's ok row for the same bytes and model (workers.scoring.dedupe).
     # A fleet worker sets it per scan, from the scan's audit record.
     reuse_verdicts: bool = False
 
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True) -> "ScanContext":
-        """Check the model, load the runtime and decoder, connect and migrate the database.
+        """Check the model, load the runtime and the stages, connect and migrate the database.
 
         Everything that can fail for a setup reason fails here, before a single
         image is read.
@@ -52,41 +88,38 @@ class ScanContext:
             raise SettingsError("no model given: pass --model PATH or set DFSCAN_MODEL")
         engine = db.make_engine(settings.db_url)
         info = inspect_model(settings.model)
-        runtime = load_runtime(
-            settings.runtime,
-            info,
-            intra_op_threads=settings.intra_op_threads,
-            precision=settings.precision,
-            engine_dir=settings.engine_dir,
-        )
+        runtime = load_runtime(settings.runtime, info, intra_op_threads=settings.intra_op_threads,
+                               precision=settings.precision, engine_dir=settings.engine_dir)
         pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std, max_pixels=settings.max_pixels)
-        decoder = create_decoder(settings.decoder, pre, threads=settings.decode_threads, batch_size=settings.batch_size)
-        if faces_enabled(settings.faces, info.input):
-            decoder = face_stage(decoder, pre, settings)
+        verdict = Verdict(classes=info.classes, threshold=threshold_for(settings, info), temperature=info.temperature)
+        res = Resources(settings, info, pre, verdict, {"image": runtime}, object_store(settings.s3_endpoint_url))
         try:
-            video = video_stage(pre, settings, info, faces=decoder if isinstance(decoder, FaceStage) else None)
-        except Exception:
-            runtime.close()
+            stages = Stages.build(res)
+        except BaseException:
+            res.close()
             raise
-        threshold = threshold_for(settings, info)
-        verdict = Verdict(classes=info.classes, threshold=threshold, temperature=info.temperature)
         try:
             if migrate:
                 db.upgrade(engine)
         except Exception:
-            runtime.close()
+            stages.close()
+            res.close()
             raise
-        return cls(
-            settings=settings,
-            info=info,
-            runtime=runtime,
-            batches=BatchMaker(decoder, read_threads=settings.read_threads,
-                               store=object_store(settings.s3_endpoint_url), video=video),
-            verdict=verdict,
-            engine=engine,
-            sessions=db.session_factory(engine),
-            reuse_verdicts=settings.reuse_verdicts,
-        )
+        return cls(settings=settings, info=info, resources=res, stages=stages, engine=engine,
+                   sessions=db.session_factory(engine), verdict=verdict, reuse_verdicts=settings.reuse_verdicts)
+
+    @property
+    def runtime(self) -> Runtime:
+        """The image graph's runtime (the bench and the tests may wrap it: the infer stage sees the wrapper)."""
+        return self.resources.runtimes["image"]
+
+    @runtime.setter
+    def runtime(self, runtime: Runtime) -> None:
+        self.resources.runtimes["image"] = runtime
+
+    @property
+    def decoder(self):
+        return self.resources.decoder()
 
     @property
     def batch_size(self) -> int:
@@ -94,7 +127,7 @@ class ScanContext:
 
     def runtime_record(self) -> dict:
         """The runtime and decoder this process scores with (a ``scan_workers`` row)."""
-        decoder = self.batches.decoder
+        decoder = self.decoder
         return {
             "runtime": self.runtime.name,
             "runtime_version": self.runtime.version,
@@ -105,22 +138,17 @@ class ScanContext:
             "decoder_version": getattr(decoder, "version", None),
             "batch_size": self.settings.batch_size,
             "faces": self.faces_record(),
-            "video": self.video_record(),
+            "video": self.stages.records().get("video"),
         }
 
-    def video_record(self) -> dict | None:
-        """The video stage's settings (None: videos off)."""
-        video = getattr(self.batches, "video", None)
-        return video.record() if video is not None else None
-
     def faces_record(self) -> dict | None:
-        """The face stage's settings (None: faces off, the model sees whole images)."""
-        options = getattr(self.batches.decoder, "options", None)
-        if options is None:
+        """The face decoder's settings (None: faces off, the model sees whole images)."""
+        faces = self.resources.face_decoder()
+        if faces is None:
             return None
-        return {"detector": self.batches.decoder.detector.name, "max_faces": options.max_faces,
-                "margin": options.margin, "min_size": options.min_size, "aggregation": options.aggregation,
-                "detect_size": options.detect_size}
+        options = faces.options
+        return {"detector": faces.detector.name, "max_faces": options.max_faces, "margin": options.margin,
+                "min_size": options.min_size, "aggregation": options.aggregation, "detect_size": options.detect_size}
 
     def record_worker(self, session: Session, scan_id: int) -> None:
         db.record_worker(session, scan_id=scan_id, host=socket.gethostname(), pid=os.getpid(),
@@ -131,6 +159,6 @@ class ScanContext:
             return register_model(session, self.info)
 
     def close(self) -> None:
-        self.batches.close()
-        self.runtime.close()
+        self.stages.close()
+        self.resources.close()
         self.engine.dispose()

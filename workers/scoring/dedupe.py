@@ -20,19 +20,20 @@ the lookup sees committed rows only.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from dfscan.db.content import CONTENT_ERRORS, KnownVerdict
 from dfscan.db.records import ResultRow
-from dfscan.workers.scoring.face_stage import image_verdict
+from dfscan.workers.reading import ImageError
 
 if TYPE_CHECKING:
-    from dfscan.workers.scoring.batches import PreparedBatch, Verdict
+    from dfscan.workers.scoring.items import Batch, Item
+    from dfscan.workers.scoring.stages import Job
+    from dfscan.workers.scoring.verdict import Verdict
 
-__all__ = ["Plan", "content_hash", "plan", "relabel", "remember"]
+__all__ = ["KnownStage", "content_hash", "relabel", "remember"]
 
 
 def content_hash(data: bytes) -> str:
@@ -40,75 +41,68 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class Plan:
-    """What of a batch must be scored (:attr:`todo`) and how its rows and the known ones make the batch's rows."""
+class KnownStage:
+    """Before inference: items whose bytes already have a row (one lookup per batch) take it, unscored."""
 
-    def __init__(self, prepared: "PreparedBatch", known: dict[str, KnownVerdict], scan_id: int,
-                 relabel_known: Callable[[ResultRow], ResultRow]) -> None:
-        self.prepared = prepared
-        self.known = known
-        self.scan_id = scan_id
-        self._relabel = relabel_known
-        hashes = prepared.hashes
-        self.compute = [i for i in range(len(prepared.paths)) if not (hashes and hashes[i] in known)]
-        self.todo = prepared if len(self.compute) == len(prepared.paths) else prepared.subset(self.compute)
+    name = "known"
+    phase = "score"
 
-    def rows(self, scored: list[ResultRow]) -> list[ResultRow]:
-        """Every path's row, in order: ``scored`` (the rows of :attr:`todo`) and copies of known verdicts."""
-        if self.todo is self.prepared:
-            return scored
-        mine = dict(zip(self.compute, scored))
+    def __init__(self, aggregation: str = "max") -> None:
+        self.aggregation = aggregation  # how a reused row's faces make its verdict
+
+    def cost(self, path: str) -> int | None:
+        return None
+
+    def run(self, batch: "Batch", job: "Job | None" = None) -> None:
+        if job is None or job.lookup is None:
+            return
+        hashes = [h for h in dict.fromkeys(item.content_hash for item in batch.items) if h]
+        known = job.lookup(hashes) if hashes else {}
+        if not known:
+            return
         now = datetime.now(timezone.utc)
-        p = self.prepared
-        out = []
-        for i, path in enumerate(p.paths):
-            row = mine.get(i)
-            if row is None:
-                row = self._from_known(self.known[p.hashes[i]], path, p.sizes[i], p.mtimes[i], now,
-                                       copy=i in p.copy_of, etag=p.etag(i))
-            out.append(row)
-        return out
+        for item in batch.items:
+            if item.content_hash in known:
+                item.row = self._from_known(known[item.content_hash], item, job, now)
 
-    def _from_known(self, known: KnownVerdict, path: str, size: int | None, mtime: float | None,
-                    now: datetime, copy: bool, etag: str | None = None) -> ResultRow:
-        """``copy``: an earlier file of this batch has the bytes (it is the one ``reused``, this a ``copy``)."""
-        row = known.row
-        if known.scan_id != self.scan_id:
-            return self._relabel(row).copied_to(path, size, mtime, source="copy" if copy else "reused",
-                                                scanned_at=now, etag=etag)
-        if row.path == path:  # a redelivered batch meets its own row: write it back as it is
+    def _from_known(self, known: KnownVerdict, item: "Item", job: "Job", now: datetime) -> ResultRow:
+        """An in-batch copy is a ``copy`` of the one that is ``reused`` from an earlier scan."""
+        row, copy = known.row, item.copy_of is not None
+        if known.scan_id != job.scan_id:
+            return relabel(row, job.verdict, self.aggregation).copied_to(
+                item.path, item.size, item.mtime, source="copy" if copy else "reused", scanned_at=now, etag=item.etag)
+        if row.path == item.path:  # a redelivered batch meets its own row: write it back as it is
             return row
-        return row.copied_to(path, size, mtime, source="copy", scanned_at=now, etag=etag)
+        return row.copied_to(item.path, item.size, item.mtime, source="copy", scanned_at=now, etag=item.etag)
+
+    def record(self) -> dict | None:
+        return None
+
+    def close(self) -> None:
+        pass
 
 
-def plan(prepared: "PreparedBatch", lookup: Callable[[list[str]], dict[str, KnownVerdict]], scan_id: int,
-         verdict: "Verdict", aggregation: str = "max") -> Plan:
-    """The batch's :class:`Plan`: ``lookup(hashes)`` gives the known rows (one query), skipped without hashes."""
-    hashes = [h for h in dict.fromkeys(prepared.hashes) if h]
-    known = lookup(hashes) if hashes else {}
-    return Plan(prepared, known, scan_id, lambda row: relabel(row, verdict.threshold, aggregation))
+def relabel(row: ResultRow, verdict: "Verdict", aggregation: str = "max") -> ResultRow:
+    """An earlier scan's ``ok`` row decided again by ``verdict``: its probabilities stay, its labels follow.
 
-
-def relabel(row: ResultRow, threshold: float, aggregation: str = "max") -> ResultRow:
-    """An earlier scan's ``ok`` row decided again at ``threshold``: its probabilities stay, its labels follow.
-
-    With faces, each face's label, and the image's p_fake from its faces by ``aggregation``
-    (what :func:`workers.faces.image_verdict` does).
+    With faces, each face's label, and the image's p_fake from its faces by ``aggregation``.
     """
     if row.status != "ok" or row.p_fake is None:
         return row
     faces = row.face_rows
     if faces:
-        faces = tuple(replace(f, label=_label(f.p_fake, threshold)) for f in faces)
-        label, p_fake, confidence = image_verdict([f.p_fake for f in faces], aggregation, threshold)
-        return replace(row, label=label, p_fake=p_fake, confidence=confidence, face_rows=faces)
-    label = _label(row.p_fake, threshold)
-    return replace(row, label=label, confidence=row.p_fake if label == "fake" else 1.0 - row.p_fake)
+        faces = tuple(replace(f, label=_decided(verdict, f.p_fake).label) for f in faces)
+        image = verdict.aggregate([f.p_fake for f in faces], aggregation)
+        image = image if not isinstance(image, ImageError) else _decided(verdict, row.p_fake)
+        return replace(row, label=image.label, p_fake=image.p_fake, confidence=image.confidence, face_rows=faces)
+    d = _decided(verdict, row.p_fake)
+    return replace(row, label=d.label, confidence=d.confidence)
 
 
-def _label(p_fake: float, threshold: float) -> str:
-    return "fake" if p_fake >= threshold else "real"
-
+def _decided(verdict: "Verdict", p_fake: float):
+    d = verdict.decision(p_fake)
+    assert not isinstance(d, ImageError), f"a stored p_fake {p_fake!r} is not a probability"
+    return d
 
 
 def remember(known: dict[str, KnownVerdict], rows: list[ResultRow], scan_id: int) -> None:

@@ -15,7 +15,7 @@ from dfscan.scanner import ScanSource
 from dfscan.scanner.incremental import IncrementalFilter
 from dfscan.core.settings import Settings
 from dfscan.workers.scoring.context import ScanContext
-from dfscan.workers.scoring.loop import ProgressHook, run_local_scan
+from dfscan.workers.scoring.loop import BatchHook, run_local_scan
 from dfscan.workers.scoring.registration import register_scan
 
 __all__ = ["LocalScan"]
@@ -35,9 +35,9 @@ class LocalScan:
     def _skipped(self, path: str, reason: str) -> None:
         self.warnings.append(f"{path}: {reason}; files under it were not scanned")
 
-    def run(self, *, stop: threading.Event | None = None, on_batch: ProgressHook | None = None,
+    def run(self, *, stop: threading.Event | None = None, on_batch: BatchHook | None = None,
             instrument: Callable[[ScanContext], None] | None = None) -> db.ScanSummary:
-        """Register, score every path, finish the scan; ``on_batch`` sees each batch's rows (a progress bar).
+        """Register, score every path, finish the scan; ``on_batch`` sees each batch's rows and timings.
 
         ``instrument`` sees the context once it is open: the bench and the tests wrap its runtime to
         time or count inference.

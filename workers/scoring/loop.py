@@ -1,23 +1,27 @@
-"""The batch pipeline: chunks of paths in, one committed result row per path out.
+"""The one loop: chunks of paths in, one committed result row per path out.
 
-:func:`score_chunk` is the unit a Celery task calls; :func:`run_local_scan`
-is the embedded default, which streams every chunk of a walk through the same
-steps in one process.  Both overlap reading and decoding (a background thread,
-:func:`workers.batches.prefetch`) with inference.
+The embedded scan, the fleet's chunks and the service's scans all run
+:func:`run_chunks`; what differs between them is a :class:`Policy`:
 
-Transactions: a chunk scored by :func:`score_chunk` is written in one
-transaction, its rows together with its completion (``done``, its counts, the
-end of its lease); a chunk larger than :data:`FLUSH_ROWS` commits its rows
-every :data:`FLUSH_ROWS` rows and finishes with the last ones, so the rows
-held stay bounded.  A worker killed mid-chunk leaves nothing or whole flushes
-behind, and the chunk is scored again: every write is an upsert, so re-running
-a chunk rewrites the same rows, never adds to them.  The embedded mode commits
-every batch (its progress bar and its stop between batches follow the commits).
+* :data:`EMBEDDED` records each chunk as it is reached and commits every
+  batch (its progress bar and its stop between batches follow the commits);
+* :data:`FLEET` scores one chunk already recorded by the producer and writes
+  it in one transaction, its rows together with its completion (``done``,
+  its counts, the end of its lease); a chunk larger than :data:`FLUSH_ROWS`
+  commits its rows every :data:`FLUSH_ROWS` rows and finishes with the last
+  ones.  A worker killed mid-chunk leaves nothing or whole flushes behind, and
+  the chunk is scored again: every write is an upsert.  Copies in its later
+  batches take its earlier batches' rows before they are committed.
+
+Batches are prepared (the stages of the ``prepare`` phase: reading, decoding,
+sampling) in a background thread, :func:`prefetch`, ahead of the score phase,
+so reading and decoding overlap inference.  Each stage's seconds are timed
+where it runs (``Batch.timings``).
 
 Memory: a batch waiting in the prefetch queue holds its decoded tensors only
-(64 x 3 x 224 x 224 float32, 38 MB); file bytes exist only while
-:meth:`workers.batches.BatchMaker.prepare` reads and decodes, within its byte
-budget; rows of a chunk wait for their commit, at most :data:`FLUSH_ROWS` of them.
+(64 x 3 x 224 x 224 float32, 38 MB); file bytes exist only while the image
+stage reads and decodes, within its byte budget; rows of a chunk wait for
+their commit, at most :data:`FLUSH_ROWS` of them.
 """
 
 from __future__ import annotations
@@ -25,18 +29,23 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 from dfscan import db
-from dfscan.db.chunks import retry_db
+
 from dfscan.db.records import ResultRow
 from dfscan.scanner.chunks import Chunk, chunked
 from dfscan.workers.scoring import dedupe
-from dfscan.workers.scoring.batches import PreparedBatch, prefetch, score, split
 from dfscan.workers.scoring.context import ScanContext
+from dfscan.workers.scoring.items import Batch
+from dfscan.workers.scoring.stages import Job
 
-ProgressHook = Callable[[list[ResultRow]], None]
+__all__ = ["EMBEDDED", "FLEET", "FLUSH_ROWS", "BatchHook", "ChunkResult", "Policy", "prefetch", "run_chunks",
+           "run_local_scan", "score_chunk", "split"]
+
+# A batch's rows and its seconds per stage ("total": from its first stage to its rows).
+BatchHook = Callable[[list[ResultRow], dict[str, float]], None]
 
 # Rows a distributed chunk holds before it commits them: bounds memory whatever the chunk size.
 FLUSH_ROWS = 4096
@@ -51,19 +60,100 @@ class ChunkResult:
     real: int
     fake: int
     errors: int
-    # Seconds spent per stage (score_chunk: "read" waiting for decoded batches, "score", "write").
+    # Seconds per step: "read" waiting for prepared batches, "score", "write" (each stage's: the on_batch hook).
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
-class _Tag:
-    chunk: Chunk
-    index: int
-    count: int
+class Policy:
+    """What differs between the callers of the one loop."""
 
-    @property
-    def last(self) -> bool:
-        return self.index == self.count - 1
+    record_chunks: bool  # chunks are recorded as they are reached (the embedded scan); else they exist already
+    commit_every_batch: bool  # else one transaction per chunk (per FLUSH_ROWS rows)
+    depth: int = 2  # prepared batches waiting ahead of the score phase
+    on_batch: BatchHook | None = None
+    stop: threading.Event | None = None  # set: finish and commit the batch in flight, then stop
+
+    def with_(self, **changes) -> "Policy":
+        return replace(self, **changes)
+
+
+EMBEDDED = Policy(record_chunks=True, commit_every_batch=True, depth=3)
+FLEET = Policy(record_chunks=False, commit_every_batch=False, depth=2)
+
+
+class _ChunkRun:
+    """One chunk's counts, rows waiting for their commit, and (fleet) its rows by content hash."""
+
+    def __init__(self, ctx: ScanContext, chunk: Chunk, model_id: int, policy: Policy) -> None:
+        self.ctx, self.chunk, self.model_id, self.policy = ctx, chunk, model_id, policy
+        self.counts: Counter = Counter()
+        self.pending: list[ResultRow] = []
+        self.unwritten: dict = {}
+        self.timings: Counter = Counter()
+        self.job = Job(chunk.scan_id, model_id, ctx.verdict, lookup=self._lookup)
+
+    def _lookup(self, hashes: list[str]) -> dict:
+        """Known rows for ``hashes``: this chunk's uncommitted ones first, then one query (workers.scoring.dedupe)."""
+        local = {h: self.unwritten[h] for h in hashes if h in self.unwritten}
+        rest = [h for h in hashes if h not in local]
+        if not rest:
+            return local
+        ctx = self.ctx
+
+        def read() -> dict:
+            with ctx.sessions() as session:
+                return db.known_verdicts(session, scan_id=self.chunk.scan_id, model_id=self.model_id, hashes=rest,
+                                         reuse=ctx.reuse_verdicts, faces=ctx.faces_record() is not None)
+
+        found = db.retry_db(read, deadline_s=ctx.settings.db_retry_seconds,
+                         what=f"looking up copies in scan {self.chunk.scan_id}")
+        return {**found, **local}
+
+    def take(self, batch: Batch, last: bool) -> list[ResultRow]:
+        clock = time.perf_counter
+        started = clock()
+        self.ctx.stages.score(batch, self.job)
+        rows = batch.result
+        assert rows is not None
+        _tally(self.counts, rows)
+        self.pending.extend(rows)
+        if not self.policy.commit_every_batch:
+            dedupe.remember(self.unwritten, rows, self.chunk.scan_id)
+        scored = clock()
+        self.timings["score"] += scored - started
+        if self.policy.on_batch is not None:
+            self.policy.on_batch(rows, {**batch.timings, "total": scored - batch.started})
+        if last or self.policy.commit_every_batch or len(self.pending) >= FLUSH_ROWS:
+            self.write(finish=last)
+        return rows
+
+    def write(self, finish: bool) -> None:
+        """Commit the pending rows (and, with the chunk's last rows, the chunk's end) in one transaction.
+
+        A lost connection or a database restart is retried with back-off for up
+        to ``settings.db_retry_seconds``: the transaction is an upsert and a set,
+        so running it again after an unknown outcome gives the same rows.
+        """
+        ctx, chunk, rows, counts = self.ctx, self.chunk, self.pending, self.counts
+        started = time.perf_counter()
+
+        def work() -> None:
+            with ctx.sessions.begin() as session:
+                db.write_batch(session, scan_id=chunk.scan_id, model_id=self.model_id, rows=rows)
+                if finish and chunk.chunk_id is not None:
+                    db.finish_chunk(session, chunk_id=chunk.chunk_id, ok=counts["ok"], fake=counts["fake"],
+                                    real=counts["real"], errors=counts["errors"])
+
+        db.retry_db(work, deadline_s=ctx.settings.db_retry_seconds,
+                 what=f"writing chunk {chunk.seq} of scan {chunk.scan_id}")
+        self.pending = []
+        self.timings["write"] += time.perf_counter() - started
+
+    def result(self) -> ChunkResult:
+        c = self.counts
+        return ChunkResult(self.chunk.scan_id, self.chunk.chunk_id, c["total"], c["ok"], c["real"], c["fake"],
+                           c["errors"], dict(self.timings))
 
 
 def _tally(counts: Counter, rows: list[ResultRow]) -> None:
@@ -78,167 +168,133 @@ def _tally(counts: Counter, rows: list[ResultRow]) -> None:
             counts[row.status] += 1
 
 
-def _result(chunk: Chunk, counts: Counter, timings: dict[str, float] | None = None) -> ChunkResult:
-    return ChunkResult(
-        chunk.scan_id, chunk.chunk_id, counts["total"], counts["ok"], counts["real"], counts["fake"], counts["errors"],
-        timings or {},
-    )
-
-
-def _prepared(ctx: ScanContext, chunks: Iterable[Chunk]) -> Iterator[PreparedBatch]:
-    """Batches of every chunk in order, each tagged with its chunk and position."""
+def _prepared(ctx: ScanContext, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, int, int, Batch]]:
+    """Every chunk's batches in order, prepared, each with its chunk, its position and the chunk's batch count."""
     for chunk in chunks:
-        parts = list(split(chunk.paths, ctx.batch_size, ctx.batches.cost))
+        parts = list(split(chunk.paths, ctx.batch_size, ctx.stages.cost))
         for i, paths in enumerate(parts):
-            prepared = ctx.batches.prepare(paths)
-            prepared.tag = _Tag(chunk, i, len(parts))
-            yield prepared
+            yield chunk, i, len(parts), ctx.stages.prepare(paths)
 
 
-def _write(ctx: ScanContext, chunk: Chunk, model_id: int, rows: list[ResultRow], finish: Counter | None) -> None:
-    """Commit rows (and, with the chunk's last rows, the chunk's end) in one transaction.
-
-    A lost connection or a database restart is retried with back-off for up
-    to ``settings.db_retry_seconds``: the transaction is an upsert and a set,
-    so running it again after an unknown outcome gives the same rows.
-    """
-
-    def work() -> None:
-        with ctx.sessions.begin() as session:
-            db.write_batch(session, scan_id=chunk.scan_id, model_id=model_id, rows=rows)
-            if finish is not None and chunk.chunk_id is not None:
-                db.finish_chunk(
-                    session,
-                    chunk_id=chunk.chunk_id,
-                    ok=finish["ok"],
-                    fake=finish["fake"],
-                    real=finish["real"],
-                    errors=finish["errors"],
-                )
-
-    retry_db(work, deadline_s=ctx.settings.db_retry_seconds, what=f"writing chunk {chunk.seq} of scan {chunk.scan_id}")
-
-
-def _scored(ctx: ScanContext, prepared: PreparedBatch, scan_id: int, model_id: int,
-            unwritten: dict | None = None) -> list[ResultRow]:
-    """Rows of a batch, each distinct content scored once (:mod:`workers.dedupe`).
-
-    Before inference, one query asks which of the batch's content hashes this
-    scan (or, with ``reuse_verdicts``, an earlier scan of this model) already
-    has a verdict for; those files take it, the rest go to :func:`score`.
-    ``unwritten``: rows of this scan scored but not yet committed (a fleet
-    chunk commits once, at its end), by content hash; they come first.
-    """
-
-    def lookup(hashes: list[str]) -> dict:
-        local = {h: unwritten[h] for h in hashes if unwritten and h in unwritten}
-        rest = [h for h in hashes if h not in local]
-        return {**(_stored(rest) if rest else {}), **local}
-
-    def _stored(hashes: list[str]) -> dict:
-        def read() -> dict:
-            with ctx.sessions() as session:
-                return db.known_verdicts(session, scan_id=scan_id, model_id=model_id, hashes=hashes,
-                                         reuse=ctx.reuse_verdicts, faces=ctx.faces_record() is not None)
-
-        return retry_db(read, deadline_s=ctx.settings.db_retry_seconds, what=f"looking up copies in scan {scan_id}")
-
-    if prepared.parts is not None:  # images and videos: each kind looked up on its own (videos have no hash)
-        rows: list[ResultRow | None] = [None] * len(prepared.paths)
-        for positions, part in prepared.parts:
-            for pos, row in zip(positions, _scored(ctx, part, scan_id, model_id, unwritten)):
-                rows[pos] = row
-        return rows  # type: ignore[return-value]
-    options = getattr(ctx.batches.decoder, "options", None)
-    batch = dedupe.plan(prepared, lookup, scan_id, ctx.verdict, getattr(options, "aggregation", "max"))
-    return batch.rows(score(batch.todo, ctx.runtime, ctx.verdict) if batch.todo.paths else [])
-
-
-def _add_chunk(ctx: ScanContext, chunk: Chunk) -> int:
-    with ctx.sessions.begin() as session:
-        return db.add_chunk(session, scan_id=chunk.scan_id, seq=chunk.seq, paths=list(chunk.paths))
-
-
-def score_chunk(ctx: ScanContext, chunk: Chunk, model_id: int, on_batch: ProgressHook | None = None) -> ChunkResult:
-    """Score every path of ``chunk`` and commit its rows; the chunk ends ``done``.
-
-    One transaction for the whole chunk (see the module's docstring), or one
-    per :data:`FLUSH_ROWS` rows for a larger chunk.  ``on_batch`` sees each
-    batch's rows as soon as they are scored, before their commit.
-    """
-    counts: Counter = Counter()
-    pending: list[ResultRow] = []
-    # This chunk's rows by content hash: copies in its later batches take them before they are committed.
-    unwritten: dict = {}
-    read_s = score_s = write_s = 0.0
+def run_chunks(ctx: ScanContext, chunks: Iterable[Chunk], model_id: int, policy: Policy) -> list[ChunkResult] | None:
+    """Score and commit every path of ``chunks``: the one loop. None if ``policy.stop`` was set before the end."""
+    results: list[ChunkResult] = []
+    run: _ChunkRun | None = None
     clock = time.perf_counter
-    stream = prefetch(_prepared(ctx, [chunk]), depth=2)
+    stream = prefetch(_prepared(ctx, chunks), depth=policy.depth)
     try:
         waited = clock()
-        for prepared in stream:
-            scored = clock()
-            read_s += scored - waited
-            rows = _scored(ctx, prepared, chunk.scan_id, model_id, unwritten)
-            _tally(counts, rows)
-            pending.extend(rows)
-            dedupe.remember(unwritten, rows, chunk.scan_id)
-            if on_batch is not None:
-                on_batch(rows)
+        for chunk, index, count, batch in stream:
+            if index == 0:
+                if policy.record_chunks:
+                    chunk = _recorded(ctx, chunk)
+                run = _ChunkRun(ctx, chunk, model_id, policy)
+            assert run is not None
+            run.timings["read"] += clock() - waited
+            run.take(batch, last=index == count - 1)
+            if index == count - 1:
+                results.append(run.result())
+            if policy.stop is not None and policy.stop.is_set():
+                return None
             waited = clock()
-            score_s += waited - scored
-            if len(pending) >= FLUSH_ROWS and not prepared.tag.last:
-                _write(ctx, chunk, model_id, pending, None)
-                pending = []
-                write_s += clock() - waited
-                waited = clock()
     finally:
         stream.close()
-    started = clock()
-    _write(ctx, chunk, model_id, pending, counts)
-    write_s += clock() - started
-    return _result(chunk, counts, {"read": read_s, "score": score_s, "write": write_s})
+    return results
 
 
-def run_local_scan(
-    ctx: ScanContext,
-    scan_id: int,
-    model_id: int,
-    paths: Iterable[str],
-    *,
-    on_batch: ProgressHook | None = None,
-    stop: threading.Event | None = None,
-) -> bool:
-    """Stream ``paths`` through the pipeline in this process.
+def _recorded(ctx: ScanContext, chunk: Chunk) -> Chunk:
+    def add() -> int:
+        with ctx.sessions.begin() as session:
+            return db.add_chunk(session, scan_id=chunk.scan_id, seq=chunk.seq, paths=list(chunk.paths))
 
-    Chunks are recorded as they are reached.  Returns ``False`` if ``stop`` was
-    set: the batch in flight is finished and committed first, so nothing
-    half-written is left behind.
-    """
+    chunk_id = db.retry_db(add, deadline_s=ctx.settings.db_retry_seconds, what="recording a chunk")
+    return Chunk(chunk.scan_id, chunk.seq, chunk.paths, chunk_id)
+
+
+def score_chunk(ctx: ScanContext, chunk: Chunk, model_id: int, on_batch: BatchHook | None = None) -> ChunkResult:
+    """Score every path of ``chunk`` (recorded by the producer) and commit its rows; the chunk ends ``done``."""
+    if not chunk.paths:
+        run = _ChunkRun(ctx, chunk, model_id, FLEET)
+        run.write(finish=True)
+        return run.result()
+    (result,) = run_chunks(ctx, [chunk], model_id, FLEET.with_(on_batch=on_batch))  # type: ignore[misc]
+    return result
+
+
+def run_local_scan(ctx: ScanContext, scan_id: int, model_id: int, paths: Iterable[str], *,
+                   on_batch: BatchHook | None = None, stop: threading.Event | None = None) -> bool:
+    """Stream ``paths`` through the loop in this process; False if ``stop`` was set (the batch in flight commits)."""
     chunks = (Chunk(scan_id, seq, tuple(batch)) for seq, batch in enumerate(chunked(paths, ctx.settings.chunk_size)))
-    counts: Counter = Counter()
-    recorded: dict[int, int] = {}
-    stream = prefetch(_prepared(ctx, chunks), depth=3)
+    return run_chunks(ctx, chunks, model_id, EMBEDDED.with_(on_batch=on_batch, stop=stop)) is not None
+
+
+def split(paths: Sequence[str], size: int, cost: Callable[[str], int] | None = None) -> Iterator[Sequence[str]]:
+    """Consecutive batches of ``paths`` weighing at most ``size`` each (by ``cost``, default 1 a path).
+
+    A video weighs its frames, so a batch holds 64 frames' worth, not 64
+    videos; one path heavier than ``size`` is a batch of its own.
+    """
+    if cost is None:
+        for start in range(0, len(paths), size):
+            yield paths[start : start + size]
+        return
+    start, weight = 0, 0
+    for i, path in enumerate(paths):
+        w = max(1, cost(path))
+        if i > start and weight + w > size:
+            yield paths[start:i]
+            start, weight = i, 0
+        weight += w
+    if start < len(paths):
+        yield paths[start:]
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Run ``items`` in a background thread, ``depth`` ahead of the consumer.
+
+    This is what overlaps reading and decoding with inference.  An exception in
+    the producer is re-raised in the consumer; closing the consumer stops the
+    producer.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((None, done))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put((exc, None))
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
     try:
-        for prepared in stream:
-            tag: _Tag = prepared.tag
-            chunk = tag.chunk
-            if tag.index == 0:
-                counts = Counter()
-                recorded[chunk.seq] = retry_db(
-                    lambda: _add_chunk(ctx, chunk), deadline_s=ctx.settings.db_retry_seconds, what="recording a chunk"
-                )
-            chunk = Chunk(chunk.scan_id, chunk.seq, chunk.paths, recorded[chunk.seq])
-            rows = _scored(ctx, prepared, scan_id, model_id)
-            _tally(counts, rows)
-            _write(ctx, chunk, model_id, rows, counts if tag.last else None)
-            if tag.last:
-                recorded.pop(chunk.seq, None)
-            if on_batch is not None:
-                on_batch(rows)
-            if stop is not None and stop.is_set():
-                return False
+        while True:
+            exc, item = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
     finally:
-        stream.close()
-    return True
-
-
+        stop.set()
+        # Unblock a producer waiting on a full queue; a producer blocked on its own
+        # input (stdin) is a daemon thread and is left behind after a few seconds.
+        for _ in range(100):
+            if not thread.is_alive():
+                break
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(timeout=0.05)

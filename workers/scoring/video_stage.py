@@ -36,7 +36,8 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -45,14 +46,11 @@ from dfscan.db.records import FrameRow, ResultRow
 from dfscan.core.redact import mask_text
 from dfscan.scanner.objects import ObjectError, ObjectPath, is_object_url, object_store
 from dfscan.scanner.paths import on_disk
-from dfscan.trt.base import Runtime, run_batched
-from dfscan.trt.errors import InferenceFailed
-from dfscan.workers.scoring.batches import PreparedBatch
-from dfscan.workers.images.decode import Preprocess
-from dfscan.workers.reading.errors import ImageError, VideoError
-from dfscan.workers.faces import crop_faces, follow, select_faces
-from dfscan.workers.scoring.face_stage import FaceStage, image_verdict
-from dfscan.workers.reading.reader import stat_quietly
+from dfscan.workers.faces import FaceFinder, crop_faces, follow, select_faces
+from dfscan.workers.images import Preprocess
+from dfscan.workers.reading import ImageError, VideoError, stat_quietly
+from dfscan.workers.scoring.items import Batch, Input, Item
+from dfscan.workers.scoring.verdict import Decision, Verdict
 from dfscan.core.settings import DEFAULT_FRAMES, DEFAULT_VIDEO_EXTENSIONS
 from dfscan.workers.video.sample import (
     DEFAULT_MAX_SIDE,
@@ -62,6 +60,10 @@ from dfscan.workers.video.sample import (
     pyav_version,
     sample_video,
 )
+
+if TYPE_CHECKING:
+    from dfscan.workers.scoring.context import Resources
+    from dfscan.workers.scoring.stages import Job
 
 # The video sampler each image decoder implies: None is PyAV alone; else DALI's video decoder on that device
 # ("auto": as plain ``dali``, where DALI can use a GPU, else its CPU backend). ``auto`` resolves first.
@@ -96,7 +98,13 @@ class VideoTrack:
 
 @dataclass
 class VideoItem:
-    """One video through the stage: when its frames are, its tracks, what was odd about it."""
+    """One video through the stage: when its frames are, its tracks, what was odd about it.
+
+    A :class:`~dfscan.workers.scoring.items.Payload`: with a sequence model each
+    track is one ``sequence`` input; without one each frame of each track is an
+    ``image`` input and a track's p_fake is its frames' mean.  The video's p_fake
+    is its most suspicious track's.
+    """
 
     indices: list[int]
     timestamps_s: list[float]
@@ -104,21 +112,63 @@ class VideoItem:
     tracks: list[VideoTrack]
     found: int | None  # faces on: tracks found (before the cap); None with faces off
     notes: list[str] = field(default_factory=list)
+    sequence: bool = True  # scored by the sequence model (else per frame)
+    pre: Preprocess = field(default_factory=Preprocess)
+    kind: str = "video"
+
+    def inputs(self) -> list[Input]:
+        if self.sequence:
+            return [Input("sequence", self._normalised(track.crops)) for track in self.tracks]
+        return [Input("image", frame) for track in self.tracks for frame in self._normalised(track.crops)]
+
+    def _normalised(self, crops: np.ndarray) -> np.ndarray:
+        # Crops wait as uint8 (a quarter of float32's memory) and are normalised when the model takes them.
+        a, b = self.pre.scale_and_shift()
+        return crops.astype(np.float32).transpose(0, 3, 1, 2) * a + b
+
+    def row(self, item: Item, decisions: list[Decision], verdict: Verdict, now: datetime) -> ResultRow:
+        frame_p: list[list[float] | None]
+        if self.sequence:
+            track_p, frame_p = [d.p_fake for d in decisions], [None] * len(self.tracks)
+        else:
+            ps = iter(d.p_fake for d in decisions)
+            frame_p = [[next(ps) for _ in range(len(track.crops))] for track in self.tracks]
+            track_p = [float(np.mean(f)) for f in frame_p]
+        faces = None if self.found is None else len(self.tracks)
+        common = dict(kind="video", frames=len(self.indices), duration_s=self.duration_s,
+                      notes="; ".join(self.notes) or None, faces=faces, faces_found=self.found)
+        if not self.tracks:
+            return ResultRow(item.path, item.size, item.mtime, "no-face", None, None, None, None, None, now, **common)
+        frame_rows = []
+        for k, (track, p_track) in enumerate(zip(self.tracks, track_p)):
+            for slot, (index, t) in enumerate(zip(self.indices, self.timestamps_s)):
+                box = track.boxes[slot]
+                p_frame = frame_p[k][slot] if frame_p[k] is not None else None
+                frame_rows.append(FrameRow(k, index, round(t, 6), *(box or (None, None, None, None)), p_frame,
+                                           p_track))
+        video = verdict.aggregate(track_p, "max")  # the most suspicious track
+        if isinstance(video, ImageError):
+            return ResultRow.error_row(item.path, item.size, item.mtime, video.code, video.message, now, kind="video")
+        return ResultRow(item.path, item.size, item.mtime, "ok", video.label, video.p_fake, video.confidence, None,
+                         None, now, frame_rows=tuple(frame_rows), **common)
 
 
 class VideoStage:
-    """``prepare(paths) -> PreparedBatch`` of :class:`VideoItem`; its ``scorer`` is :meth:`score`."""
+    """Claims the videos of a batch (by extension) and gives each its :class:`VideoItem` or its error."""
 
-    def __init__(self, pre: Preprocess, options: VideoOptions, *, faces: FaceStage | None = None,
-                 sequence_runtime: Runtime | None = None, threads: int = 2, batch_size: int = 64,
-                 why_per_frame: str | None = None, sampler=None, store=None) -> None:
+    name = "video"
+    phase = "prepare"
+
+    def __init__(self, pre: Preprocess, options: VideoOptions, *, faces: FaceFinder | None = None,
+                 sequence_model: str | None = None, threads: int = 2, why_per_frame: str | None = None,
+                 sampler=None, store=None) -> None:
         self.pre = pre
         # Said on every video row scored per frame where the sidecar promised a sequence model.
         self.why_per_frame = why_per_frame
         self.options = options
         self.faces = faces
-        self.sequence_runtime = sequence_runtime
-        self.batch_size = batch_size
+        # The sequence graph's path (its runtime is the infer stage's); None: frames are scored one by one.
+        self.sequence_model = sequence_model
         self.version = pyav_version()
         # DALI's video sampler (workers._dali_video.DaliVideoSampler) for the files on disk; None: PyAV alone.
         self.sampler = sampler
@@ -132,9 +182,9 @@ class VideoStage:
     def wants(self, path: str) -> bool:
         return is_video_path(path, self.options.extensions)
 
-    def cost(self, path: str) -> int:
-        """What a path weighs in a batch of ``batch_size`` frames: T for a video."""
-        return self.options.frames if self.wants(path) else 1
+    def cost(self, path: str) -> int | None:
+        """What a video weighs in a batch of ``batch_size`` frames: T."""
+        return self.options.frames if self.wants(path) else None
 
     def record(self) -> dict:
         sampler = self.sampler
@@ -142,28 +192,23 @@ class VideoStage:
                 # The sampler of videos on disk; PyAV stands in for DALI per file, and reads every s3:// video.
                 "decoder": self.version if sampler is None else f"{sampler.name} (DALI {sampler.version})",
                 "fallback": None if sampler is None else self.version, "faces": self.faces is not None,
-                "scoring": "sequence" if self.sequence_runtime is not None else "per-frame",
-                "why_per_frame": self.why_per_frame,
-                "sequence_model": str(getattr(getattr(self.sequence_runtime, "info", None), "path", "") or "")
-                or None}
+                "scoring": "sequence" if self.sequence_model is not None else "per-frame",
+                "why_per_frame": self.why_per_frame, "sequence_model": self.sequence_model}
 
     # -- preparing --------------------------------------------------------------------------
 
-    def prepare(self, paths: Sequence[str]) -> PreparedBatch:
+    def run(self, batch: Batch, job: Job | None = None) -> None:
+        items = [item for item in batch.items if item.stage is None and self.wants(item.path)]
+        if not items:
+            return
+        paths = [item.path for item in items]
         by_dali = self._sample_with_dali(paths)
-        outcomes = list(self._pool.map(self._prepare_one, paths, by_dali))
-        sizes, mtimes, etags, items, ok_index, errors = [], [], [], [], [], {}
-        for i, (out, size, mtime, etag) in enumerate(outcomes):
-            sizes.append(size)
-            mtimes.append(mtime)
-            etags.append(etag)
+        for item, (out, size, mtime, etag) in zip(items, self._pool.map(self._prepare_one, paths, by_dali)):
+            item.stage, item.kind, item.size, item.mtime, item.etag = self.name, "video", size, mtime, etag
             if isinstance(out, ImageError):
-                errors[i] = out
+                item.fail(out)
             else:
-                items.append(out)
-                ok_index.append(i)
-        return PreparedBatch(list(paths), sizes, mtimes, None, ok_index, errors, items=items, scorer=self.score,
-                             etags=etags if any(etags) else [])
+                item.payload = out
 
     def _sample_with_dali(self, paths: Sequence[str]) -> list[SampledVideo | ImageError | None]:
         """DALI's answer for each video on disk (None: PyAV samples it, as it does every s3:// video)."""
@@ -210,11 +255,15 @@ class VideoStage:
 
     def _item(self, video: SampledVideo) -> VideoItem:
         notes = list(video.notes)
+        if self.sequence_model is None:
+            notes.append(PER_FRAME_NOTE if self.why_per_frame is None else f"{PER_FRAME_NOTE}: {self.why_per_frame}")
         if self.faces is None:
             crops = np.stack([_resized(frame, self.pre.size) for frame in video.frames])
-            track = VideoTrack(crops, [None] * len(video.frames))
-            return VideoItem(video.indices, video.timestamps_s, video.duration_s, [track], None, notes)
-        return VideoItem(video.indices, video.timestamps_s, video.duration_s, *self._face_tracks(video), notes)
+            tracks, found = [VideoTrack(crops, [None] * len(video.frames))], None
+        else:
+            tracks, found = self._face_tracks(video)
+        return VideoItem(video.indices, video.timestamps_s, video.duration_s, tracks, found, notes,
+                         sequence=self.sequence_model is not None, pre=self.pre)
 
     def _face_tracks(self, video: SampledVideo) -> tuple[list[VideoTrack], int]:
         faces = self.faces
@@ -245,108 +294,10 @@ class VideoStage:
             out.append(VideoTrack(np.stack(crops), boxes))
         return out, n_found
 
-    # -- scoring ----------------------------------------------------------------------------
-
-    def score(self, prepared: PreparedBatch, runtime: Runtime, verdict) -> list[ResultRow]:
-        """Rows for a batch of videos: every sequence scored, the most suspicious track is the video's verdict."""
-        errors: dict[int, ImageError] = dict(prepared.errors)
-        items: dict[int, VideoItem] = dict(zip(prepared.ok_index, prepared.items or []))
-        owners = [(pos, k) for pos, item in items.items() for k in range(len(item.tracks))]
-        if self.sequence_runtime is not None:
-            track_p, frame_p = self._score_sequences(items, owners, verdict, errors), {}
-        else:
-            track_p, frame_p = self._score_frames(items, owners, runtime, verdict, errors)
-        now = datetime.now(timezone.utc)
-        rows = []
-        for i, path in enumerate(prepared.paths):
-            size, mtime = prepared.sizes[i], prepared.mtimes[i]
-            item = items.get(i)
-            if i in errors or item is None:
-                err = errors[i]
-                rows.append(ResultRow.error_row(path, size, mtime, err.code, err.message, now, kind="video"))
-                continue
-            rows.append(self._row(path, size, mtime, now, item, [track_p[(i, k)] for k in range(len(item.tracks))],
-                                  [frame_p.get((i, k)) for k in range(len(item.tracks))], verdict.threshold))
-        return rows
-
-    def _row(self, path, size, mtime, now, item: VideoItem, track_p: list[float], frame_p: list, threshold: float):
-        notes = list(item.notes)
-        if self.sequence_runtime is None:
-            notes.append(PER_FRAME_NOTE if self.why_per_frame is None else f"{PER_FRAME_NOTE}: {self.why_per_frame}")
-        faces = None if item.found is None else len(item.tracks)
-        common = dict(kind="video", frames=len(item.indices), duration_s=item.duration_s,
-                      notes="; ".join(notes) or None, faces=faces, faces_found=item.found)
-        if not item.tracks:
-            return ResultRow(path, size, mtime, "no-face", None, None, None, None, None, now, **common)
-        frame_rows = []
-        for k, (track, p_track) in enumerate(zip(item.tracks, track_p)):
-            for slot, (index, t) in enumerate(zip(item.indices, item.timestamps_s)):
-                box = track.boxes[slot]
-                p_frame = frame_p[k][slot] if frame_p[k] is not None else None
-                frame_rows.append(FrameRow(k, index, round(t, 6), *(box or (None, None, None, None)), p_frame,
-                                           p_track))
-        label, p_fake, confidence = image_verdict(track_p, "max", threshold)  # the most suspicious track
-        return ResultRow(path, size, mtime, "ok", label, p_fake, confidence, None, None, now,
-                         frame_rows=tuple(frame_rows), **common)
-
-    def _normalised(self, crops: np.ndarray) -> np.ndarray:
-        a, b = self.pre.scale_and_shift()
-        return crops.astype(np.float32).transpose(0, 3, 1, 2) * a + b
-
-    def _score_sequences(self, items, owners, verdict, errors) -> dict[tuple[int, int], float]:
-        """Each track through the sequence model; runtime batches of at most ``batch_size`` frames."""
-        by_length: dict[int, list[tuple[int, int]]] = {}
-        for pos, k in owners:
-            by_length.setdefault(len(items[pos].tracks[k].crops), []).append((pos, k))
-        out: dict[tuple[int, int], float] = {}
-        for length, group in sorted(by_length.items()):
-            per_call = max(1, self.batch_size // length)
-            for start in range(0, len(group), per_call):
-                part = group[start : start + per_call]
-                batch = np.stack([self._normalised(items[pos].tracks[k].crops) for pos, k in part])
-                self._run(part, batch, self.sequence_runtime, verdict, errors, out)
-        return out
-
-    def _score_frames(self, items, owners, runtime, verdict, errors):
-        """Each frame of each track alone through the image model; a track's p_fake is its frames' mean."""
-        flat = [(pos, k, slot) for pos, k in owners for slot in range(len(items[pos].tracks[k].crops))]
-        per_frame: dict[tuple[int, int, int], float] = {}
-        for start in range(0, len(flat), self.batch_size):
-            part = flat[start : start + self.batch_size]
-            batch = self._normalised(np.stack([items[pos].tracks[k].crops[slot] for pos, k, slot in part]))
-            self._run(part, batch, runtime, verdict, errors, per_frame)
-        track_p, frame_p = {}, {}
-        for pos, k in owners:
-            if pos in errors:
-                continue
-            ps = [per_frame[(pos, k, slot)] for slot in range(len(items[pos].tracks[k].crops))]
-            frame_p[(pos, k)] = ps
-            track_p[(pos, k)] = float(np.mean(ps))
-        return track_p, frame_p
-
-    @staticmethod
-    def _run(keys, batch, runtime, verdict, errors, out) -> None:
-        """Logits for ``batch`` into ``out`` by key; a failure is the error of every video in it."""
-        try:
-            logits = run_batched(runtime, batch)
-            if logits.shape[0] != len(keys) or not np.all(np.isfinite(logits)):
-                raise InferenceFailed(f"runtime returned {logits.shape} non-finite or misshapen logits")
-        except InferenceFailed as exc:
-            for key in keys:
-                errors[key[0]] = ImageError("inference-failed", f"inference failed: {exc}")
-            return
-        for key, v in zip(keys, verdict.rows(logits)):
-            if isinstance(v, ImageError):
-                errors[key[0]] = v
-            else:
-                out[key] = v[1]
-
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         if self.sampler is not None:
             self.sampler.close()
-        if self.sequence_runtime is not None:
-            self.sequence_runtime.close()
 
 
 def _first_line(exc: BaseException) -> str:
@@ -361,11 +312,12 @@ def _resized(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((w, h), Image.Resampling.BILINEAR))
 
 
-def video_stage(pre: Preprocess, settings, info, *, faces: FaceStage | None) -> VideoStage | None:
-    """The scan's video stage from ``settings`` and the model ``info`` (None: videos are off)."""
+def video_stage(res: "Resources") -> VideoStage | None:
+    """The scan's video stage (None: videos are off); a sequence graph's runtime joins ``res.runtimes``."""
+    settings, info = res.settings, res.info
     if not settings.video_extensions:
         return None
-    sequence_runtime, why = None, None
+    why = sequence_model = None
     if info.video_model is not None and not info.video_model.is_file():
         # A model folder copied without its sequence graph: videos are still scored, per frame, and
         # every such row says why (a sequence graph that is there but broken fails the scan instead).
@@ -375,19 +327,15 @@ def video_stage(pre: Preprocess, settings, info, *, faces: FaceStage | None) -> 
         from dfscan.trt.registry import load_runtime
 
         # Sequences run on ONNX Runtime: the TensorRT and torch runtimes build for 4-D image batches.
-        sequence_runtime = load_runtime("onnxruntime", inspect_video_model(info),
-                                        intra_op_threads=settings.intra_op_threads)
+        sequence = inspect_video_model(info)
+        res.runtimes["sequence"] = load_runtime("onnxruntime", sequence, intra_op_threads=settings.intra_op_threads)
+        sequence_model = str(sequence.path)
     options = VideoOptions.from_settings(settings, info.frames)
-    try:
-        sampler = video_sampler(settings.decoder, options, pre, threads=settings.decode_threads,
-                                batch_size=settings.batch_size)
-    except Exception:
-        if sequence_runtime is not None:
-            sequence_runtime.close()
-        raise
-    return VideoStage(pre, options, faces=faces, sequence_runtime=sequence_runtime,
-                      threads=settings.decode_threads, batch_size=settings.batch_size, why_per_frame=why,
-                      sampler=sampler, store=object_store(settings.s3_endpoint_url))
+    sampler = video_sampler(settings.decoder, options, res.pre, threads=settings.decode_threads,
+                            batch_size=settings.batch_size)
+    faces = res.face_decoder()
+    return VideoStage(res.pre, options, faces=None if faces is None else faces.finder, sequence_model=sequence_model,
+                      threads=settings.decode_threads, why_per_frame=why, sampler=sampler, store=res.store)
 
 
 def video_sampler(decoder: str, options: VideoOptions, pre: Preprocess, *, threads: int = 2, batch_size: int = 64):

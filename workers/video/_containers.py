@@ -12,6 +12,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dfscan.core.registry import Registry
 from dfscan.workers.reading.headers import sniff
 
 # ISO base media (MP4, MOV, M4V, 3GP) files start with one of these boxes.
@@ -69,18 +70,19 @@ def _avi(head: bytes) -> bool:
     return head[:4] == b"RIFF" and head[8:12] == b"AVI "
 
 
-CONTAINERS: tuple[ContainerSpec, ...] = (
+# Tried in this order by :func:`container_for`.
+CONTAINERS: Registry[ContainerSpec] = Registry("container", entries=(
     ContainerSpec("mp4", "mov", _mp4, missing_index=mp4_missing_moov),
     ContainerSpec("matroska", "matroska", _matroska),
     ContainerSpec("avi", "avi", _avi),
-)
+))
 
 # How many leading bytes :func:`container_for` needs.
 SIGNATURE_BYTES = 64
 
 
 def container_for(head: bytes) -> ContainerSpec | None:
-    for spec in CONTAINERS:
+    for spec in CONTAINERS.values():
         if spec.matches(head):
             return spec
     return None

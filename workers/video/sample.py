@@ -43,15 +43,16 @@ from typing import Any
 import numpy as np
 
 from dfscan.scanner.objects import is_object_url
+from dfscan.core.constants import DEFAULT_FRAMES, DEFAULT_MAX_PIXELS
+from dfscan.core.errors import first_line
 from dfscan.core.settings import DEFAULT_VIDEO_EXTENSIONS
 from dfscan.workers.video._containers import SIGNATURE_BYTES, ContainerSpec, container_for, what_else
 from dfscan.workers.reading.errors import VideoError
 
-DEFAULT_FRAMES = 16
+# DEFAULT_MAX_PIXELS applies as for images: to the coded frame's pixels, checked before decoding.
 DEFAULT_TIME_LIMIT_S = 60.0
 # Longer side of the frames handed on (the face stage crops from them; the model's input is 224).
 DEFAULT_MAX_SIDE = 1920
-DEFAULT_MAX_PIXELS = 89_478_485  # as for images: the coded frame's pixels, checked before decoding
 # Without a container index, a target this close ahead is decoded on to rather than sought.
 FORWARD_S = 1.0
 # Video file name extensions the walker takes (configurable: Settings.video_extensions).
@@ -205,7 +206,7 @@ def _closing(container, source: _Source):
         if source.remote is None:
             raise  # a file's: the video stage makes it a decode-failed row, as before
         error = source.remote.http_error(exc) or VideoError(
-            "decode-failed", f"video decode failed: {source.remote.clean(_short(exc))}")
+            "decode-failed", f"video decode failed: {source.remote.clean(first_line(exc))}")
         raise error from None
     finally:
         container.close()
@@ -253,7 +254,7 @@ def _local_missing_index(spec: ContainerSpec, path: str) -> str | None:
 def _open_error(exc: BaseException, spec: ContainerSpec, path: str,
                 missing_index: Callable[[], str | None] | None = None) -> VideoError:
     """The row's reason for a container FFmpeg refused; ``missing_index`` says why it looks cut short."""
-    text = _short(exc).split(": '")[0]  # FFmpeg's message without the path (or URL) it appends
+    text = first_line(exc).split(": '")[0]  # FFmpeg's message without the path (or URL) it appends
     if isinstance(exc, FileNotFoundError):
         return VideoError("missing", "file not found (vanished since it was listed)")
     if isinstance(exc, PermissionError):
@@ -269,11 +270,6 @@ def _open_error(exc: BaseException, spec: ContainerSpec, path: str,
 def _timeout(limit: float, got: int, requested: int) -> VideoError:
     return VideoError("timeout", f"decoding took longer than the {limit:g} s limit per video "
                                  f"({got} of {requested} frames sampled)")
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
 
 
 # -- sampling -----------------------------------------------------------------------------
