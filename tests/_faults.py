@@ -35,16 +35,16 @@ FAULTS: dict = json.loads(os.environ.get("DFSCAN_TEST_FAULTS") or "{}")
 
 
 if FAULTS.get("slow_batch_s"):
-    import dfscan.workers.scoring.loop as _pipeline
+    from dfscan.workers.scoring import Stages
 
-    _score = _pipeline.score
+    _score = Stages.score
     _delay = float(FAULTS["slow_batch_s"])
 
-    def _slow_score(*args, **kwargs):
+    def _slow_score(self, *args, **kwargs):
         time.sleep(_delay)
-        return _score(*args, **kwargs)
+        return _score(self, *args, **kwargs)
 
-    _pipeline.score = _slow_score
+    Stages.score = _slow_score
 
 
 if FAULTS.get("flush_rows"):
