@@ -15,6 +15,8 @@ from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from dfscan.core.errors import first_line
+
 __all__ = ["is_transient", "retry_db"]
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,6 @@ def retry_db(
 
 
 def _short(exc: BaseException) -> str:
+    """``Type: first line`` of the driver's error (SQLAlchemy wraps it in ``exc.orig``)."""
     orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip().splitlines()
-    return f"{type(orig).__name__}: {text[0] if text else ''}"[:200]
+    return f"{type(orig).__name__}: {first_line(orig, None) if str(orig).strip() else ''}"[:200]

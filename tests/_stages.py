@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dfscan.workers.scoring import Stages, Verdict
 from dfscan.workers.scoring.images import ImageStage
-from dfscan.workers.scoring.infer import InferStage
+from dfscan.workers.scoring.verdict import InferStage
 
 
 def stages(decoder, runtime=None, verdict: Verdict | None = None, *, video=None, sequence_runtime=None,

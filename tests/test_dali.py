@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from dfscan.trt.model_info import inspect_model
 from tests._images import jpeg_bytes, pattern, png_header_only, write_bad_files, write_jpegs, write_mode_zoo
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
-from dfscan.workers.reading.headers import sniff
+from dfscan.workers.reading.reader import sniff
 from dfscan.workers.scoring import Verdict
 from tests._stages import stages as make_stages
 from dfscan.workers.images.decode import PillowDecoder, Preprocess, decode_one

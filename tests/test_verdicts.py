@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from dfscan import db
 from dfscan.cli import main
 from dfscan.workers.scoring import Batch, Item, TensorPayload, Verdict
-from dfscan.workers.scoring.infer import InferStage
+from dfscan.workers.scoring.verdict import InferStage
 from dfscan.workers.reading.errors import ImageError
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dfscan.workers.reading.dali_runs import build_or_unavailable, run_locating
-from dfscan.workers.reading.headers import sniff
+from dfscan.workers.reading.reader import sniff
 from dfscan.workers.images.decode import load_rgb
 from dfscan.workers.reading.errors import ImageError
 from dfscan.workers.reading.reader import FileData

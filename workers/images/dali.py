@@ -45,7 +45,7 @@ import numpy as np
 
 from dfscan.core.errors import first_line
 from dfscan.workers.reading.dali_runs import DALI_FAILURES, build_or_unavailable, run_locating
-from dfscan.workers.reading.headers import sniff
+from dfscan.workers.reading.reader import sniff
 from dfscan.workers.images.decode import PillowDecoder, Preprocess, open_image
 from dfscan.workers.reading.errors import ImageError
 from dfscan.workers.reading.reader import FileData

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dfscan.core.constants import DEFAULT_MAX_PIXELS
 from dfscan.core.errors import first_line
-from dfscan.workers.reading.headers import sniff
+from dfscan.workers.reading.reader import sniff
 from dfscan.workers.reading.errors import ImageError
 from dfscan.workers.reading.reader import FileData
 

@@ -6,8 +6,16 @@ header sniffing, and the one way DALI pipelines are built and run.
 """
 
 from dfscan.workers.reading.errors import REASONS, DecoderUnavailable, ImageError, UnknownDecoder, VideoError
-from dfscan.workers.reading.headers import Header, sniff
-from dfscan.workers.reading.reader import HEAD_BYTES, MAX_FILE_BYTES, FileData, read_file, read_head, stat_quietly
+from dfscan.workers.reading.reader import (
+    HEAD_BYTES,
+    MAX_FILE_BYTES,
+    FileData,
+    Header,
+    read_file,
+    read_head,
+    sniff,
+    stat_quietly,
+)
 
 __all__ = [
     "HEAD_BYTES", "MAX_FILE_BYTES", "REASONS", "DecoderUnavailable", "FileData", "Header", "ImageError",

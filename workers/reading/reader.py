@@ -1,8 +1,15 @@
-"""Read a file's bytes and its size and mtime, turning every OS failure into an ImageError.
+"""Read a file's bytes, size and mtime (every OS failure an ImageError), and what its header claims.
 
 An ``s3://bucket/key`` path is an object: read with a ranged GET through the
 process's :class:`~scanner.objects.ObjectStore` (its LastModified is the mtime;
 its ETag goes to the row, for ``--incremental``).
+
+:func:`sniff` is the cheap header check: what an image file claims to be,
+read from its first bytes.  Used before DALI, where one bad sample fails a whole batch: a file whose
+header is not one of the formats DALI decodes like Pillow, or that looks
+truncated, goes to the Pillow decoder instead (which gives the reference
+verdict or the reference reason); a header that declares more pixels than the
+limit is refused without decoding anything.  Nothing here decodes pixels.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 from dataclasses import dataclass
 
 from dfscan.scanner.objects import ObjectError, ObjectStore, is_object_url, object_store
@@ -20,7 +28,7 @@ from dfscan.workers.reading.errors import ImageError
 # business holding a 1 GB ".jpg", and reading it would cost memory for nothing.
 MAX_FILE_BYTES = 256 * 1024 * 1024
 # The first bytes of a file, read before the rest: enough for every header
-# :mod:`workers._headers` parses, so a file that is no image, or one that
+# :func:`sniff` parses, so a file that is no image, or one that
 # declares too many pixels, is refused without reading (or allocating) the rest.
 HEAD_BYTES = 256 * 1024
 
@@ -134,3 +142,155 @@ def _os_error(exc: OSError) -> ImageError:
     if exc.errno == errno.ELOOP:
         return ImageError("unreadable", "too many levels of symbolic links")
     return ImageError("unreadable", f"read failed: {exc.strerror or exc}")
+
+
+# -- headers --------------------------------------------------------------------------------
+
+
+# JPEG start-of-frame markers that carry the image size.  SOF0-2 are the
+# baseline, extended and progressive Huffman modes every decoder handles;
+# the rest (lossless, arithmetic, hierarchical) go to Pillow.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_COMMON_SOF = frozenset({0xC0, 0xC1, 0xC2})
+# A JPEG's end-of-image marker should sit near its end; real files carry a
+# little padding or trailer after it, so look this far back for it.
+_EOI_WINDOW = 4096
+# Classic and BigTIFF, both byte orders, and the two odd orders Pillow also accepts.
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"MM*\x00", b"II\x00*", b"MM\x00+", b"II+\x00")
+# PNG chunks after the image data that change nothing Pillow or DALI shows the model.
+_PNG_TRAILERS_OK = frozenset({b"IDAT", b"IEND"})
+
+
+@dataclass(frozen=True)
+class Header:
+    """``format`` is None for bytes that match no known signature."""
+
+    format: str | None
+    width: int | None = None
+    height: int | None = None
+    detail: str = ""  # why the file is not DALI-safe, when it isn't
+    dali_safe: bool = False
+
+    @property
+    def pixels(self) -> int | None:
+        return None if self.width is None or self.height is None else self.width * self.height
+
+
+def sniff(data: bytes) -> Header:
+    """The format, size and DALI-safety of ``data``, from its signature and header."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return _jpeg(data)
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png(data)
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        w, h = struct.unpack("<HH", data[6:10]) if len(data) >= 10 else (None, None)
+        return Header("GIF", w, h, "DALI does not decode GIF")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp(data)
+    if data[:2] == b"BM":
+        return _bmp(data)
+    if data[:4] in _TIFF_SIGNATURES:
+        return Header("TIFF", detail="TIFF variants (16-bit, float, multi-page) decode differently: Pillow decides")
+    return Header(None, detail="unknown signature")
+
+
+def _jpeg(data: bytes) -> Header:
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return Header("JPEG", detail="corrupt marker structure")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return Header("JPEG", detail="no frame header before the image data")
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if length < 2:
+            return Header("JPEG", detail="corrupt segment length")
+        if marker in _SOF_MARKERS:
+            if pos + 10 > n:
+                break
+            precision, h, w, components = struct.unpack(">BHHB", data[pos + 4 : pos + 10])
+            if marker not in _COMMON_SOF:
+                return Header("JPEG", w, h, f"uncommon JPEG coding (SOF{marker - 0xC0})")
+            if precision != 8:
+                return Header("JPEG", w, h, f"{precision}-bit JPEG")
+            if components not in (1, 3, 4):
+                return Header("JPEG", w, h, f"{components} colour components")
+            if w == 0 or h == 0:
+                return Header("JPEG", w, h, "zero size in the frame header")
+            if b"\xff\xd9" not in data[-_EOI_WINDOW:]:
+                return Header("JPEG", w, h, "no end-of-image marker (truncated?)")
+            return Header("JPEG", w, h, dali_safe=True)
+        pos += 2 + length
+    return Header("JPEG", detail="header ends before the frame header (truncated)")
+
+
+def _png(data: bytes) -> Header:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return Header("PNG", detail="no IHDR chunk")
+    w, h, depth, color = struct.unpack(">IIBB", data[16:26])
+    if w == 0 or h == 0:
+        return Header("PNG", w, h, "zero size in IHDR")
+    if b"IEND" not in data[-64:]:
+        return Header("PNG", w, h, "no IEND chunk (truncated?)")
+    if data.find(b"acTL", 33, 4096) != -1:
+        return Header("PNG", w, h, "animated PNG")
+    trailer = _png_after_idat(data)
+    if trailer:
+        # Pillow reads chunks after the image data (text, eXIf) at load time: they can
+        # carry an orientation or make Pillow refuse the file, and DALI never looks.
+        return Header("PNG", w, h, f"{trailer} chunk after the image data")
+    return Header("PNG", w, h, dali_safe=True)
+
+
+def _png_after_idat(data: bytes) -> str:
+    """The name of the first chunk after the image data other than IEND, or ''."""
+    pos, n, seen_idat = 8, len(data), False
+    while pos + 8 <= n:
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IDAT":
+            seen_idat = True
+        elif seen_idat and kind not in _PNG_TRAILERS_OK:
+            return kind.decode("latin-1")
+        if kind == b"IEND":
+            return ""
+        pos += 12 + length
+    return ""
+
+
+def _webp(data: bytes) -> Header:
+    kind = data[12:16]
+    if kind == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        w, h = struct.unpack("<HH", data[26:30])
+        return Header("WEBP", w & 0x3FFF, h & 0x3FFF, dali_safe=True)
+    if kind == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return Header("WEBP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, dali_safe=True)
+    if kind == b"VP8X" and len(data) >= 30:
+        w = int.from_bytes(data[24:27], "little") + 1
+        h = int.from_bytes(data[27:30], "little") + 1
+        return Header("WEBP", w, h, "extended WebP (alpha, animation or metadata): DALI decodes only simple WebP")
+    return Header("WEBP", detail="unrecognised WebP chunk")
+
+
+def _bmp(data: bytes) -> Header:
+    if len(data) < 26:
+        return Header(None, detail="too short for a BMP header")
+    (header_size,) = struct.unpack("<I", data[14:18])
+    if header_size == 12:  # OS/2 BITMAPCOREHEADER
+        w, h = struct.unpack("<HH", data[18:22])
+        return Header("BMP", w, h, "OS/2 bitmap")
+    if header_size < 40 or len(data) < 30:
+        return Header(None, detail="not a BMP header")
+    w, h = struct.unpack("<ii", data[18:26])
+    (bits,) = struct.unpack("<H", data[28:30])
+    w, h = abs(w), abs(h)
+    if bits != 24:  # palette, 16-bit and 32-bit (alpha, bit fields) bitmaps: Pillow decides
+        return Header("BMP", w, h, f"{bits}-bit bitmap")
+    return Header("BMP", w, h, dali_safe=True if w and h else False, detail="" if w and h else "zero size")

@@ -4,13 +4,13 @@ An item (an image or a video) goes through the stages of :data:`STAGES` in
 order (:mod:`~dfscan.workers.scoring.stages`): the media stages claim and
 prepare their items (:mod:`.video_stage`, :mod:`.images`, with faces on
 :mod:`.face_stage`'s decoder), :mod:`.dedupe` gives files already scored
-their row, and :mod:`.infer` runs the model and decides (:mod:`.verdict`).
+their row, and :mod:`.verdict`'s infer stage runs the model and decides.
 :mod:`.loop` runs the stages over chunks for the embedded scan, the fleet and
 the service alike; :mod:`.context` holds what a process scores with.
 """
 
 from dfscan.workers.scoring.context import Resources, ScanContext
-from dfscan.workers.scoring.items import Batch, Input, Item, Payload, TensorPayload
+from dfscan.workers.scoring.stages import Batch, Input, Item, Payload, TensorPayload
 from dfscan.workers.scoring.loop import (
     EMBEDDED,
     FLEET,

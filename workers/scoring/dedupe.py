@@ -29,7 +29,7 @@ from dfscan.db.records import ResultRow
 from dfscan.workers.reading import ImageError
 
 if TYPE_CHECKING:
-    from dfscan.workers.scoring.items import Batch, Item
+    from dfscan.workers.scoring.stages import Batch, Item
     from dfscan.workers.scoring.stages import Job
     from dfscan.workers.scoring.verdict import Verdict
 

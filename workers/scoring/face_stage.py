@@ -28,7 +28,7 @@ from dfscan.workers.faces import (DETECT_BATCH, FaceDetector, FaceFinder, FaceOp
                                   select_faces)
 from dfscan.workers.reading.errors import ImageError
 from dfscan.workers.reading.reader import FileData
-from dfscan.workers.scoring.items import Input, Item
+from dfscan.workers.scoring.stages import Input, Item
 from dfscan.workers.scoring.verdict import Decision, Verdict
 
 
@@ -37,7 +37,7 @@ from dfscan.workers.scoring.verdict import Decision, Verdict
 class FaceCrops:
     """One image through the face decoder: its scored faces (largest first), how many were found, their tensors.
 
-    A :class:`~dfscan.workers.scoring.items.Payload`: each face's crop is one
+    A :class:`~dfscan.workers.scoring.stages.Payload`: each face's crop is one
     input; the image's verdict is its faces' by ``aggregation`` (the most
     suspicious face, or their mean), and an image without a face is
     ``no-face``: neither a verdict nor an error.

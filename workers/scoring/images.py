@@ -10,7 +10,7 @@ the budget.  A file larger than the whole budget is an error row.
 Files read whole are hashed (SHA-256, :func:`~dfscan.workers.scoring.dedupe.content_hash`)
 as they are read; a file whose bytes an earlier one of the batch had is a
 copy (``Item.copy_of``), never decoded.  The decoder gives a tensor per
-image (:class:`~dfscan.workers.scoring.items.TensorPayload`) or, with faces
+image (:class:`~dfscan.workers.scoring.stages.TensorPayload`) or, with faces
 on, the image's face crops (:class:`~dfscan.workers.scoring.face_stage.FaceCrops`).
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 from dfscan.workers.images import refuse_from_header
 from dfscan.workers.reading import MAX_FILE_BYTES, FileData, ImageError, read_head, stat_quietly
 from dfscan.workers.scoring.dedupe import content_hash
-from dfscan.workers.scoring.items import Batch, Item, TensorPayload
+from dfscan.workers.scoring.stages import Batch, Item, TensorPayload
 
 if TYPE_CHECKING:
     from dfscan.workers.scoring.context import Resources

@@ -38,7 +38,7 @@ from dfscan.db.records import ResultRow
 from dfscan.scanner.chunks import Chunk, chunked
 from dfscan.workers.scoring import dedupe
 from dfscan.workers.scoring.context import ScanContext
-from dfscan.workers.scoring.items import Batch
+from dfscan.workers.scoring.stages import Batch
 from dfscan.workers.scoring.stages import Job
 
 __all__ = ["EMBEDDED", "FLEET", "FLUSH_ROWS", "BatchHook", "ChunkResult", "Policy", "prefetch", "run_chunks",

@@ -14,13 +14,21 @@ service's ``/v1/score`` all decide through :class:`Verdict`:
 * :meth:`Verdict.decision` is the threshold rule, also used for an image's
   verdict from its faces' p_fake and a video's from its tracks'
   (:meth:`Verdict.aggregate`) and for relabelling an earlier scan's row.
+
+:class:`InferStage`, the last stage of the table, runs every input of every
+item of a batch: inputs of one graph and shape share calls (images and face
+crops ``batch_size`` at a time, sequences of T frames ``batch_size // T`` at
+a time, so memory is bounded by frames whatever T is); an item any of whose
+inputs failed gets that input's error, the others their payload's row.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,7 +37,11 @@ from dfscan.trt.errors import InferenceFailed
 from dfscan.trt.model_info import TEMPERATURE_RANGE
 from dfscan.workers.reading import ImageError
 
-__all__ = ["AGGREGATIONS", "Decision", "Verdict", "infer"]
+if TYPE_CHECKING:
+    from dfscan.workers.scoring.stages import Batch, Input, Job
+
+__all__ = ["AGGREGATIONS", "Decision", "InferStage", "Verdict", "infer"]
+
 
 # How an item with several inputs (faces, tracks) takes one verdict from theirs.
 AGGREGATIONS = ("max", "mean")
@@ -102,3 +114,45 @@ def infer(runtime: Runtime, inputs: Sequence[np.ndarray], verdict: Verdict,
             continue
         out.extend(verdict.decide(logits))
     return out
+
+
+class InferStage:
+    name = "infer"
+    phase = "score"
+
+    def __init__(self, runtimes: dict[str, Runtime], verdict: Verdict, batch_size: int = 64) -> None:
+        self.runtimes = runtimes  # by graph: "image", and "sequence" with a video graph (shared: a wrapper shows)
+        self.verdict = verdict  # when no job says otherwise
+        self.batch_size = batch_size
+
+    def cost(self, path: str) -> int | None:
+        return None
+
+    def run(self, batch: Batch, job: "Job | None" = None) -> None:
+        verdict = job.verdict if job is not None else self.verdict
+        batch.result = batch.rows(verdict, self.decide(batch, verdict))
+
+    def decide(self, batch: Batch, verdict: Verdict) -> dict[int, "list[Decision | ImageError]"]:
+        """Per item to score (by ``id``): one decision per input of its payload, in the payload's order."""
+        owners: dict[tuple[str, tuple[int, ...]], list[tuple[int, int, Input]]] = {}
+        decided: dict[int, list] = {}
+        for item in batch.to_score():
+            inputs = item.payload.inputs()  # type: ignore[union-attr]
+            decided[id(item)] = [None] * len(inputs)
+            for k, inp in enumerate(inputs):
+                owners.setdefault((inp.graph, inp.array.shape), []).append((id(item), k, inp))
+        for (graph, shape), group in sorted(owners.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            per_call = self.batch_size // shape[0] if graph == "sequence" else self.batch_size
+            started = time.perf_counter()
+            decisions = infer(self.runtimes[graph], [inp.array for _, _, inp in group], verdict, per_call)
+            # The runtime's own seconds (absent where the batch had nothing to infer: the metrics' inference time).
+            batch.timings["runtime"] = batch.timings.get("runtime", 0.0) + time.perf_counter() - started
+            for (owner, k, _), d in zip(group, decisions):
+                decided[owner][k] = d
+        return decided
+
+    def record(self) -> dict | None:
+        return None
+
+    def close(self) -> None:
+        pass  # the runtimes are the context's

@@ -49,9 +49,12 @@ from dfscan.scanner.paths import on_disk
 from dfscan.workers.faces import FaceFinder, crop_faces, follow, select_faces
 from dfscan.workers.images import Preprocess
 from dfscan.workers.reading import ImageError, VideoError, stat_quietly
-from dfscan.workers.scoring.items import Batch, Input, Item
+from dfscan.workers.scoring.stages import Batch, Input, Item
 from dfscan.workers.scoring.verdict import Decision, Verdict
-from dfscan.core.settings import DEFAULT_FRAMES, DEFAULT_VIDEO_EXTENSIONS
+from dfscan.core.constants import DEFAULT_FRAMES
+from dfscan.core.errors import first_line
+from dfscan.core.registry import Registry
+from dfscan.core.settings import DEFAULT_VIDEO_EXTENSIONS
 from dfscan.workers.video.sample import (
     DEFAULT_MAX_SIDE,
     DEFAULT_TIME_LIMIT_S,
@@ -67,7 +70,19 @@ if TYPE_CHECKING:
 
 # The video sampler each image decoder implies: None is PyAV alone; else DALI's video decoder on that device
 # ("auto": as plain ``dali``, where DALI can use a GPU, else its CPU backend). ``auto`` resolves first.
-VIDEO_SAMPLERS: dict[str, str | None] = {"pillow": None, "dali": "auto", "dali-gpu": "gpu", "dali-cpu": "cpu"}
+@dataclass(frozen=True)
+class VideoSamplerSpec:
+    name: str  # an image decoder's name (workers.images.DECODERS)
+    device: str | None
+    description: str
+
+
+VIDEO_SAMPLERS: Registry[VideoSamplerSpec] = Registry("video sampler", entries=(
+    VideoSamplerSpec("pillow", None, "PyAV alone"),
+    VideoSamplerSpec("dali", "auto", "DALI's video decoder on the GPU where DALI can use one, else its CPU backend"),
+    VideoSamplerSpec("dali-gpu", "gpu", "DALI's video decoder on NVDEC"),
+    VideoSamplerSpec("dali-cpu", "cpu", "DALI's CPU video decoder (VP8, VP9)"),
+))
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +115,7 @@ class VideoTrack:
 class VideoItem:
     """One video through the stage: when its frames are, its tracks, what was odd about it.
 
-    A :class:`~dfscan.workers.scoring.items.Payload`: with a sequence model each
+    A :class:`~dfscan.workers.scoring.stages.Payload`: with a sequence model each
     track is one ``sequence`` input; without one each frame of each track is an
     ``image`` input and a track's p_fake is its frames' mean.  The video's p_fake
     is its most suspicious track's.
@@ -222,7 +237,7 @@ class VideoStage:
         except Exception as exc:  # noqa: BLE001 - DALI itself failed (its pipeline can't be built): PyAV samples all
             self.sampler.stats["batches_left_to_pyav"] += 1
             log.warning("DALI's video sampler failed on a batch of %d videos (%s); PyAV samples them",
-                        len(local), mask_text(_first_line(exc)))
+                        len(local), mask_text(first_line(exc)))
             return out
         for i, video in zip(local, found):
             out[i] = video
@@ -251,7 +266,7 @@ class VideoStage:
         except ImageError as exc:
             return exc, size, mtime, etag
         except Exception as exc:  # noqa: BLE001 - a decoder bug is this video's error, not the batch's
-            return VideoError("decode-failed", f"video decode failed: {mask_text(_first_line(exc))}"), size, mtime, etag
+            return VideoError("decode-failed", f"video decode failed: {mask_text(first_line(exc))}"), size, mtime, etag
 
     def _item(self, video: SampledVideo) -> VideoItem:
         notes = list(video.notes)
@@ -300,10 +315,6 @@ class VideoStage:
             self.sampler.close()
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-
-
 def _resized(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A whole frame at the model's input size (H, W), resized as an image is (:func:`workers.decode.to_tensor`)."""
     h, w = size
@@ -340,9 +351,10 @@ def video_stage(res: "Resources") -> VideoStage | None:
 
 def video_sampler(decoder: str, options: VideoOptions, pre: Preprocess, *, threads: int = 2, batch_size: int = 64):
     """DALI's video sampler for a scan whose image decoder is ``decoder`` (:data:`VIDEO_SAMPLERS`), or None: PyAV."""
-    from dfscan.workers.images.decoders import dali_device, resolve_decoder
+    from dfscan.workers.images import dali_device, resolve_decoder
 
-    device = VIDEO_SAMPLERS.get(resolve_decoder(decoder).name)
+    name = resolve_decoder(decoder).name
+    device = VIDEO_SAMPLERS[name].device if name in VIDEO_SAMPLERS else None
     if device is None:
         return None
     from dfscan.workers.video.dali import DaliVideoSampler

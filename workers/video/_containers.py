@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dfscan.core.registry import Registry
-from dfscan.workers.reading.headers import sniff
+from dfscan.workers.reading.reader import sniff
 
 # ISO base media (MP4, MOV, M4V, 3GP) files start with one of these boxes.
 _MP4_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid"})
