@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast lint bench demo clean plugin plugin-deps
+.PHONY: install test test-fast lint bench demo clean plugin plugin-deps ide
 
 # torch and torchvision are pinned by pyproject.toml; pip takes them from a local
 # wheel cache where the machine has one (see README, "Installing").
@@ -13,9 +13,14 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[test]'
+	$(PY) -m tests._view build/ide
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# build/ide/dfscan: the installed layout as links, for type checkers and IDEs ([tool.mypy], [tool.pyright]).
+ide: $(STAMP)
+	$(PY) -m tests._view build/ide
 
 test: $(STAMP) plugin-deps
 	$(PY) -m pytest -q

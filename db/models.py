@@ -159,7 +159,7 @@ class Result(Base):
         Index("ix_results_scan_id_p_fake", "scan_id", "p_fake"),
         Index("ix_results_path", "path"),
         Index("ix_results_model_id_path", "model_id", "path"),
-        # Migration 0011: copies of the same bytes are looked up by hash (workers.dedupe).
+        # Migration 0011: copies of the same bytes are looked up by hash (workers.scoring.dedupe).
         CheckConstraint(VERDICT_SOURCE_CHECK, name="verdict_source"),
         Index("ix_results_content_hash", "content_hash"),
     )

@@ -62,7 +62,7 @@ def get_or_create_model(
 def record_worker(session: Session, *, scan_id: int, host: str, pid: int, info: dict[str, Any]) -> None:
     """Note that process ``host``/``pid`` scores chunks of ``scan_id`` with the runtime in ``info``.
 
-    ``info`` is :meth:`workers.context.ScanContext.runtime_record`; insert-or-ignore,
+    ``info`` is :meth:`workers.scoring.context.ScanContext.runtime_record`; insert-or-ignore,
     so calling it for every chunk is harmless.
     """
     stmt = insert_for(session)(ScanWorker).values(

@@ -9,8 +9,8 @@ Two layouts are understood (a table, looked up in order):
 A data set holds images or videos (:data:`MEDIA`), never both: videos are
 sequences of sampled frames (:mod:`detector.video_data`), one label per video.
 
-Images are read exactly as the scanner reads them (:func:`workers.decode.load_rgb`
-then :func:`workers.decode.to_tensor`), so what the model learns from and what
+Images are read exactly as the scanner reads them (:func:`workers.images.decode.load_rgb`
+then :func:`workers.images.decode.to_tensor`), so what the model learns from and what
 it is shown in a scan are made the same way. Training adds the original
 project's augmentation on the decoded RGB image, before normalisation.
 """

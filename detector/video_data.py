@@ -2,7 +2,7 @@
 
 A video becomes a (T, 3, H, W) float32 array: :func:`dfscan.workers.video.sample.sample_video`
 takes T frames evenly spaced in time (upright, RGB), each is resized and
-normalised as the scanner's Pillow path does (:func:`workers.decode.to_tensor`).
+normalised as the scanner's Pillow path does (:func:`workers.images.decode.to_tensor`).
 For training, a video that yields fewer than T distinct frames (shorter than T
 frames, or frames that did not decode) has its frames repeated in time order
 up to T, so every sequence of a batch has the same length; evaluation

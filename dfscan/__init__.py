@@ -3,7 +3,9 @@
 The packages follow an image's path: ``scanner`` walks storage and makes
 chunks of paths, ``workers`` reads, decodes, scores and writes them, ``trt``
 holds the inference runtimes, ``db`` the SQL schema, ``detector`` the model.
-This package holds only what ties them together: settings and the CLI.
+Above them here: the entry points (``cli``, ``commands``, ``serve``, ``bench``,
+the report, the extension builder); below them all: ``core`` (settings, the
+GPU probe, masking of secrets, constants, registries, error text).
 """
 
 __version__ = "0.1.0"

@@ -3,7 +3,7 @@
 A scan names objects by their URL (``s3://bucket/key``): that is the path a
 chunk carries and a result row keeps.  The walker lists a root's keys page by
 page (``list_objects_v2``; one page in memory at a time) and the workers'
-reader gets each object's bytes (:mod:`workers.reader`), both through an
+reader gets each object's bytes (:mod:`workers.reading.reader`), both through an
 :class:`ObjectStore`.
 
 Credentials come from boto3's standard chain (environment variables, the
@@ -49,7 +49,7 @@ MAX_POOL_CONNECTIONS = 32
 
 
 class ObjectError(ScannerError):
-    """One object can't be read; ``code`` is a per-image reason of :mod:`workers.errors` (``missing``, ...)."""
+    """One object can't be read; ``code`` is a per-image reason of :mod:`workers.reading.errors` (``missing``, ...)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

@@ -11,7 +11,7 @@
 * ``noop_model``: no file is read and no model runs; every path gets an
   ``ok`` row at once, so that a benchmark measures orchestration alone
   (paths in, rows out: broker, task dispatch, database writes);
-* ``flush_rows``: a chunk commits its rows every this many (``workers.pipeline.FLUSH_ROWS``)
+* ``flush_rows``: a chunk commits its rows every this many (``workers.scoring.loop.FLUSH_ROWS``)
   instead of all at once with its completion, so that a test can find a chunk
   half written;
 * ``hang_after_commit_seq`` + ``marker``: after the chunk with that seq has

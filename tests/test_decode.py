@@ -147,3 +147,32 @@ def test_decoder_batch_keeps_order_and_isolates_failures(tmp_path):
         dec.close()
     assert [isinstance(o, ImageError) for o in out] == [False, False, True, False, False, False]
     assert np.allclose(out[0], decode_one(good[0].data, PRE))
+
+
+def test_the_image_stage_sniffs_each_header_once(tmp_path, monkeypatch):
+    """The stage's refusal and the decoder's own check share one sniff of a file's header (FileData.header)."""
+    import dfscan.workers.images.decode as decode
+    import dfscan.workers.reading.reader as reader
+    from dfscan.workers.scoring import Stages
+    from dfscan.workers.scoring.images import ImageStage
+
+    calls: list[int] = []
+    real = reader.sniff
+
+    def counting(data: bytes):
+        calls.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(reader, "sniff", counting)
+    monkeypatch.setattr(decode, "sniff", counting)
+    paths = []
+    for i in range(3):
+        (tmp_path / f"{i}.jpg").write_bytes(jpeg_bytes(i))
+        paths.append(str(tmp_path / f"{i}.jpg"))
+    stages = Stages([ImageStage(PillowDecoder(Preprocess(size=(32, 32))), read_threads=2)])
+    try:
+        items = stages.prepare(paths).items
+    finally:
+        stages.close()
+    assert all(it.payload is not None for it in items)
+    assert len(calls) == 3

@@ -20,28 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from tests._view import PACKAGE_DIR, build_view
+
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-PACKAGE_DIR: dict[str, str] = PYPROJECT["tool"]["setuptools"]["package-dir"]
 GENERIC_NAMES = ("db", "workers", "trt", "scanner", "detector")
 
 
 def _bin(name: str) -> str:
     found = Path(sys.executable).with_name(name)
     return str(found) if found.exists() else (shutil.which(name) or name)
-
-
-def build_view(root: Path) -> Path:
-    """``root/dfscan`` laid out as the package installs: links to the repository's folders and files."""
-    top = root / "dfscan"
-    top.mkdir()
-    for entry in (REPO / PACKAGE_DIR["dfscan"]).iterdir():
-        if entry.name != "__pycache__":
-            (top / entry.name).symlink_to(entry)
-    for package, folder in PACKAGE_DIR.items():
-        if package != "dfscan":
-            (top / package.split(".", 1)[1]).symlink_to(REPO / folder)
-    return root
 
 
 def test_every_stage_folder_installs_under_dfscan():
@@ -277,3 +265,29 @@ def test_the_static_checks_can_fail():
     assert private_imports("from dfscan.db._types import X\nfrom . import _types\n", "dfscan.db.records", False,
                            known) == []
     assert private_imports("from dfscan.db._types import X\n", "dfscan.db", True, known) == []
+
+
+def test_a_type_checker_follows_dfscan_imports_to_the_files(tmp_path):
+    """mypy, on the view ``make install`` builds (``[tool.mypy] mypy_path``), resolves ``dfscan.workers.…`` to the files.
+
+    From the repository alone a checker finds ``dfscan/`` but not ``dfscan.workers`` (``workers/`` is mapped
+    by ``package-dir``); through the view it types the loop's signature from ``workers/scoring/loop.py``.
+    """
+    pytest.importorskip("mypy")
+    assert PYPROJECT["tool"]["mypy"]["mypy_path"] == "build/ide"
+    assert PYPROJECT["tool"]["pyright"]["extraPaths"] == ["build/ide"]
+    assert "-m tests._view build/ide" in (REPO / "Makefile").read_text()
+    view = build_view(tmp_path / "ide")
+    probe = tmp_path / "probe.py"
+    probe.write_text("import dfscan.workers.scoring.loop as loop\nreveal_type(loop.run_chunks)\n")
+    args = [sys.executable, "-m", "mypy", "--no-site-packages", "--ignore-missing-imports", "--follow-imports=silent",
+            "--cache-dir", str(tmp_path / "cache"), "--config-file", "", str(probe)]
+
+    def revealed(mypy_path: Path | None) -> str:
+        env = {**os.environ, "MYPYPATH": str(mypy_path or "")}
+        proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        return proc.stdout + proc.stderr
+
+    out = revealed(view)
+    assert 'Revealed type is "def (ctx: dfscan.workers.scoring.context.ScanContext' in out, out[-3000:]
+    assert 'Revealed type is "Any"' in revealed(None)  # without the view: dfscan.workers is not found

@@ -501,7 +501,7 @@ def test_a_root_is_a_folder_or_one_object_never_a_name_prefix(s3):
 
 
 # --- videos ------------------------------------------------------------------------------
-# FFmpeg streams an s3:// video from a presigned URL (workers._video_objects): it seeks with Range requests,
+# FFmpeg streams an s3:// video from a presigned URL (workers.video._objects): it seeks with Range requests,
 # and the URL (access key id, signature) never reaches a row, a log, the output or the report.
 
 import re  # noqa: E402

@@ -52,7 +52,7 @@ class CountedRuntime:
 
 
 def counting(into: list, warm: bool = False) -> Callable[[Any], None]:
-    """An ``instrument`` hook for :meth:`workers.local.LocalScan.run`: wraps the scan's runtime, keeps the counter.
+    """An ``instrument`` hook for :meth:`workers.scoring.local.LocalScan.run`: wraps the scan's runtime, keeps the counter.
 
     ``warm``: first run one uncounted batch of zeros, so that neither scan's count holds the runtime's
     first-call setup (memory arenas): with half the batches, it would weigh twice as much in one of them.

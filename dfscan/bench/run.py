@@ -3,7 +3,7 @@
 One run, one set of images, one model.  Rows:
 
 * ``read``: file reading with the scanner's reader (page cache warm, and dropped before each pass);
-* ``decode``: decode + resize + normalise, one row per decoder in :data:`workers.decoders.DECODERS`;
+* ``decode``: decode + resize + normalise, one row per decoder in :data:`workers.images.decoders.DECODERS`;
 * ``infer``: one row per runtime in :data:`trt.registry.RUNTIMES` and precision in :data:`INFER_VARIANTS`,
   at the scan's batch size (ONNX Runtime INT8 uses a model quantised on the fly from these images
   unless one is given);

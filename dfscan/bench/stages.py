@@ -391,7 +391,7 @@ class ScanRun:
 def measure_scan(settings, folder: Path, instrument=None) -> ScanRun:
     """The real in-process scan of ``folder``; its own clock (scan start to finish, after the model loads).
 
-    ``instrument`` (optional) sees the scan's context once open (:meth:`workers.local.LocalScan.run`).
+    ``instrument`` (optional) sees the scan's context once open (:meth:`workers.scoring.local.LocalScan.run`).
     """
     from sqlalchemy import select
 

@@ -145,8 +145,8 @@ def create_app(settings: Settings) -> FastAPI:
 
         ctx = await asyncio.to_thread(ScanContext.open, settings)
         state.ctx = ctx
-        # Pillow's decoder is thread-safe; a DALI pipeline is not: one request decodes at a time.
-        state.decode_lock = None if ctx.decoder.name == "pillow" else threading.Lock()
+        # Pillow's decoder is thread-safe; a DALI pipeline or the face detector is not: one request decodes at a time.
+        state.decode_lock = None if ctx.decoder.thread_safe else threading.Lock()
         state.batcher = DynamicBatcher(ctx.runtime, ctx.verdict, max_batch=settings.batch_size,
                                        max_delay_s=settings.max_batch_delay_ms / 1000.0,
                                        on_batch=state.metrics.batch)

@@ -4,7 +4,7 @@
 
 Starts ``weed mini`` on free ports of 127.0.0.1 (tests/_s3.py), uploads
 ``--objects`` JPEGs of 256x256 (the same bytes also written to a folder), then
-measures, with the reader of the workers (``workers.reader.read_head`` in a
+measures, with the reader of the workers (``workers.reading.reader.read_head`` in a
 pool of ``--threads``, as the image stage reads):
 
   walk          keys (or paths) per second out of ``ScanSource.paths()``

@@ -6,12 +6,12 @@ Delivery is at-least-once and made exactly-once in effect by the database:
 * a pool process killed mid-chunk (SIGKILL, OOM) gives its chunk back
   (``reject_on_worker_lost``); a whole worker that vanishes with its host
   stops renewing its chunk's lease in the database, and a live worker's reaper
-  enqueues the chunk again once the lease runs out (:mod:`workers.lease`),
+  enqueues the chunk again once the lease runs out (:mod:`workers.fleet.lease`),
   long before the visibility timeout hands the stale message out again;
 * each process reserves one chunk at a time (``prefetch_multiplier = 1``);
 * results are upserts on (scan_id, path), and a chunk's attempts are counted
   in the database so that a chunk that always kills its worker ends as error
-  rows instead of looping (see :mod:`workers.tasks`).
+  rows instead of looping (see :mod:`workers.fleet.tasks`).
 
 Messages are JSON: pickle is refused.  Nothing here loads a model or opens
 a database: the app is cheap to create, in the producer as in the worker.

@@ -5,7 +5,7 @@ DALI pipeline makes: faces are detected on a downscaled copy and cropped from
 the full-resolution image.  This second pipeline of the same decoder stops
 after ``fn.decoders.image`` (nvJPEG on the GPU, or DALI's CPU decoders), and
 the images come to the host for detection and cropping.  The safety rules of
-:mod:`workers.dali` hold: header checks first, Pillow for what DALI can't
+:mod:`workers.images.dali` hold: header checks first, Pillow for what DALI can't
 decode like Pillow, bisection when a batch fails.
 """
 
@@ -16,7 +16,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from dfscan.workers.reading.dali_runs import build_or_unavailable, run_locating
-from dfscan.workers.reading.reader import sniff
 from dfscan.workers.images.decode import load_rgb
 from dfscan.workers.reading.errors import ImageError
 from dfscan.workers.reading.reader import FileData
@@ -25,7 +24,7 @@ INPUT_NAME = "encoded"
 
 
 class DaliRgb:
-    """``decode(files) -> [HxWx3 uint8 | ImageError]`` with the settings of a :class:`workers.dali.DaliDecoder`."""
+    """``decode(files) -> [HxWx3 uint8 | ImageError]`` with the settings of a :class:`workers.images.dali.DaliDecoder`."""
 
     def __init__(self, decoder) -> None:
         self.decoder = decoder
@@ -67,7 +66,7 @@ class DaliRgb:
         results: list[np.ndarray | ImageError | None] = [None] * len(files)
         to_dali, to_pillow = [], []
         for i, f in enumerate(files):
-            header = sniff(f.data)
+            header = f.header
             if header.pixels is not None and header.pixels > d.pre.max_pixels:
                 results[i] = ImageError("too-many-pixels", f"too many pixels: {header.width}x{header.height} "
                                                            f"exceeds the limit of {d.pre.max_pixels}")

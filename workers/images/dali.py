@@ -12,7 +12,7 @@ them, because that is how Pillow does it.
 DALI fails a whole batch on one undecodable sample and the pipeline is then
 unusable (NVIDIA/DALI#3913), so:
 
-* cheap header checks (:mod:`workers._headers`) run first: a header declaring
+* cheap header checks (:mod:`workers.reading.reader`) run first: a header declaring
   more pixels than the limit is refused outright; anything that is not a
   plain JPEG/PNG/WebP/BMP DALI decodes like Pillow, or that looks truncated,
   goes to the Pillow decoder, which is the reference anyway;
@@ -22,7 +22,7 @@ unusable (NVIDIA/DALI#3913), so:
   reason).  Every other image of the batch keeps its DALI result.
 
 Both decoders feed the model the same image: each file's header is parsed
-by Pillow first (:func:`workers.decode.open_image`, the Pillow decoder's own
+by Pillow first (:func:`workers.images.decode.open_image`, the Pillow decoder's own
 first step), so a file Pillow refuses over its metadata is refused here too,
 and a file whose orientation DALI does not read (PNG eXIf, XMP, ImageMagick's
 raw EXIF text: anything but a JPEG's EXIF segment) goes to Pillow.  Large
@@ -45,7 +45,6 @@ import numpy as np
 
 from dfscan.core.errors import first_line
 from dfscan.workers.reading.dali_runs import DALI_FAILURES, build_or_unavailable, run_locating
-from dfscan.workers.reading.reader import sniff
 from dfscan.workers.images.decode import PillowDecoder, Preprocess, open_image
 from dfscan.workers.reading.errors import ImageError
 from dfscan.workers.reading.reader import FileData
@@ -88,7 +87,9 @@ def dali_gpu_status() -> tuple[bool, str]:
 
 
 class DaliDecoder:
-    """``decode_batch(files) -> [array | ImageError]``, like :class:`workers.decode.PillowDecoder`."""
+    """``decode_batch(files) -> [array | ImageError]``, like :class:`workers.images.decode.PillowDecoder`."""
+
+    thread_safe = False  # a DALI pipeline runs one batch at a time
 
     def __init__(
         self, pre: Preprocess, *, device: str = "cpu", batch_size: int = 64, threads: int = 2, device_id: int = 0
@@ -183,7 +184,7 @@ class DaliDecoder:
         if not files or len(files) > self.batch_size:
             return None
         for f in files:
-            header = sniff(f.data)
+            header = f.header
             if not header.dali_safe or (header.pixels is not None and header.pixels > self.pre.max_pixels):
                 return None
         with self._lock:
@@ -207,12 +208,12 @@ class DaliDecoder:
             # refusals (pixel limit, text-chunk bombs, unknown iCCP compression) and the
             # orientation Pillow would apply, whichever decoder is chosen.
             try:
-                im = open_image(f.data, self.pre.max_pixels)
+                im = open_image(f.data, self.pre.max_pixels, f.header)
             except ImageError as exc:
                 results[i] = exc
                 self.stats["refused"] += 1
                 continue
-            header = sniff(f.data)
+            header = f.header
             if not header.dali_safe:
                 to_pillow.append(i)
             elif _orientation_dali_misses(im):

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dfscan.core.constants import DEFAULT_MAX_PIXELS
 from dfscan.core.errors import first_line
-from dfscan.workers.reading.reader import sniff
+from dfscan.workers.reading.reader import Header, sniff
 from dfscan.workers.reading.errors import ImageError
 from dfscan.workers.reading.reader import FileData
 
@@ -44,14 +44,14 @@ class Preprocess:
         return a.astype(np.float32), b.astype(np.float32)
 
 
-def refuse_from_header(data: bytes, max_pixels: int | None) -> ImageError | None:
-    """Why ``data`` (the first bytes of a file are enough) can't be an image we decode, or None.
+def refuse_from_header(data: bytes | Header, max_pixels: int | None) -> ImageError | None:
+    """Why ``data`` (the first bytes of a file are enough, or their sniffed header) can't be an image we decode.
 
     A signature none of :data:`ALLOWED_FORMATS` has is refused as Pillow would
     refuse it; a header that declares more than ``max_pixels`` is refused
     without a byte of pixels read or decoded.
     """
-    header = sniff(data)
+    header = data if isinstance(data, Header) else sniff(data)
     if header.format is None:
         return ImageError("not-image", "not an image file (format not recognised)")
     pixels = header.pixels
@@ -64,7 +64,7 @@ def _too_many(w: int | None, h: int | None, max_pixels: int) -> ImageError:
     return ImageError("too-many-pixels", f"too many pixels: {w}x{h} exceeds the limit of {max_pixels}")
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
+def open_image(data: bytes, max_pixels: int, header: Header | None = None) -> Image.Image:
     """Open ``data`` lazily (header only) and check its size; raises :class:`ImageError`.
 
     This is ``Image.open`` without its decompression-bomb check: that check
@@ -74,7 +74,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     threads.  The size is checked here, against ``max_pixels``, from the
     header the plugin parsed.  Both decoders call this.
     """
-    refusal = refuse_from_header(data, max_pixels)
+    refusal = refuse_from_header(header or data, max_pixels)
     if refusal is not None:
         raise refusal
     im = None
@@ -113,7 +113,8 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return im
 
 
-def load_rgb(data: bytes, size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_rgb(data: bytes, size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+             header: Header | None = None) -> Image.Image:
     """Decode ``data`` to an 8-bit RGB image with its EXIF orientation applied.
 
     ``size`` (H, W) lets JPEG decode in draft mode at 1/2, 1/4 or 1/8 scale
@@ -122,7 +123,7 @@ def load_rgb(data: bytes, size: tuple[int, int] | None = None, max_pixels: int =
     and both decoders must feed the model the same image (draft mode moved
     pixels by up to 6 grey levels).  ``dfscan bench`` shows what it costs.
     """
-    im = open_image(data, max_pixels)
+    im = open_image(data, max_pixels, header)
     try:
         if size is not None and im.format in ("JPEG", "MPO"):
             im.draft("RGB", (size[1], size[0]))
@@ -175,15 +176,16 @@ def to_tensor(im: Image.Image, pre: Preprocess) -> np.ndarray:
     return arr * a + b
 
 
-def decode_one(data: bytes, pre: Preprocess, *, draft: bool = False) -> np.ndarray:
+def decode_one(data: bytes, pre: Preprocess, *, draft: bool = False, header: Header | None = None) -> np.ndarray:
     """The model's input for ``data``: full decode, no JPEG draft mode unless ``draft`` (the bench compares)."""
-    return to_tensor(load_rgb(data, pre.size if draft else None, pre.max_pixels), pre)
+    return to_tensor(load_rgb(data, pre.size if draft else None, pre.max_pixels, header), pre)
 
 
 class PillowDecoder:
     """Decodes a batch in a thread pool; Pillow releases the GIL while decoding."""
 
     name = "pillow"
+    thread_safe = True  # one decoder may serve concurrent requests (dfscan serve)
     device = "cpu"
 
     def __init__(self, pre: Preprocess, threads: int = 2) -> None:
@@ -196,7 +198,7 @@ class PillowDecoder:
 
     def _decode_safely(self, f: FileData) -> np.ndarray | ImageError:
         try:
-            return decode_one(f.data, self.pre)
+            return decode_one(f.data, self.pre, header=f.header)
         except ImageError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - any decoder bug is this image's error, not the batch's

@@ -19,6 +19,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 from dfscan.scanner.objects import ObjectError, ObjectStore, is_object_url, object_store
 from dfscan.scanner.paths import on_disk, open_path, stat_path
@@ -40,6 +41,11 @@ class FileData:
     mtime: float
     data: bytes
     etag: str | None = None  # an object's ETag (unquoted); None for a local file
+
+    @cached_property
+    def header(self) -> "Header":
+        """What these bytes claim to be (:func:`sniff`), sniffed once however many checks ask."""
+        return sniff(self.data)
 
 
 def read_file(path: str, max_bytes: int = MAX_FILE_BYTES, store: ObjectStore | None = None) -> FileData:

@@ -44,18 +44,22 @@ class Resources:
     runtimes: dict[str, Runtime]
     store: ObjectStore | None = None
     _decoder: object = field(default=_UNSET, repr=False)
+    _faces: FaceDecoder | None = field(default=None, repr=False)
 
     def decoder(self):
         """The image decoder (:data:`~dfscan.workers.images.DECODERS`); with faces on, the face decoder over it."""
         if self._decoder is _UNSET:
             s = self.settings
             base = create_decoder(s.decoder, self.pre, threads=s.decode_threads, batch_size=s.batch_size)
-            self._decoder = face_decoder(base, self.pre, s) if faces_enabled(s.faces, self.info.input) else base
+            if faces_enabled(s.faces, self.info.input):
+                self._faces = face_decoder(base, self.pre, s)
+            self._decoder = self._faces or base
         return self._decoder
 
     def face_decoder(self) -> FaceDecoder | None:
-        decoder = self.decoder()
-        return decoder if isinstance(decoder, FaceDecoder) else None
+        """The face decoder (None: faces off, the model sees whole images)."""
+        self.decoder()
+        return self._faces
 
     def close(self) -> None:
         for runtime in self.runtimes.values():

@@ -2,13 +2,14 @@
 
 Three levels, cheapest first:
 
-* in a batch, :class:`workers.batches.BatchMaker` hashes each file's bytes as
+* in a batch, :class:`workers.scoring.images.ImageStage` hashes each file's bytes as
   it reads them (SHA-256: about twice BLAKE2b's speed on CPUs with the SHA
   extensions, measured here) and decodes one file per hash; the others are
-  copies (``PreparedBatch.copy_of``) and take its row, errors included;
-* across batches and chunks of a scan, the pipeline asks the database, once
-  per batch and before inference, for rows of this scan with the batch's
-  hashes (:func:`db.known_verdicts`); those files are not scored again;
+  copies (``Item.copy_of``) and take its row, errors included;
+* across batches and chunks of a scan, :class:`KnownStage` asks the database
+  (through the loop's ``Job.lookup``), once per batch and before inference,
+  for rows of this scan with the batch's hashes (:func:`db.known_verdicts`);
+  those files are not scored again;
 * with ``--reuse-verdicts``, an ``ok`` row of an earlier scan with the same
   model and hash is taken too, its label re-decided at this scan's threshold.
 

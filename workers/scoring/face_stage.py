@@ -85,6 +85,8 @@ class FaceDecoder:
     Pillow decodes them (once: no model-size tensor is made from the file).
     """
 
+    thread_safe = False  # the detector is one torch model
+
     def __init__(self, base, pre: Preprocess, options: FaceOptions, detector: FaceDetector,
                  threads: int = 2) -> None:
         self.base = base
@@ -107,7 +109,7 @@ class FaceDecoder:
 
     def _rgb_one(self, f: FileData) -> np.ndarray | ImageError:
         try:
-            return np.asarray(load_rgb(f.data, None, self.pre.max_pixels))
+            return np.asarray(load_rgb(f.data, None, self.pre.max_pixels, f.header))
         except ImageError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - a decoder bug is this image's error

@@ -112,7 +112,7 @@ class _Reading:
         for i, head in enumerate(heads):
             if isinstance(head, ImageError) or i in copies:
                 continue
-            if (refusal := refuse_from_header(head.data, stage.max_pixels)) is not None:
+            if (refusal := refuse_from_header(head.header, stage.max_pixels)) is not None:
                 items[i].fail(refusal)
             elif len(head.data) >= head.size:
                 complete.append(i)

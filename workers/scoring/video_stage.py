@@ -4,9 +4,9 @@ A video is T frames sampled evenly in time (:mod:`workers.video`).  With
 faces off its one sequence is the whole frames, resized to the model's input
 like an image; with faces on, the face detector looks at every sampled frame,
 faces are followed from frame to frame by box overlap
-(:mod:`workers._video_tracks`), and each track is a sequence of T crops cut as
+(:mod:`workers.faces.tracks`), and each track is a sequence of T crops cut as
 for images (the same square of ``margin`` times the box,
-:mod:`workers._face_geometry`).  A frame where a track's face was missed takes
+:mod:`workers.faces.geometry`).  A frame where a track's face was missed takes
 the nearest frame's box.
 
 With a sequence model (``video_model`` in ``model_info.json``) each sequence
@@ -23,9 +23,9 @@ normalised batch by batch.
 
 Which decoder samples the frames follows the scan's image decoder
 (:data:`VIDEO_SAMPLERS`): with a DALI one, DALI's video decoder
-(:class:`workers._dali_video.DaliVideoSampler`, which hands each file it can't
+(:class:`workers.video.dali.DaliVideoSampler`, which hands each file it can't
 take to PyAV), else PyAV.  ``s3://`` videos are always PyAV's: it streams them
-over HTTP from a presigned URL (:mod:`workers._video_objects`); the row's size
+over HTTP from a presigned URL (:mod:`workers.video._objects`); the row's size
 and mtime come from the object's HEAD.
 """
 
@@ -185,7 +185,7 @@ class VideoStage:
         # The sequence graph's path (its runtime is the infer stage's); None: frames are scored one by one.
         self.sequence_model = sequence_model
         self.version = pyav_version()
-        # DALI's video sampler (workers._dali_video.DaliVideoSampler) for the files on disk; None: PyAV alone.
+        # DALI's video sampler (workers.video.dali.DaliVideoSampler) for the files on disk; None: PyAV alone.
         self.sampler = sampler
         self.store = store  # reads s3:// videos (scanner.objects.ObjectStore; None: the default endpoint's)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="video")
@@ -316,7 +316,7 @@ class VideoStage:
 
 
 def _resized(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A whole frame at the model's input size (H, W), resized as an image is (:func:`workers.decode.to_tensor`)."""
+    """A whole frame at the model's input size (H, W), resized as an image is (:func:`workers.images.decode.to_tensor`)."""
     h, w = size
     if frame.shape[:2] == (h, w):
         return frame

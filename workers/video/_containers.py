@@ -1,6 +1,6 @@
 """Which video containers are read, and what a file that is none of them is.
 
-Like the image decoders' allow-list (:data:`workers.decode.ALLOWED_FORMATS`),
+Like the image decoders' allow-list (:data:`workers.images.decode.ALLOWED_FORMATS`),
 a video is opened with one named FFmpeg demuxer chosen from its first bytes,
 never by letting FFmpeg probe every demuxer it has: a JPEG named ``.mp4``
 is then "a JPEG image, not a video", not a one-frame "video".

@@ -34,7 +34,7 @@ MJPEG is left out of the CPU table: DALI 2.4's CPU video decoder killed the
 process (SIGSEGV, no exception) on an MJPEG AVI whose every frame had noise in
 its scan data (PyAV refuses that file with a reason). Random corruption raised
 a normal error that the bisection handles. Which sampler a scan uses follows its
-image decoder (:func:`workers.video_stage.video_sampler`): ``dali-gpu`` (and
+image decoder (:func:`workers.scoring.video_stage.video_sampler`): ``dali-gpu`` (and
 ``dali`` or ``auto`` where DALI has a GPU) samples with DALI ``mixed``,
 ``dali-cpu`` (and ``dali`` without a GPU) with DALI's CPU backend, ``pillow``
 with PyAV alone; ``s3://`` videos are always PyAV's (it streams them; DALI

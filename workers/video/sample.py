@@ -14,7 +14,7 @@ closer than :data:`FORWARD_S` are decoded on to.
 PyAV opens the path itself and reads it in small blocks: a video is never
 read into memory whole, and may be larger than the image reader's limit.  An
 ``s3://`` video is read the same way over HTTP, from a presigned URL, seeking
-with Range requests (:mod:`workers._video_objects`); its messages never hold
+with Range requests (:mod:`workers.video._objects`); its messages never hold
 that URL.
 Frames come out as upright RGB (the display matrix of phone videos applied),
 downscaled so that their longer side is at most ``max_side``: sixteen 8K
@@ -162,7 +162,7 @@ class _Source:
 
     spec: ContainerSpec
     missing_index: Callable[[], str | None]  # why the container looks cut short (None: it doesn't)
-    remote: Any = None  # the ObjectVideo of an s3:// video (workers._video_objects); None for a file
+    remote: Any = None  # the ObjectVideo of an s3:// video (workers.video._objects); None for a file
 
     def error(self, exc: BaseException, path: str) -> VideoError:
         """The row's reason for a container FFmpeg refused to open."""
