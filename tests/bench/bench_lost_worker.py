@@ -96,7 +96,9 @@ def main() -> None:
     db.upgrade(engine)
 
     env = {"DFSCAN_LEASE_SECONDS": str(args.lease), "DFSCAN_LEASE_RENEW_SECONDS": str(args.renew)}
-    faults = {"slow_batch_s": args.slow, "busy_dir": str(busy)}
+    # A fleet chunk commits once, at its end: commit batch by batch (8 paths, _cluster.Worker's batch size) so that
+    # a chunk can be half-written when its worker dies, as a chunk over FLUSH_ROWS rows is.
+    faults = {"slow_batch_s": args.slow, "busy_dir": str(busy), "flush_rows": 8}
     workers = [Worker(redis.url(), url, tmp, name=n, env=env, faults=faults) for n in ("a", "b")]
     try:
         for w in workers:
