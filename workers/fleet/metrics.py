@@ -133,21 +133,17 @@ class WorkerMetrics:
 def batch_hook(metrics: WorkerMetrics) -> Callable[[list, dict[str, float]], None]:
     """The loop's ``on_batch`` hook that records each batch: its rows, and the seconds the loop timed per stage.
 
-    Read+decode is the ``prepare`` phase (the media stages), inference the
+    Read+decode is the ``prepare`` phase (every stage of it, whichever they are), inference the
     runtime's calls in the infer stage (none: nothing to infer), and the
     batch's wall time runs from its first stage to its rows (before their
     commit, which is the chunk's).
     """
 
     def on_batch(rows: list, timings: dict[str, float]) -> None:
-        decode_s = sum(timings[name] for name in PREPARE_STAGES if name in timings) or None
-        metrics.observe_batch(rows, decode_s=decode_s, infer_s=timings.get("runtime"), total_s=timings.get("total"))
+        metrics.observe_batch(rows, decode_s=timings.get("prepare"), infer_s=timings.get("runtime"),
+                              total_s=timings.get("total"))
 
     return on_batch
-
-
-# The stages whose seconds are a batch's reading and decoding.
-PREPARE_STAGES = ("video", "images")
 
 
 # --- queue depth ----------------------------------------------------------------------

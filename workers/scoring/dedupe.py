@@ -92,17 +92,16 @@ def relabel(row: ResultRow, verdict: "Verdict", aggregation: str = "max") -> Res
         return row
     faces = row.face_rows
     if faces:
-        faces = tuple(replace(f, label=_decided(verdict, f.p_fake).label) for f in faces)
-        image = verdict.aggregate([f.p_fake for f in faces], aggregation)
-        image = image if not isinstance(image, ImageError) else _decided(verdict, row.p_fake)
+        faces = tuple(replace(f, label=_valid(verdict.decision(f.p_fake)).label) for f in faces)
+        image = _valid(verdict.aggregate([f.p_fake for f in faces], aggregation))
         return replace(row, label=image.label, p_fake=image.p_fake, confidence=image.confidence, face_rows=faces)
-    d = _decided(verdict, row.p_fake)
+    d = _valid(verdict.decision(row.p_fake))
     return replace(row, label=d.label, confidence=d.confidence)
 
 
-def _decided(verdict: "Verdict", p_fake: float):
-    d = verdict.decision(p_fake)
-    assert not isinstance(d, ImageError), f"a stored p_fake {p_fake!r} is not a probability"
+def _valid(d):
+    """A stored ``ok`` row's p_fake passed the check when it was scored: deciding it again can't fail."""
+    assert not isinstance(d, ImageError), d.message
     return d
 
 

@@ -245,6 +245,8 @@ class Stages:
         self.stages = list(stages)
         for stage in self.stages:
             assert stage.phase in PHASES, f"stage {stage.name!r} has phase {stage.phase!r}"
+            # Timings are keyed by stage and by phase (and "total", "runtime"): a stage's name is none of those.
+            assert stage.name not in (*PHASES, "total", "runtime"), f"a stage may not be named {stage.name!r}"
 
     @classmethod
     def build(cls, res: "Resources", table: Sequence[StageEntry] = STAGES) -> "Stages":
@@ -288,12 +290,15 @@ class Stages:
         assert batch.result is not None and len(batch.result) == len(batch.items), "a path was left without a row"
 
     def _run(self, batch: Batch, job: Job | None, phase: str) -> None:
+        """Each stage of ``phase`` in order; its seconds under its name, the phase's under the phase's name."""
         clock = time.perf_counter
+        began = clock()
         for stage in self.stages:
             if stage.phase == phase:
                 started = clock()
                 stage.run(batch, job)
                 batch.timings[stage.name] = batch.timings.get(stage.name, 0.0) + clock() - started
+        batch.timings[phase] = batch.timings.get(phase, 0.0) + clock() - began
 
     def records(self) -> dict[str, dict]:
         out = {}
