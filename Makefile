@@ -23,7 +23,7 @@ ide: $(STAMP)
 	$(PY) -m tests._view build/ide
 
 test: $(STAMP) plugin-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The layers contract of pyproject.toml (also checked inside `make test`, by tests/test_layers.py).
 lint: $(STAMP)

@@ -16,16 +16,35 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ._types import utcnow
-from .errors import DatabaseError
-from .models import ApiKey
+from .errors import DatabaseError, ScanNotFound
+from .models import API_KEY_ROLES, ApiKey, Scan
 
-__all__ = ["ApiKeyInfo", "ApiKeyNotFound", "NewApiKey", "authenticate", "create_api_key", "hash_key", "list_api_keys",
-           "revoke_api_key"]  # fmt: skip
+__all__ = ["API_KEY_ROLES", "ApiKeyInfo", "ApiKeyNotFound", "AuthorizedKey", "NewApiKey", "UnknownRole", "authenticate",
+           "check_scan_visible", "create_api_key", "hash_key", "list_api_keys", "revoke_api_key",
+           "set_scan_owner"]  # fmt: skip
 
 
 class ApiKeyNotFound(DatabaseError):
     def __init__(self, key: str | int) -> None:
         super().__init__(f"no API key {key!r}")
+
+
+class UnknownRole(DatabaseError):
+    def __init__(self, role: str) -> None:
+        super().__init__(f"unknown role {role!r}: known roles are {', '.join(API_KEY_ROLES)}")
+
+
+@dataclass(frozen=True)
+class AuthorizedKey:
+    """A valid key as a request holds it: who it is, what signs its callbacks, and what it may see."""
+
+    id: int
+    signing_secret: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
 
 
 @dataclass(frozen=True)
@@ -37,6 +56,7 @@ class ApiKeyInfo:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    role: str
 
 
 @dataclass(frozen=True)
@@ -51,14 +71,18 @@ def hash_key(token: str) -> str:
 
 
 def _info(row: ApiKey) -> ApiKeyInfo:
-    return ApiKeyInfo(row.id, row.name, row.prefix, row.requests, row.created_at, row.last_used_at, row.revoked_at)
+    return ApiKeyInfo(row.id, row.name, row.prefix, row.requests, row.created_at, row.last_used_at, row.revoked_at,
+                      row.role)
 
 
-def create_api_key(session: Session, name: str) -> NewApiKey:
+def create_api_key(session: Session, name: str, role: str = API_KEY_ROLES[0]) -> NewApiKey:
+    """A new key of ``role``: ``scanner`` sees its own scans, ``admin`` every scan and the operations endpoints."""
+    if role not in API_KEY_ROLES:
+        raise UnknownRole(role)
     prefix = secrets.token_hex(4)
     token = f"dfs_{prefix}_{secrets.token_urlsafe(32)}"
     signing = secrets.token_hex(32)
-    row = ApiKey(name=name, prefix=prefix, key_hash=hash_key(token), signing_secret=signing, requests=0)
+    row = ApiKey(name=name, prefix=prefix, key_hash=hash_key(token), signing_secret=signing, requests=0, role=role)
     session.add(row)
     session.flush()
     return NewApiKey(_info(row), token, signing)
@@ -85,13 +109,29 @@ def revoke_api_key(session: Session, key: str | int) -> ApiKeyInfo:
     return _info(row)
 
 
-def authenticate(session: Session, token: str) -> tuple[int, str] | None:
-    """(key id, signing secret) of a valid, unrevoked key, counting this request; ``None`` otherwise."""
+def authenticate(session: Session, token: str) -> AuthorizedKey | None:
+    """The valid, unrevoked key of ``token``, counting this request; ``None`` otherwise."""
     row = session.execute(
-        select(ApiKey.id, ApiKey.signing_secret).where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
+        select(ApiKey.id, ApiKey.signing_secret, ApiKey.role)
+        .where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
     ).first()
     if row is None:
         return None
     session.execute(update(ApiKey).where(ApiKey.id == row.id)
                     .values(requests=ApiKey.requests + 1, last_used_at=utcnow()))
-    return row.id, row.signing_secret
+    return AuthorizedKey(row.id, row.signing_secret, row.role)
+
+
+def set_scan_owner(session: Session, scan_id: int, api_key_id: int) -> None:
+    """Record the key that started ``scan_id``: from then on only it (and admin keys) see the scan."""
+    session.execute(update(Scan).where(Scan.id == scan_id).values(api_key_id=api_key_id))
+
+
+def check_scan_visible(session: Session, scan_id: int, key: AuthorizedKey) -> None:
+    """Raise :class:`ScanNotFound` unless ``key`` may see ``scan_id``: its own scan, or any scan for an admin.
+
+    Another key's scan is "not found" too, so that a key cannot learn which ids exist.
+    """
+    owner = session.execute(select(Scan.api_key_id).where(Scan.id == scan_id)).first()
+    if owner is None or not (key.is_admin or owner.api_key_id == key.id):
+        raise ScanNotFound(scan_id)

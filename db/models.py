@@ -25,7 +25,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from ._types import BigIntPK, JSONDoc, UTCDateTime, utcnow
 
 __all__ = ["ApiKey", "Base", "Chunk", "Model", "Result", "ResultFace", "ResultFrame", "Scan", "ScanCallback",
-           "ScanWorker", "scan_faces", "scan_frames", "scan_results"]
+           "ScanWorker", "scan_faces", "scan_frames", "scan_results",
+           "BankHash", "HashBank", "MatchNotice", "ResultMatch", "scan_matches"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -40,6 +41,8 @@ _NOW = text("CURRENT_TIMESTAMP")
 OK_HAS_P_FAKE = "status <> 'ok' OR (p_fake IS NOT NULL AND p_fake >= 0 AND p_fake <= 1)"
 _ZERO = text("0")
 VERDICT_SOURCE_CHECK = "verdict_source IN ('computed', 'copy', 'reused')"
+API_KEY_ROLES = ("scanner", "admin")  # the first is the default
+API_KEY_ROLE_CHECK = "role IN ('scanner', 'admin')"
 
 
 class Base(DeclarativeBase):
@@ -84,6 +87,9 @@ class Scan(Base):
     errors: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
     started_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
     finished_at: Mapped[datetime | None]
+    # The API key that started the scan through `dfscan serve` (migration 0013); NULL for a scan started from
+    # the command line, the fleet producer or the schedule, which only admin keys see.
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
 
 
 class Chunk(Base):
@@ -192,6 +198,11 @@ class Result(Base):
     verdict_source: Mapped[str] = mapped_column(String(8), default="computed", server_default=text("'computed'"))
     # An s3:// object's ETag, unquoted (migration 0012): --incremental compares it with the size; NULL for files.
     etag: Mapped[str | None] = mapped_column(String(128))
+    # Migration 0014: the image's PDQ (64 hex digits, most significant bit first) and its quality (0-100; NULL
+    # where nothing was hashed), and how many bank entries it matched (result_matches; NULL: not matched).
+    pdq: Mapped[str | None] = mapped_column(String(64))
+    pdq_quality: Mapped[int | None]
+    matches: Mapped[int | None]
 
 
 class ResultFrame(Base):
@@ -212,6 +223,7 @@ class ResultFrame(Base):
     h: Mapped[int | None]
     p_fake: Mapped[float | None] = mapped_column(Double)
     track_p_fake: Mapped[float | None] = mapped_column(Double)
+    pdq: Mapped[str | None] = mapped_column(String(64))  # the frame's PDQ (migration 0014; whole frames only)
 
 
 class ResultFace(Base):
@@ -241,7 +253,7 @@ class ResultFace(Base):
 VIEW_COLUMNS = (
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
     "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes", "content_hash", "verdict_source",
-    "etag",
+    "etag", "pdq", "pdq_quality", "matches",
 )  # fmt: skip
 scan_results = Table(
     "scan_results",
@@ -264,6 +276,9 @@ scan_results = Table(
     Column("content_hash", String(64)),
     Column("verdict_source", String(8)),
     Column("etag", String(128)),
+    Column("pdq", String(64)),
+    Column("pdq_quality", Integer),
+    Column("matches", Integer),
 )
 assert tuple(scan_results.c.keys()) == VIEW_COLUMNS
 
@@ -276,6 +291,7 @@ class ApiKey(Base):
     """
 
     __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint(API_KEY_ROLE_CHECK, name="role"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(255))
@@ -286,6 +302,9 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # What the key may see (migration 0013): "scanner" its own scans, "admin" every scan and the operations
+    # endpoints (API_KEY_ROLES).
+    role: Mapped[str] = mapped_column(String(16), default="scanner", server_default=text("'scanner'"))
 
 
 class ScanCallback(Base):
@@ -324,7 +343,7 @@ assert tuple(scan_faces.c.keys()) == FACE_VIEW_COLUMNS
 
 # A video's sampled frames over time, per track (migration 0010).
 FRAME_VIEW_COLUMNS = ("scan_id", "path", "track", "frame_index", "timestamp_s", "x", "y", "w", "h", "p_fake",
-                      "track_p_fake")
+                      "track_p_fake", "pdq")
 scan_frames = Table(
     "scan_frames",
     MetaData(),
@@ -339,5 +358,102 @@ scan_frames = Table(
     Column("h", Integer),
     Column("p_fake", Double),
     Column("track_p_fake", Double),
+    Column("pdq", String(64)),
 )
 assert tuple(scan_frames.c.keys()) == FRAME_VIEW_COLUMNS
+
+
+# Hash banks (migration 0014): lists of known content shared as hashes (PDQ through ThreatExchange, StopNCII, the
+# Tech Coalition; exact MD5 or SHA-256), matched against every file a scan hashes (dfscan.workers.scoring.hashes).
+BANK_KIND_CHECK = "kind IN ('pdq', 'md5', 'sha256')"
+
+
+class HashBank(Base):
+    """A named bank: its kind, the distance it matches within, whether it is on, and its version (a change bumps it)."""
+
+    __tablename__ = "hash_banks"
+    __table_args__ = (CheckConstraint(BANK_KIND_CHECK, name="kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(8), default="pdq", server_default=text("'pdq'"))
+    distance: Mapped[int] = mapped_column(default=31, server_default=text("31"))
+    enabled: Mapped[bool] = mapped_column(default=True, server_default=text("true"))
+    # Workers rebuild a bank's index when its version moves: every import, add, enable or disable bumps it.
+    version: Mapped[int] = mapped_column(default=1, server_default=text("1"))
+    size: Mapped[int] = mapped_column(BigInteger, default=0, server_default=_ZERO)
+    # Where each matched file is POSTed (signed with ``webhook_secret``, as scan callbacks are); NULL: nowhere.
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
+
+
+class BankHash(Base):
+    """One hash of a bank, with the reference and label its source gave it."""
+
+    __tablename__ = "bank_hashes"
+    __table_args__ = (Index("ix_bank_hashes_bank_id_hash", "bank_id", "hash"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    bank_id: Mapped[int] = mapped_column(ForeignKey("hash_banks.id", ondelete="CASCADE"))
+    hash: Mapped[str] = mapped_column(String(64))
+    ref: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(Text)
+
+
+class ResultMatch(Base):
+    """A file of a scan (a video's frame: ``frame``) within its bank's distance of a bank's hash."""
+
+    __tablename__ = "result_matches"
+    __table_args__ = (Index("ix_result_matches_scan_id_path", "scan_id", "path"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    # The bank's name is kept with the match: a dropped bank's matches still say where they came from.
+    bank_id: Mapped[int | None] = mapped_column(ForeignKey("hash_banks.id", ondelete="SET NULL"))
+    bank: Mapped[str] = mapped_column(String(255))
+    ref: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(Text)
+    distance: Mapped[int]
+    frame: Mapped[int | None]  # the video frame's index (0..T-1); NULL for images
+    hash: Mapped[str] = mapped_column(String(64))  # the bank's hash that matched
+
+
+class MatchNotice(Base):
+    """One POST due for one matched file: to its scan's callback (``target`` 'scan') or a bank's webhook ('bank:ID').
+
+    Made when the file's matches are written, once per file and target (a re-scored file is not announced
+    again); delivered by `dfscan serve` like scan callbacks, signed, retried with back-off.
+    """
+
+    __tablename__ = "match_notices"
+    __table_args__ = (UniqueConstraint("scan_id", "path", "target"),
+                      Index("ix_match_notices_delivered_at_given_up_at", "delivered_at", "given_up_at"))
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
+    next_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    given_up_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
+
+
+MATCH_VIEW_COLUMNS = ("scan_id", "path", "bank", "ref", "label", "distance", "frame")
+scan_matches = Table(
+    "scan_matches",
+    MetaData(),
+    Column("scan_id", Integer),
+    Column("path", Text),
+    Column("bank", String(255)),
+    Column("ref", Text),
+    Column("label", Text),
+    Column("distance", Integer),
+    Column("frame", Integer),
+)
+assert tuple(scan_matches.c.keys()) == MATCH_VIEW_COLUMNS

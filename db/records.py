@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 __all__ = ["CHUNK_STATUSES", "FINISHED", "RESULT_KINDS", "RESULT_LABELS", "RESULT_STATUSES", "SCAN_END_STATUSES",
-           "VERDICT_SOURCES", "FaceRow", "FrameRow", "ResultRow", "ScanSummary"]  # fmt: skip
+           "VERDICT_SOURCES", "FaceRow", "FrameRow", "MatchRow", "ResultRow", "ScanSummary"]  # fmt: skip
 
 # ``no-face``: faces were on and the image has none worth scoring; neither a verdict nor an error.
 RESULT_STATUSES = ("ok", "error", "no-face")
@@ -58,6 +58,20 @@ class FrameRow:
     h: int | None
     p_fake: float | None
     track_p_fake: float | None
+    pdq: str | None = None  # the whole frame's PDQ (faces off; dfscan.workers.scoring.hashes)
+
+
+@dataclass(frozen=True, slots=True)
+class MatchRow:
+    """A file (a video: one of its frames) within ``distance`` of a bank's hash (``result_matches``)."""
+
+    bank_id: int | None
+    bank: str
+    ref: str | None
+    label: str | None
+    distance: int
+    hash: str
+    frame: int | None = None  # the video frame's index; None for an image
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +103,12 @@ class ResultRow:
     verdict_source: str = "computed"
     # An s3:// object's ETag (unquoted); None for local files.
     etag: str | None = None
+    # The image's PDQ (64 hex digits) and quality; bank entries it matched (matches: their count, None where it was
+    # not matched at all), dfscan.workers.scoring.hashes.
+    pdq: str | None = None
+    pdq_quality: int | None = None
+    matches: int | None = None
+    match_rows: tuple[MatchRow, ...] = ()
 
     def __post_init__(self) -> None:
         # Checked here so that a bad row fails in the worker that made it, with
@@ -153,6 +173,9 @@ class ScanSummary:
     computed: int = 0
     copied: int = 0
     reused: int = 0
+    # Hash banks: files that matched a bank entry, and their matches in all (scan_matches).
+    matched: int = 0
+    matches: int = 0
 
     @property
     def images_done(self) -> int:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from ._dialects import dialect_name, insert_for
 from ._pgcopy import UNIQUE_VIOLATION, copy_rows
+from .banks import replace_matches
 from ._types import UTCDateTime
 from .models import Result, ResultFace, ResultFrame, scan_results
 from .records import ResultRow
@@ -27,7 +28,7 @@ _RESULTS = Result.__table__
 _UPSERT_COLUMNS = (
     "model_id", "size", "mtime", "status", "label", "p_fake", "confidence", "error",
     "error_code", "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
-    "content_hash", "verdict_source", "etag",
+    "content_hash", "verdict_source", "etag", "pdq", "pdq_quality", "matches",
 )  # fmt: skip
 # What each row carries, in this order: the path and every ResultRow field of _UPSERT_COLUMNS.
 ROW_COLUMNS = ("path",) + tuple(c for c in _UPSERT_COLUMNS if c != "model_id")
@@ -72,6 +73,8 @@ def write_batch(
     videos = [row for row in latest.values() if row.kind == "video"]
     if videos:
         _write_frames(session, scan_id, videos)
+    if any(row.matches is not None for row in latest.values()):
+        replace_matches(session, scan_id, list(latest.values()))
 
 
 def _delete_paths(session: Session, table: Any, scan_id: int, paths: list[str]) -> None:
@@ -87,7 +90,7 @@ def _write_frames(session: Session, scan_id: int, rows: list[ResultRow]) -> None
     frames = [
         {"scan_id": scan_id, "path": row.path, "track": f.track, "frame_index": f.frame_index,
          "timestamp_s": f.timestamp_s, "x": f.x, "y": f.y, "w": f.w, "h": f.h, "p_fake": f.p_fake,
-         "track_p_fake": f.track_p_fake}
+         "track_p_fake": f.track_p_fake, "pdq": f.pdq}
         for row in rows
         for f in row.frame_rows
     ]

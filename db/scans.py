@@ -278,7 +278,7 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
     if head is None:
         raise ScanNotFound(scan_id)
 
-    total, ok, real, fake, errors, no_face, computed, copied, reused = session.execute(
+    total, ok, real, fake, errors, no_face, computed, copied, reused, matched, matches = session.execute(
         select(
             func.count(),
             _count_if(Result.status == "ok"),
@@ -289,6 +289,8 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
             _count_if(Result.verdict_source == "computed"),
             _count_if(Result.verdict_source == "copy"),
             _count_if(Result.verdict_source == "reused"),
+            _count_if(Result.matches > 0),
+            func.coalesce(func.sum(Result.matches), 0),
         ).where(Result.scan_id == scan_id)
     ).one()
     reason = func.coalesce(Result.error_code, "unknown")
@@ -341,4 +343,6 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
         computed=computed,
         copied=copied,
         reused=reused,
+        matched=matched,
+        matches=int(matches),
     )

@@ -23,7 +23,7 @@ from dfscan.commands import register
 # (and tests/test_cli_sections.py fails until it has its section).
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Scanning": ("scan", "status", "results", "resume", "cancel"),
-    "Analysis": ("report", "explain"),
+    "Analysis": ("report", "explain", "bank"),
     "Models": ("synth", "train", "evaluate", "calibrate", "export", "quantize", "fp16", "build-engine"),
     "A fleet (Celery workers)": ("worker", "beat"),
     "The HTTP service and browser extension": ("serve", "api-key", "plugin"),

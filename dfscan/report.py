@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from dfscan import db
 from dfscan.db.models import Model, Result, Scan
+from dfscan.db.banks import iter_matches
 from dfscan.db.records import ScanSummary
 from dfscan.htmlkit import ERROR_COLOUR, FAKE_COLOUR, REAL_COLOUR, card, escape, page, thumbnail
 from dfscan.core.redact import mask_text
@@ -33,6 +34,7 @@ from dfscan.scanner.objects import store_of_scan
 __all__ = ["ScanReport", "Suspect", "collect", "render", "write_report"]
 
 STREAM_BATCH = 10_000
+MATCHES_SHOWN = 200  # hash bank matches listed on the page; the rest are in the scan_matches view
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ScanReport:
     suspects: list[Suspect]
     reason_descriptions: dict[str, str] = field(default_factory=dict)
     explanations: dict[str, list[db.ExplanationRow]] = field(default_factory=dict)  # by path, of the suspects
+    matches: list[dict[str, Any]] = field(default_factory=list)  # scan_matches rows (the first MATCHES_SHOWN)
 
 
 def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) -> ScanReport:
@@ -115,6 +118,7 @@ def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) ->
                           *_flagged_track(strips.get(r.path, []))) for r in rows],
         reason_descriptions=dict(REASONS),
         explanations=_explanations(session, scan_id, [r.path for r in rows]),
+        matches=iter_matches(session, scan_id=scan_id, limit=MATCHES_SHOWN),
     )
 
 
@@ -376,12 +380,27 @@ def render(report: ScanReport, *, thumb_px: int = 160) -> str:
 <section id="distribution">{histogram_svg(report.bin_edges, report.bin_counts, report.threshold)}</section>
 <h2>Errors by reason</h2>
 <section id="error-breakdown">{errors}</section>
+{_matches_html(report.matches, s.matches)}
 <h2>The {len(report.suspects)} most suspicious files</h2>
 <section id="suspects">{_explanations_note(report.explanations)}<div class="grid">{suspects}</div></section>
 <h2>Audit record</h2>
 <section id="audit"><p class="muted">What produced these verdicts, as stored with the scan.</p>
 <table>{audit_rows or '<tr><td class="muted">none recorded</td></tr>'}</table></section>"""
     return page(title, body, css=_CSS)
+
+
+def _matches_html(matches: list[dict[str, Any]], total: int) -> str:
+    """The files that matched a hash bank: bank, reference, label, distance (and a video's frame)."""
+    if not matches:
+        return ""
+    rows = "".join(
+        f'<tr><td class="path">{escape(m["path"])}</td><td>{escape(m["bank"])}</td><td>{escape(m["ref"] or "")}</td>'
+        f'<td>{escape(m["label"] or "")}</td><td class="num">{m["distance"]}</td>'
+        f'<td class="num">{"" if m["frame"] is None else m["frame"]}</td></tr>' for m in matches)
+    more = f'<p class="muted">{total - len(matches)} more in the scan_matches view.</p>' if total > len(matches) else ""
+    return (f'<h2>Hash bank matches</h2>\n<section id="matches"><p class="muted">{total} matches against known '
+            f'content (PDQ within each bank\'s distance, or exact hashes).</p><table><tr><th>file</th><th>bank</th>'
+            f'<th>reference</th><th>label</th><th>distance</th><th>frame</th></tr>{rows}</table>{more}</section>')
 
 
 # --- explanations (dfscan explain) ---------------------------------------------------------------------------------

@@ -11,3 +11,7 @@ class RootNotFound(ScannerError):
 
 class PathListError(ScannerError):
     """A path-list file can't be read."""
+
+
+class OutsideRoot(ScannerError):
+    """A scan that follows no symbolic link met one on a file's path (scanner.confine): the file is not read."""

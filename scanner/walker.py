@@ -7,7 +7,11 @@ relative to its parent's descriptor (``dir_fd``), so a branch whose paths
 exceed PATH_MAX is walked too, and the reader opens its files the same way
 (:func:`scanner.paths.open_path`).  It follows symlinks
 (a common way to assemble archives) but remembers each directory's
-``(st_dev, st_ino)`` on the current branch, so loops end.  Only regular files
+``(st_dev, st_ino)`` on the current branch, so loops end.  Told not to
+(``follow_symlinks=False``: every scan the service starts), it follows none,
+not even one swapped in after the roots were checked: each root is opened with
+no link on its path (:mod:`scanner.confine`) and each directory below it with
+``O_NOFOLLOW``.  Only regular files
 with an image name are yielded, including those that will fail later
 (vanished, unreadable, or not regular files such as a FIFO named ``x.jpg``):
 the pipeline's reader turns each into an error row without opening it for a
@@ -28,7 +32,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from dfscan.scanner.errors import PathListError, RootNotFound
+from dfscan.scanner.confine import open_confined
+from dfscan.scanner.errors import OutsideRoot, PathListError, RootNotFound
 from dfscan.scanner.objects import is_object_url, object_store, walk_objects
 
 SkipHook = Callable[[str, str], None]
@@ -45,9 +50,12 @@ class WalkOptions:
         return os.path.splitext(name)[1].lower() in self.extensions
 
 
-def check_roots(roots: Iterable[str | os.PathLike[str]], s3_endpoint_url: str | None = None) -> list[str]:
+def check_roots(roots: Iterable[str | os.PathLike[str]], s3_endpoint_url: str | None = None, *,
+                resolve: bool = False) -> list[str]:
     """Absolute paths of ``roots``; raises :class:`RootNotFound` for any that is missing.
 
+    ``resolve`` gives their real paths (links resolved now, at the check): a
+    scan that follows no link is confined to them (:mod:`scanner.confine`).
     An ``s3://`` root is kept as it is once its bucket answers (and its prefix holds objects).
     """
     out = []
@@ -55,7 +63,7 @@ def check_roots(roots: Iterable[str | os.PathLike[str]], s3_endpoint_url: str | 
         if is_object_url(os.fspath(root)):
             out.append(object_store(s3_endpoint_url).check_root(os.fspath(root)))
             continue
-        path = os.path.abspath(os.fspath(root))
+        path = (os.path.realpath if resolve else os.path.abspath)(os.fspath(root))
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -84,13 +92,36 @@ def walk(
             yield from walk_objects(root, options.wanted, options.s3_endpoint_url, on_skip)
             continue
         st = os.stat(root)
-        if stat.S_ISDIR(st.st_mode):
-            yield from _walk_dir(root, st, options, on_skip)
-        else:
-            yield root
+        if not stat.S_ISDIR(st.st_mode):
+            yield root  # the reader opens it (with no link on its path, when confined)
+            continue
+        first = _open_root(root, options, on_skip)
+        if first is not None:
+            yield from _walk_dir(root, first, options, on_skip)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_root(root: str, options: WalkOptions,
+               on_skip: SkipHook | None) -> tuple[int, Iterator[os.DirEntry[str]]] | None:
+    """The root directory's descriptor and entries; not following links, reached with none on its path."""
+    if options.follow_symlinks:
+        return _open_dir(root, root, None, on_skip)
+    try:
+        fd = open_confined(root, (root,), _DIR_FLAGS)
+    except OutsideRoot:
+        _skip(on_skip, root, "a symbolic link on the root's path (swapped in after the check): not followed")
+        return None
+    except OSError as exc:
+        _skip(on_skip, root, f"directory not readable: {exc.strerror or exc}")
+        return None
+    return _listed(fd, root, on_skip)
+
+
+def _skip(on_skip: SkipHook | None, path: str, why: str) -> None:
+    if on_skip is not None:
+        on_skip(path, why)
 
 
 @dataclass
@@ -103,14 +134,13 @@ class _OpenDir:
     ident: tuple[int, int]
 
 
-def _walk_dir(root: str, root_st: os.stat_result, options: WalkOptions, on_skip: SkipHook | None) -> Iterator[str]:
+def _walk_dir(root: str, first: tuple[int, Iterator[os.DirEntry[str]]], options: WalkOptions,
+              on_skip: SkipHook | None) -> Iterator[str]:
     # Directories are opened relative to their parent's descriptor and listed and
     # stat'ed through it, so a branch deeper than PATH_MAX is walked like any other:
     # only the path strings grow, never a name handed to the kernel.
+    root_st = os.fstat(first[0])
     ident = (root_st.st_dev, root_st.st_ino)
-    first = _open_dir(root, root, None, on_skip)
-    if first is None:
-        return
     stack = [_OpenDir(root, first[0], first[1], ident)]
     on_branch: set[tuple[int, int]] = {ident}
     try:
@@ -127,7 +157,8 @@ def _walk_dir(root: str, root_st: os.stat_result, options: WalkOptions, on_skip:
                 is_link = entry.is_symlink()
                 if is_link and not options.follow_symlinks:
                     continue
-                st = entry.stat(follow_symlinks=True)
+                # Not following: a link swapped in since the listing stays a link (its name may become an error row).
+                st = entry.stat(follow_symlinks=options.follow_symlinks)
             except OSError:
                 # A dangling symlink or a file that vanished between listing and stat:
                 # yield image names so that they end as error rows, skip the rest.
@@ -138,7 +169,7 @@ def _walk_dir(root: str, root_st: os.stat_result, options: WalkOptions, on_skip:
                 key = (st.st_dev, st.st_ino)
                 if key in on_branch:
                     continue  # a symlink loop
-                opened = _open_dir(entry.name, path, top.fd, on_skip)
+                opened = _open_dir(entry.name, path, top.fd, on_skip, follow=options.follow_symlinks)
                 if opened is not None:
                     on_branch.add(key)
                     stack.append(_OpenDir(path, opened[0], opened[1], key))
@@ -149,26 +180,30 @@ def _walk_dir(root: str, root_st: os.stat_result, options: WalkOptions, on_skip:
             os.close(left.fd)
 
 
-def _open_dir(name: str, path: str, parent_fd: int | None,
-              on_skip: SkipHook | None) -> tuple[int, Iterator[os.DirEntry[str]]] | None:
+def _open_dir(name: str, path: str, parent_fd: int | None, on_skip: SkipHook | None,
+              follow: bool = True) -> tuple[int, Iterator[os.DirEntry[str]]] | None:
     """A directory's descriptor and its entries sorted by name, or None (reported) if it can't be listed.
 
     Sorting holds one directory's names at a time, never the tree's.  The
     entries stat through the descriptor, which stays open while they are used.
+    Not ``follow``: a directory swapped for a link since it was stat'ed is not opened.
     """
     try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        fd = os.open(name, _DIR_FLAGS | (0 if follow else os.O_NOFOLLOW), dir_fd=parent_fd)
     except OSError as exc:
-        if on_skip is not None:
-            on_skip(path, f"directory not readable: {exc.strerror or exc}")
+        _skip(on_skip, path, f"directory not readable: {exc.strerror or exc}")
         return None
+    return _listed(fd, path, on_skip)
+
+
+def _listed(fd: int, path: str, on_skip: SkipHook | None) -> tuple[int, Iterator[os.DirEntry[str]]] | None:
+    """``fd`` and its entries sorted by name; None (``fd`` closed, reported) if it can't be listed."""
     try:
         with os.scandir(fd) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
         os.close(fd)
-        if on_skip is not None:
-            on_skip(path, f"directory not readable: {exc.strerror or exc}")
+        _skip(on_skip, path, f"directory not readable: {exc.strerror or exc}")
         return None
     return fd, iter(entries)
 

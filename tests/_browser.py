@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
+from dfscan.cli import main
+from dfscan.plugin import ORT_FILES, PLUGIN_DIR
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # New headless (the old headless shell never starts an extension's service worker), and none of
@@ -34,6 +38,28 @@ CHROMIUM_ARGS = [
 ]
 
 
+ORT_DIST = PLUGIN_DIR / "node_modules" / "onnxruntime-web" / "dist"
+
+
+def build_extension(model: Path, out: Path) -> Path:
+    """`dfscan plugin build` of ``model`` into ``out``; skips without the npm packages."""
+    if not (ORT_DIST / ORT_FILES[0]).is_file():
+        pytest.skip("onnxruntime-web is not installed: run `npm ci` in plugin/ (make plugin)")
+    res = CliRunner().invoke(main, ["plugin", "build", "--model", str(model), "--out", str(out), "--json"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def check(worker, url: str, page: str = "") -> dict:
+    """The service worker's checkImage(url, page): the context menu's path (``page`` is the tab's address)."""
+    return worker.evaluate("([url, page]) => checkImage(url, page)", [url, page])
+
+
+def set_options(worker, **options: object) -> None:
+    worker.evaluate("o => chrome.storage.local.set(o)", options)
+
+
 class _QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass
@@ -54,22 +80,38 @@ def http_server(root: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def playwright_driver():
-    """One Playwright driver for the session (its sync API allows only one at a time)."""
+    """One Playwright driver for the session (its sync API allows only one at a time). Each test
+    module that imports this fixture gets its own instance of it, so they share one driver, stopped
+    when the last of them is torn down."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with sync_api.sync_playwright() as p:
-        yield p
+    if not _DRIVER["users"]:
+        _DRIVER["driver"] = sync_api.sync_playwright().start()
+    _DRIVER["users"] += 1
+    try:
+        yield _DRIVER["driver"]
+    finally:
+        _DRIVER["users"] -= 1
+        if not _DRIVER["users"]:
+            _DRIVER.pop("driver").stop()
+
+
+_DRIVER: dict = {"users": 0}
 
 
 @contextmanager
-def chromium_with_extension(driver, extension: Path, profile: Path):
-    """(context, service worker) of a headless Chromium with ``extension`` loaded; skips where it can't start."""
+def chromium_with_extension(driver, extension: Path, profile: Path, extra_args: Sequence[str] = ()):
+    """(context, service worker) of a headless Chromium with ``extension`` loaded; skips where it can't start.
+
+    ``extra_args`` adds Chromium switches, such as ``--host-resolver-rules=MAP *.test 127.0.0.1`` for
+    test host names that must resolve to this machine."""
     if not Path(CHROMIUM).is_file():
         pytest.skip("chromium is not installed (apt-get install chromium)")
     try:
         context = driver.chromium.launch_persistent_context(
             str(profile), executable_path=CHROMIUM, headless=True,
             ignore_default_args=["--disable-extensions"],
-            args=[*CHROMIUM_ARGS, f"--disable-extensions-except={extension}", f"--load-extension={extension}"],
+            args=[*CHROMIUM_ARGS, *extra_args, f"--disable-extensions-except={extension}",
+                  f"--load-extension={extension}"],
         )
     except Exception as exc:  # noqa: BLE001 - no browser here: skip with its reason
         pytest.skip(f"chromium could not start: {str(exc).splitlines()[0][:300]}")

@@ -45,6 +45,7 @@ def _expected_rows(pg: bool) -> dict[tuple[str, str], set[str]]:
     rows[("write", "sqlite")] = {"ok"}
     rows[("write", "postgresql")] = {"ok"} if pg else {"skipped"}
     rows[("scan", "end-to-end")] = {"ok"}
+    rows[("hash", "pdq")] = {"ok"}
     rows[("naive", "pillow+torchvision, eager torch, commit per row")] = {"ok"}
     return rows
 

@@ -24,7 +24,7 @@ from tests._awkward import AWKWARD_PATHS
 CONTRACT_VIEW_COLUMNS = [
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
     "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
-    "content_hash", "verdict_source", "etag",
+    "content_hash", "verdict_source", "etag", "pdq", "pdq_quality", "matches",
 ]  # fmt: skip
 TABLES = {"models", "scans", "chunks", "results", "scan_workers", "result_faces", "result_frames"}
 T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
@@ -143,12 +143,14 @@ def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
 def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     insp = inspect(db_engine)
     assert TABLES <= set(insp.get_table_names())
-    assert sorted(insp.get_view_names()) == ["scan_faces", "scan_frames", "scan_results"]
+    assert sorted(insp.get_view_names()) == ["scan_faces", "scan_frames", "scan_matches", "scan_results"]
     assert [c["name"] for c in insp.get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS
     assert [c["name"] for c in insp.get_columns("scan_faces")] == [
         "scan_id", "path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label"]
     assert [c["name"] for c in insp.get_columns("scan_frames")] == [
-        "scan_id", "path", "track", "frame_index", "timestamp_s", "x", "y", "w", "h", "p_fake", "track_p_fake"]
+        "scan_id", "path", "track", "frame_index", "timestamp_s", "x", "y", "w", "h", "p_fake", "track_p_fake", "pdq"]
+    assert [c["name"] for c in insp.get_columns("scan_matches")] == [
+        "scan_id", "path", "bank", "ref", "label", "distance", "frame"]
 
     uniques = {u["name"]: u["column_names"] for u in insp.get_unique_constraints("results")}
     assert uniques == {"uq_results_scan_id_path": ["scan_id", "path"]}
@@ -169,7 +171,7 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     assert columns == {
         "id", "scan_id", "model_id", "path", "size", "mtime", "status", "label", "p_fake",
         "confidence", "error", "error_code", "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s",
-        "notes", "content_hash", "verdict_source", "etag",
+        "notes", "content_hash", "verdict_source", "etag", "pdq", "pdq_quality", "matches",
     }  # fmt: skip
     for table in ("models", "scans", "chunks"):
         assert {c["name"] for c in insp.get_columns(table)} == set(
@@ -234,7 +236,7 @@ def test_migration_0012_down_and_up_keeps_rows(db_engine: Engine) -> None:
     db.downgrade(db_engine, "0011")
     insp = inspect(db_engine)
     assert "etag" not in {c["name"] for c in insp.get_columns("results")}
-    assert [c["name"] for c in insp.get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS[:-1]
+    assert [c["name"] for c in insp.get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS[:CONTRACT_VIEW_COLUMNS.index("etag")]
     with db_engine.connect() as conn:
         assert conn.execute(text("SELECT path, label FROM scan_results ORDER BY path")).all() == [
             ("/y.jpg", "fake"), ("s3://b/x.jpg", "real")]

@@ -25,11 +25,12 @@ from PIL import Image
 
 from dfscan.cli import main
 from dfscan.plugin import ORT_FILES, PLUGIN_DIR
-from tests._browser import chromium_with_extension, http_server, playwright_driver  # noqa: F401 - fixture
+from tests._browser import ORT_DIST, check, chromium_with_extension, http_server, set_options
+from tests._browser import build_extension as build
+from tests._browser import playwright_driver  # noqa: F401 - fixture
 from tests._images import pattern
 from tests._models import linear_probe_onnx_model, tiny_onnx_model  # noqa: F401 - fixtures
 
-ORT_DIST = PLUGIN_DIR / "node_modules" / "onnxruntime-web" / "dist"
 needs_npm = pytest.mark.skipif(not (ORT_DIST / ORT_FILES[0]).is_file(),
                                reason="onnxruntime-web is not installed: run `npm ci` in plugin/ (make plugin)")
 
@@ -74,14 +75,6 @@ def write_test_images(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def build(model: Path, out: Path) -> Path:
-    if not (ORT_DIST / ORT_FILES[0]).is_file():
-        pytest.skip("onnxruntime-web is not installed: run `npm ci` in plugin/ (make plugin)")
-    res = run("plugin", "build", "--model", str(model), "--out", str(out), "--json")
-    assert res.exit_code == 0, res.output
-    return out
-
-
 @pytest.fixture(scope="module")
 def extension(linear_probe_onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
     """The extension with the linear probe: a model whose p_fake moves with every pixel."""
@@ -121,14 +114,6 @@ def scanner_verdicts(site, linear_probe_onnx_model: Path, tmp_path_factory: pyte
 def browser(playwright_driver, extension: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
     with chromium_with_extension(playwright_driver, extension, tmp_path_factory.mktemp("profile")) as (context, worker):
         yield context, worker
-
-
-def check(worker, url: str) -> dict:
-    return worker.evaluate("url => checkImage(url)", url)
-
-
-def set_options(worker, **options: object) -> None:
-    worker.evaluate("o => chrome.storage.local.set(o)", options)
 
 
 def compare(results: dict[str, dict], reference: dict) -> tuple[float, float]:

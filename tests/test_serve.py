@@ -71,7 +71,7 @@ def _start(model: Path, db_url: str, roots: Path, tmp: Path, *extra: str) -> Ser
     proc = subprocess.Popen(
         [DFSCAN, "serve", "--model", str(model), "--db", db_url, "--port", str(port), "--roots", str(roots),
          "--runtime", "onnxruntime", "--decoder", "pillow", "--max-upload-bytes", "400000", "--max-upload-files", "8",
-         "--request-timeout", "2", "--max-batch-delay-ms", "250", *extra],
+         "--request-timeout", "2", "--max-batch-delay-ms", "250", "--callback-allow", "127.0.0.1", *extra],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
 
@@ -121,7 +121,7 @@ def test_serve_end_to_end(db_url: str, tiny_onnx_model: Path, tmp_path: Path) ->
     (imgs / "empty.jpg").write_bytes(b"")
     outside = tmp_path / "outside"
     write_jpegs(outside, 1)
-    created = json.loads(_cli("api-key", "create", "--name", "tests", "--db", db_url, "--json"))
+    created = json.loads(_cli("api-key", "create", "--name", "tests", "--role", "admin", "--db", db_url, "--json"))
     stored = _scan_reference(imgs, tiny_onnx_model, db_url)
 
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
@@ -161,7 +161,7 @@ def _scan_reference(imgs: Path, model: Path, db_url: str) -> dict[str, dict]:
 
 
 def _check_access(s: _Served) -> None:
-    """Every /v1 route refuses a missing or wrong key; docs and health are open."""
+    """Every /v1 route refuses a missing or wrong key; health is open, the document and docs need an admin key."""
     client = s.client
     for method, path in [("POST", "/v1/score"), ("POST", "/v1/scans"), ("GET", "/v1/scans/1"),
                          ("GET", "/v1/scans/1/results"), ("POST", "/v1/scans/1/cancel")]:
@@ -169,10 +169,10 @@ def _check_access(s: _Served) -> None:
         bad = client.request(method, path, headers={"Authorization": "Bearer dfs_nope_nope"})
         assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer", path
     assert client.get("/healthz").json() == {"status": "ok"}
-    spec = client.get("/openapi.json").json()
+    spec = client.get("/openapi.json", headers=s.auth).json()
     assert {"/v1/score", "/v1/scans", "/v1/scans/{scan_id}", "/v1/scans/{scan_id}/results",
             "/v1/scans/{scan_id}/cancel"} <= set(spec["paths"])
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs", headers=s.auth).status_code == 200
 
 
 def _check_scoring(s: _Served) -> None:
@@ -196,7 +196,7 @@ def _check_scoring(s: _Served) -> None:
                                                       files={"file": (p.name, p.read_bytes())}), one_each))
     for p, r in zip(one_each, singles):
         assert r.status_code == 200 and r.json()["results"][0]["p_fake"] == stored[p.name]["p_fake"]
-    metrics = client.get("/metrics").text
+    metrics = client.get("/metrics", headers=auth).text
     batches = _metric(metrics, "dfscan_serve_batch_size_count")
     images = _metric(metrics, "dfscan_serve_batch_size_sum")
     assert images == 2 * N_IMAGES and batches < 1 + N_IMAGES, metrics  # some single requests shared a batch
@@ -223,10 +223,10 @@ def _check_refusals(s: _Served) -> None:
 
 
 def _check_scan_roots(s: _Served) -> None:
-    """Scans of the allowed prefixes only."""
+    """Scans of the allowed prefixes only; a relative root fails the documented schema (422)."""
     client, auth, allowed, outside = s.client, s.auth, s.allowed, s.outside
     for roots, code in [(["/etc"], 403), ([str(outside)], 403), ([str(allowed / ".." / "outside")], 403),
-                        ([str(allowed / "missing")], 400), (["relative/path"], 400), ([], 422)]:
+                        ([str(allowed / "missing")], 400), (["relative/path"], 422), ([], 422)]:
         r = client.post("/v1/scans", headers=auth, json={"roots": roots})
         assert r.status_code == code, (roots, r.text)
     r = client.post("/v1/scans", headers={**auth, "Content-Type": "application/json"}, content=b'{"roots": [')

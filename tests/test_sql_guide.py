@@ -69,6 +69,8 @@ class Archive:
     faces: list[str]  # scan 4 (faces on): one face, three faces (capped at two), none
     videos: list[str]  # scan 5 (faces on, 4 frames): two face tracks, one, none, an empty file
     threshold_v: float
+    copies: list[str]  # scan 6: photographs, near copies of two of them (re-encoded, resized), a flat image
+    threshold_c: float
 
 
 def scan(url: str, *args: str) -> dict:
@@ -124,8 +126,27 @@ def archive(tmp_path_factory: pytest.TempPathFactory, tiny_onnx_model: Path) -> 
     v_scores = _scores(scratch, scan(scratch, str(base / "videos"), *VIDEO_SCAN, "--model",
                                      str(tiny_onnx_model))["scan_id"])
     threshold_v = _cut(list(v_scores.values()), 1)  # one of the two videos with faces is fake
+    copies = _write_copies(base / "copies")
+    c_scores = _scores(scratch, scan(scratch, str(base / "copies"), "--model", str(tiny_onnx_model))["scan_id"])
+    threshold_c = _cut(list(c_scores.values()), 3)
     return Archive(root, alpha, beta, bad, tiny_onnx_model, model_b, threshold_a, threshold_b,
-                   _write_faces(base / "faces"), videos, threshold_v)
+                   _write_faces(base / "faces"), videos, threshold_v, copies, threshold_c)
+
+
+def _write_copies(folder: Path) -> list[str]:
+    """scikit-image's photographs, a re-encoded and a resized copy of two of them, and a flat image (no PDQ match)."""
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True)
+    for name in ("astronaut", "coffee", "chelsea"):
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
+    astronaut, coffee = Image.fromarray(data.astronaut()), Image.fromarray(data.coffee())
+    astronaut.save(folder / "astronaut_q40.jpg", quality=40)
+    astronaut.resize((256, 256)).save(folder / "astronaut_small.jpg", quality=80)
+    coffee.resize((300, 200)).save(folder / "coffee_small.jpg", quality=60)
+    Image.new("RGB", (96, 96), (70, 90, 110)).save(folder / "flat.png")
+    return sorted(str(p) for p in folder.iterdir())
 
 
 VIDEO_SCAN = ("--faces", "on", "--frames", "4")
@@ -171,7 +192,11 @@ def _populate(url: str, a: Archive) -> None:
               "--name", "faces")
     s5 = scan(url, str(a.videos[0].rsplit("/", 1)[0]), *VIDEO_SCAN, "--model", str(a.model_a),
               "--threshold", repr(a.threshold_v), "--name", "videos")
-    assert [s1["scan_id"], s2["scan_id"], s3["scan_id"], s4["scan_id"], s5["scan_id"]] == [1, 2, 3, 4, 5]
+    s6 = scan(url, str(a.copies[0].rsplit("/", 1)[0]), "--model", str(a.model_a), "--threshold", repr(a.threshold_c),
+              "--name", "copies")
+    assert [s1["scan_id"], s2["scan_id"], s3["scan_id"], s4["scan_id"], s5["scan_id"], s6["scan_id"]] == [
+        1, 2, 3, 4, 5, 6]
+    assert s6["fake"] == 3
     assert (s4["ok"], s4["no_face"]) == (2, 1)
     assert (s5["ok"], s5["no_face"], s5["errors"], s5["fake"]) == (2, 1, 1, 1)
     assert (s1["total"], s2["total"], s3["total"]) == (13, 9, 5)
@@ -205,7 +230,7 @@ def _read(url: str) -> Data:
                 {c: getattr(r, c) for c in ("scan_id", "model_id", "path", "status", "label", "p_fake", "confidence",
                                             "error_code", "scanned_at", "faces", "faces_found", "kind", "frames",
                                             "duration_s", "content_hash",
-                                            "verdict_source")}
+                                            "verdict_source", "pdq", "pdq_quality")}
                 | {"model_sha256": models[r.model_id]["sha256"]}
                 for r in s.scalars(select(Result))
             ]
@@ -397,6 +422,24 @@ def expect_verdict_sources(d: Data, tz: ZoneInfo) -> list[tuple]:
     return [(*k, n, len(h)) for k, (n, h) in sorted(by.items())]
 
 
+def _near_pairs(d: Data, scan_id: int) -> list[tuple[dict, dict, int]]:
+    """Every ordered pair of scan ``scan_id``'s matchable images within 31 bits, with their distance."""
+    from dfscan.workers.hashing import hamming
+
+    images = [r for r in d.results if r["scan_id"] == scan_id and r["pdq"] and r["pdq_quality"] >= 50]
+    return [(a, b, hamming(a["pdq"], b["pdq"])) for a in images for b in images
+            if a["path"] != b["path"] and hamming(a["pdq"], b["pdq"]) <= 31]
+
+
+def expect_near_copies(d: Data, tz: ZoneInfo) -> list[tuple]:
+    return sorted((a["path"], b["path"], n) for a, b, n in _near_pairs(d, 6) if a["path"] < b["path"])
+
+
+def expect_near_copies_of_flagged(d: Data, tz: ZoneInfo) -> list[tuple]:
+    rows = [(a["path"], a["p_fake"], b["path"], b["label"], n) for a, b, n in _near_pairs(d, 6) if a["label"] == "fake"]
+    return sorted(rows, key=lambda r: (-r[1], r[0], r[2]))
+
+
 EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple]]]] = {
     "scans-overview": (("id", "name", "status", "model_sha256", "threshold", "total", "real", "fake", "errors",
                         "started_at", "finished_at"), expect_scans_overview),
@@ -422,6 +465,8 @@ EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple
     "same-bytes-as-flagged": (("scan_id", "path", "status", "label", "p_fake", "verdict_source"),
                               expect_same_bytes_as_flagged),
     "verdict-sources": (("scan_id", "verdict_source", "files", "distinct_contents"), expect_verdict_sources),
+    "near-copies": (("path", "near_copy", "distance"), expect_near_copies),
+    "near-copies-of-flagged": (("flagged", "p_fake", "near_copy", "label", "distance"), expect_near_copies_of_flagged),
 }
 
 
@@ -484,13 +529,13 @@ def test_query_returns_the_expected_rows(populated: Data, name: str):
 def test_the_scans_exercise_what_the_queries_ask(populated: Data, archive: Archive):
     """The data has the shapes the guide talks about, so the expectations above are not vacuous."""
     d = populated
-    assert len(d.models) == 2 and len(d.scans) == 5
+    assert len(d.models) == 2 and len(d.scans) == 6
     assert {r["error_code"] for r in d.results if r["scan_id"] == 1 and r["status"] == "error"} == {
         "empty", "truncated", "not-image", "too-many-pixels"}
     rates = [row[3] for row in expect_fake_rate_by_folder(d, ZoneInfo("UTC"))]
     assert len(rates) == 2 and rates[0] != rates[1]
     assert [r[0] for r in expect_never_scored_by_current_model(d, ZoneInfo("UTC"))] == sorted(
-        archive.beta + archive.bad + archive.faces + archive.videos)
+        archive.beta + archive.bad + archive.faces + archive.videos + archive.copies)
     sources = {(row[0], row[1]): row[2] for row in expect_verdict_sources(d, ZoneInfo("UTC"))}
     assert sources[(3, "reused")] == len(archive.alpha) and (3, "computed") not in sources
     # Scan 3 (model A, threshold 1: all real) is model A's latest verdict on alpha, not scan 1.
@@ -500,10 +545,18 @@ def test_the_scans_exercise_what_the_queries_ask(populated: Data, archive: Archi
     with_a_face = [p for p in archive.faces if not p.endswith("chelsea.jpg")]
     videos_ok = [p for p in archive.videos if p.endswith(".avi")]
     assert {row[0]: row[1] for row in latest} == {**{p: 3 for p in archive.alpha}, **{p: 1 for p in archive.beta},
-                                                  **{p: 4 for p in with_a_face}, **{p: 5 for p in videos_ok}}
+                                                  **{p: 4 for p in with_a_face}, **{p: 5 for p in videos_ok},
+                                                  **{p: 6 for p in archive.copies}}
     # Scan 5: the moving video has two tracks of four frames each, the single one one track.
     tracks = {(Path(f["path"]).name, f["track"]) for f in d.frames if f["scan_id"] == 5}
     assert tracks == {("moving.avi", 0), ("moving.avi", 1), ("single.avi", 0)}
     assert len([f for f in d.frames if f["scan_id"] == 5]) == 3 * 4
     # Scan 4: the group photo's three faces were found and two (the cap) scored.
     assert expect_faces_per_image(d, ZoneInfo("UTC")) == [("no-face", 0, 0, 1), ("ok", 1, 1, 1), ("ok", 2, 3, 1)]
+    # Scan 6: the three copies pair with their originals (and the two astronaut copies with each other), nothing
+    # else does; some near copy is of a flagged image and some is not (the guide's queries 17 and 18).
+    names = {(Path(a).name, Path(b).name) for a, b, _ in expect_near_copies(d, ZoneInfo("UTC"))}
+    assert names == {("astronaut.png", "astronaut_q40.jpg"), ("astronaut.png", "astronaut_small.jpg"),
+                     ("astronaut_q40.jpg", "astronaut_small.jpg"), ("coffee.png", "coffee_small.jpg")}
+    flagged = expect_near_copies_of_flagged(d, ZoneInfo("UTC"))
+    assert flagged and len(flagged) < 2 * len(names)

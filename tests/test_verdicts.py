@@ -135,8 +135,11 @@ def test_migration_0004_turns_old_bad_ok_rows_into_errors(db_engine: Engine) -> 
     db.downgrade(db_engine, "0003")
     sessions = db.session_factory(db_engine)
     with sessions.begin() as s:
-        scan_id, model_id = _scan(s)
-        # Plain SQL: today's write_batch writes columns that later migrations add.
+        # Plain SQL: today's create_scan and write_batch write columns that later migrations add.
+        model_id = db.get_or_create_model(s, sha256="d" * 64, name="m", path="/m.onnx", info={})
+        scan_id = s.execute(text("INSERT INTO scans (name, roots, model_id, status, threshold, settings) "
+                                 "VALUES ('s', '[\"/d\"]', :m, 'running', 0.5, '{}') RETURNING id"),
+                            {"m": model_id}).scalar_one()
         for path, p_fake in (("/nan.jpg", None), ("/fine.jpg", 0.25)):
             s.execute(text("INSERT INTO results (scan_id, model_id, path, size, mtime, status, label, p_fake, "
                            "confidence, scanned_at) VALUES (:s, :m, :p, 1, 0.0, 'ok', 'real', :f, 0.5, :t)"),

@@ -68,6 +68,8 @@ class BenchOptions:
     video_count: int = 4
     # The dedupe rows (dfscan.bench.dedupe): this many files scanned all distinct, and half byte-copies.
     dedupe: int | None = None
+    # The hash rows (dfscan.bench.hashes): PDQ per image always; with a size, matching against a bank that large.
+    bank: int | None = None
 
 
 @dataclass(frozen=True)

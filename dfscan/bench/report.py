@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dfscan.bench.dedupe import format_dedupe
+from dfscan.bench.hashes import format_hashes
 from dfscan.bench.records import BenchReport
 
 __all__ = ["format_report"]
@@ -70,6 +71,7 @@ def format_report(report: BenchReport) -> str:
             lines.append(f"sampling {vd['frames']} frames: 10-minute video {per['10-min'] * 1000:.0f} ms, 10-second "
                          f"video {per['10-s'] * 1000:.0f} ms = {vd['long_over_short']:.2f}x (goal: within 2x)")
     lines.extend(format_dedupe(report.dedupe or {}))
+    lines.extend(format_hashes(report.rows))
     if report.int8 and report.int8.get("agreement"):
         a = report.int8["agreement"]
         lines.append(f"INT8 vs FP32 on {a['images']} images: {a['identical_share']:.2%} identical verdicts, "

@@ -110,6 +110,7 @@ class _Bench:
         models = {"fp32": fp32_info, "int8": int8_info}
         infer_rows = self._infer_rows(models, tensors, report.int8)
         rows.extend(infer_rows)
+        rows.extend(self._hash_rows(pre, tensors, infer_rows))
 
         rows.extend(self._write_rows(info, paths))
 
@@ -138,9 +139,28 @@ class _Bench:
             rows.extend(dedupe)
         rows.append(self._naive_row(info, paths))
         self._ratios(report, scan_row)
-        report.peak_rss_mib = stages.process_peak_rss_mib()
+        # A row's peak is at least the RSS read as it began, which the kernel's lazy high-water mark can trail.
+        report.peak_rss_mib = max([stages.process_peak_rss_mib(), *(r.peak_rss_mib for r in rows)])
         report.seconds = time.perf_counter() - started
         return report
+
+    def _hash_rows(self, pre, tensors: np.ndarray, infer_rows: list[Row]) -> list[Row]:
+        from dfscan.bench.hashes import bank_row, pdq_row
+
+        self.say("hashing (PDQ)")
+        infer = next((r for r in infer_rows if r.status == "ok" and r.variant == "onnxruntime fp32"), None)
+        rows = [self._guarded("hash", "pdq", lambda: pdq_row(tensors, pre, self.o.min_seconds, infer))]
+        if self.o.bank:
+            self.say(f"matching against a bank of {self.o.bank:,} hashes")
+            rows.append(self._guarded("match", f"bank of {self.o.bank:,}", lambda: bank_row(self.o.bank)))
+        return rows
+
+    @staticmethod
+    def _guarded(stage: str, variant: str, make: Callable[[], Row]) -> Row:
+        try:
+            return make()
+        except Exception as exc:  # noqa: BLE001 - one broken variant is a row, not the end of the report
+            return Row(stage, variant, "failed", reason=_reason(exc))
 
     # --- inputs -------------------------------------------------------------------------------------------------
 

@@ -63,6 +63,9 @@ def _bench_errors(func):
 @click.option("--dedupe", type=click.IntRange(min=2), envvar="DFSCAN_BENCH_DEDUPE", show_envvar=True,
               help="Add two scans of N files: all distinct, and half of them byte copies of the other half (each "
                    "distinct image is scored once: about half the inference time).")
+@click.option("--bank", type=click.IntRange(min=1), envvar="DFSCAN_BENCH_BANK", show_envvar=True,
+              help="Also match against a bank of this many random PDQ hashes with planted near copies "
+                   "(lookups/s and recall; 1000000 is the issue's figure).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), envvar="DFSCAN_BENCH_OUTPUT",
               show_envvar=True, help="Also write the report as JSON to this file.")
@@ -71,7 +74,7 @@ def _bench_errors(func):
 def bench(images: Path | None, synthetic: int | None, model: Path | None, int8_model: Path | None,
           checkpoint: Path | None, backbone: str, pg_url: str | None, batch_size: int | None, min_seconds: float, limit: int,
           naive: bool, faces: bool, face_images: Path | None, face_count: int, videos: bool, video_count: int,
-          dedupe: int | None, as_json: bool, output: Path | None) -> None:  # fmt: skip
+          dedupe: int | None, bank: int | None, as_json: bool, output: Path | None) -> None:  # fmt: skip
     """Measure every stage of a scan, and the whole scan, on this machine.
 
     Reading, decoding (each decoder), inference (each runtime and precision),
@@ -89,7 +92,7 @@ def bench(images: Path | None, synthetic: int | None, model: Path | None, int8_m
                            checkpoint=checkpoint, backbone=backbone, pg_url=pg_url, batch_size=batch_size,
                            min_seconds=min_seconds, limit=limit, naive=naive, faces=faces,
                            face_images=face_images, face_count=face_count, videos=videos,
-                           video_count=video_count, dedupe=dedupe)  # fmt: skip
+                           video_count=video_count, dedupe=dedupe, bank=bank)  # fmt: skip
     report = run_bench(options, progress=None if as_json else lambda msg: click.echo(f"... {msg}", err=True))
     data = report.to_dict()
     if output is not None:

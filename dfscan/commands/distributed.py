@@ -99,6 +99,8 @@ def _print_progress(p: Any) -> None:
     click.echo(f"  images   {p.images_done} of {total} done: {p.ok} ok, {p.errors} errors")
     click.echo(f"  verdicts {p.computed} scored, {p.copied} copies (same bytes earlier in this scan), "
                f"{p.reused} reused (earlier scans)")
+    if p.matched:
+        click.echo(f"  matched  {p.matched} files against the hash banks ({p.matches} matches)")
     click.echo(f"  chunks   {p.chunks_queued} queued, {p.chunks_done} done, {p.chunks_failed} failed")
     if p.skipped:
         click.echo(f"  skipped  {p.skipped} unchanged files (incremental)")

@@ -97,7 +97,9 @@ def scan(roots: tuple[str, ...], model: Path | None, db_url: str, name: str | No
         reuse_verdicts=reuse_verdicts,
         **face_settings(stages), **video_settings(stages),
     )
-    source = ScanSource(tuple(check_roots(roots, settings.s3_endpoint_url)), tuple(paths_from),
+    # Not following links, the scan is confined to its roots' real paths (scanner.confine): resolved here.
+    source = ScanSource(tuple(check_roots(roots, settings.s3_endpoint_url, resolve=not settings.follow_symlinks)),
+                        tuple(paths_from),
                         WalkOptions(extensions=settings.scan_extensions, follow_symlinks=settings.follow_symlinks,
                                     s3_endpoint_url=settings.s3_endpoint_url))
     show = sys.stderr.isatty() if progress is None else progress
@@ -162,6 +164,9 @@ def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str]
         click.echo(f"  no-face {summary.no_face} (faces on, no face found: neither a verdict nor an error)")
     click.echo(f"  scored {summary.computed}, copies {summary.copied} (same bytes earlier in this scan), "
                f"reused {summary.reused} (earlier scans, same model)")
+    if summary.matched:
+        click.echo(f"  matched {summary.matched} files against the hash banks ({summary.matches} matches: "
+                   "dfscan results, or the scan_matches view)")
     if skipped is not None:
         click.echo(f"  skipped {skipped} (unchanged since an earlier scan with this model)")
     if summary.errors_by_reason:

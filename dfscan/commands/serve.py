@@ -22,7 +22,8 @@ from dfscan.commands._options import (
     setting_option,
     threads_option,
 )
-from dfscan.core.settings import from_env, parse_roots
+from dfscan.core.settings import from_env, parse_allow, parse_roots
+from dfscan.db.models import API_KEY_ROLES
 
 
 @click.command()
@@ -42,6 +43,28 @@ from dfscan.core.settings import from_env, parse_roots
                 help="Seconds a client may take to send its request body (408 after).")
 @setting_option("--threshold", field="threshold", type=float,
                 help="Decision threshold on p_fake [default: the model's, else 0.5].")
+@setting_option("--ops-bind", field="ops_bind",
+                help="HOST:PORT where /metrics, /docs and /openapi.json are served without a key (a private "
+                     "address); unset, they are served on the API's bind to admin keys only.")
+@setting_option("--callback-allow", field="callback_allow",
+                help="Hosts, addresses or CIDR networks callbacks may reach besides public addresses, "
+                     "comma-separated (an internal receiver).")
+@setting_option("--callback-deadline", field="callback_deadline_s", type=float,
+                help="Seconds one callback delivery may take in all (connect, send, read).")
+@setting_option("--callback-max-response-bytes", field="callback_max_response_bytes", type=int,
+                help="Most bytes of a callback receiver's answer read.")
+@setting_option("--callback-parallel", field="callback_parallel", type=int,
+                help="Callback deliveries at once.")
+@setting_option("--max-scans", field="max_scans", type=int,
+                help="Scans run at once (each on the server's one model); the rest wait, status 'queued'.")
+@setting_option("--max-queued-scans", field="max_queued_scans", type=int,
+                help="Scans waiting for a slot at most (429 with Retry-After beyond).")
+@setting_option("--max-uploads-per-key", field="max_uploads_per_key", type=int,
+                help="/v1/score requests of one API key in flight at once (429 with Retry-After beyond).")
+@setting_option("--max-uploads", field="max_uploads", type=int,
+                help="/v1/score requests in flight at once, all keys together (429 with Retry-After beyond).")
+@setting_option("--max-connections", field="max_connections", type=int,
+                help="Connections served at once (503 beyond).")
 @runtime_options
 @face_options
 @threads_option
@@ -69,17 +92,62 @@ def serve(serve_host: str | None, serve_port: int | None, model: Path | None, db
         max_upload_files=max_upload_files, request_timeout_s=request_timeout_s, threshold=threshold,
         runtime=runtime, decoder=decoder, precision=precision, engine_dir=engine_dir,
         intra_op_threads=intra_op_threads, broker_url=broker_url, **face_settings(faces),
+        **_callback_settings(faces), **_limit_settings(faces), ops_bind=faces.pop("ops_bind", None),
     )
     if settings.model is None:
         raise click.UsageError("no model given: pass --model PATH or set DFSCAN_MODEL")
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.serve_host, port=settings.serve_port, log_level=log_level,
-                            timeout_keep_alive=5, timeout_graceful_shutdown=30, limit_concurrency=1024,
+                            timeout_keep_alive=5, timeout_graceful_shutdown=30,
+                            limit_concurrency=settings.max_connections,
                             server_header=False, lifespan="on")
     server = uvicorn.Server(config)
-    server.run()
+    ops = _start_ops_server(app, settings, log_level)
+    try:
+        server.run()
+    finally:
+        if ops is not None:
+            ops.should_exit = True
     if not server.started:
         raise click.ClickException("the server did not start (see the log above)")
+
+
+def _start_ops_server(app: Any, settings: Any, log_level: str) -> Any:
+    """With ``--ops-bind``, the operations endpoints' server in a thread of its own, started; else ``None``."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from dfscan.core.settings import parse_bind
+    from dfscan.serve import ops_app
+
+    if settings.ops_bind is None:
+        return None
+    host, port = parse_bind(settings.ops_bind)
+    server = uvicorn.Server(uvicorn.Config(ops_app(app), host=host, port=port, log_level=log_level, lifespan="off",
+                                           server_header=False, limit_concurrency=64))
+    thread = threading.Thread(target=server.run, name="ops-server", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise click.ClickException(f"the operations server did not start on {settings.ops_bind} (see the log)")
+        time.sleep(0.05)
+    return server
+
+
+def _callback_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the callback options from the command's keyword arguments (for ``from_env``)."""
+    names = ("callback_allow", "callback_deadline_s", "callback_max_response_bytes", "callback_parallel")
+    values = {name: kwargs.pop(name, None) for name in names}
+    values["callback_allow"] = parse_allow(values["callback_allow"])
+    return values
+
+
+def _limit_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the limits on work in flight from the command's keyword arguments (for ``from_env``)."""
+    names = ("max_scans", "max_queued_scans", "max_uploads_per_key", "max_uploads", "max_connections")
+    return {name: kwargs.pop(name, None) for name in names}
 
 
 @click.group("api-key")
@@ -89,20 +157,24 @@ def api_key() -> None:
 
 @api_key.command("create")
 @click.option("--name", required=True, help="Who or what uses the key (a service, a team).")
+@click.option("--role", type=click.Choice(API_KEY_ROLES), default=API_KEY_ROLES[0], show_default=True,
+              envvar="DFSCAN_API_KEY_ROLE", show_envvar=True,
+              help="scanner: sees and cancels the scans it starts; admin: every scan (command-line and scheduled "
+                   "ones too) and /metrics, /docs, /openapi.json.")
 @db_option
 @json_option("the new key")
 @reports_errors
-def create(name: str, db_url: str, as_json: bool) -> None:
+def create(name: str, role: str, db_url: str, as_json: bool) -> None:
     """Create a key; its token and callback-signing secret are printed once, never stored in clear."""
     from dfscan.db.api_keys import create_api_key
 
     with migrated_database(db_url) as sessions, sessions.begin() as session:
-        new = create_api_key(session, name)
+        new = create_api_key(session, name, role)
     if as_json:
-        click.echo(json.dumps({"id": new.info.id, "name": new.info.name, "prefix": new.info.prefix,
+        click.echo(json.dumps({"id": new.info.id, "name": new.info.name, "prefix": new.info.prefix, "role": role,
                                "token": new.token, "signing_secret": new.signing_secret}))
         return
-    click.echo(f"API key {new.info.id} ({new.info.name}) created. Shown once; keep both:")
+    click.echo(f"API key {new.info.id} ({new.info.name}, {role}) created. Shown once; keep both:")
     click.echo(f"  token:          {new.token}")
     click.echo(f"  signing secret: {new.signing_secret}   (verifies X-Dfscan-Signature on callbacks)")
 
@@ -120,10 +192,11 @@ def list_keys(db_url: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([k.__dict__ for k in keys], default=str))
         return
-    click.echo(f"{'id':>4}  {'name':<24} {'prefix':<10} {'requests':>9}  {'state':<8} last used")
+    click.echo(f"{'id':>4}  {'name':<24} {'prefix':<10} {'role':<8} {'requests':>9}  {'state':<8} last used")
     for k in keys:
         state = "revoked" if k.revoked_at else "active"
-        click.echo(f"{k.id:>4}  {k.name:<24} {k.prefix:<10} {k.requests:>9}  {state:<8} {k.last_used_at or '-'}")
+        click.echo(f"{k.id:>4}  {k.name:<24} {k.prefix:<10} {k.role:<8} {k.requests:>9}  {state:<8} "
+                   f"{k.last_used_at or '-'}")
 
 
 @api_key.command("revoke")

@@ -14,6 +14,11 @@ MAX_FRAMES = 1024
 # Pillow's own default limit (about 89 megapixels); past it an image (or a video's coded frame) is
 # refused from its header, before any pixel is decoded.
 DEFAULT_MAX_PIXELS = 89_478_485
+# The most bytes one image may take while it is decoded and converted to 8-bit RGB (its pixels as Pillow
+# holds them, and each conversion beside its source): under the pixel limit no image needs more than
+# 716 MB (8 bytes a pixel), so the default refuses none; a lower budget refuses the largest
+# (too-large-decoded).  The face stage holds no more than this of full-resolution images at once.
+DEFAULT_MAX_DECODE_BYTES = 768 << 20
 
 # Scheduled scans go to their own queue beside the scoring one, so a worker started with
 # ``-Q dfscan.producer`` walks storage while the others score.

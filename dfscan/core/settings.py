@@ -9,12 +9,14 @@ code that runs without the CLI (Celery workers, Alembic) calls
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 # DEFAULT_FRAMES is named here too for the modules that take their defaults from the settings.
-from dfscan.core.constants import ALL_PRECISIONS, DEFAULT_FRAMES, DEFAULT_MAX_PIXELS, MAX_FRAMES  # noqa: F401
+from dfscan.core.constants import (ALL_PRECISIONS, DEFAULT_FRAMES, DEFAULT_MAX_DECODE_BYTES,  # noqa: F401
+                                   DEFAULT_MAX_PIXELS, MAX_FRAMES)
 
 ENV_PREFIX = "DFSCAN_"
 
@@ -43,6 +45,9 @@ class Settings:
     chunk_size: int = 256
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # The most bytes one image may take while decoded and converted to RGB (workers.images.decode.decoded_bytes);
+    # above it the image is an error row (too-large-decoded), and the face stage holds no more at once.
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES
     read_threads: int = 8
     decode_threads: int = 2
     runtime: str = "auto"
@@ -83,6 +88,25 @@ class Settings:
     max_batch_delay_ms: float = 5.0
     request_timeout_s: float = 30.0
     callback_attempts: int = 5
+    # Work in flight in `dfscan serve`: scans running at once (each on the server's one model) and queued
+    # behind them, uploads in flight per API key and in all (429 with Retry-After past any of them), and
+    # the connections uvicorn takes at once (503 past them).
+    max_scans: int = 2
+    max_queued_scans: int = 100
+    max_uploads_per_key: int = 8
+    max_uploads: int = 64
+    max_connections: int = 512
+    # Callbacks reach only public addresses; these hosts, addresses or CIDR networks are allowed too (an
+    # internal receiver). Each delivery has a total deadline (connect, send, read), reads at most
+    # ``callback_max_response_bytes`` of the answer, and up to ``callback_parallel`` run at once.
+    callback_allow: tuple[str, ...] = ()
+    callback_deadline_s: float = 10.0
+    callback_max_response_bytes: int = 64 * 1024
+    callback_parallel: int = 4
+    # Where `dfscan serve` answers /metrics, /docs and /openapi.json: None (the default) on its own bind, to admin
+    # keys only; "HOST:PORT" on a second listener there, without a key (keep it on a private address), and not on
+    # the main bind.
+    ops_bind: str | None = None
     # The face stage (dfscan.workers.scoring.face_stage): mode, detector (a name in its table), the most faces
     # scored per image (the largest first), the crop's side as a multiple of the face box, the
     # smallest face worth scoring (pixels of the original image), how faces make the image's
@@ -106,6 +130,10 @@ class Settings:
     # (content hash) instead of scoring the file again (dfscan.workers.scoring.dedupe).  Copies within a
     # scan are always scored once.
     reuse_verdicts: bool = False
+    # Hash banks (dfscan.workers.scoring.hashes): every decoded image and whole video frame gets its PDQ and is
+    # matched against the enabled banks; with ``pdq_dihedral`` the seven rotations and mirrors are matched too.
+    pdq: bool = True
+    pdq_dihedral: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -168,6 +196,10 @@ class Settings:
             raise SettingsError(f"request timeout must be positive, got {self.request_timeout_s}")
         if self.callback_attempts < 1:
             raise SettingsError(f"callback attempts must be at least 1, got {self.callback_attempts}")
+        _check_ranges(self, _SERVE_LIMITS)
+        _check_callbacks(self)
+        if self.ops_bind is not None:
+            parse_bind(self.ops_bind)
         for root in self.serve_roots:
             if not os.path.isabs(root):
                 raise SettingsError(f"serve root {root!r} must be an absolute path")
@@ -250,6 +282,43 @@ def parse_video_extensions(text: str | tuple[str, ...] | None) -> tuple[str, ...
     return parse_extensions(text)
 
 
+def parse_allow(text: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``"hooks.internal, 10.1.0.0/16"`` (comma-separated) -> ``("hooks.internal", "10.1.0.0/16")``."""
+    if text is None:
+        return None
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return tuple(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?")
+
+
+def _check_callbacks(settings: Settings) -> None:
+    """The callback allow-list, deadline, response cap and parallel deliveries."""
+    for entry in settings.callback_allow:
+        _check_allow_entry(entry)
+    if not 0 < settings.callback_deadline_s <= 300:
+        raise SettingsError(f"callback deadline must be between 0 and 300 s, got {settings.callback_deadline_s}")
+    if not 1024 <= settings.callback_max_response_bytes <= 16 * 1024 * 1024:
+        raise SettingsError("callback response cap must be between 1024 and 16777216 bytes, "
+                            f"got {settings.callback_max_response_bytes}")
+    if not 1 <= settings.callback_parallel <= 64:
+        raise SettingsError(f"parallel callback deliveries must be between 1 and 64, got {settings.callback_parallel}")
+
+
+def _check_allow_entry(entry: str) -> None:
+    """A callback allow-list entry: an address, a CIDR network, or a host name."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(entry.strip("[]"), strict=False)
+        return
+    except ValueError:
+        pass
+    if "/" in entry or ":" in entry or not _HOST_NAME.fullmatch(entry.lower()):
+        raise SettingsError(f"callback allow-list entry {entry!r} is not a host name, an address or a CIDR network")
+
+
 def parse_roots(text: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
     """``"/data/a:/data/b"`` (``os.pathsep``-separated, like PATH) -> ``("/data/a", "/data/b")``."""
     if text is None:
@@ -265,6 +334,7 @@ _CONVERTERS = {
     "batch_size": int,
     "chunk_size": int,
     "max_pixels": int,
+    "max_decode_bytes": int,
     "read_threads": int,
     "decode_threads": int,
     "intra_op_threads": int,
@@ -290,9 +360,43 @@ _CONVERTERS = {
     "max_batch_delay_ms": float,
     "request_timeout_s": float,
     "callback_attempts": int,
+    "max_scans": int,
+    "max_queued_scans": int,
+    "max_uploads_per_key": int,
+    "max_uploads": int,
+    "max_connections": int,
+    "callback_allow": parse_allow,
+    "callback_deadline_s": float,
+    "callback_max_response_bytes": int,
+    "callback_parallel": int,
     "follow_symlinks": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
     "reuse_verdicts": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
+    "pdq": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
+    "pdq_dihedral": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
 }
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9000`` for IPv6) as (host, port); a port between 1 and 65535."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SettingsError(f"bind address must be HOST:PORT with a port between 1 and 65535, got {value!r}")
+    return host, int(port)
+
+
+# `dfscan serve`'s limits on work in flight: (setting, lowest, highest).
+_SERVE_LIMITS = (("max_scans", 1, 64), ("max_queued_scans", 0, 100_000), ("max_uploads_per_key", 1, 10_000),
+                 ("max_uploads", 1, 10_000), ("max_connections", 16, 100_000), ("max_decode_bytes", 1 << 20, 1 << 40))
+
+
+def _check_ranges(settings: Settings, ranges: tuple[tuple[str, int, int], ...]) -> None:
+    """Each setting named in ``ranges`` between its lowest and highest value, else a message naming its option."""
+    for name, low, high in ranges:
+        value = getattr(settings, name)
+        if not low <= value <= high:
+            raise SettingsError(f"{name.replace('_', ' ')} must be between {low} and {high}, got {value} "
+                                f"(--{name.replace('_', '-')}, {env_name(name)})")
 
 
 def env_name(field_name: str) -> str:

@@ -15,7 +15,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan.db import utcnow
-from dfscan.db.api_keys import authenticate, hash_key
+from dfscan.db.api_keys import AuthorizedKey, authenticate, hash_key
 from dfscan.db.models import ApiKey
 
 __all__ = ["KeyCache"]
@@ -26,7 +26,7 @@ class KeyCache:
         self.sessions = sessions
         self.ttl_s = ttl_s
         self.flush_s = flush_s
-        self._known: dict[str, tuple[int, str, float]] = {}
+        self._known: dict[str, tuple[AuthorizedKey, float]] = {}
         self._counts: Counter[int] = Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -40,18 +40,20 @@ class KeyCache:
         self._thread.join(timeout=10)
         self.flush()
 
-    def cached(self, token: str) -> tuple[int, str] | None:
+    def cached(self, token: str) -> AuthorizedKey | None:
         """The remembered answer for a valid token (counting the request), or ``None``: then call :meth:`check`."""
         digest = hash_key(token)
         with self._lock:
             hit = self._known.get(digest)
-            if hit is not None and time.monotonic() - hit[2] < self.ttl_s:
-                self._counts[hit[0]] += 1
-                return hit[0], hit[1]
+            if hit is not None and time.monotonic() - hit[1] < self.ttl_s:
+                self._counts[hit[0].id] += 1
+                return hit[0]
         return None
 
-    def check(self, token: str) -> tuple[int, str] | None:
-        """(key id, signing secret) for a valid token, counting the request; ``None`` for any other. May query."""
+    def check(self, token: str) -> AuthorizedKey | None:
+        """The key (id, signing secret, role) of a valid token, counting the request; ``None`` for any other.
+
+        May query."""
         hit = self.cached(token)
         if hit is not None:
             return hit
@@ -63,7 +65,7 @@ class KeyCache:
             if found is None:
                 self._known.pop(digest, None)
                 return None
-            self._known[digest] = (found[0], found[1], now)
+            self._known[digest] = (found, now)
         return found
 
     def flush(self) -> None:

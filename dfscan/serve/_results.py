@@ -1,19 +1,25 @@
 """Result rows of a scan over HTTP: keyset pages (a cursor on the path), JSON or CSV, streamed.
 
-Rows come from :func:`dfscan.db.iter_results` (batches, a server-side cursor on
-PostgreSQL), so a page of any size, or a whole scan with ``limit=0``, never sits
-in memory as a whole; only a CSV page, whose next cursor goes in a header, is
-held, and pages are at most ``MAX_PAGE`` rows.
+A stream is read from the database in slices of :data:`SLICE` rows, each one
+keyset query in a short session of its own: the connection goes back to the
+pool before the slice is sent, so a client that reads slowly (or a whole scan
+with ``limit=0``) holds no connection, and a slice is the most a stream holds
+in memory.  Slices are fetched in threads of a small pool of their own
+(:data:`FETCHERS`), off the pool that runs the API's other endpoints.  Only a
+CSV page, whose next cursor goes in a header, is read before the answer
+starts; pages are at most ``MAX_PAGE`` rows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import csv
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +32,8 @@ from dfscan.serve.errors import BadRequest
 __all__ = ["MAX_PAGE", "Query", "decode_cursor", "encode_cursor", "respond"]
 
 MAX_PAGE = 10_000
+SLICE = 1000  # rows per database query of a stream
+FETCHERS = 4  # streams reading from the database at once (each holds a connection for one query)
 COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256", "scanned_at")
 
 
@@ -46,58 +54,113 @@ def encode_cursor(path: str) -> str:
 def decode_cursor(cursor: str) -> str:
     try:
         raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True)
-        return raw.decode("utf-8", "surrogateescape")
+        # A stored path is valid UTF-8 without NUL (both databases refuse others): anything else names no row.
+        path = raw.decode("utf-8")
+        if "\x00" in path:
+            raise ValueError("NUL in a cursor")
+        return path
     except (binascii.Error, ValueError):
         raise BadRequest(f"invalid cursor {cursor[:40]!r}: pass next_cursor from the previous page") from None
 
 
-def _rows(sessions: sessionmaker[Session], q: Query) -> Iterator[dict[str, Any]]:
+# Its threads start on first use; a pool of its own, not the one that runs the API's other endpoints.
+_FETCH_POOL = ThreadPoolExecutor(max_workers=FETCHERS, thread_name_prefix="results")
+
+
+def _slice(sessions: sessionmaker[Session], q: Query, after: str | None, n: int) -> list[dict[str, Any]]:
+    """Up to ``n`` rows after path ``after``, in a session that is closed before they are returned."""
     with sessions() as session:
-        yield from db.iter_results(session, scan_id=q.scan_id, label=q.label, min_p=q.min_p, status=q.status,
-                                   after_path=q.after_path, limit=q.limit + 1 if q.limit else None)
+        return list(db.iter_results(session, scan_id=q.scan_id, label=q.label, min_p=q.min_p, status=q.status,
+                                    after_path=after, limit=n))
+
+
+def _windows(q: Query) -> Iterator[int]:
+    """Row counts of the slices of ``q``: ``limit + 1`` rows in all (the extra one: is there a next page?)."""
+    left = q.limit + 1 if q.limit else None
+    while left is None or left > 0:
+        n = SLICE if left is None else min(SLICE, left)
+        yield n
+        if left is not None:
+            left -= n
+
+
+def _page(sessions: sessionmaker[Session], q: Query) -> list[dict[str, Any]]:
+    """A whole CSV page (at most MAX_PAGE + 1 rows), read now, slice by slice."""
+    out: list[dict[str, Any]] = []
+    after = q.after_path
+    for n in _windows(q):
+        rows = _slice(sessions, q, after, n)
+        out.extend(rows)
+        if len(rows) < n:
+            break
+        after = rows[-1]["path"]
+    return out
+
+
+async def _slices(sessions: sessionmaker[Session], q: Query) -> AsyncIterator[list[dict[str, Any]]]:
+    """The query's rows a slice at a time, each read in the fetch pool; no connection held between slices."""
+    loop = asyncio.get_running_loop()
+    after = q.after_path
+    for n in _windows(q):
+        rows = await loop.run_in_executor(_FETCH_POOL, _slice, sessions, q, after, n)
+        if rows:
+            yield rows
+        if len(rows) < n:
+            return
+        after = rows[-1]["path"]
 
 
 def _cell(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
-def _json(sessions: sessionmaker[Session], q: Query) -> Iterator[bytes]:
+async def _json(sessions: sessionmaker[Session], q: Query) -> AsyncIterator[bytes]:
     yield f'{{"scan_id": {q.scan_id}, "results": ['.encode()
     n = 0
     last: str | None = None
     more = False
-    for row in _rows(sessions, q):
-        if q.limit and n == q.limit:
+    async for rows in _slices(sessions, q):
+        if q.limit and n + len(rows) > q.limit:
+            rows = rows[: q.limit - n]
             more = True
-            break
-        yield ((", " if n else "") + json.dumps({c: _cell(row[c]) for c in COLUMNS})).encode()
-        last = row["path"]
-        n += 1
+        if rows:
+            parts = [json.dumps({c: _cell(row[c]) for c in COLUMNS}) for row in rows]
+            yield ((", " if n else "") + ", ".join(parts)).encode()
+            last = rows[-1]["path"]
+            n += len(rows)
     cursor = json.dumps(encode_cursor(last) if more and last is not None else None)
     yield f'], "count": {n}, "next_cursor": {cursor}}}\n'.encode()
 
 
-def _csv_lines(rows: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+def _csv_text(rows: Iterable[dict[str, Any]], header: bool) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    if header:
+        writer.writerow(COLUMNS)
     for row in rows:
         writer.writerow(["" if row[c] is None else _cell(row[c]) for c in COLUMNS])
-        if buf.tell() > 64 * 1024:
-            yield buf.getvalue().encode()
-            buf.seek(0)
-            buf.truncate()
-    yield buf.getvalue().encode()
+    return buf.getvalue().encode()
+
+
+async def _csv_stream(sessions: sessionmaker[Session], q: Query) -> AsyncIterator[bytes]:
+    yield _csv_text((), header=True)
+    async for rows in _slices(sessions, q):
+        yield _csv_text(rows, header=False)
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 def respond(sessions: sessionmaker[Session], q: Query, fmt: str) -> StreamingResponse:
+    """The answer to ``q``; only a CSV page with a limit reads its rows here (its next cursor is a header)."""
     if fmt == "json":
         return StreamingResponse(_json(sessions, q), media_type="application/json")
     if not q.limit:
-        return StreamingResponse(_csv_lines(_rows(sessions, q)), media_type="text/csv")
-    page = list(_rows(sessions, q))  # at most MAX_PAGE + 1 rows
+        return StreamingResponse(_csv_stream(sessions, q), media_type="text/csv")
+    page = _page(sessions, q)
     headers = {}
     if len(page) > q.limit:
         page = page[: q.limit]
         headers["X-Next-Cursor"] = encode_cursor(page[-1]["path"])
-    return StreamingResponse(_csv_lines(iter(page)), media_type="text/csv", headers=headers)
+    return StreamingResponse(_once(_csv_text(page, header=True)), media_type="text/csv", headers=headers)

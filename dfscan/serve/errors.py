@@ -29,3 +29,19 @@ class TooLarge(ServeError):
 
 class RequestTimeout(ServeError):
     status_code = 408
+
+
+class CallbackRefused(ServeError):
+    """A callback URL the server must not reach (an internal address, no such host, not http(s))."""
+
+    status_code = 422
+
+
+class TooManyRequests(ServeError):
+    """Past a limit on work in flight (uploads of a key, scans queued); ``retry_after_s`` goes in Retry-After."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

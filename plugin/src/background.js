@@ -1,8 +1,10 @@
 // The service worker: the "Check with dfscan" context menu, fetching the image's bytes (with the
-// extension's host permissions, so cross-origin images work) and sending them either to the
-// offscreen document (local mode) or to the team's `dfscan serve` (server mode).
+// extension's host permissions, so cross-origin images work; with the user's cookies only for an
+// image of the tab's own site) and sending them either to the offscreen document (local mode) or
+// to the team's `dfscan serve` (server mode, https only unless the server is this machine).
 import { loadSettings } from "./settings.js";
-import { sniffFormat } from "./preprocess.js";
+import { sameSite, serverUrlProblem } from "./policy.js";
+import { CheckError, fetchImage } from "./fetch.js";
 
 const MENU_ID = "dfscan-check";
 
@@ -18,60 +20,35 @@ chrome.contextMenus.onClicked.addListener(async (info) => {
   } catch {
     await chrome.windows.create({ url: "popup.html", type: "popup", width: 420, height: 560 });
   }
-  await chrome.storage.session.set({ last: await checkImage(info.srcUrl) });
+  await chrome.storage.session.set({ last: await checkImage(info.srcUrl, info.pageUrl) });
 });
 
 chrome.runtime.onMessage.addListener((msg, _sender, reply) => {
   if (msg?.type !== "check" || msg.target) return false;
-  checkImage(msg.url).then(reply);
+  checkImage(msg.url, msg.page).then(reply);  // only the extension's own pages can send messages
   return true;
 });
 
-class CheckError extends Error {
-  constructor(code, message) { super(message); this.code = code; }
-}
-
-/** Check one image: what the context menu and the popup call. Never throws; errors are results. */
-export async function checkImage(url) {
+/**
+ * Check one image: what the context menu and the popup call. ``pageUrl`` is the tab's address:
+ * the image is fetched with the user's cookies only when it is of the same site. Never throws;
+ * errors are results.
+ */
+export async function checkImage(url, pageUrl = "") {
   const started = performance.now();
   const settings = await loadSettings();
+  const credentials = sameSite(url, pageUrl) ? "include" : "omit";
   let result;
   try {
-    const bytes = await fetchImage(url, settings.maxBytes);
-    result = settings.mode === "server" ? await scoreOnServer(bytes, url, settings) : await scoreLocally(bytes);
+    const server = settings.mode === "server" ? serverBase(settings) : null;  // refused before any fetch
+    const bytes = await fetchImage(url, settings.maxBytes, credentials);
+    result = server ? await scoreOnServer(bytes, url, server, settings.apiKey) : await scoreLocally(bytes);
   } catch (e) {
     result = { status: "error", code: e.code || "failed", error: e.code ? e.message : String(e.message || e) };
   }
-  return { ...result, url, mode: settings.mode, elapsed_ms: performance.now() - started };
+  return { ...result, url, credentials, mode: settings.mode, elapsed_ms: performance.now() - started };
 }
 globalThis.checkImage = checkImage;  // for the tests: the same path as the context menu
-
-async function fetchImage(url, maxBytes) {
-  let resp;
-  try {
-    resp = await fetch(url, { credentials: "include", cache: "no-store" });
-  } catch (e) {
-    throw new CheckError("fetch-failed", `the image could not be fetched (network error or blocked): ${url}`);
-  }
-  if (!resp.ok) {
-    throw new CheckError("fetch-failed", `the image could not be fetched: HTTP ${resp.status} ${resp.statusText}`.trim());
-  }
-  const declared = Number(resp.headers.get("content-length") || 0);
-  if (declared > maxBytes) throw tooLarge(declared, maxBytes);
-  const bytes = new Uint8Array(await resp.arrayBuffer());
-  if (bytes.length > maxBytes) throw tooLarge(bytes.length, maxBytes);
-  if (bytes.length === 0) throw new CheckError("empty", "the image is empty (0 bytes)");
-  if (!sniffFormat(bytes)) {
-    const type = resp.headers.get("content-type") || "unknown type";
-    throw new CheckError("not-image", `not an image (the server sent ${type.split(";")[0]})`);
-  }
-  return bytes;
-}
-
-function tooLarge(n, max) {
-  const mb = (v) => (v / 1048576).toFixed(1);
-  return new CheckError("too-large", `the image is too large: ${mb(n)} MB, the limit is ${mb(max)} MB`);
-}
 
 function toBase64(bytes) {
   let bin = "";
@@ -110,9 +87,16 @@ async function scoreLocally(bytes) {
   return reply;
 }
 
-async function scoreOnServer(bytes, url, settings) {
-  const base = settings.serverUrl.replace(/\/+$/, "");
+/** The configured server's base URL, refused unless it may receive the API key (see policy.js). */
+function serverBase(settings) {
+  const base = String(settings.serverUrl || "").trim().replace(/\/+$/, "");
   if (!base) throw new CheckError("server-not-configured", "server mode: no server URL set (open the options page)");
+  const problem = serverUrlProblem(base);
+  if (problem) throw new CheckError("server-insecure", `${problem} (open the options page)`);
+  return base;
+}
+
+async function scoreOnServer(bytes, url, base, apiKey) {
   const name = (new URL(url).pathname.split("/").pop() || "image").slice(0, 200);
   const form = new FormData();
   form.append("file", new Blob([bytes]), name);
@@ -120,7 +104,7 @@ async function scoreOnServer(bytes, url, settings) {
   try {
     resp = await fetch(`${base}/v1/score`, {
       method: "POST", body: form, credentials: "omit",
-      headers: { Authorization: `Bearer ${settings.apiKey}` },
+      headers: { Authorization: `Bearer ${apiKey}` },
     });
   } catch (e) {
     throw new CheckError("server-unreachable", `the dfscan server at ${base} is unreachable`);

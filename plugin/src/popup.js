@@ -1,6 +1,10 @@
 // Shows a check's result: the verdict, p_fake, confidence, and the face boxes when the answer has any.
 // Opened by the context menu (the result arrives in chrome.storage.session) or as popup.html?url=...
-// (it asks the service worker to check that image).
+// (it asks the service worker to check that image; &page=... gives the tab's address, which decides
+// whether the user's cookies go with the image, see policy.js).
+import { fetchImage } from "./fetch.js";
+import { loadSettings } from "./settings.js";
+
 const $ = (id) => document.getElementById(id);
 
 function show(r) {
@@ -28,9 +32,19 @@ function show(r) {
   document.body.dataset.state = "done";
 }
 
-function drawFigure(r) {
+// The figure's image is fetched as the check fetched it (cookies only where the check sent them,
+// the same size limit): an <img> pointed at the URL would carry the cookies of any site.
+async function drawFigure(r) {
+  let bytes;
+  try {
+    bytes = await fetchImage(r.url, (await loadSettings()).maxBytes, r.credentials === "include" ? "include" : "omit");
+  } catch {
+    return;  // the verdict stands without its figure
+  }
   const img = new Image();
+  const src = URL.createObjectURL(new Blob([bytes]));
   img.onload = () => {
+    URL.revokeObjectURL(src);
     const canvas = $("canvas");
     canvas.width = img.naturalWidth;
     canvas.height = img.naturalHeight;
@@ -43,14 +57,14 @@ function drawFigure(r) {
     }
     $("figure").hidden = false;
   };
-  img.src = r.url;
+  img.src = src;
 }
 
 const params = new URLSearchParams(location.search);
 if (params.get("url")) {
   document.body.dataset.state = "checking";
   show({ status: "checking", url: params.get("url") });
-  chrome.runtime.sendMessage({ type: "check", url: params.get("url") }).then(show, (e) =>
+  chrome.runtime.sendMessage({ type: "check", url: params.get("url"), page: params.get("page") || "" }).then(show, (e) =>
     show({ status: "error", error: `the extension did not answer: ${e.message}` }));
 } else {
   chrome.storage.session.get("last").then(({ last }) => show(last));

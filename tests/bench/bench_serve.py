@@ -122,11 +122,11 @@ def main() -> None:
         before = model_only(model, paths, args.batch, args.threads, args.repeats)
 
         db_url = f"sqlite:///{tmp / 'serve.db'}"
-        token = json.loads(subprocess.run([DFSCAN, "api-key", "create", "--name", "bench", "--db", db_url, "--json"],
-                                          check=True, capture_output=True, text=True).stdout)["token"]
+        create = [DFSCAN, "api-key", "create", "--name", "bench", "--role", "admin", "--db", db_url, "--json"]
+        token = json.loads(subprocess.run(create, check=True, capture_output=True, text=True).stdout)["token"]
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, "DFSCAN_THREADS": str(args.threads)}
+        env = _serve_env(args)
         proc = subprocess.Popen([DFSCAN, "serve", "--model", str(model), "--db", db_url, "--port", str(port),
                                  "--batch-size", str(args.batch), "--max-batch-delay-ms", str(args.delay_ms),
                                  "--runtime", "onnxruntime", "--decoder", "pillow", "--log-level", "warning"],
@@ -172,6 +172,12 @@ def main() -> None:
     print(f"  serve                  {rate:8.1f} images/s  = {result['ratio_to_model']:.2f}x the model's mean")
     print(f"  latency p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
     print(f"  batches formed: {result['batches']} (mean {result['mean_batch']} images); sizes {hist}")
+
+
+def _serve_env(args: argparse.Namespace) -> dict[str, str]:
+    """The server's environment: its threads, and every client (they share one key) in flight at once."""
+    return {**os.environ, "DFSCAN_THREADS": str(args.threads), "DFSCAN_MAX_UPLOADS_PER_KEY": str(args.clients),
+            "DFSCAN_MAX_UPLOADS": str(max(args.clients, 64))}
 
 
 def _ok(httpx, url: str) -> bool:

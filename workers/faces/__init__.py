@@ -12,11 +12,12 @@ from dfscan.workers.faces.detectors import (
     MtcnnDetector,
     create_face_detector,
 )
-from dfscan.workers.faces.geometry import FaceOptions, crop_faces, crop_square, detection_scale, select_faces
+from dfscan.workers.faces.geometry import (FaceOptions, RGBImage, crop_faces, crop_square, detection_scale, image_size,
+                                           select_faces)
 from dfscan.workers.faces.tracks import Track, follow
 
 __all__ = [
     "DETECT_BATCH", "FACE_DETECTORS", "FaceDetector", "FaceDetectorSpec", "FaceFinder", "FaceOptions",
-    "MtcnnDetector", "Track", "create_face_detector", "crop_faces", "crop_square", "detection_scale", "follow",
-    "select_faces",
+    "MtcnnDetector", "RGBImage", "Track", "create_face_detector", "crop_faces", "crop_square", "detection_scale",
+    "follow", "image_size", "select_faces",
 ]

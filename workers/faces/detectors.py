@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from dfscan.workers.faces.geometry import FaceOptions, detection_scale
+from dfscan.workers.faces.geometry import FaceOptions, RGBImage, detection_scale, image_size
 from dfscan.core.errors import first_line
 from dfscan.core.registry import Registry
 from dfscan.workers.reading.errors import DecoderUnavailable, ImageError, UnknownFaceDetector
 
-# Images decoded and detected together: bounds the full-resolution images held at once.
+# Images decoded and detected together, at most (the face decoder also bounds their decoded bytes).
 DETECT_BATCH = 16
 
 
@@ -117,18 +117,18 @@ class FaceFinder:
         self.detector = detector
         self.options = options
 
-    def detect(self, images: list[np.ndarray]) -> list[np.ndarray | ImageError]:
+    def detect(self, images: list[RGBImage]) -> list[np.ndarray | ImageError]:
         """Boxes per image, :data:`DETECT_BATCH` images at a time; a failure on one image is that image's error."""
         found: list[np.ndarray | ImageError] = []
         for start in range(0, len(images), DETECT_BATCH):
             found.extend(self._detect(images[start : start + DETECT_BATCH]))
         return found
 
-    def _detect(self, images: list[np.ndarray]) -> list[np.ndarray | ImageError]:
+    def _detect(self, images: list[RGBImage]) -> list[np.ndarray | ImageError]:
         """Boxes in original pixels per image; a detector failure on one image is that image's error."""
         if not images:
             return []
-        scales = [detection_scale(im.shape[1], im.shape[0], self.options.detect_size) for im in images]
+        scales = [detection_scale(*image_size(im), self.options.detect_size) for im in images]
         small = [_downscale(im, s) for im, s in zip(images, scales)]
         # The smallest face worth scoring, at the scale that shrinks it most: smaller ones aren't looked for.
         min_canvas = int(self.options.min_size * min(scales))
@@ -146,12 +146,14 @@ class FaceFinder:
         return [_rescale(f, s) for f, s in zip(found, scales)]
 
 
-def _downscale(im: np.ndarray, scale: float) -> np.ndarray:
+def _downscale(im: RGBImage, scale: float) -> np.ndarray:
+    """The detector's copy: an array, no larger than ``scale`` (a Pillow image is resized without an array copy)."""
+    pil = isinstance(im, Image.Image)
     if scale >= 1.0:
-        return im
-    h, w = im.shape[:2]
+        return np.asarray(im) if pil else im
+    w, h = image_size(im)
     size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
-    return np.asarray(Image.fromarray(im).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+    return np.asarray((im if pil else Image.fromarray(im)).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
 
 
 def _canvas(images: list[np.ndarray]) -> np.ndarray:

@@ -8,6 +8,16 @@ import numpy as np
 from PIL import Image
 
 
+# An RGB image as the face code takes it: a Pillow image (the image decoder's, never copied to an array)
+# or an (H, W, 3) uint8 array (a video frame, DALI's output).
+RGBImage = Image.Image | np.ndarray
+
+
+def image_size(im: RGBImage) -> tuple[int, int]:
+    """``(width, height)`` of a Pillow image or an (H, W, 3) array."""
+    return im.size if isinstance(im, Image.Image) else (im.shape[1], im.shape[0])
+
+
 def detection_scale(width: int, height: int, detect_size: int) -> float:
     """The factor that brings the longer side down to ``detect_size``; never above 1 (no upscaling)."""
     return min(1.0, detect_size / max(width, height, 1))
@@ -60,10 +70,10 @@ def select_faces(boxes: np.ndarray, width: int, height: int, options: FaceOption
     return faces[: options.max_faces], len(faces)
 
 
-def crop_faces(im: np.ndarray, faces, options: FaceOptions, size: tuple[int, int]):
+def crop_faces(im: RGBImage, faces, options: FaceOptions, size: tuple[int, int]):
     """``(crop resized to size (H, W), (x0, y0, side))`` per face: a square of margin x the box, inside the image."""
-    h, w = im.shape[:2]
-    pil = Image.fromarray(im)
+    w, h = image_size(im)
+    pil = im if isinstance(im, Image.Image) else Image.fromarray(im)
     th, tw = size
     out = []
     for x1, y1, x2, y2, _score in faces:

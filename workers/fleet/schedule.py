@@ -168,7 +168,8 @@ def run_entry(settings: Settings, message: dict[str, Any], *, run_key: str) -> i
             if running:
                 producer.resume(existing)
             return existing
-        source = ScanSource(tuple(check_roots(entry.roots, settings.s3_endpoint_url)), tuple(entry.paths_from),
+        roots = check_roots(entry.roots, settings.s3_endpoint_url, resolve=not entry.follow_symlinks)
+        source = ScanSource(tuple(roots), tuple(entry.paths_from),
                             WalkOptions(settings.scan_extensions, entry.follow_symlinks, settings.s3_endpoint_url))
         scan_id = producer.register(source, name=name, incremental=True)
         producer.produce(scan_id)

@@ -61,6 +61,7 @@ class WorkerState:
         self.on_batch = None
         self._noted_scans: set[int] = set()
         self._reuse: dict[int, bool] = {}
+        self._roots: dict[int, tuple[str, ...] | None] = {}
 
     @property
     def engine(self) -> "Engine":
@@ -117,14 +118,26 @@ class WorkerState:
     def reuse_verdicts(self, scan_id: int) -> bool:
         """Whether the scan was started with --reuse-verdicts (its audit record; this worker's setting if it
         doesn't say); read once per scan."""
+        self._read_audit(scan_id)
+        return self._reuse[scan_id]
+
+    def confinement(self, scan_id: int) -> tuple[str, ...] | None:
+        """The real roots the scan's reads stay under (its walk followed no symbolic link; scanner.confine),
+        from its audit record; None: not confined."""
+        self._read_audit(scan_id)
+        return self._roots[scan_id]
+
+    def _read_audit(self, scan_id: int) -> None:
         if scan_id not in self._reuse:
+            from dfscan.scanner.confine import roots_from_record
+
             def read() -> dict:
                 with self.sessions() as session:
                     return db.scan_audit(session, scan_id)
 
             audit = self.retry(read, f"reading the audit record of scan {scan_id}")
+            self._roots[scan_id] = roots_from_record(audit.get("walk"))
             self._reuse[scan_id] = bool(audit.get("reuse_verdicts", self.settings.reuse_verdicts))
-        return self._reuse[scan_id]
 
     def note_worker(self, ctx: "ScanContext", scan_id: int) -> None:
         """Record in ``scan_workers`` that this process scores ``scan_id``, with which runtime; once."""
@@ -234,7 +247,8 @@ def _handle_chunk(state: WorkerState, sessions: "sessionmaker[Session]", chunk: 
                        renew_s=settings.lease_renew_seconds) as beat:
             ctx = dataclasses.replace(state.context_for(head), sessions=sessions)
             state.note_worker(ctx, chunk.scan_id)
-            result = score_chunk(ctx, chunk, head.model_id, on_batch=state.on_batch)
+            result = score_chunk(ctx, chunk, head.model_id, on_batch=state.on_batch,
+                                 roots=state.confinement(chunk.scan_id))
             beat.release = False  # the chunk's last commit ended its lease
         timings.update(result.timings)
         outcome = SCORED

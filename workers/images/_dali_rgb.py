@@ -84,7 +84,8 @@ class DaliRgb:
                         results[i] = out
         for i in to_pillow:
             try:
-                results[i] = np.asarray(load_rgb(files[i].data, None, d.pre.max_pixels))
+                results[i] = np.asarray(load_rgb(files[i].data, None, d.pre.max_pixels, files[i].header,
+                                                 d.pre.max_decode_bytes))
             except ImageError as exc:
                 results[i] = exc
             except Exception as exc:  # noqa: BLE001 - a decoder bug is this image's error

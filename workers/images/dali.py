@@ -208,7 +208,7 @@ class DaliDecoder:
             # refusals (pixel limit, text-chunk bombs, unknown iCCP compression) and the
             # orientation Pillow would apply, whichever decoder is chosen.
             try:
-                im = open_image(f.data, self.pre.max_pixels, f.header)
+                im = open_image(f.data, self.pre.max_pixels, f.header, self.pre.max_decode_bytes)
             except ImageError as exc:
                 results[i] = exc
                 self.stats["refused"] += 1

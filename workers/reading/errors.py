@@ -19,6 +19,8 @@ REASONS: dict[str, str] = {
     "too-large": "the file is larger than the size limit",
     "not-image": "the bytes are not an image of an allowed format",
     "too-many-pixels": "the header declares more pixels than the limit (decompression bomb)",
+    "too-large-decoded": "decoding the image would take more memory than the byte budget (DFSCAN_MAX_DECODE_BYTES)",
+    "outside-root": "a scan that follows no symbolic link met one on the file's path (swapped in after the walk)",
     "truncated": "the image or video data ends early (a video: its index, e.g. the MP4 moov atom, is missing)",
     "decode-failed": "the decoder rejected the image",
     "inference-failed": "the runtime failed on the batch holding this image",

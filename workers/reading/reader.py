@@ -4,6 +4,11 @@ An ``s3://bucket/key`` path is an object: read with a ranged GET through the
 process's :class:`~scanner.objects.ObjectStore` (its LastModified is the mtime;
 its ETag goes to the row, for ``--incremental``).
 
+``roots``: the scan follows no symbolic link and its reads stay under these
+real paths (:mod:`scanner.confine`); a file reached through a link on its path
+(a directory swapped for one after the walk) is refused, ``outside-root``,
+without a byte of it read.
+
 :func:`sniff` is the cheap header check: what an image file claims to be,
 read from its first bytes.  Used before DALI, where one bad sample fails a whole batch: a file whose
 header is not one of the formats DALI decodes like Pillow, or that looks
@@ -18,11 +23,14 @@ import errno
 import os
 import stat
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+from dfscan.scanner.confine import open_confined, stat_confined
+from dfscan.scanner.errors import OutsideRoot
 from dfscan.scanner.objects import ObjectError, ObjectStore, is_object_url, object_store
-from dfscan.scanner.paths import on_disk, open_path, stat_path
+from dfscan.scanner.paths import on_disk
 from dfscan.workers.reading.errors import ImageError
 
 # Files beyond this are refused before reading: an image archive has no
@@ -48,34 +56,27 @@ class FileData:
         return sniff(self.data)
 
 
-def read_file(path: str, max_bytes: int = MAX_FILE_BYTES, store: ObjectStore | None = None) -> FileData:
+def read_file(path: str, max_bytes: int = MAX_FILE_BYTES, store: ObjectStore | None = None,
+              roots: Sequence[str] | None = None) -> FileData:
     """The file's bytes; raises :class:`ImageError` with the reason it can't be read.
 
     ``path`` is the stored form of the name (see :mod:`scanner.paths`).
     """
-    return read_head(path, max_bytes, head_bytes=max_bytes, store=store)
+    return read_head(path, max_bytes, head_bytes=max_bytes, store=store, roots=roots)
 
 
 def read_head(path: str, max_bytes: int = MAX_FILE_BYTES, head_bytes: int = HEAD_BYTES,
-              store: ObjectStore | None = None) -> FileData:
+              store: ObjectStore | None = None, roots: Sequence[str] | None = None) -> FileData:
     """At most ``head_bytes`` of the file: the whole file when it is that small.
 
     ``FileData.size`` is the file's full size, so ``len(data) < size`` says
     the rest is still to read (:func:`read_file`).  ``store`` reads ``s3://``
-    paths (None: boto3's default endpoint).
+    paths (None: boto3's default endpoint); ``roots`` confine the read (see the module).
     """
     disk = on_disk(path)
     if is_object_url(disk):
         return _read_object(disk, max_bytes, head_bytes, store or object_store())
-    try:
-        # stat_path and open_path also reach files whose path exceeds PATH_MAX.
-        if not stat.S_ISREG(stat_path(disk).st_mode):
-            raise ImageError("not-regular", "not a regular file")
-        # O_NONBLOCK: should the path become a FIFO after the check, opening it
-        # must still not wait for a writer.
-        fd = open_path(disk, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise _os_error(exc) from None
+    fd = open_local(disk, roots)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -92,6 +93,33 @@ def read_head(path: str, max_bytes: int = MAX_FILE_BYTES, head_bytes: int = HEAD
     if not data:
         raise ImageError("empty", "empty file")
     return FileData(path=disk, size=st.st_size, mtime=st.st_mtime, data=data)
+
+
+def open_local(disk: str, roots: Sequence[str] | None = None) -> int:
+    """A descriptor of the regular file ``disk`` (its on-disk name); raises :class:`ImageError`.
+
+    The file is checked to be regular before it is opened (a device is never
+    opened), also when its path exceeds PATH_MAX; under ``roots`` with no link
+    followed on the way.
+    """
+    try:
+        # O_NONBLOCK: should the path become a FIFO after the check, opening it
+        # must still not wait for a writer.
+        return open_confined(disk, roots, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), _regular)
+    except OutsideRoot:
+        raise _outside() from None
+    except OSError as exc:
+        raise _os_error(exc) from None
+
+
+def _regular(st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError("not-regular", "not a regular file")
+
+
+def _outside() -> ImageError:
+    return ImageError("outside-root", "outside the scan's roots: a symbolic link on the file's path "
+                                      "(swapped in after the walk), which this scan does not follow")
 
 
 def _read_object(url: str, max_bytes: int, head_bytes: int, store: ObjectStore) -> FileData:
@@ -127,13 +155,16 @@ def _read_exactly(fd: int, n: int) -> bytes:
     return data
 
 
-def stat_quietly(path: str) -> tuple[int | None, float | None]:
-    """Size and mtime for an error row, or ``(None, None)`` (always for an object: no request is spent on it)."""
+def stat_quietly(path: str, roots: Sequence[str] | None = None) -> tuple[int | None, float | None]:
+    """Size and mtime for an error row, or ``(None, None)`` (always for an object: no request is spent on it).
+
+    Under ``roots``, a file reached through a link has neither: its row says nothing of what lies outside.
+    """
     if is_object_url(path):
         return None, None
     try:
-        st = stat_path(on_disk(path))
-    except OSError:
+        st = stat_confined(on_disk(path), roots)
+    except (OSError, OutsideRoot):
         return None, None
     return st.st_size, st.st_mtime
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -27,6 +28,43 @@ from dfscan.workers.scoring.stages import Stages
 from dfscan.workers.scoring.verdict import Verdict
 
 _UNSET = object()
+
+
+class SharedRuntime:
+    """A runtime that several threads call (the service's scans and its upload batcher): one call at a time.
+
+    A TensorRT execution context and its pinned buffers serve one call at a time; on the CPU, concurrent
+    ONNX Runtime calls would only share the same cores.  Every other attribute is the runtime's.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.inner = runtime
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def infer(self, batch):
+        with self._lock:
+            return self.inner.infer(batch)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class SharedDetector:
+    """The face detector (one torch model) called by the service's scans and uploads: one call at a time."""
+
+    def __init__(self, detector) -> None:
+        self.inner = detector
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def detect(self, canvas, min_size=None):
+        with self._lock:
+            return self.inner.detect(canvas, min_size)
 
 
 @dataclass
@@ -94,7 +132,8 @@ class ScanContext:
         info = inspect_model(settings.model)
         runtime = load_runtime(settings.runtime, info, intra_op_threads=settings.intra_op_threads,
                                precision=settings.precision, engine_dir=settings.engine_dir)
-        pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std, max_pixels=settings.max_pixels)
+        pre = Preprocess(size=info.input_size, mean=info.mean, std=info.std, max_pixels=settings.max_pixels,
+                         max_decode_bytes=settings.max_decode_bytes)
         verdict = Verdict(classes=info.classes, threshold=threshold_for(settings, info), temperature=info.temperature)
         res = Resources(settings, info, pre, verdict, {"image": runtime}, object_store(settings.s3_endpoint_url))
         try:
@@ -157,6 +196,18 @@ class ScanContext:
     def record_worker(self, session: Session, scan_id: int) -> None:
         db.record_worker(session, scan_id=scan_id, host=socket.gethostname(), pid=os.getpid(),
                          info=self.runtime_record())
+
+    def share(self) -> "ScanContext":
+        """Make this context safe to share between threads that score (the service's scans and uploads)."""
+        runtimes = self.resources.runtimes
+        for graph, runtime in list(runtimes.items()):
+            if not isinstance(runtime, SharedRuntime):
+                runtimes[graph] = SharedRuntime(runtime)  # type: ignore[assignment]
+        # Every face detection (images, video frames, uploads) goes through the face finder's detector.
+        faces = self.resources.face_decoder()
+        if faces is not None and not isinstance(faces.finder.detector, SharedDetector):
+            faces.finder.detector = SharedDetector(faces.finder.detector)
+        return self
 
     def register_model(self) -> int:
         with self.sessions.begin() as session:

@@ -6,7 +6,9 @@ RGB once (oriented), the detector looks at a downscaled copy (batched across
 images: a sub-batch shares one canvas), and each face is cropped from the
 full-resolution image as a square of ``margin`` times the face box (clamped
 to the image), resized to the model's input and normalised like a whole
-image.  Each crop is one input of the infer stage (the crops of every image
+image.  The full-resolution images of a sub-batch are all held at once, so a
+sub-batch is cut by their decoded bytes (``max_decode_bytes``) as well as by
+count (:data:`~dfscan.workers.faces.DETECT_BATCH`).  Each crop is one input of the infer stage (the crops of every image
 of a batch share runtime calls); the image's p_fake is the max (or mean) over
 its faces, and an image without a face gets the status ``no-face``: neither a
 verdict nor an error.  Detection and geometry are :mod:`dfscan.workers.faces`'.
@@ -14,7 +16,7 @@ verdict nor an error.  Detection and geometry are :mod:`dfscan.workers.faces`'.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,9 +25,9 @@ import numpy as np
 from PIL import Image
 
 from dfscan.db.records import FaceRow, ResultRow
-from dfscan.workers.images.decode import Preprocess, load_rgb
-from dfscan.workers.faces import (DETECT_BATCH, FaceDetector, FaceFinder, FaceOptions, create_face_detector, crop_faces,
-                                  select_faces)
+from dfscan.workers.images.decode import Preprocess, load_rgb, open_image
+from dfscan.workers.faces import (DETECT_BATCH, FaceDetector, FaceFinder, FaceOptions, RGBImage, create_face_detector,
+                                  crop_faces, image_size, select_faces)
 from dfscan.workers.reading.errors import ImageError
 from dfscan.workers.reading.reader import FileData
 from dfscan.workers.scoring.stages import Input, Item
@@ -101,34 +103,68 @@ class FaceDecoder:
 
     # -- decoding and detection -------------------------------------------------------------
 
-    def _rgb_batch(self, files: Sequence[FileData]) -> list[np.ndarray | ImageError]:
+    def _rgb_batch(self, files: Sequence[FileData]) -> list[RGBImage | ImageError]:
         hook = getattr(self.base, "decode_rgb_batch", None)
         if hook is not None:
             return hook(files)
         return list(self._pool.map(self._rgb_one, files))
 
-    def _rgb_one(self, f: FileData) -> np.ndarray | ImageError:
+    def _rgb_one(self, f: FileData) -> Image.Image | ImageError:
+        """The oriented RGB image, as Pillow holds it: no array copy of the full-resolution pixels."""
         try:
-            return np.asarray(load_rgb(f.data, None, self.pre.max_pixels, f.header))
+            return load_rgb(f.data, None, self.pre.max_pixels, f.header, self.pre.max_decode_bytes)
         except ImageError as exc:
             return exc
         except Exception as exc:  # noqa: BLE001 - a decoder bug is this image's error
             return ImageError("decode-failed", f"decode failed: {str(exc)[:200]}")
 
     def decode_batch(self, files: Sequence[FileData]) -> list[FaceCrops | ImageError]:
-        out: list[FaceCrops | ImageError] = []
-        for start in range(0, len(files), DETECT_BATCH):
-            rgbs = self._rgb_batch(files[start : start + DETECT_BATCH])
-            images = [(i, im) for i, im in enumerate(rgbs) if not isinstance(im, ImageError)]
-            boxes = self.finder.detect([im for _, im in images])
-            part: list[FaceCrops | ImageError] = list(rgbs)  # errors stay where they are
-            for (i, im), found in zip(images, boxes):
-                part[i] = found if isinstance(found, ImageError) else self._crops(im, found)
-            out.extend(part)
-        return out
+        out: list[FaceCrops | ImageError | None] = [None] * len(files)
+        for group in self._groups(files):
+            for i, done in zip(group, self._decode_group([files[i] for i in group])):
+                out[i] = done
+        return out  # type: ignore[return-value]
 
-    def _crops(self, im: np.ndarray, boxes: np.ndarray) -> FaceCrops:
-        faces, found = select_faces(boxes, im.shape[1], im.shape[0], self.options)
+    def _groups(self, files: Sequence[FileData]) -> Iterator[list[int]]:
+        """Positions decoded and detected together: at most :data:`DETECT_BATCH`, and no more decoded bytes
+        than the budget (an image alone over it is refused by its decoder)."""
+        budget = self.pre.max_decode_bytes
+        group: list[int] = []
+        held = 0
+        for i, f in enumerate(files):
+            need = self._held_bytes(f)
+            if group and (len(group) == DETECT_BATCH or held + need > budget):
+                yield group
+                group, held = [], 0
+            group.append(i)
+            held += need
+        if group:
+            yield group
+
+    def _held_bytes(self, f: FileData) -> int:
+        """What ``f`` holds once decoded to RGB (4 bytes a pixel in Pillow), from its header; 0 if it has none."""
+        pixels = f.header.pixels
+        if pixels is None:  # a header the sniffer doesn't size (TIFF): Pillow's parse, no pixels decoded
+            try:
+                im = open_image(f.data, self.pre.max_pixels, f.header)
+            except Exception:  # noqa: BLE001 - its decoder reports it
+                return 0
+            pixels = im.width * im.height
+            im.close()
+        return 4 * pixels
+
+    def _decode_group(self, files: Sequence[FileData]) -> list[FaceCrops | ImageError]:
+        """One group's crops: its full-resolution images live only while this runs."""
+        rgbs = self._rgb_batch(files)
+        images = [(i, im) for i, im in enumerate(rgbs) if not isinstance(im, ImageError)]
+        boxes = self.finder.detect([im for _, im in images])
+        part: list = list(rgbs)  # errors stay where they are
+        for (i, im), found in zip(images, boxes):
+            part[i] = found if isinstance(found, ImageError) else self._crops(im, found)
+        return part
+
+    def _crops(self, im: RGBImage, boxes: np.ndarray) -> FaceCrops:
+        faces, found = select_faces(boxes, *image_size(im), self.options)
         if not faces:
             return FaceCrops([], found, None, aggregation=self.options.aggregation)
         a, b = self.pre.scale_and_shift()
@@ -147,12 +183,12 @@ class FaceDecoder:
             close()
 
 
-def largest_face(im: np.ndarray, stage: "FaceDecoder") -> tuple[Image.Image, tuple[int, int, int]] | None:
+def largest_face(im: RGBImage, stage: "FaceDecoder") -> tuple[Image.Image, tuple[int, int, int]] | None:
     """The crop of the largest face of one RGB image and its square, as the scan makes them; None without a face."""
     (boxes,) = stage.finder.detect([im])
     if isinstance(boxes, ImageError):
         return None
-    faces, _found = select_faces(boxes, im.shape[1], im.shape[0], stage.options)
+    faces, _found = select_faces(boxes, *image_size(im), stage.options)
     if not faces:
         return None
     return crop_faces(im, faces[:1], stage.options, stage.pre.size)[0]

@@ -66,7 +66,7 @@ class ImageStage:
             item.stage = self.name
         if items:
             with self._one_at_a_time:
-                _Reading(self, items).run()
+                _Reading(self, items, job.roots if job is not None else None).run()
 
     def record(self) -> dict | None:
         return None  # the decoder is the worker record's own field
@@ -77,16 +77,16 @@ class ImageStage:
         if close is not None:
             close()
 
-    def head(self, path: str) -> FileData | ImageError:
+    def head(self, path: str, roots: tuple[str, ...] | None = None) -> FileData | ImageError:
         try:
-            return read_head(path, self.max_file_bytes, store=self.store)
+            return read_head(path, self.max_file_bytes, store=self.store, roots=roots)
         except ImageError as exc:
             return exc
 
-    def whole(self, path: str, head: FileData) -> FileData | ImageError:
+    def whole(self, path: str, head: FileData, roots: tuple[str, ...] | None = None) -> FileData | ImageError:
         """The whole file, no more than the size its head saw (the budget was reserved for that)."""
         try:
-            f = read_head(path, self.max_file_bytes, head_bytes=head.size, store=self.store)
+            f = read_head(path, self.max_file_bytes, head_bytes=head.size, store=self.store, roots=roots)
         except ImageError as exc:
             return exc
         if f.size != head.size or len(f.data) != head.size:
@@ -97,14 +97,15 @@ class ImageStage:
 class _Reading:
     """One batch's items through reading and decoding (the state of :meth:`ImageStage.run`)."""
 
-    def __init__(self, stage: ImageStage, items: list[Item]) -> None:
+    def __init__(self, stage: ImageStage, items: list[Item], roots: tuple[str, ...] | None = None) -> None:
         self.stage = stage
         self.items = items
+        self.roots = roots  # the scan's reads stay under them (scanner.confine); None: not confined
         self.first: dict[str, int] = {}  # content hash -> the position that has those bytes first
 
     def run(self) -> None:
         stage, items = self.stage, self.items
-        heads = list(stage._pool.map(stage.head, [it.path for it in items]))
+        heads = list(stage._pool.map(lambda path: stage.head(path, self.roots), [it.path for it in items]))
         self._identity(heads)
         whole = [i for i, h in enumerate(heads) if isinstance(h, FileData) and len(h.data) >= h.size]
         copies = self._hashed(whole, (heads[i].data for i in whole))  # type: ignore[union-attr]
@@ -126,7 +127,7 @@ class _Reading:
     def _identity(self, heads: list[FileData | ImageError]) -> None:
         for item, head in zip(self.items, heads):
             if isinstance(head, ImageError):
-                item.size, item.mtime = stat_quietly(item.path)
+                item.size, item.mtime = stat_quietly(item.path, self.roots)
                 item.fail(head)
             else:
                 item.size, item.mtime, item.etag = head.size, head.mtime, head.etag
@@ -151,7 +152,7 @@ class _Reading:
                 i = rest.pop(0)
                 spent += heads[i].size
                 take.append(i)
-            full = dict(zip(take, stage._pool.map(lambda i: stage.whole(items[i].path, heads[i]), take)))
+            full = dict(zip(take, stage._pool.map(lambda i: stage.whole(items[i].path, heads[i], self.roots), take)))
             files = [i for i in take if not isinstance(full[i], ImageError)]
             copies = self._hashed(files, (full[i].data for i in files))
             for i in take:

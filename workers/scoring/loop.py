@@ -73,6 +73,7 @@ class Policy:
     depth: int = 2  # prepared batches waiting ahead of the score phase
     on_batch: BatchHook | None = None
     stop: threading.Event | None = None  # set: finish and commit the batch in flight, then stop
+    roots: tuple[str, ...] | None = None  # the scan's reads stay under these (scanner.confine); None: not confined
 
     def with_(self, **changes) -> "Policy":
         return replace(self, **changes)
@@ -168,12 +169,14 @@ def _tally(counts: Counter, rows: list[ResultRow]) -> None:
             counts[row.status] += 1
 
 
-def _prepared(ctx: ScanContext, chunks: Iterable[Chunk]) -> Iterator[tuple[Chunk, int, int, Batch]]:
+def _prepared(ctx: ScanContext, chunks: Iterable[Chunk], model_id: int,
+              roots: tuple[str, ...] | None = None) -> Iterator[tuple[Chunk, int, int, Batch]]:
     """Every chunk's batches in order, prepared, each with its chunk, its position and the chunk's batch count."""
     for chunk in chunks:
         parts = list(split(chunk.paths, ctx.batch_size, ctx.stages.cost))
+        job = Job(chunk.scan_id, model_id, ctx.verdict, roots=roots)
         for i, paths in enumerate(parts):
-            yield chunk, i, len(parts), ctx.stages.prepare(paths)
+            yield chunk, i, len(parts), ctx.stages.prepare(paths, job)
 
 
 def run_chunks(ctx: ScanContext, chunks: Iterable[Chunk], model_id: int, policy: Policy) -> list[ChunkResult] | None:
@@ -181,7 +184,7 @@ def run_chunks(ctx: ScanContext, chunks: Iterable[Chunk], model_id: int, policy:
     results: list[ChunkResult] = []
     run: _ChunkRun | None = None
     clock = time.perf_counter
-    stream = prefetch(_prepared(ctx, chunks), depth=policy.depth)
+    stream = prefetch(_prepared(ctx, chunks, model_id, policy.roots), depth=policy.depth)
     try:
         waited = clock()
         for chunk, index, count, batch in stream:
@@ -211,21 +214,30 @@ def _recorded(ctx: ScanContext, chunk: Chunk) -> Chunk:
     return Chunk(chunk.scan_id, chunk.seq, chunk.paths, chunk_id)
 
 
-def score_chunk(ctx: ScanContext, chunk: Chunk, model_id: int, on_batch: BatchHook | None = None) -> ChunkResult:
-    """Score every path of ``chunk`` (recorded by the producer) and commit its rows; the chunk ends ``done``."""
+def score_chunk(ctx: ScanContext, chunk: Chunk, model_id: int, on_batch: BatchHook | None = None,
+                roots: tuple[str, ...] | None = None) -> ChunkResult:
+    """Score every path of ``chunk`` (recorded by the producer) and commit its rows; the chunk ends ``done``.
+
+    ``roots``: the scan's reads stay under them (its walk followed no symbolic link; scanner.confine).
+    """
     if not chunk.paths:
         run = _ChunkRun(ctx, chunk, model_id, FLEET)
         run.write(finish=True)
         return run.result()
-    (result,) = run_chunks(ctx, [chunk], model_id, FLEET.with_(on_batch=on_batch))  # type: ignore[misc]
+    (result,) = run_chunks(ctx, [chunk], model_id, FLEET.with_(on_batch=on_batch, roots=roots))  # type: ignore[misc]
     return result
 
 
 def run_local_scan(ctx: ScanContext, scan_id: int, model_id: int, paths: Iterable[str], *,
-                   on_batch: BatchHook | None = None, stop: threading.Event | None = None) -> bool:
-    """Stream ``paths`` through the loop in this process; False if ``stop`` was set (the batch in flight commits)."""
+                   on_batch: BatchHook | None = None, stop: threading.Event | None = None,
+                   roots: tuple[str, ...] | None = None) -> bool:
+    """Stream ``paths`` through the loop in this process; False if ``stop`` was set (the batch in flight commits).
+
+    ``roots``: the scan's reads stay under them (scanner.confine).
+    """
     chunks = (Chunk(scan_id, seq, tuple(batch)) for seq, batch in enumerate(chunked(paths, ctx.settings.chunk_size)))
-    return run_chunks(ctx, chunks, model_id, EMBEDDED.with_(on_batch=on_batch, stop=stop)) is not None
+    policy = EMBEDDED.with_(on_batch=on_batch, stop=stop, roots=roots)
+    return run_chunks(ctx, chunks, model_id, policy) is not None
 
 
 def split(paths: Sequence[str], size: int, cost: Callable[[str], int] | None = None) -> Iterator[Sequence[str]]:

@@ -49,6 +49,12 @@ class Input:
     array: np.ndarray
 
 
+class Stamp(Protocol):
+    """What a stage learnt of an item that its row carries (workers.scoring.hashes.Hashed)."""
+
+    def stamp(self, row: ResultRow) -> ResultRow: ...
+
+
 class Payload(Protocol):
     """What a media stage made of one file."""
 
@@ -91,6 +97,7 @@ class Item:
     error: ImageError | None = None
     copy_of: int | None = None  # an earlier item of the batch with the same bytes: its row is this one's
     row: ResultRow | None = None  # decided without the model (a known verdict, no face)
+    hashes: "Stamp | None" = None  # its perceptual hashes and bank matches (workers.scoring.hashes)
 
     def fail(self, error: ImageError) -> None:
         self.error, self.payload = error, None
@@ -148,7 +155,7 @@ class Batch:
     def _own_row(item: Item, verdict: "Verdict", decided: "list[Decision | ImageError] | None",
                  now: datetime) -> ResultRow:
         if item.row is not None:
-            return item.row
+            return item.row if item.hashes is None else item.hashes.stamp(item.row)
         if item.error is None and decided is not None:
             failed = next((d for d in decided if isinstance(d, ImageError)), None)
             if failed is not None:
@@ -161,10 +168,10 @@ class Batch:
 
 
 def _stamped(row: ResultRow, item: Item) -> ResultRow:
-    """The file's identity (content hash, ETag) on its row."""
+    """The file's identity (content hash, ETag, perceptual hashes and bank matches) on its row."""
     if item.content_hash or item.etag:
-        return replace(row, content_hash=item.content_hash or row.content_hash, etag=item.etag or row.etag)
-    return row
+        row = replace(row, content_hash=item.content_hash or row.content_hash, etag=item.etag or row.etag)
+    return row if item.hashes is None else item.hashes.stamp(row)
 
 
 PHASES = ("prepare", "score")
@@ -180,6 +187,9 @@ class Job:
     # Content hash -> known verdict (workers.scoring.dedupe); None: no lookup (a bare batch).
     lookup: Callable[[list[str]], dict] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The real roots a scan that follows no symbolic link reads under (scanner.confine); None: not confined.
+    # The prepare-phase stages open files with it.
+    roots: tuple[str, ...] | None = None
 
 
 class Stage(Protocol):
@@ -223,6 +233,18 @@ def _known(res: "Resources") -> Stage | None:
     return KnownStage(res.settings.face_aggregation)
 
 
+def _hash(res: "Resources") -> Stage | None:
+    from dfscan.workers.scoring.hashes import hash_stage
+
+    return hash_stage(res)
+
+
+def _match(res: "Resources") -> Stage | None:
+    from dfscan.workers.scoring.matches import match_stage
+
+    return match_stage(res) if res.settings.pdq else None
+
+
 def _infer(res: "Resources") -> Stage | None:
     from dfscan.workers.scoring.verdict import InferStage
 
@@ -233,7 +255,9 @@ def _infer(res: "Resources") -> Stage | None:
 STAGES: tuple[StageEntry, ...] = (
     StageEntry("video", _video, "videos: T frames sampled, faces followed (faces on), sequences made"),
     StageEntry("images", _images, "images: read, hashed, copies found, decoded (faces on: detected and cropped)"),
+    StageEntry("hash", _hash, "images and whole video frames: PDQ from the decoded pixels (off: DFSCAN_PDQ=0)"),
     StageEntry("known", _known, "files whose bytes already have a row in this scan (or, reusing, an earlier one)"),
+    StageEntry("match", _match, "every hash against the enabled hash banks (faiss), before the model"),
     StageEntry("infer", _infer, "every input through the model in bounded calls; the one verdict"),
 )
 

@@ -217,8 +217,11 @@ class VideoStage:
         if not items:
             return
         paths = [item.path for item in items]
-        by_dali = self._sample_with_dali(paths)
-        for item, (out, size, mtime, etag) in zip(items, self._pool.map(self._prepare_one, paths, by_dali)):
+        roots = job.roots if job is not None else None
+        # DALI opens files by name: a scan confined to its roots (scanner.confine) samples with PyAV alone.
+        by_dali = self._sample_with_dali(paths) if roots is None else [None] * len(paths)
+        prepared = self._pool.map(lambda p, d: self._prepare_one(p, d, roots), paths, by_dali)
+        for item, (out, size, mtime, etag) in zip(items, prepared):
             item.stage, item.kind, item.size, item.mtime, item.etag = self.name, "video", size, mtime, etag
             if isinstance(out, ImageError):
                 item.fail(out)
@@ -243,7 +246,8 @@ class VideoStage:
             out[i] = video
         return out
 
-    def _prepare_one(self, path: str, sampled: SampledVideo | ImageError | None = None
+    def _prepare_one(self, path: str, sampled: SampledVideo | ImageError | None = None,
+                     roots: tuple[str, ...] | None = None
                      ) -> tuple[VideoItem | ImageError, int | None, float | None, str | None]:
         """The video's item or its error, and the size, mtime and etag (objects only) for its row."""
         etag = None
@@ -255,11 +259,11 @@ class VideoStage:
                 return VideoError(exc.code, exc.message), None, None, None
             size, mtime, etag = info.size, info.mtime, info.etag or None
         else:
-            size, mtime = stat_quietly(path)
+            size, mtime = stat_quietly(path, roots)
         try:
             video = sampled if sampled is not None else sample_video(
                 on_disk(path), self.options.frames, time_limit_s=self.options.time_limit_s,
-                max_side=self.options.max_side, max_pixels=self.pre.max_pixels, store=self.store)
+                max_side=self.options.max_side, max_pixels=self.pre.max_pixels, store=self.store, roots=roots)
             if isinstance(video, ImageError):
                 return video, size, mtime, etag
             return self._item(video), size, mtime, etag

@@ -109,7 +109,7 @@ def plan_frames(path: str, data: bytes, frames: int, *, time_limit_s: float = DE
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
     deadline = time.monotonic() + time_limit_s
-    spec = _container(path)
+    spec, _ = _container(path)  # not confined: no descriptor stays open
     try:
         container = av.open(io.BytesIO(data), format=spec.demuxer, metadata_errors="replace")
     except (av.error.FFmpegError, OSError, ValueError) as exc:

@@ -12,7 +12,9 @@ one does, never a decode of the whole stream.  The container's index
 closer than :data:`FORWARD_S` are decoded on to.
 
 PyAV opens the path itself and reads it in small blocks: a video is never
-read into memory whole, and may be larger than the image reader's limit.  An
+read into memory whole, and may be larger than the image reader's limit.  A
+scan confined to its roots (``roots``, :mod:`scanner.confine`) opens the file
+itself, with no symbolic link on its path, and hands PyAV that open file.  An
 ``s3://`` video is read the same way over HTTP, from a presigned URL, seeking
 with Range requests (:mod:`workers.video._objects`); its messages never hold
 that URL.
@@ -32,7 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -42,12 +43,14 @@ from typing import Any
 
 import numpy as np
 
+from dfscan.scanner.confine import root_of
 from dfscan.scanner.objects import is_object_url
 from dfscan.core.constants import DEFAULT_FRAMES, DEFAULT_MAX_PIXELS
 from dfscan.core.errors import first_line
 from dfscan.core.settings import DEFAULT_VIDEO_EXTENSIONS
 from dfscan.workers.video._containers import SIGNATURE_BYTES, ContainerSpec, container_for, what_else
-from dfscan.workers.reading.errors import VideoError
+from dfscan.workers.reading.errors import ImageError, VideoError
+from dfscan.workers.reading.reader import open_local
 
 # DEFAULT_MAX_PIXELS applies as for images: to the coded frame's pixels, checked before decoding.
 DEFAULT_TIME_LIMIT_S = 60.0
@@ -117,16 +120,17 @@ def sample_video(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     threads: int = 1,
     store=None,
+    roots: Sequence[str] | None = None,
 ) -> SampledVideo:
     """``frames`` frames of the video at ``path``, evenly spaced in time; raises :class:`VideoError`.
 
     ``path`` may be an ``s3://`` URL, read through ``store`` (a :class:`~dfscan.scanner.objects.ObjectStore`;
-    None: the default endpoint's).
+    None: the default endpoint's).  ``roots``: a file under them is opened with no link followed.
     """
     if frames < 1:
         raise ValueError(f"frames must be at least 1, got {frames}")
     deadline = time.monotonic() + time_limit_s
-    source, container = _open(path, time_limit_s, frames, store)
+    source, container = _open(path, time_limit_s, frames, store, roots)
     with _closing(container, source):
         return _Sampler(container, source.spec, frames, deadline, time_limit_s, max_side, max_pixels, threads).run()
 
@@ -163,6 +167,11 @@ class _Source:
     spec: ContainerSpec
     missing_index: Callable[[], str | None]  # why the container looks cut short (None: it doesn't)
     remote: Any = None  # the ObjectVideo of an s3:// video (workers.video._objects); None for a file
+    fd: int | None = None  # the file, opened here (a confined scan's); None: PyAV opens the path
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
 
     def error(self, exc: BaseException, path: str) -> VideoError:
         """The row's reason for a container FFmpeg refused to open."""
@@ -172,10 +181,11 @@ class _Source:
         return VideoError(found.code, self.remote.clean(found.message))
 
 
-def _open(path: str, time_limit_s: float, requested: int, store=None):
+def _open(path: str, time_limit_s: float, requested: int, store=None, roots: Sequence[str] | None = None):
     """The source and the open PyAV container (its one demuxer named); raises :class:`VideoError`."""
     import av
 
+    target: Any
     if is_object_url(path):
         from dfscan.scanner.objects import object_store
         from dfscan.workers.video._objects import open_object
@@ -183,15 +193,21 @@ def _open(path: str, time_limit_s: float, requested: int, store=None):
         video = open_object(path, store if store is not None else object_store(), time_limit_s)
         source, target, options = _Source(video.spec, video.missing_index, video), video.presigned, video.options
     else:
-        spec = _container(path)
-        source, target, options = _Source(spec, lambda: _local_missing_index(spec, path)), path, None
+        spec, fd = _container(path, roots)
+        source = _Source(spec, lambda: _local_missing_index(spec, path, fd), fd=fd)
+        # The open file itself (its /proc link names exactly that file, whatever the path now leads to).
+        target, options = path if fd is None else f"/proc/self/fd/{fd}", None
     try:
         container = av.open(target, format=source.spec.demuxer, options=options,
                             timeout=(time_limit_s, time_limit_s), metadata_errors="replace")
     except av.error.ExitError:
+        source.close()
         raise _timeout(time_limit_s, 0, requested) from None
     except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise source.error(exc, path) from None
+        try:
+            raise source.error(exc, path) from None
+        finally:
+            source.close()
     return source, container
 
 
@@ -210,26 +226,33 @@ def _closing(container, source: _Source):
         raise error from None
     finally:
         container.close()
+        source.close()
 
 
-def _container(path: str) -> ContainerSpec:
-    """The container spec from the file's first bytes; the reader's reasons for a file that can't be read."""
+def _container(path: str, roots: Sequence[str] | None = None) -> tuple[ContainerSpec, int | None]:
+    """The container spec from the file's first bytes; the reader's reasons for a file that can't be read.
+
+    Under ``roots`` the file stays open (reached with no link followed) and its descriptor comes back;
+    otherwise it is closed (None) and PyAV opens the path.
+    """
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise VideoError("not-regular", "not a regular file")
-        # O_NONBLOCK: should the path become a FIFO after the check, opening it must not wait for a writer.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        try:
-            head = os.read(fd, SIGNATURE_BYTES)
-        finally:
-            os.close(fd)
-    except FileNotFoundError:
-        raise VideoError("missing", "file not found (vanished since it was listed)") from None
-    except PermissionError:
-        raise VideoError("unreadable", "permission denied") from None
-    except IsADirectoryError:
-        raise VideoError("not-regular", "is a directory") from None
+        fd = open_local(path, roots)  # regular files only; O_NONBLOCK: a FIFO swapped in never blocks
+    except ImageError as exc:
+        raise VideoError(exc.code, exc.message) from None
+    try:
+        spec = _spec_of(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if root_of(path, roots) is None:
+        os.close(fd)
+        return spec, None
+    return spec, fd
+
+
+def _spec_of(fd: int) -> ContainerSpec:
+    try:
+        head = os.pread(fd, SIGNATURE_BYTES, 0)
     except OSError as exc:
         raise VideoError("unreadable", f"read failed: {exc.strerror or exc}") from None
     if not head:
@@ -240,9 +263,11 @@ def _container(path: str) -> ContainerSpec:
     return spec
 
 
-def _local_missing_index(spec: ContainerSpec, path: str) -> str | None:
+def _local_missing_index(spec: ContainerSpec, path: str, fd: int | None = None) -> str | None:
     if spec.missing_index is None:
         return None
+    if fd is not None:
+        return spec.missing_index(lambda offset, n: os.pread(fd, n, offset), os.fstat(fd).st_size)
     with open(path, "rb") as fh:
         def read_at(offset: int, n: int) -> bytes:
             fh.seek(offset)
