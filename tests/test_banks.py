@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import skimage.data
@@ -168,6 +169,31 @@ def test_import_export_strict_disable_and_an_empty_bank(tmp_path: Path, db_url: 
     assert missing.exit_code == 1 and "no hash bank named 'nope'" in missing.output
 
 
+def test_exact_banks_match_files_by_md5_and_sha256_images_and_videos_alike(tmp_path: Path, sqlite_url: str,
+                                                                         tiny_onnx_model: Path) -> None:  # noqa: F811
+    import hashlib
+
+    from tests._videos import write_video
+
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    photo("astronaut").save(folder / "astronaut.jpg", quality=90)
+    photo("coffee").save(folder / "coffee.jpg", quality=90)
+    video = write_video(folder / "clip.mp4", 8, size=(128, 96))
+    digest = {p.name: {k: hashlib.new(k, p.read_bytes()).hexdigest() for k in ("md5", "sha256")}
+              for p in folder.iterdir()}
+    for kind in ("md5", "sha256"):
+        (tmp_path / f"{kind}.txt").write_text(f"{digest['astronaut.jpg'][kind]},A-{kind}\n"
+                                              f"{digest['clip.mp4'][kind]},V-{kind}\n")
+        ok("bank", "create", kind, "--kind", kind, "--db", sqlite_url)
+        ok("bank", "import", kind, str(tmp_path / f"{kind}.txt"), "--db", sqlite_url)
+    rows, matches = scan_rows(sqlite_url, run_scan(sqlite_url, folder, tiny_onnx_model))
+    assert sorted((Path(m["path"]).name, m["ref"], m["distance"]) for m in matches) == [
+        ("astronaut.jpg", "A-md5", 0), ("astronaut.jpg", "A-sha256", 0),
+        ("clip.mp4", "V-md5", 0), ("clip.mp4", "V-sha256", 0)]
+    assert rows[str(video)]["matches"] == 2 and rows[str(folder / "coffee.jpg")]["matches"] == 0
+
+
 @pytest.mark.redis
 @pytest.mark.postgres
 def test_a_fleet_worker_matches_banks(tmp_path: Path, tiny_onnx_model: Path, redis_server,  # noqa: F811
@@ -236,6 +262,36 @@ def test_a_video_matches_at_its_frames_and_every_frame_has_its_hash(tmp_path: Pa
     assert set(by_ref) == {"astronaut", "coffee"}
     assert by_ref["astronaut"]["frame"] < by_ref["coffee"]["frame"]
     assert all(m["frame"] in hashes and m["distance"] <= 31 for m in matches)
+
+
+def test_with_faces_on_a_video_is_still_matched_and_each_face_row_has_its_frames_hash(
+        tmp_path: Path, sqlite_url: str, tiny_onnx_model: Path) -> None:  # noqa: F811
+    """Faces on keeps only face crops: the stage decodes the whole frames again at the scan's times."""
+    from tests._videos import write_face_video
+
+    placement = [(200, 60, 1.0)]
+    (tmp_path / "v").mkdir()
+    video = write_face_video(tmp_path / "v" / "faces.avi", 12, lambda i: placement, fps=6)
+    known = tmp_path / "known"
+    known.mkdir()
+    with av.open(str(video)) as container:  # the video's own first frame, banked as a still
+        next(container.decode(video=0)).to_image().save(known / "frame.png")
+    ok("bank", "create", "stills", "--db", sqlite_url)
+    ok("bank", "add", "stills", str(known), "--db", sqlite_url)
+    out = ok("scan", str(tmp_path / "v"), "--model", str(tiny_onnx_model), "--db", sqlite_url, "--faces", "on",
+             "--json")
+    scan_id = json.loads(out.stdout)["scan_id"]
+    rows, matches = scan_rows(sqlite_url, scan_id)
+    assert rows[str(video)]["faces"] and rows[str(video)]["matches"] == 1  # identical frames: matched once
+    assert [Path(m["ref"]).name for m in matches] == ["frame.png"] and matches[0]["distance"] <= 31
+    engine = db.make_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            frames = conn.execute(text("SELECT track, frame_index, pdq FROM scan_frames WHERE scan_id = :s"),
+                                  {"s": scan_id}).all()
+    finally:
+        engine.dispose()
+    assert frames and all(pdq and len(pdq) == 64 for _, _, pdq in frames)
 
 
 @pytest.mark.timeout(240)

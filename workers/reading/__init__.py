@@ -11,6 +11,7 @@ from dfscan.workers.reading.reader import (
     MAX_FILE_BYTES,
     FileData,
     Header,
+    file_digests,
     read_file,
     read_head,
     sniff,
@@ -19,5 +20,5 @@ from dfscan.workers.reading.reader import (
 
 __all__ = [
     "HEAD_BYTES", "MAX_FILE_BYTES", "REASONS", "DecoderUnavailable", "FileData", "Header", "ImageError",
-    "UnknownDecoder", "VideoError", "read_file", "read_head", "sniff", "stat_quietly",
+    "UnknownDecoder", "VideoError", "file_digests", "read_file", "read_head", "sniff", "stat_quietly",
 ]

@@ -20,6 +20,7 @@ limit is refused without decoding anything.  Nothing here decodes pixels.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import struct
@@ -63,6 +64,32 @@ def read_file(path: str, max_bytes: int = MAX_FILE_BYTES, store: ObjectStore | N
     ``path`` is the stored form of the name (see :mod:`scanner.paths`).
     """
     return read_head(path, max_bytes, head_bytes=max_bytes, store=store, roots=roots)
+
+
+def file_digests(path: str, algorithms: Sequence[str], *, store: ObjectStore | None = None,
+                 roots: Sequence[str] | None = None, chunk_bytes: int = 1 << 20) -> dict[str, str]:
+    """Hex digests (hashlib names: ``md5``, ``sha256``) of the whole file, read in chunks; raises :class:`ImageError`.
+
+    For exact hash banks of files of any size (a video's bytes are never read whole); an ``s3://`` object is
+    read whole, up to :data:`MAX_FILE_BYTES`.
+    """
+    digests = {name: hashlib.new(name) for name in algorithms}
+    disk = on_disk(path)
+    if is_object_url(disk):
+        data = read_file(path, MAX_FILE_BYTES, store=store).data
+        for h in digests.values():
+            h.update(data)
+        return {name: h.hexdigest() for name, h in digests.items()}
+    fd = open_local(disk, roots)
+    try:
+        while chunk := os.read(fd, chunk_bytes):
+            for h in digests.values():
+                h.update(chunk)
+    except OSError as exc:
+        raise _os_error(exc) from None
+    finally:
+        os.close(fd)
+    return {name: h.hexdigest() for name, h in digests.items()}
 
 
 def read_head(path: str, max_bytes: int = MAX_FILE_BYTES, head_bytes: int = HEAD_BYTES,

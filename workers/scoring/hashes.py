@@ -6,8 +6,10 @@ a video's whole frames (faces off) as they wait for the model.  Those are at
 the model's input size (224 x 224 for the product's model): PDQ of them is
 within a few bits of the full-size image's for photographs (measured: 6-22 of
 256 on scikit-image's photographs; HMA matches within 31).  With faces on the
-decoder keeps only face crops, so the stage decodes the file's whole image
-again, at full size.  A video's frames are deduplicated as vPDQ does: a frame
+decoders keep only face crops, so the stage decodes the file's whole image
+again, at full size, and a video's frames at the times the scan sampled
+(every frame row of a frame, one per face, carries that frame's hash).  A
+video's frames are deduplicated as vPDQ does: a frame
 within :data:`~dfscan.workers.hashing.MATCH_DISTANCE` of an earlier frame of
 the same video is not matched again.  The match itself is the score phase's
 (:mod:`.matches`); :class:`Hashed` puts the hashes and matches on the row.
@@ -20,13 +22,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dfscan.db.records import FrameRow, MatchRow, ResultRow
+from dfscan.db.records import MatchRow, ResultRow
 from dfscan.workers.hashing import MATCH_DISTANCE, MIN_QUALITY, PdqHash, hamming, pdq
 from dfscan.workers.images import Preprocess
 from dfscan.workers.images.decode import load_rgb
 from dfscan.workers.reading import MAX_FILE_BYTES, ImageError, read_head
 from dfscan.workers.scoring.stages import Batch, Item, TensorPayload
 from dfscan.workers.scoring.video_stage import VideoItem
+from dfscan.workers.video.sample import frames_at
 
 if TYPE_CHECKING:
     from dfscan.workers.scoring.context import Resources
@@ -68,18 +71,13 @@ class Hashed:
             changes.update(pdq=self.image.hex, pdq_quality=self.image.quality)
         if self.frames and row.frame_rows:
             by_index = {index: h.hex for index, h in self.frames}
-            changes["frame_rows"] = tuple(
-                replace(f, pdq=by_index.get(f.frame_index)) if _whole(f) else f for f in row.frame_rows)
+            changes["frame_rows"] = tuple(replace(f, pdq=by_index.get(f.frame_index)) for f in row.frame_rows)
         if self.matched:
             changes.update(matches=len(self.match_rows), match_rows=tuple(self.match_rows))
         note = self.note()
         if note is not None:
             changes["notes"] = f"{row.notes}; {note}" if row.notes else note
         return replace(row, **changes) if changes else row
-
-
-def _whole(frame: FrameRow) -> bool:
-    return frame.track == 0 and frame.x is None
 
 
 def pixels_of_tensor(tensor: np.ndarray, pre: Preprocess) -> np.ndarray:
@@ -122,11 +120,18 @@ class HashStage:
             return Hashed(image=pdq(pixels_of_tensor(payload.tensor, self.pre), dihedral=self.dihedral))
         if isinstance(payload, VideoItem):
             whole = [t for t in payload.tracks if all(box is None for box in t.boxes)]
-            if not whole:
-                return None  # faces on: only face crops were kept
-            return Hashed(frames=[(index, pdq(frame)) for index, frame in zip(payload.indices, whole[0].crops)])
+            if whole:
+                return Hashed(frames=[(index, pdq(frame)) for index, frame in zip(payload.indices, whole[0].crops)])
+            return self._frames_again(item.path, payload, roots)
         f = read_head(item.path, MAX_FILE_BYTES, head_bytes=max(item.size or 0, 1), store=self.store, roots=roots)
         return Hashed(image=pdq_of_bytes(f.data, self.pre.max_pixels, dihedral=self.dihedral))
+
+    def _frames_again(self, path: str, video: VideoItem, roots: tuple[str, ...] | None) -> Hashed | None:
+        """Faces on: only face crops were kept, so the whole frames at the times the scan took are decoded again."""
+        if not video.timestamps_s:
+            return None
+        again = frames_at(path, video.timestamps_s, store=self.store, roots=roots, max_pixels=self.pre.max_pixels)
+        return Hashed(frames=[(video.indices[target], pdq(frame)) for target, frame in zip(again.indices, again.frames)])
 
     def record(self) -> dict | None:
         return {"pdq": True, "dihedral": self.dihedral}

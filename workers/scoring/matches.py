@@ -6,8 +6,9 @@ enabled banks' versions: a bank that was imported into, enabled or disabled
 since is rebuilt, a dropped or disabled one forgotten.  An image's PDQ (and,
 with dihedral hashes on, its seven rotations and mirrors) is matched within
 each bank's distance, a video's distinct frames likewise (each match says its
-frame), and every file's SHA-256 against the exact SHA-256 banks (MD5 banks
-are matched by ``POST /v1/match`` only: a scan keeps no MD5 of its files).  A hash of
+frame), and every file's SHA-256 and MD5 against the exact banks of that kind
+(the SHA-256 the image stage took for copies; a file's bytes are read again,
+in chunks, only for a digest it lacks while such a bank is enabled).  A hash of
 quality under 50 is kept on the row but not matched, and its row says so.
 A batch without a job (no scan) is not matched.
 """
@@ -24,6 +25,7 @@ from dfscan import db
 from dfscan.db import banks
 from dfscan.db.records import MatchRow
 from dfscan.workers.hashing import BankData, Found, Matcher, PdqHash, nearest_per_entry
+from dfscan.workers.reading import ImageError, file_digests
 from dfscan.workers.scoring.hashes import Hashed
 from dfscan.workers.scoring.stages import Batch, Item
 
@@ -31,15 +33,18 @@ if TYPE_CHECKING:
     from dfscan.workers.scoring.context import Resources
     from dfscan.workers.scoring.stages import Job
 
-__all__ = ["MatchStage", "bank_matcher", "match_file", "match_stage"]
+EXACT_KINDS = ("sha256", "md5")  # hashlib names, as exact banks are kinds
+
+__all__ = ["EXACT_KINDS", "MatchStage", "bank_matcher", "match_file", "match_stage"]
 
 
 class MatchStage:
     name = "match"
     phase = "score"
 
-    def __init__(self, db_url: str, retry_seconds: float = 120.0) -> None:
+    def __init__(self, db_url: str, retry_seconds: float = 120.0, store=None) -> None:
         self.db_url = db_url
+        self.store = store  # reads s3:// objects for their exact digests
         self.retry_seconds = retry_seconds
         self._engine = None
         self._sessions = None
@@ -64,11 +69,22 @@ class MatchStage:
                 return
             for item in batch.items:
                 if item.copy_of is None:
-                    self._match(item)
+                    self._match(item, job.roots)
 
-    def _match(self, item: Item) -> None:
+    def _exact(self, item: Item, roots: tuple[str, ...] | None) -> dict[str, str]:
+        """The file's digests of the kinds an enabled exact bank holds (none for a file that can't be read)."""
+        known = {"sha256": item.content_hash} if item.content_hash else {}
+        missing = [kind for kind in EXACT_KINDS if kind in self.matcher.kinds() and kind not in known]
+        if missing and item.error is None:
+            try:
+                known.update(file_digests(item.path, missing, store=self.store, roots=roots))
+            except ImageError:
+                pass  # the row already says why the file can't be read, or it was scored from what was read
+        return known
+
+    def _match(self, item: Item, roots: tuple[str, ...] | None) -> None:
         hashed = item.hashes
-        exact = {"sha256": item.content_hash} if item.content_hash else {}
+        exact = self._exact(item, roots)
         looked, found = match_file(self.matcher, hashed.image if hashed is not None else None, exact)
         pairs: list[tuple[Found, int | None]] = [(f, None) for f in found]
         if hashed is not None and hashed.frames and "pdq" in self.matcher.kinds():
@@ -142,4 +158,4 @@ def bank_matcher(open_session: Callable[[], Session], retry_seconds: float = 120
 
 
 def match_stage(res: "Resources") -> MatchStage | None:
-    return MatchStage(res.settings.db_url, res.settings.db_retry_seconds)
+    return MatchStage(res.settings.db_url, res.settings.db_retry_seconds, store=res.store)

@@ -143,14 +143,15 @@ def frames_at(
     max_side: int | None = DEFAULT_MAX_SIDE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     store=None,
+    roots: Sequence[str] | None = None,
 ) -> SampledVideo:
     """The frames on screen at ``times_s`` (seconds from the stream's start, ascending): a scan's stored
-    timestamps give back the frames it scored (the report's strip).  Same errors and ``store`` as
-    :func:`sample_video`."""
+    timestamps give back the frames it scored (the report's strip, the hash stage with faces on).  Same
+    errors, ``store`` and ``roots`` as :func:`sample_video`."""
     if not times_s:
         raise ValueError("no times given")
     deadline = time.monotonic() + time_limit_s
-    source, container = _open(path, time_limit_s, len(times_s), store)
+    source, container = _open(path, time_limit_s, len(times_s), store, roots)
     with _closing(container, source):
         sampler = _Sampler(container, source.spec, len(times_s), deadline, time_limit_s, max_side, max_pixels, 1)
         sampler.at_s = sorted(float(t) for t in times_s)
