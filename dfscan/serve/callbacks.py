@@ -51,7 +51,7 @@ from dfscan.serve.addresses import AddressPolicy, Target
 from dfscan.serve.errors import CallbackRefused
 from dfscan.core.settings import Settings
 
-__all__ = ["CallbackDispatcher", "post", "sign"]
+__all__ = ["CallbackDispatcher", "Deliveries", "post", "sign"]
 
 log = logging.getLogger("dfscan.serve")
 
@@ -178,14 +178,19 @@ def post(target: Target, body: bytes, headers: dict[str, str], *, deadline_s: fl
     return f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
 
 
-class CallbackDispatcher:
-    def __init__(self, sessions: sessionmaker[Session], *, max_attempts: int, summary: Callable[[Session, int], dict],
-                 busy: Callable[[], set[int]], settings: Settings | None = None, poll_s: float = 0.5) -> None:
-        settings = settings or Settings()
+class Deliveries:
+    """Signed POSTs the database says are due: one thread polls, a small pool sends, one delivery per key at once.
+
+    A subclass says what is due (:meth:`due`), which key a delivery is kept apart by (:meth:`key`) and how one is
+    claimed, made and recorded (:meth:`deliver`, which sends with :meth:`send`).
+    """
+
+    kind = "delivery"  # for the log
+
+    def __init__(self, sessions: sessionmaker[Session], settings: Settings, *, max_attempts: int,
+                 poll_s: float = 0.5) -> None:
         self.sessions = sessions
         self.max_attempts = max_attempts
-        self.summary = summary
-        self.busy = busy  # scans still finishing in this process: wait for their last batch
         self.policy = AddressPolicy(settings.callback_allow)
         self.poll_s = poll_s
         self.deadline_s = settings.callback_deadline_s
@@ -194,12 +199,17 @@ class CallbackDispatcher:
         self._tls = ssl.create_default_context()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._in_flight: set[int] = set()
-        self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="callback")
-        self._thread = threading.Thread(target=self._loop, name="callbacks", daemon=True)
+        self._in_flight: set = set()
+        self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix=self.kind)
+        self._thread = threading.Thread(target=self._loop, name=f"{self.kind}s", daemon=True)
+
+    @property
+    def lease_s(self) -> float:
+        """How long a claimed delivery is this server's: longer than any try of it takes."""
+        return 60.0 + 2 * self.deadline_s
 
     def check_url(self, url: str) -> None:
-        """Raise :class:`CallbackRefused` for a URL no delivery would reach (checked when a scan is submitted)."""
+        """Raise :class:`CallbackRefused` for a URL no delivery would reach (checked when it is submitted)."""
         self.policy.check(url)
 
     def start(self) -> None:
@@ -210,62 +220,93 @@ class CallbackDispatcher:
         self._thread.join(timeout=15)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def due(self) -> list:
+        raise NotImplementedError
+
+    def key(self, item) -> object:
+        raise NotImplementedError
+
+    def deliver(self, item) -> None:
+        raise NotImplementedError
+
+    def send(self, url: str, secret: str, body: bytes, scan_id: int) -> str | None:
+        """POST ``body`` signed with ``secret`` to ``url`` once its address is checked; None or a short reason."""
+        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body),
+                   "X-Dfscan-Scan-Id": str(scan_id), "User-Agent": "dfscan-serve"}
+        try:
+            target = self.policy.check(url)
+        except CallbackRefused as exc:
+            return str(exc)
+        return post(target, body, headers, deadline_s=self.deadline_s, max_response_bytes=self.max_response_bytes,
+                    tls=self._tls)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                with self.sessions.begin() as session:
-                    revoked = give_up_revoked(session)
-                if revoked:
-                    log.warning("%s callback(s) given up: their API key is revoked", revoked)
-                with self.sessions() as session:
-                    due = due_callbacks(session, max_attempts=self.max_attempts)
-                busy = self.busy()
-                for callback in due:
-                    if callback.scan_id not in busy and not self._stop.is_set():
-                        self._submit(callback)
+                for item in self.due():
+                    if not self._stop.is_set():
+                        self._submit(item)
             except Exception:  # noqa: BLE001 - a database hiccup: try again at the next poll
-                log.exception("callback dispatch failed; retrying")
+                log.exception("%s dispatch failed; retrying", self.kind)
             self._stop.wait(self.poll_s)
 
-    def _submit(self, callback: DueCallback) -> None:
+    def _submit(self, item) -> None:
+        key = self.key(item)
         with self._lock:
-            if callback.scan_id in self._in_flight or len(self._in_flight) >= self.parallel:
+            if key in self._in_flight or len(self._in_flight) >= self.parallel:
                 return
-            self._in_flight.add(callback.scan_id)
-        self._pool.submit(self._deliver_once, callback)
+            self._in_flight.add(key)
+        self._pool.submit(self._deliver_once, item, key)
 
-    def _deliver_once(self, callback: DueCallback) -> None:
+    def _deliver_once(self, item, key: object) -> None:
         try:
-            self._deliver(callback)
-        except Exception:  # noqa: BLE001 - a database hiccup: the callback is due again after its lease
-            log.exception("callback delivery for scan %s failed; retrying", callback.scan_id)
+            self.deliver(item)
+        except Exception:  # noqa: BLE001 - a database hiccup: the delivery is due again after its lease
+            log.exception("%s %s failed; retrying", self.kind, key)
         finally:
             with self._lock:
-                self._in_flight.discard(callback.scan_id)
+                self._in_flight.discard(key)
 
-    def _deliver(self, callback: DueCallback) -> None:
+
+class CallbackDispatcher(Deliveries):
+    """A scan's summary to its callback URL once the scan ends, signed with its API key's secret."""
+
+    kind = "callback"
+
+    def __init__(self, sessions: sessionmaker[Session], *, max_attempts: int, summary: Callable[[Session, int], dict],
+                 busy: Callable[[], set[int]], settings: Settings | None = None, poll_s: float = 0.5) -> None:
+        super().__init__(sessions, settings or Settings(), max_attempts=max_attempts, poll_s=poll_s)
+        self.summary = summary
+        self.busy = busy  # scans still finishing in this process: wait for their last batch
+
+    def due(self) -> list[DueCallback]:
         with self.sessions.begin() as session:
-            if not claim_callback(session, scan_id=callback.scan_id, lease_s=60.0 + 2 * self.deadline_s):
+            revoked = give_up_revoked(session)
+        if revoked:
+            log.warning("%s callback(s) given up: their API key is revoked", revoked)
+        with self.sessions() as session:
+            due = due_callbacks(session, max_attempts=self.max_attempts)
+        busy = self.busy()
+        return [callback for callback in due if callback.scan_id not in busy]
+
+    def key(self, item: DueCallback) -> object:
+        return item.scan_id
+
+    def deliver(self, item: DueCallback) -> None:
+        with self.sessions.begin() as session:
+            if not claim_callback(session, scan_id=item.scan_id, lease_s=self.lease_s):
                 return  # another server took it, or its key was revoked
         with self.sessions() as session:
             body = json.dumps({"event": "scan.finished", "sent_at": datetime.now(timezone.utc).isoformat(),
-                               "scan": self.summary(session, callback.scan_id)},
+                               "scan": self.summary(session, item.scan_id)},
                               default=str, sort_keys=True).encode()
-        headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(callback.signing_secret, body),
-                   "X-Dfscan-Scan-Id": str(callback.scan_id), "User-Agent": "dfscan-serve"}
-        try:
-            target = self.policy.check(callback.url)
-        except CallbackRefused as exc:
-            error: str | None = str(exc)
-        else:
-            error = post(target, body, headers, deadline_s=self.deadline_s,
-                         max_response_bytes=self.max_response_bytes, tls=self._tls)
+        error = self.send(item.url, item.signing_secret, body, item.scan_id)
         with self.sessions.begin() as session:
-            record_callback_attempt(session, scan_id=callback.scan_id, error=error, max_attempts=self.max_attempts,
-                                    backoff_s=backoff_s(callback.attempts + 1))
+            record_callback_attempt(session, scan_id=item.scan_id, error=error, max_attempts=self.max_attempts,
+                                    backoff_s=backoff_s(item.attempts + 1))
         if error is not None:
-            log.warning("callback for scan %s to %s failed (attempt %s): %s", callback.scan_id,
-                        mask_callback_url(callback.url), callback.attempts + 1, error)
+            log.warning("callback for scan %s to %s failed (attempt %s): %s", item.scan_id,
+                        mask_callback_url(item.url), item.attempts + 1, error)
 
 
 def summary_dict(session: Session, scan_id: int) -> dict:
