@@ -7,7 +7,8 @@ asked every 50 ms and must always answer (its latency is printed and checked
 generously against the issue's 100 ms goal); uploads past a key's limit, or
 the server's, get 429 with Retry-After; scans past ``--max-scans`` say
 ``queued`` and then complete with every row; and a made-up HTTP method adds no
-metric series.
+metric series. Twenty whole-scan result streams whose clients stop reading
+leave the database pool to other requests.
 """
 
 from __future__ import annotations
@@ -181,3 +182,67 @@ def test_serve_refuses_bad_limits_with_a_message(args: list[str], env: dict[str,
                                                   tiny_onnx_model: Path) -> None:  # noqa: F811
     res = CliRunner().invoke(main, ["serve", "--model", str(tiny_onnx_model), *args], env=env)
     assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output, res.output
+
+
+N_STREAMS = 20  # more than the database pool's 5 + 10 connections
+STREAM_ROWS = 40_000  # a whole-scan stream far longer than the socket buffers: the server must wait on the client
+
+
+def _stalled_stream(url: str, token: str, scan_id: int) -> socket.socket:
+    """``limit=0``: every row, streamed to a client that reads the first bytes and then nothing more."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect((host, int(port)))
+    sock.sendall(f"GET /v1/scans/{scan_id}/results?limit=0 HTTP/1.1\r\nHost: x\r\n"
+                 f"Authorization: Bearer {token}\r\n\r\n".encode())
+    assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+@pytest.mark.timeout(300)
+def test_result_streams_hold_no_database_connection_while_the_client_reads(
+        sqlite_url: str, tiny_onnx_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Clients that stop reading whole-scan streams leave the database to everyone else's requests."""
+    from datetime import datetime, timezone
+
+    from dfscan import db
+    from dfscan.db.api_keys import set_scan_owner
+
+    res = CliRunner().invoke(main, ["api-key", "create", "--name", "reader", "--db", sqlite_url, "--json"],
+                             catch_exceptions=False)
+    key = json.loads(res.output)
+    engine = db.make_engine(sqlite_url)
+    try:
+        sessions = db.session_factory(engine)
+        now = datetime.now(timezone.utc)
+        with sessions.begin() as s:
+            model_id = db.get_or_create_model(s, sha256="e" * 64, name="m", path="/m.onnx", info={})
+            scan_id = db.create_scan(s, name="big", roots=["/archive"], model_id=model_id, threshold=0.5, settings={})
+            set_scan_owner(s, scan_id, key["id"])
+            db.write_batch(s, scan_id=scan_id, model_id=model_id, rows=[
+                db.ResultRow(f"/archive/folder-{i // 1000:03d}/image-{i:06d}.jpg", 1, 0.0, "ok", "real", 0.25, 0.5,
+                             None, None, now) for i in range(STREAM_ROWS)])
+    finally:
+        engine.dispose()
+    (tmp_path / "storage").mkdir()
+    proc, url = _serve(tiny_onnx_model, sqlite_url, tmp_path / "storage", tmp_path / "serve.log")
+    streams: list[socket.socket] = []
+    try:
+        streams = [_stalled_stream(url, key["token"], scan_id) for _ in range(N_STREAMS)]
+        auth = {"Authorization": f"Bearer {key['token']}"}
+        # Each stalled stream holding a pooled connection would leave this waiting for the pool's 30 s timeout.
+        answer = httpx.get(f"{url}/v1/scans/{scan_id}", headers=auth, timeout=20)
+        assert answer.status_code == 200 and answer.json()["total"] == STREAM_ROWS
+        for sock in streams:
+            sock.close()
+        streams = []
+        full = httpx.get(f"{url}/v1/scans/{scan_id}/results", params={"limit": 0, "format": "csv"}, headers=auth,
+                         timeout=120)
+        assert full.status_code == 200 and len(full.text.splitlines()) == STREAM_ROWS + 1  # the header line
+    finally:
+        for sock in streams:
+            sock.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
