@@ -34,7 +34,8 @@ from .engine import make_engine, session_factory
 from .errors import ChunkNotFound, DatabaseError, DatabaseURLError, ScanNotFound
 from .explanations import Explanation, ExplanationRow, explanations_for, write_explanations
 from .migrate import downgrade, upgrade
-from .records import FINISHED, FaceRow, FrameRow, ResultRow, ScanSummary
+from .provenance import iter_provenance
+from .records import FINISHED, FaceRow, FrameRow, ProvenanceRow, ResultRow, ScanSummary
 from .results import existing_paths, iter_faces, iter_frames, iter_results, write_batch
 from .retry import is_transient, retry_db
 from .scans import (
@@ -64,6 +65,7 @@ __all__ = [
     "ExplanationRow",
     "FaceRow",
     "FrameRow",
+    "ProvenanceRow",
     "ResultRow",
     "ScanHead",
     "ScanNotFound",
@@ -84,6 +86,7 @@ __all__ = [
     "is_transient",
     "iter_faces",
     "iter_frames",
+    "iter_provenance",
     "iter_results",
     "known_verdicts",
     "latest_scan_id",

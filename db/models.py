@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Double,
@@ -26,7 +27,8 @@ from ._types import BigIntPK, JSONDoc, UTCDateTime, utcnow
 
 __all__ = ["ApiKey", "Base", "Chunk", "Model", "Result", "ResultFace", "ResultFrame", "Scan", "ScanCallback",
            "ScanWorker", "scan_faces", "scan_frames", "scan_results",
-           "BankHash", "HashBank", "MatchNotice", "ResultMatch", "scan_matches"]
+           "BankHash", "HashBank", "MatchNotice", "ResultMatch", "scan_matches",
+           "ResultProvenance", "scan_provenance"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -203,6 +205,8 @@ class Result(Base):
     pdq: Mapped[str | None] = mapped_column(String(64))
     pdq_quality: Mapped[int | None]
     matches: Mapped[int | None]
+    # Migration 0015: what the file declares about its origin (result_provenance); NULL: not read.
+    synthetic_declared: Mapped[bool | None]
 
 
 class ResultFrame(Base):
@@ -253,7 +257,7 @@ class ResultFace(Base):
 VIEW_COLUMNS = (
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
     "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes", "content_hash", "verdict_source",
-    "etag", "pdq", "pdq_quality", "matches",
+    "etag", "pdq", "pdq_quality", "matches", "synthetic_declared",
 )  # fmt: skip
 scan_results = Table(
     "scan_results",
@@ -279,6 +283,7 @@ scan_results = Table(
     Column("pdq", String(64)),
     Column("pdq_quality", Integer),
     Column("matches", Integer),
+    Column("synthetic_declared", Boolean),
 )
 assert tuple(scan_results.c.keys()) == VIEW_COLUMNS
 
@@ -457,3 +462,60 @@ scan_matches = Table(
     Column("frame", Integer),
 )
 assert tuple(scan_matches.c.keys()) == MATCH_VIEW_COLUMNS
+
+
+PROVENANCE_C2PA = ("none", "embedded", "remote", "error")
+PROVENANCE_C2PA_STATES = ("valid", "invalid", "trusted")
+
+
+class ResultProvenance(Base):
+    """What one file of a scan says about its own origin (migration 0015; dfscan.workers.provenance).
+
+    ``generator`` is the first of the claim generator, the generator named by settings left in the file,
+    the XMP CreatorTool and the EXIF Software; ``error`` says why reading failed where ``c2pa`` is 'error'.
+    """
+
+    __tablename__ = "result_provenance"
+    __table_args__ = (
+        UniqueConstraint("scan_id", "path"),
+        CheckConstraint("c2pa IN ('none', 'embedded', 'remote', 'error')", name="c2pa"),
+        CheckConstraint("c2pa_state IS NULL OR c2pa_state IN ('valid', 'invalid', 'trusted')", name="c2pa_state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    c2pa: Mapped[str] = mapped_column(String(8))
+    c2pa_state: Mapped[str | None] = mapped_column(String(8))
+    c2pa_codes: Mapped[str | None] = mapped_column(Text)  # the failure codes, comma-separated
+    signer: Mapped[str | None] = mapped_column(Text)  # the signing certificate's common name
+    issuer: Mapped[str | None] = mapped_column(Text)  # its issuer's common name
+    generator: Mapped[str | None] = mapped_column(Text)
+    claim_generator: Mapped[str | None] = mapped_column(Text)
+    creator_tool: Mapped[str | None] = mapped_column(Text)  # XMP CreatorTool or EXIF Software
+    settings_key: Mapped[str | None] = mapped_column(String(32))  # 'parameters', 'prompt', 'workflow', 'UserComment'
+    source_type: Mapped[str | None] = mapped_column(String(64))  # the IPTC term's short name
+    watermark: Mapped[str | None] = mapped_column(String(32))
+    watermark_ber: Mapped[float | None] = mapped_column(Double)
+    synthetic_declared: Mapped[bool]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+PROVENANCE_VIEW_COLUMNS = ("scan_id", "path", "c2pa", "c2pa_state", "c2pa_codes", "signer", "generator",
+                           "source_type", "watermark", "watermark_ber", "synthetic_declared")
+scan_provenance = Table(
+    "scan_provenance",
+    MetaData(),
+    Column("scan_id", Integer),
+    Column("path", Text),
+    Column("c2pa", String(8)),
+    Column("c2pa_state", String(8)),
+    Column("c2pa_codes", Text),
+    Column("signer", Text),
+    Column("generator", Text),
+    Column("source_type", String(64)),
+    Column("watermark", String(32)),
+    Column("watermark_ber", Double),
+    Column("synthetic_declared", Boolean),
+)
+assert tuple(scan_provenance.c.keys()) == PROVENANCE_VIEW_COLUMNS

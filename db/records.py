@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 __all__ = ["CHUNK_STATUSES", "FINISHED", "RESULT_KINDS", "RESULT_LABELS", "RESULT_STATUSES", "SCAN_END_STATUSES",
-           "VERDICT_SOURCES", "FaceRow", "FrameRow", "MatchRow", "ResultRow", "ScanSummary"]  # fmt: skip
+           "VERDICT_SOURCES", "FaceRow", "FrameRow", "MatchRow", "ProvenanceRow", "ResultRow", "ScanSummary"]  # fmt: skip
 
 # ``no-face``: faces were on and the image has none worth scoring; neither a verdict nor an error.
 RESULT_STATUSES = ("ok", "error", "no-face")
@@ -74,6 +74,40 @@ class MatchRow:
     frame: int | None = None  # the video frame's index; None for an image
 
 
+PROVENANCE_C2PA = ("none", "embedded", "remote", "error")
+PROVENANCE_C2PA_STATES = ("valid", "invalid", "trusted")
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenanceRow:
+    """What a file says about its own origin (``result_provenance``; dfscan.workers.provenance).
+
+    ``c2pa``: 'none', 'embedded', 'remote' (pointed to, never fetched) or 'error' (``error`` says why: any
+    reader that failed, the others' findings kept).  ``codes``: the C2PA failure codes, comma-separated.
+    """
+
+    c2pa: str = "none"
+    c2pa_state: str | None = None
+    codes: str | None = None
+    signer: str | None = None
+    issuer: str | None = None
+    generator: str | None = None
+    claim_generator: str | None = None
+    creator_tool: str | None = None
+    settings_key: str | None = None
+    source_type: str | None = None
+    watermark: str | None = None
+    watermark_ber: float | None = None
+    synthetic_declared: bool = False
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.c2pa not in PROVENANCE_C2PA:
+            raise ValueError(f"c2pa {self.c2pa!r} not in {PROVENANCE_C2PA}")
+        if self.c2pa_state is not None and self.c2pa_state not in PROVENANCE_C2PA_STATES:
+            raise ValueError(f"c2pa_state {self.c2pa_state!r} not in {PROVENANCE_C2PA_STATES}")
+
+
 @dataclass(frozen=True, slots=True)
 class ResultRow:
     """The verdict for one image, or the reason it has none (``status="error"``)."""
@@ -109,6 +143,9 @@ class ResultRow:
     pdq_quality: int | None = None
     matches: int | None = None
     match_rows: tuple[MatchRow, ...] = ()
+    # What the file declares about its origin (dfscan.workers.scoring.provenance); None: not read.
+    synthetic_declared: bool | None = None
+    provenance: ProvenanceRow | None = None
 
     def __post_init__(self) -> None:
         # Checked here so that a bad row fails in the worker that made it, with
@@ -176,6 +213,11 @@ class ScanSummary:
     # Hash banks: files that matched a bank entry, and their matches in all (scan_matches).
     matched: int = 0
     matches: int = 0
+    # Provenance (scan_provenance): files with a C2PA manifest (embedded, or pointed to remotely), manifests
+    # whose validation failed, and files that declare themselves synthetic (results.synthetic_declared).
+    manifests: int = 0
+    invalid_manifests: int = 0
+    declared_synthetic: int = 0
 
     @property
     def images_done(self) -> int:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import and_, delete, insert, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -15,11 +15,13 @@ from sqlalchemy.orm import Session
 from ._dialects import dialect_name, insert_for
 from ._pgcopy import UNIQUE_VIOLATION, copy_rows
 from .banks import replace_matches
+from .provenance import replace_provenance
 from ._types import UTCDateTime
-from .models import Result, ResultFace, ResultFrame, scan_results
+from .models import Result, ResultFace, ResultFrame, scan_provenance, scan_results
 from .records import ResultRow
 
-__all__ = ["ROW_COLUMNS", "existing_paths", "iter_faces", "iter_frames", "iter_results", "write_batch"]
+__all__ = ["PROVENANCE_COLUMNS", "ROW_COLUMNS", "existing_paths", "iter_faces", "iter_frames", "iter_results",
+           "write_batch"]
 
 _RESULTS = Result.__table__
 # The one list of what a write sets: the columns a re-scored path overwrites ((scan_id, path) is the key and
@@ -28,7 +30,7 @@ _RESULTS = Result.__table__
 _UPSERT_COLUMNS = (
     "model_id", "size", "mtime", "status", "label", "p_fake", "confidence", "error",
     "error_code", "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
-    "content_hash", "verdict_source", "etag", "pdq", "pdq_quality", "matches",
+    "content_hash", "verdict_source", "etag", "pdq", "pdq_quality", "matches", "synthetic_declared",
 )  # fmt: skip
 # What each row carries, in this order: the path and every ResultRow field of _UPSERT_COLUMNS.
 ROW_COLUMNS = ("path",) + tuple(c for c in _UPSERT_COLUMNS if c != "model_id")
@@ -37,6 +39,10 @@ assert set(_UPSERT_COLUMNS) <= set(_RESULTS.c.keys()), "every written column is 
 assert set(ROW_COLUMNS) <= set(ResultRow.__dataclass_fields__), "every written column but model_id is a ResultRow field"
 _IN_LIST_SIZE = 500
 STREAM_BATCH = 1000
+# What iter_results(provenance=True) adds to a row: scan_provenance's columns but the key and
+# synthetic_declared (scan_results has it).
+PROVENANCE_COLUMNS = ("c2pa", "c2pa_state", "c2pa_codes", "signer", "generator", "source_type", "watermark",
+                      "watermark_ber")
 
 
 def write_batch(
@@ -75,6 +81,8 @@ def write_batch(
         _write_frames(session, scan_id, videos)
     if any(row.matches is not None for row in latest.values()):
         replace_matches(session, scan_id, list(latest.values()))
+    if any(row.provenance is not None for row in latest.values()):
+        replace_provenance(session, scan_id, list(latest.values()))
 
 
 def _delete_paths(session: Session, table: Any, scan_id: int, paths: list[str]) -> None:
@@ -229,15 +237,25 @@ def iter_results(
     status: str | None = None,
     limit: int | None = None,
     after_path: str | None = None,
+    declared: bool | None = None,
+    provenance: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Stream rows of the ``scan_results`` view, ordered by scan_id then path.
 
     Rows arrive in batches (a server-side cursor on PostgreSQL), so a scan of
     millions of images never sits in memory. Keys are the view's columns.
     ``after_path`` (with ``scan_id``) starts after that path: keyset paging for the HTTP API.
+    ``declared`` keeps the rows whose file declares itself synthetic (or, False, those that do not);
+    ``provenance`` adds the ``scan_provenance`` columns of :data:`PROVENANCE_COLUMNS` (None where none was read).
     """
     view = scan_results.c
     stmt = select(scan_results).order_by(view.scan_id, view.path)
+    if provenance:
+        p = scan_provenance.c
+        stmt = stmt.add_columns(*(p[name] for name in PROVENANCE_COLUMNS)).outerjoin(
+            scan_provenance, and_(p.scan_id == view.scan_id, p.path == view.path))
+    if declared is not None:
+        stmt = stmt.where(view.synthetic_declared.is_(True) if declared else view.synthetic_declared.isnot(True))
     if scan_id is not None:
         stmt = stmt.where(view.scan_id == scan_id)
     if label is not None:

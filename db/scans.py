@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from ._dialects import dialect_name, insert_for
 from ._types import utcnow
 from .errors import ScanNotFound
-from .models import Chunk, Model, Result, Scan, ScanWorker
+from .models import Chunk, Model, Result, Scan, ScanWorker, scan_provenance
 from .records import FINISHED, SCAN_END_STATUSES, ScanSummary
 
 __all__ = [
@@ -268,6 +268,29 @@ def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return func.count(case((condition, 1)))
 
 
+def _manifest_counts(session: Session, scan_id: int) -> tuple[int, int]:
+    """Files with a C2PA manifest (embedded, or pointed to remotely), and those whose manifest is invalid."""
+    view = scan_provenance.c
+    manifests, invalid = session.execute(
+        select(_count_if(view.c2pa.in_(("embedded", "remote"))), _count_if(view.c2pa_state == "invalid"))
+        .where(view.scan_id == scan_id)
+    ).one()
+    return manifests, invalid
+
+
+def _errors_by_reason(session: Session, scan_id: int) -> dict[str, int]:
+    reason = func.coalesce(Result.error_code, "unknown")
+    return {
+        code: n
+        for code, n in session.execute(
+            select(reason, func.count())
+            .where(Result.scan_id == scan_id, Result.status == "error")
+            .group_by(reason)
+            .order_by(reason)
+        )
+    }
+
+
 def scan_summary(session: Session, scan_id: int) -> ScanSummary:
     """Counts of a scan from its result rows (the truth) and its chunks, not from the counters."""
     head = session.execute(
@@ -278,7 +301,7 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
     if head is None:
         raise ScanNotFound(scan_id)
 
-    total, ok, real, fake, errors, no_face, computed, copied, reused, matched, matches = session.execute(
+    total, ok, real, fake, errors, no_face, computed, copied, reused, matched, matches, declared = session.execute(
         select(
             func.count(),
             _count_if(Result.status == "ok"),
@@ -291,18 +314,11 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
             _count_if(Result.verdict_source == "reused"),
             _count_if(Result.matches > 0),
             func.coalesce(func.sum(Result.matches), 0),
+            _count_if(Result.synthetic_declared.is_(True)),
         ).where(Result.scan_id == scan_id)
     ).one()
-    reason = func.coalesce(Result.error_code, "unknown")
-    errors_by_reason = {
-        code: n
-        for code, n in session.execute(
-            select(reason, func.count())
-            .where(Result.scan_id == scan_id, Result.status == "error")
-            .group_by(reason)
-            .order_by(reason)
-        )
-    }
+    manifests, invalid_manifests = _manifest_counts(session, scan_id)
+    errors_by_reason = _errors_by_reason(session, scan_id)
     chunks = {
         status: (n, paths)
         for status, n, paths in session.execute(
@@ -345,4 +361,8 @@ def scan_summary(session: Session, scan_id: int) -> ScanSummary:
         reused=reused,
         matched=matched,
         matches=int(matches),
+        manifests=manifests,
+        invalid_manifests=invalid_manifests,
+        declared_synthetic=declared,
     )
+

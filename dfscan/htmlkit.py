@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["BASE_CSS", "ERROR_COLOUR", "FAKE_COLOUR", "FONT", "PALETTE", "REAL_COLOUR", "Chart", "card", "escape",
-           "heatmap", "nice_ticks", "page", "thumbnail_data_uri"]  # fmt: skip
+           "heatmap", "nice_ticks", "page", "provenance_badge", "thumbnail_data_uri"]  # fmt: skip
 
 FAKE_COLOUR = "#c0392b"
 REAL_COLOUR = "#2c7be5"
@@ -44,6 +44,11 @@ code, .path { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; fon
 figure { margin: 12px 0 24px; } figcaption { color: #5b6475; font-size: 13px; margin-top: 4px; }
 .muted { color: #5b6475; }
 .warning { background: #fff4e5; border-left: 4px solid #d9822b; padding: 8px 12px; }
+.prov { display: inline-flex; flex-wrap: wrap; gap: 3px; margin-top: 3px; }
+.prov span { font-size: 11px; border-radius: 3px; padding: 0 5px; background: #eef0f4; color: #3b4252; }
+.prov .c2pa-valid, .prov .c2pa-trusted { background: #e3f1e6; color: #1b5e20; }
+.prov .c2pa-invalid, .prov .c2pa-error { background: #fdecea; color: #b00020; }
+.prov .declared { background: #fff4e5; color: #8a4b08; font-weight: 600; }
 """ % {"fake": FAKE_COLOUR, "real": REAL_COLOUR, "err": ERROR_COLOUR}
 
 
@@ -65,6 +70,33 @@ def page(title: str, body: str, *, css: str = "") -> str:
 def card(key: str, value: Any, cls: str = "") -> str:
     """One figure in a row of cards: the value large, its name small under it."""
     return f'<div class="card {cls}"><div class="v">{escape(value)}</div><div class="k">{escape(key)}</div></div>'
+
+
+def provenance_badge(p: dict[str, Any] | None) -> str:
+    """What a file says about its own origin (a ``scan_provenance`` row), as small labelled chips; "" if nothing.
+
+    Every string here comes from the file itself (a signer's name, a generator, failure codes): escaped.
+    """
+    if not p:
+        return ""
+    chips = []
+    c2pa = p.get("c2pa")
+    if c2pa and c2pa != "none":
+        state = p.get("c2pa_state") or {"remote": "remote, not fetched"}.get(c2pa, c2pa)
+        text = f"C2PA {state}" + (f" ({p['signer']})" if p.get("signer") else "")
+        codes = f": {p['c2pa_codes']}" if p.get("c2pa_codes") else ""
+        chips.append(f'<span class="c2pa c2pa-{escape(p.get("c2pa_state") or c2pa)}" title="C2PA manifest '
+                     f'{escape(c2pa)}">{escape(text + codes)}</span>')
+    if p.get("synthetic_declared"):
+        chips.append('<span class="declared">declared synthetic</span>')
+    for key, label in (("source_type", "source"), ("generator", "generator")):
+        if p.get(key):
+            chips.append(f'<span class="{key}">{label}: {escape(p[key])}</span>')
+    if p.get("watermark"):
+        ber = p.get("watermark_ber")
+        chips.append(f'<span class="watermark">watermark {escape(p["watermark"])}'
+                     f'{"" if ber is None else f" (BER {float(ber):.3f})"}</span>')
+    return f'<span class="prov">{"".join(chips)}</span>' if chips else ""
 
 
 def thumbnail_data_uri(path: str, px: int = 160) -> tuple[str | None, str]:

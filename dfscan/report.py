@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from dfscan import db
-from dfscan.db.models import Model, Result, Scan
+from dfscan.db.models import Model, Result, Scan, scan_provenance
 from dfscan.db.banks import iter_matches
 from dfscan.db.records import ScanSummary
-from dfscan.htmlkit import ERROR_COLOUR, FAKE_COLOUR, REAL_COLOUR, card, escape, page, thumbnail
+from dfscan.htmlkit import ERROR_COLOUR, FAKE_COLOUR, REAL_COLOUR, card, escape, page, provenance_badge, thumbnail
 from dfscan.core.redact import mask_text
 from dfscan.scanner.objects import store_of_scan
 
@@ -35,6 +35,7 @@ __all__ = ["ScanReport", "Suspect", "collect", "render", "write_report"]
 
 STREAM_BATCH = 10_000
 MATCHES_SHOWN = 200  # hash bank matches listed on the page; the rest are in the scan_matches view
+PROVENANCE_SHOWN = 200  # files with a provenance finding listed on the page; the rest are in scan_provenance
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Suspect:
     kind: str = "image"
     track: int | None = None
     strip: tuple[tuple[int, float, tuple[int, int, int, int] | None, float | None], ...] = ()
+    provenance: dict[str, Any] | None = None  # the file's scan_provenance row; None where it was not read
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class ScanReport:
     reason_descriptions: dict[str, str] = field(default_factory=dict)
     explanations: dict[str, list[db.ExplanationRow]] = field(default_factory=dict)  # by path, of the suspects
     matches: list[dict[str, Any]] = field(default_factory=list)  # scan_matches rows (the first MATCHES_SHOWN)
+    # Files that say something about their origin, with their verdict (the first PROVENANCE_SHOWN).
+    provenance: list[dict[str, Any]] = field(default_factory=list)
 
 
 def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) -> ScanReport:
@@ -102,6 +106,7 @@ def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) ->
     strips: dict[str, list[dict]] = {}
     for f in db.iter_frames(session, scan_id=scan_id, paths=[r.path for r in rows if r.kind == "video"]):
         strips.setdefault(f["path"], []).append(f)
+    origin = {p["path"]: p for p in db.iter_provenance(session, scan_id=scan_id, paths=[r.path for r in rows])}
     faces: dict[str, list] = {}
     for f in db.iter_faces(session, scan_id=scan_id, paths=[r.path for r in rows]):
         faces.setdefault(f["path"], []).append((f["x"], f["y"], f["w"], f["h"], f["p_fake"], f["label"]))
@@ -115,11 +120,25 @@ def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) ->
         bin_edges=[float(e) for e in edges],
         bin_counts={label: [int(c) for c in hist] for label, hist in counts.items()},
         suspects=[Suspect(r.path, r.p_fake, r.confidence, r.label, tuple(faces.get(r.path, ())), r.kind,
-                          *_flagged_track(strips.get(r.path, []))) for r in rows],
+                          *_flagged_track(strips.get(r.path, [])), provenance=origin.get(r.path)) for r in rows],
         reason_descriptions=dict(REASONS),
         explanations=_explanations(session, scan_id, [r.path for r in rows]),
         matches=iter_matches(session, scan_id=scan_id, limit=MATCHES_SHOWN),
+        provenance=_provenance_rows(session, scan_id),
     )
+
+
+def _provenance_rows(session: Session, scan_id: int) -> list[dict[str, Any]]:
+    """Files with a manifest, a source type, generator settings or a watermark, declared synthetic first."""
+    p = scan_provenance.c
+    found = or_(p.c2pa != "none", p.synthetic_declared.is_(True), p.source_type.isnot(None),
+                p.generator.isnot(None), p.watermark.isnot(None))
+    stmt = (select(scan_provenance, Result.status, Result.label, Result.p_fake)
+            .join(Result, and_(Result.scan_id == p.scan_id, Result.path == p.path))
+            .where(p.scan_id == scan_id, found)
+            .order_by(p.synthetic_declared.desc(), p.path)
+            .limit(PROVENANCE_SHOWN))
+    return [dict(r) for r in session.execute(stmt).mappings()]
 
 
 def _flagged_track(frames: list[dict]) -> tuple[int | None, tuple]:
@@ -321,8 +340,8 @@ def _suspect(s: Suspect, px: int, explained: list[db.ExplanationRow] | None = No
         return (
             f'<figure class="suspect video" data-path="{escape(s.path)}">{_video_strip(s, px // 2 + 24, store)}'
             f'<figcaption><span class="score">p_fake {s.p_fake:.4f}</span> <span class="muted">(video, '
-            f'{escape(s.label)}, confidence {s.confidence:.3f}, {len(s.strip)} frames{track})</span><br>'
-            f'<span class="path">{escape(s.path)}</span></figcaption></figure>'
+            f'{escape(s.label)}, confidence {s.confidence:.3f}, {len(s.strip)} frames{track})</span>'
+            f'{provenance_badge(s.provenance)}<br><span class="path">{escape(s.path)}</span></figcaption></figure>'
         )
     uri, reason, full = thumbnail(s.path, px, store)
     if uri is None:
@@ -336,7 +355,8 @@ def _suspect(s: Suspect, px: int, explained: list[db.ExplanationRow] | None = No
     return (
         f'<figure class="suspect" data-path="{escape(s.path)}">{image}<figcaption>'
         f'<span class="score">p_fake {s.p_fake:.4f}</span> <span class="muted">({escape(s.label)}, '
-        f"confidence {s.confidence:.3f}{faces})</span><br><span class=\"path\">{escape(s.path)}</span></figcaption></figure>"
+        f"confidence {s.confidence:.3f}{faces})</span>{provenance_badge(s.provenance)}<br>"
+        f"<span class=\"path\">{escape(s.path)}</span></figcaption></figure>"
     )
 
 
@@ -346,7 +366,11 @@ def render(report: ScanReport, *, thumb_px: int = 160) -> str:
     title = f"dfscan report: scan {s.scan_id} ({s.name})"
     cards = "".join([
         card("images", s.total), card("real", s.real, "real"), card("fake", s.fake, "fake"),
-        card("errors", s.errors, "err"), *([card("no face", s.no_face)] if s.no_face else []), card("seconds", f"{s.elapsed_s:.1f}"),
+        card("errors", s.errors, "err"), *([card("no face", s.no_face)] if s.no_face else []),
+        *([card("C2PA manifests", s.manifests), card("invalid manifests", s.invalid_manifests, "err")]
+          if s.manifests else []),
+        *([card("declared synthetic", s.declared_synthetic, "fake")] if s.declared_synthetic else []),
+        card("seconds", f"{s.elapsed_s:.1f}"),
         card("images/s", f"{s.images_per_s:.1f}"),
     ])
     facts = [
@@ -381,6 +405,7 @@ def render(report: ScanReport, *, thumb_px: int = 160) -> str:
 <h2>Errors by reason</h2>
 <section id="error-breakdown">{errors}</section>
 {_matches_html(report.matches, s.matches)}
+{_provenance_html(report.provenance, s)}
 <h2>The {len(report.suspects)} most suspicious files</h2>
 <section id="suspects">{_explanations_note(report.explanations)}<div class="grid">{suspects}</div></section>
 <h2>Audit record</h2>
@@ -401,6 +426,27 @@ def _matches_html(matches: list[dict[str, Any]], total: int) -> str:
     return (f'<h2>Hash bank matches</h2>\n<section id="matches"><p class="muted">{total} matches against known '
             f'content (PDQ within each bank\'s distance, or exact hashes).</p><table><tr><th>file</th><th>bank</th>'
             f'<th>reference</th><th>label</th><th>distance</th><th>frame</th></tr>{rows}</table>{more}</section>')
+
+
+def _provenance_html(rows: list[dict[str, Any]], s: ScanSummary) -> str:
+    """Files that say where they come from, each with the detector's verdict beside what it declares."""
+    if not rows:
+        return ""
+    body = "".join(
+        f'<tr data-path="{escape(r["path"])}"><td class="path">{escape(r["path"])}</td>'
+        f'<td>{escape(r["label"] or r["status"])}</td><td class="num">{_score(r["p_fake"])}</td>'
+        f"<td>{provenance_badge(r)}</td></tr>" for r in rows)
+    more = (f'<p class="muted">The first {len(rows)}; the rest are in the scan_provenance view.</p>'
+            if len(rows) >= PROVENANCE_SHOWN else "")
+    return (f'<h2>Provenance</h2>\n<section id="provenance"><p class="muted">What files say about their own origin: '
+            f"{s.manifests} with a C2PA manifest ({s.invalid_manifests} failing validation), "
+            f"{s.declared_synthetic} declared synthetic (IPTC source type, generator settings or a known watermark)."
+            f"</p><table><tr><th>file</th><th>verdict</th><th>p_fake</th><th>provenance</th></tr>{body}</table>"
+            f"{more}</section>")
+
+
+def _score(p_fake: float | None) -> str:
+    return "" if p_fake is None else f"{p_fake:.4f}"
 
 
 # --- explanations (dfscan explain) ---------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ def _expected_rows(pg: bool) -> dict[tuple[str, str], set[str]]:
     rows[("write", "postgresql")] = {"ok"} if pg else {"skipped"}
     rows[("scan", "end-to-end")] = {"ok"}
     rows[("hash", "pdq")] = {"ok"}
+    rows[("provenance", "c2pa+xmp+settings+watermark")] = {"ok"}
     rows[("naive", "pillow+torchvision, eager torch, commit per row")] = {"ok"}
     return rows
 
@@ -103,6 +104,8 @@ def test_bench_synthetic_measures_every_stage_it_can(tiny_onnx_model, tmp_path, 
     slowest_row = next(r for (s, v), r in rows.items() if f"{s} {v}" == slowest)
     assert math.isclose(data["end_to_end_over_slowest"], scan["images_per_s"] / slowest_row["images_per_s"],
                         rel_tol=1e-3)  # fmt: skip
+    provenance = rows[("provenance", "c2pa+xmp+settings+watermark")]["details"]
+    assert provenance["share_of_classifier"] > 0 and provenance["ms_without_watermark"] > 0
     naive = rows[("naive", "pillow+torchvision, eager torch, commit per row")]
     assert math.isclose(data["dfscan_over_naive"], scan["images_per_s"] / naive["images_per_s"], rel_tol=1e-3)
     full, draft = rows[("decode-large", "pillow full")], rows[("decode-large", "pillow draft")]

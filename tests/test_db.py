@@ -24,7 +24,7 @@ from tests._awkward import AWKWARD_PATHS
 CONTRACT_VIEW_COLUMNS = [
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
     "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
-    "content_hash", "verdict_source", "etag", "pdq", "pdq_quality", "matches",
+    "content_hash", "verdict_source", "etag", "pdq", "pdq_quality", "matches", "synthetic_declared",
 ]  # fmt: skip
 TABLES = {"models", "scans", "chunks", "results", "scan_workers", "result_faces", "result_frames"}
 T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
@@ -143,7 +143,8 @@ def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
 def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     insp = inspect(db_engine)
     assert TABLES <= set(insp.get_table_names())
-    assert sorted(insp.get_view_names()) == ["scan_faces", "scan_frames", "scan_matches", "scan_results"]
+    assert sorted(insp.get_view_names()) == ["scan_faces", "scan_frames", "scan_matches", "scan_provenance",
+                                            "scan_results"]
     assert [c["name"] for c in insp.get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS
     assert [c["name"] for c in insp.get_columns("scan_faces")] == [
         "scan_id", "path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label"]
@@ -171,7 +172,7 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     assert columns == {
         "id", "scan_id", "model_id", "path", "size", "mtime", "status", "label", "p_fake",
         "confidence", "error", "error_code", "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s",
-        "notes", "content_hash", "verdict_source", "etag", "pdq", "pdq_quality", "matches",
+        "notes", "content_hash", "verdict_source", "etag", "pdq", "pdq_quality", "matches", "synthetic_declared",
     }  # fmt: skip
     for table in ("models", "scans", "chunks"):
         assert {c["name"] for c in insp.get_columns(table)} == set(

@@ -30,6 +30,7 @@ from tests._browser import build_extension as build
 from tests._browser import playwright_driver  # noqa: F401 - fixture
 from tests._images import pattern
 from tests._models import linear_probe_onnx_model, tiny_onnx_model  # noqa: F401 - fixtures
+from tests._provenance_files import HOSTILE, SIGNER, write_provenance_files
 
 needs_npm = pytest.mark.skipif(not (ORT_DIST / ORT_FILES[0]).is_file(),
                                reason="onnxruntime-web is not installed: run `npm ci` in plugin/ (make plugin)")
@@ -88,6 +89,7 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     (root / "page.html").write_text("<html><body>" + "".join(f'<img src="img/{n}">' for n in names) + "</body></html>")
     (root / "notes.txt").write_text("this is text, not an image\n" * 10)
     (root / "page.jpg").write_bytes(b"<html>an HTML error page served under an image name</html>" * 5)
+    write_provenance_files(root / "prov")  # files that say where they come from (server mode reads it)
     with http_server(root) as base:
         yield root, base, names
 
@@ -333,6 +335,41 @@ def test_server_mode_matches_the_scanner(browser, site, scanner_verdicts, dfscan
     assert agreement == 1.0
     assert refused["status"] == "error" and refused["code"] == "server-refused-key", refused
     assert not_image["status"] == "error" and not_image["code"] == "not-image", not_image
+
+
+@pytest.mark.slow  # starts Chromium (and a server): ~20-30 s
+def test_server_mode_shows_what_the_file_says_about_its_origin(browser, site, dfscan_serve) -> None:
+    """The server's provenance of each file comes back with its verdict; the popup shows it as text."""
+    context, worker = browser
+    _, base, _ = site
+    url, token = dfscan_serve
+    set_options(worker, mode="server", serverUrl=url, apiKey=token)
+    ext_id = worker.url.split("/")[2]
+    page = context.new_page()
+    try:
+        got = {name: check(worker, f"{base}/prov/{name}") for name in ("tampered.jpg", "sd.png", "plain.jpg")}
+        lines = {}
+        for name in ("tampered.jpg", "xmp_ai.jpg", "watermarked.png", "plain.jpg"):
+            page.goto(f"chrome-extension://{ext_id}/popup.html?url={base}/prov/{name}")
+            page.wait_for_selector("body[data-state=done]", timeout=60_000)
+            lines[name] = (page.inner_text("#provenance") if page.is_visible("#provenance") else "",
+                           page.locator("#provenance img, #provenance script").count())
+    finally:
+        page.close()
+        set_options(worker, mode="local")
+    assert all(r["status"] == "ok" for r in got.values()), got
+    tampered = got["tampered.jpg"]["provenance"]
+    assert (tampered["c2pa"], tampered["c2pa_state"], tampered["signer"]) == ("embedded", "invalid", SIGNER)
+    assert got["sd.png"]["provenance"]["synthetic_declared"] is True
+    assert got["plain.jpg"]["provenance"]["synthetic_declared"] is False
+    line, _ = lines["tampered.jpg"]
+    print(f"\npopup: {line}")
+    assert line.startswith(f"C2PA: invalid ({SIGNER})") and "assertion.dataHash.mismatch" in line
+    assert "declared synthetic (trainedAlgorithmicMedia)" in line
+    text, markup = lines["xmp_ai.jpg"]
+    assert HOSTILE in text and markup == 0  # the file's markup is text in the popup, never elements
+    assert lines["watermarked.png"][0] == "declared synthetic · watermark SDXL"
+    assert lines["plain.jpg"] == ("", 0)
 
 
 @pytest.mark.slow  # starts Chromium (and a server): ~20-30 s

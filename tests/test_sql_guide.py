@@ -26,10 +26,11 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from dfscan import db
-from dfscan.db.models import Model, Result, ResultFace, ResultFrame, Scan
+from dfscan.db.models import Model, Result, ResultFace, ResultFrame, ResultProvenance, Scan
 from dfscan.cli import main
 from tests._images import write_bad_files, write_jpegs
 from tests._models import export_tiny_model, tiny_onnx_model  # noqa: F401 - fixture
+from tests._provenance_files import write_provenance_files
 from tests._videos import write_face_video, write_video
 from tests.conftest import throwaway_pg_database
 
@@ -71,6 +72,8 @@ class Archive:
     threshold_v: float
     copies: list[str]  # scan 6: photographs, near copies of two of them (re-encoded, resized), a flat image
     threshold_c: float
+    provenance: list[str]  # scan 7: signed, tampered, generator settings, IPTC source types, a watermark, a plain file
+    threshold_p: float
 
 
 def scan(url: str, *args: str) -> dict:
@@ -129,8 +132,11 @@ def archive(tmp_path_factory: pytest.TempPathFactory, tiny_onnx_model: Path) -> 
     copies = _write_copies(base / "copies")
     c_scores = _scores(scratch, scan(scratch, str(base / "copies"), "--model", str(tiny_onnx_model))["scan_id"])
     threshold_c = _cut(list(c_scores.values()), 3)
+    provenance = sorted(str(p) for p in write_provenance_files(base / "provenance").values())
+    p_scores = _scores(scratch, scan(scratch, str(base / "provenance"), "--model", str(tiny_onnx_model))["scan_id"])
+    threshold_p = _cut(list(p_scores.values()), 2)  # 2 of 8 fake: most files that declare themselves are real
     return Archive(root, alpha, beta, bad, tiny_onnx_model, model_b, threshold_a, threshold_b,
-                   _write_faces(base / "faces"), videos, threshold_v, copies, threshold_c)
+                   _write_faces(base / "faces"), videos, threshold_v, copies, threshold_c, provenance, threshold_p)
 
 
 def _write_copies(folder: Path) -> list[str]:
@@ -194,8 +200,11 @@ def _populate(url: str, a: Archive) -> None:
               "--threshold", repr(a.threshold_v), "--name", "videos")
     s6 = scan(url, str(a.copies[0].rsplit("/", 1)[0]), "--model", str(a.model_a), "--threshold", repr(a.threshold_c),
               "--name", "copies")
-    assert [s1["scan_id"], s2["scan_id"], s3["scan_id"], s4["scan_id"], s5["scan_id"], s6["scan_id"]] == [
-        1, 2, 3, 4, 5, 6]
+    s7 = scan(url, str(a.provenance[0].rsplit("/", 1)[0]), "--model", str(a.model_a), "--threshold",
+              repr(a.threshold_p), "--name", "provenance")
+    assert [s1["scan_id"], s2["scan_id"], s3["scan_id"], s4["scan_id"], s5["scan_id"], s6["scan_id"],
+            s7["scan_id"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert (s7["fake"], s7["manifests"], s7["invalid_manifests"]) == (2, 2, 1)
     assert s6["fake"] == 3
     assert (s4["ok"], s4["no_face"]) == (2, 1)
     assert (s5["ok"], s5["no_face"], s5["errors"], s5["fake"]) == (2, 1, 1, 1)
@@ -214,6 +223,7 @@ class Data:
     models: dict[int, dict[str, Any]]
     faces: list[dict[str, Any]]
     frames: list[dict[str, Any]]
+    provenance: list[dict[str, Any]]
 
 
 def _read(url: str) -> Data:
@@ -244,9 +254,14 @@ def _read(url: str) -> Data:
                                             "h", "p_fake", "track_p_fake")}
                 for f in s.scalars(select(ResultFrame))
             ]
+            provenance = [
+                {c: getattr(p, c) for c in ("scan_id", "path", "c2pa", "c2pa_state", "c2pa_codes", "signer",
+                                            "generator", "source_type", "watermark", "synthetic_declared")}
+                for p in s.scalars(select(ResultProvenance))
+            ]
     finally:
         engine.dispose()
-    return Data(url, results, scans, models, faces, frames)
+    return Data(url, results, scans, models, faces, frames, provenance)
 
 
 def _sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -440,6 +455,37 @@ def expect_near_copies_of_flagged(d: Data, tz: ZoneInfo) -> list[tuple]:
     return sorted(rows, key=lambda r: (-r[1], r[0], r[2]))
 
 
+def _with_verdicts(d: Data) -> list[tuple[dict, dict]]:
+    """(provenance row, result row) of every file read for provenance."""
+    results = {(r["scan_id"], r["path"]): r for r in d.results}
+    return [(p, results[(p["scan_id"], p["path"])]) for p in d.provenance]
+
+
+def expect_declared_synthetic_but_scored_real(d: Data, tz: ZoneInfo) -> list[tuple]:
+    rows = [(r["path"], r["p_fake"], p["source_type"], p["generator"], p["watermark"], p["c2pa_state"])
+            for p, r in _with_verdicts(d)
+            if p["scan_id"] == 7 and r["status"] == "ok" and r["label"] == "real" and p["synthetic_declared"]]
+    return sorted(rows, key=lambda t: (-t[1], t[0]))
+
+
+def expect_invalid_manifests(d: Data, tz: ZoneInfo) -> list[tuple]:
+    return sorted((p["path"], p["c2pa_codes"], p["signer"], p["generator"], r["label"], r["p_fake"])
+                  for p, r in _with_verdicts(d) if p["scan_id"] == 7 and p["c2pa_state"] == "invalid")
+
+
+def expect_generators(d: Data, tz: ZoneInfo) -> list[tuple]:
+    by: dict[str, list] = defaultdict(lambda: [0, 0, 0, []])
+    for p, r in _with_verdicts(d):
+        if p["generator"] is not None:
+            g = by[p["generator"]]
+            g[0] += 1
+            g[1] += bool(p["synthetic_declared"])
+            g[2] += r["label"] == "fake"
+            g[3].append(p["path"])
+    return sorted(((k, n, k_d, k_f, min(paths)) for k, (n, k_d, k_f, paths) in by.items()),
+                  key=lambda t: (-t[1], t[0]))
+
+
 EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple]]]] = {
     "scans-overview": (("id", "name", "status", "model_sha256", "threshold", "total", "real", "fake", "errors",
                         "started_at", "finished_at"), expect_scans_overview),
@@ -467,6 +513,10 @@ EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple
     "verdict-sources": (("scan_id", "verdict_source", "files", "distinct_contents"), expect_verdict_sources),
     "near-copies": (("path", "near_copy", "distance"), expect_near_copies),
     "near-copies-of-flagged": (("flagged", "p_fake", "near_copy", "label", "distance"), expect_near_copies_of_flagged),
+    "declared-synthetic-but-scored-real": (("path", "p_fake", "source_type", "generator", "watermark", "c2pa_state"),
+                                           expect_declared_synthetic_but_scored_real),
+    "invalid-manifests": (("path", "c2pa_codes", "signer", "generator", "label", "p_fake"), expect_invalid_manifests),
+    "generators": (("generator", "files", "declared_synthetic", "scored_fake", "example"), expect_generators),
 }
 
 
@@ -529,13 +579,13 @@ def test_query_returns_the_expected_rows(populated: Data, name: str):
 def test_the_scans_exercise_what_the_queries_ask(populated: Data, archive: Archive):
     """The data has the shapes the guide talks about, so the expectations above are not vacuous."""
     d = populated
-    assert len(d.models) == 2 and len(d.scans) == 6
+    assert len(d.models) == 2 and len(d.scans) == 7
     assert {r["error_code"] for r in d.results if r["scan_id"] == 1 and r["status"] == "error"} == {
         "empty", "truncated", "not-image", "too-many-pixels"}
     rates = [row[3] for row in expect_fake_rate_by_folder(d, ZoneInfo("UTC"))]
     assert len(rates) == 2 and rates[0] != rates[1]
     assert [r[0] for r in expect_never_scored_by_current_model(d, ZoneInfo("UTC"))] == sorted(
-        archive.beta + archive.bad + archive.faces + archive.videos + archive.copies)
+        archive.beta + archive.bad + archive.faces + archive.videos + archive.copies + archive.provenance)
     sources = {(row[0], row[1]): row[2] for row in expect_verdict_sources(d, ZoneInfo("UTC"))}
     assert sources[(3, "reused")] == len(archive.alpha) and (3, "computed") not in sources
     # Scan 3 (model A, threshold 1: all real) is model A's latest verdict on alpha, not scan 1.
@@ -546,7 +596,8 @@ def test_the_scans_exercise_what_the_queries_ask(populated: Data, archive: Archi
     videos_ok = [p for p in archive.videos if p.endswith(".avi")]
     assert {row[0]: row[1] for row in latest} == {**{p: 3 for p in archive.alpha}, **{p: 1 for p in archive.beta},
                                                   **{p: 4 for p in with_a_face}, **{p: 5 for p in videos_ok},
-                                                  **{p: 6 for p in archive.copies}}
+                                                  **{p: 6 for p in archive.copies},
+                                                  **{p: 7 for p in archive.provenance}}
     # Scan 5: the moving video has two tracks of four frames each, the single one one track.
     tracks = {(Path(f["path"]).name, f["track"]) for f in d.frames if f["scan_id"] == 5}
     assert tracks == {("moving.avi", 0), ("moving.avi", 1), ("single.avi", 0)}
@@ -560,3 +611,14 @@ def test_the_scans_exercise_what_the_queries_ask(populated: Data, archive: Archi
                      ("astronaut_q40.jpg", "astronaut_small.jpg"), ("coffee.png", "coffee_small.jpg")}
     flagged = expect_near_copies_of_flagged(d, ZoneInfo("UTC"))
     assert flagged and len(flagged) < 2 * len(names)
+    # Scan 7: every file was read for provenance; the tampered copy fails validation on its data hash, the
+    # signed one validates (untrusted: no trust anchors); some declared file is real and some is fake.
+    by_name = {Path(p["path"]).name: p for p in d.provenance if p["scan_id"] == 7}
+    assert set(by_name) == {Path(p).name for p in archive.provenance}
+    assert (by_name["signed.jpg"]["c2pa"], by_name["signed.jpg"]["c2pa_state"]) == ("embedded", "valid")
+    assert "assertion.dataHash.mismatch" in by_name["tampered.jpg"]["c2pa_codes"]
+    assert {n for n, p in by_name.items() if p["synthetic_declared"]} == {
+        "signed.jpg", "tampered.jpg", "sd.png", "comfy.png", "xmp_ai.jpg", "watermarked.png"}
+    declared_labels = {r["label"] for p, r in _with_verdicts(d) if p["scan_id"] == 7 and p["synthetic_declared"]}
+    assert "real" in declared_labels
+    assert expect_generators(d, ZoneInfo("UTC"))

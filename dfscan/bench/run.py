@@ -111,6 +111,7 @@ class _Bench:
         infer_rows = self._infer_rows(models, tensors, report.int8)
         rows.extend(infer_rows)
         rows.extend(self._hash_rows(pre, tensors, infer_rows))
+        rows.append(self._provenance_row(paths, infer_rows))
 
         rows.extend(self._write_rows(info, paths))
 
@@ -154,6 +155,13 @@ class _Bench:
             self.say(f"matching against a bank of {self.o.bank:,} hashes")
             rows.append(self._guarded("match", f"bank of {self.o.bank:,}", lambda: bank_row(self.o.bank)))
         return rows
+
+    def _provenance_row(self, paths: list[str], infer_rows: list[Row]) -> Row:
+        from dfscan.bench.provenance import VARIANT, provenance_row
+
+        self.say("provenance (C2PA, XMP, generator settings, watermark)")
+        infer = next((r for r in infer_rows if r.status == "ok" and r.variant == "onnxruntime fp32"), None)
+        return self._guarded("provenance", VARIANT, lambda: provenance_row(paths, self.o.min_seconds, infer))
 
     @staticmethod
     def _guarded(stage: str, variant: str, make: Callable[[], Row]) -> Row:

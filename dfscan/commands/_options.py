@@ -44,6 +44,8 @@ __all__ = [
     "max_outstanding_option",
     "model_option",
     "one_line",
+    "provenance_options",
+    "provenance_settings",
     "reports_errors",
     "reuse_verdicts_option",
     "runtime_options",
@@ -281,6 +283,22 @@ def video_options(func: Callable) -> Callable:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def provenance_options(func: Callable) -> Callable:
+    """--provenance/--no-provenance, --c2pa-trust-anchors; the command takes them as keyword arguments."""
+    func = setting_option("--c2pa-trust-anchors", field="c2pa_trust_anchors", show_default=False,
+                          type=click.Path(dir_okay=False, path_type=Path),
+                          help="PEM certificates a C2PA signer must chain to for its manifest to be 'trusted' "
+                               "[default: none; sound manifests are 'valid'].")(func)
+    return setting_option("--provenance/--no-provenance", field="provenance", show_default=False,
+                          help="Read each file's C2PA manifest (never fetching a remote one), IPTC/XMP source "
+                               "type, generator settings and invisible watermark [default: on].")(func)
+
+
+def provenance_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the provenance options from a command's keyword arguments (for ``from_env``)."""
+    return {name: kwargs.pop(name, None) for name in ("provenance", "c2pa_trust_anchors")}
 
 
 def video_settings(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -97,7 +97,12 @@ def bench(images: Path | None, synthetic: int | None, model: Path | None, int8_m
     data = report.to_dict()
     if output is not None:
         output.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else format_report(report))
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        from dfscan.bench.provenance import format_provenance
+
+        click.echo("\n".join([format_report(report), *format_provenance(report.rows)]))
 
 
 @click.command()

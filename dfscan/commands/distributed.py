@@ -101,6 +101,9 @@ def _print_progress(p: Any) -> None:
                f"{p.reused} reused (earlier scans)")
     if p.matched:
         click.echo(f"  matched  {p.matched} files against the hash banks ({p.matches} matches)")
+    if p.manifests or p.declared_synthetic:
+        click.echo(f"  origin   {p.manifests} with a C2PA manifest ({p.invalid_manifests} invalid), "
+                   f"{p.declared_synthetic} declared synthetic")
     click.echo(f"  chunks   {p.chunks_queued} queued, {p.chunks_done} done, {p.chunks_failed} failed")
     if p.skipped:
         click.echo(f"  skipped  {p.skipped} unchanged files (incremental)")

@@ -32,6 +32,8 @@ from dfscan.commands._options import (
     setting_option,
     stop_on_signals,
     threads_option,
+    provenance_options,
+    provenance_settings,
     video_options,
     video_settings,
 )
@@ -57,6 +59,7 @@ from dfscan.core.settings import from_env, parse_extensions
 @face_options
 @s3_endpoint_option
 @video_options
+@provenance_options
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links while walking.")
 @click.option("--incremental", is_flag=True, envvar="DFSCAN_INCREMENTAL", show_envvar=True,
               help="Skip files whose path, size and mtime already have an 'ok' (or 'no-face') row from this model.")
@@ -95,7 +98,7 @@ def scan(roots: tuple[str, ...], model: Path | None, db_url: str, name: str | No
         intra_op_threads=intra_op_threads, follow_symlinks=False if no_follow_symlinks else None,
         broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks, s3_endpoint_url=s3_endpoint_url,
         reuse_verdicts=reuse_verdicts,
-        **face_settings(stages), **video_settings(stages),
+        **face_settings(stages), **video_settings(stages), **provenance_settings(stages),
     )
     # Not following links, the scan is confined to its roots' real paths (scanner.confine): resolved here.
     source = ScanSource(tuple(check_roots(roots, settings.s3_endpoint_url, resolve=not settings.follow_symlinks)),
@@ -167,6 +170,9 @@ def _print_summary(summary: Any, db_url: str, as_json: bool, warnings: list[str]
     if summary.matched:
         click.echo(f"  matched {summary.matched} files against the hash banks ({summary.matches} matches: "
                    "dfscan results, or the scan_matches view)")
+    if summary.manifests or summary.declared_synthetic:
+        click.echo(f"  provenance: {summary.manifests} with a C2PA manifest ({summary.invalid_manifests} invalid), "
+                   f"{summary.declared_synthetic} declared synthetic (dfscan results --declared)")
     if skipped is not None:
         click.echo(f"  skipped {skipped} (unchanged since an earlier scan with this model)")
     if summary.errors_by_reason:
@@ -193,6 +199,9 @@ def summary_dict(summary: Any) -> dict:
         "computed": summary.computed,
         "copied": summary.copied,
         "reused": summary.reused,
+        "manifests": summary.manifests,
+        "invalid_manifests": summary.invalid_manifests,
+        "declared_synthetic": summary.declared_synthetic,
         "errors_by_reason": dict(summary.errors_by_reason),
         "started_at": summary.started_at,
         "finished_at": summary.finished_at,
@@ -203,7 +212,8 @@ def summary_dict(summary: Any) -> dict:
 
 RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256", "scanned_at",
                   "faces", "faces_found", "kind", "frames", "duration_s", "notes",
-                  "content_hash", "verdict_source")
+                  "content_hash", "verdict_source", "synthetic_declared", "c2pa", "c2pa_state", "c2pa_codes", "signer",
+                  "generator", "source_type", "watermark", "watermark_ber")
 
 
 @click.command()
@@ -213,11 +223,18 @@ RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", 
 @click.option("--status", type=click.Choice(["ok", "error", "no-face"]), help="Only rows with this status.")
 @click.option("--min-p", type=float, help="Only rows with p_fake >= P.")
 @click.option("--limit", type=click.IntRange(min=0), help="At most this many rows.")
+@click.option("--declared", is_flag=True, envvar="DFSCAN_RESULTS_DECLARED", show_envvar=True,
+              help="Only files that declare themselves synthetic (C2PA or IPTC source type, generator settings, "
+                   "a known watermark).")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @reports_errors
 def results(db_url: str, scan_id: int | None, label: str | None, status: str | None, min_p: float | None,
-            limit: int | None, fmt: str) -> None:
+            limit: int | None, declared: bool, fmt: str) -> None:
     """Print result rows of a scan, for people (table) or scripts (csv, json).
+
+    Each row carries what the file says about its own origin (the scan_provenance
+    view): its C2PA manifest and validation state, signer, generator, IPTC source
+    type, watermark, and whether it declares itself synthetic.
 
     In the table, control characters in file names and errors are shown
     escaped (``\\x1b``), never sent to the terminal.  A reader that stops
@@ -232,7 +249,8 @@ def results(db_url: str, scan_id: int | None, label: str | None, status: str | N
                 raise click.ClickException(f"no scans in {mask_url(db_url)}")
         else:
             db.scan_head(session, scan_id)  # ScanNotFound before anything is printed
-        rows = db.iter_results(session, scan_id=scan_id, label=label, min_p=min_p, status=status, limit=limit)
+        rows = db.iter_results(session, scan_id=scan_id, label=label, min_p=min_p, status=status, limit=limit,
+                               declared=True if declared else None, provenance=True)
         try:
             _emit_rows(rows, fmt)
             sys.stdout.flush()
@@ -279,13 +297,26 @@ def _emit_rows(rows: Iterator[dict], fmt: str) -> None:
             frames = "" if row["frames"] is None else str(row["frames"])
             tail = {"ok": row["path"], "no-face": f"{row['path']}  [no face]"}.get(
                 row["status"], f"{row['path']}  [{row['error']}]")
-            tail = _printable(str(tail))
+            tail = _printable(str(tail) + _provenance_tag(row))
             out.write(f"{row['status']:<7} {row['label'] or '':<5} {p:>7} {c:>6} {row['kind']:<5} {frames:>6}  "
                       f"{tail!s}\n")
 
 
 def _cell(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _provenance_tag(row: dict) -> str:
+    """What a table row adds about the file's origin: `` [C2PA invalid: codes; declared synthetic: ...]``."""
+    parts = []
+    if row.get("c2pa") in ("embedded", "remote", "error"):
+        state = row["c2pa_state"] or ("remote, not fetched" if row["c2pa"] == "remote" else row["c2pa"])
+        codes = f": {row['c2pa_codes']}" if row.get("c2pa_codes") else ""
+        parts.append(f"C2PA {state}{codes}" + (f" ({row['signer']})" if row.get("signer") else ""))
+    if row.get("synthetic_declared"):
+        why = [v for v in (row.get("source_type"), row.get("generator"), row.get("watermark")) if v]
+        parts.append("declared synthetic" + (f" ({', '.join(map(str, why))})" if why else ""))
+    return f"  [{'; '.join(parts)}]" if parts else ""
 
 
 @click.command()

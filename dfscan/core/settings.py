@@ -134,6 +134,10 @@ class Settings:
     # matched against the enabled banks; with ``pdq_dihedral`` the seven rotations and mirrors are matched too.
     pdq: bool = True
     pdq_dihedral: bool = False
+    # Provenance (dfscan.workers.scoring.provenance): each file's C2PA manifest, IPTC/XMP declarations, generator
+    # settings and invisible watermark; a signer chaining to a certificate of ``c2pa_trust_anchors`` (PEM) is trusted.
+    provenance: bool = True
+    c2pa_trust_anchors: Path | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -151,6 +155,7 @@ class Settings:
         return f"Settings({', '.join(parts)})"
 
     def validate(self) -> None:
+        _check_trust_anchors(self.c2pa_trust_anchors)
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise SettingsError(f"threshold must be between 0 and 1, got {self.threshold}")
         if not 1 <= self.batch_size <= 4096:
@@ -306,6 +311,20 @@ def _check_callbacks(settings: Settings) -> None:
         raise SettingsError(f"parallel callback deliveries must be between 1 and 64, got {settings.callback_parallel}")
 
 
+def _check_trust_anchors(path: Path | None) -> None:
+    """None, or a readable file of PEM certificates (--c2pa-trust-anchors)."""
+    if path is None:
+        return
+    try:
+        text = Path(path).read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise SettingsError(f"C2PA trust anchors {str(path)!r}: {exc.strerror or exc} "
+                            f"(--c2pa-trust-anchors, {env_name('c2pa_trust_anchors')})") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise SettingsError(f"C2PA trust anchors {str(path)!r} hold no PEM certificate "
+                            f"(--c2pa-trust-anchors, {env_name('c2pa_trust_anchors')})")
+
+
 def _check_allow_entry(entry: str) -> None:
     """A callback allow-list entry: an address, a CIDR network, or a host name."""
     import ipaddress
@@ -373,6 +392,8 @@ _CONVERTERS = {
     "reuse_verdicts": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
     "pdq": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
     "pdq_dihedral": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
+    "provenance": lambda s: s.strip().lower() not in ("0", "false", "no", "off"),
+    "c2pa_trust_anchors": Path,
 }
 
 

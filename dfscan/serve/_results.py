@@ -27,6 +27,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from dfscan import db
+from dfscan.db.results import PROVENANCE_COLUMNS
 from dfscan.serve.errors import BadRequest
 
 __all__ = ["MAX_PAGE", "Query", "decode_cursor", "encode_cursor", "respond"]
@@ -34,7 +35,12 @@ __all__ = ["MAX_PAGE", "Query", "decode_cursor", "encode_cursor", "respond"]
 MAX_PAGE = 10_000
 SLICE = 1000  # rows per database query of a stream
 FETCHERS = 4  # streams reading from the database at once (each holds a connection for one query)
-COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256", "scanned_at")
+COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256", "scanned_at",
+           "synthetic_declared")
+# A row's provenance (the scan_provenance view): a JSON row's ``provenance`` object (null where the file was
+# not read for it), the CSV's last columns.
+PROVENANCE = (*PROVENANCE_COLUMNS, "synthetic_declared")
+CSV_COLUMNS = COLUMNS + PROVENANCE_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Query:
     status: str | None
     after_path: str | None
     limit: int  # 0: every row
+    declared: bool | None = None  # only files that declare themselves synthetic (True) or don't (False)
 
 
 def encode_cursor(path: str) -> str:
@@ -71,7 +78,7 @@ def _slice(sessions: sessionmaker[Session], q: Query, after: str | None, n: int)
     """Up to ``n`` rows after path ``after``, in a session that is closed before they are returned."""
     with sessions() as session:
         return list(db.iter_results(session, scan_id=q.scan_id, label=q.label, min_p=q.min_p, status=q.status,
-                                    after_path=after, limit=n))
+                                    declared=q.declared, after_path=after, limit=n, provenance=True))
 
 
 def _windows(q: Query) -> Iterator[int]:
@@ -114,6 +121,12 @@ def _cell(value: Any) -> Any:
     return value.isoformat() if hasattr(value, "isoformat") else value
 
 
+def _json_row(row: dict[str, Any]) -> str:
+    data = {c: _cell(row[c]) for c in COLUMNS}
+    data["provenance"] = None if row["c2pa"] is None else {c: row[c] for c in PROVENANCE}
+    return json.dumps(data)
+
+
 async def _json(sessions: sessionmaker[Session], q: Query) -> AsyncIterator[bytes]:
     yield f'{{"scan_id": {q.scan_id}, "results": ['.encode()
     n = 0
@@ -124,7 +137,7 @@ async def _json(sessions: sessionmaker[Session], q: Query) -> AsyncIterator[byte
             rows = rows[: q.limit - n]
             more = True
         if rows:
-            parts = [json.dumps({c: _cell(row[c]) for c in COLUMNS}) for row in rows]
+            parts = [_json_row(row) for row in rows]
             yield ((", " if n else "") + ", ".join(parts)).encode()
             last = rows[-1]["path"]
             n += len(rows)
@@ -136,9 +149,9 @@ def _csv_text(rows: Iterable[dict[str, Any]], header: bool) -> bytes:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     if header:
-        writer.writerow(COLUMNS)
+        writer.writerow(CSV_COLUMNS)
     for row in rows:
-        writer.writerow(["" if row[c] is None else _cell(row[c]) for c in COLUMNS])
+        writer.writerow(["" if row[c] is None else _cell(row[c]) for c in CSV_COLUMNS])
     return buf.getvalue().encode()
 
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
-from dfscan.db.records import ResultRow
+from dfscan.db.records import ProvenanceRow, ResultRow
 from dfscan.serve.errors import BadRequest, RequestTimeout, TooLarge
+from dfscan.workers.provenance import ProvenanceReader
 from dfscan.workers.reading import FileData, ImageError
 from dfscan.workers.scoring import Item, Payload, TensorPayload
 
@@ -87,8 +88,9 @@ def _cut_short(body: bytes) -> bool:
     return not body.rstrip().endswith(b"--")
 
 
-def decode_uploads(decoder, uploads: list[Upload]) -> list[Payload | ImageError]:
-    """Each upload decoded exactly as the scan's reader and decoder would (same checks, same tensor or face crops)."""
+def decode_uploads(decoder, uploads: list[Upload], reader: ProvenanceReader | None = None) -> list[Payload | ImageError]:
+    """Each upload decoded exactly as the scan's reader and decoder would (same checks, same tensor or face crops),
+    and its provenance read (``reader``: the scan stages' own, with their trust anchors; None: provenance off)."""
     out: list[Payload | ImageError | None] = [None] * len(uploads)
     files: list[FileData] = []
     where: list[int] = []
@@ -102,7 +104,28 @@ def decode_uploads(decoder, uploads: list[Upload]) -> list[Payload | ImageError]
     if files:
         for i, decoded in zip(where, decoder.decode_batch(files)):
             out[i] = TensorPayload(decoded) if isinstance(decoded, np.ndarray) else decoded
+            if reader is not None and not isinstance(out[i], ImageError):
+                out[i] = _Declaring(out[i], reader.image(uploads[i].data))  # type: ignore[arg-type]
     return out  # type: ignore[return-value]
+
+
+@dataclass
+class _Declaring:
+    """An upload's payload whose row carries the upload's provenance."""
+
+    payload: Payload
+    provenance: ProvenanceRow
+
+    @property
+    def kind(self) -> str:
+        return self.payload.kind
+
+    def inputs(self):
+        return self.payload.inputs()
+
+    def row(self, item, decisions, verdict, now) -> ResultRow:
+        return replace(self.payload.row(item, decisions, verdict, now), provenance=self.provenance,
+                       synthetic_declared=self.provenance.synthetic_declared)
 
 
 def result_fields(name: str, size: int, row: ResultRow) -> dict:
@@ -112,7 +135,17 @@ def result_fields(name: str, size: int, row: ResultRow) -> dict:
         fields["faces"] = [{"index": f.index, "x": f.x, "y": f.y, "w": f.w, "h": f.h, "detector_score": f.detector_score,
                             "p_fake": f.p_fake, "label": f.label} for f in row.face_rows]
         fields["faces_found"] = row.faces_found
+    if row.provenance is not None:
+        fields["provenance"] = provenance_fields(row.provenance)
     return fields
+
+
+def provenance_fields(p: ProvenanceRow) -> dict:
+    """A file's provenance as ``scan_provenance`` names it (``c2pa_codes`` a list), with the reason of an error."""
+    return {"c2pa": p.c2pa, "c2pa_state": p.c2pa_state, "c2pa_codes": p.codes.split(",") if p.codes else [],
+            "signer": p.signer, "issuer": p.issuer, "generator": p.generator, "source_type": p.source_type,
+            "settings_key": p.settings_key, "watermark": p.watermark, "watermark_ber": p.watermark_ber,
+            "synthetic_declared": p.synthetic_declared, "error": p.error}
 
 
 def upload_item(up: Upload) -> Item:

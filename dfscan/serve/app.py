@@ -249,12 +249,14 @@ def _scoring(app: FastAPI, state: State, settings: Settings) -> None:
         body = await read_body(request, max_bytes=settings.max_upload_bytes, timeout_s=settings.request_timeout_s)
         uploads = await parse_uploads(request, body, max_files=settings.max_upload_files)
         decoder = state.ctx.decoder
+        # The scan stages' provenance reader (its trust anchors), or none with provenance off.
+        reader = getattr(state.ctx.stages.get("provenance"), "reader", None)
         if state.decode_lock is None:
-            decoded = await asyncio.to_thread(decode_uploads, decoder, uploads)
+            decoded = await asyncio.to_thread(decode_uploads, decoder, uploads, reader)
         else:
             def locked():
                 with state.decode_lock:
-                    return decode_uploads(decoder, uploads)
+                    return decode_uploads(decoder, uploads, reader)
             decoded = await asyncio.to_thread(locked)
         results = await _score(uploads, decoded)
         for r in results:
@@ -303,6 +305,8 @@ def _scans(app: FastAPI, state: State) -> None:
                      label: Literal["real", "fake"] | None = None,
                      status: Literal["ok", "error"] | None = None,
                      min_p: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+                     declared: Annotated[bool | None, Query(description="Only files whose provenance declares "
+                                                            "them synthetic (true) or doesn't (false).")] = None,
                      cursor: str | None = None,
                      limit: Annotated[int, Query(ge=0, le=_results.MAX_PAGE)] = 1000,
                      format: Literal["json", "csv"] = "json") -> StreamingResponse:
@@ -310,6 +314,6 @@ def _scans(app: FastAPI, state: State) -> None:
         with state.ctx.sessions() as session:
             check_visible(session, scan_id, key)  # 404 for an unknown scan or another key's
         after = _results.decode_cursor(cursor) if cursor else None
-        query = _results.Query(scan_id, label, min_p, status, after, limit)
+        query = _results.Query(scan_id, label, min_p, status, after, limit, declared)
         return _results.respond(state.ctx.sessions, query, format)
 

@@ -127,5 +127,6 @@ async function scoreOnServer(bytes, url, base, apiKey) {
   return {
     status: "ok", label: row.label, p_fake: row.p_fake, confidence: row.confidence,
     faces: row.faces, model_sha256: body.model_sha256, threshold: body.threshold,
+    provenance: row.provenance && typeof row.provenance === "object" ? row.provenance : null,
   };
 }

@@ -1,8 +1,10 @@
-// Shows a check's result: the verdict, p_fake, confidence, and the face boxes when the answer has any.
+// Shows a check's result: the verdict, p_fake, confidence, the file's provenance (server mode), and the
+// face boxes when the answer has any.
 // Opened by the context menu (the result arrives in chrome.storage.session) or as popup.html?url=...
 // (it asks the service worker to check that image; &page=... gives the tab's address, which decides
 // whether the user's cookies go with the image, see policy.js).
 import { fetchImage } from "./fetch.js";
+import { provenanceLine } from "./provenance.js";
 import { loadSettings } from "./settings.js";
 
 const $ = (id) => document.getElementById(id);
@@ -28,6 +30,9 @@ function show(r) {
   $("p_fake").textContent = r.p_fake.toFixed(4);
   $("confidence").textContent = `${(100 * r.confidence).toFixed(1)} %`;
   $("time").textContent = r.elapsed_ms != null ? `${Math.round(r.elapsed_ms)} ms` : "";
+  const origin = provenanceLine(r.provenance);  // server mode: what the file says about its origin
+  $("provenance").textContent = origin;
+  $("provenance").hidden = !origin;
   drawFigure(r);
   document.body.dataset.state = "done";
 }

@@ -98,6 +98,7 @@ class Item:
     copy_of: int | None = None  # an earlier item of the batch with the same bytes: its row is this one's
     row: ResultRow | None = None  # decided without the model (a known verdict, no face)
     hashes: "Stamp | None" = None  # its perceptual hashes and bank matches (workers.scoring.hashes)
+    provenance: "Stamp | None" = None  # what it says of its own origin (workers.scoring.provenance)
 
     def fail(self, error: ImageError) -> None:
         self.error, self.payload = error, None
@@ -155,7 +156,7 @@ class Batch:
     def _own_row(item: Item, verdict: "Verdict", decided: "list[Decision | ImageError] | None",
                  now: datetime) -> ResultRow:
         if item.row is not None:
-            return item.row if item.hashes is None else item.hashes.stamp(item.row)
+            return _stamps(item.row, item)
         if item.error is None and decided is not None:
             failed = next((d for d in decided if isinstance(d, ImageError)), None)
             if failed is not None:
@@ -171,7 +172,15 @@ def _stamped(row: ResultRow, item: Item) -> ResultRow:
     """The file's identity (content hash, ETag, perceptual hashes and bank matches) on its row."""
     if item.content_hash or item.etag:
         row = replace(row, content_hash=item.content_hash or row.content_hash, etag=item.etag or row.etag)
-    return row if item.hashes is None else item.hashes.stamp(row)
+    return _stamps(row, item)
+
+
+def _stamps(row: ResultRow, item: Item) -> ResultRow:
+    """What the stages learnt of the file (hashes, provenance) on its row."""
+    for stamp in (item.hashes, item.provenance):
+        if stamp is not None:
+            row = stamp.stamp(row)
+    return row
 
 
 PHASES = ("prepare", "score")
@@ -245,6 +254,12 @@ def _match(res: "Resources") -> Stage | None:
     return match_stage(res) if res.settings.pdq else None
 
 
+def _provenance(res: "Resources") -> Stage | None:
+    from dfscan.workers.scoring.provenance import provenance_stage
+
+    return provenance_stage(res)
+
+
 def _infer(res: "Resources") -> Stage | None:
     from dfscan.workers.scoring.verdict import InferStage
 
@@ -256,6 +271,8 @@ STAGES: tuple[StageEntry, ...] = (
     StageEntry("video", _video, "videos: T frames sampled, faces followed (faces on), sequences made"),
     StageEntry("images", _images, "images: read, hashed, copies found, decoded (faces on: detected and cropped)"),
     StageEntry("hash", _hash, "images and whole video frames: PDQ from the decoded pixels (off: DFSCAN_PDQ=0)"),
+    StageEntry("provenance", _provenance, "images and videos: C2PA manifest (never fetched), IPTC/XMP, generator "
+                                          "settings, invisible watermark (off: DFSCAN_PROVENANCE=0)"),
     StageEntry("known", _known, "files whose bytes already have a row in this scan (or, reusing, an earlier one)"),
     StageEntry("match", _match, "every hash against the enabled hash banks (faiss), before the model"),
     StageEntry("infer", _infer, "every input through the model in bounded calls; the one verdict"),
