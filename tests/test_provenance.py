@@ -489,7 +489,7 @@ def test_a_fleet_worker_writes_provenance(media, tiny_onnx_model: Path, redis_se
 
 @pytest.mark.timeout(300)
 def test_v1_score_returns_each_files_provenance(media, sqlite_url: str, tiny_onnx_model: Path,  # noqa: F811
-                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+                                                tmp_path: Path) -> None:
     """The server reads uploads as its scans read files: with the operator's trust anchors."""
     import httpx
 
@@ -498,9 +498,9 @@ def test_v1_score_returns_each_files_provenance(media, sqlite_url: str, tiny_onn
     folder, paths, creds, listener = media
     anchors = tmp_path / "anchors.pem"
     anchors.write_bytes(creds.ca)
-    monkeypatch.setenv("DFSCAN_C2PA_TRUST_ANCHORS", str(anchors))
     key = json.loads(cli("api-key", "create", "--name", "k", "--db", sqlite_url, "--json").stdout)
-    server = _start(tiny_onnx_model, sqlite_url, tmp_path, tmp_path, "--max-upload-bytes", "8000000")
+    server = _start(tiny_onnx_model, sqlite_url, tmp_path, tmp_path, "--max-upload-bytes", "8000000",
+                    "--c2pa-trust-anchors", str(anchors))
     try:
         with httpx.Client(base_url=server.url, timeout=60,
                           headers={"Authorization": f"Bearer {key['token']}"}) as http:

@@ -23,6 +23,8 @@ from dfscan.commands._options import (
     max_attempts_option,
     max_outstanding_option,
     model_option,
+    provenance_options,
+    provenance_settings,
     reports_errors,
     runtime_options,
     s3_endpoint_option,
@@ -147,6 +149,7 @@ def _duration(seconds: float) -> str:
 @setting_option("--metrics-bind", field="metrics_bind",
                 help="Address the metrics endpoint listens on (0.0.0.0: every interface; it has no authentication).")
 @s3_endpoint_option
+@provenance_options
 @click.option("--events", "-E", is_flag=True, envvar="DFSCAN_EVENTS", show_envvar=True,
               help="Send task events, for Flower's task views (`celery -A dfscan.workers flower`).")
 @click.option("--hostname", "-n", help="Celery node name [dfscan-PID@HOST].")
@@ -158,7 +161,7 @@ def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency:
            max_attempts: int | None, visibility_timeout: int | None, lease_seconds: int | None,
            lease_renew_seconds: float | None, metrics_port: int | None, metrics_bind: str | None,
            s3_endpoint_url: str | None, events: bool,
-           hostname: str | None, loglevel: str, include: tuple[str, ...]) -> None:
+           hostname: str | None, loglevel: str, include: tuple[str, ...], **provenance: Any) -> None:
     """Start a Celery worker that scores chunks and writes their rows.
 
     The model is found from the scan (the path and SHA-256 it was registered
@@ -175,7 +178,8 @@ def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency:
                          batch_size=batch_size, intra_op_threads=intra_op_threads, max_attempts=max_attempts,
                          visibility_timeout=visibility_timeout, lease_seconds=lease_seconds,
                          lease_renew_seconds=lease_renew_seconds, metrics_port=metrics_port,
-                         metrics_bind=metrics_bind, s3_endpoint_url=s3_endpoint_url)
+                         metrics_bind=metrics_bind, s3_endpoint_url=s3_endpoint_url,
+                         **provenance_settings(provenance))
     _need_broker(settings)
     if concurrency < 1:
         raise click.BadParameter("must be at least 1", param_hint="--concurrency")

@@ -14,6 +14,8 @@ from dfscan.commands._options import (
     db_option,
     face_options,
     face_settings,
+    provenance_options,
+    provenance_settings,
     json_option,
     migrated_database,
     model_option,
@@ -67,6 +69,7 @@ from dfscan.db.models import API_KEY_ROLES
                 help="Connections served at once (503 beyond).")
 @runtime_options
 @face_options
+@provenance_options
 @threads_option
 @broker_option
 @click.option("--log-level", default="info", show_default=True,
@@ -92,7 +95,7 @@ def serve(serve_host: str | None, serve_port: int | None, model: Path | None, db
         max_upload_files=max_upload_files, request_timeout_s=request_timeout_s, threshold=threshold,
         runtime=runtime, decoder=decoder, precision=precision, engine_dir=engine_dir,
         intra_op_threads=intra_op_threads, broker_url=broker_url, **face_settings(faces),
-        **_callback_settings(faces), **_limit_settings(faces), ops_bind=faces.pop("ops_bind", None),
+        **provenance_settings(faces), **_callback_settings(faces), **_limit_settings(faces), ops_bind=faces.pop("ops_bind", None),
     )
     if settings.model is None:
         raise click.UsageError("no model given: pass --model PATH or set DFSCAN_MODEL")
