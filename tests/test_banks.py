@@ -339,7 +339,7 @@ def test_v1_match_and_banks_through_the_real_server(tmp_path: Path, db_url: str,
             made = http.post("/v1/banks/te", headers=as_admin, json={"kind": "pdq"})
             assert made.status_code == 201, made.text
             assert http.post("/v1/banks/te", headers=as_admin, json={}).status_code == 409
-            internal = http.post("/v1/banks/in", headers=as_admin, json={"webhook_url": "http://10.1.2.3/x"})
+            internal = http.post("/v1/banks/in", headers=as_admin, json={"webhook_url": "http://127.0.0.2/x"})
             assert internal.status_code == 422, internal.text
             body = f"{copy['pdq']},TE-9,fake\nnope\n"
             strict = http.post("/v1/banks/te/hashes?strict=true", headers=as_admin, content=body)
