@@ -9,10 +9,12 @@ STAMP  := $(VENV)/.installed
 
 # torch and torchvision are pinned by pyproject.toml; pip takes them from a local
 # wheel cache where the machine has one (see README, "Installing").
+# -qq: pip's errors only (it still fails the target); where pip's configuration names local index
+# folders that hold only some packages, -q alone prints one warning per package it looked up there.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install -qq --upgrade pip
+	$(PIP) install -qq -e '.[test]'
 	$(PY) -m tests._view build/ide
 	touch $(STAMP)
 

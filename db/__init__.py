@@ -31,13 +31,14 @@ from .chunks import (
 )
 from .content import KnownVerdict, known_verdicts, unchanged_paths
 from .engine import make_engine, session_factory
-from .errors import ChunkNotFound, DatabaseError, DatabaseURLError, ScanNotFound
+from .errors import ChunkNotFound, DatabaseError, DatabaseURLError, NotInScan, ScanNotFound, UnknownDecision
 from .explanations import Explanation, ExplanationRow, explanations_for, write_explanations
 from .migrate import downgrade, upgrade
 from .provenance import iter_provenance
 from .records import FINISHED, FaceRow, FrameRow, ProvenanceRow, ResultRow, ScanSummary
 from .results import existing_paths, iter_faces, iter_frames, iter_results, write_batch
 from .retry import is_transient, retry_db
+from .reviews import DECISIONS, QueueFilters, ReviewedItem, current_decisions, history, queue, record_decision
 from .scans import (
     ScanHead,
     cancel_scan,
@@ -55,7 +56,14 @@ from .scans import (
 )
 
 __all__ = [
+    "DECISIONS",
     "FINISHED",
+    "QueueFilters",
+    "ReviewedItem",
+    "current_decisions",
+    "history",
+    "queue",
+    "record_decision",
     "ChunkNotFound",
     "ChunkStart",
     "DatabaseError",
@@ -69,6 +77,8 @@ __all__ = [
     "ResultRow",
     "ScanHead",
     "ScanNotFound",
+    "NotInScan",
+    "UnknownDecision",
     "ScanSummary",
     "add_chunk",
     "cancel_scan",

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from ._types import utcnow
@@ -21,7 +21,7 @@ from .models import API_KEY_ROLES, ApiKey, Scan
 
 __all__ = ["API_KEY_ROLES", "ApiKeyInfo", "ApiKeyNotFound", "AuthorizedKey", "NewApiKey", "UnknownRole", "authenticate",
            "check_scan_visible", "create_api_key", "hash_key", "list_api_keys", "revoke_api_key",
-           "set_scan_owner"]  # fmt: skip
+           "set_scan_owner", "visible_scans", "visible_to"]  # fmt: skip
 
 
 class ApiKeyNotFound(DatabaseError):
@@ -41,10 +41,16 @@ class AuthorizedKey:
     id: int
     signing_secret: str
     role: str
+    name: str = ""
+    team: str | None = None  # a reviewer sees the scans started by keys of its team
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def is_reviewer(self) -> bool:
+        return self.role == "reviewer"
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class ApiKeyInfo:
     last_used_at: datetime | None
     revoked_at: datetime | None
     role: str
+    team: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,17 +79,21 @@ def hash_key(token: str) -> str:
 
 def _info(row: ApiKey) -> ApiKeyInfo:
     return ApiKeyInfo(row.id, row.name, row.prefix, row.requests, row.created_at, row.last_used_at, row.revoked_at,
-                      row.role)
+                      row.role, row.team)
 
 
-def create_api_key(session: Session, name: str, role: str = API_KEY_ROLES[0]) -> NewApiKey:
-    """A new key of ``role``: ``scanner`` sees its own scans, ``admin`` every scan and the operations endpoints."""
+def create_api_key(session: Session, name: str, role: str = API_KEY_ROLES[0], team: str | None = None) -> NewApiKey:
+    """A new key of ``role``: ``scanner`` sees its own scans, ``reviewer`` reviews the scans of keys of its
+    ``team``, ``admin`` every scan and the operations endpoints."""
     if role not in API_KEY_ROLES:
         raise UnknownRole(role)
+    if team is not None and not 0 < len(team) <= 64:
+        raise DatabaseError(f"a team name has 1 to 64 characters, not {len(team)}")
     prefix = secrets.token_hex(4)
     token = f"dfs_{prefix}_{secrets.token_urlsafe(32)}"
     signing = secrets.token_hex(32)
-    row = ApiKey(name=name, prefix=prefix, key_hash=hash_key(token), signing_secret=signing, requests=0, role=role)
+    row = ApiKey(name=name, prefix=prefix, key_hash=hash_key(token), signing_secret=signing, requests=0, role=role,
+                 team=team)
     session.add(row)
     session.flush()
     return NewApiKey(_info(row), token, signing)
@@ -112,14 +123,14 @@ def revoke_api_key(session: Session, key: str | int) -> ApiKeyInfo:
 def authenticate(session: Session, token: str) -> AuthorizedKey | None:
     """The valid, unrevoked key of ``token``, counting this request; ``None`` otherwise."""
     row = session.execute(
-        select(ApiKey.id, ApiKey.signing_secret, ApiKey.role)
+        select(ApiKey.id, ApiKey.signing_secret, ApiKey.role, ApiKey.name, ApiKey.team)
         .where(ApiKey.key_hash == hash_key(token), ApiKey.revoked_at.is_(None))
     ).first()
     if row is None:
         return None
     session.execute(update(ApiKey).where(ApiKey.id == row.id)
                     .values(requests=ApiKey.requests + 1, last_used_at=utcnow()))
-    return AuthorizedKey(row.id, row.signing_secret, row.role)
+    return AuthorizedKey(row.id, row.signing_secret, row.role, row.name, row.team)
 
 
 def set_scan_owner(session: Session, scan_id: int, api_key_id: int) -> None:
@@ -127,11 +138,30 @@ def set_scan_owner(session: Session, scan_id: int, api_key_id: int) -> None:
     session.execute(update(Scan).where(Scan.id == scan_id).values(api_key_id=api_key_id))
 
 
+def visible_to(key: AuthorizedKey) -> ColumnElement[bool]:
+    """The SQL condition on ``scans`` of what ``key`` may see: every scan for an admin; its own scans; and for a
+    reviewer, the scans started by keys of its team (a key without a team has none)."""
+    if key.is_admin:
+        return true()
+    own = Scan.api_key_id == key.id
+    if key.is_reviewer and key.team is not None:
+        return or_(own, Scan.api_key_id.in_(select(ApiKey.id).where(ApiKey.team == key.team)))
+    return own
+
+
 def check_scan_visible(session: Session, scan_id: int, key: AuthorizedKey) -> None:
-    """Raise :class:`ScanNotFound` unless ``key`` may see ``scan_id``: its own scan, or any scan for an admin.
+    """Raise :class:`ScanNotFound` unless ``key`` may see ``scan_id`` (:func:`visible_to`).
 
     Another key's scan is "not found" too, so that a key cannot learn which ids exist.
     """
-    owner = session.execute(select(Scan.api_key_id).where(Scan.id == scan_id)).first()
-    if owner is None or not (key.is_admin or owner.api_key_id == key.id):
+    if session.execute(select(Scan.id).where(Scan.id == scan_id, visible_to(key))).first() is None:
         raise ScanNotFound(scan_id)
+
+
+def visible_scans(session: Session, key: AuthorizedKey, *, limit: int = 200) -> list[dict]:
+    """The scans ``key`` may see, newest first: id, name, status, counts and start time."""
+    rows = session.execute(
+        select(Scan.id, Scan.name, Scan.status, Scan.total, Scan.fake, Scan.real, Scan.errors, Scan.started_at)
+        .where(visible_to(key)).order_by(Scan.id.desc()).limit(limit)
+    ).mappings()
+    return [dict(r) for r in rows]

@@ -27,6 +27,7 @@ from ._types import utcnow
 from .errors import DatabaseError
 from .models import BankHash, HashBank, ResultMatch, scan_matches
 from .notices import add_notices
+from .paths import path_hash
 from .records import ResultRow
 
 __all__ = ["BANK_KINDS", "BankExists", "BankInfo", "BankNotFound", "add_hashes", "bank_entries", "bank_versions",
@@ -187,12 +188,12 @@ def bank_webhooks(session: Session, bank_ids: Sequence[int]) -> dict[int, tuple[
 
 def replace_matches(session: Session, scan_id: int, rows: Sequence[ResultRow]) -> None:
     """Replace the matches of the rows' paths (a re-scored file may match otherwise): one delete, one insert."""
-    paths = [row.path for row in rows if row.matches is not None]
-    for start in range(0, len(paths), _IN_LIST_SIZE):
+    keys = [path_hash(row.path) for row in rows if row.matches is not None]
+    for start in range(0, len(keys), _IN_LIST_SIZE):
         session.execute(delete(ResultMatch).where(ResultMatch.scan_id == scan_id,
-                                                  ResultMatch.path.in_(paths[start : start + _IN_LIST_SIZE])))
-    values = [{"scan_id": scan_id, "path": row.path, "bank_id": m.bank_id, "bank": m.bank, "ref": m.ref,
-               "label": m.label, "distance": m.distance, "frame": m.frame, "hash": m.hash}
+                                                  ResultMatch.path_hash.in_(keys[start : start + _IN_LIST_SIZE])))
+    values = [{"scan_id": scan_id, "path": row.path, "path_hash": path_hash(row.path), "bank_id": m.bank_id,
+               "bank": m.bank, "ref": m.ref, "label": m.label, "distance": m.distance, "frame": m.frame, "hash": m.hash}
               for row in rows for m in row.match_rows]
     if values:
         session.execute(insert(ResultMatch), values)

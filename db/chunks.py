@@ -21,6 +21,7 @@ from ._dialects import insert_for
 from ._types import utcnow
 from .errors import ChunkNotFound, DatabaseError
 from .models import Chunk, Result, Scan
+from .paths import path_hash
 from .records import FINISHED, ResultRow
 from .results import existing_paths, write_batch
 from .scans import ScanHead
@@ -158,11 +159,11 @@ def close_lost_chunk(
 
 def _chunk_counts(session: Session, scan_id: int, paths: Sequence[str]) -> tuple[int, int, int, int]:
     ok = real = fake = errors = 0
-    unique = list(dict.fromkeys(paths))
+    unique = list(dict.fromkeys(path_hash(p) for p in paths))
     for start in range(0, len(unique), _IN_LIST_SIZE):
         for status, label in session.execute(
             select(Result.status, Result.label).where(
-                Result.scan_id == scan_id, Result.path.in_(unique[start : start + _IN_LIST_SIZE])
+                Result.scan_id == scan_id, Result.path_hash.in_(unique[start : start + _IN_LIST_SIZE])
             )
         ):
             if status == "ok":

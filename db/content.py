@@ -31,6 +31,7 @@ from sqlalchemy import and_, case, or_, select
 from sqlalchemy.orm import Session
 
 from .models import Result, ResultFace
+from .paths import path_hash
 from .records import FaceRow, ResultRow
 
 __all__ = ["CONTENT_ERRORS", "KnownVerdict", "known_verdicts", "unchanged_paths"]
@@ -82,21 +83,21 @@ def _lookup(session: Session, scan_id: int, model_id: int, hashes: list[str], re
         )
         where = or_(here, earlier)
     stmt = (
-        select(Result.id, Result.scan_id, Result.path, Result.size, Result.mtime, Result.status, Result.label,
+        select(Result.path_hash, Result.scan_id, Result.path, Result.size, Result.mtime, Result.status, Result.label,
                Result.p_fake, Result.confidence, Result.error, Result.error_code, Result.scanned_at, Result.faces,
                Result.faces_found, Result.content_hash, Result.verdict_source, Result.etag,
                ResultFace.face_index, ResultFace.x, ResultFace.y, ResultFace.w, ResultFace.h,
                ResultFace.detector_score, ResultFace.p_fake.label("face_p_fake"), ResultFace.label.label("face_label"))
-        .outerjoin(ResultFace, and_(ResultFace.scan_id == Result.scan_id, ResultFace.path == Result.path))
+        .outerjoin(ResultFace, and_(ResultFace.scan_id == Result.scan_id, ResultFace.path_hash == Result.path_hash))
         .where(Result.content_hash.in_(hashes), where)
         .order_by(Result.content_hash, case((Result.scan_id == scan_id, 0), else_=1), Result.scan_id.desc(),
-                  Result.id, ResultFace.face_index)
+                  Result.path_hash, ResultFace.face_index)
     )
-    chosen: dict[str, int] = {}  # hash -> id of the row taken (the first in that order)
+    chosen: dict[str, tuple] = {}  # hash -> key of the row taken (the first in that order)
     heads: dict[str, object] = {}
     faces_of: dict[str, list[FaceRow]] = {}
     for r in session.execute(stmt):
-        if chosen.setdefault(r.content_hash, r.id) != r.id:
+        if chosen.setdefault(r.content_hash, (r.scan_id, r.path_hash)) != (r.scan_id, r.path_hash):
             continue
         heads.setdefault(r.content_hash, r)
         if r.face_index is not None:
@@ -121,17 +122,17 @@ def unchanged_paths(session: Session, *, model_id: int, scan_id: int,
     second has a new ETag); otherwise, size and mtime (files, and rows written
     before migration 0012).
 
-    Served by the ``(model_id, path)`` index of ``results``: one IN-list
+    Served by the ``(model_id, path_hash)`` index of ``results``: one IN-list
     lookup per chunk of paths.
     """
     out: set[str] = set()
-    paths = list(stats)
-    for start in range(0, len(paths), _IN_LIST_SIZE):
-        part = paths[start : start + _IN_LIST_SIZE]
+    keys = [path_hash(p) for p in stats]
+    for start in range(0, len(keys), _IN_LIST_SIZE):
+        part = keys[start : start + _IN_LIST_SIZE]
         for path, size, mtime, etag in session.execute(
             select(Result.path, Result.size, Result.mtime, Result.etag).where(
                 Result.model_id == model_id,
-                Result.path.in_(part),
+                Result.path_hash.in_(part),
                 Result.status.in_(("ok", "no-face")),
                 Result.scan_id != scan_id,
             )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["ChunkNotFound", "DatabaseError", "DatabaseURLError", "ScanNotFound"]
+__all__ = ["ChunkNotFound", "DatabaseError", "DatabaseURLError", "NotInScan", "PruneRefused", "ScanNotFound",
+           "ScanRunning", "UnknownDecision"]
 
 
 class DatabaseError(Exception):
@@ -27,3 +28,28 @@ class ChunkNotFound(DatabaseError, LookupError):
     def __init__(self, chunk_id: int) -> None:
         super().__init__(f"chunk {chunk_id} does not exist")
         self.chunk_id = chunk_id
+
+
+class ScanRunning(DatabaseError):
+    """A scan asked to be pruned is still running (its workers would go on writing rows)."""
+
+    def __init__(self, scan_id: int) -> None:
+        super().__init__(f"scan {scan_id} is still running")
+        self.scan_id = scan_id
+
+
+class PruneRefused(DatabaseError, ValueError):
+    """A prune request that names no scans: neither an age nor scan ids."""
+
+
+class NotInScan(DatabaseError, LookupError):
+    """A review names a path that has no result row in its scan."""
+
+    def __init__(self, scan_id: int, path: str) -> None:
+        super().__init__(f"scan {scan_id} has no file {path!r}")
+        self.scan_id = scan_id
+        self.path = path
+
+
+class UnknownDecision(DatabaseError, ValueError):
+    """A review's decision, order or filter is not one dfscan knows."""

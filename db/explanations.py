@@ -17,6 +17,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ._types import BigIntPK, utcnow
 from .models import Base
+from .paths import path_hash
 
 __all__ = ["Explanation", "ExplanationRow", "explanations_for", "write_explanations"]
 
@@ -32,12 +33,13 @@ class Explanation(Base):
     __table_args__ = (
         CheckConstraint("status IN ('ok', 'unexplainable')", name="status"),
         CheckConstraint(f"overlay IS NULL OR length(overlay) <= {MAX_OVERLAY_BYTES}", name="overlay_size"),
-        Index("ix_explanations_scan_id_path", "scan_id", "path"),
+        Index("ix_explanations_scan_id_path_hash", "scan_id", "path_hash"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
     path: Mapped[str] = mapped_column(Text)
+    path_hash: Mapped[bytes] = mapped_column(LargeBinary(16))  # dfscan.db.paths.path_hash(path): the key
     face_index: Mapped[int | None]  # NULL: the whole image
     frame_index: Mapped[int | None]  # NULL: a still image
     status: Mapped[str] = mapped_column(String(16))
@@ -92,10 +94,12 @@ def write_explanations(session: Session, scan_id: int, rows: Sequence[Explanatio
     paths = sorted({r.path for r in rows})
     for i in range(0, len(paths), _IN_LIST_SIZE):
         part = paths[i : i + _IN_LIST_SIZE]
-        session.execute(delete(Explanation).where(Explanation.scan_id == scan_id, Explanation.path.in_(part)))
+        session.execute(delete(Explanation).where(Explanation.scan_id == scan_id,
+                                                  Explanation.path_hash.in_([path_hash(p) for p in part])))
     now = utcnow()
     session.add_all(
-        Explanation(scan_id=scan_id, created_at=now, **{f: getattr(r, f) for f in _FIELDS}) for r in rows
+        Explanation(scan_id=scan_id, created_at=now, path_hash=path_hash(r.path), **{f: getattr(r, f) for f in _FIELDS})
+        for r in rows
     )
     session.flush()
 
@@ -111,7 +115,7 @@ def explanations_for(session: Session, scan_id: int, paths: Sequence[str] | None
         unique = sorted(set(paths))
         parts = [unique[i : i + _IN_LIST_SIZE] for i in range(0, len(unique), _IN_LIST_SIZE)]
     for part in parts:
-        q = query if part is None else query.where(Explanation.path.in_(part))
+        q = query if part is None else query.where(Explanation.path_hash.in_([path_hash(p) for p in part]))
         out += [ExplanationRow(**dict(zip(_FIELDS, row))) for row in session.execute(q)]
     out.sort(key=lambda r: (r.path, r.face_index if r.face_index is not None else -1,
                             r.frame_index if r.frame_index is not None else -1))

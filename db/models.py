@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -28,7 +29,7 @@ from ._types import BigIntPK, JSONDoc, UTCDateTime, utcnow
 __all__ = ["ApiKey", "Base", "Chunk", "Model", "Result", "ResultFace", "ResultFrame", "Scan", "ScanCallback",
            "ScanWorker", "scan_faces", "scan_frames", "scan_results",
            "BankHash", "HashBank", "MatchNotice", "ResultMatch", "scan_matches",
-           "ResultProvenance", "scan_provenance"]
+           "ResultProvenance", "scan_provenance", "Review", "scan_reviews"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -43,8 +44,8 @@ _NOW = text("CURRENT_TIMESTAMP")
 OK_HAS_P_FAKE = "status <> 'ok' OR (p_fake IS NOT NULL AND p_fake >= 0 AND p_fake <= 1)"
 _ZERO = text("0")
 VERDICT_SOURCE_CHECK = "verdict_source IN ('computed', 'copy', 'reused')"
-API_KEY_ROLES = ("scanner", "admin")  # the first is the default
-API_KEY_ROLE_CHECK = "role IN ('scanner', 'admin')"
+API_KEY_ROLES = ("scanner", "reviewer", "admin")  # the first is the default
+API_KEY_ROLE_CHECK = "role IN ('scanner', 'reviewer', 'admin')"
 
 
 class Base(DeclarativeBase):
@@ -153,28 +154,33 @@ class ScanWorker(Base):
 
 
 class Result(Base):
-    """One verdict (or one failure) per path per scan."""
+    """One verdict (or one failure) per path per scan, keyed by (scan_id, path_hash) (migration 0016).
+
+    Made for writing (docs/sql.md, "Made for writing"): the key is fixed-size (``db.paths.path_hash``), so
+    every path fits; no foreign keys (the chunk being written names its scan and that scan's model, and on
+    PostgreSQL the scan's partition holds its rows: no partition, no row); on PostgreSQL the table is
+    partitioned by list of scan_id, one partition per scan (``dfscan.db.scans.create_scan`` makes it).
+    """
 
     __tablename__ = "results"
     __table_args__ = (
-        UniqueConstraint("scan_id", "path"),
         CheckConstraint("status IN ('ok', 'error', 'no-face')", name="status"),
         CheckConstraint("label IS NULL OR label IN ('real', 'fake')", name="label"),
         # A verdict has a probability (migration 0004): a NaN or missing p_fake is never stored as "ok".
         CheckConstraint(OK_HAS_P_FAKE, name="ok_p_fake"),
         CheckConstraint("kind IN ('image', 'video')", name="kind"),
+        CheckConstraint(VERDICT_SOURCE_CHECK, name="verdict_source"),
+        # Which query uses which index: docs/sql.md, "Made for writing".
         Index("ix_results_scan_id_status", "scan_id", "status"),
         Index("ix_results_scan_id_p_fake", "scan_id", "p_fake"),
-        Index("ix_results_path", "path"),
-        Index("ix_results_model_id_path", "model_id", "path"),
-        # Migration 0011: copies of the same bytes are looked up by hash (workers.scoring.dedupe).
-        CheckConstraint(VERDICT_SOURCE_CHECK, name="verdict_source"),
+        Index("ix_results_model_id_path_hash", "model_id", "path_hash"),
         Index("ix_results_content_hash", "content_hash"),
+        {"postgresql_partition_by": "LIST (scan_id)"},
     )
 
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
-    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
-    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    scan_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path_hash: Mapped[bytes] = mapped_column(LargeBinary(16), primary_key=True)
+    model_id: Mapped[int]
     path: Mapped[str] = mapped_column(Text)
     size: Mapped[int | None] = mapped_column(BigInteger)
     mtime: Mapped[float | None] = mapped_column(Double)
@@ -213,11 +219,12 @@ class ResultFrame(Base):
     """One sampled frame of a video in one track (migration 0010): time, face box, p_fake."""
 
     __tablename__ = "result_frames"
-    __table_args__ = (UniqueConstraint("scan_id", "path", "track", "frame_index"),)
+    __table_args__ = (UniqueConstraint("scan_id", "path_hash", "track", "frame_index"),)
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
     path: Mapped[str] = mapped_column(Text)
+    path_hash: Mapped[bytes] = mapped_column(LargeBinary(16))  # dfscan.db.paths.path_hash(path)
     track: Mapped[int]
     frame_index: Mapped[int]
     timestamp_s: Mapped[float] = mapped_column(Double)
@@ -235,13 +242,14 @@ class ResultFace(Base):
 
     __tablename__ = "result_faces"
     __table_args__ = (
-        UniqueConstraint("scan_id", "path", "face_index"),
+        UniqueConstraint("scan_id", "path_hash", "face_index"),
         CheckConstraint("label IN ('real', 'fake')", name="label"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
     path: Mapped[str] = mapped_column(Text)
+    path_hash: Mapped[bytes] = mapped_column(LargeBinary(16))  # dfscan.db.paths.path_hash(path)
     face_index: Mapped[int]
     x: Mapped[int]
     y: Mapped[int]
@@ -310,6 +318,8 @@ class ApiKey(Base):
     # What the key may see (migration 0013): "scanner" its own scans, "admin" every scan and the operations
     # endpoints (API_KEY_ROLES).
     role: Mapped[str] = mapped_column(String(16), default="scanner", server_default=text("'scanner'"))
+    # Migration 0017: the key's team; a reviewer key sees the scans started by keys of its team (NULL: none).
+    team: Mapped[str | None] = mapped_column(String(64))
 
 
 class ScanCallback(Base):
@@ -411,11 +421,12 @@ class ResultMatch(Base):
     """A file of a scan (a video's frame: ``frame``) within its bank's distance of a bank's hash."""
 
     __tablename__ = "result_matches"
-    __table_args__ = (Index("ix_result_matches_scan_id_path", "scan_id", "path"),)
+    __table_args__ = (Index("ix_result_matches_scan_id_path_hash", "scan_id", "path_hash"),)
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
     path: Mapped[str] = mapped_column(Text)
+    path_hash: Mapped[bytes] = mapped_column(LargeBinary(16))  # dfscan.db.paths.path_hash(path)
     # The bank's name is kept with the match: a dropped bank's matches still say where they came from.
     bank_id: Mapped[int | None] = mapped_column(ForeignKey("hash_banks.id", ondelete="SET NULL"))
     bank: Mapped[str] = mapped_column(String(255))
@@ -434,12 +445,13 @@ class MatchNotice(Base):
     """
 
     __tablename__ = "match_notices"
-    __table_args__ = (UniqueConstraint("scan_id", "path", "target"),
+    __table_args__ = (UniqueConstraint("scan_id", "path_hash", "target"),
                       Index("ix_match_notices_delivered_at_given_up_at", "delivered_at", "given_up_at"))
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
     path: Mapped[str] = mapped_column(Text)
+    path_hash: Mapped[bytes] = mapped_column(LargeBinary(16))  # dfscan.db.paths.path_hash(path)
     target: Mapped[str] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(default=0, server_default=_ZERO)
     next_attempt_at: Mapped[datetime | None]
@@ -477,7 +489,7 @@ class ResultProvenance(Base):
 
     __tablename__ = "result_provenance"
     __table_args__ = (
-        UniqueConstraint("scan_id", "path"),
+        UniqueConstraint("scan_id", "path_hash"),
         CheckConstraint("c2pa IN ('none', 'embedded', 'remote', 'error')", name="c2pa"),
         CheckConstraint("c2pa_state IS NULL OR c2pa_state IN ('valid', 'invalid', 'trusted')", name="c2pa_state"),
     )
@@ -485,6 +497,7 @@ class ResultProvenance(Base):
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
     path: Mapped[str] = mapped_column(Text)
+    path_hash: Mapped[bytes] = mapped_column(LargeBinary(16))  # dfscan.db.paths.path_hash(path)
     c2pa: Mapped[str] = mapped_column(String(8))
     c2pa_state: Mapped[str | None] = mapped_column(String(8))
     c2pa_codes: Mapped[str | None] = mapped_column(Text)  # the failure codes, comma-separated
@@ -519,3 +532,46 @@ scan_provenance = Table(
     Column("synthetic_declared", Boolean),
 )
 assert tuple(scan_provenance.c.keys()) == PROVENANCE_VIEW_COLUMNS
+
+
+DECISION_CHECK = "decision IN ('fake', 'real', 'unsure', 'escalate')"
+
+
+class Review(Base):
+    """One analyst decision on one file of a scan (migration 0017); a changed decision is a new row.
+
+    ``copy_of`` is the path the analyst decided when this row was written for a copy of it (the same
+    content hash) decided together; NULL on the file decided directly.
+    """
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        CheckConstraint(DECISION_CHECK, name="decision"),
+        Index("ix_reviews_scan_id_path_hash_id", "scan_id", "path_hash", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    path_hash: Mapped[bytes] = mapped_column(LargeBinary(16))
+    decision: Mapped[str] = mapped_column(String(8))
+    reviewer: Mapped[str] = mapped_column(String(255))
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    note: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
+    copy_of: Mapped[str | None] = mapped_column(Text)
+
+
+# The current decision per file of a scan: the latest row of ``reviews`` per (scan_id, path_hash).
+REVIEW_VIEW_COLUMNS = ("scan_id", "path", "decision", "reviewer", "note", "decided_at")
+scan_reviews = Table(
+    "scan_reviews",
+    MetaData(),
+    Column("scan_id", Integer),
+    Column("path", Text),
+    Column("decision", String(8)),
+    Column("reviewer", String(255)),
+    Column("note", Text),
+    Column("decided_at", UTCDateTime()),
+)
+assert tuple(scan_reviews.c.keys()) == REVIEW_VIEW_COLUMNS

@@ -3,7 +3,7 @@
 :func:`add_notices` runs where a batch's matches are written (:func:`dfscan.db.banks.replace_matches`):
 a file with matches gets a notice for its scan's callback (a scan started
 through `dfscan serve` with a callback URL) and one per matched bank that has
-a webhook; ``(scan_id, path, target)`` is unique, so a file scored again is
+a webhook; ``(scan_id, path_hash, target)`` is unique, so a file scored again is
 not announced again.  `dfscan serve` delivers them as it delivers scan
 callbacks (:mod:`dfscan.serve.match_notices`): claimed by one server (a lease
 on ``next_attempt_at``), signed with the key's or the bank's secret, retried
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from ._dialects import insert_for
 from ._types import utcnow
 from .models import ApiKey, HashBank, MatchNotice, ResultMatch, ScanCallback
+from .paths import path_hash
 from .records import ResultRow
 
 __all__ = ["DueNotice", "add_notices", "claim_notice", "due_notices", "notice_matches", "record_notice_attempt"]
@@ -57,10 +58,12 @@ def add_notices(session: Session, scan_id: int, rows: Sequence[ResultRow]) -> in
     for row in matched:
         targets = [SCAN_TARGET] if has_callback else []
         targets += [f"bank:{b}" for b in sorted({m.bank_id for m in row.match_rows} & hooked)]  # type: ignore[misc]
-        values += [{"scan_id": scan_id, "path": row.path, "target": t, "attempts": 0} for t in targets]
+        key = path_hash(row.path)
+        values += [{"scan_id": scan_id, "path": row.path, "path_hash": key, "target": t, "attempts": 0}
+                   for t in targets]
     if values:
         session.execute(insert_for(session)(MatchNotice).on_conflict_do_nothing(
-            index_elements=["scan_id", "path", "target"]), values)
+            index_elements=["scan_id", "path_hash", "target"]), values)
     return len(values)
 
 
@@ -116,7 +119,7 @@ def record_notice_attempt(session: Session, notice_id: int, *, error: str | None
 def notice_matches(session: Session, notice: DueNotice) -> list[dict]:
     """The matches a notice announces: every match of its file (a bank's webhook: that bank's only)."""
     stmt = select(ResultMatch.bank, ResultMatch.ref, ResultMatch.label, ResultMatch.distance, ResultMatch.frame).where(
-        ResultMatch.scan_id == notice.scan_id, ResultMatch.path == notice.path)
+        ResultMatch.scan_id == notice.scan_id, ResultMatch.path_hash == path_hash(notice.path))
     if notice.bank_id is not None:
         stmt = stmt.where(ResultMatch.bank_id == notice.bank_id)
     return [dict(r) for r in session.execute(stmt.order_by(ResultMatch.distance, ResultMatch.bank)).mappings()]

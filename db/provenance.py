@@ -9,6 +9,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from .models import ResultProvenance, scan_provenance
+from .paths import path_hash
 from .records import ResultRow
 
 __all__ = ["iter_provenance", "replace_provenance"]
@@ -19,15 +20,16 @@ _IN_LIST_SIZE = 500
 def replace_provenance(session: Session, scan_id: int, rows: Sequence[ResultRow]) -> None:
     """Replace the provenance of the rows' paths (a re-scored file is read again): one delete, one insert."""
     read = [row for row in rows if row.provenance is not None]
-    paths = [row.path for row in read]
-    for start in range(0, len(paths), _IN_LIST_SIZE):
+    keys = [path_hash(row.path) for row in read]
+    for start in range(0, len(keys), _IN_LIST_SIZE):
         session.execute(delete(ResultProvenance).where(
-            ResultProvenance.scan_id == scan_id, ResultProvenance.path.in_(paths[start : start + _IN_LIST_SIZE])))
+            ResultProvenance.scan_id == scan_id, ResultProvenance.path_hash.in_(keys[start : start + _IN_LIST_SIZE])))
     values = []
-    for row in read:
+    for row, key in zip(read, keys):
         p = row.provenance
         assert p is not None
-        values.append({"scan_id": scan_id, "path": row.path, "c2pa": p.c2pa, "c2pa_state": p.c2pa_state,
+        values.append({"scan_id": scan_id, "path": row.path, "path_hash": key, "c2pa": p.c2pa,
+                       "c2pa_state": p.c2pa_state,
                        "c2pa_codes": p.codes, "signer": p.signer, "issuer": p.issuer, "generator": p.generator,
                        "claim_generator": p.claim_generator, "creator_tool": p.creator_tool,
                        "settings_key": p.settings_key, "source_type": p.source_type, "watermark": p.watermark,

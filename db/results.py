@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -13,19 +14,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ._dialects import dialect_name, insert_for
+from ._partitions import partition_of
 from ._pgcopy import UNIQUE_VIOLATION, copy_rows
 from .banks import replace_matches
 from .provenance import replace_provenance
 from ._types import UTCDateTime
-from .models import Result, ResultFace, ResultFrame, scan_provenance, scan_results
+from .models import VIEW_COLUMNS, Model, Result, ResultFace, ResultFrame, ResultProvenance, scan_results
+from .paths import PATH_HASH_BYTES, path_hash
 from .records import ResultRow
 
-__all__ = ["PROVENANCE_COLUMNS", "ROW_COLUMNS", "existing_paths", "iter_faces", "iter_frames", "iter_results",
-           "write_batch"]
+__all__ = ["PROVENANCE_COLUMNS", "ROW_COLUMNS", "copy_columns", "copy_values", "existing_paths", "iter_faces",
+           "iter_frames", "iter_results", "write_batch"]
 
 _RESULTS = Result.__table__
-# The one list of what a write sets: the columns a re-scored path overwrites ((scan_id, path) is the key and
-# id stays).  Every column but model_id is the ResultRow field of the same name, so adding a column to the
+# The one list of what a write sets: the columns a re-scored path overwrites ((scan_id, path_hash) is the
+# key).  Every column but model_id is the ResultRow field of the same name, so adding a column to the
 # write path (SQLite's upsert, PostgreSQL's COPY, staging table and upsert) is one entry here.
 _UPSERT_COLUMNS = (
     "model_id", "size", "mtime", "status", "label", "p_fake", "confidence", "error",
@@ -48,7 +51,7 @@ PROVENANCE_COLUMNS = ("c2pa", "c2pa_state", "c2pa_codes", "signer", "generator",
 def write_batch(
     session: Session, *, scan_id: int, model_id: int, rows: Sequence[ResultRow]
 ) -> None:
-    """Upsert a batch of results (any number: a batch, a chunk) on (scan_id, path).
+    """Upsert a batch of results (any number: a batch, a chunk) on (scan_id, path_hash).
 
     Rewriting a path replaces its row, so a redelivered chunk writes the same
     rows again. Paths repeated within ``rows`` keep their last row: PostgreSQL
@@ -67,6 +70,7 @@ def write_batch(
         values = []
         for row in latest.values():
             value = dict(zip(keys, _row_values(row)))
+            value["path_hash"] = path_hash(row.path)
             value["scan_id"] = scan_id
             value["model_id"] = model_id
             values.append(value)
@@ -86,9 +90,10 @@ def write_batch(
 
 
 def _delete_paths(session: Session, table: Any, scan_id: int, paths: list[str]) -> None:
-    for start in range(0, len(paths), _IN_LIST_SIZE):
+    keys = [path_hash(p) for p in paths]
+    for start in range(0, len(keys), _IN_LIST_SIZE):
         session.execute(
-            delete(table).where(table.scan_id == scan_id, table.path.in_(paths[start : start + _IN_LIST_SIZE]))
+            delete(table).where(table.scan_id == scan_id, table.path_hash.in_(keys[start : start + _IN_LIST_SIZE]))
         )
 
 
@@ -96,7 +101,8 @@ def _write_frames(session: Session, scan_id: int, rows: list[ResultRow]) -> None
     """Replace the frame rows of a batch's videos (a re-scored video may have other tracks)."""
     _delete_paths(session, ResultFrame, scan_id, [row.path for row in rows])
     frames = [
-        {"scan_id": scan_id, "path": row.path, "track": f.track, "frame_index": f.frame_index,
+        {"scan_id": scan_id, "path": row.path, "path_hash": path_hash(row.path), "track": f.track,
+         "frame_index": f.frame_index,
          "timestamp_s": f.timestamp_s, "x": f.x, "y": f.y, "w": f.w, "h": f.h, "p_fake": f.p_fake,
          "track_p_fake": f.track_p_fake, "pdq": f.pdq}
         for row in rows
@@ -107,10 +113,11 @@ def _write_frames(session: Session, scan_id: int, rows: list[ResultRow]) -> None
 
 
 # COPY sends the rows' timestamps as ISO 8601 text, formatted once per distinct value (a batch shares one
-# scanned_at) where the driver would format every row's anew; they go last in COPY's column list.
+# scanned_at) where the driver would format every row's anew; they go last in COPY's column list.  The key's
+# path_hash goes first, after the prefix.
 _TIMES = tuple(c for c in ROW_COLUMNS if isinstance(_RESULTS.c[c].type, UTCDateTime))
 _PLAIN = tuple(c for c in ROW_COLUMNS if c not in _TIMES)
-_COPY_COLUMNS = _PLAIN + _TIMES
+_COPY_COLUMNS = ("path_hash",) + _PLAIN + _TIMES
 _plain_values = operator.attrgetter(*_PLAIN)
 
 
@@ -129,23 +136,37 @@ def _copy_values(rows: Iterable[ResultRow], prefix: tuple = ()) -> list[tuple]:
     """``prefix`` + the values of each row in the order of ``_COPY_COLUMNS``."""
     texts: dict[datetime, str] = {}
     plain = _plain_values
+    sha256 = hashlib.sha256
     if len(_TIMES) == 1:
         time_of = operator.attrgetter(_TIMES[0])
-        return [prefix + plain(row) + (_iso(time_of(row), texts),) for row in rows]
-    return [prefix + plain(row) + tuple(_iso(getattr(row, c), texts) for c in _TIMES) for row in rows]
+        return [prefix + (sha256(row.path.encode()).digest()[:PATH_HASH_BYTES],) + plain(row)
+                + (_iso(time_of(row), texts),) for row in rows]
+    return [prefix + (path_hash(row.path),) + plain(row) + tuple(_iso(getattr(row, c), texts) for c in _TIMES)
+            for row in rows]
+
+
+def copy_columns() -> tuple[str, ...]:
+    """The columns of ``results`` that the write path's ``COPY`` sends, in the order of :func:`copy_values`."""
+    return ("scan_id", "model_id") + _COPY_COLUMNS
+
+
+def copy_values(rows: Iterable[ResultRow], *, scan_id: int, model_id: int) -> list[tuple]:
+    """The write path's ``COPY`` tuples for ``rows`` (the benchmark's write ceiling sends the same)."""
+    return _copy_values(rows, (scan_id, model_id))
 
 
 def _write_pg(session: Session, scan_id: int, model_id: int, rows: Iterable[ResultRow]) -> None:
     """``COPY`` the rows straight into ``results``; if any of their paths is there already, upsert them all.
 
     The first write of a chunk's paths (nearly every write) is a plain ``COPY``, in
-    a savepoint.  A unique violation (a chunk scored again, a path named twice in
-    a scan) rolls back to the savepoint, and the rows are ``COPY``'d into a
+    a savepoint, straight into the scan's partition (no routing of each row through the parent).  A
+    unique violation (a chunk scored again, a path named twice in a scan) rolls back to the savepoint, and the rows are ``COPY``'d into a
     staging table and moved by one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``,
     which rewrites the rows that exist: the same rows either way.
     """
     try:
-        copy_rows(session, _COPY_RESULTS, _copy_values(rows, (scan_id, model_id)), savepoint=True)
+        copy_rows(session, _COPY_RESULTS.format(table=partition_of(scan_id)), _copy_values(rows, (scan_id, model_id)),
+                  savepoint=True)
         return
     except IntegrityError as exc:
         if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
@@ -154,7 +175,7 @@ def _write_pg(session: Session, scan_id: int, model_id: int, rows: Iterable[Resu
     session.execute(_FROM_STAGE, {"scan_id": scan_id, "model_id": model_id})
 
 
-_COPY_RESULTS = f"COPY {_RESULTS.name} (scan_id, model_id, {', '.join(_COPY_COLUMNS)}) FROM STDIN"
+_COPY_RESULTS = f"COPY {{table}} (scan_id, model_id, {', '.join(_COPY_COLUMNS)}) FROM STDIN"
 # PostgreSQL's staging table: one per connection (temporary), emptied at every commit; the upsert empties it
 # too (DELETE ... RETURNING feeds the INSERT), so two writes in one transaction never see each other's rows.
 # Made from the columns of ``results`` themselves, so its types are theirs.
@@ -167,15 +188,15 @@ def _pg_type(column: str) -> str:
 
 _STAGE_DDL = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} ON COMMIT DELETE ROWS AS "
-    f"SELECT {', '.join(ROW_COLUMNS)} FROM {_RESULTS.name} WITH NO DATA"
+    f"SELECT path_hash, {', '.join(ROW_COLUMNS)} FROM {_RESULTS.name} WITH NO DATA"
 )
 _STAGE_COPY = f"COPY {_STAGE} ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
 _FROM_STAGE = text(
     f"WITH staged AS (DELETE FROM {_STAGE} RETURNING *) "
-    f"INSERT INTO {_RESULTS.name} (scan_id, model_id, {', '.join(ROW_COLUMNS)}) "
+    f"INSERT INTO {_RESULTS.name} (scan_id, model_id, path_hash, {', '.join(ROW_COLUMNS)}) "
     f"SELECT CAST(:scan_id AS {_pg_type('scan_id')}), CAST(:model_id AS {_pg_type('model_id')}), "
-    f"{', '.join(ROW_COLUMNS)} FROM staged "
-    f"ON CONFLICT (scan_id, path) DO UPDATE SET "
+    f"path_hash, {', '.join(ROW_COLUMNS)} FROM staged "
+    f"ON CONFLICT (scan_id, path_hash) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _UPSERT_COLUMNS)
 )
 
@@ -187,7 +208,8 @@ def _write_faces(session: Session, scan_id: int, rows: list[ResultRow]) -> None:
     """
     _delete_paths(session, ResultFace, scan_id, [row.path for row in rows])
     faces = [
-        {"scan_id": scan_id, "path": row.path, "face_index": f.index, "x": f.x, "y": f.y, "w": f.w, "h": f.h,
+        {"scan_id": scan_id, "path": row.path, "path_hash": path_hash(row.path), "face_index": f.index,
+         "x": f.x, "y": f.y, "w": f.w, "h": f.h,
          "detector_score": f.detector_score, "p_fake": f.p_fake, "label": f.label}
         for row in rows
         for f in row.face_rows
@@ -205,7 +227,7 @@ def _upsert_statement(session: Session) -> Any:
     if stmt is None:
         base = insert_for(session)(_RESULTS)
         stmt = base.on_conflict_do_update(
-            index_elements=["scan_id", "path"],
+            index_elements=["scan_id", "path_hash"],
             set_={column: base.excluded[column] for column in _UPSERT_COLUMNS},
         )
         _UPSERTS[name] = stmt
@@ -215,17 +237,21 @@ def _upsert_statement(session: Session) -> Any:
 def existing_paths(session: Session, scan_id: int, paths: list[str]) -> set[str]:
     """Which of ``paths`` (one chunk's worth) already have a result in this scan."""
     found: set[str] = set()
-    unique = list(dict.fromkeys(paths))
-    for start in range(0, len(unique), _IN_LIST_SIZE):
-        found.update(
-            session.execute(
-                select(Result.path).where(
-                    Result.scan_id == scan_id,
-                    Result.path.in_(unique[start : start + _IN_LIST_SIZE]),
-                )
-            ).scalars()
-        )
+    by_key = {path_hash(p): p for p in paths}
+    keys = list(by_key)
+    for start in range(0, len(keys), _IN_LIST_SIZE):
+        found.update(by_key[k] for k in session.execute(
+            select(Result.path_hash).where(Result.scan_id == scan_id,
+                                           Result.path_hash.in_(keys[start : start + _IN_LIST_SIZE]))
+        ).scalars())
     return found
+
+
+# scan_results' columns from its tables: the view's own query, whose order and keyset can use the key.
+_RESULTS_VIEW = select(
+    *(Model.sha256.label(c) if c == "model_sha256" else _RESULTS.c[c].label(c) for c in VIEW_COLUMNS)
+).select_from(_RESULTS).join(Model, Model.id == _RESULTS.c.model_id)
+assert tuple(_RESULTS_VIEW.selected_columns.keys()) == tuple(scan_results.c.keys())
 
 
 def iter_results(
@@ -239,21 +265,23 @@ def iter_results(
     after_path: str | None = None,
     declared: bool | None = None,
     provenance: bool = False,
+    keyset: bool = False,
 ) -> Iterator[dict[str, Any]]:
-    """Stream rows of the ``scan_results`` view, ordered by scan_id then path.
+    """Stream rows of the ``scan_results`` view (its columns, read from its tables), ordered by scan_id then path.
 
     Rows arrive in batches (a server-side cursor on PostgreSQL), so a scan of
     millions of images never sits in memory. Keys are the view's columns.
-    ``after_path`` (with ``scan_id``) starts after that path: keyset paging for the HTTP API.
-    ``declared`` keeps the rows whose file declares itself synthetic (or, False, those that do not);
+    ``keyset``: ordered by the key instead, (scan_id, path_hash), which the primary key serves a page at a
+    time at any size; ``after_path`` (with ``scan_id``) then starts after that path's key: the HTTP API's
+    paging.  ``declared`` keeps the rows whose file declares itself synthetic (or, False, those that do not);
     ``provenance`` adds the ``scan_provenance`` columns of :data:`PROVENANCE_COLUMNS` (None where none was read).
     """
-    view = scan_results.c
-    stmt = select(scan_results).order_by(view.scan_id, view.path)
+    view = Result
+    stmt = _RESULTS_VIEW.order_by(view.scan_id, view.path_hash if keyset else view.path)
     if provenance:
-        p = scan_provenance.c
-        stmt = stmt.add_columns(*(p[name] for name in PROVENANCE_COLUMNS)).outerjoin(
-            scan_provenance, and_(p.scan_id == view.scan_id, p.path == view.path))
+        p = ResultProvenance
+        stmt = stmt.add_columns(*(getattr(p, name) for name in PROVENANCE_COLUMNS)).outerjoin(
+            p, and_(p.scan_id == view.scan_id, p.path_hash == view.path_hash))
     if declared is not None:
         stmt = stmt.where(view.synthetic_declared.is_(True) if declared else view.synthetic_declared.isnot(True))
     if scan_id is not None:
@@ -265,7 +293,7 @@ def iter_results(
     if status is not None:
         stmt = stmt.where(view.status == status)
     if after_path is not None:
-        stmt = stmt.where(view.path > after_path)
+        stmt = stmt.where(view.path_hash > path_hash(after_path) if keyset else view.path > after_path)
     if limit is not None:
         stmt = stmt.limit(limit)
     result = session.execute(stmt, execution_options={"yield_per": STREAM_BATCH})

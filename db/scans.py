@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, case, func, select, updat
 from sqlalchemy.orm import Session
 
 from ._dialects import dialect_name, insert_for
+from ._partitions import create_partition
 from ._types import utcnow
 from .errors import ScanNotFound
 from .models import Chunk, Model, Result, Scan, ScanWorker, scan_provenance
@@ -94,7 +95,10 @@ def create_scan(
     threshold: float,
     settings: dict[str, Any],
 ) -> int:
-    """Start a scan (status "running"); ``settings`` is its JSON audit record."""
+    """Start a scan (status "running"); ``settings`` is its JSON audit record.
+
+    On PostgreSQL the scan's partition of ``results`` is made in the same transaction (:mod:`._partitions`).
+    """
     scan = Scan(
         name=name,
         roots=list(roots),
@@ -106,6 +110,7 @@ def create_scan(
     )
     session.add(scan)
     session.flush()
+    create_partition(session, scan.id)
     return scan.id
 
 

@@ -235,10 +235,12 @@ def evaluate(
     device: str = "auto",
     progress: bool = False,
     frames: int | None = None,
+    reviews: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Score ``split`` of ``data_dir`` with ``model``; write ``metrics.json`` and ``report.html`` to ``out_dir``.
 
     A data set of videos is scored per video with ``frames`` sampled frames each (None: the model's own T).
+    ``reviews`` (:func:`dfscan.detector.reviews.evaluate_reviews`) adds the figures on analysts' decisions.
     """
     if split not in SPLIT_NAMES:
         raise EvaluationError(f"unknown split {split!r}; known splits: {', '.join(SPLIT_NAMES)}")
@@ -272,8 +274,18 @@ def evaluate(
                  "synthetic": (Path(splits.root) / "synth.json").is_file()},
         "training_results": str(history_path) if history_path else None,
         **result,
+        **({"reviews": reviews} if reviews is not None else {}),
     }
-    out_dir = Path(out_dir)
+    return _write(Path(out_dir), record, history, source)
+
+
+def evaluate_reviews_only(out_dir: Path, reviews: dict[str, Any]) -> EvalResult:
+    """``metrics.json`` and ``report.html`` holding the figures on analysts' decisions alone."""
+    record = {"written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "reviews": reviews}
+    return _write(Path(out_dir), record, None, None)
+
+
+def _write(out_dir: Path, record: dict[str, Any], history: dict[str, Any] | None, source) -> EvalResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / METRICS_NAME
     metrics_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -19,6 +19,14 @@ Two graphs are written from the same weights: ``model.onnx`` takes (N, 3, H, W)
 ``model.video.onnx`` takes (N, T, 3, H, W) with N and T dynamic (a video's sampled
 frames as the LSTM's sequence). The sidecar names the second (``video_model``)
 and says how many frames the checkpoint was trained with (``frames``).
+
+For the torch runtime both graphs are also saved as ``torch.export`` programs:
+``model.pt2`` (batch dynamic) and ``model.video.pt2``.  A dynamic T does not
+export (``nn.LSTM`` specialises the sequence length), so the video program is
+exported at one fixed length, the sidecar's ``frames`` (what a scan samples),
+and takes each sequence's real length beside the frames: shorter sequences are
+zero-padded to it and masked (:mod:`detector.padded`), which is checked to give
+the plain model's logits at export.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from dfscan.detector.errors import ExportError, ExportMismatch, UnknownExporter
 from dfscan.trt.model_info import (
     DEFAULT_TEMPERATURE,
     PROGRAM_KEY,
+    VIDEO_PROGRAM_KEY,
     VIDEO_MODEL_NAME,  # noqa: F401 - the video graph's file name, named from here by callers and tests
     ModelFolder,
     ModelInfo,
@@ -189,11 +198,14 @@ def export_onnx(
         video_tmp, video_diff = _export_video_checked(model, video_path, opset, frames, check, checkpoint, tmp)
     folder.sidecar_to_write.unlink(missing_ok=True)  # the old sidecar describes the old file
     folder.program.unlink(missing_ok=True)  # and the old program the old model
+    folder.video_program.unlink(missing_ok=True)
     video_path.unlink(missing_ok=True)  # and the old video graph the old weights
     tmp.replace(onnx_path)
     if video_tmp is not None:
         video_tmp.replace(video_path)
     program = save_torch_program(model, folder.program, onnx_path) if torch_program else None
+    video_program = (save_torch_video_program(model, folder.video_program, video_path, frames)
+                     if torch_program and video_tmp is not None else None)
     video_fields = (
         {"video_model": video_path.name, "video_model_sha256": sha256_file(video_path),
          "video_exporter": "torchscript", "video_parity_max_abs_diff": video_diff}
@@ -202,6 +214,7 @@ def export_onnx(
     info_path = _write_sidecar(
         onnx_path, model, checkpoint, threshold=threshold, temperature=temperature, exporter=exporter, diff=diff,
         frames=frames, **video_fields, **({PROGRAM_KEY: program} if program else {}),
+        **({VIDEO_PROGRAM_KEY: video_program} if video_program else {}),
     )
     info = inspect_model(onnx_path)
     if info.fixed_batch is not None:
@@ -312,32 +325,98 @@ def parity_frames(frames: int) -> tuple[int, int]:
 
 def save_torch_program(model: DeepfakeDetector, path: Path, onnx_path: Path) -> dict:
     """``torch.export`` the model (dynamic batch) to ``path``; returns its sidecar entry, tied to ``onnx_path``."""
-    from dfscan.trt.model_info import sha256_file
-
     h, w = model.config.input_size
     dummy = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     model.eval()
+    _export_program(model, (dummy,), ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},), path,
+                    model.architecture)
+    return _program_entry(path, onnx_path, "torch.export ExportedProgram (.pt2)")
+
+
+VIDEO_PROGRAM_PARITY_ATOL = 1e-4
+
+
+def save_torch_video_program(model: DeepfakeDetector, path: Path, video_onnx_path: Path, frames: int) -> dict:
+    """``torch.export`` the video graph at T = ``frames`` (padded and masked) to ``path``; returns its sidecar entry.
+
+    The program takes ``(x, lengths)``: x (N, frames, 3, H, W) with the first ``lengths[n]`` frames of
+    each sequence real. Before it is kept it must give the plain model's logits (within 1e-4) on a
+    full sequence and on a shorter one padded with noise, else :class:`ExportMismatch`.
+    """
+    from dfscan.detector.padded import PaddedSequenceModel
+
+    h, w = model.config.input_size
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    dummy = torch.randn(2, frames, 3, h, w, generator=gen)
+    lengths = torch.tensor([frames, max(1, frames - 1)], dtype=torch.int64)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    diff = _export_program(PaddedSequenceModel(model), (dummy, lengths), ({0: batch}, {0: batch}), path,
+                           f"{model.architecture}'s video graph",
+                           check=lambda program: check_padded_parity(model, program.module(), frames, gen))
+    return {
+        **_program_entry(path, video_onnx_path, "torch.export ExportedProgram (.pt2), inputs (x, lengths)"),
+        # T is fixed: nn.LSTM does not export with a dynamic length. Shorter sequences are zero-padded to
+        # it and masked (the backward direction reads each sequence from its own last frame).
+        "frames": frames,
+        "padding": "zero frames after the real ones, masked by lengths",
+        "parity_max_abs_diff": diff,
+    }
+
+
+def _export_program(module: torch.nn.Module, args: tuple, dynamic_shapes: tuple, path: Path, what: str,
+                    check: Callable | None = None) -> float | None:
+    """``torch.export`` ``module`` on ``args`` and save it to ``path`` (via a temporary name); ``check``'s figure.
+
+    ``check(program)`` runs before the file is written and raises :class:`ExportMismatch` to keep it from being.
+    """
     tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")  # torch.save wants a name ending in .pt2
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.filterwarnings("ignore", message=".*_check_is_size.*", category=FutureWarning)
             warnings.filterwarnings("ignore", message=".*were assigned during export.*", category=UserWarning)
-            program = torch.export.export(
-                model, (dummy,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
-            )
+            program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes)
+        figure = check(program) if check is not None else None
         torch.export.save(program, os.fspath(tmp))
+    except ExportMismatch:
+        raise
     except Exception as exc:
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"torch.export of {model.architecture} failed: {first_line(exc, None)}") from exc
+        raise ExportError(f"torch.export of {what} failed: {first_line(exc, None)}") from exc
     tmp.replace(path)
+    return figure
+
+
+def _program_entry(path: Path, onnx_path: Path, fmt: str) -> dict:
+    """The sidecar entry of a saved program: its file and sha256, tied to the ONNX file it was exported beside."""
     return {
         "file": path.name,
-        "format": "torch.export ExportedProgram (.pt2)",
+        "format": fmt,
         "sha256": sha256_file(path),
         "onnx_sha256": sha256_file(onnx_path),
         "torch_version": torch.__version__,
         "dynamic_batch": [1, MAX_BATCH],
     }
+
+
+def check_padded_parity(model: DeepfakeDetector, program, frames: int, gen: torch.Generator,
+                        atol: float = VIDEO_PROGRAM_PARITY_ATOL) -> float:
+    """Max logit difference between the padded program and ``model`` on unpadded sequences; ExportMismatch above atol."""
+    from dfscan.trt.pytorch import pad_frames
+
+    h, w = model.config.input_size
+    worst = 0.0
+    for n, t in {(1, frames), (2, max(1, frames // 2))}:
+        x = torch.randn(n, t, 3, h, w, generator=gen)
+        x_pad, lengths = pad_frames(x, frames)
+        if t < frames:  # the pad must not matter, whatever it holds
+            x_pad[:, t:] = torch.randn(n, frames - t, 3, h, w, generator=gen)
+        with torch.no_grad():
+            worst = max(worst, float((program(x_pad, lengths) - model(x)).abs().max()))
+    if not worst <= atol:
+        raise ExportMismatch(f"the padded video program and the model differ by {worst:.3g} (tolerance {atol:g})",
+                             max_abs_diff=worst, atol=atol)
+    return worst
 
 
 def export_legacy_fixed_batch(checkpoint: Path, path: Path) -> Path:

@@ -190,3 +190,26 @@ def threshold_for_fpr(y_true, scores, target_fpr: float) -> dict[str, float]:
     fpr = float(np.mean(s[y == 0] >= threshold))
     tpr = float(np.mean(s[y == 1] >= threshold))
     return {"threshold": threshold, "fpr": fpr, "tpr": tpr, "target_fpr": float(target_fpr)}
+
+
+def threshold_for_precision(y_true, scores, target_precision: float) -> dict[str, float]:
+    """The lowest threshold whose precision (share of real fakes among those called fake) is at least the target.
+
+    Lowest, so that as many fakes as possible are caught at that precision; the
+    candidates are the scores themselves (fake when ``score >= threshold``).
+    Raises ``ValueError`` when no threshold reaches the target. Returns the
+    threshold with the precision, recall and number called fake it gives.
+    """
+    if not 0.0 < target_precision <= 1.0:
+        raise ValueError(f"target precision must be in (0, 1], got {target_precision}")
+    fps, tps, thr = _binary_clf_curve(y_true, scores)
+    if tps.size == 0 or tps[-1] <= 0:
+        raise ValueError("choosing a threshold for a precision needs fake labels among the scores")
+    precision = tps / (tps + fps)
+    reached = np.flatnonzero(precision >= target_precision - 1e-12)
+    if reached.size == 0:
+        raise ValueError(f"no threshold reaches precision {target_precision:g} on these scores "
+                         f"(the best is {float(precision.max()):.4g})")
+    best = int(reached[-1])  # thresholds fall along the curve: the last one reached is the lowest
+    return {"threshold": float(thr[best]), "precision": float(precision[best]), "recall": float(tps[best] / tps[-1]),
+            "called_fake": int(tps[best] + fps[best]), "target_precision": float(target_precision)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dfscan.detector._report_reviews import REVIEW_FIGURE, reviews_section
 from dfscan.htmlkit import PALETTE, Chart, card, escape, heatmap, page, thumbnail_data_uri
 from dfscan.workers.video.sample import is_video_path
 
@@ -262,6 +263,10 @@ def _samples(m: dict[str, Any]) -> tuple[str, str]:
 
 def render(record: dict[str, Any], history: dict[str, Any] | None = None) -> str:
     """The report's HTML for a metrics record (as written to metrics.json)."""
+    if "n" not in record:  # analysts' decisions alone (`dfscan evaluate --from-reviews` without a data set)
+        header = (f"<h1>dfscan evaluation report</h1><p>The detector measured on analysts' decisions only. "
+                  f"Written {escape(str(record.get('written_at', '')))}.</p>")
+        return page("dfscan evaluation", header + reviews_section(record["reviews"]), css=CSS)
     parts = [_figure("fig-dashboard", _dashboard(record),
                      f"Accuracy {_pct(record['accuracy'])} on {record['n']} {_unit(record)} at threshold "
                      f"{record['threshold']:.3f}.")]
@@ -279,6 +284,8 @@ def render(record: dict[str, Any], history: dict[str, Any] | None = None) -> str
     ):
         body, caption = build()
         parts.append(_figure(fig_id, body, caption))
+    if record.get("reviews"):  # beside the data set's figures, right after its dashboard
+        parts.insert(1, reviews_section(record["reviews"]))
     model = record.get("model", {})
     data = record.get("data", {})
     failed = len(data.get("failed", []))
@@ -300,7 +307,8 @@ def render(record: dict[str, Any], history: dict[str, Any] | None = None) -> str
             "procedural images and a simulator of generator up-sampling artefacts, not real deepfakes. The figures "
             "say how well the model learnt that simulator, nothing about real deepfake detection.</p>"
         )
-    toc = "<p>" + " · ".join(f'<a href="#{fid}">{escape(t)}</a>' for fid, t in FIGURES) + "</p>"
+    shown = FIGURES[:1] + ((REVIEW_FIGURE,) if record.get("reviews") else ()) + FIGURES[1:]
+    toc = "<p>" + " · ".join(f'<a href="#{fid}">{escape(t)}</a>' for fid, t in shown) + "</p>"
     return page("dfscan evaluation", f"{header}{toc}{''.join(parts)}", css=CSS)
 
 

@@ -24,10 +24,11 @@ from dfscan.commands import register
 SECTIONS: dict[str, tuple[str, ...]] = {
     "Scanning": ("scan", "status", "results", "resume", "cancel"),
     "Analysis": ("report", "explain", "bank"),
-    "Models": ("synth", "train", "evaluate", "calibrate", "export", "quantize", "fp16", "build-engine"),
+    "Models": ("synth", "train", "evaluate", "calibrate", "export-reviews", "export", "quantize", "fp16",
+               "build-engine"),
     "A fleet (Celery workers)": ("worker", "beat"),
     "The HTTP service and browser extension": ("serve", "api-key", "plugin"),
-    "This machine and its database": ("doctor", "bench", "migrate"),
+    "This machine and its database": ("doctor", "bench", "migrate", "prune"),
 }
 OTHER = "Other"
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["BASE_CSS", "ERROR_COLOUR", "FAKE_COLOUR", "FONT", "PALETTE", "REAL_COLOUR", "Chart", "card", "escape",
-           "heatmap", "nice_ticks", "page", "provenance_badge", "thumbnail_data_uri"]  # fmt: skip
+           "flagged_track", "heatmap", "nice_ticks", "page", "provenance_badge", "thumbnail", "thumbnail_data_uri"]  # fmt: skip
 
 FAKE_COLOUR = "#c0392b"
 REAL_COLOUR = "#2c7be5"
@@ -109,10 +109,12 @@ def thumbnail_data_uri(path: str, px: int = 160) -> tuple[str | None, str]:
     return uri, reason
 
 
-def thumbnail(path: str, px: int = 160, store=None) -> tuple[str | None, str, tuple[int, int] | None]:
+def thumbnail(path: str, px: int = 160, store=None, roots: Sequence[str] | None = None,
+              ) -> tuple[str | None, str, tuple[int, int] | None]:
     """Like :func:`thumbnail_data_uri`, plus the oriented image's full size (W, H): face boxes are in its pixels.
 
-    ``store`` reads an ``s3://`` path (:func:`dfscan.scanner.objects.store_of_scan`).
+    ``store`` reads an ``s3://`` path (:func:`dfscan.scanner.objects.store_of_scan`); ``roots`` confine the read
+    as a scan's reads are (no symbolic link followed under them: ``scanner.confine``).
     """
     from PIL import Image
 
@@ -121,7 +123,7 @@ def thumbnail(path: str, px: int = 160, store=None) -> tuple[str | None, str, tu
     from dfscan.workers.reading.reader import read_file
 
     try:
-        data = read_file(path, store=store).data
+        data = read_file(path, store=store, roots=roots).data
         head = open_image(data, 1 << 62)
         full = head.size
         if head.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that swap width and height
@@ -135,6 +137,19 @@ def thumbnail(path: str, px: int = 160, store=None) -> tuple[str | None, str, tu
     except Exception as exc:  # noqa: BLE001 - one bad thumbnail must not lose the report
         return None, f"no preview: {type(exc).__name__}", None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), "", full
+
+
+def flagged_track(frames: list[dict]) -> tuple[int | None, tuple]:
+    """The track whose p_fake is the video's (the most suspicious) and its frames in time order:
+    ``(track, ((frame_index, timestamp_s, box or None, p_fake), ...))`` from ``scan_frames`` rows."""
+    if not frames:
+        return None, ()
+    track = max(frames, key=lambda f: (f["track_p_fake"] if f["track_p_fake"] is not None else -1.0, -f["track"]))
+    mine = sorted((f for f in frames if f["track"] == track["track"]), key=lambda f: f["frame_index"])
+    return track["track"], tuple(
+        (f["frame_index"], f["timestamp_s"], None if f["x"] is None else (f["x"], f["y"], f["w"], f["h"]), f["p_fake"])
+        for f in mine
+    )
 
 
 # --- SVG charts -----------------------------------------------------------------------------------------------------

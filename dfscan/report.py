@@ -27,7 +27,8 @@ from dfscan import db
 from dfscan.db.models import Model, Result, Scan, scan_provenance
 from dfscan.db.banks import iter_matches
 from dfscan.db.records import ScanSummary
-from dfscan.htmlkit import ERROR_COLOUR, FAKE_COLOUR, REAL_COLOUR, card, escape, page, provenance_badge, thumbnail
+from dfscan.htmlkit import (ERROR_COLOUR, FAKE_COLOUR, REAL_COLOUR, card, escape, flagged_track, page,
+                            provenance_badge, thumbnail)
 from dfscan.core.redact import mask_text
 from dfscan.scanner.objects import store_of_scan
 
@@ -120,7 +121,7 @@ def collect(session: Session, scan_id: int, *, top: int = 24, bins: int = 20) ->
         bin_edges=[float(e) for e in edges],
         bin_counts={label: [int(c) for c in hist] for label, hist in counts.items()},
         suspects=[Suspect(r.path, r.p_fake, r.confidence, r.label, tuple(faces.get(r.path, ())), r.kind,
-                          *_flagged_track(strips.get(r.path, [])), provenance=origin.get(r.path)) for r in rows],
+                          *flagged_track(strips.get(r.path, [])), provenance=origin.get(r.path)) for r in rows],
         reason_descriptions=dict(REASONS),
         explanations=_explanations(session, scan_id, [r.path for r in rows]),
         matches=iter_matches(session, scan_id=scan_id, limit=MATCHES_SHOWN),
@@ -139,18 +140,6 @@ def _provenance_rows(session: Session, scan_id: int) -> list[dict[str, Any]]:
             .order_by(p.synthetic_declared.desc(), p.path)
             .limit(PROVENANCE_SHOWN))
     return [dict(r) for r in session.execute(stmt).mappings()]
-
-
-def _flagged_track(frames: list[dict]) -> tuple[int | None, tuple]:
-    """The track whose p_fake is the video's (the most suspicious) and its frames in time order."""
-    if not frames:
-        return None, ()
-    track = max(frames, key=lambda f: (f["track_p_fake"] if f["track_p_fake"] is not None else -1.0, -f["track"]))
-    mine = sorted((f for f in frames if f["track"] == track["track"]), key=lambda f: f["frame_index"])
-    return track["track"], tuple(
-        (f["frame_index"], f["timestamp_s"], None if f["x"] is None else (f["x"], f["y"], f["w"], f["h"]), f["p_fake"])
-        for f in mine
-    )
 
 
 def write_report(db_url: str, scan_id: int, out: Path, *, top: int = 24, bins: int = 20, thumb_px: int = 160) -> ScanReport:

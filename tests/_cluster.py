@@ -138,6 +138,7 @@ class PostgresServer:
         self.data = self.dir / "data"
         self.log = self.dir / "server.log"
         self._as_user: list[str] = []
+        self._templates: set[str] = set()
         if os.geteuid() == 0:
             import pwd
 
@@ -167,10 +168,27 @@ class PostgresServer:
     def admin(self) -> psycopg.Connection:
         return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True)
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, template: str | None = None) -> str:
         with self.admin() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         return self.url(name)
+
+    def create_migrated_database(self, name: str) -> str:
+        """A database at ``upgrade head``: a copy of this cluster's template, migrated once per content of
+        the migration files (tests/_dbtemplate.py's key) by the real ``dfscan.db.upgrade``."""
+        from dfscan import db
+        from tests._dbtemplate import migrations_key
+
+        template = f"dfscan_tmpl_{migrations_key()}"
+        if template not in self._templates:
+            url = self.create_database(template)
+            engine = db.make_engine(url)
+            try:
+                db.upgrade(engine)
+            finally:
+                engine.dispose()
+            self._templates.add(template)
+        return self.create_database(name, template=template)
 
     def url(self, name: str, port: int | None = None) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{port or self.port}/{name}"
@@ -262,6 +280,19 @@ class TcpProxy:
 # --- worker processes ------------------------------------------------------------------
 
 
+def all_ready(*workers: "Worker", timeout: float = 90) -> list["Worker"]:
+    """Wait until every one of ``workers`` (started together: they boot side by side) is ready."""
+    return [w.wait_ready(timeout) for w in workers]
+
+
+def stop_all(workers: "list[Worker]") -> None:
+    """Stop ``workers``: every warm shutdown asked for first, then each waited for (side by side, not in turn)."""
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        w.stop()
+
+
 class Worker:
     """A ``dfscan worker`` process (prefork, one pool process) in its own process group.
 
@@ -322,6 +353,14 @@ class Worker:
             pass
         if sig == signal.SIGKILL:
             self.proc.wait(30)
+
+    def terminate(self) -> None:
+        """Ask for a warm shutdown (SIGTERM to the group) without waiting: :meth:`stop` waits."""
+        if self.alive():
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def stop(self) -> None:
         if self.alive():

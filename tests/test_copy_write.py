@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from dfscan import db
 from dfscan.db import results as results_module
 from dfscan.db.models import Chunk, Result, ResultFace
+from dfscan.db.paths import path_hash
 from dfscan.scanner import Chunk as ChunkMessage
 from dfscan.scanner.paths import storable
 from dfscan.core.settings import Settings
@@ -98,8 +99,8 @@ def _stored(sessions, scan_id: int) -> dict[str, tuple]:
 
 def _old_upsert(session, scan_id: int, model_id: int, rows: list[db.ResultRow]) -> None:
     """The write path before COPY: one executemany upsert of dicts (what SQLite still runs), then the faces."""
-    values = [{"scan_id": scan_id, "model_id": model_id, **dict(zip(results_module.ROW_COLUMNS,
-                                                                    results_module._row_values(r)))} for r in rows]
+    values = [{"scan_id": scan_id, "model_id": model_id, "path_hash": path_hash(r.path),
+               **dict(zip(results_module.ROW_COLUMNS, results_module._row_values(r)))} for r in rows]
     session.execute(results_module._upsert_statement(session), values)
     results_module._write_faces(session, scan_id, rows)
 
@@ -129,13 +130,14 @@ def test_rerunning_a_flush_rewrites_the_same_rows(pg, tmp_path) -> None:
         db.write_batch(s, scan_id=scan_id, model_id=model_id, rows=rows)
     first = _stored(sessions, scan_id)
     with sessions() as s:
-        ids = dict(s.execute(select(Result.path, Result.id).where(Result.scan_id == scan_id)).all())
+        ids = dict(s.execute(select(Result.path, Result.path_hash).where(Result.scan_id == scan_id)).all())
+    assert ids == {row.path: path_hash(row.path) for row in rows}  # one row per path, keyed by its hash
     for _ in range(2):  # the same flush again: every path conflicts, so the staging upsert runs
         with sessions.begin() as s:
             db.write_batch(s, scan_id=scan_id, model_id=model_id, rows=rows)
         assert _stored(sessions, scan_id) == first
     with sessions() as s:
-        assert dict(s.execute(select(Result.path, Result.id).where(Result.scan_id == scan_id)).all()) == ids
+        assert dict(s.execute(select(Result.path, Result.path_hash).where(Result.scan_id == scan_id)).all()) == ids
 
 
 def test_a_flush_with_some_paths_already_there_upserts_them_all(pg) -> None:
@@ -236,10 +238,10 @@ def test_a_large_chunk_commits_every_flush_rows_and_reruns_the_same(ctx, tmp_pat
     chunk, model_id = _chunk(ctx, tmp_path, 10)
     first = pipeline.score_chunk(ctx, chunk, model_id)
     with ctx.sessions() as s:
-        before = {r.path: (r.id, r.status, r.p_fake) for r in s.scalars(select(Result).where(Result.scan_id == chunk.scan_id))}
+        before = {r.path: (r.path_hash, r.status, r.p_fake) for r in s.scalars(select(Result).where(Result.scan_id == chunk.scan_id))}
     second = pipeline.score_chunk(ctx, chunk, model_id)  # a redelivery: every row is there
     with ctx.sessions() as s:
-        after = {r.path: (r.id, r.status, r.p_fake) for r in s.scalars(select(Result).where(Result.scan_id == chunk.scan_id))}
+        after = {r.path: (r.path_hash, r.status, r.p_fake) for r in s.scalars(select(Result).where(Result.scan_id == chunk.scan_id))}
     assert (first.total, first.ok, first.errors) == (second.total, second.ok, second.errors) == (11, 10, 1)
     assert before == after and set(after) == set(chunk.paths)
     assert _chunk_state(ctx, chunk.chunk_id) == ("done", 10, 1, None)

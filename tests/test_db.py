@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from dfscan import db
 import dfscan.db.results
 from dfscan.db.models import Chunk, Result, Scan
+from dfscan.db.paths import path_hash
 from tests._awkward import AWKWARD_PATHS
 
 CONTRACT_VIEW_COLUMNS = [
@@ -144,7 +145,7 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     insp = inspect(db_engine)
     assert TABLES <= set(insp.get_table_names())
     assert sorted(insp.get_view_names()) == ["scan_faces", "scan_frames", "scan_matches", "scan_provenance",
-                                            "scan_results"]
+                                            "scan_results", "scan_reviews"]
     assert [c["name"] for c in insp.get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS
     assert [c["name"] for c in insp.get_columns("scan_faces")] == [
         "scan_id", "path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label"]
@@ -153,8 +154,9 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     assert [c["name"] for c in insp.get_columns("scan_matches")] == [
         "scan_id", "path", "bank", "ref", "label", "distance", "frame"]
 
-    uniques = {u["name"]: u["column_names"] for u in insp.get_unique_constraints("results")}
-    assert uniques == {"uq_results_scan_id_path": ["scan_id", "path"]}
+    # Migration 0016: keyed by (scan_id, path_hash), no foreign keys, no index on path (docs/sql.md).
+    assert insp.get_pk_constraint("results")["constrained_columns"] == ["scan_id", "path_hash"]
+    assert insp.get_unique_constraints("results") == []
     assert {u["name"] for u in insp.get_unique_constraints("chunks")} == {"uq_chunks_scan_id_seq"}
     assert {u["name"] for u in insp.get_unique_constraints("models")} == {"uq_models_sha256"}
     checks = {c["name"] for c in insp.get_check_constraints("results")}
@@ -163,14 +165,19 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     indexes = {i["name"]: i["column_names"] for i in insp.get_indexes("results")}
     assert indexes["ix_results_scan_id_status"] == ["scan_id", "status"]
     assert indexes["ix_results_scan_id_p_fake"] == ["scan_id", "p_fake"]
-    assert indexes["ix_results_path"] == ["path"]
-    assert indexes["ix_results_model_id_path"] == ["model_id", "path"]
+    assert indexes["ix_results_model_id_path_hash"] == ["model_id", "path_hash"]
     assert indexes["ix_results_content_hash"] == ["content_hash"]
-    fks = {fk["name"] for fk in insp.get_foreign_keys("results")}
-    assert fks == {"fk_results_scan_id_scans", "fk_results_model_id_models"}
+    assert set(indexes) == {"ix_results_scan_id_status", "ix_results_scan_id_p_fake", "ix_results_model_id_path_hash",
+                            "ix_results_content_hash"}
+    assert insp.get_foreign_keys("results") == []
+    for table in ("result_faces", "result_frames", "result_matches", "match_notices", "result_provenance",
+                  "explanations"):
+        keyed = [u["column_names"] for u in insp.get_unique_constraints(table)] + [
+            i["column_names"] for i in insp.get_indexes(table) if "scan_id" in i["column_names"]]
+        assert keyed and all(cols[:2] == ["scan_id", "path_hash"] for cols in keyed), (table, keyed)
     columns = {c["name"] for c in insp.get_columns("results")}
     assert columns == {
-        "id", "scan_id", "model_id", "path", "size", "mtime", "status", "label", "p_fake",
+        "path_hash", "scan_id", "model_id", "path", "size", "mtime", "status", "label", "p_fake",
         "confidence", "error", "error_code", "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s",
         "notes", "content_hash", "verdict_source", "etag", "pdq", "pdq_quality", "matches", "synthetic_declared",
     }  # fmt: skip
@@ -442,11 +449,16 @@ def test_check_constraints_reject_bad_rows(
     with pytest.raises(IntegrityError):
         session.execute(
             insert(Result).values(
-                scan_id=scan_id, model_id=model_id, path="/x", status=status, label=label,
-                scanned_at=T0,
+                scan_id=scan_id, model_id=model_id, path="/x", path_hash=path_hash("/x"), status=status,
+                label=label, scanned_at=T0,
             )  # fmt: skip
         )
         session.flush()
+    session.rollback()
+    # The same row with a valid status and label is stored: the refusal above was the check's.
+    session.execute(insert(Result).values(scan_id=scan_id, model_id=model_id, path="/x", path_hash=path_hash("/x"),
+                                          status="error", label=None, scanned_at=T0))
+    session.flush()
     session.rollback()
 
 
@@ -634,3 +646,84 @@ def test_walk_state_moves_out_of_the_audit_record(db_url: str) -> None:
         assert fleet["producer"] == {"walk_done": True, "n_chunks": 7, "skipped": 3}
     finally:
         engine.dispose()
+
+
+# --- migration 0016: results keyed by (scan_id, path_hash) ----------------------------------------------------
+
+
+def test_migration_0016_moves_rows_and_keys_up_and_down(db_engine: Engine) -> None:
+    """Rows written under 0015 keep every column through 0016 and back; path_hash is the Python function's value,
+    the children are keyed by it, the views keep their columns, and PostgreSQL has one partition per scan."""
+    db.downgrade(db_engine, "0015")
+    paths = ["/a/one.jpg", "/b/\u00e9t\u00e9 caf\u00e9.jpg", "/c/" + "x" * 300 + ".jpg"]
+    with db_engine.begin() as conn:  # plain SQL: today's functions write the 0016 columns
+        model_id = conn.execute(text("INSERT INTO models (sha256, name, path, info) VALUES (:h, 'm', '/m', '{}') "
+                                     "RETURNING id"), {"h": "e" * 64}).scalar_one()
+        scans = [conn.execute(text("INSERT INTO scans (name, roots, model_id, status, threshold, settings) "
+                                   "VALUES (:n, '[]', :m, 'running', 0.5, '{}') RETURNING id"),
+                              {"n": f"s{i}", "m": model_id}).scalar_one() for i in range(2)]
+        for scan_id in scans:
+            for i, path in enumerate(paths):
+                conn.execute(text("INSERT INTO results (scan_id, model_id, path, status, label, p_fake, scanned_at) "
+                                  "VALUES (:s, :m, :p, 'ok', 'real', :f, :t)"),
+                             {"s": scan_id, "m": model_id, "p": path, "f": i / 10, "t": T0})
+            conn.execute(text("INSERT INTO result_faces (scan_id, path, face_index, x, y, w, h, detector_score, "
+                              "p_fake, label) VALUES (:s, :p, 0, 1, 2, 3, 4, 0.9, 0.2, 'real')"),
+                         {"s": scan_id, "p": paths[1]})
+            conn.execute(text("INSERT INTO result_provenance (scan_id, path, c2pa, synthetic_declared) "
+                              "VALUES (:s, :p, 'none', false)"), {"s": scan_id, "p": paths[2]})
+
+    def view_rows() -> list[tuple]:
+        with db_engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(
+                "SELECT scan_id, path, status, p_fake, model_sha256 FROM scan_results ORDER BY scan_id, path"))]
+
+    before = view_rows()
+    assert len(before) == 6
+    db.upgrade(db_engine)
+    assert view_rows() == before
+    insp = inspect(db_engine)
+    assert [c["name"] for c in insp.get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS
+    with db_engine.connect() as conn:
+        stored = {(s, bytes(h)): p for s, h, p in conn.execute(text("SELECT scan_id, path_hash, path FROM results"))}
+        assert stored == {(s, path_hash(p)): p for s in scans for p in paths}
+        for table, path in (("result_faces", paths[1]), ("result_provenance", paths[2])):
+            assert {bytes(h) for (h,) in conn.execute(text(f"SELECT path_hash FROM {table}"))} == {path_hash(path)}
+        if db_engine.dialect.name == "postgresql":
+            parts = dict(conn.execute(text(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+                "JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'results'::regclass")).all())
+            assert parts == {f"results_p{s}": f"FOR VALUES IN ({s})" for s in scans}
+            for s in scans:
+                assert conn.execute(text(f"SELECT count(*) FROM results_p{s}")).scalar() == len(paths)
+    # Down again: the id, the foreign keys and the (scan_id, path) key are back, with every row.
+    db.downgrade(db_engine, "0015")
+    assert view_rows() == before
+    insp = inspect(db_engine)
+    assert "path_hash" not in {c["name"] for c in insp.get_columns("results")}
+    assert {u["name"] for u in insp.get_unique_constraints("results")} == {"uq_results_scan_id_path"}
+    assert {fk["name"] for fk in insp.get_foreign_keys("results")} == {"fk_results_scan_id_scans",
+                                                                       "fk_results_model_id_models"}
+    assert "path_hash" not in {c["name"] for c in insp.get_columns("result_faces")}
+    with db_engine.connect() as conn:
+        ids = conn.execute(text("SELECT id FROM results ORDER BY id")).scalars().all()
+        assert len(set(ids)) == 6 and None not in ids
+    db.upgrade(db_engine)
+    assert view_rows() == before
+
+
+def test_a_scan_has_its_own_partition_and_rows_without_one_are_refused(db_engine: Engine,
+                                                                        scan_ids: tuple[int, int]) -> None:
+    """PostgreSQL: create_scan made the scan's partition and its rows are there; a scan id with no partition
+    (no scan) has no row stored: the partition stands where the foreign key was."""
+    if db_engine.dialect.name != "postgresql":
+        pytest.skip("partitions are PostgreSQL's")
+    scan_id, model_id = scan_ids
+    sessions = db.session_factory(db_engine)
+    with sessions.begin() as s:
+        db.write_batch(s, scan_id=scan_id, model_id=model_id, rows=[ok_row("/p/1.jpg", 0.2), ok_row("/p/2.jpg", 0.7)])
+    with db_engine.connect() as conn:
+        assert conn.execute(text(f"SELECT count(*) FROM results_p{scan_id}")).scalar() == 2
+    with pytest.raises(IntegrityError), sessions.begin() as s:
+        s.execute(insert(Result).values(scan_id=scan_id + 1000, model_id=model_id, path="/x", path_hash=path_hash("/x"),
+                                        status="error", scanned_at=T0))

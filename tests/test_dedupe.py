@@ -33,7 +33,7 @@ from tests._models import export_tiny_model, tiny_onnx_model  # noqa: F401 - fix
 
 # Every column of a copy's row equals its original's but these: the key and the file's name, and the
 # field that says it is a copy.  (mtime: the copies keep their original's, shutil.copy2.)
-DIFFERS = {"id", "path", "verdict_source"}
+DIFFERS = {"path", "path_hash", "verdict_source"}
 
 
 def cli(*args: str, env: dict | None = None):
@@ -74,7 +74,8 @@ def table_rows(url: str, scan_id: int) -> dict[str, dict]:
     for path, content_hash, source in view:  # the analysts' view shows the same two columns
         assert (out[path]["content_hash"], out[path]["verdict_source"]) == (content_hash, source)
     for f in faces:
-        out[f["path"]].setdefault("face_rows", []).append({k: v for k, v in f.items() if k not in ("id", "path")})
+        out[f["path"]].setdefault("face_rows", []).append(
+            {k: v for k, v in f.items() if k not in ("id", "path", "path_hash")})
     return out
 
 

@@ -195,7 +195,7 @@ def test_dynamo_exporter_also_exports_a_dynamic_batch(tmp_path: Path, tiny_check
     result = export_onnx(tiny_checkpoint, tmp_path, exporter="dynamo")
     assert result.opset >= 18 and result.info.fixed_batch is None
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "model.onnx", "model.pt2", "model.video.onnx", "model_info.json"]  # no .data file
+        "model.onnx", "model.pt2", "model.video.onnx", "model.video.pt2", "model_info.json"]  # no .data file
     out = _session(result.onnx_path).run(None, {"input": np.zeros((5, 3, 224, 224), dtype=np.float32)})[0]
     assert out.shape == (5, 2)
 

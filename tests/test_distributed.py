@@ -24,7 +24,7 @@ from sqlalchemy import text
 from dfscan import db
 from dfscan.cli import main
 from dfscan.scanner.chunks import Chunk
-from tests._cluster import PostgresServer, TcpProxy, Worker, pg_available, wait_for
+from tests._cluster import PostgresServer, TcpProxy, Worker, all_ready, pg_available, stop_all, wait_for
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 
@@ -54,14 +54,8 @@ def pg_server():
 
 @pytest.fixture
 def pg_db(pg_server) -> str:
-    """A fresh database on the module's throwaway cluster; migrated."""
-    url = pg_server.create_database(f"dfscan_{uuid.uuid4().hex[:10]}")
-    engine = db.make_engine(url)
-    try:
-        db.upgrade(engine)
-    finally:
-        engine.dispose()
-    return url
+    """A fresh database on the module's throwaway cluster; migrated (a copy of the cluster's migrated template)."""
+    return pg_server.create_migrated_database(f"dfscan_{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture
@@ -78,8 +72,7 @@ def workers(tmp_path):
         return w
 
     yield start
-    for w in started:
-        w.stop()
+    stop_all(started)
 
 
 @pytest.fixture
@@ -125,7 +118,7 @@ def wait_complete(url: str, scan_id: int, workers_: list[Worker] = (), timeout: 
         return scan_status(url, scan_id) != "running"
 
     try:
-        wait_for(done, timeout, f"scan {scan_id} to complete", interval=0.5)
+        wait_for(done, timeout, f"scan {scan_id} to complete", interval=0.2)
     except AssertionError:
         for w in workers_:
             print(f"--- worker {w.name} log tail ---\n{w.log()[-4000:]}")
@@ -158,7 +151,7 @@ def chunks(url: str, scan_id: int) -> list[dict]:
 def test_plain_scan_with_two_workers(redis_server, pg_db, workers, archive, tiny_onnx_model):
     root, expected = archive
     broker = redis_server.url()
-    ws = [workers(broker, pg_db, name=n).wait_ready() for n in ("a", "b")]
+    ws = all_ready(*[workers(broker, pg_db, name=n) for n in ("a", "b")])
     scan_id = produce(root, tiny_onnx_model, broker, pg_db)
     wait_complete(pg_db, scan_id, ws)
     rows = assert_exactly_once(pg_db, scan_id, expected)
@@ -249,8 +242,8 @@ def test_whole_worker_killed_mid_chunk_its_lease_runs_out(redis_server, pg_db, w
     lease = 10
     env = {"DFSCAN_LEASE_SECONDS": str(lease), "DFSCAN_LEASE_RENEW_SECONDS": "1"}
     faults = {"slow_batch_s": 0.4, "busy_dir": str(busy), "flush_rows": BATCH}  # commit batch by batch
-    a = workers(broker, pg_db, name="a", env=env, faults=faults).wait_ready()
-    b = workers(broker, pg_db, name="b", env=env, faults=faults).wait_ready()
+    a, b = all_ready(workers(broker, pg_db, name="a", env=env, faults=faults),
+                     workers(broker, pg_db, name="b", env=env, faults=faults))
     scan_id = produce(root, tiny_onnx_model, broker, pg_db)
 
     def a_half_written():
@@ -375,7 +368,7 @@ def test_same_chunk_delivered_twice(redis_server, pg_db, workers, archive, tiny_
             paths = c["paths"] if isinstance(c["paths"], list) else json.loads(c["paths"])
             producer.publish(Chunk(scan_id, c["seq"], tuple(paths), c["id"]))
     assert redis_server.client().llen("dfscan") == 2 * len(chunks(pg_db, scan_id))
-    ws = [workers(broker, pg_db, name=n).wait_ready() for n in ("a", "b")]
+    ws = all_ready(*[workers(broker, pg_db, name=n) for n in ("a", "b")])
     wait_complete(pg_db, scan_id, ws)
     client = redis_server.client()
     wait_for(lambda: client.llen("dfscan") == 0 and client.hlen("unacked") == 0, 60,
@@ -449,7 +442,7 @@ def test_worker_serves_prometheus_metrics(redis_server, pg_db, workers, archive,
 def test_each_worker_process_is_recorded_with_its_runtime(redis_server, pg_db, workers, archive, tiny_onnx_model):
     root, expected = archive
     broker = redis_server.url()
-    ws = [workers(broker, pg_db, name=n).wait_ready() for n in ("a", "b")]
+    ws = all_ready(*[workers(broker, pg_db, name=n) for n in ("a", "b")])
     scan_id = produce(root, tiny_onnx_model, broker, pg_db)
     wait_complete(pg_db, scan_id, ws)
     assert_exactly_once(pg_db, scan_id, expected)
@@ -474,8 +467,8 @@ def test_beat_runs_a_scheduled_incremental_scan(redis_server, pg_db, workers, ar
         f'[[scan]]\nname = "every-minute"\ncron = "* * * * *"\nroots = ["{root}"]\nmodel = "{tiny_onnx_model}"\n'
         f"chunk_size = {CHUNK}\n"
     )
-    scorer = workers(broker, pg_db, name="score").wait_ready()
-    walker = workers(broker, pg_db, name="walk", env={"DFSCAN_QUEUES": "dfscan.producer"}).wait_ready()
+    # Beat first, the two workers beside it: they start while beat waits for the minute to turn (the entry's
+    # message waits in Redis if it turns first), rather than one after the other before it.
     log = open(tmp_path / "beat.log", "wb")
     beat = subprocess.Popen(
         [DFSCAN, "beat", "--schedule", str(schedule), "--broker", broker, "--db", pg_db,
@@ -483,11 +476,14 @@ def test_beat_runs_a_scheduled_incremental_scan(redis_server, pg_db, workers, ar
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
+        scorer, walker = all_ready(workers(broker, pg_db, name="score"),
+                                   workers(broker, pg_db, name="walk", env={"DFSCAN_QUEUES": "dfscan.producer"}))
+
         def scan_done():
             rows = query(pg_db, "SELECT id, status FROM scans WHERE name LIKE 'every-minute%' ORDER BY id")
             return rows[0]["id"] if rows and rows[0]["status"] == "completed" else None
 
-        scan_id = wait_for(scan_done, 150, "the scheduled scan to complete", interval=1)
+        scan_id = wait_for(scan_done, 150, "the scheduled scan to complete", interval=0.25)
     finally:
         beat.terminate()
         beat.wait(timeout=30)

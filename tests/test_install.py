@@ -8,18 +8,17 @@ traceback on `--faces on`). 2.5.3 ships the same MTCNN code and P/R/O-net weight
 The slow test is the real thing: a fresh venv, ``pip install`` of a copy of this repository (not
 editable; pip reaches what this machine's pip configuration gives it: the local wheel folders and
 PyPI), then that venv's ``dfscan scan --faces on`` on a photograph with a face. About 2 minutes here
-(1 min 52 s measured on 2 shared cores; the venv is ~6.5 GB, mostly torch's CUDA libraries, removed at
-the end).
+on 2 shared cores, most of it pip unpacking ~7 GB (mostly torch's CUDA libraries): the venv and the
+install start in the background when the session starts (tests/_install.py, started by conftest.py),
+pip runs with ``--no-compile`` (byte-compiling all of that took ~25 s; Python compiles what it imports),
+and the venv is deleted by a detached ``rm -rf`` after the test (another ~30 s).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -28,9 +27,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dfscan.cli import main
+from tests._install import ROOT, clean_env, fresh_install
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 
-ROOT = Path(__file__).resolve().parents[1]
 FACENET = "facenet-pytorch==2.5.3"
 
 # sha256 of facenet-pytorch 2.6.0's MTCNN code and weights (the wheel the Makefile used to install
@@ -45,10 +44,6 @@ FACENET_260_SHA256 = {
 # MTCNN(keep_all=True).detect on skimage's astronaut (a lossless PNG), facenet-pytorch 2.6.0, torch 2.14.1, CPU.
 ASTRONAUT_BOX_260 = (181.0514, 62.1561, 267.7473, 172.0502)
 ASTRONAUT_FACE = (181.0, 62.0, 268.0, 172.0)  # tests/test_faces.py's, measured by eye and MTCNN
-
-# Not part of a source tree a user would install (and large, or another process's).
-NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "node_modules", "build", "dist", "*.egg-info", "__pycache__",
-                                    ".pytest_cache", ".grimp_cache", "demo", "out", "dfscan.db*", "*.onnx", "*.pt")
 
 
 def iou(a, b) -> float:
@@ -89,15 +84,8 @@ def test_scan_without_the_detector_ends_in_one_line(monkeypatch, tiny_onnx_model
     assert f"pip install '{FACENET}'" in line and "--faces off" in line
 
 
-def _clean_env() -> dict[str, str]:
-    """This environment less the variables that would point the fresh venv at ours (pip's own settings kept)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
-    env["PIP_NO_INPUT"] = "1"
-    return env
-
-
 def _run(args: list, cwd: Path, timeout: float, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run([str(a) for a in args], cwd=cwd, env=_clean_env(), capture_output=True, text=True,
+    res = subprocess.run([str(a) for a in args], cwd=cwd, env=clean_env(), capture_output=True, text=True,
                          timeout=timeout)
     if check and res.returncode != 0:
         pytest.fail(f"{' '.join(map(str, args))} exited {res.returncode}:\n{(res.stdout + res.stderr)[-4000:]}")
@@ -107,20 +95,20 @@ def _run(args: list, cwd: Path, timeout: float, check: bool = True) -> subproces
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_plain_pip_install_scans_faces(tiny_onnx_model, tmp_path: Path) -> None:
-    skimage_data = pytest.importorskip("skimage.data")
-    source = tmp_path / "src"
-    shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
+    skimage_data = pytest.importorskip("skimage.data")  # (a skip leaves a started install to atexit's discard)
+    # `python -m venv` and `pip install --no-compile` of a copy of this repository: started when the session
+    # started, beside the tests before this one (tests/_install.py), or now when this test runs alone.
+    install = fresh_install()
     photo = tmp_path / "photos" / "astronaut.png"  # lossless: the detector sees skimage's exact pixels
     photo.parent.mkdir()
     Image.fromarray(skimage_data.astronaut()).save(photo)
-    venv = tmp_path / "venv"
+    venv = install.venv
     bin_ = venv / "bin"
     try:
-        started = time.monotonic()
-        _run([sys.executable, "-m", "venv", venv], tmp_path, 300)
-        _run([bin_ / "python", "-m", "pip", "install", "--quiet", source], tmp_path, 1500)
-        seconds = time.monotonic() - started
-        print(f"\nfresh venv + pip install of dfscan: {seconds:.0f} s")
+        status, seconds, output = install.wait(1500)
+        if status != 0:
+            pytest.fail(f"venv + pip install of {install.source} exited {status}:\n{output[-4000:]}")
+        print(f"\nfresh venv + pip install of dfscan: {seconds:.0f} s since it started")
 
         _run([bin_ / "python", "-m", "pip", "check"], tmp_path, 300)
         probe = _run([bin_ / "python", "-I", "-c", PROBE, photo], tmp_path, 300).stdout.splitlines()
@@ -154,7 +142,7 @@ def test_plain_pip_install_scans_faces(tiny_onnx_model, tmp_path: Path) -> None:
         assert res.returncode == 1, res.stdout + res.stderr
         assert f"pip install '{FACENET}'" in one_error_line(res.stdout + res.stderr)
     finally:
-        shutil.rmtree(venv, ignore_errors=True)  # ~6.5 GB
+        install.discard()  # ~7 GB: ~30 s of unlinking, by a detached `rm -rf` beside the next tests
 
 
 # Run by the fresh venv's Python: what it installed, and the detector's box on the photograph.

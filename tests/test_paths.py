@@ -98,9 +98,6 @@ def test_scan_gives_a_file_past_path_max_its_row(request, tmp_path, tiny_onnx_mo
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(strict=True, reason="known limit, not fixed here: PostgreSQL's btree index on results "
-                   "(scan_id, path) refuses an entry over 2704 bytes, and a 6 KB path of random names does not "
-                   "compress below it; the whole chunk's write fails")
 def test_postgres_stores_an_incompressible_path_past_path_max(tmp_path, tiny_onnx_model, pg_url, monkeypatch):
     import secrets
 

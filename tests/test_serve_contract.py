@@ -43,6 +43,17 @@ include-path = "/v1/scans/{{scan_id}}/results"
 include-method = "GET"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
 
+# The review API (#26): a decision on a path the scan does not hold is refused (422), a foreign cursor too (400).
+[[operations]]
+include-path = "/v1/scans/{{scan_id}}/reviews"
+include-method = "POST"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "422", "429"]
+
+[[operations]]
+include-path = "/v1/scans/{{scan_id}}/queue"
+include-method = "GET"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "429"]
+
 [parameters]
 "path.scan_id" = {scan_id}
 """

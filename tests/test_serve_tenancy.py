@@ -167,7 +167,7 @@ def test_readyz_does_not_answer_the_database_error(pg_url: str, tiny_onnx_model:
 
 def test_api_key_roles_on_the_command_line(sqlite_url: str) -> None:
     res = CliRunner().invoke(main, ["api-key", "create", "--name", "x", "--role", "root", "--db", sqlite_url])
-    assert res.exit_code == 2 and "'root' is not one of 'scanner', 'admin'" in res.output
+    assert res.exit_code == 2 and "'root' is not one of 'scanner', 'reviewer', 'admin'" in res.output
     _key(sqlite_url, "plain")
     _key(sqlite_url, "ops", "--role", "admin")
     res = CliRunner().invoke(main, ["api-key", "list", "--db", sqlite_url, "--json"], catch_exceptions=False)

@@ -67,7 +67,8 @@ def test_migrate_command_creates_the_schema(tmp_path):
     res = CliRunner().invoke(main, ["migrate", "--db", url])
     assert res.exit_code == 0, res.output
     names = sqlalchemy.inspect(sqlalchemy.create_engine(url)).get_view_names()
-    assert sorted(names) == ["scan_faces", "scan_frames", "scan_matches", "scan_provenance", "scan_results"]
+    assert sorted(names) == ["scan_faces", "scan_frames", "scan_matches", "scan_provenance", "scan_results",
+                            "scan_reviews"]
 
 
 def test_every_option_has_an_environment_variable(tmp_path):

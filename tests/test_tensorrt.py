@@ -492,3 +492,136 @@ def test_gpu_scan_end_to_end(tmp_path, model_copy, sqlite_url):
     assert summary["total"] == 131 and summary["errors"] == 1
     rows = rows_by_path(sqlite_url, summary["scan_id"])
     assert all(rows[p]["status"] == "ok" for p in good)
+
+
+# -- sequence engines (the video graph, 5-D) -------------------------------------------
+
+
+def test_sequence_engine_profile_covers_n_and_t_and_is_keyed_by_t(tmp_path, tiny_onnx_model):
+    from dfscan.trt.engine import engine_key, sequence_frames
+    from dfscan.trt.model_info import inspect_video_model
+
+    info = inspect_model(tiny_onnx_model)
+    video = inspect_video_model(info)
+    assert (video.rank, video.frames, sequence_frames(info)) == (5, 16, None)
+    # max_batch counts frames, as a worker's batch does: 64 frames are 4 sequences of 16.
+    profile = profile_for(video)
+    assert profile == Profile(1, 4, 4, (1, 16, 16))
+    assert profile.shapes(video.input_size) == ((1, 1, 3, 224, 224), (4, 16, 3, 224, 224), (4, 16, 3, 224, 224))
+    assert profile_for(video, 64, frames=8) == Profile(1, 8, 8, (1, 8, 8))
+    assert profile_for(video, 8) == Profile(1, 1, 1, (1, 16, 16))  # at least one sequence
+    # Keyed like an image engine plus its longest T; the image engine's key (and file name) is as before.
+    image_key, seq_key = engine_key(info, H100, TRT_VERSION, "fp16"), engine_key(video, H100, TRT_VERSION, "fp32")
+    assert image_key.frames is None and "-t" not in image_key.stem.split("trt")[-1]
+    assert seq_key.frames == 16 and seq_key.stem.endswith("-fp32-t16") and seq_key.onnx_sha256 == video.sha256
+    assert engine_key(video, H100, TRT_VERSION, "fp32", frames=8).stem != seq_key.stem
+    key, cache, planned, precision = plan_build(video, BuildOptions(precision="fp32", engine_dir=tmp_path), H100,
+                                                TRT_VERSION)
+    assert key == seq_key and planned == profile and precision.name == "fp32"
+    cache.store(key, b"engine", profile=[1, 4, 4])
+    assert cache.cached_precisions(video.sha256, H100.name, H100.capability, TRT_VERSION, 16) == ["fp32"]
+    assert cache.cached_precisions(video.sha256, H100.name, H100.capability, TRT_VERSION) == []
+    # Sequence engines are FP32: no FP16 video graph is made.
+    with pytest.raises(EngineBuildFailed, match="sequence engines are built in FP32"):
+        graph_for(video, "fp16")
+
+
+class _Recorder:
+    """Stands in for the ``tensorrt`` module (not installable here) to check what _build asks of it, call by call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        rec = self
+
+        class Obj:
+            def __init__(self, name: str) -> None:
+                self._name = name
+
+            def __getattr__(self, attr: str):
+                def call(*args, **kwargs):
+                    rec.calls.append((f"{self._name}.{attr}", args))
+                    if attr == "parse_from_file":
+                        return True
+                    if attr == "build_serialized_network":
+                        return b"plan"
+                    if attr == "get_timing_cache":
+                        return Obj("timing")
+                    if attr == "serialize":
+                        return b"timing"
+                    return Obj(attr)
+                return call
+
+        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, *a: None})
+        self.Builder = lambda logger: Obj("builder")
+        self.OnnxParser = lambda network, logger: Obj("parser")
+        self.MemoryPoolType = SimpleNamespace(WORKSPACE=0)
+        self.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=1)
+
+
+def test_sequence_engine_build_asks_tensorrt_for_a_5d_strongly_typed_profile(tmp_path, tiny_onnx_model):
+    from dfscan.trt.engine import _build
+    from dfscan.trt.model_info import inspect_video_model
+
+    video = inspect_video_model(inspect_model(tiny_onnx_model))
+    trt = _Recorder()
+    key, cache, profile, precision = plan_build(video, BuildOptions(precision="fp32", engine_dir=tmp_path), H100,
+                                                TRT_VERSION)
+    assert _build(trt, surface_of(TRT10), video, BuildOptions(), key, cache, profile, precision) == b"plan"
+    calls = dict(trt.calls)
+    assert calls["builder.create_network"] == (1 << 1,)  # STRONGLY_TYPED
+    assert calls["parser.parse_from_file"] == (str(video.path),)
+    assert calls["create_optimization_profile.set_shape"] == (
+        "input", (1, 1, 3, 224, 224), (4, 16, 3, 224, 224), (4, 16, 3, 224, 224))
+    assert not any("set_flag" in name for name, _ in trt.calls)  # no precision flags: the graph's own types
+
+
+@needs_trt
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_sequence_engine_matches_onnxruntime(model_copy):
+    """The 5-D engine on sequences of the profile's longest T and a shorter one: p_fake within 1e-3 of ONNX Runtime
+    (TensorRT's FP32 may use TF32 matrix products)."""
+    from dfscan.trt.model_info import inspect_video_model
+    from dfscan.trt.onnxruntime import OnnxRuntime
+    from dfscan.trt.tensorrt import TensorRTRuntime
+    from dfscan.workers.scoring import Verdict
+
+    video = inspect_video_model(inspect_model(model_copy))
+    rng = np.random.default_rng(0)
+    ort, trt_rt = OnnxRuntime(video), TensorRTRuntime(video)
+    try:
+        assert (trt_rt.precision, trt_rt.max_frames, trt_rt.max_batch) == ("fp32", 16, 4)
+        assert trt_rt.engine_path.name.endswith("-fp32-t16.engine")
+        verdict = Verdict()
+        for shape in ((4, 16, 3, 224, 224), (3, 5, 3, 224, 224), (1, 1, 3, 224, 224)):
+            x = rng.standard_normal(shape, dtype=np.float32)
+            p_ref = np.array([d.p_fake for d in verdict.decide(ort.infer(x))])
+            p_trt = np.array([d.p_fake for d in verdict.decide(trt_rt.infer(x))])
+            assert np.abs(p_ref - p_trt).max() <= 1e-3, shape
+    finally:
+        ort.close()
+        trt_rt.close()
+
+
+@needs_trt
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_gpu_scan_of_videos_scores_sequences_on_tensorrt(tmp_path, model_copy, sqlite_url):
+    from dfscan.core.settings import from_env
+    from dfscan.workers.scoring.context import ScanContext
+    from tests._videos import write_video
+
+    ctx = ScanContext.open(from_env(model=str(model_copy), db_url=sqlite_url, runtime="tensorrt"))
+    try:
+        assert {g: r.name for g, r in ctx.resources.runtimes.items()} == {"image": "tensorrt", "sequence": "tensorrt"}
+    finally:
+        ctx.close()
+    root = tmp_path / "videos"
+    root.mkdir()
+    for k in range(3):
+        write_video(root / f"v{k}.mp4", 20 + k)
+    result = CliRunner().invoke(main, ["scan", str(root), "--model", str(model_copy), "--db", sqlite_url,
+                                       "--runtime", "tensorrt", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["total"] == 3 and summary["errors"] == 0

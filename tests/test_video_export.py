@@ -119,3 +119,14 @@ def test_an_int8_copy_keeps_frames_but_names_no_video_graph(tmp_path: Path, tiny
     info = inspect_model(result.onnx_path)
     assert info.frames == 4 and info.video_model is None
     assert "video_model_sha256" not in info.extra
+
+
+def test_the_video_program_check_catches_an_unmasked_pad() -> None:
+    """The export's check of the padded video program: the masked BiLSTM passes, the plain model on the pad fails."""
+    from dfscan.detector.export import check_padded_parity
+    from dfscan.detector.padded import PaddedSequenceModel
+
+    model = build_tiny_detector()
+    assert check_padded_parity(model, PaddedSequenceModel(model), 4, torch.Generator().manual_seed(0)) <= 1e-6
+    with pytest.raises(ExportMismatch, match="padded video program and the model differ"):
+        check_padded_parity(model, lambda x, lengths: model(x), 4, torch.Generator().manual_seed(0))

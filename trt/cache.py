@@ -47,6 +47,8 @@ class EngineKey:
     capability: tuple[int, int]
     tensorrt_version: str
     precision: str
+    # Sequence engines (the video graph): the longest T of their profile; None for image engines.
+    frames: int | None = None
 
     @property
     def hardware(self) -> str:
@@ -55,7 +57,8 @@ class EngineKey:
 
     @property
     def stem(self) -> str:
-        return f"{self.onnx_sha256[:16]}-{self.hardware}-{self.precision}"
+        sequence = f"-t{self.frames}" if self.frames is not None else ""
+        return f"{self.onnx_sha256[:16]}-{self.hardware}-{self.precision}{sequence}"
 
     def record(self) -> dict:
         data = asdict(self)
@@ -140,13 +143,14 @@ class EngineCache:
         _write_atomic(p.record, (json.dumps(record, indent=2) + "\n").encode())
         return p
 
-    def cached_precisions(self, onnx_sha256: str, gpu_name: str, capability: tuple[int, int], tensorrt_version: str) -> list[str]:
-        """Precisions with a valid engine for this model on this GPU type and TensorRT version."""
+    def cached_precisions(self, onnx_sha256: str, gpu_name: str, capability: tuple[int, int], tensorrt_version: str,
+                          frames: int | None = None) -> list[str]:
+        """Precisions with a valid engine for this model (sequences: of ``frames``) on this GPU type and TensorRT."""
         from dfscan.trt.precisions import PRECISIONS
 
         found = []
         for name in PRECISIONS:
-            key = EngineKey(onnx_sha256, gpu_name, tuple(capability), tensorrt_version, name)
+            key = EngineKey(onnx_sha256, gpu_name, tuple(capability), tensorrt_version, name, frames)
             try:
                 if self.read_record(key) is not None:
                     found.append(name)

@@ -11,6 +11,13 @@ is never made here).  One optimisation profile covers batches 1..max
 (optimised for max, the batch the workers send) and a timing cache per GPU type
 makes rebuilds fast.
 
+The video graph (``model.video.onnx``, (N, T, 3, H, W), its BiLSTM an ONNX
+``LSTM`` node with T dynamic) builds a 5-D sequence engine the same way: a
+strongly typed network, one profile over N (1 .. max_batch // T sequences,
+the frames of one worker batch) and T (1 .. the sidecar's ``frames``,
+optimised for it), keyed like an image engine plus that longest T.  Sequence
+engines are FP32 (the video graph's own types; no FP16 video graph is made).
+
 ``tensorrt`` is imported inside the functions that need it: everything else
 here (API surfaces, profiles, keys, which ONNX file a precision needs) works and
 is tested without it.
@@ -23,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfscan.core.constants import DEFAULT_FRAMES, MAX_FRAMES
 from dfscan.core.errors import first_line
 from dfscan.core.gpu import GpuInfo, first_gpu, probe_gpus
 from dfscan.trt.cache import EngineCache, EngineKey, EnginePaths
@@ -144,24 +152,45 @@ def network_flags(trt, surface: TrtSurface) -> int:
 
 @dataclass(frozen=True)
 class Profile:
-    """Batch sizes of the engine's one optimisation profile."""
+    """Batch sizes of the engine's one optimisation profile; for a sequence engine also its T (min, opt, max)."""
 
     min: int
     opt: int
     max: int
+    frames: tuple[int, int, int] | None = None
 
     def shapes(self, input_size: tuple[int, int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         h, w = input_size
-        return (self.min, 3, h, w), (self.opt, 3, h, w), (self.max, 3, h, w)
+        if self.frames is None:
+            return (self.min, 3, h, w), (self.opt, 3, h, w), (self.max, 3, h, w)
+        t_min, t_opt, t_max = self.frames
+        return (self.min, t_min, 3, h, w), (self.opt, t_opt, 3, h, w), (self.max, t_max, 3, h, w)
 
 
-def profile_for(info: ModelInfo, max_batch: int = DEFAULT_MAX_BATCH) -> Profile:
-    """(1, max, max) for a dynamic batch; the model's own batch for a fixed one."""
+def sequence_frames(info: ModelInfo, frames: int | None = None) -> int | None:
+    """The longest T a sequence engine of ``info`` takes: ``frames`` if given, else the sidecar's; None for images."""
+    if info.rank != 5:
+        return None
+    t = frames or info.frames or DEFAULT_FRAMES
+    if not 1 <= t <= MAX_FRAMES:
+        raise EngineBuildFailed(f"frames must be between 1 and {MAX_FRAMES}, got {t}")
+    return t
+
+
+def profile_for(info: ModelInfo, max_batch: int = DEFAULT_MAX_BATCH, frames: int | None = None) -> Profile:
+    """(1, max, max) for a dynamic batch; the model's own batch for a fixed one.
+
+    For the video graph ``max_batch`` counts frames, as the workers' batches do: sequences 1 ..
+    max(1, max_batch // T), T 1 .. T (:func:`sequence_frames`), optimised for the longest.
+    """
     if not 1 <= max_batch <= MAX_BATCH_LIMIT:
         raise EngineBuildFailed(f"max batch must be between 1 and {MAX_BATCH_LIMIT}, got {max_batch}")
+    t = sequence_frames(info, frames)
+    n_max = max_batch if t is None else max(1, max_batch // t)
     if info.fixed_batch is not None:
-        return Profile(info.fixed_batch, info.fixed_batch, info.fixed_batch)
-    return Profile(1, max_batch, max_batch)
+        n_max = info.fixed_batch
+        return Profile(n_max, n_max, n_max, None if t is None else (1, t, t))
+    return Profile(1, n_max, n_max, None if t is None else (1, t, t))
 
 
 @dataclass(frozen=True)
@@ -169,6 +198,7 @@ class BuildOptions:
     precision: str = "fp16"
     max_batch: int = DEFAULT_MAX_BATCH
     engine_dir: Path | None = None
+    frames: int | None = None  # sequence engines: the longest T (None: the sidecar's frames)
     workspace: int = DEFAULT_WORKSPACE
     convert: bool = True  # make NAME_fp16.onnx if an FP16 build needs it and it is missing or stale
 
@@ -189,9 +219,14 @@ def current_gpu() -> GpuInfo:
     return gpu
 
 
-def engine_key(info: ModelInfo, gpu: GpuInfo, tensorrt_version: str, precision: str) -> EngineKey:
-    """Keyed by the model the scan is given (its sha256), whichever ONNX file the precision is built from."""
-    return EngineKey(info.sha256, gpu.name, gpu.capability, tensorrt_version, precision)
+def engine_key(info: ModelInfo, gpu: GpuInfo, tensorrt_version: str, precision: str,
+               frames: int | None = None) -> EngineKey:
+    """Keyed by the model the scan is given (its sha256), whichever ONNX file the precision is built from.
+
+    A sequence engine (the video graph: its own sha256) is keyed by its longest T too.
+    """
+    return EngineKey(info.sha256, gpu.name, gpu.capability, tensorrt_version, precision,
+                     sequence_frames(info, frames))
 
 
 def int8_path(model: Path) -> Path:
@@ -214,6 +249,9 @@ def graph_for(info: ModelInfo, precision: str, *, convert: bool = True, spare_di
     from dfscan.trt.fp16 import convert_fp16, is_current
 
     wanted = get_precision(precision)
+    if info.rank == 5 and wanted.graph != "fp32":
+        raise EngineBuildFailed(f"sequence engines are built in FP32 from {info.path.name} (no {wanted.name} video "
+                                f"graph is made); build it with --precision fp32")
     own = str(info.extra.get("precision", "fp32"))
     if own == wanted.graph:
         if wanted.name == "int8":
@@ -267,9 +305,9 @@ def plan_build(info: ModelInfo, options: BuildOptions, gpu: GpuInfo, tensorrt_ve
     """Everything decided before TensorRT is touched; raises on a bad request."""
     precision = get_precision(options.precision)
     check_supported(precision, gpu.capability, gpu.name)
-    profile = profile_for(info, options.max_batch)
+    profile = profile_for(info, options.max_batch, options.frames)
     cache = EngineCache(options.engine_dir or info.folder.engines)
-    key = engine_key(info, gpu, tensorrt_version, precision.name)
+    key = engine_key(info, gpu, tensorrt_version, precision.name, options.frames)
     return key, cache, profile, precision
 
 
@@ -299,6 +337,7 @@ def build_engine(info: ModelInfo, options: BuildOptions = BuildOptions(), *, for
             key,
             data,
             profile=[profile.min, profile.opt, profile.max],
+            profile_frames=None if profile.frames is None else list(profile.frames),
             input_name=info.input_name,
             output_name=info.output_name,
             input_size=list(info.input_size),

@@ -100,7 +100,7 @@ def convert_fp16(info: ModelInfo, out: Path | None = None, *, check: bool = True
     }
     carried = {k: v for k, v in info.extra.items()
                if k not in {"file", "precision", "fp16", "quantization", "agreement", "onnx_version", "torch_program",
-                            "source_sha256", "source_path"}}  # fmt: skip
+                            "torch_video_program", "source_sha256", "source_path"}}  # fmt: skip
     sidecar = lambda **more: write_model_info(  # noqa: E731 - written again once the parity figure is known
         out, architecture=info.architecture, classes=info.classes, input_size=info.input_size, mean=info.mean,
         std=info.std, threshold=info.threshold, temperature=info.temperature, precision="fp16",

@@ -56,6 +56,7 @@ DEFAULT_TEMPERATURE = 1.0
 # The files of an exported model folder (:class:`ModelFolder`).
 IMAGE_GRAPH_NAME = "model.onnx"
 VIDEO_MODEL_NAME = "model.video.onnx"
+VIDEO_PROGRAM_NAME = "model.video.pt2"
 PROGRAM_NAME = "model.pt2"
 SIDECAR_NAME = "model_info.json"
 ENGINE_DIR_NAME = "engines"
@@ -63,6 +64,9 @@ FP16_SUFFIX = "_fp16"
 INT8_SUFFIX = "_int8"
 # The sidecar's entry for the .pt2 (a dict with its "file", "sha256" and "onnx_sha256").
 PROGRAM_KEY = "torch_program"
+# The sidecar's entry for the video graph's .pt2: the same fields, "onnx_sha256" the video graph's, and the fixed
+# sequence length "frames" it was exported at (shorter sequences are padded and masked, detector.padded).
+VIDEO_PROGRAM_KEY = "torch_video_program"
 
 SIDECAR_FORMAT = 1
 _HASH_BLOCK = 1 << 20
@@ -83,6 +87,7 @@ class ModelFolder:
         model_info.json    its sidecar (NAME.model_info.json for another NAME.onnx, so models can share a folder)
         model.video.onnx   the video graph, (N, T, 3, H, W), named by the sidecar's "video_model"
         model.pt2          the torch.export program, named by the sidecar's "torch_program"
+        model.video.pt2    the video graph's program (T fixed, padded and masked), "torch_video_program"
         NAME_fp16.onnx     the FP16 graph and NAME_int8.onnx the Q/DQ graph that TensorRT engines are built from
         engines/           built TensorRT engines and timing caches (dfscan.trt.cache)
 
@@ -138,6 +143,11 @@ class ModelFolder:
     def program(self) -> Path:
         """Where ``dfscan export`` writes the torch.export program (a reader takes the sidecar's name)."""
         return self.beside(PROGRAM_NAME)
+
+    @property
+    def video_program(self) -> Path:
+        """Where ``dfscan export`` writes the video graph's torch.export program (T fixed, padded and masked)."""
+        return self.beside(VIDEO_PROGRAM_NAME)
 
     @property
     def fp16_graph(self) -> Path:

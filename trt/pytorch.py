@@ -15,6 +15,14 @@ for CPUs with fast BF16), the reference its logits are checked against ONNX
 Runtime's with.  ``infer`` takes a NumPy array or any DLPack tensor (a DALI GPU
 batch, a CUDA torch tensor): a tensor already on the device is used in place,
 with no host round trip.
+
+Given the video graph's description (``info.rank == 5``, :func:`inspect_video_model`)
+it runs ``model.video.pt2`` on (N, T, 3, H, W) sequences.  That program was
+exported at one fixed T (``nn.LSTM`` does not export with a dynamic length):
+shorter sequences are zero-padded to it and their lengths passed beside them,
+and the program masks the pad (:mod:`detector.padded`), so the logits are the
+model's on the T real frames.  A longer sequence than the program takes is an
+:class:`InferenceFailed`; the video stage refuses such a scan at start-up.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import numpy as np
 
 from dfscan.core.errors import first_line
 from dfscan.trt.errors import InferenceFailed, ModelRejected, RuntimeUnavailable
-from dfscan.trt.model_info import PROGRAM_KEY, ModelInfo, reexport_hint, sha256_file
+from dfscan.trt.model_info import PROGRAM_KEY, VIDEO_PROGRAM_KEY, ModelInfo, reexport_hint, sha256_file
 
 PROBE_BATCH = 2
 DEFAULT_MAX_BATCH = 1024  # larger batches are split (GPU memory), not refused
@@ -72,14 +80,30 @@ def cuda_status() -> tuple[bool, str]:
         return False, f"CUDA fails: {str(exc).strip()[:200]}"
 
 
+def program_key(info: ModelInfo) -> str:
+    """The sidecar entry of the program for ``info``'s graph: the image graph's, or the video graph's (rank 5)."""
+    return VIDEO_PROGRAM_KEY if info.rank == 5 else PROGRAM_KEY
+
+
+def program_frames(info: ModelInfo) -> int | None:
+    """The fixed sequence length the video program of ``info`` was exported at (None: none recorded)."""
+    entry = info.extra.get(VIDEO_PROGRAM_KEY)
+    frames = entry.get("frames") if isinstance(entry, dict) else None
+    return frames if isinstance(frames, int) and frames > 0 else None
+
+
 def program_path(info: ModelInfo) -> Path:
-    """The checked ``.pt2`` file of the model; else :class:`RuntimeUnavailable` / :class:`ModelRejected` with why."""
-    entry = info.extra.get(PROGRAM_KEY)
+    """The checked ``.pt2`` file of the model's graph; else :class:`RuntimeUnavailable` / :class:`ModelRejected`."""
+    key = program_key(info)
+    entry = info.extra.get(key)
     if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        what = "its video graph's PyTorch export (model.video.pt2)" if info.rank == 5 else "model.pt2"
         raise RuntimeUnavailable(
             f"{info.path.name} has no PyTorch export recorded in its model_info.json (the torch runtime runs "
-            f"model.pt2 from `dfscan export`). {reexport_hint(info)}"
+            f"{what} from `dfscan export`). {reexport_hint(info)}"
         )
+    if info.rank == 5 and program_frames(info) is None:
+        raise ModelRejected(f"{info.folder.sidecar}: {key} records no sequence length (frames). {reexport_hint(info)}")
     path = info.folder.beside(entry["file"])
     if not path.is_file():
         raise RuntimeUnavailable(f"{path} (the PyTorch export of {info.path.name}) is missing. {reexport_hint(info)}")
@@ -120,6 +144,18 @@ def choose_precision(device: str, precision: str | None) -> str:
             f"not {precision}{hint}"
         )
     return precision
+
+
+def pad_frames(x, t_pad: int):
+    """(N, T, 3, H, W) zero-padded after its frames to T_pad, and the lengths (N,) the video program masks with."""
+    import torch
+
+    n, t = x.shape[0], x.shape[1]
+    if t > t_pad:
+        raise InferenceFailed(f"sequences of {t} frames, the video program takes at most {t_pad}")
+    if t < t_pad:
+        x = torch.cat([x, x.new_zeros((n, t_pad - t, *x.shape[2:]))], dim=1)
+    return x, torch.full((n,), t, dtype=torch.int64, device=x.device)
 
 
 def on_device(program, device: str):
@@ -165,12 +201,18 @@ class TorchRuntime:
             raise ModelRejected(f"{self.program_path}: torch can't load the program: {first_line(exc, 300)}") from None
         self._module = module
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        # Sequences: the program's fixed T (shorter ones are padded and masked); None for the image graph.
+        self.max_frames = program_frames(info) if info.rank == 5 else None
         self._probe()
 
-    def _probe(self) -> None:
+    def _item_shape(self) -> tuple[int, ...]:
+        """One item of a batch: an image (3, H, W), or a sequence of the program's length (T, 3, H, W)."""
         h, w = self.info.input_size
+        return (3, h, w) if self.max_frames is None else (self.max_frames, 3, h, w)
+
+    def _probe(self) -> None:
         try:
-            out = self.infer(np.zeros((PROBE_BATCH, 3, h, w), dtype=np.float32))
+            out = self.infer(np.zeros((PROBE_BATCH, *self._item_shape()), dtype=np.float32))
         except InferenceFailed as exc:
             raise ModelRejected(f"{self.program_path}: the program fails on a test batch: {exc}") from None
         if out.shape != (PROBE_BATCH, len(self.info.classes)) or not np.all(np.isfinite(out)):
@@ -194,9 +236,13 @@ class TorchRuntime:
             raise InferenceFailed(
                 f"can't run a batch of type {type(batch).__name__}; give a NumPy array or a DLPack tensor"
             )
-        if x.ndim != 4 or tuple(x.shape[1:]) != (3, *self.info.input_size):
-            raise InferenceFailed(f"batch of shape {tuple(x.shape)}, expected (N, 3, {self.info.input_size[0]}, "
-                                  f"{self.info.input_size[1]})")  # fmt: skip
+        h, w = self.info.input_size
+        if self.max_frames is None:
+            if x.ndim != 4 or tuple(x.shape[1:]) != (3, h, w):
+                raise InferenceFailed(f"batch of shape {tuple(x.shape)}, expected (N, 3, {h}, {w})")
+        elif x.ndim != 5 or tuple(x.shape[2:]) != (3, h, w) or not 1 <= x.shape[1] <= self.max_frames:
+            raise InferenceFailed(f"batch of shape {tuple(x.shape)}, expected (N, T, 3, {h}, {w}) with T from 1 to "
+                                  f"{self.max_frames} (the video program's length; re-export with --frames for more)")
         return x.to(self._device, torch.float32, non_blocking=True)
 
     def _run(self, x):
@@ -209,12 +255,15 @@ class TorchRuntime:
             self._largest = max(self._largest, n)
             if n < self._largest:
                 x = torch.cat([x, x.new_zeros((self._largest - n, *x.shape[1:]))])
+        args = (x,)
+        if self.max_frames is not None:
+            args = pad_frames(x, self.max_frames)  # (x padded to the program's T, the real lengths)
         with torch.inference_mode():
             if self._dtype is None:
-                out = self._module(x)
+                out = self._module(*args)
             else:
                 with torch.autocast(device_type=self._device, dtype=self._dtype):
-                    out = self._module(x)
+                    out = self._module(*args)
         return out[:n]
 
     def infer_device(self, batch: Any):

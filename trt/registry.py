@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dfscan.core.registry import Registry
 from dfscan.trt.base import Runtime
-from dfscan.trt.model_info import ModelInfo
+from dfscan.trt.model_info import VIDEO_PROGRAM_KEY, ModelInfo
 from dfscan.trt.errors import RuntimeUnavailable, UnknownRuntime
 
 
@@ -76,6 +76,9 @@ def _torch_auto(info: ModelInfo | None) -> tuple[bool, str]:
 
     if info is not None and not isinstance(info.extra.get(pytorch.PROGRAM_KEY), dict):
         return False, f"{info.path.name} has no PyTorch export (model.pt2); re-export with `dfscan export`"
+    # One runtime scores both graphs: a model with a video graph needs its video program too.
+    if info is not None and info.video_model is not None and not isinstance(info.extra.get(VIDEO_PROGRAM_KEY), dict):
+        return False, f"{info.path.name} has no PyTorch export of its video graph (model.video.pt2); re-export"
     ok, why = pytorch.cuda_status()
     if not ok:
         return False, f"not on the CPU (ONNX Runtime is faster there; no CUDA: {why})"
@@ -135,3 +138,14 @@ def resolve_runtime(name: str, info: ModelInfo | None = None) -> RuntimeSpec:
 
 def load_runtime(name: str, info: ModelInfo, **options) -> Runtime:
     return resolve_runtime(name, info).load(info, **options)
+
+
+def load_graph_runtime(image_runtime: Runtime | None, graph: ModelInfo, **options) -> Runtime:
+    """A runtime for another graph of the model (the video graph) on the runtime the image graph got.
+
+    ``auto`` is resolved once, for the image graph (its rule looks at the whole model folder); every
+    other graph runs on that same runtime, never on a second one beside it (ONNX Runtime where there is
+    no image runtime).
+    """
+    name = image_runtime.name if image_runtime is not None else "onnxruntime"
+    return get_runtime_spec(name).load(graph, **options)

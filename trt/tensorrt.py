@@ -12,6 +12,12 @@ queues batch k+1 (its copy into the other slot's pinned buffer, then its
 transfer) before waiting for batch k's logits, so the host work and copies of
 one batch overlap the inference of the previous one.  :meth:`infer` is the
 one-batch case the :class:`trt.base.Runtime` interface asks for.
+
+Given the video graph's description (``info.rank == 5``) it runs the 5-D
+sequence engine (:mod:`dfscan.trt.engine`): FP32, batches of (N, T, 3, H, W)
+with N and T inside the engine's profile (``max_frames`` the longest T).  Its
+buffers are flat, sized for the profile's largest N x T, and each call views
+the front of them in the call's own shape.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from dfscan.trt.engine import (
     describe_surface,
     engine_key,
     import_tensorrt,
+    sequence_frames,
     surface_of,
     tensorrt_status,
     what_it_builds,
@@ -116,8 +123,10 @@ class TensorRTRuntime:
         self.version = trt.__version__
         gpu = current_gpu()
         cache = EngineCache(engine_dir or info.folder.engines)
-        cached = cache.cached_precisions(info.sha256, gpu.name, gpu.capability, trt.__version__)
-        chosen, must_build = choose_precision(precision, gpu.capability, cached)
+        frames = sequence_frames(info)  # None for the image graph
+        cached = cache.cached_precisions(info.sha256, gpu.name, gpu.capability, trt.__version__, frames)
+        # Sequence engines are FP32 (the video graph's own types); the requested precision is the image engine's.
+        chosen, must_build = choose_precision("fp32" if frames else precision, gpu.capability, cached)
         if must_build and not build_missing:
             raise RuntimeUnavailable(
                 f"no {chosen.name} engine for {info.path.name} on {gpu.name} in {cache.directory}; "
@@ -150,6 +159,8 @@ class TensorRTRuntime:
         lo, _, hi = self._engine.get_tensor_profile_shape(self._input, 0)
         self.max_batch = int(hi[0])
         self.fixed_batch = int(hi[0]) if int(lo[0]) == int(hi[0]) else None
+        # Sequence engines: the longest T of the profile (the video stage checks the scan's frames against it).
+        self.max_frames = int(hi[1]) if len(hi) == 5 else None
         self._context = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream()
         h, w = info.input_size
@@ -159,10 +170,12 @@ class TensorRTRuntime:
         classes = int(out_shape[len(out_shape) - 1])
         if classes <= 0:
             classes = len(info.classes)
+        # Flat input buffers for the largest batch (x the longest T): a call views their front in its own shape.
+        largest = self.max_batch * (self.max_frames or 1) * 3 * h * w
         self._slots = [
             _Slot(
-                host_in=torch.empty((self.max_batch, 3, h, w), dtype=in_dtype).pin_memory(),
-                dev_in=torch.empty((self.max_batch, 3, h, w), dtype=in_dtype, device="cuda"),
+                host_in=torch.empty((largest,), dtype=in_dtype).pin_memory(),
+                dev_in=torch.empty((largest,), dtype=in_dtype, device="cuda"),
                 dev_out=torch.empty((self.max_batch, classes), dtype=out_dtype, device="cuda"),
                 host_out=torch.empty((self.max_batch, classes), dtype=out_dtype).pin_memory(),
                 done=torch.cuda.Event(),
@@ -176,8 +189,9 @@ class TensorRTRuntime:
     def _probe(self) -> None:
         h, w = self.info.input_size
         n = self.fixed_batch or min(PROBE_BATCH, self.max_batch)
+        item = (3, h, w) if self.max_frames is None else (self.max_frames, 3, h, w)
         try:
-            out = self.infer(np.zeros((n, 3, h, w), dtype=np.float32))
+            out = self.infer(np.zeros((n, *item), dtype=np.float32))
         except InferenceFailed as exc:
             raise ModelRejected(f"{self.engine_path}: the engine fails on a test batch: {exc}") from None
         if out.shape != (n, len(self.info.classes)) or not np.all(np.isfinite(out)):
@@ -194,13 +208,17 @@ class TensorRTRuntime:
         n = batch.shape[0]
         if not 1 <= n <= self.max_batch:
             raise InferenceFailed(f"batch of {n} is outside the engine's profile (1..{self.max_batch})")
+        if self.max_frames is not None and (batch.ndim != 5 or not 1 <= batch.shape[1] <= self.max_frames):
+            raise InferenceFailed(f"sequences of shape {batch.shape[1:]} are outside the engine's profile "
+                                  f"(T from 1 to {self.max_frames})")
         slot = self._slots[slot_index]
+        size = batch.size
         # Host copy into pinned memory: CPU work that runs while the GPU works on the other slot.
-        np.copyto(self._in_np[slot_index][:n], batch, casting="same_kind")
+        np.copyto(self._in_np[slot_index][:size].reshape(batch.shape), batch, casting="same_kind")
         with torch.cuda.stream(self._stream):
-            slot.dev_in[:n].copy_(slot.host_in[:n], non_blocking=True)
+            slot.dev_in[:size].copy_(slot.host_in[:size], non_blocking=True)
             ctx = self._context
-            ctx.set_input_shape(self._input, (n, *batch.shape[1:]))
+            ctx.set_input_shape(self._input, tuple(batch.shape))
             ctx.set_tensor_address(self._input, slot.dev_in.data_ptr())
             ctx.set_tensor_address(self._output, slot.dev_out.data_ptr())
             if not ctx.execute_async_v3(self._stream.cuda_stream):

@@ -81,6 +81,7 @@ def face_rows(options: Any, info: Any, work: Path, say: Callable[[str], None],
         t = stages.timed(detect, options.min_seconds)
         rows.append(Row("faces", "detect (mtcnn)", "ok", t.images, t.seconds, t.images_per_s, t.peak_rss_mib,
                         t.start_rss_mib, t.repeats, details={"faces_per_pass": found[0], "device": stage.detector.device,
+                                                             "nets": getattr(stage.detector, "nets", None),
                                                              "images": source}))
     except Exception as exc:  # noqa: BLE001 - a row that failed, the run goes on
         rows.append(Row("faces", "detect (mtcnn)", "failed", reason=first_line(exc)))

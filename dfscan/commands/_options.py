@@ -23,6 +23,7 @@ import click
 from dfscan.core.errors import UnknownName, first_line
 from dfscan.core.redact import mask_text
 from dfscan.core.settings import (
+    BATCH_MODES,
     DEFAULT_DB_URL,
     FACE_AGGREGATIONS,
     FACE_MODES,
@@ -222,6 +223,9 @@ def runtime_options(func: Callable) -> Callable:
                             "ONNX Runtime)."),
         setting_option("--decoder", field="decoder",
                        help="auto | pillow | dali | dali-gpu | dali-cpu (auto: DALI on a GPU, else Pillow)."),
+        setting_option("--batches", field="batches", type=click.Choice(BATCH_MODES),
+                       help="Where batches live from decode to logits: host (NumPy), device (torch tensors on the "
+                            "runtime's device; --runtime torch or tensorrt), auto (device on CUDA)."),
         setting_option("--precision", field="precision", type=click.Choice(PRECISIONS),
                        help="TensorRT: the best cached engine, else fp16; torch: fp16 on CUDA (or bf16, fp32), fp32 "
                             "on the CPU (or bf16)."),

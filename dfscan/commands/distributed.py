@@ -179,7 +179,7 @@ def worker(broker_url: str | None, db_url: str, model: Path | None, concurrency:
                          visibility_timeout=visibility_timeout, lease_seconds=lease_seconds,
                          lease_renew_seconds=lease_renew_seconds, metrics_port=metrics_port,
                          metrics_bind=metrics_bind, s3_endpoint_url=s3_endpoint_url,
-                         **provenance_settings(provenance))
+                         batches=provenance.pop("batches", None), **provenance_settings(provenance))
     _need_broker(settings)
     if concurrency < 1:
         raise click.BadParameter("must be at least 1", param_hint="--concurrency")
@@ -344,21 +344,26 @@ def beat(schedule_file: Path, broker_url: str | None, db_url: str, state_file: P
     Each due entry sends one producer task (queue 'dfscan.producer'), which a
     worker started with `dfscan worker -Q dfscan.producer` runs as an
     incremental scan: it walks, records and enqueues the chunks for the
-    scoring workers.
+    scoring workers. With DFSCAN_RETENTION set (e.g. 90d) beat also sends a
+    prune of the scans older than that, at DFSCAN_RETENTION_CRON (UTC,
+    default 15 3 * * *), to the same producer queue.
     """
-    from dfscan.workers.fleet.schedule import beat_schedule, load_schedule
+    from dfscan.workers.fleet.schedule import beat_schedule, load_schedule, retention_schedule
 
     entries = load_schedule(schedule_file)
+    settings = _settings(broker_url=broker_url, db_url=db_url)
+    retention = retention_schedule(settings)  # DFSCAN_RETENTION: the nightly prune, off by default
     if check:
         for e in entries:
             click.echo(f"{e.name:<20} {e.cron:<16} {', '.join(e.roots)}  model={e.model}")
+        for name in retention:
+            click.echo(f"{name:<20} {settings.retention_cron:<16} prune scans older than {settings.retention}")
         return
-    settings = _settings(broker_url=broker_url, db_url=db_url)
     _need_broker(settings)
     from dfscan.workers.fleet.app import create_app, set_app
 
     app = create_app(settings)
-    app.conf.beat_schedule = beat_schedule(entries)
+    app.conf.beat_schedule = {**beat_schedule(entries), **retention}
     set_app(app)
     click.echo(f"beat: {len(entries)} schedule(s) on {safe_url(settings.broker_url)}", err=True)
     app.start(["beat", f"--loglevel={loglevel}", f"--schedule={state_file}"])

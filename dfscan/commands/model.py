@@ -8,7 +8,10 @@ from pathlib import Path
 
 import click
 
-from dfscan.commands._options import reports_errors
+from dfscan.commands._options import db_option, reports_errors
+from dfscan.commands.reviews import (calibrate_from_reviews, echo_reviews, evaluate_reviews_only, from_reviews_option,
+                                     reviews_record)
+from dfscan.core.constants import DEFAULT_MIN_REVIEW_DECISIONS
 
 
 def _progress_option(func):
@@ -176,24 +179,49 @@ def train(data_dir: Path, out_dir: Path, backbone: str, backbone_weights: Path |
 
 
 @click.command()
-@click.argument("model", type=click.Path(exists=True, path_type=Path))
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("model", required=False, type=click.Path(exists=True, path_type=Path))
+@click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--target-fpr", type=float,
               help="Choose the threshold so that at most this share of real validation images is called fake.")
 @click.option("--split", default="valid", show_default=True, help="Split to fit on.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@from_reviews_option
+@click.option("--model", "model_option", type=click.Path(exists=True, path_type=Path),
+              help="With --from-reviews: the exported model the scans were made with (or give it as MODEL).")
+@click.option("--target-precision", type=float,
+              help="With --from-reviews: choose the threshold so that this share of the items called fake were "
+                   "decided fake.")
+@click.option("--min-decisions", type=click.IntRange(1), default=DEFAULT_MIN_REVIEW_DECISIONS, show_default=True,
+              help="With --from-reviews: refuse to fit on fewer fake/real decisions.")
+@db_option
 @_progress_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @reports_errors
-def calibrate(model: Path, data_dir: Path, target_fpr: float | None, split: str, batch_size: int,
-              progress: bool | None, as_json: bool) -> None:
+def calibrate(model: Path | None, data_dir: Path | None, target_fpr: float | None, split: str, batch_size: int,
+              from_reviews: tuple[int, ...], model_option: Path | None, target_precision: float | None,
+              min_decisions: int, db_url: str, progress: bool | None, as_json: bool) -> None:
     """Fit the temperature of an exported MODEL on DATA_DIR's validation split; store it in model_info.json.
 
     With --target-fpr the decision threshold is also chosen, on the calibrated
     p_fake, for that false-positive rate. The scanner applies both.
+
+    With --from-reviews SCAN the fit is on analysts' decisions in those scans
+    instead (no DATA_DIR): the temperature, and with --target-precision the
+    threshold, from the p_fake the scans stored; refused below
+    --min-decisions decisions.
     """
     from dfscan.detector.calibrate import calibrate as run_calibration
 
+    if from_reviews:
+        calibrate_from_reviews(model_option or model, data_dir, from_reviews, target_fpr=target_fpr,
+                               target_precision=target_precision, min_decisions=min_decisions, db_url=db_url,
+                               as_json=as_json)
+        return
+    if target_precision is not None:
+        raise click.UsageError("--target-precision goes with --from-reviews; on a data set use --target-fpr")
+    model = model or model_option
+    if model is None or data_dir is None:
+        raise click.UsageError(f"Missing argument '{'MODEL' if model is None else 'DATA_DIR'}'.")
     result = run_calibration(model, data_dir, target_fpr=target_fpr, split=split, batch_size=batch_size,
                              progress=_show(progress))
     if as_json:
@@ -210,10 +238,12 @@ def calibrate(model: Path, data_dir: Path, target_fpr: float | None, split: str,
 
 
 @click.command()
-@click.argument("model", type=click.Path(exists=True, path_type=Path))
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("model", required=False, type=click.Path(exists=True, path_type=Path))
+@click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for metrics.json and report.html.")
+@from_reviews_option
+@db_option
 @click.option("--split", default="test", show_default=True, help="train | valid | test.")
 @click.option("--threshold", type=float, help="Decision threshold on p_fake (default: the model's).")
 @click.option("--training-results", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -224,9 +254,9 @@ def calibrate(model: Path, data_dir: Path, target_fpr: float | None, split: str,
               help="Video data sets: frames sampled per video (default: the model's own, model_info.json frames).")
 @_progress_option
 @reports_errors
-def evaluate(model: Path, data_dir: Path, out_dir: Path, split: str, threshold: float | None,
-             training_results: Path | None, batch_size: int, device: str, frames: int | None,
-             progress: bool | None) -> None:
+def evaluate(model: Path | None, data_dir: Path | None, out_dir: Path, from_reviews: tuple[int, ...], db_url: str,
+             split: str, threshold: float | None, training_results: Path | None, batch_size: int, device: str,
+             frames: int | None, progress: bool | None) -> None:
     """Measure MODEL (an exported .onnx or a .pt checkpoint) on a split of DATA_DIR.
 
     Writes metrics.json and report.html (one self-contained file with every
@@ -234,14 +264,26 @@ def evaluate(model: Path, data_dir: Path, out_dir: Path, split: str, threshold: 
     and threshold. A DATA_DIR of videos is measured per video: each video is
     one sequence of sampled frames through the export's video graph
     (model.video.onnx) and one verdict.
+
+    With --from-reviews SCAN the report also measures the detector on
+    analysts' decisions in those scans ("Reviewed by analysts": precision,
+    recall among reviewed items, the confusion table, 95% intervals); given
+    alone (no MODEL and DATA_DIR), the report holds that section only.
     """
     from dfscan.detector.evaluate import evaluate as run_evaluation
 
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise click.BadParameter("must be between 0 and 1", param_hint="--threshold")
+    if (model is None) != (data_dir is None) or (model is None and not from_reviews):
+        raise click.UsageError(f"Missing argument '{'MODEL' if model is None else 'DATA_DIR'}'."
+                               + (" Give MODEL and DATA_DIR, or --from-reviews alone." if from_reviews else ""))
+    reviews = reviews_record(from_reviews, db_url) if from_reviews else None
+    if model is None:
+        echo_reviews(evaluate_reviews_only(out_dir, reviews))
+        return
     result = run_evaluation(model, data_dir, out_dir, split=split, training_results=training_results,
                             threshold=threshold, batch_size=batch_size, device=device, progress=_show(progress),
-                            frames=frames)
+                            frames=frames, reviews=reviews)
     m = result.metrics
     auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
     unit = f"{m['data']['media']}s"
@@ -252,6 +294,9 @@ def evaluate(model: Path, data_dir: Path, out_dir: Path, split: str, threshold: 
                f"ECE {m['calibration']['ece']:.4f} (threshold {m['threshold']:.3g}, T {m['temperature']:.3g})")
     if m["data"]["failed"]:
         click.echo(f"  {len(m['data']['failed'])} {unit} could not be decoded (listed in metrics.json)")
+    if reviews is not None:
+        echo_reviews(result)
+        return
     click.echo(f"wrote {result.metrics_path} and {result.report_path}")
 
 

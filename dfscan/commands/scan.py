@@ -97,7 +97,7 @@ def scan(roots: tuple[str, ...], model: Path | None, db_url: str, name: str | No
         engine_dir=engine_dir, max_pixels=max_pixels,
         intra_op_threads=intra_op_threads, follow_symlinks=False if no_follow_symlinks else None,
         broker_url=broker_url, max_outstanding_chunks=max_outstanding_chunks, s3_endpoint_url=s3_endpoint_url,
-        reuse_verdicts=reuse_verdicts,
+        reuse_verdicts=reuse_verdicts, batches=stages.pop("batches", None),
         **face_settings(stages), **video_settings(stages), **provenance_settings(stages),
     )
     # Not following links, the scan is confined to its roots' real paths (scanner.confine): resolved here.

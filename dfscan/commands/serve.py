@@ -94,7 +94,8 @@ def serve(serve_host: str | None, serve_port: int | None, model: Path | None, db
         batch_size=batch_size, max_batch_delay_ms=max_batch_delay_ms, max_upload_bytes=max_upload_bytes,
         max_upload_files=max_upload_files, request_timeout_s=request_timeout_s, threshold=threshold,
         runtime=runtime, decoder=decoder, precision=precision, engine_dir=engine_dir,
-        intra_op_threads=intra_op_threads, broker_url=broker_url, **face_settings(faces),
+        intra_op_threads=intra_op_threads, broker_url=broker_url, batches=faces.pop("batches", None),
+        **face_settings(faces),
         **provenance_settings(faces), **_callback_settings(faces), **_limit_settings(faces), ops_bind=faces.pop("ops_bind", None),
     )
     if settings.model is None:
@@ -162,19 +163,23 @@ def api_key() -> None:
 @click.option("--name", required=True, help="Who or what uses the key (a service, a team).")
 @click.option("--role", type=click.Choice(API_KEY_ROLES), default=API_KEY_ROLES[0], show_default=True,
               envvar="DFSCAN_API_KEY_ROLE", show_envvar=True,
-              help="scanner: sees and cancels the scans it starts; admin: every scan (command-line and scheduled "
-                   "ones too) and /metrics, /docs, /openapi.json.")
+              help="scanner: sees and cancels the scans it starts; reviewer: reviews the scans of its team's keys "
+                   "(/review); admin: every scan (command-line and scheduled ones too) and /metrics, /docs, "
+                   "/openapi.json.")
+@click.option("--team", default=None, envvar="DFSCAN_API_KEY_TEAM", show_envvar=True,
+              help="The key's team: a reviewer key sees the scans started by keys of its team.")
 @db_option
 @json_option("the new key")
 @reports_errors
-def create(name: str, role: str, db_url: str, as_json: bool) -> None:
+def create(name: str, role: str, team: str | None, db_url: str, as_json: bool) -> None:
     """Create a key; its token and callback-signing secret are printed once, never stored in clear."""
     from dfscan.db.api_keys import create_api_key
 
     with migrated_database(db_url) as sessions, sessions.begin() as session:
-        new = create_api_key(session, name, role)
+        new = create_api_key(session, name, role, team)
     if as_json:
         click.echo(json.dumps({"id": new.info.id, "name": new.info.name, "prefix": new.info.prefix, "role": role,
+                               "team": team,
                                "token": new.token, "signing_secret": new.signing_secret}))
         return
     click.echo(f"API key {new.info.id} ({new.info.name}, {role}) created. Shown once; keep both:")

@@ -20,6 +20,9 @@ DEFAULT_MAX_PIXELS = 89_478_485
 # (too-large-decoded).  The face stage holds no more than this of full-resolution images at once.
 DEFAULT_MAX_DECODE_BYTES = 768 << 20
 
+# The fewest fake/real decisions by analysts that a calibration on them (`calibrate --from-reviews`) accepts.
+DEFAULT_MIN_REVIEW_DECISIONS = 50
+
 # Scheduled scans go to their own queue beside the scoring one, so a worker started with
 # ``-Q dfscan.producer`` walks storage while the others score.
 PRODUCER_QUEUE_SUFFIX = ".producer"

@@ -30,6 +30,9 @@ PRECISIONS = ALL_PRECISIONS.names()
 FACE_MODES = ("auto", "on", "off")
 # How an image's verdict comes from its faces' p_fake.
 FACE_AGGREGATIONS = ("max", "mean")
+# Where batches live from decode to logits (dfscan.workers.scoring.tensors): NumPy on the host, torch tensors on
+# the runtime's device, or ``auto`` (the device when the runtime is torch or TensorRT on CUDA, else the host).
+BATCH_MODES = ("auto", "host", "device")
 
 
 class SettingsError(ValueError):
@@ -56,6 +59,7 @@ class Settings:
     precision: str | None = None
     engine_dir: Path | None = None
     decoder: str = "auto"
+    batches: str = "auto"  # BATCH_MODES
     intra_op_threads: int = 0
     broker_url: str | None = None
     max_outstanding_chunks: int = 64
@@ -138,9 +142,14 @@ class Settings:
     # settings and invisible watermark; a signer chaining to a certificate of ``c2pa_trust_anchors`` (PEM) is trusted.
     provenance: bool = True
     c2pa_trust_anchors: Path | None = None
+    # Retention (dfscan.db.retention): `dfscan beat` prunes scans older than this duration ("90d", "12h", "2w";
+    # None: never) at ``retention_cron`` (UTC), as `dfscan prune --older-than` does.
+    retention: str | None = None
+    retention_cron: str = "15 3 * * *"
 
     def __post_init__(self) -> None:
         self.validate()
+        _check_retention(self)
 
     def __repr__(self) -> str:
         # A logged or printed Settings must not carry the database or broker password.
@@ -208,12 +217,10 @@ class Settings:
         for root in self.serve_roots:
             if not os.path.isabs(root):
                 raise SettingsError(f"serve root {root!r} must be an absolute path")
-        if self.faces not in FACE_MODES:
-            raise SettingsError(f"faces must be one of {', '.join(FACE_MODES)}, got {self.faces!r}")
-        if self.face_aggregation not in FACE_AGGREGATIONS:
-            raise SettingsError(
-                f"face aggregation must be one of {', '.join(FACE_AGGREGATIONS)}, got {self.face_aggregation!r}"
-            )
+        for name, allowed in (("batches", BATCH_MODES), ("faces", FACE_MODES), ("face_aggregation", FACE_AGGREGATIONS)):
+            if getattr(self, name) not in allowed:
+                raise SettingsError(f"{name.replace('_', ' ')} must be one of {', '.join(allowed)}, "
+                                    f"got {getattr(self, name)!r}")
         if self.max_faces < 1:
             raise SettingsError(f"max faces must be at least 1, got {self.max_faces}")
         if not 1.0 <= self.face_margin <= 4.0:
@@ -323,6 +330,20 @@ def _check_trust_anchors(path: Path | None) -> None:
     if "-----BEGIN CERTIFICATE-----" not in text:
         raise SettingsError(f"C2PA trust anchors {str(path)!r} hold no PEM certificate "
                             f"(--c2pa-trust-anchors, {env_name('c2pa_trust_anchors')})")
+
+
+def _check_retention(settings: Settings) -> None:
+    """A retention duration that parses, and a cron of five fields (beat checks each field)."""
+    from dfscan.core.durations import DurationError, parse_duration
+
+    if settings.retention is not None:
+        try:
+            parse_duration(settings.retention)
+        except DurationError as exc:
+            raise SettingsError(f"retention: {exc} ({env_name('retention')})") from None
+    if len(settings.retention_cron.split()) != 5:
+        raise SettingsError(f"retention cron {settings.retention_cron!r} needs 5 fields (minute hour day-of-month "
+                            f"month day-of-week; {env_name('retention_cron')})")
 
 
 def _check_allow_entry(entry: str) -> None:

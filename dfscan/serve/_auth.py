@@ -1,9 +1,10 @@
 """Who may call what: the bearer-key check of every request, and the dependencies routes declare.
 
-Every ``/v1`` request needs a valid key. A ``scanner`` key (the default role) sees and cancels the
-scans it started; an ``admin`` key sees every scan, those started from the command line, by the fleet
-or the schedule included. The operations endpoints (:data:`OPS_PATHS`) need an admin key when they
-are served on the main bind; on a bind of their own (``--ops-bind``) they need none.
+Every ``/v1`` request needs a valid key. A ``scanner`` key (the default role) sees, cancels and reviews the
+scans it started; a ``reviewer`` key only reads and reviews the scans started by keys of its team
+(:data:`REVIEWER_MAY`; ``db.api_keys.visible_to``); an ``admin`` key sees every scan, those started from
+the command line, by the fleet or the schedule included. The operations endpoints (:data:`OPS_PATHS`) need
+an admin key when they are served on the main bind; on a bind of their own (``--ops-bind``) they need none.
 
 Routes take the checked key as :data:`Key`; admin-only routes take :data:`AdminKey` instead.
 """
@@ -11,6 +12,7 @@ Routes take the checked key as :data:`Key`; admin-only routes take :data:`AdminK
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -25,6 +27,10 @@ __all__ = ["OPS_PATHS", "AdminKey", "Key", "admin_key", "api_key", "authorize", 
 
 OPS_PATHS = frozenset({"/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 NEEDS_ADMIN = "this endpoint needs an admin key (dfscan api-key create --role admin)"
+# What a reviewer key may call: read a scan, its results and its review queue, and post decisions.
+REVIEWER_MAY = (("GET", re.compile(r"/v1/scans/[0-9]+(/results|/queue)?")),
+                ("POST", re.compile(r"/v1/scans/[0-9]+/reviews")))
+REVIEWER_ONLY = "a reviewer key only reads scans and posts reviews"
 
 
 def _refuse(detail: str, status: int) -> JSONResponse:
@@ -51,6 +57,9 @@ async def authorize(scope: dict, keys: KeyCache, *, ops_need_admin: bool) -> JSO
         return _refuse("invalid or revoked API key", 401)
     if ops and not found.is_admin:
         return _refuse(NEEDS_ADMIN, 403)
+    if found.is_reviewer and not any(scope["method"] in (method, "HEAD" if method == "GET" else method)
+                                     and pattern.fullmatch(path) for method, pattern in REVIEWER_MAY):
+        return _refuse(REVIEWER_ONLY, 403)
     request.state.api_key = found
     return None
 

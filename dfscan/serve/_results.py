@@ -1,5 +1,8 @@
 """Result rows of a scan over HTTP: keyset pages (a cursor on the path), JSON or CSV, streamed.
 
+Rows come in the order of the key of ``results``, (scan_id, path_hash) (``db.iter_results(keyset=True)``):
+the primary key serves each page at the same cost however large the scan.
+
 A stream is read from the database in slices of :data:`SLICE` rows, each one
 keyset query in a short session of its own: the connection goes back to the
 pool before the slice is sent, so a client that reads slowly (or a whole scan
@@ -78,7 +81,7 @@ def _slice(sessions: sessionmaker[Session], q: Query, after: str | None, n: int)
     """Up to ``n`` rows after path ``after``, in a session that is closed before they are returned."""
     with sessions() as session:
         return list(db.iter_results(session, scan_id=q.scan_id, label=q.label, min_p=q.min_p, status=q.status,
-                                    declared=q.declared, after_path=after, limit=n, provenance=True))
+                                    declared=q.declared, after_path=after, limit=n, provenance=True, keyset=True))
 
 
 def _windows(q: Query) -> Iterator[int]:

@@ -154,7 +154,8 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="dfscan", version=__version__, lifespan=lifespan, **docs,
                   description="Deepfake scoring of uploads (dynamically batched) and scans of the server's storage. "
                               "Send `Authorization: Bearer <key>` (`dfscan api-key create`): a `scanner` key sees "
-                              "the scans it started, an `admin` key every scan and /metrics, /docs, /openapi.json.")
+                              "the scans it started, a `reviewer` key reads and reviews the scans of its team's "
+                              "keys, an `admin` key every scan and /metrics, /docs, /openapi.json.")
     app.state.dfscan = state
 
     app.add_middleware(_Gate, state=state, router=app.router)
@@ -165,6 +166,9 @@ def create_app(settings: Settings) -> FastAPI:
     from dfscan.serve._banks import mount as mount_banks  # hash banks: /v1/match, /v1/banks
 
     mount_banks(app)
+    from dfscan.serve.review import mount as mount_review  # the review page and API: /review, /v1/scans/{id}/queue
+
+    mount_review(app)
     return app
 
 

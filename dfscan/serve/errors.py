@@ -11,6 +11,12 @@ class BadRequest(ServeError):
     status_code = 400
 
 
+class Unauthenticated(ServeError):
+    """No session (the review page): sign in first."""
+
+    status_code = 401
+
+
 class Forbidden(ServeError):
     status_code = 403
 

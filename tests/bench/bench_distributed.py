@@ -10,6 +10,11 @@ real producer on a path list of ``--images`` made-up paths.  Prints:
 
   enqueue     producer: register, record every chunk in PostgreSQL, publish to Redis
   end-to-end  first chunk recorded -> scan completed (every row committed)
+  ceiling     the machine's write ceiling, measured just before and just after the scan on the
+              same server (the better of the two): one COPY of the same rows (the scan's paths,
+              as the workers write them) into a table with the written columns of results and
+              no index, key or constraint, committed once; and the scan's images/s as a ratio
+              of it (the shared machine's load moves both)
   task time   sum of the workers' task durations (from their logs) / (workers x wall)
 
 and where the time goes, per image: the producer's stages (walk, record, publish,
@@ -238,9 +243,13 @@ def main() -> None:
             warm_up(producer, settings, tmp / "warm.txt", args.chunk_size * 2 * args.workers)
             for w in workers:
                 w.log_path.write_text("")  # count the timed scan's tasks only
+            ceilings = [write_ceiling(url, listing)]
             timed = timed_scan(producer, settings, listing, pg, redis, workers)
         assert timed.progress.images_done == args.images, timed.progress
-        print_report(args, timed, [w.log() for w in workers])
+        ceilings.append(write_ceiling(url, listing))
+        ceiling = max(ceilings)  # the machine's best of the two: the ratio errs low
+        print(f"write ceilings    {', '.join(f'{c:.0f}' for c in ceilings)} rows/s (before and after the scan)")
+        print_report(args, timed, [w.log() for w in workers], ceiling)
         if args.rss_paths:
             for w in workers:  # the drain stands in for them
                 w.stop()
@@ -289,7 +298,42 @@ def timed_scan(producer, settings, listing: Path, pg, redis, workers) -> TimedSc
                      cpu={k: cpu1[k] - cpu0[k] for k in roots})
 
 
-def print_report(args: argparse.Namespace, timed: TimedScan, logs: list[str]) -> None:
+def write_ceiling(url: str, listing: Path) -> float:
+    """Rows/s of one COPY of the scan's rows into an unindexed, unkeyed copy of ``results``, committed.
+
+    The rows are the no-op model's (``tests/_faults.py``) for the same paths, formatted by the write path's
+    own COPY formatting (:func:`dfscan.db.results.copy_values`); the table has the written columns of
+    ``results`` with their types and nothing else (no key, index, NOT NULL, check, foreign key or
+    partitioning).  Timed: formatting, the COPY and the commit, in this process on one connection.
+    """
+    from datetime import datetime, timezone
+
+    import psycopg
+
+    from dfscan.db.records import ResultRow
+    from dfscan.db.results import copy_columns, copy_values
+
+    paths = listing.read_text().splitlines()
+    now = datetime.now(timezone.utc)
+    rows = [ResultRow(p, None, None, "ok", "real", 0.1, 0.9, None, None, now) for p in paths]
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_ceiling")
+        columns = ", ".join(copy_columns())
+        conn.execute(f"CREATE TABLE bench_ceiling AS SELECT {columns} FROM results WITH NO DATA")
+        conn.commit()
+        t0 = time.perf_counter()
+        with conn.cursor() as cur, cur.copy(f"COPY bench_ceiling ({columns}) FROM STDIN") as copy:
+            for row in copy_values(rows, scan_id=1, model_id=1):
+                copy.write_row(row)
+        conn.commit()
+        elapsed = time.perf_counter() - t0
+        conn.execute("DROP TABLE bench_ceiling")
+        conn.commit()
+    return len(rows) / elapsed
+
+
+def print_report(args: argparse.Namespace, timed: TimedScan, logs: list[str], ceiling: float) -> None:
     """Throughput, then where the time goes per image: producer, worker stages, Celery, between tasks, CPU."""
     report, timings = timed.report, timed.timings
     task_s = sum(float(x) for text in logs for x in re.findall(r"succeeded in ([0-9.]+)s", text))
@@ -299,6 +343,8 @@ def print_report(args: argparse.Namespace, timed: TimedScan, logs: list[str]) ->
           f"{args.workers} workers (prefork, 1 process each), max outstanding {args.max_outstanding}")
     print(f"enqueue           {timed.t_enqueued - timed.t0:8.2f} s   (producer done; back-pressure keeps it in step)")
     print(f"end-to-end        {wall:8.2f} s   {n / wall:10.0f} images/s")
+    print(f"write ceiling     {ceiling:10.0f} rows/s  (one COPY of the same rows into a table with no index or key)")
+    print(f"ratio             {n / wall / ceiling:10.2f} x   (end-to-end images/s over the write ceiling)")
     print(f"task time         {task_s:8.2f} s   {task_s / (args.workers * wall):.0%} of the workers' wall time; "
           f"{1000 * task_s / max(1, report.chunks_published):.1f} ms per chunk "
           f"({1e6 * task_s / n:.0f} us per image)")

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The GPU figures of issue #18 in one run, for a GPU host; nothing here has run on a GPU yet.
+# The GPU figures of issues #18 and #28 in one run, for a GPU host; nothing here has run on a GPU yet.
 #
-#   OUT=gpu-check tests/bench/gpu_check.sh        # ~10 min without TensorRT; engine builds add minutes each
+#   OUT=gpu-check tests/bench/gpu_check.sh        # ~30 min without TensorRT; engine builds add minutes each
+#   # a dry run of the script on a CPU-only machine (tiny backbone, few files, the slow steps left out):
+#   BACKBONE=tiny IMAGES=32 TENSOR_IMAGES=32 TENSOR_FACES=16 TENSOR_VIDEOS=4 TENSOR_DECODER=pillow \
+#     SKIP="parity bench_b64 bench_b256" OUT=/tmp/gpu-check tests/bench/gpu_check.sh
 #
 # Needs: dfscan installed with a CUDA build of torch and DALI (`make install`); TensorRT 10.x/11.x is
 # optional (`pip install 'dfscan[tensorrt]'`): without it its tests skip with the reason and its rows are absent.
@@ -16,8 +19,9 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d -t dfscan-gpu-check-XXXX)
 trap 'rm -rf "$WORK"' EXIT
 say() { echo "== $*" | tee -a "$OUT/summary.txt"; }
-step() {  # step NAME SECONDS CMD...: run, log to $OUT/NAME.log, record its status
+step() {  # step NAME SECONDS CMD...: run, log to $OUT/NAME.log, record its status (SKIP="a b": not these)
     local name=$1 limit=$2; shift 2
+    case " ${SKIP:-} " in *" $name "*) say "$name: skipped (SKIP)"; return;; esac
     local t0=$SECONDS
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     say "$name: exit $? in $((SECONDS - t0)) s"
@@ -30,8 +34,11 @@ tee -a "$OUT/summary.txt" <"$OUT/doctor.log"
 
 # 1. Parity on the GPU: DALI mixed decoding vs Pillow (p_fake within 0.02), torch CUDA fp16/bf16 vs ONNX Runtime,
 #    TensorRT fp32/fp16/int8 engines built from strongly typed networks (fp16 p_fake within 0.01 of ONNX Runtime).
-step parity 360 "$PY" -m pytest -q -rs -s -p no:cacheprovider \
-    tests/test_dali.py tests/test_torch_runtime.py tests/test_tensorrt.py tests/test_fp16.py
+#    Device-resident batches (#28): images, faces and videos as CUDA tensors score like the host path (p_fake within
+#    1e-4, crops within a grey level), DALI's GPU decoder among the decoders.
+step parity 420 "$PY" -m pytest -q -rs -s -p no:cacheprovider \
+    tests/test_dali.py tests/test_torch_runtime.py tests/test_tensorrt.py tests/test_fp16.py tests/test_tensor_path.py \
+    tests/test_sequences.py  # sequences on every runtime (#28 A): torch video program, TensorRT 5-D engine
 grep -E "^(SKIPPED|FAILED|ERROR)|[0-9]+ (passed|failed)|delta p_fake|logit delta" "$OUT/parity.log" | tee -a "$OUT/summary.txt"
 
 # 2. One ResNeXt-50 export (random weights: speed does not depend on them) with model.pt2 beside it;
@@ -42,6 +49,12 @@ if "$PY" -c "from dfscan.trt.engine import tensorrt_status as s; raise SystemExi
     step quantize_trt 240 "$PY" -m dfscan.cli quantize "$WORK/model/model.onnx" --calibrate "$WORK/calib" \
         --target tensorrt --out "$WORK/model/model_int8.onnx" --json
 fi
+
+# 2b. Videos on one runtime per process (#28 A): peak RSS of a video scan with each runtime, and which runtime each
+#     graph ran on (no ONNX Runtime session beside torch or TensorRT).
+step sequence_rss 420 "$PY" tests/bench/sequence_rss.py --model "$WORK/model/model.onnx" --runtime onnxruntime \
+    --runtime torch --runtime tensorrt
+grep -E "^sequence_rss" "$OUT/sequence_rss.log" | tee -a "$OUT/summary.txt"
 
 # 3. Speed: decode (pillow, dali-gpu), inference and the end-to-end scan for each decoder x runtime pair, dali-gpu +
 #    torch among them. Batch 64 with every runtime (onnxruntime on the CPU is the baseline); batch 256 with the
@@ -54,4 +67,13 @@ step bench_b256 420 "$PY" tests/bench/bench_gpu.py --model "$WORK/model/model.on
 for batch in 64 256; do
     grep -E "^measured|^[0-9]+ JPEGs|^stage|^(decode|infer|scan) " "$OUT/bench_b$batch.log" | tee -a "$OUT/summary.txt"
 done
+
+# 4. Device-resident batches (#28), DALI on the GPU: whole images, faces (MTCNN on CUDA, crops on the device) and
+#    videos of 16 frames, --batches host vs device, through torch fp16 and bf16 (and TensorRT fp16 where installed):
+#    items/s, torch's peak GPU memory, and the parity of the two paths (max |delta p_fake|, rows agree).
+#    Goals on one H100 with DALI + torch fp16: >= 5,000 images/s, >= 2,000 with faces, >= 100 videos/s.
+step tensor_path 600 "$PY" tests/bench/bench_gpu.py --model "$WORK/model/model.onnx" --tensor-path \
+    --images "${TENSOR_IMAGES:-8192}" --faces "${TENSOR_FACES:-2048}" --videos "${TENSOR_VIDEOS:-256}" --frames 16 \
+    --batch 256 --decoder "${TENSOR_DECODER:-dali-gpu}" --json "$OUT/tensor_path.json"
+grep -E "^tensor|^parity" "$OUT/tensor_path.log" | tee -a "$OUT/summary.txt"
 say "done $(date -u +%FT%TZ)"

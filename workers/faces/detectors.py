@@ -42,7 +42,12 @@ class FaceDetector:
 
 
 class MtcnnDetector(FaceDetector):
-    """MTCNN (facenet-pytorch): P-, R- and O-net, weights from its wheel, on the GPU where there is one."""
+    """MTCNN: facenet-pytorch's P-, R- and O-net weights (from its wheel), batched across images
+    (:class:`~dfscan.workers.faces._mtcnn.BatchedMtcnn`); on the GPU where there is one.
+
+    ``nets``: ``auto`` runs them through ONNX Runtime on the CPU (exported from
+    the same weights) and as torch modules on CUDA; see ``MTCNN_NETS``.
+    """
 
     name = "mtcnn"
     MIN_SIZE = 20  # pixels of the detection canvas; MTCNN's own default
@@ -50,7 +55,7 @@ class MtcnnDetector(FaceDetector):
     # its MTCNN code and weights are byte for byte 2.6.0's.
     REQUIREMENT = "facenet-pytorch==2.5.3"
 
-    def __init__(self, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, device: str = "auto", threads: int | None = None, nets: str = "auto") -> None:
         import torch
 
         try:
@@ -59,6 +64,7 @@ class MtcnnDetector(FaceDetector):
             raise DecoderUnavailable(
                 f"the {self.name} face detector can't be imported ({exc}); install it: "
                 f"pip install '{self.REQUIREMENT}' (or scan with --faces off)") from None
+        from dfscan.workers.faces._mtcnn import MTCNN_NETS, BatchedMtcnn
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -69,29 +75,43 @@ class MtcnnDetector(FaceDetector):
         self.device = device
         self._torch = torch
         self._mtcnn = MTCNN(keep_all=True, min_face_size=self.MIN_SIZE, device=device)
+        kind = torch.device(device).type
+        usable = [spec for spec in MTCNN_NETS if kind in spec.devices]
+        if nets != "auto":
+            known = [spec.name for spec in MTCNN_NETS]
+            usable = [spec for spec in usable if spec.name == nets]
+            if not usable:
+                raise UnknownFaceDetector(f"no MTCNN nets {nets!r} for device {device!r}; known: {', '.join(known)}")
+        self.nets = usable[0].name
+        self._batched = BatchedMtcnn(usable[0].create(self._mtcnn, self.threads), self._mtcnn.thresholds,
+                                     self._mtcnn.factor)
 
     def detect(self, canvas: np.ndarray, min_size: int | None = None) -> list[np.ndarray]:
-        from facenet_pytorch.models.utils.detect_face import detect_face
+        # (N, H, W, 3) uint8 permuted: an (N, 3, H, W) view, laid out channels-last as the CPU pyramid wants it.
+        canvas = np.ascontiguousarray(canvas)
+        if not canvas.flags.writeable:  # a Pillow image's array: torch takes only writable memory
+            canvas = canvas.copy()
+        batch = self._torch.from_numpy(canvas).to(self.device).permute(0, 3, 1, 2)
+        return self.detect_tensors(batch, min_size)
 
+    def detect_tensors(self, images, min_size: int | None = None,
+                       sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
+        """Per image of an (N, 3, H, W) RGB 0..255 tensor (float32 or uint8) on any device, its boxes as
+        :meth:`detect` gives them (x1, y1, x2, y2, score in that tensor's pixels).
+
+        ``sizes``: each image's (height, width) when they share a zero-padded
+        batch (its own scales and candidates only); default the whole batch.
+        """
         # Below 20 canvas pixels MTCNN finds little; above, each step up drops pyramid levels (faster).
         min_face = max(self.MIN_SIZE, int(min_size or 0))
-        m = self._mtcnn
         torch = self._torch
         previous = torch.get_num_threads()
-        if self.device == "cpu":
+        if images.device.type == "cpu":
             torch.set_num_threads(self.threads)
         try:
-            with torch.no_grad():
-                batch = torch.as_tensor(np.ascontiguousarray(canvas), device=self.device)
-                boxes, _points = detect_face(batch, min_face, m.pnet, m.rnet, m.onet, m.thresholds, m.factor,
-                                             self.device)
+            return self._batched.detect(images, min_face, sizes)
         finally:
             torch.set_num_threads(previous)
-        out = []
-        for b in boxes:
-            arr = np.asarray(b, dtype=np.float64)
-            out.append(arr.reshape(-1, 5) if arr.size else np.zeros((0, 5)))
-        return out
 
 
 FACE_DETECTORS: Registry[FaceDetectorSpec] = Registry(

@@ -9,7 +9,7 @@ Delivery is at-least-once and made exactly-once in effect by the database:
   enqueues the chunk again once the lease runs out (:mod:`workers.fleet.lease`),
   long before the visibility timeout hands the stale message out again;
 * each process reserves one chunk at a time (``prefetch_multiplier = 1``);
-* results are upserts on (scan_id, path), and a chunk's attempts are counted
+* results are upserts on (scan_id, path_hash), and a chunk's attempts are counted
   in the database so that a chunk that always kills its worker ends as error
   rows instead of looping (see :mod:`workers.fleet.tasks`).
 
@@ -26,10 +26,11 @@ from celery import Celery
 from dfscan.core.constants import producer_queue
 from dfscan.core.settings import Settings, SettingsError, from_env
 
-__all__ = ["SCORE_TASK", "SCHEDULED_SCAN_TASK", "create_app", "get_app", "set_app", "transport_options"]
+__all__ = ["RETENTION_TASK", "SCORE_TASK", "SCHEDULED_SCAN_TASK", "create_app", "get_app", "set_app", "transport_options"]
 
 SCORE_TASK = "dfscan.score_chunk"
 SCHEDULED_SCAN_TASK = "dfscan.scheduled_scan"
+RETENTION_TASK = "dfscan.prune"  # the nightly prune (workers.fleet.schedule.retention_schedule)
 # Producer tasks of nightly schedules go to their own queue (dfscan.core.constants.producer_queue), so
 # that a walk never holds a scoring process (a GPU) for the length of a scan.
 
@@ -78,7 +79,8 @@ def create_app(settings: Settings) -> DfscanCelery:
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_default_queue=settings.queue,
-        task_routes={SCHEDULED_SCAN_TASK: {"queue": producer_queue(settings.queue)}},
+        task_routes={SCHEDULED_SCAN_TASK: {"queue": producer_queue(settings.queue)},
+                     RETENTION_TASK: {"queue": producer_queue(settings.queue)}},
         task_create_missing_queues=True,
         worker_send_task_events=False,
         worker_hijack_root_logger=False,

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -77,7 +78,13 @@ def holder_alive(owner: str) -> bool:
 
 
 class Heartbeat:
-    """Renews a chunk's lease every ``renew_s`` in a thread while the chunk is scored; releases it at the end."""
+    """Renews a chunk's lease every ``renew_s`` while the chunk is scored; releases it at the end.
+
+    The renewals run on the process's one heartbeat thread (:class:`_Beats`), started with the first
+    chunk: a chunk only registers and unregisters itself.  Starting a thread per chunk cost its
+    worker a wait for the new thread to be scheduled, on every chunk, which on a loaded machine was a
+    third of the worker's time per chunk (py-spy, tests/bench/bench_distributed.py).
+    """
 
     def __init__(self, sessions: sessionmaker[Session], chunk_id: int, *, owner: str, lease_s: float,
                  renew_s: float) -> None:
@@ -89,16 +96,19 @@ class Heartbeat:
         self.lost = False
         # Cleared by a caller whose last commit ended the lease itself (finish_chunk does): no extra transaction.
         self.release = True
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{chunk_id}", daemon=True)
+        self.next_at = 0.0
+        self._lock = threading.Lock()  # held by a renewal in flight; __exit__ waits for it
+        self._done = False
 
     def __enter__(self) -> "Heartbeat":
-        self._thread.start()
+        self.next_at = time.monotonic() + self.renew_s
+        _BEATS.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=max(5.0, self.renew_s))
+        _BEATS.remove(self)
+        with self._lock:  # no renewal runs after this
+            self._done = True
         if not self.release:
             return
         try:
@@ -108,19 +118,63 @@ class Heartbeat:
             log.warning("chunk %d: could not release its lease (%s); it runs out in %.0f s",
                         self.chunk_id, type(err).__name__, self.lease_s)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.renew_s):
+    def beat(self) -> None:
+        """One renewal, unless the chunk has ended; the next one is due ``renew_s`` later."""
+        with self._lock:
+            if self._done:
+                return
+            self.next_at = time.monotonic() + self.renew_s
             try:
                 with self.sessions.begin() as session:
                     held = renew_lease(session, self.chunk_id, owner=self.owner, lease_s=self.lease_s)
             except Exception as err:  # noqa: BLE001 - a database outage: try again next beat
                 log.warning("chunk %d: lease renewal failed (%s)", self.chunk_id, describe(err))
-                continue
+                return
             if not held and not self.lost:
                 # The lease ran out (renewals failed for longer than the lease) and a reaper
                 # re-enqueued the chunk: another worker may score it too, which rewrites the same rows.
                 self.lost = True
                 log.warning("chunk %d: its lease was taken over; finishing it anyway", self.chunk_id)
+
+
+class _Beats:
+    """The process's heartbeat thread: renews each registered :class:`Heartbeat` when it is due."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked pool process starts its own
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._active: dict[int, Heartbeat] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, beat: Heartbeat) -> None:
+        with self._cond:
+            self._active[id(beat)] = beat
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def remove(self, beat: Heartbeat) -> None:
+        with self._cond:
+            self._active.pop(id(beat), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [b for b in self._active.values() if b.next_at <= now]
+                if not due:
+                    soonest = min((b.next_at for b in self._active.values()), default=now + 60.0)
+                    self._cond.wait(timeout=max(0.01, soonest - now))
+                    continue
+            for beat in due:
+                beat.beat()
+
+
+_BEATS = _Beats()
 
 
 class Reaper:

@@ -167,28 +167,37 @@ class Producer:
         timings = self.timings
         clock = time.perf_counter
         mark = clock()
-        for seq, batch in enumerate(chunked(paths, chunk_size)):
-            now = clock()
-            timings["walk"] += now - mark
-            n_chunks = seq + 1
-            images += len(batch)
-            if seq < recorded:
-                self._check_replayed(scan_id, seq, batch)
+        # Every chunk is recorded on one connection, checked out once: a checkout per chunk cost a
+        # liveness ping (a round trip) per chunk.  A connection lost meanwhile is replaced on its next
+        # use, inside the same retries.
+        connection = self._retry(self.engine.connect, "connecting to the database")
+        record = sessionmaker(bind=connection, expire_on_commit=False)
+        try:
+            for seq, batch in enumerate(chunked(paths, chunk_size)):
+                now = clock()
+                timings["walk"] += now - mark
+                n_chunks = seq + 1
+                images += len(batch)
+                if seq < recorded:
+                    self._check_replayed(scan_id, seq, batch)
+                    mark = clock()
+                    timings["record"] += mark - now
+                    continue
+                if not window.wait_for_room():
+                    return ProduceReport(scan_id, published, None, images,
+                                         incremental.skipped if incremental else 0, True)
+                waited = clock()
+                chunk_id = self._retry(lambda: self._record(record, scan_id, seq, batch), "recording a chunk")
+                recorded_at = clock()
+                self.publish(Chunk(scan_id, seq, tuple(batch), chunk_id))
+                window.add(chunk_id)
+                published += 1
                 mark = clock()
-                timings["record"] += mark - now
-                continue
-            if not window.wait_for_room():
-                return ProduceReport(scan_id, published, None, images, incremental.skipped if incremental else 0, True)
-            waited = clock()
-            chunk_id = self._retry(lambda: self._record(scan_id, seq, batch), "recording a chunk")
-            recorded_at = clock()
-            self.publish(Chunk(scan_id, seq, tuple(batch), chunk_id))
-            window.add(chunk_id)
-            published += 1
-            mark = clock()
-            timings["wait"] += waited - now
-            timings["record"] += recorded_at - waited
-            timings["publish"] += mark - recorded_at
+                timings["wait"] += waited - now
+                timings["record"] += recorded_at - waited
+                timings["publish"] += mark - recorded_at
+        finally:
+            connection.close()
         skipped = incremental.skipped if incremental else 0
 
         def finish() -> None:
@@ -200,8 +209,8 @@ class Producer:
         self._retry(finish, "ending the walk")
         return ProduceReport(scan_id, published, n_chunks, images, skipped, False)
 
-    def _record(self, scan_id: int, seq: int, batch: list[str]) -> int:
-        with self.sessions.begin() as session:
+    def _record(self, sessions: sessionmaker[Session], scan_id: int, seq: int, batch: list[str]) -> int:
+        with sessions.begin() as session:
             return db.add_chunk(session, scan_id=scan_id, seq=seq, paths=batch)
 
     def _check_replayed(self, scan_id: int, seq: int, batch: list[str]) -> None:

@@ -14,6 +14,11 @@ Beat sends one producer task per due entry; the task (:func:`run_entry`)
 registers an incremental scan and enqueues its chunks.  A redelivered task
 (its worker died) finds its scan by name and resumes it, so one run never
 becomes two scans.
+
+Retention is one more entry, made from the settings rather than the file
+(:func:`retention_schedule`): with ``DFSCAN_RETENTION=90d`` beat sends a prune
+task at ``DFSCAN_RETENTION_CRON`` (UTC), which a producer worker runs as
+`dfscan prune --older-than 90d --yes` would (:func:`run_retention`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from typing import Any
 
 from dfscan.core.settings import Settings, SettingsError, parse_extensions
 
-__all__ = ["ScheduleEntry", "ScheduleError", "beat_schedule", "load_schedule", "run_entry"]
+__all__ = ["RETENTION_ENTRY", "ScheduleEntry", "ScheduleError", "beat_schedule", "cron_schedule", "load_schedule",
+           "retention_schedule", "run_entry", "run_retention"]
+
+RETENTION_ENTRY = "dfscan-retention"  # the beat entry's name; a schedule file may not use it
 
 _KNOWN = {"name", "cron", "roots", "paths_from", "model", "extensions", "chunk_size", "threshold",
           "follow_symlinks", "max_outstanding", "reuse_verdicts"}  # fmt: skip
@@ -51,17 +59,7 @@ class ScheduleEntry:
     options: dict[str, Any] = field(default_factory=dict)
 
     def crontab(self):
-        from celery.schedules import crontab
-
-        parts = self.cron.split()
-        if len(parts) != 5:
-            raise ScheduleError(f"schedule {self.name!r}: cron {self.cron!r} needs 5 fields "
-                                "(minute hour day-of-month month day-of-week)")
-        minute, hour, dom, month, dow = parts
-        try:
-            return crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow)
-        except ValueError as exc:
-            raise ScheduleError(f"schedule {self.name!r}: cron {self.cron!r}: {exc}") from None
+        return cron_schedule(self.name, self.cron)
 
     def message(self) -> dict[str, Any]:
         """The JSON the producer task carries."""
@@ -70,6 +68,21 @@ class ScheduleEntry:
         data["paths_from"] = list(self.paths_from)
         data["extensions"] = list(self.extensions) if self.extensions else None
         return data
+
+
+def cron_schedule(name: str, cron: str):
+    """Celery's crontab for five cron fields (UTC); :class:`ScheduleError` naming the entry otherwise."""
+    from celery.schedules import crontab
+
+    parts = cron.split()
+    if len(parts) != 5:
+        raise ScheduleError(f"schedule {name!r}: cron {cron!r} needs 5 fields "
+                            "(minute hour day-of-month month day-of-week)")
+    minute, hour, dom, month, dow = parts
+    try:
+        return crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow)
+    except ValueError as exc:
+        raise ScheduleError(f"schedule {name!r}: cron {cron!r}: {exc}") from None
 
 
 def load_schedule(path: str | Path) -> list[ScheduleEntry]:
@@ -86,6 +99,8 @@ def load_schedule(path: str | Path) -> list[ScheduleEntry]:
         entry = _entry(table, f"{path}: entry {i + 1}")
         if entry.name in names:
             raise ScheduleError(f"{path}: two entries are named {entry.name!r}")
+        if entry.name == RETENTION_ENTRY:
+            raise ScheduleError(f"{path}: the name {RETENTION_ENTRY!r} is the retention entry's (DFSCAN_RETENTION)")
         names.add(entry.name)
         entry.crontab()  # fails now, not at 2 a.m.
         entries.append(entry)
@@ -140,6 +155,31 @@ def beat_schedule(entries: list[ScheduleEntry]) -> dict[str, dict[str, Any]]:
         e.name: {"task": SCHEDULED_SCAN_TASK, "schedule": e.crontab(), "kwargs": {"entry": e.message()}}
         for e in entries
     }
+
+
+def retention_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The nightly prune entry of ``beat_schedule`` when ``settings.retention`` is set; empty (off) otherwise."""
+    if settings.retention is None:
+        return {}
+    from dfscan.workers.fleet.app import RETENTION_TASK
+
+    return {RETENTION_ENTRY: {"task": RETENTION_TASK, "schedule": cron_schedule(RETENTION_ENTRY, settings.retention_cron),
+                              "kwargs": {"older_than": settings.retention}}}
+
+
+def run_retention(settings: Settings, older_than: str) -> dict[str, Any]:
+    """Prune the scans older than ``older_than`` (running scans left alone); what was removed, for the log."""
+    from dfscan import db
+    from dfscan.core.durations import parse_duration
+    from dfscan.db.retention import prune
+
+    engine = db.make_engine(settings.db_url)
+    try:
+        report = prune(engine, older_than=parse_duration(older_than))
+    finally:
+        engine.dispose()
+    return {"scans": [s.scan_id for s in report.scans], "rows": report.rows_by_table(),
+            "skipped_running": report.skipped_running}
 
 
 def run_entry(settings: Settings, message: dict[str, Any], *, run_key: str) -> int:

@@ -290,7 +290,7 @@ def worker_state(settings: Settings) -> WorkerState:
 
 def register(app: "DfscanCelery") -> None:
     """Add the dfscan tasks to ``app``."""
-    from dfscan.workers.fleet.app import SCHEDULED_SCAN_TASK, SCORE_TASK
+    from dfscan.workers.fleet.app import RETENTION_TASK, SCHEDULED_SCAN_TASK, SCORE_TASK
 
     @app.task(name=SCORE_TASK, shared=False, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def score_chunk_task(self, scan_id: int, chunk_id: int, seq: int, paths: list[str]) -> str:
@@ -310,6 +310,13 @@ def register(app: "DfscanCelery") -> None:
         from dfscan.workers.fleet.schedule import run_entry
 
         return run_entry(self.app.settings, entry, run_key=self.request.id)
+
+    # A redelivered prune (its worker died) runs again: prune finishes what the first delivery began.
+    @app.task(name=RETENTION_TASK, shared=False, bind=True, acks_late=True, ignore_result=True)
+    def retention_task(self, older_than: str) -> dict:
+        from dfscan.workers.fleet.schedule import run_retention
+
+        return run_retention(self.app.settings, older_than)
 
 
 _REAPER: Reaper | None = None

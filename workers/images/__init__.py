@@ -17,8 +17,9 @@ from dfscan.workers.images.decode import (
     to_tensor,
 )
 from dfscan.workers.images.decoders import DECODERS, DecoderSpec, create_decoder, dali_device, resolve_decoder
+from dfscan.workers.images.tensors import DeviceDecoder
 
 __all__ = [
-    "ALLOWED_FORMATS", "DECODERS", "DecoderSpec", "PillowDecoder", "Preprocess", "create_decoder", "dali_device",
+    "ALLOWED_FORMATS", "DECODERS", "DecoderSpec", "DeviceDecoder", "PillowDecoder", "Preprocess", "create_decoder", "dali_device",
     "decode_one", "load_rgb", "open_image", "refuse_from_header", "resolve_decoder", "to_rgb", "to_tensor",
 ]

@@ -52,6 +52,8 @@ class DaliRgb:
             if self._pipe is None:
                 self._pipe = build_or_unavailable(self._build, f"{self.decoder.device} decode-only pipeline")
             (out,) = self._pipe.run(**{INPUT_NAME: part})
+            if self.decoder.device_out is not None:  # device-resident batches: torch tensors, no host copy
+                return self.decoder.device_out(out)
             if self.decoder.device == "gpu":
                 out = out.as_cpu()
             return [np.array(out[i]) for i in range(len(out))]

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,6 +108,9 @@ class DaliDecoder:
         self.device_id = device_id
         self.fallback = PillowDecoder(pre, threads=threads)
         self.stats: Counter = Counter()
+        # Device-resident batches (dfscan.workers.images.tensors): turns a DALI batch into a list of torch tensors on
+        # the runtime's device (by DLPack, no host copy); None: NumPy arrays on the host.
+        self.device_out: Callable[[Any], list] | None = None
         self._pipe = None
         self._lock = threading.Lock()
 
@@ -152,6 +156,8 @@ class DaliDecoder:
 
     def _run(self, datas: list[np.ndarray]) -> list[np.ndarray]:
         (out,) = self._pipe.run(**{INPUT_NAME: datas})
+        if self.device_out is not None:
+            return self.device_out(out)
         if self.device == "gpu":
             out = out.as_cpu()
         arr = out.as_array()

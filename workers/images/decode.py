@@ -296,12 +296,17 @@ def _to_grey(im: Image.Image) -> Image.Image:
     return Image.fromarray(out)
 
 
-def to_tensor(im: Image.Image, pre: Preprocess) -> np.ndarray:
-    """Resize to ``pre.size`` and normalise: (3, H, W) float32."""
+def resized(im: Image.Image, pre: Preprocess) -> Image.Image:
+    """``im`` at the model's input size ``pre.size`` (Pillow's BILINEAR, which widens its filter to downscale)."""
     h, w = pre.size
     if im.size != (w, h):
         im = im.resize((w, h), Image.Resampling.BILINEAR)
-    arr = np.asarray(im, dtype=np.float32).transpose(2, 0, 1)
+    return im
+
+
+def to_tensor(im: Image.Image, pre: Preprocess) -> np.ndarray:
+    """Resize to ``pre.size`` and normalise: (3, H, W) float32."""
+    arr = np.asarray(resized(im, pre), dtype=np.float32).transpose(2, 0, 1)
     a, b = pre.scale_and_shift()
     return arr * a + b
 
@@ -326,8 +331,15 @@ class PillowDecoder:
     def decode_batch(self, files: Sequence[FileData]) -> list[np.ndarray | ImageError]:
         return list(self._pool.map(self._decode_safely, files))
 
-    def _decode_safely(self, f: FileData) -> np.ndarray | ImageError:
+    def decode_pixels_batch(self, files: Sequence[FileData]) -> list[np.ndarray | ImageError]:
+        """Each image at the model's size before normalisation, (H, W, 3) uint8: for batches normalised on a device."""
+        return list(self._pool.map(lambda f: self._decode_safely(f, pixels=True), files))
+
+    def _decode_safely(self, f: FileData, pixels: bool = False) -> np.ndarray | ImageError:
         try:
+            if pixels:
+                im = load_rgb(f.data, None, self.pre.max_pixels, f.header, self.pre.max_decode_bytes)
+                return np.asarray(resized(im, self.pre))
             return decode_one(f.data, self.pre, header=f.header)
         except ImageError as exc:
             return exc

@@ -66,13 +66,19 @@ class SharedDetector:
         with self._lock:
             return self.inner.detect(canvas, min_size)
 
+    def detect_tensors(self, images, min_size=None, *args, **kwargs):
+        # The device-resident face path's detection (workers.faces.crops.detect_canvas): one call at a time too.
+        with self._lock:
+            return self.inner.detect_tensors(images, min_size, *args, **kwargs)
+
 
 @dataclass
 class Resources:
     """What the stages of a scan are made from (:meth:`Stages.build`): settings, model, runtimes, decoders.
 
     ``runtimes`` holds a runtime per graph: ``image`` always, ``sequence`` once
-    the video stage has loaded the model's video graph.
+    the video stage has loaded the model's video graph, on the image graph's
+    runtime (``auto`` is resolved once, for both).
     """
 
     settings: Settings

@@ -157,24 +157,35 @@ class FaceDecoder:
         """One group's crops: its full-resolution images live only while this runs."""
         rgbs = self._rgb_batch(files)
         images = [(i, im) for i, im in enumerate(rgbs) if not isinstance(im, ImageError)]
-        boxes = self.finder.detect([im for _, im in images])
+        boxes = self._find([im for _, im in images])
         part: list = list(rgbs)  # errors stay where they are
         for (i, im), found in zip(images, boxes):
             part[i] = found if isinstance(found, ImageError) else self._crops(im, found)
         return part
 
+    def _find(self, images: list) -> list:
+        """Face boxes per image (the tensor path finds them on the device)."""
+        return self.finder.detect(images)
+
     def _crops(self, im: RGBImage, boxes: np.ndarray) -> FaceCrops:
         faces, found = select_faces(boxes, *image_size(im), self.options)
         if not faces:
             return FaceCrops([], found, None, aggregation=self.options.aggregation)
-        a, b = self.pre.scale_and_shift()
-        tensors, records, crops = [], [], []
-        for (x1, y1, x2, y2, score), (crop, square) in zip(faces, crop_faces(im, faces, self.options, self.pre.size)):
-            tensors.append(np.asarray(crop, dtype=np.float32).transpose(2, 0, 1) * a + b)
+        records = []
+        for x1, y1, x2, y2, score in faces:
             bx, by = int(round(x1)), int(round(y1))
             records.append((bx, by, max(1, int(round(x2)) - bx), max(1, int(round(y2)) - by), score))
+        tensors, crops = self._cut(im, faces)
+        return FaceCrops(records, found, tensors, crops, self.options.aggregation)
+
+    def _cut(self, im: RGBImage, faces: list) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """The faces' crops as the model's normalised (n, 3, H, W) inputs, and their squares (x0, y0, side)."""
+        a, b = self.pre.scale_and_shift()
+        tensors, crops = [], []
+        for crop, square in crop_faces(im, faces, self.options, self.pre.size):
+            tensors.append(np.asarray(crop, dtype=np.float32).transpose(2, 0, 1) * a + b)
             crops.append(square)
-        return FaceCrops(records, found, np.stack(tensors), crops, self.options.aggregation)
+        return np.stack(tensors), crops
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

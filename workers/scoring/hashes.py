@@ -83,8 +83,13 @@ class Hashed:
 def pixels_of_tensor(tensor: np.ndarray, pre: Preprocess) -> np.ndarray:
     """A normalised (3, H, W) float tensor back to the (H, W, 3) uint8 pixels it was made from."""
     a, b = pre.scale_and_shift()
-    rgb = (np.asarray(tensor, dtype=np.float32) - b) / a
+    rgb = (np.asarray(_on_host(tensor), dtype=np.float32) - b) / a
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+
+
+def _on_host(array):
+    """A torch tensor on the runtime's device (--batches device) copied to the host; a NumPy array as it is."""
+    return array.cpu().numpy() if hasattr(array, "cpu") else array
 
 
 def pdq_of_bytes(data: bytes, max_pixels: int, *, dihedral: bool = False) -> PdqHash:
@@ -121,7 +126,8 @@ class HashStage:
         if isinstance(payload, VideoItem):
             whole = [t for t in payload.tracks if all(box is None for box in t.boxes)]
             if whole:
-                return Hashed(frames=[(index, pdq(frame)) for index, frame in zip(payload.indices, whole[0].crops)])
+                frames = _on_host(whole[0].crops)
+                return Hashed(frames=[(index, pdq(frame)) for index, frame in zip(payload.indices, frames)])
             return self._frames_again(item.path, payload, roots)
         f = read_head(item.path, MAX_FILE_BYTES, head_bytes=max(item.size or 0, 1), store=self.store, roots=roots)
         return Hashed(image=pdq_of_bytes(f.data, self.pre.max_pixels, dihedral=self.dihedral))

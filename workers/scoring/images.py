@@ -21,8 +21,6 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from dfscan.workers.images import refuse_from_header
 from dfscan.workers.reading import MAX_FILE_BYTES, FileData, ImageError, read_head, stat_quietly
 from dfscan.workers.scoring.dedupe import content_hash
@@ -171,11 +169,15 @@ class _Reading:
         for i, out in zip(todo, self.stage.decoder.decode_batch(sources)):
             if isinstance(out, ImageError):
                 self.items[i].fail(out)
-            elif isinstance(out, np.ndarray):
-                self.items[i].payload = TensorPayload(out)
-            else:  # the face decoder's crops (workers.scoring.face_stage.FaceCrops)
+            elif hasattr(out, "inputs"):  # a payload of its own: the face decoder's crops (face_stage.FaceCrops)
                 self.items[i].payload = out
+            else:  # the image's tensor (NumPy; a torch tensor on the runtime's device with --batches device)
+                self.items[i].payload = TensorPayload(out)
 
 
 def image_stage(res: "Resources") -> ImageStage:
-    return ImageStage(res.decoder(), read_threads=res.settings.read_threads, store=res.store)
+    from dfscan.workers.scoring.tensors import device_image_decoder
+
+    # --batches device: tensors on the runtime's device from decode on (workers.scoring.tensors).
+    decoder = device_image_decoder(res) or res.decoder()
+    return ImageStage(decoder, read_threads=res.settings.read_threads, store=res.store)

@@ -43,7 +43,10 @@ __all__ = ["PHASES", "STAGES", "Batch", "Input", "Item", "Job", "Payload", "Stag
 
 @dataclass(frozen=True)
 class Input:
-    """One thing the model scores: an image tensor (3, H, W) or a sequence (T, 3, H, W), and which graph takes it."""
+    """One thing the model scores: an image tensor (3, H, W) or a sequence (T, 3, H, W), and which graph takes it.
+
+    ``array`` is NumPy, or with ``--batches device`` a torch tensor on the runtime's device (workers.scoring.tensors).
+    """
 
     graph: str  # "image" or "sequence"
     array: np.ndarray
@@ -225,9 +228,10 @@ class StageEntry:
 
 
 def _video(res: "Resources") -> Stage | None:
+    from dfscan.workers.scoring.tensors import device_video_stage
     from dfscan.workers.scoring.video_stage import video_stage
 
-    return video_stage(res)
+    return device_video_stage(video_stage(res), res)
 
 
 def _images(res: "Resources") -> Stage | None:

@@ -101,12 +101,14 @@ def infer(runtime: Runtime, inputs: Sequence[np.ndarray], verdict: Verdict,
     non-finite logits, is an ``inference-failed`` error for each input of
     that call; the other calls go on.
     """
+    from dfscan.workers.scoring.tensors import stack_inputs  # inputs may be device tensors (--batches device)
+
     out: list[Decision | ImageError] = []
     per_call = max(1, per_call)
     for start in range(0, len(inputs), per_call):
         part = inputs[start : start + per_call]
         try:
-            logits = run_batched(runtime, np.stack(part))
+            logits = run_batched(runtime, stack_inputs(runtime, part))
             if logits.shape[0] != len(part) or not np.all(np.isfinite(logits)):
                 raise InferenceFailed(f"runtime returned {logits.shape} non-finite or misshapen logits")
         except InferenceFailed as exc:

@@ -13,6 +13,9 @@ With a sequence model (``video_model`` in ``model_info.json``) each sequence
 goes through the BiLSTM as one (T, 3, H, W) item; sequences of several videos
 share a runtime batch of at most ``batch_size`` frames (``batch_size // T``
 sequences, at least one), so memory is bounded by frames, whatever T is.
+The sequence graph runs on the image graph's runtime (:func:`sequence_runtime`:
+torch, TensorRT or ONNX Runtime, whichever ``--runtime`` resolved to), so a
+process holds one model session per graph, never a second runtime for videos.
 Without one, each frame is scored alone by the image model and a track's
 p_fake is the mean of its frames': a weaker verdict (no temporal model), said
 in the row's notes.  Either way the video's p_fake is its most suspicious
@@ -54,7 +57,7 @@ from dfscan.workers.scoring.verdict import Decision, Verdict
 from dfscan.core.constants import DEFAULT_FRAMES
 from dfscan.core.errors import first_line
 from dfscan.core.registry import Registry
-from dfscan.core.settings import DEFAULT_VIDEO_EXTENSIONS
+from dfscan.core.settings import DEFAULT_VIDEO_EXTENSIONS, SettingsError
 from dfscan.workers.video.sample import (
     DEFAULT_MAX_SIDE,
     DEFAULT_TIME_LIMIT_S,
@@ -65,6 +68,7 @@ from dfscan.workers.video.sample import (
 )
 
 if TYPE_CHECKING:
+    from dfscan.trt.base import Runtime
     from dfscan.workers.scoring.context import Resources
     from dfscan.workers.scoring.stages import Job
 
@@ -277,8 +281,7 @@ class VideoStage:
         if self.sequence_model is None:
             notes.append(PER_FRAME_NOTE if self.why_per_frame is None else f"{PER_FRAME_NOTE}: {self.why_per_frame}")
         if self.faces is None:
-            crops = np.stack([_resized(frame, self.pre.size) for frame in video.frames])
-            tracks, found = [VideoTrack(crops, [None] * len(video.frames))], None
+            tracks, found = [VideoTrack(self._whole_frames(video.frames), [None] * len(video.frames))], None
         else:
             tracks, found = self._face_tracks(video)
         return VideoItem(video.indices, video.timestamps_s, video.duration_s, tracks, found, notes,
@@ -288,7 +291,7 @@ class VideoStage:
         faces = self.faces
         assert faces is not None
         with self._detect_lock:
-            found = faces.detect(video.frames)
+            found = self._detect_frames(video.frames)
         failed = [f for f in found if isinstance(f, ImageError)]
         if len(failed) == len(found):
             raise VideoError("face-detect-failed", failed[0].message)
@@ -302,16 +305,30 @@ class VideoStage:
         tracks, n_found = follow(per_frame, faces.options.max_faces)
         out = []
         for track in tracks:
-            crops, boxes = [], []
+            boxes = []
             for frame, (x1, y1, x2, y2) in zip(video.frames, track.filled()):
-                ((crop, _square),) = crop_faces(frame, [(x1, y1, x2, y2, 0.0)], faces.options, self.pre.size)
-                crops.append(np.asarray(crop))
                 # Boxes are stored in the video's own (upright) pixels, whatever the frames were scaled to.
                 s = video.width / frame.shape[1]
                 bx, by = int(round(x1 * s)), int(round(y1 * s))
                 boxes.append((bx, by, max(1, int(round(x2 * s)) - bx), max(1, int(round(y2 * s)) - by)))
-            out.append(VideoTrack(np.stack(crops), boxes))
+            out.append(VideoTrack(self._track_crops(video.frames, track.filled()), boxes))
         return out, n_found
+
+    # The pixel work, which device-resident batches do on tensors (workers.scoring.tensors.DeviceVideoStage).
+
+    def _whole_frames(self, frames: list) -> np.ndarray:
+        """Faces off: the frames at the model's input size, (t, H, W, 3) uint8."""
+        return np.stack([_resized(frame, self.pre.size) for frame in frames])
+
+    def _detect_frames(self, frames: list) -> list:
+        assert self.faces is not None
+        return self.faces.detect(frames)
+
+    def _track_crops(self, frames: list, boxes: list) -> np.ndarray:
+        """One track's crops, (t, H, W, 3) uint8: each frame's square of margin x its box, at the model's size."""
+        assert self.faces is not None
+        return np.stack([np.asarray(crop_faces(frame, [(*box, 0.0)], self.faces.options, self.pre.size)[0][0])
+                         for frame, box in zip(frames, boxes)])
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -339,18 +356,42 @@ def video_stage(res: "Resources") -> VideoStage | None:
         why = f"{info.video_model.name}, named by the model's sidecar, is not beside {info.path.name}"
     elif info.video_model is not None:
         from dfscan.trt.model_info import inspect_video_model
-        from dfscan.trt.registry import load_runtime
 
-        # Sequences run on ONNX Runtime: the TensorRT and torch runtimes build for 4-D image batches.
         sequence = inspect_video_model(info)
-        res.runtimes["sequence"] = load_runtime("onnxruntime", sequence, intra_op_threads=settings.intra_op_threads)
+        res.runtimes["sequence"] = sequence_runtime(res, sequence)
         sequence_model = str(sequence.path)
     options = VideoOptions.from_settings(settings, info.frames)
+    if sequence_model is not None:
+        _check_frames(res.runtimes["sequence"], options.frames)
     sampler = video_sampler(settings.decoder, options, res.pre, threads=settings.decode_threads,
                             batch_size=settings.batch_size)
     faces = res.face_decoder()
     return VideoStage(res.pre, options, faces=None if faces is None else faces.finder, sequence_model=sequence_model,
                       threads=settings.decode_threads, why_per_frame=why, sampler=sampler, store=res.store)
+
+
+def sequence_runtime(res: "Resources", sequence) -> "Runtime":
+    """The video graph's runtime: the one the image graph runs on (torch, TensorRT or ONNX Runtime), never a second.
+
+    One model session per graph, both on one runtime: a GPU worker scores sequences on its GPU, and a torch
+    worker holds no ONNX Runtime session beside its programs.
+    """
+    from dfscan.trt.registry import load_graph_runtime
+
+    s = res.settings
+    return load_graph_runtime(res.runtimes.get("image"), sequence, intra_op_threads=s.intra_op_threads,
+                              precision=s.precision, engine_dir=s.engine_dir)
+
+
+def _check_frames(runtime: "Runtime", frames: int) -> None:
+    """A runtime whose sequences have a longest T (the torch program's, a TensorRT profile's) must take the scan's."""
+    limit = getattr(runtime, "max_frames", None)
+    if limit is not None and frames > limit:
+        raise SettingsError(
+            f"{frames} frames per video is more than the {runtime.name} runtime's video graph takes ({limit}, the "
+            f"length it was exported or built for); scan with --frames {limit} or fewer, or re-export the model "
+            f"with `dfscan export --frames {frames}`"
+        )
 
 
 def video_sampler(decoder: str, options: VideoOptions, pre: Preprocess, *, threads: int = 2, batch_size: int = 64):
