@@ -21,6 +21,7 @@ from ._types import utcnow
 from .chunks import (
     ChunkStart,
     add_chunk,
+    add_chunks,
     chunk_paths,
     close_lost_chunk,
     finish_chunk,
@@ -37,6 +38,7 @@ from .migrate import downgrade, upgrade
 from .provenance import iter_provenance
 from .records import FINISHED, FaceRow, FrameRow, ProvenanceRow, ResultRow, ScanSummary
 from .results import existing_paths, iter_faces, iter_frames, iter_results, write_batch
+from ._views import view_select
 from .retry import is_transient, retry_db
 from .reviews import DECISIONS, QueueFilters, ReviewedItem, current_decisions, history, queue, record_decision
 from .scans import (
@@ -81,6 +83,7 @@ __all__ = [
     "UnknownDecision",
     "ScanSummary",
     "add_chunk",
+    "add_chunks",
     "cancel_scan",
     "chunk_paths",
     "close_lost_chunk",
@@ -117,6 +120,7 @@ __all__ = [
     "upgrade",
     "url_from_env",
     "utcnow",
+    "view_select",
     "write_batch",
     "write_explanations",
 ]

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from ._dialects import dialect_name
 from ._pgcopy import copy_rows
 from ._types import utcnow
+from ._views import rows_of_paths, view_select
 from .errors import DatabaseError
 from .models import BankHash, HashBank, ResultMatch, scan_matches
 from .notices import add_notices
@@ -204,17 +205,13 @@ def iter_matches(session: Session, *, scan_id: int, paths: Sequence[str] | None 
                  limit: int | None = None) -> list[dict[str, Any]]:
     """Rows of the ``scan_matches`` view for a scan (or some of its paths), by path, distance, bank."""
     view = scan_matches.c
-    stmt = select(scan_matches).where(view.scan_id == scan_id).order_by(view.path, view.distance, view.bank, view.ref)
+    stmt = view_select(scan_matches).where(view.scan_id == scan_id).order_by(view.path, view.distance, view.bank,
+                                                                           view.ref)
     if limit is not None:
         stmt = stmt.limit(limit)
     if paths is None:
         return [dict(r) for r in session.execute(stmt).mappings()]
-    wanted = list(dict.fromkeys(paths))
-    out: list[dict[str, Any]] = []
-    for start in range(0, len(wanted), _IN_LIST_SIZE):
-        out.extend(dict(r) for r in session.execute(stmt.where(view.path.in_(wanted[start:start + _IN_LIST_SIZE])))
-                   .mappings())
-    return out
+    return list(rows_of_paths(session, stmt, scan_matches, paths))
 
 
 def match_count(session: Session, scan_id: int) -> int:

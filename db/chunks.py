@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from ._dialects import insert_for
+from ._dialects import dialect_name, insert_for
 from ._types import utcnow
 from .errors import ChunkNotFound, DatabaseError
 from .models import Chunk, Result, Scan
@@ -29,6 +30,7 @@ from .scans import ScanHead
 __all__ = [
     "ChunkStart",
     "add_chunk",
+    "add_chunks",
     "chunk_paths",
     "close_lost_chunk",
     "finish_chunk",
@@ -50,27 +52,55 @@ def add_chunk(session: Session, *, scan_id: int, seq: int, paths: list[str]) -> 
     Idempotent, so that a walker that restarts can re-add what it already
     added; re-adding a seq with different paths is an error.
     """
-    stmt = insert_for(session)(Chunk).values(
-        scan_id=scan_id,
-        seq=seq,
-        paths=list(paths),
-        n_paths=len(paths),
-        status="queued",
-        attempts=0,
-        created_at=utcnow(),
-    )
-    inserted = session.execute(
-        stmt.on_conflict_do_nothing(index_elements=["scan_id", "seq"]).returning(Chunk.id)
-    ).scalar_one_or_none()
-    if inserted is not None:
-        return inserted
-    # Already there (a walk replayed): it must hold the same paths.
-    chunk_id, stored = session.execute(
-        select(Chunk.id, Chunk.paths).where(Chunk.scan_id == scan_id, Chunk.seq == seq)
-    ).one()
-    if stored != list(paths):
-        raise DatabaseError(f"chunk {seq} of scan {scan_id} already exists with other paths")
+    (chunk_id,) = add_chunks(session, scan_id=scan_id, first_seq=seq, batches=[paths])
     return chunk_id
+
+
+def add_chunks(session: Session, *, scan_id: int, first_seq: int, batches: Sequence[Sequence[str]]) -> list[int]:
+    """Queue consecutive chunks ``first_seq, first_seq + 1, ...`` of a scan; return their ids, in order.
+
+    One statement for the group (SQLAlchemy's "insertmanyvalues": one multi-row
+    ``INSERT ... RETURNING`` compiled once), so the producer commits a group of
+    chunks at once instead of one commit per chunk.  Idempotent like
+    :func:`add_chunk`: a seq already there keeps its row and must hold the same
+    paths.
+    """
+    if not batches:
+        return []
+    now = utcnow()
+    params = [{"scan_id": scan_id, "seq": first_seq + i, "paths": list(paths), "n_paths": len(paths),
+               "created_at": now} for i, paths in enumerate(batches)]
+    ids = {row.seq: row.id for row in session.execute(_add_chunks_statement(session), params)}
+    out = []
+    for i, paths in enumerate(batches):
+        seq = first_seq + i
+        chunk_id = ids.get(seq)
+        if chunk_id is None:
+            # Already there (a walk replayed): it must hold the same paths.
+            chunk_id, stored = session.execute(
+                select(Chunk.id, Chunk.paths).where(Chunk.scan_id == scan_id, Chunk.seq == seq)
+            ).one()
+            if stored != list(paths):
+                raise DatabaseError(f"chunk {seq} of scan {scan_id} already exists with other paths")
+        out.append(chunk_id)
+    return out
+
+
+_ADD_CHUNKS: dict[str, Any] = {}  # per dialect, built once
+
+
+def _add_chunks_statement(session: Session) -> Any:
+    name = dialect_name(session)
+    stmt = _ADD_CHUNKS.get(name)
+    if stmt is None:
+        table = Chunk.__table__
+        stmt = _ADD_CHUNKS[name] = (
+            insert_for(session)(table)
+            .values(status="queued", attempts=0)
+            .on_conflict_do_nothing(index_elements=["scan_id", "seq"])
+            .returning(table.c.id, table.c.seq)
+        )
+    return stmt
 
 
 def finish_chunk(

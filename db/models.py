@@ -265,7 +265,7 @@ class ResultFace(Base):
 VIEW_COLUMNS = (
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
     "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes", "content_hash", "verdict_source",
-    "etag", "pdq", "pdq_quality", "matches", "synthetic_declared",
+    "etag", "pdq", "pdq_quality", "matches", "synthetic_declared", "path_hash",
 )  # fmt: skip
 scan_results = Table(
     "scan_results",
@@ -292,6 +292,7 @@ scan_results = Table(
     Column("pdq_quality", Integer),
     Column("matches", Integer),
     Column("synthetic_declared", Boolean),
+    Column("path_hash", LargeBinary(16)),  # migration 0016: joins between views use (scan_id, path_hash)
 )
 assert tuple(scan_results.c.keys()) == VIEW_COLUMNS
 
@@ -338,7 +339,8 @@ class ScanCallback(Base):
 
 
 # Which face was flagged (migration 0007): one row per scored face.
-FACE_VIEW_COLUMNS = ("scan_id", "path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label")
+FACE_VIEW_COLUMNS = ("scan_id", "path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label",
+                     "path_hash")
 scan_faces = Table(
     "scan_faces",
     MetaData(),
@@ -352,13 +354,14 @@ scan_faces = Table(
     Column("detector_score", Double),
     Column("p_fake", Double),
     Column("label", String(8)),
+    Column("path_hash", LargeBinary(16)),
 )
 assert tuple(scan_faces.c.keys()) == FACE_VIEW_COLUMNS
 
 
 # A video's sampled frames over time, per track (migration 0010).
 FRAME_VIEW_COLUMNS = ("scan_id", "path", "track", "frame_index", "timestamp_s", "x", "y", "w", "h", "p_fake",
-                      "track_p_fake", "pdq")
+                      "track_p_fake", "pdq", "path_hash")
 scan_frames = Table(
     "scan_frames",
     MetaData(),
@@ -374,6 +377,7 @@ scan_frames = Table(
     Column("p_fake", Double),
     Column("track_p_fake", Double),
     Column("pdq", String(64)),
+    Column("path_hash", LargeBinary(16)),
 )
 assert tuple(scan_frames.c.keys()) == FRAME_VIEW_COLUMNS
 
@@ -461,7 +465,7 @@ class MatchNotice(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=_NOW)
 
 
-MATCH_VIEW_COLUMNS = ("scan_id", "path", "bank", "ref", "label", "distance", "frame")
+MATCH_VIEW_COLUMNS = ("scan_id", "path", "bank", "ref", "label", "distance", "frame", "path_hash")
 scan_matches = Table(
     "scan_matches",
     MetaData(),
@@ -472,6 +476,7 @@ scan_matches = Table(
     Column("label", Text),
     Column("distance", Integer),
     Column("frame", Integer),
+    Column("path_hash", LargeBinary(16)),
 )
 assert tuple(scan_matches.c.keys()) == MATCH_VIEW_COLUMNS
 
@@ -515,7 +520,7 @@ class ResultProvenance(Base):
 
 
 PROVENANCE_VIEW_COLUMNS = ("scan_id", "path", "c2pa", "c2pa_state", "c2pa_codes", "signer", "generator",
-                           "source_type", "watermark", "watermark_ber", "synthetic_declared")
+                           "source_type", "watermark", "watermark_ber", "synthetic_declared", "path_hash")
 scan_provenance = Table(
     "scan_provenance",
     MetaData(),
@@ -530,6 +535,7 @@ scan_provenance = Table(
     Column("watermark", String(32)),
     Column("watermark_ber", Double),
     Column("synthetic_declared", Boolean),
+    Column("path_hash", LargeBinary(16)),
 )
 assert tuple(scan_provenance.c.keys()) == PROVENANCE_VIEW_COLUMNS
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert
 from sqlalchemy.orm import Session
 
+from ._views import rows_of_paths, view_select
 from .models import ResultProvenance, scan_provenance
 from .paths import path_hash
 from .records import ResultRow
@@ -42,12 +43,7 @@ def replace_provenance(session: Session, scan_id: int, rows: Sequence[ResultRow]
 def iter_provenance(session: Session, *, scan_id: int, paths: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Rows of the ``scan_provenance`` view for a scan (or some of its paths), by path."""
     view = scan_provenance.c
-    stmt = select(scan_provenance).where(view.scan_id == scan_id).order_by(view.path)
+    stmt = view_select(scan_provenance).where(view.scan_id == scan_id).order_by(view.path)
     if paths is None:
         return [dict(r) for r in session.execute(stmt).mappings()]
-    wanted = list(dict.fromkeys(paths))
-    out: list[dict[str, Any]] = []
-    for start in range(0, len(wanted), _IN_LIST_SIZE):
-        out.extend(dict(r) for r in session.execute(stmt.where(view.path.in_(wanted[start : start + _IN_LIST_SIZE])))
-                   .mappings())
-    return out
+    return list(rows_of_paths(session, stmt, scan_provenance, paths))

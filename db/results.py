@@ -19,6 +19,7 @@ from ._pgcopy import UNIQUE_VIOLATION, copy_rows
 from .banks import replace_matches
 from .provenance import replace_provenance
 from ._types import UTCDateTime
+from ._views import rows_of_paths, view_select
 from .models import VIEW_COLUMNS, Model, Result, ResultFace, ResultFrame, ResultProvenance, scan_results
 from .paths import PATH_HASH_BYTES, path_hash
 from .records import ResultRow
@@ -271,12 +272,15 @@ def iter_results(
 
     Rows arrive in batches (a server-side cursor on PostgreSQL), so a scan of
     millions of images never sits in memory. Keys are the view's columns.
-    ``keyset``: ordered by the key instead, (scan_id, path_hash), which the primary key serves a page at a
-    time at any size; ``after_path`` (with ``scan_id``) then starts after that path's key: the HTTP API's
+    ``keyset`` (and any ``limit``): ordered by the key instead, (scan_id, path_hash), which the primary key
+    serves a page at a time at any size, reading only the rows returned; ``after_path`` (with ``scan_id``)
+    then starts after that path's key: the HTTP API's
     paging.  ``declared`` keeps the rows whose file declares itself synthetic (or, False, those that do not);
     ``provenance`` adds the ``scan_provenance`` columns of :data:`PROVENANCE_COLUMNS` (None where none was read).
     """
     view = Result
+    # A limited read is in key order too: the primary key serves its first rows without sorting the scan.
+    keyset = keyset or limit is not None
     stmt = _RESULTS_VIEW.order_by(view.scan_id, view.path_hash if keyset else view.path)
     if provenance:
         p = ResultProvenance
@@ -313,13 +317,10 @@ def iter_faces(session: Session, *, scan_id: int, paths: Sequence[str] | None = 
 
 def _iter_view(session: Session, view: Any, scan_id: int, paths: Sequence[str] | None,
                order: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    """Rows of a per-path view for a scan, or for some of its paths (queried in bounded IN lists)."""
-    stmt = select(view).where(view.c.scan_id == scan_id).order_by(*(view.c[name] for name in order))
+    """Rows of a per-path view for a scan, or for some of its paths (by their keys, in bounded IN lists)."""
+    stmt = view_select(view).where(view.c.scan_id == scan_id).order_by(*(view.c[name] for name in order))
     if paths is not None:
-        wanted = list(dict.fromkeys(paths))
-        for start in range(0, len(wanted), _IN_LIST_SIZE):
-            part = stmt.where(view.c.path.in_(wanted[start : start + _IN_LIST_SIZE]))
-            yield from (dict(r) for r in session.execute(part).mappings())
+        yield from rows_of_paths(session, stmt, view, paths)
         return
     yield from (dict(r) for r in session.execute(stmt).mappings())
 

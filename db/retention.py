@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, func, inspect, select, text
-from sqlalchemy.exc import DBAPIError
 
+from ._partitions import drop_partition
 from ._types import utcnow
 from .errors import PruneRefused, ScanNotFound, ScanRunning
 from .models import Scan
@@ -211,7 +211,7 @@ def _prune_scan(connection: Connection, tables: Iterable[ScanTable], scan_id: in
                 text(f"SELECT COUNT(*) FROM {quote(part)}")).scalar_one()
             if not dry_run:
                 connection.commit()  # a concurrent detach waits for every open transaction, this one's too
-                _drop_partition(connection.engine, table.name, part)
+                drop_partition(connection.engine, table.name, part)
             dropped.append(part)
         if dry_run:
             if not parts:
@@ -229,29 +229,6 @@ def _prune_scan(connection: Connection, tables: Iterable[ScanTable], scan_id: in
         connection.rollback()
     rows[SCANS_TABLE] = scans
     return PrunedScan(scan_id, name, status, ended_at, rows, tuple(dropped))
-
-
-def _drop_partition(engine: Engine, parent: str, part: str) -> None:
-    """Detach ``part`` from ``parent`` and drop it.
-
-    ``DETACH PARTITION ... CONCURRENTLY`` (autocommit) lets the fleet's writes and the analysts' reads of
-    the other scans go on; a plain DETACH, the fallback where that is refused (a default partition exists),
-    locks ``parent`` for the moment it takes.  A detach left half-done by an earlier prune is finalised.
-    """
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as auto:
-        quote = auto.dialect.identifier_preparer.quote
-        pending = auto.execute(text(
-            "SELECT i.inhdetachpending FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = :p AND n.nspname = current_schema()"),
-            {"p": part}).scalar()
-        detach = f"ALTER TABLE {quote(parent)} DETACH PARTITION {quote(part)}"
-        if pending is not None:
-            try:
-                auto.execute(text(detach + (" FINALIZE" if pending else " CONCURRENTLY")))
-            except DBAPIError:
-                with engine.begin() as plain:
-                    plain.execute(text(detach))
-        auto.execute(text(f"DROP TABLE IF EXISTS {quote(part)}"))
 
 
 def _delete_in_batches(connection: Connection, table: ScanTable, scan_id: int, batch_rows: int) -> int:

@@ -134,8 +134,8 @@ def _provenance_rows(session: Session, scan_id: int) -> list[dict[str, Any]]:
     p = scan_provenance.c
     found = or_(p.c2pa != "none", p.synthetic_declared.is_(True), p.source_type.isnot(None),
                 p.generator.isnot(None), p.watermark.isnot(None))
-    stmt = (select(scan_provenance, Result.status, Result.label, Result.p_fake)
-            .join(Result, and_(Result.scan_id == p.scan_id, Result.path == p.path))
+    stmt = (db.view_select(scan_provenance).add_columns(Result.status, Result.label, Result.p_fake)
+            .join(Result, and_(Result.scan_id == p.scan_id, Result.path_hash == p.path_hash))
             .where(p.scan_id == scan_id, found)
             .order_by(p.synthetic_declared.desc(), p.path)
             .limit(PROVENANCE_SHOWN))

@@ -103,7 +103,7 @@ def test_scan_matches_copies_of_banked_photographs_and_not_others(tmp_path: Path
     scan_id = run_scan(db_url, scan, tiny_onnx_model, env={"DFSCAN_PDQ_DIHEDRAL": "1"})
     rows, matches = scan_rows(db_url, scan_id)
     assert set(rows) == set(expect)
-    assert set(matches[0]) == {"scan_id", "path", "bank", "ref", "label", "distance", "frame"}
+    assert set(matches[0]) == {"scan_id", "path", "bank", "ref", "label", "distance", "frame", "path_hash"}
     by_path: dict[str, list[dict]] = {}
     for m in matches:
         by_path.setdefault(m["path"], []).append(m)

@@ -254,3 +254,25 @@ def test_rows_and_the_chunks_end_commit_together(ctx, tmp_path) -> None:
         pipeline.score_chunk(ctx, gone, model_id)
     with ctx.sessions() as s:
         assert s.scalars(select(Result).where(Result.scan_id == chunk.scan_id)).all() == []
+
+
+# --- the producer's group of chunks: one statement, replayable --------------------------
+
+
+def test_a_group_of_chunks_is_one_insert_and_a_replay_finds_the_same_ids(pg) -> None:
+    sessions, _, (scan_id, *_) = pg
+    groups = [[f"/g/{k}/{i}.jpg" for i in range(3)] for k in range(4)]
+    statements: list[str] = []
+    with sessions.begin() as s:
+        event.listen(s.connection(), "before_cursor_execute", lambda *a: statements.append(a[2]))
+        ids = db.add_chunks(s, scan_id=scan_id, first_seq=0, batches=groups[:3])
+    assert len([q for q in statements if q.lstrip().upper().startswith("INSERT")]) == 1
+    with sessions.begin() as s:  # a walk replayed past what it recorded: the first three again, then one new
+        again = db.add_chunks(s, scan_id=scan_id, first_seq=0, batches=groups)
+    assert again[:3] == ids and len(set(again)) == 4
+    with sessions() as s:
+        stored = s.execute(select(Chunk.seq, Chunk.paths, Chunk.n_paths, Chunk.status)
+                           .where(Chunk.scan_id == scan_id).order_by(Chunk.seq)).all()
+    assert [tuple(r) for r in stored] == [(k, groups[k], 3, "queued") for k in range(4)]
+    with pytest.raises(db.DatabaseError, match="chunk 2 of scan"), sessions.begin() as s:
+        db.add_chunks(s, scan_id=scan_id, first_seq=1, batches=[groups[1], ["/other.jpg"]])

@@ -25,7 +25,7 @@ from tests._awkward import AWKWARD_PATHS
 CONTRACT_VIEW_COLUMNS = [
     "scan_id", "path", "status", "label", "p_fake", "confidence", "error", "model_sha256",
     "scanned_at", "faces", "faces_found", "kind", "frames", "duration_s", "notes",
-    "content_hash", "verdict_source", "etag", "pdq", "pdq_quality", "matches", "synthetic_declared",
+    "content_hash", "verdict_source", "etag", "pdq", "pdq_quality", "matches", "synthetic_declared", "path_hash",
 ]  # fmt: skip
 TABLES = {"models", "scans", "chunks", "results", "scan_workers", "result_faces", "result_frames"}
 T0 = datetime(2025, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
@@ -148,11 +148,12 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
                                             "scan_results", "scan_reviews"]
     assert [c["name"] for c in insp.get_columns("scan_results")] == CONTRACT_VIEW_COLUMNS
     assert [c["name"] for c in insp.get_columns("scan_faces")] == [
-        "scan_id", "path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label"]
+        "scan_id", "path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label", "path_hash"]
     assert [c["name"] for c in insp.get_columns("scan_frames")] == [
-        "scan_id", "path", "track", "frame_index", "timestamp_s", "x", "y", "w", "h", "p_fake", "track_p_fake", "pdq"]
+        "scan_id", "path", "track", "frame_index", "timestamp_s", "x", "y", "w", "h", "p_fake", "track_p_fake", "pdq",
+        "path_hash"]
     assert [c["name"] for c in insp.get_columns("scan_matches")] == [
-        "scan_id", "path", "bank", "ref", "label", "distance", "frame"]
+        "scan_id", "path", "bank", "ref", "label", "distance", "frame", "path_hash"]
 
     # Migration 0016: keyed by (scan_id, path_hash), no foreign keys, no index on path (docs/sql.md).
     assert insp.get_pk_constraint("results")["constrained_columns"] == ["scan_id", "path_hash"]
@@ -589,7 +590,8 @@ def test_iter_results_filters(session: Session, two_scans: tuple[int, int]) -> N
     assert paths(min_p=0.9) == ["/s1/b.jpg", "/s2/a.jpg"]
     assert paths(status="error") == ["/s1/d.jpg"]
     assert paths(scan_id=first, status="ok", min_p=0.5, label="fake") == ["/s1/b.jpg", "/s1/c.jpg"]
-    assert paths(limit=2) == ["/s1/a.jpg", "/s1/b.jpg"]
+    # A limited read is in key order, (scan_id, path_hash): the primary key serves it without a sort.
+    assert paths(limit=2) == sorted(["/s1/a.jpg", "/s1/b.jpg", "/s1/c.jpg", "/s1/d.jpg"], key=path_hash)[:2]
     assert paths(scan_id=9999) == []
 
 

@@ -20,15 +20,9 @@ from PIL import Image
 skimage_data = pytest.importorskip("skimage.data")
 torch = pytest.importorskip("torch")
 
-HOPPER = Path(__import__("matplotlib").get_data_path()) / "sample_data" / "grace_hopper.jpg"
+from tests.test_faces import iou  # noqa: E402 - after the skips
 
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+HOPPER = Path(pytest.importorskip("matplotlib").get_data_path()) / "sample_data" / "grace_hopper.jpg"
 
 
 def matched(expected, found) -> list[float]:
@@ -94,14 +88,15 @@ def group(detectors):
 
 
 def test_onnx_nets_match_the_wheels_torch_modules(detectors) -> None:
-    """The ONNX export (PReLU as clips, the P-net's softmax as a sigmoid) gives the torch modules' numbers."""
+    """The ONNX export (the normalisation folded into conv1, PReLU as clips, the P-net's softmax as a sigmoid)
+    gives the torch modules' numbers."""
     onnx, torch_nets = detectors["onnxruntime"]._batched.nets, detectors["torch"]._batched.nets
     assert (onnx.name, torch_nets.name) == ("onnxruntime", "torch")
     photo = torch.from_numpy(skimage_data.astronaut()).permute(2, 0, 1)[None].float()
-    x = ((photo - 127.5) * 0.0078125)[:, :, :301, :257]  # odd sizes: P-net's ceil-mode pooling
+    x = photo[:, :, :301, :257]  # odd sizes: P-net's ceil-mode pooling
     rng = np.random.default_rng(0)
-    crops24 = torch.from_numpy(rng.uniform(-1, 1, (70, 3, 24, 24)).astype(np.float32))  # more than a piece of 32
-    crops48 = torch.from_numpy(rng.uniform(-1, 1, (17, 3, 48, 48)).astype(np.float32))
+    crops24 = torch.from_numpy(rng.uniform(0, 255, (70, 3, 24, 24)).astype(np.float32))  # more than a piece of 32
+    crops48 = torch.from_numpy(rng.uniform(0, 255, (17, 3, 48, 48)).astype(np.float32))
     with torch.no_grad():
         for net, inp in (("pnet", x), ("rnet", crops24), ("onet", crops48)):
             got = getattr(onnx, net)(inp)
@@ -158,7 +153,7 @@ def test_detect_tensors_float_uint8_and_a_padded_batch_of_mixed_sizes(detectors)
     batch = torch.zeros((3, 3, h, w), dtype=torch.float32)
     sizes = []
     for k, im in enumerate((astronaut, tall, coffee)):
-        batch[k, :, : im.shape[0], : im.shape[1]] = torch.from_numpy(im).permute(2, 0, 1).float()
+        batch[k, :, : im.shape[0], : im.shape[1]] = torch.from_numpy(np.array(im)).permute(2, 0, 1).float()
         sizes.append(im.shape[:2])
     for tensor in (batch, batch.to(torch.uint8)):
         found = det.detect_tensors(tensor, sizes=sizes)

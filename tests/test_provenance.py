@@ -28,6 +28,7 @@ from sqlalchemy import inspect, text
 
 from dfscan import db
 from dfscan.cli import main
+from dfscan.db.paths import path_hash
 from dfscan.db.records import ProvenanceRow
 from dfscan.workers.provenance import KNOWN_WATERMARKS, MAX_BER, ProvenanceReader
 from dfscan.workers.provenance.containers import MAX_MANIFEST_BYTES, MAX_TEXT_BYTES
@@ -544,7 +545,7 @@ def test_migration_0015_down_and_up_keeps_rows(db_engine) -> None:
             ("/a.jpg", True), ("/b.jpg", None)]
         assert [tuple(r) for r in conn.execute(text("SELECT * FROM scan_provenance")).all()] == [
             (scan_id, "/a.jpg", "embedded", "invalid", "assertion.dataHash.mismatch", "signer", "gen",
-             "trainedAlgorithmicMedia", None, None, True)]
+             "trainedAlgorithmicMedia", None, None, True, path_hash("/a.jpg"))]
     assert tuple(c["name"] for c in inspect(db_engine).get_columns("scan_provenance")) == \
         db.models.PROVENANCE_VIEW_COLUMNS
     db.downgrade(db_engine, "0014")

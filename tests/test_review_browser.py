@@ -5,6 +5,7 @@ whose name is HTML is shown as text. Prints how long one decision takes from key
 
 from __future__ import annotations
 
+import os
 import statistics
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from tests._browser import CHROMIUM, CHROMIUM_ARGS, playwright_driver  # noqa: F
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 from tests._review import HTML_NAME, World, world  # noqa: F401 - fixture
 
-SCREENSHOT = Path("/tmp/h/review.png")
+# The page as the test leaves it (the closing note's screenshot): DFSCAN_REVIEW_SCREENSHOT names where, else tmp.
+SCREENSHOT_ENV = "DFSCAN_REVIEW_SCREENSHOT"
 
 # Stamps the key press (capture phase: before the page's own handler) and the moment the item section shows
 # another item (its data-index changes once the new item's DOM is in place).
@@ -53,7 +55,7 @@ def _press(page, key: str) -> float:
     return page.evaluate("() => window.__shown - window.__pressed")
 
 
-def test_decide_with_the_keyboard_and_see_it_in_sql(browser, world: World, request) -> None:  # noqa: F811
+def test_decide_with_the_keyboard_and_see_it_in_sql(browser, world: World, request, tmp_path: Path) -> None:  # noqa: F811
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     page = context.new_page()
     alerts: list[str] = []
@@ -101,8 +103,10 @@ def test_decide_with_the_keyboard_and_see_it_in_sql(browser, world: World, reque
                                " return i && i.complete && i.naturalWidth > 0; }")
         assert page.get_by_role("button", name="f fake").is_visible()
         if "sqlite" in request.node.callspec.id:
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            shot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "review.png")
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 0
         print(f"\nreview [{request.node.callspec.id}]: key press to next item shown, ms: "
               f"{', '.join(f'{t:.1f}' for t in times)} (median {statistics.median(times):.1f})")
     finally:

@@ -222,7 +222,9 @@ RESULT_COLUMNS = ("scan_id", "path", "status", "label", "p_fake", "confidence", 
 @click.option("--label", type=click.Choice(["real", "fake"]), help="Only rows with this label.")
 @click.option("--status", type=click.Choice(["ok", "error", "no-face"]), help="Only rows with this status.")
 @click.option("--min-p", type=float, help="Only rows with p_fake >= P.")
-@click.option("--limit", type=click.IntRange(min=0), help="At most this many rows.")
+@click.option("--limit", type=click.IntRange(min=0),
+              help="At most this many rows, in the order of the scan's key (path_hash), which the key's index "
+                   "serves without reading the rest of the scan; without --limit, rows are in path order.")
 @click.option("--declared", is_flag=True, envvar="DFSCAN_RESULTS_DECLARED", show_envvar=True,
               help="Only files that declare themselves synthetic (C2PA or IPTC source type, generator settings, "
                    "a known watermark).")

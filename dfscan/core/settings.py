@@ -45,7 +45,7 @@ class Settings:
     model: Path | None = None
     threshold: float | None = None
     batch_size: int = 64
-    chunk_size: int = 256
+    chunk_size: int = 1024  # paths per chunk; why 1024: docs/distributed.md, "Chunk size"
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     max_pixels: int = DEFAULT_MAX_PIXELS
     # The most bytes one image may take while decoded and converted to RGB (workers.images.decode.decoded_bytes);

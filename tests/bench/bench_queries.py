@@ -44,18 +44,6 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 FILES_PER_FOLDER = 1000
 COPY_BLOCK = 20_000
 GENERATORS = ("Stable Diffusion", "Midjourney", "Adobe Photoshop", "DALL-E", "GIMP")
-# docs/sql.md queries that read every row of the archive by design (a whole-archive report, not one scan):
-# no index bounds them; tests/test_bench_queries.py checks every other statement.
-ARCHIVE_WIDE = {
-    "changed-between-models": "the latest verdict of every file under two models: every row of both",
-    "never-scored-by-current-model": "every path any scan took in",
-    "daily-volume": "counts every row of every scan per day",
-    "latest-verdict-per-file": "one row per file of the whole archive",
-    "verdict-sources": "counts every row of every scan",
-    "generators": "every provenance row of every scan",
-}
-# Pairwise within a scan: n^2 / 2 pairs of PDQ hashes; the guide says to keep it to a folder or use a bank.
-PAIRWISE = {"near-copies", "near-copies-of-flagged"}
 
 
 @dataclass
@@ -430,12 +418,11 @@ def _kinds(node: dict[str, Any], results: set[str]) -> set[str]:
 
 
 def run(rows: int, scans: int, timeout_s: float, *, keep: bool = False, seqscan: bool = True,
-        bounded_only: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = print) -> dict[str, Any]:
     """Load, measure every statement, return {"load": ..., "statements": [Measured as dict, ...]}.
 
     ``seqscan`` False plans with sequential scans, bitmap scans and sorts off: a small table is then still read
-    through an index where one can serve the statement (in order, for a LIMIT), as a large one would be.  ``bounded_only`` leaves out the guide's
-    archive-wide and pairwise queries."""
+    through an index where one can serve the statement (in order, for a LIMIT), as a large one would be."""
     import psycopg
 
     from tests.test_sql_guide import guide_queries
@@ -446,8 +433,7 @@ def run(rows: int, scans: int, timeout_s: float, *, keep: bool = False, seqscan:
         info = load(url, rows, scans, log=log)
         log(f"  COPY {info['copy_s']} s ({info['rows_per_s']:,} rows/s), VACUUM ANALYZE {info['vacuum_analyze_s']} s, "
             f"database {info['database_bytes'] / 2**30:.2f} GiB")
-        statements = [("docs/sql.md", name, sql, None) for name, sql in guide_queries().items()
-                      if not (bounded_only and (name in ARCHIVE_WIDE or name in PAIRWISE))]
+        statements = [("docs/sql.md", name, sql, None) for name, sql in guide_queries().items()]
         statements += product_statements(url, 1, info["per_scan"])
         raw = url.replace("postgresql+psycopg", "postgresql")
         with psycopg.connect(raw) as conn:
@@ -460,10 +446,6 @@ def run(rows: int, scans: int, timeout_s: float, *, keep: bool = False, seqscan:
             results, n_partitions = results_relations(conn)
             for group, name, sql, params in statements:
                 m = Measured(group, name)
-                if group == "docs/sql.md" and name in ARCHIVE_WIDE:
-                    m.note = "archive-wide: " + ARCHIVE_WIDE[name]
-                if group == "docs/sql.md" and name in PAIRWISE:
-                    m.note = "pairwise within a scan"
                 explain(conn, sql, params, m, results, n_partitions, timeout_s)
                 measured.append(m)
                 log(_line(m))

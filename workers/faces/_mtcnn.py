@@ -6,11 +6,11 @@ weights are its wheel's); what differs is how the work is laid out:
 
 * the pyramid is an antialiased bilinear resize (on the CPU of uint8
   channels-last pixels: several times faster than facenet-pytorch's area
-  resize of floats), and the R- and O-net candidates are gathered at once from
-  the pyramid level that brings them nearest the net's input size (a box that
-  crosses the border reads zeros outside, as the original MTCNN pads), where
-  facenet-pytorch resizes each candidate alone (thousands of calls a batch on
-  a photograph with texture);
+  resize of floats), and the R- and O-net candidates are cut by one
+  ``roi_align`` call per pyramid level, each from the level that brings it
+  nearest the net's input size (a box that crosses the border reads zeros
+  outside, as the original MTCNN pads), where facenet-pytorch resizes each
+  candidate alone (thousands of calls a batch on a photograph with texture);
 * a scale is run only on the images that can still hold a 12-pixel P-net
   window there, on the part of the canvas that holds them (a batch of mixed
   sizes shares one zero-padded canvas);
@@ -20,8 +20,9 @@ weights are its wheel's); what differs is how the work is laid out:
 The nets themselves are a :class:`MtcnnNets`: the torch modules on any device,
 or the same weights exported to ONNX and run by ONNX Runtime on the CPU (two to
 three times faster there than torch's kernels for these small convolutions,
-with PReLU written as clips: ONNX Runtime's own PRelu took half the P-net's
-time; parity is tested).
+with PReLU written as clips, ONNX Runtime's own PRelu took half the P-net's
+time, and the input normalisation folded into the first convolution; parity
+is tested).
 """
 
 from __future__ import annotations
@@ -58,9 +59,13 @@ def pyramid(min_side: float, min_face: float, factor: float) -> list[float]:
 
 
 class MtcnnNets:
-    """``pnet(x) -> (reg, face)``, ``rnet(x) -> (reg, face)``, ``onet(x) -> (reg, face)`` on normalised
-    (N, 3, H, W) float32 tensors: the box offsets and the probability of a face (facenet-pytorch's softmax's
-    second channel; (N, H', W') for the P-net, (N,) for the others), on the input's device."""
+    """``pnet(x) -> (reg, face)``, ``rnet(x) -> (reg, face)``, ``onet(x) -> (reg, face)``.
+
+    ``x``: (N, 3, H, W) float32 RGB 0..255 (each net normalises as MTCNN was
+    trained, (x - 127.5) / 128).  The answers, on the input's device: the box
+    offsets and the probability of a face (facenet-pytorch's softmax's second
+    channel; (N, H', W') for the P-net, (N,) for the others).
+    """
 
     name = "none"
 
@@ -83,15 +88,15 @@ class TorchNets(MtcnnNets):
         self._p, self._r, self._o = mtcnn.pnet.eval(), mtcnn.rnet.eval(), mtcnn.onet.eval()
 
     def pnet(self, x):
-        reg, prob = self._p(x)
+        reg, prob = self._p(_normalise(x))
         return reg, prob[:, 1]
 
     def rnet(self, x):
-        reg, prob = self._r(x)
+        reg, prob = self._r(_normalise(x))
         return reg, prob[:, 1]
 
     def onet(self, x):
-        reg, _points, prob = self._o(x)
+        reg, _points, prob = self._o(_normalise(x))
         return reg, prob[:, 1]
 
 
@@ -156,13 +161,23 @@ class _ClipPRelu(torch.nn.Module):
 
 
 def _clip_prelus(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``module`` with its PReLUs as :class:`_ClipPRelu`."""
+    """A copy of ``module`` that takes 0..255 pixels, with its PReLUs as :class:`_ClipPRelu`.
+
+    The normalisation (x - 127.5) / 128 is folded into the first convolution's
+    weights and bias (exact: MTCNN's convolutions have no padding), so it
+    costs no pass over the pixels.
+    """
     import copy
 
     module = copy.deepcopy(module)
     for name, child in list(module.named_children()):
         if isinstance(child, torch.nn.PReLU):
             setattr(module, name, _ClipPRelu(child))
+    conv1 = module.conv1
+    assert conv1.padding == (0, 0), "folding the normalisation needs a convolution without padding"
+    with torch.no_grad():
+        conv1.bias += -127.5 * 0.0078125 * conv1.weight.sum(dim=(1, 2, 3))
+        conv1.weight *= 0.0078125
     return module
 
 
@@ -290,7 +305,7 @@ class BatchedMtcnn:
                                  antialias=True, align_corners=False)[:, :, :sh, :sw]
             scaled = scaled.float().contiguous()  # NCHW float: the P-net's input, and the crops' source
             levels.append(Level(scale, scaled, keep))
-            reg, face = self.nets.pnet(_normalise(scaled))
+            reg, face = self.nets.pnet(scaled)
             boxes, which = _candidates(reg, face, scale, self.thresholds[0])
             if len(boxes) == 0:
                 continue
@@ -300,19 +315,19 @@ class BatchedMtcnn:
             owners.append(which[pick])
         if not found:
             return levels, torch.zeros((0, 5), device=device), torch.zeros(0, dtype=torch.long, device=device)
-        boxes, owners = torch.cat(found), torch.cat(owners)
-        pick = batched_nms(boxes[:, :4], boxes[:, 4], owners, 0.7)
-        boxes, owners = boxes[pick], owners[pick]
-        wh = (boxes[:, 2:4] - boxes[:, 0:2]).repeat(1, 2)
-        corners = boxes[:, :4] + boxes[:, 5:9] * wh
-        return levels, _square(torch.cat([corners, boxes[:, 4:5]], dim=1)), owners
+        every, whose = torch.cat(found), torch.cat(owners)
+        pick = batched_nms(every[:, :4], every[:, 4], whose, 0.7)
+        every, whose = every[pick], whose[pick]
+        wh = (every[:, 2:4] - every[:, 0:2]).repeat(1, 2)
+        corners = every[:, :4] + every[:, 5:9] * wh
+        return levels, _square(torch.cat([corners, every[:, 4:5]], dim=1)), whose
 
     def _refine(self, levels: list["Level"], boxes: torch.Tensor, owners: torch.Tensor, dims: torch.Tensor):
         """R-net on every candidate of the batch in one forward."""
         boxes, owners = _inside(boxes, owners, dims)
         if len(boxes) == 0:
             return boxes, owners
-        reg, score = self.nets.rnet(_normalise(_crops(levels, boxes, owners, 24)))
+        reg, score = self.nets.rnet(_crops(levels, boxes, owners, 24))
         ok = score > self.thresholds[1]
         boxes = torch.cat([boxes[ok, :4], score[ok, None]], dim=1)
         owners, reg = owners[ok], reg[ok]
@@ -326,7 +341,7 @@ class BatchedMtcnn:
         boxes, owners = _inside(boxes, owners, dims)
         if len(boxes) == 0:
             return boxes, owners
-        reg, score = self.nets.onet(_normalise(_crops(levels, boxes, owners, 48)))
+        reg, score = self.nets.onet(_crops(levels, boxes, owners, 48))
         ok = score > self.thresholds[2]
         boxes = _regress(torch.cat([boxes[ok, :4], score[ok, None]], dim=1), reg[ok])
         owners = owners[ok]

@@ -40,6 +40,10 @@ __all__ = ["ProduceReport", "Producer", "ProducerError"]
 
 log = logging.getLogger(__name__)
 
+# The most chunks recorded in one transaction (and then published), and the longest a walked chunk waits
+# for the rest of its group when the walk is slow (_Group).
+RECORD_GROUP = 16
+RECORD_WAIT_S = 0.5
 PUBLISH_RETRY = {"max_retries": 30, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5.0}
 
 
@@ -162,16 +166,15 @@ class Producer:
             )
             paths = incremental(paths)
         window = _Window(self, scan_id, self.settings.max_outstanding_chunks, stop)
-        published = images = 0
-        n_chunks = 0
+        images = n_chunks = walked = 0  # walked: paths walked but dropped unrecorded (stopped)
         timings = self.timings
         clock = time.perf_counter
-        mark = clock()
         # Every chunk is recorded on one connection, checked out once: a checkout per chunk cost a
         # liveness ping (a round trip) per chunk.  A connection lost meanwhile is replaced on its next
         # use, inside the same retries.
         connection = self._retry(self.engine.connect, "connecting to the database")
-        record = sessionmaker(bind=connection, expire_on_commit=False)
+        group = _Group(self, scan_id, window, sessionmaker(bind=connection, expire_on_commit=False))
+        mark = clock()
         try:
             for seq, batch in enumerate(chunked(paths, chunk_size)):
                 now = clock()
@@ -183,21 +186,20 @@ class Producer:
                     mark = clock()
                     timings["record"] += mark - now
                     continue
-                if not window.wait_for_room():
-                    return ProduceReport(scan_id, published, None, images,
-                                         incremental.skipped if incremental else 0, True)
-                waited = clock()
-                chunk_id = self._retry(lambda: self._record(record, scan_id, seq, batch), "recording a chunk")
-                recorded_at = clock()
-                self.publish(Chunk(scan_id, seq, tuple(batch), chunk_id))
-                window.add(chunk_id)
-                published += 1
+                if stop is not None and stop.is_set():
+                    walked += group.drop()  # walked, not recorded: a resumed walk replays them
+                if not group.batches:
+                    if not window.wait_for_room():
+                        return ProduceReport(scan_id, group.published, None, images - len(batch) - walked,
+                                             incremental.skipped if incremental else 0, True)
+                    group.open(seq)
+                    timings["wait"] += group.since - now
+                group.add(batch)
                 mark = clock()
-                timings["wait"] += waited - now
-                timings["record"] += recorded_at - waited
-                timings["publish"] += mark - recorded_at
+            group.send()
         finally:
             connection.close()
+        published = group.published
         skipped = incremental.skipped if incremental else 0
 
         def finish() -> None:
@@ -208,10 +210,6 @@ class Producer:
 
         self._retry(finish, "ending the walk")
         return ProduceReport(scan_id, published, n_chunks, images, skipped, False)
-
-    def _record(self, sessions: sessionmaker[Session], scan_id: int, seq: int, batch: list[str]) -> int:
-        with sessions.begin() as session:
-            return db.add_chunk(session, scan_id=scan_id, seq=seq, paths=batch)
 
     def _check_replayed(self, scan_id: int, seq: int, batch: list[str]) -> None:
         with self.sessions() as session:
@@ -315,6 +313,61 @@ class Producer:
             time.sleep(poll_s)
 
 
+class _Group:
+    """Chunks walked but not recorded yet: recorded together, then published.
+
+    One statement and one commit per group, where a commit per chunk cost a WAL
+    flush per chunk; every chunk is still committed before its message is
+    published.  A group is at most ``RECORD_GROUP`` chunks and what the window
+    has room for, and a slow walk does not hold a walked chunk back longer than
+    ``RECORD_WAIT_S`` (checked as the next chunk arrives).
+    """
+
+    def __init__(self, producer: Producer, scan_id: int, window: "_Window", sessions: sessionmaker[Session]) -> None:
+        self.producer = producer
+        self.scan_id = scan_id
+        self.window = window
+        self.sessions = sessions
+        self.batches: list[list[str]] = []
+        self.seq = self.size = self.published = 0
+        self.since = 0.0
+
+    def open(self, seq: int) -> None:
+        """Start a group at chunk ``seq``, once the window has room."""
+        self.seq, self.size, self.since = seq, min(RECORD_GROUP, self.window.room()), time.perf_counter()
+
+    def add(self, batch: list[str]) -> None:
+        self.batches.append(batch)
+        if len(self.batches) >= self.size or time.perf_counter() - self.since >= RECORD_WAIT_S:
+            self.send()
+
+    def drop(self) -> int:
+        """Forget the group (the producer stops); returns how many paths it held."""
+        n = sum(len(b) for b in self.batches)
+        self.batches = []
+        return n
+
+    def send(self) -> None:
+        """Record the group's chunks in one transaction, then publish them."""
+        if not self.batches:
+            return
+        producer, timings, clock = self.producer, self.producer.timings, time.perf_counter
+        started = clock()
+        ids = producer._retry(self._record, "recording chunks")
+        recorded_at = clock()
+        for offset, (batch, chunk_id) in enumerate(zip(self.batches, ids)):
+            producer.publish(Chunk(self.scan_id, self.seq + offset, tuple(batch), chunk_id))
+            self.window.add(chunk_id)
+        self.published += len(self.batches)
+        self.batches = []
+        timings["record"] += recorded_at - started
+        timings["publish"] += clock() - recorded_at
+
+    def _record(self) -> list[int]:
+        with self.sessions.begin() as session:
+            return db.add_chunks(session, scan_id=self.scan_id, first_seq=self.seq, batches=self.batches)
+
+
 class _Window:
     """The chunks this producer published that are not finished yet, at most ``limit``.
 
@@ -337,6 +390,10 @@ class _Window:
     def add(self, chunk_id: int) -> None:
         self.ids.append(chunk_id)
         self._room -= 1
+
+    def room(self) -> int:
+        """How many chunks may be published now (after :meth:`wait_for_room` said some may)."""
+        return max(1, self.limit - len(self.ids))
 
     def wait_for_room(self) -> bool:
         """Block until fewer than ``limit`` chunks are outstanding; False if stopped or cancelled."""

@@ -11,8 +11,9 @@ after them.  SQLite keeps a plain table with the same columns, rebuilt the same 
 The tables keyed by a scan's file (``result_faces``, ``result_frames``, ``result_matches``,
 ``match_notices``, ``result_provenance``, ``explanations``) gain ``path_hash`` and their keys and indexes
 move from ``path`` to it.  ``path_hash`` is filled in SQL on PostgreSQL (``PATH_HASH_SQL``) and by the
-Python function itself on SQLite (registered on the migration's connection).  The views keep their
-exact columns: they are set aside and made again from their own SQL.
+Python function itself on SQLite (registered on the migration's connection).  The analysts' views
+(scan_results, scan_faces, scan_frames, scan_matches, scan_provenance) gain ``path_hash`` as their last
+column, so joins between them use the (scan_id, path_hash) keys; the downgrade makes them as 0015 did.
 
 The downgrade puts ``id``, the foreign keys and the ``path`` indexes back; on PostgreSQL it fails on a
 path too long for a btree index (the limit this migration lifts).
@@ -99,22 +100,105 @@ def _hash_of(col: str) -> str:
     return PATH_HASH_SQL.format(col=col)
 
 
+# The analysts' views as 0015 left them; {extra} is where this revision adds ``path_hash`` (the last column),
+# so a join between views can use the tables' (scan_id, path_hash) keys instead of ``path``.
+_VIEW_SQL = {
+    "scan_results": """
+CREATE VIEW scan_results AS
+SELECT r.scan_id AS scan_id,
+       r.path AS path,
+       r.status AS status,
+       r.label AS label,
+       r.p_fake AS p_fake,
+       r.confidence AS confidence,
+       r.error AS error,
+       m.sha256 AS model_sha256,
+       r.scanned_at AS scanned_at,
+       r.faces AS faces,
+       r.faces_found AS faces_found,
+       r.kind AS kind,
+       r.frames AS frames,
+       r.duration_s AS duration_s,
+       r.notes AS notes,
+       r.content_hash AS content_hash,
+       r.verdict_source AS verdict_source,
+       r.etag AS etag,
+       r.pdq AS pdq,
+       r.pdq_quality AS pdq_quality,
+       r.matches AS matches,
+       r.synthetic_declared AS synthetic_declared{extra}
+FROM results AS r
+JOIN models AS m ON m.id = r.model_id
+""",
+    "scan_faces": """
+CREATE VIEW scan_faces AS
+SELECT f.scan_id AS scan_id,
+       f.path AS path,
+       f.face_index AS face_index,
+       f.x AS x,
+       f.y AS y,
+       f.w AS w,
+       f.h AS h,
+       f.detector_score AS detector_score,
+       f.p_fake AS p_fake,
+       f.label AS label{extra}
+FROM result_faces AS f
+""",
+    "scan_frames": """
+CREATE VIEW scan_frames AS
+SELECT f.scan_id AS scan_id,
+       f.path AS path,
+       f.track AS track,
+       f.frame_index AS frame_index,
+       f.timestamp_s AS timestamp_s,
+       f.x AS x,
+       f.y AS y,
+       f.w AS w,
+       f.h AS h,
+       f.p_fake AS p_fake,
+       f.track_p_fake AS track_p_fake,
+       f.pdq AS pdq{extra}
+FROM result_frames AS f
+""",
+    "scan_matches": """
+CREATE VIEW scan_matches AS
+SELECT m.scan_id AS scan_id,
+       m.path AS path,
+       m.bank AS bank,
+       m.ref AS ref,
+       m.label AS label,
+       m.distance AS distance,
+       m.frame AS frame{extra}
+FROM result_matches AS m
+""",
+    "scan_provenance": """
+CREATE VIEW scan_provenance AS
+SELECT p.scan_id AS scan_id,
+       p.path AS path,
+       p.c2pa AS c2pa,
+       p.c2pa_state AS c2pa_state,
+       p.c2pa_codes AS c2pa_codes,
+       p.signer AS signer,
+       p.generator AS generator,
+       p.source_type AS source_type,
+       p.watermark AS watermark,
+       p.watermark_ber AS watermark_ber,
+       p.synthetic_declared AS synthetic_declared{extra}
+FROM result_provenance AS p
+""",
+}
+_VIEW_ALIAS = {"scan_results": "r", "scan_faces": "f", "scan_frames": "f", "scan_matches": "m", "scan_provenance": "p"}
+
+
 @contextmanager
-def _views_set_aside() -> Iterator[None]:
-    """Drop the views on the tables rebuilt here and make them again from their own SQL, columns unchanged."""
-    conn = op.get_bind()
-    if _sqlite():
-        rows = conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'view'")).all()
-        views = [(name, sql) for name, sql in rows if name in _VIEWS]
-    else:
-        views = [(name, f'CREATE VIEW "{name}" AS {definition}') for name, definition in conn.execute(sa.text(
-            "SELECT viewname, definition FROM pg_views WHERE schemaname = current_schema() AND viewname = ANY(:v)"),
-            {"v": list(_VIEWS)})]
-    for name, _ in views:
-        op.execute(f'DROP VIEW "{name}"')
+def _views_remade(with_path_hash: bool) -> Iterator[None]:
+    """Drop the views on the tables rebuilt here; make them again, with ``path_hash`` last or (downgrade) without."""
+    for name in _VIEWS:
+        op.execute(f'DROP VIEW IF EXISTS "{name}"')
     yield
-    for _, sql in views:
-        op.execute(sql)
+    for name in _VIEWS:
+        extra = f",\n       {_VIEW_ALIAS[name]}.path_hash AS path_hash" if with_path_hash else ""
+        op.execute(_VIEW_SQL[name].format(extra=extra))
 
 
 def _results_columns(new: bool) -> list[sa.Column]:
@@ -227,12 +311,12 @@ def _move_children(new: bool) -> None:
 
 
 def upgrade() -> None:
-    with _views_set_aside():
+    with _views_remade(with_path_hash=True):
         _swap_results(new=True)
         _move_children(new=True)
 
 
 def downgrade() -> None:
-    with _views_set_aside():
+    with _views_remade(with_path_hash=False):
         _move_children(new=False)
         _swap_results(new=False)  # the partitions go with their parent
