@@ -22,6 +22,7 @@ from sqlalchemy import text
 
 from dfscan import db
 from dfscan import __version__
+from dfscan.core.settings import Settings
 from tests._images import write_jpegs
 from tests._models import tiny_onnx_model  # noqa: F401 - fixture
 
@@ -67,6 +68,6 @@ def test_scan_records_who_what_and_how(tmp_path, tiny_onnx_model, db_url):
     assert audit["threshold"] == scan.threshold == 0.42
     assert audit["dfscan_version"] == __version__
     assert audit["device"] == "cpu" and audit["precision"] == "fp32"
-    assert audit["batch_size"] == 64 and audit["chunk_size"] == 256
+    assert audit["batch_size"] == 64 and audit["chunk_size"] == Settings().chunk_size == 1024
     # The scanning process is the scan's one worker.
     assert [tuple(w) for w in workers_] == [(socket.gethostname(), "onnxruntime", onnxruntime.__version__, "pillow")]

@@ -405,12 +405,12 @@ def view_rows(url: str, scan_id: int) -> tuple[dict[str, dict], dict[str, dict]]
                 text("SELECT * FROM scan_results WHERE scan_id = :s"), {"s": scan_id}).mappings()}
             provenance = {Path(r["path"]).name: dict(r) for r in conn.execute(text(
                 "SELECT v.*, p.error AS error FROM scan_provenance AS v JOIN result_provenance AS p "
-                "ON p.scan_id = v.scan_id AND p.path = v.path WHERE v.scan_id = :s"), {"s": scan_id}).mappings()}
+                "ON p.scan_id = v.scan_id AND p.path_hash = v.path_hash WHERE v.scan_id = :s"), {"s": scan_id}).mappings()}
             columns = tuple(c["name"] for c in inspect(conn).get_columns("scan_provenance"))
     finally:
         engine.dispose()
     assert columns == ("scan_id", "path", "c2pa", "c2pa_state", "c2pa_codes", "signer", "generator", "source_type",
-                       "watermark", "watermark_ber", "synthetic_declared")
+                       "watermark", "watermark_ber", "synthetic_declared", "path_hash")
     return results, provenance
 
 

@@ -34,7 +34,15 @@ import numpy as np
 
 from dfscan.core.errors import first_line
 from dfscan.trt.errors import InferenceFailed, ModelRejected, RuntimeUnavailable
-from dfscan.trt.model_info import PROGRAM_KEY, VIDEO_PROGRAM_KEY, ModelInfo, reexport_hint, sha256_file
+from dfscan.trt.model_info import (
+    PROGRAM_KEY,
+    PROGRAM_NAME,
+    VIDEO_PROGRAM_KEY,
+    VIDEO_PROGRAM_NAME,
+    ModelInfo,
+    reexport_hint,
+    sha256_file,
+)
 
 PROBE_BATCH = 2
 DEFAULT_MAX_BATCH = 1024  # larger batches are split (GPU memory), not refused
@@ -97,7 +105,7 @@ def program_path(info: ModelInfo) -> Path:
     key = program_key(info)
     entry = info.extra.get(key)
     if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-        what = "its video graph's PyTorch export (model.video.pt2)" if info.rank == 5 else "model.pt2"
+        what = f"its video graph's PyTorch export ({VIDEO_PROGRAM_NAME})" if info.rank == 5 else PROGRAM_NAME
         raise RuntimeUnavailable(
             f"{info.path.name} has no PyTorch export recorded in its model_info.json (the torch runtime runs "
             f"{what} from `dfscan export`). {reexport_hint(info)}"
