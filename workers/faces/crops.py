@@ -157,7 +157,7 @@ def find_faces(finder, images: list) -> list:
 
 
 def _find(finder, images: list) -> list:
-    from dfscan.core.errors import first_line
+    from dfscan.workers.faces.detectors import detect_each
     from dfscan.workers.faces.geometry import detection_scale
     from dfscan.workers.reading.errors import ImageError
 
@@ -167,17 +167,7 @@ def _find(finder, images: list) -> list:
     scales = [detection_scale(int(im.shape[1]), int(im.shape[0]), options.detect_size) for im in images]
     small = [downscaled(im, s) for im, s in zip(images, scales)]
     min_canvas = int(options.min_size * min(scales))
-    try:
-        found = detect_canvas(finder.detector, _canvas(small), min_canvas)
-    except Exception:  # noqa: BLE001 - find the image that fails, the others go on
-        found = None
-    if found is None or len(found) != len(images):
-        found = []
-        for im in small:
-            try:
-                found.append(detect_canvas(finder.detector, _canvas([im]), min_canvas)[0])
-            except Exception as exc:  # noqa: BLE001
-                found.append(ImageError("face-detect-failed", f"face detection failed: {first_line(exc, 160)}"))
+    found = detect_each(lambda ims: detect_canvas(finder.detector, _canvas(ims), min_canvas), small)
     out = []
     for boxes, scale in zip(found, scales):
         if not isinstance(boxes, ImageError):

@@ -152,18 +152,28 @@ class FaceFinder:
         small = [_downscale(im, s) for im, s in zip(images, scales)]
         # The smallest face worth scoring, at the scale that shrinks it most: smaller ones aren't looked for.
         min_canvas = int(self.options.min_size * min(scales))
-        try:
-            found = self.detector.detect(_canvas(small), min_canvas)
-        except Exception:  # noqa: BLE001 - find the image that fails, the others go on
-            found = None
-        if found is None or len(found) != len(images):
-            found = []
-            for im in small:
-                try:
-                    found.append(self.detector.detect(_canvas([im]), min_canvas)[0])
-                except Exception as exc:  # noqa: BLE001
-                    found.append(ImageError("face-detect-failed", f"face detection failed: {first_line(exc, 160)}"))
+        found = detect_each(lambda ims: self.detector.detect(_canvas(ims), min_canvas), small)
         return [_rescale(f, s) for f, s in zip(found, scales)]
+
+
+def detect_each(detect, small: list) -> list:
+    """Boxes per image from one ``detect`` over all of them; where that fails, image by image.
+
+    An image whose own detection fails gets an :class:`ImageError` (its row's reason); the others go on.
+    """
+    try:
+        found = detect(small)
+    except Exception:  # noqa: BLE001 - find the image that fails, the others go on
+        found = None
+    if found is not None and len(found) == len(small):
+        return list(found)
+    found = []
+    for im in small:
+        try:
+            found.append(detect([im])[0])
+        except Exception as exc:  # noqa: BLE001
+            found.append(ImageError("face-detect-failed", f"face detection failed: {first_line(exc, 160)}"))
+    return found
 
 
 def _downscale(im: RGBImage, scale: float) -> np.ndarray:
