@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, case, or_, select
 from sqlalchemy.orm import Session
 
-from .models import Result, ResultFace
+from .models import Result, ResultFace, Scan
 from .paths import path_hash
 from .records import FaceRow, ResultRow
 
@@ -122,19 +122,24 @@ def unchanged_paths(session: Session, *, model_id: int, scan_id: int,
     second has a new ETag); otherwise, size and mtime (files, and rows written
     before migration 0012).
 
-    Served by the ``(model_id, path_hash)`` index of ``results``: one IN-list
-    lookup per chunk of paths.
+    Served by the primary key ``(scan_id, path_hash)`` of the model's other scans (``scans.model_id``: a
+    scan's rows are its model's), one IN-list lookup per chunk of paths; on PostgreSQL only those scans'
+    partitions are read.  ``results`` has no index on ``model_id`` (migration 0018: every index costs each
+    written row).
     """
     out: set[str] = set()
+    scans = list(session.scalars(select(Scan.id).where(Scan.model_id == model_id, Scan.id != scan_id)))
+    if not scans:
+        return out
     keys = [path_hash(p) for p in stats]
     for start in range(0, len(keys), _IN_LIST_SIZE):
         part = keys[start : start + _IN_LIST_SIZE]
         for path, size, mtime, etag in session.execute(
             select(Result.path, Result.size, Result.mtime, Result.etag).where(
-                Result.model_id == model_id,
+                Result.scan_id.in_(scans),
                 Result.path_hash.in_(part),
+                Result.model_id == model_id,
                 Result.status.in_(("ok", "no-face")),
-                Result.scan_id != scan_id,
             )
         ):
             now_size, now_mtime, now_etag = stats[path]

@@ -166,10 +166,8 @@ def test_migration_creates_contract_schema(db_engine: Engine) -> None:
     indexes = {i["name"]: i["column_names"] for i in insp.get_indexes("results")}
     assert indexes["ix_results_scan_id_status"] == ["scan_id", "status"]
     assert indexes["ix_results_scan_id_p_fake"] == ["scan_id", "p_fake"]
-    assert indexes["ix_results_model_id_path_hash"] == ["model_id", "path_hash"]
     assert indexes["ix_results_content_hash"] == ["content_hash"]
-    assert set(indexes) == {"ix_results_scan_id_status", "ix_results_scan_id_p_fake", "ix_results_model_id_path_hash",
-                            "ix_results_content_hash"}
+    assert set(indexes) == {"ix_results_scan_id_status", "ix_results_scan_id_p_fake", "ix_results_content_hash"}
     assert insp.get_foreign_keys("results") == []
     for table in ("result_faces", "result_frames", "result_matches", "match_notices", "result_provenance",
                   "explanations"):
@@ -729,3 +727,58 @@ def test_a_scan_has_its_own_partition_and_rows_without_one_are_refused(db_engine
     with pytest.raises(IntegrityError), sessions.begin() as s:
         s.execute(insert(Result).values(scan_id=scan_id + 1000, model_id=model_id, path="/x", path_hash=path_hash("/x"),
                                         status="error", scanned_at=T0))
+
+
+
+# --- migration 0018: partial indexes on results ---------------------------------------------------------------
+
+
+def test_migration_0018_partial_indexes_up_and_down(db_engine: Engine, scan_ids: tuple[int, int]) -> None:
+    """At head the three indexes of results hold only the rows their queries select (on PostgreSQL in every scan's
+    partition too) and (model_id, path_hash) is gone; 0017 has all four whole; rows and answers stay through both."""
+    import dataclasses
+
+    scan_id, model_id = scan_ids
+    with db.session_factory(db_engine).begin() as s:
+        db.write_batch(s, scan_id=scan_id, model_id=model_id, rows=[
+            ok_row("/p/real.jpg", 0.1), ok_row("/p/fake.jpg", 0.9), ok_row("/p/fake2.jpg", 0.7),
+            error_row("/p/bad.jpg", "decode-failed"),
+            dataclasses.replace(ok_row("/p/hashed.jpg", 0.2), content_hash="c" * 64)])  # fmt: skip
+    # Each index by its columns (a partition's are named after the partition), with its condition.
+    columns = {"scan_id,status": "status <> ok", "scan_id,p_fake": "label = fake",
+               "content_hash": "content_hash is not null"}
+    at_0017 = {**dict.fromkeys(columns), "model_id,path_hash": None}
+    if db_engine.dialect.name == "postgresql":
+        sql = "SELECT indexdef FROM pg_indexes WHERE tablename = :t"
+        tables = ["results", f"results_p{scan_id}"]
+    else:
+        sql = "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :t AND sql IS NOT NULL"
+        tables = ["results"]
+
+    def indexes(table: str) -> dict[str, str | None]:
+        with db_engine.connect() as conn:
+            found = conn.execute(text(sql), {"t": table}).scalars().all()
+        out = {}
+        for ddl in found:  # PostgreSQL states ((status)::text <> 'ok'::text); SQLite as written
+            ddl = "".join(ch for ch in ddl.lower().replace("::text", "") if ch not in "()\"'")
+            if ddl.startswith("create unique index"):  # the key (PostgreSQL lists it)
+                continue
+            cols, _, where = ddl.split(" on ", 1)[1].split(" ", 2 if " on only " in ddl else 1)[-1].partition(" where ")
+            out[cols.removeprefix("using btree ").replace(" ", "")] = where or None
+        return out
+
+    def answers() -> tuple:
+        with db_engine.connect() as conn:
+            return tuple(conn.execute(text(q), {"s": scan_id, "h": "c" * 64}).scalars().all() for q in (
+                "SELECT path FROM results WHERE scan_id = :s AND status = 'error'",
+                "SELECT path FROM results WHERE scan_id = :s AND label = 'fake' ORDER BY p_fake DESC",
+                "SELECT path FROM results WHERE content_hash = :h",
+                "SELECT path FROM results WHERE scan_id = :s ORDER BY path"))
+
+    expected = (["/p/bad.jpg"], ["/p/fake.jpg", "/p/fake2.jpg"], ["/p/hashed.jpg"],
+                ["/p/bad.jpg", "/p/fake.jpg", "/p/fake2.jpg", "/p/hashed.jpg", "/p/real.jpg"])
+    assert all(indexes(t) == columns for t in tables) and answers() == expected
+    db.downgrade(db_engine, "0017")
+    assert all(indexes(t) == at_0017 for t in tables) and answers() == expected
+    db.upgrade(db_engine)
+    assert all(indexes(t) == columns for t in tables) and answers() == expected

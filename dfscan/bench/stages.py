@@ -339,16 +339,12 @@ class BenchDatabase:
         return cls(url, engine, sessions, model_id, scan_id)
 
     def close(self, *, drop_scan: bool) -> None:
-        from sqlalchemy import delete
-
-        from dfscan.db.models import Chunk, Result, Scan
+        """``drop_scan``: remove the bench's scan as ``dfscan prune`` does (on PostgreSQL its partition too)."""
+        from dfscan.db.retention import prune
 
         try:
             if drop_scan:
-                with self.sessions.begin() as session:
-                    session.execute(delete(Result).where(Result.scan_id == self.scan_id))
-                    session.execute(delete(Chunk).where(Chunk.scan_id == self.scan_id))
-                    session.execute(delete(Scan).where(Scan.id == self.scan_id))
+                prune(self.engine, scan_ids=[self.scan_id], include_running=True)
         finally:
             self.engine.dispose()
 

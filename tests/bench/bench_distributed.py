@@ -17,6 +17,11 @@ real producer on a path list of ``--images`` made-up paths.  Prints:
               scan's images/s as a ratio of it (the shared machine's load moves both; the median,
               not the best, so that one lucky or unlucky COPY does not set the ratio)
   task time   sum of the workers' task durations (from their logs) / (workers x wall)
+  schema      after the scan, the same COPY into a table made LIKE results (its key, indexes and checks,
+              as a scan's partition has them), three times each, median: of the scan's rows (the no-op
+              model's: no content hash, nothing flagged, no error), and of the same paths as rows of a real
+              scan (a content hash each, 10 % flagged fake, 2 % errors), each as a ratio of the ceiling:
+              what PostgreSQL's indexes leave of the ceiling before any worker runs
 
 and where the time goes, per image: the producer's stages (walk, record, publish,
 back-pressure wait: its own clock), each worker stage (from the line a worker logs per
@@ -259,6 +264,7 @@ def main() -> None:
         print(f"write ceilings    before the scan {', '.join(f'{c:.0f}' for c in before)}; after it "
               f"{', '.join(f'{c:.0f}' for c in after)} rows/s; median {ceiling:.0f}")
         print_report(args, timed, [w.log() for w in workers], ceiling)
+        print_schema_copies(url, listing, ceiling)
         if args.rss_paths:
             for w in workers:  # the drain stands in for them
                 w.stop()
@@ -340,6 +346,64 @@ def write_ceiling(url: str, listing: Path) -> float:
         conn.execute("DROP TABLE bench_ceiling")
         conn.commit()
     return len(rows) / elapsed
+
+
+def bench_rows(paths: list[str], real_scan: bool) -> list:
+    """The rows the benchmark COPYs: the no-op model's (``tests/_faults.py``), or, ``real_scan``, rows as a real
+    scan of the same paths writes them (size, mtime and content hash of every file read; every 10th flagged
+    fake, every 50th an error with no verdict and no hash), made deterministically from each path's position."""
+    import hashlib
+    from datetime import datetime, timezone
+
+    from dfscan.db.records import ResultRow
+
+    now = datetime.now(timezone.utc)
+    if not real_scan:
+        return [ResultRow(p, None, None, "ok", "real", 0.1, 0.9, None, None, now) for p in paths]
+    rows = []
+    for i, p in enumerate(paths):
+        if i % 50 == 7:
+            rows.append(ResultRow(p, None, None, "error", None, None, None, "cannot decode", "decode-failed", now))
+            continue
+        p_fake = 0.5 + (i % 997) / 2000 if i % 10 == 3 else (i % 991) / 2000
+        rows.append(ResultRow(p, 20_000 + i % 5000, 1_767_225_600.0 + i, "ok", "fake" if p_fake >= 0.5 else "real",
+                              p_fake, max(p_fake, 1 - p_fake), None, None, now,
+                              content_hash=hashlib.sha256(p.encode()).hexdigest()))
+    return rows
+
+
+def schema_copy(url: str, rows: list) -> float:
+    """Rows/s of one COPY of ``rows`` into a table made LIKE results with its key, indexes and checks (as a
+    scan's partition has them), committed: PostgreSQL's own cost of the schema, with no worker around it."""
+    import psycopg
+
+    from dfscan.db.results import copy_columns, copy_values
+
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_schema")
+        conn.execute("CREATE TABLE bench_schema (LIKE results INCLUDING ALL)")
+        conn.commit()
+        columns = ", ".join(copy_columns())
+        t0 = time.perf_counter()
+        with conn.cursor() as cur, cur.copy(f"COPY bench_schema ({columns}) FROM STDIN") as copy:
+            for row in copy_values(rows, scan_id=1, model_id=1):
+                copy.write_row(row)
+        conn.commit()
+        elapsed = time.perf_counter() - t0
+        conn.execute("DROP TABLE bench_schema")
+        conn.commit()
+    return len(rows) / elapsed
+
+
+def print_schema_copies(url: str, listing: Path, ceiling: float) -> None:
+    paths = listing.read_text().splitlines()
+    for real_scan, what in ((False, "the scan's rows   "), (True, "a real scan's rows")):
+        rows = bench_rows(paths, real_scan)
+        rates = [schema_copy(url, rows) for _ in range(CEILING_RUNS)]
+        rate = statistics.median(rates)
+        print(f"schema COPY, {what} {rate:10.0f} rows/s  {rate / ceiling:5.2f} x of the ceiling  "
+              f"({', '.join(f'{r:.0f}' for r in rates)}; into a table LIKE results: key, indexes, checks)")
 
 
 def print_report(args: argparse.Namespace, timed: TimedScan, logs: list[str], ceiling: float) -> None:
