@@ -140,6 +140,70 @@ def test_batched_path_finds_the_faces_facenet_finds_image_by_image(detectors, gr
         assert min(matched(got, group_reference)) >= 0.5, name
 
 
+def test_the_stages_limits_keep_every_face_of_the_group(detectors, group) -> None:
+    """The face stage's finder with its default limits (a 640-pixel canvas, faces from ``detect_min_face``
+    canvas pixels) finds every face of the group with IoU >= 0.5, down to the 36-pixel cameraman (24 canvas
+    pixels, under the limit: MTCNN finds faces somewhat smaller than its pyramid's first level)."""
+    from dfscan.workers.faces import FaceFinder, FaceOptions, select_faces
+
+    group_image, expected = group
+    options = FaceOptions()
+    assert options.detect_min_face > 20  # the limit under test is above MTCNN's own
+    for name, det in detectors.items():
+        (found,) = FaceFinder(det, options).detect([group_image])
+        faces, _ = select_faces(found, group_image.shape[1], group_image.shape[0], options)
+        ious = matched([b for _, b in expected], faces)
+        assert min(ious) >= 0.5, (name, [(n, round(v, 2)) for (n, _), v in zip(expected, ious)])
+
+
+def test_detect_min_face_cuts_the_pnets_pyramid(detectors, tmp_path_factory) -> None:
+    """The limit is the P-net's first pyramid level: from MTCNN's 20 to the default 28 canvas pixels the P-net
+    reads about (20/28)^2 of the pixels, and the R-net fewer candidates; the bench's photos keep their face."""
+    from dfscan.workers.faces import FaceFinder, FaceOptions
+
+    det = detectors["onnxruntime"]
+    nets = det._batched.nets
+    photos = _bench_photos(tmp_path_factory)  # 640x480 canvases
+    seen: dict[int, dict[str, int]] = {}
+    found: dict[int, list] = {}
+    for limit in (20, FaceOptions().detect_min_face):
+        counts = seen[limit] = {"pnet": 0, "rnet": 0}
+        calls = {name: getattr(nets, name) for name in counts}
+
+        def counting(name):
+            def run(x):
+                counts[name] += x.shape[0] * x.shape[2] * x.shape[3] if name == "pnet" else x.shape[0]
+                return calls[name](x)
+            return run
+
+        for name in counts:
+            setattr(nets, name, counting(name))
+        try:
+            found[limit] = FaceFinder(det, FaceOptions(detect_min_face=limit, min_size=1)).detect(photos)
+        finally:
+            for name in counts:
+                delattr(nets, name)  # the class's own methods again
+    default = FaceOptions().detect_min_face
+    ratio = seen[default]["pnet"] / seen[20]["pnet"]
+    assert 0.8 * (20 / default) ** 2 < ratio < 1.2 * (20 / default) ** 2, seen
+    assert seen[default]["rnet"] < seen[20]["rnet"], seen
+    for before, after in zip(found[20], found[default]):
+        assert len(before) == len(after) == 1 and min(matched(before, after)) >= 0.9
+
+
+def test_face_options_limits() -> None:
+    """``canvas_min_face``: ``detect_min_face`` canvas pixels, or ``min_size`` at the canvas's scale where that is
+    larger; a limit under the P-net's 12-pixel window is refused."""
+    from dfscan.workers.faces import FaceOptions
+
+    o = FaceOptions(detect_size=640, detect_min_face=28, min_size=24)
+    assert o.canvas_min_face(640 / 1155) == 28  # a 1155-pixel photo on its 640-pixel canvas: 50 original pixels
+    assert o.canvas_min_face(1.0) == 28
+    assert FaceOptions(min_size=200).canvas_min_face(0.5) == 100
+    with pytest.raises(ValueError, match="at least 12"):
+        FaceOptions(detect_min_face=11)
+
+
 def test_detect_tensors_float_uint8_and_a_padded_batch_of_mixed_sizes(detectors) -> None:
     """``detect_tensors`` on float32 and uint8 gives ``detect``'s boxes; a zero-padded batch of mixed sizes with
     ``sizes`` gives each image's own boxes, and no box outside an image."""

@@ -9,7 +9,6 @@ so "removes exactly that scan's rows and leaves the others" is checked table by 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +21,9 @@ from dfscan.cli import main
 from dfscan.core.settings import Settings
 from dfscan.db.records import FaceRow, FrameRow, MatchRow, ProvenanceRow, ResultRow
 from dfscan.db.retention import prune, scan_tables
+from dfscan.db.reviews import record_decision
+from dfscan.db.near_copies import record_near_copies
+from dfscan.db.sources import record_sources
 
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=120)
@@ -52,8 +54,10 @@ def _fill(engine: Engine, *, name: str, status: str, ended: datetime, tag: str) 
             path=f"/data/{tag}/clip.mp4", size=20, mtime=1.0, status="ok", label="real", p_fake=0.1,
             confidence=0.9, error=None, error_code=None, scanned_at=when, kind="video", frames=2, duration_s=1.0,
             frame_rows=tuple(FrameRow(0, i, i * 0.5, None, None, None, None, None, 0.1) for i in range(2)))
+        # Two of them near copies (the same PDQ): a pair in scan_near_copies.
         plain = [ResultRow(path=f"/data/{tag}/{i}.jpg", size=1, mtime=1.0, status="ok", label="real", p_fake=0.2,
-                           confidence=0.8, error=None, error_code=None, scanned_at=when) for i in range(7)]
+                           confidence=0.8, error=None, error_code=None, scanned_at=when,
+                           pdq="5a" * 32 if i < 2 else None, pdq_quality=90 if i < 2 else None) for i in range(7)]
         broken = ResultRow.error_row(f"/data/{tag}/bad.jpg", 0, 1.0, "empty", "empty file", when)
         rows = [image, video, *plain, broken]
         db.add_chunk(s, scan_id=scan_id, seq=0, paths=[r.path for r in rows])
@@ -62,10 +66,10 @@ def _fill(engine: Engine, *, name: str, status: str, ended: datetime, tag: str) 
         db.write_explanations(s, scan_id, [db.ExplanationRow(path=image.path, status="unexplainable", method="m",
                                                              target_layer="l", checkpoint_sha256="b" * 64,
                                                              reason="not-scored")])
-        if importlib.util.find_spec("dfscan.db.reviews") is not None:
-            from dfscan.db.reviews import record_decision
-
-            record_decision(s, scan_id, image.path, "fake", "tester")
+        record_decision(s, scan_id, image.path, "fake", "tester")
+        # What finish_scan writes when a scan ends (scan_sources and scan_near_copies, migration 0019).
+        record_sources(s, scan_id)
+        assert record_near_copies(s, scan_id) == 1
         s.execute(text("UPDATE scans SET status = :st, started_at = :t, finished_at = :f WHERE id = :i"),
                   {"st": status, "t": ended, "f": None if status == "running" else ended, "i": scan_id})
         s.commit()

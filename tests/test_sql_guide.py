@@ -27,6 +27,7 @@ from sqlalchemy import select
 
 from dfscan import db
 from dfscan.db.models import Model, Result, ResultFace, ResultFrame, ResultProvenance, Scan
+from dfscan.db.paths import path_hash
 from dfscan.cli import main
 from tests._images import write_bad_files, write_jpegs
 from tests._models import export_tiny_model, tiny_onnx_model  # noqa: F401 - fixture
@@ -350,17 +351,24 @@ def _latest_ok(d: Data, key: Callable[[dict], Any]) -> dict[Any, dict]:
     return latest
 
 
-def expect_changed_between_models(d: Data, tz: ZoneInfo) -> list[tuple]:
-    """Scan 2's verdicts (the current model) against the previous model's latest in scans 1 and 3."""
+def _key(r: dict) -> bytes:
+    return path_hash(r["path"])
+
+
+def expect_changed_between_models(d: Data, tz: ZoneInfo, page: int = 1000, after: bytes = b"") -> list[tuple]:
+    """Of the first ``page`` ok rows of scan 2 (the current model's) in key order after ``after``, those whose
+    verdict differs from the previous model's latest in scans 1 and 3."""
     current = max(d.models)
     previous = max(m for m in d.models if m < current)
     older = [r for r in d.results if r["scan_id"] in (1, 3) and r["model_id"] == previous]
     latest = _latest_ok(Data(d.url, older, d.scans, d.models, [], [], []), lambda r: r["path"])
     out = []
-    for new in sorted(_ok(d, 2), key=lambda r: r["path"]):
+    if d.scans[2]["model_id"] != current:
+        return out
+    for new in sorted((r for r in _ok(d, 2) if _key(r) > after), key=_key)[:page]:
         old = latest.get(new["path"])
-        if new["model_id"] == current and old is not None and new["label"] != old["label"]:
-            out.append((new["path"], old["label"], new["label"], old["p_fake"], new["p_fake"]))
+        if old is not None and new["label"] != old["label"]:
+            out.append((new["path"], old["label"], new["label"], old["p_fake"], new["p_fake"], _key(new)))
     return out
 
 
@@ -384,10 +392,12 @@ def expect_daily_volume(d: Data, tz: ZoneInfo) -> list[tuple]:
     return [(k, *v) for k, v in sorted(by.items())]
 
 
-def expect_latest_verdict_per_file(d: Data, tz: ZoneInfo) -> list[tuple]:
-    few = [r for r in d.results if r["scan_id"] in (1, 2, 3)]
+def expect_latest_verdict_per_file(d: Data, tz: ZoneInfo, page: int = 1000, after: bytes = b"") -> list[tuple]:
+    """The newest ok row in scans 1, 2, 3 of each of the first ``page`` files in key order after ``after``."""
+    few = [r for r in d.results if r["scan_id"] in (1, 2, 3) and _key(r) > after]
     latest = _latest_ok(Data(d.url, few, d.scans, d.models, [], [], []), lambda r: r["path"])
-    return [(p, r["scan_id"], r["label"], r["p_fake"], r["model_sha256"]) for p, r in sorted(latest.items())]
+    rows = sorted(latest.values(), key=_key)[:page]
+    return [(r["path"], r["scan_id"], r["label"], r["p_fake"], r["model_sha256"], _key(r)) for r in rows]
 
 
 def expect_most_suspicious_faces(d: Data, tz: ZoneInfo) -> list[tuple]:
@@ -434,13 +444,14 @@ def expect_same_bytes_as_flagged(d: Data, tz: ZoneInfo) -> list[tuple]:
 
 
 def expect_verdict_sources(d: Data, tz: ZoneInfo) -> list[tuple]:
+    """Files per (scan, source), and the distinct contents each scan met first as that source: none for copies."""
     by: dict[tuple, list] = defaultdict(lambda: [0, set()])
     for r in d.results:
         if r["scan_id"] not in (1, 3):
             continue
         key = by[(r["scan_id"], r["verdict_source"])]
         key[0] += 1
-        if r["content_hash"] is not None:
+        if r["content_hash"] is not None and r["verdict_source"] != "copy":
             key[1].add(r["content_hash"])
     return [(*k, n, len(h)) for k, (n, h) in sorted(by.items())]
 
@@ -459,6 +470,7 @@ def _near_pairs(d: Data, scan_id: int) -> list[tuple[dict, dict, int]]:
 
 
 def expect_near_copies(d: Data, tz: ZoneInfo) -> list[tuple]:
+    """Every pair of scan 6 once, the smaller path first (what finish_scan stored in scan_near_copies)."""
     return sorted((a["path"], b["path"], n) for a, b, n in _near_pairs(d, 6) if a["path"] < b["path"])
 
 
@@ -509,11 +521,11 @@ EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple
     "borderline": (("path", "label", "p_fake", "threshold", "margin"), expect_borderline),
     "changed-between-scans": (("path", "status_before", "status_after", "label_before", "label_after",
                                "p_fake_before", "p_fake_after"), expect_changed_between_scans),
-    "changed-between-models": (("path", "previous_label", "current_label", "previous_p_fake", "current_p_fake"),
-                               expect_changed_between_models),
+    "changed-between-models": (("path", "previous_label", "current_label", "previous_p_fake", "current_p_fake",
+                                "path_hash"), expect_changed_between_models),
     "never-scored-by-current-model": (("path",), expect_never_scored_by_current_model),
     "daily-volume": (("day", "files", "fakes", "errors", "scans"), expect_daily_volume),
-    "latest-verdict-per-file": (("path", "scan_id", "label", "p_fake", "model_sha256"),
+    "latest-verdict-per-file": (("path", "scan_id", "label", "p_fake", "model_sha256", "path_hash"),
                                 expect_latest_verdict_per_file),
     "most-suspicious-faces": (("path", "face_index", "x", "y", "w", "h", "detector_score", "p_fake", "label"),
                               expect_most_suspicious_faces),
@@ -524,7 +536,7 @@ EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple
                                 "track_p_fake"), expect_video_frames_over_time),
     "same-bytes-as-flagged": (("scan_id", "path", "status", "label", "p_fake", "verdict_source"),
                               expect_same_bytes_as_flagged),
-    "verdict-sources": (("scan_id", "verdict_source", "files", "distinct_contents"), expect_verdict_sources),
+    "verdict-sources": (("scan_id", "verdict_source", "files", "contents"), expect_verdict_sources),
     "near-copies": (("path", "near_copy", "distance"), expect_near_copies),
     "near-copies-of-flagged": (("flagged", "p_fake", "near_copy", "label", "distance"), expect_near_copies_of_flagged),
     "declared-synthetic-but-scored-real": (("path", "p_fake", "source_type", "generator", "watermark", "c2pa_state"),
@@ -590,6 +602,66 @@ def test_query_returns_the_expected_rows(populated: Data, name: str):
         assert all(_same(g, w) for g, w in zip(got_row, want_row, strict=True)), (got_row, want_row)
 
 
+# The paged queries (docs/sql.md 7, 10), paged as the guide says: ``AND path_hash > ?`` where the page is
+# chosen, bound to the last key of the page before.  That key is the last row's (10: a row per file), or the
+# page's n-th file's, from the statement the guide gives (7: rows only for some files; no row: last page).
+_PAGE = re.compile(r"(\s+)ORDER BY ((?:\w+\.)?)path_hash(\s+)LIMIT 1000")
+PAGE_END = {
+    "changed-between-models": "SELECT path_hash FROM results WHERE scan_id = 2 AND status = 'ok'{after} "
+                              "ORDER BY path_hash LIMIT 1 OFFSET {skip}",
+}
+
+
+def _page_sql(sql: str, n: int, keyset: bool, mark: str) -> str:
+    def page(m: re.Match) -> str:
+        after = f" AND {m.group(2)}path_hash > {mark}" if keyset else ""
+        return f"{after}{m.group(1)}ORDER BY {m.group(2)}path_hash{m.group(3)}LIMIT {n}"
+
+    out, k = _PAGE.subn(page, sql)
+    assert k, "the paged query has no 'ORDER BY path_hash LIMIT 1000'"
+    return out
+
+
+@pytest.mark.parametrize("name", ["latest-verdict-per-file", "changed-between-models"])
+def test_paged_query_pages_through_the_whole_answer(populated: Data, name: str):
+    """Pages of two files, each after the last key of the one before: every row of the answer once, in order."""
+    n = 2
+    columns, expect = EXPECTED[name]
+    engine = db.make_engine(populated.url)
+    mark = "%s" if engine.dialect.name == "postgresql" else "?"
+    got: list[tuple] = []
+    pages = 0
+    after: bytes | None = None
+    try:
+        with engine.connect() as conn:
+            tz = ZoneInfo(conn.exec_driver_sql("SHOW TIME ZONE").scalar_one()) if mark == "%s" else ZoneInfo("UTC")
+            while True:
+                sql = _page_sql(QUERIES[name], n, after is not None, mark)
+                params = (after,) * sql.count(mark) if after is not None else ()
+                rows = [tuple(r) for r in conn.exec_driver_sql(sql, params)]
+                want = expect(populated, tz, page=n, after=after or b"")
+                assert len(rows) == len(want), (pages, rows, want)
+                for got_row, want_row in zip(rows, want):
+                    assert all(_same(g, w) for g, w in zip(got_row, want_row, strict=True)), (got_row, want_row)
+                got += rows
+                pages += 1
+                if name in PAGE_END:
+                    end = PAGE_END[name].format(after="" if after is None else f" AND path_hash > {mark}", skip=n - 1)
+                    last = conn.exec_driver_sql(end, () if after is None else (after,)).scalar_one_or_none()
+                else:
+                    last = rows[-1][columns.index("path_hash")] if len(rows) == n else None
+                if last is None:
+                    break
+                after = bytes(last)
+    finally:
+        engine.dispose()
+    whole = expect(populated, tz)
+    assert pages > 2 and whole, (pages, whole)
+    assert len(got) == len(whole)
+    for got_row, want_row in zip(got, whole):
+        assert all(_same(g, w) for g, w in zip(got_row, want_row, strict=True)), (got_row, want_row)
+
+
 def test_the_scans_exercise_what_the_queries_ask(populated: Data, archive: Archive):
     """The data has the shapes the guide talks about, so the expectations above are not vacuous."""
     d = populated
@@ -620,9 +692,11 @@ def test_the_scans_exercise_what_the_queries_ask(populated: Data, archive: Archi
     assert expect_faces_per_image(d, ZoneInfo("UTC")) == [("no-face", 0, 0, 1), ("ok", 1, 1, 1), ("ok", 2, 3, 1)]
     # Scan 6: the three copies pair with their originals (and the two astronaut copies with each other), nothing
     # else does; some near copy is of a flagged image and some is not (the guide's queries 17 and 18).
-    names = {(Path(a).name, Path(b).name) for a, b, _ in expect_near_copies(d, ZoneInfo("UTC"))}
-    assert names == {("astronaut.png", "astronaut_q40.jpg"), ("astronaut.png", "astronaut_small.jpg"),
-                     ("astronaut_q40.jpg", "astronaut_small.jpg"), ("coffee.png", "coffee_small.jpg")}
+    names = {frozenset((Path(a).name, Path(b).name)) for a, b, _ in expect_near_copies(d, ZoneInfo("UTC"))}
+    assert names == {frozenset(p) for p in (("astronaut.png", "astronaut_q40.jpg"),
+                                            ("astronaut.png", "astronaut_small.jpg"),
+                                            ("astronaut_q40.jpg", "astronaut_small.jpg"),
+                                            ("coffee.png", "coffee_small.jpg"))}
     flagged = expect_near_copies_of_flagged(d, ZoneInfo("UTC"))
     assert flagged and len(flagged) < 2 * len(names)
     # Scan 7: every file was read for provenance; the tampered copy fails validation on its data hash, the

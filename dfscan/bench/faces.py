@@ -1,8 +1,10 @@
 """``dfscan bench --faces``: the face stage measured beside the classifier alone, on 1-face photos of ~1 megapixel.
 
 Rows: ``faces detect (mtcnn)`` (decode, detect on the downscaled copy, crop:
-what the face stage adds before inference), ``scan end-to-end, faces on`` and
-``scan end-to-end, faces off`` (the same images scored whole: the classifier
+what the face stage adds before inference; its details name the detector's
+limits, :class:`~dfscan.workers.faces.FaceOptions`' ``detect_size`` and
+``detect_min_face``, the defaults the scans use too), ``scan end-to-end,
+faces on`` and ``scan end-to-end, faces off`` (the same images scored whole: the classifier
 alone); the report prints their ratio.  The images are scikit-image's
 astronaut face pasted on its coffee photograph at 1155x866 (no download:
 both ship in scikit-image's wheel), or the images of ``--face-images DIR``.
@@ -82,6 +84,8 @@ def face_rows(options: Any, info: Any, work: Path, say: Callable[[str], None],
         rows.append(Row("faces", "detect (mtcnn)", "ok", t.images, t.seconds, t.images_per_s, t.peak_rss_mib,
                         t.start_rss_mib, t.repeats, details={"faces_per_pass": found[0], "device": stage.detector.device,
                                                              "nets": getattr(stage.detector, "nets", None),
+                                                             "detect_size": stage.options.detect_size,
+                                                             "detect_min_face": stage.options.detect_min_face,
                                                              "images": source}))
     except Exception as exc:  # noqa: BLE001 - a row that failed, the run goes on
         rows.append(Row("faces", "detect (mtcnn)", "failed", reason=first_line(exc)))

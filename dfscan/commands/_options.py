@@ -238,7 +238,7 @@ def runtime_options(func: Callable) -> Callable:
 
 
 FACE_FIELDS = ("faces", "face_detector", "max_faces", "face_margin", "min_face_size", "face_aggregation",
-               "face_detect_size")
+               "face_detect_size", "face_detect_min_face")
 
 
 def face_options(func: Callable) -> Callable:
@@ -258,6 +258,8 @@ def face_options(func: Callable) -> Callable:
                        help="How the faces' p_fake make the image's."),
         setting_option("--face-detect-size", field="face_detect_size", type=int,
                        help="Longer side of the downscaled copy the detector looks at."),
+        setting_option("--face-detect-min-face", field="face_detect_min_face", type=int,
+                       help="Smallest face the detector looks for on that copy, in its pixels (at least 12)."),
     ]
     for option in reversed(options):
         func = option(func)

@@ -122,6 +122,7 @@ class Settings:
     min_face_size: int = 24
     face_aggregation: str = "max"
     face_detect_size: int = 640
+    face_detect_min_face: int = 28  # the smallest face looked for on the detector's copy, in its pixels
     # s3:// roots: the endpoint of an S3-compatible store (None: boto3's default, AWS or its
     # AWS_ENDPOINT_URL_S3). Credentials never come from here: boto3's chain (environment, profile, role).
     s3_endpoint_url: str | None = None
@@ -221,14 +222,7 @@ class Settings:
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{name.replace('_', ' ')} must be one of {', '.join(allowed)}, "
                                     f"got {getattr(self, name)!r}")
-        if self.max_faces < 1:
-            raise SettingsError(f"max faces must be at least 1, got {self.max_faces}")
-        if not 1.0 <= self.face_margin <= 4.0:
-            raise SettingsError(f"face margin must be between 1.0 and 4.0 (times the face box), got {self.face_margin}")
-        if self.min_face_size < 1:
-            raise SettingsError(f"min face size must be at least 1 pixel, got {self.min_face_size}")
-        if not 64 <= self.face_detect_size <= 4096:
-            raise SettingsError(f"face detect size must be between 64 and 4096 pixels, got {self.face_detect_size}")
+        _check_faces(self)
         if self.s3_endpoint_url is not None:
             _check_endpoint(self.s3_endpoint_url)
         for ext in (*self.extensions, *self.video_extensions):
@@ -303,6 +297,21 @@ def parse_allow(text: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
 
 
 _HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*\.?")
+
+
+def _check_faces(settings: "Settings") -> None:
+    """The face stage's limits."""
+    if settings.max_faces < 1:
+        raise SettingsError(f"max faces must be at least 1, got {settings.max_faces}")
+    if not 1.0 <= settings.face_margin <= 4.0:
+        raise SettingsError(f"face margin must be between 1.0 and 4.0 (times the face box), got {settings.face_margin}")
+    if settings.min_face_size < 1:
+        raise SettingsError(f"min face size must be at least 1 pixel, got {settings.min_face_size}")
+    if not 64 <= settings.face_detect_size <= 4096:
+        raise SettingsError(f"face detect size must be between 64 and 4096 pixels, got {settings.face_detect_size}")
+    if not 12 <= settings.face_detect_min_face <= settings.face_detect_size:
+        raise SettingsError("face detect min face must be between 12 pixels (MTCNN's window) and the detect size, "
+                            f"got {settings.face_detect_min_face}")
 
 
 def _check_callbacks(settings: Settings) -> None:
@@ -389,6 +398,7 @@ _CONVERTERS = {
     "face_margin": float,
     "min_face_size": int,
     "face_detect_size": int,
+    "face_detect_min_face": int,
     "extensions": parse_extensions,
     "video_extensions": parse_video_extensions,
     "frames": int,

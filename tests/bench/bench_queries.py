@@ -5,8 +5,11 @@
 Makes a throwaway database on the shared server (127.0.0.1:5432), migrates it with dfscan's own migrations
 (whatever schema they make: partitioned by scan or not), registers ``--scans`` scans with ``db.create_scan``
 and loads ``--rows`` synthetic result rows over them with COPY (every scan the same archive of
-``rows / scans`` paths, as nightly re-scans are; 2 % errors, 0.1 % videos with 4 frames each, 2 % with
-provenance, 0.1 % matched against a bank, 1 % of scan 4's images with a face), then VACUUM ANALYZE.
+``rows / scans`` paths, as nightly re-scans are; 2 % errors, 1 % copies, 0.1 % videos with 4 frames each,
+2 % with provenance, 0.1 % matched against a bank, 1 % of scan 4's images with a face; 2 % of the images near
+copies of the one before them, 0 to 31 bits apart, and 0.1 % blank, one PDQ for all), ends each scan with
+``db.finish_scan`` as the product does (its counters, ``scan_sources`` and ``scan_near_copies``; timed apart
+from the COPY), then VACUUM ANALYZE.  The first half of the scans ran one model, the rest and scan 2 the current one.
 Then, with EXPLAIN (ANALYZE, BUFFERS), it runs:
 
 * every query of docs/sql.md (``-- query: NAME``);
@@ -87,6 +90,16 @@ def _hexbytes(b: bytes) -> str:
 N = "\\N"  # NULL in COPY's text format
 
 
+def _near_copy(pdq: str, bits: int, *, seed: int) -> str:
+    """``pdq`` with ``bits`` bits flipped, none in one eighth of it (so the two share it: a candidate pair)."""
+    import random
+
+    rng = random.Random(seed)
+    keep = seed % 8  # the eighth left intact: bits 32 * keep .. 32 * keep + 31
+    flips = rng.sample([b for b in range(256) if b // 32 != keep], bits)
+    return f"{int(pdq, 16) ^ sum(1 << (255 - b) for b in flips):064x}"
+
+
 class Archive:
     """The paths every scan took in, and what is fixed per path: each row's columns that no scan changes.
 
@@ -109,6 +122,13 @@ class Archive:
         # Every 100th file has the bytes of the one before it (a copy under another name).
         content = [hashlib.sha256(self.paths[i - 1 if i % 100 == 1 else i].encode()).hexdigest() for i in idx]
         pdq = [hashlib.sha256(b"pdq" + p.encode()).hexdigest() for p in self.paths]
+        # 2 %: a near copy of the image before, k bits apart, k = 0..31.  Files 21 and 23 of each hundred: one in
+        # each class modulo 4, so that the most likely fakes of every scan (a stride of 4,096 files: see p_idx)
+        # include some, and the guide's query 18 has pairs to report.
+        for i in [*range(21, per_scan, 100), *range(23, per_scan, 100)]:
+            pdq[i] = _near_copy(pdq[i - 1], (i // 100 + i % 100) % 32, seed=i)
+        for i in range(41, per_scan, 1000):  # 0.1 %: blank images, all the same hash (a star, docs/sql.md)
+            pdq[i] = "0" * 64
         self.pdq = pdq
         err, vid = self.error, self.video
         self.static: dict[str, list[str]] = {
@@ -208,6 +228,32 @@ def _children(a: Archive, scan_id: int, p_idx: list[int]) -> dict[str, dict[str,
     }
 
 
+def _model_of(k: int, scans: int) -> int:
+    """The model (0 or 1) of the k-th scan: the first half of the scans ran the first model, the rest the second
+    (the "current" one), and so did scan 2 (k = 1): the guide's query 7 compares scan 2, by the current model,
+    with scans 1 and 3, by the previous one."""
+    return 1 if k == 1 or k >= scans // 2 else 0
+
+
+def _finish(url: str, scan_id: int, day: datetime, per_scan: int) -> None:
+    """End a loaded scan as the product does (``db.finish_scan``: its counters, ``scan_sources`` and
+    ``scan_near_copies``), then set
+    the counters from the rows it has: the loader records no chunks, whose sums finish_scan stores."""
+    from sqlalchemy import update
+
+    from dfscan import db
+    from dfscan.db.models import Scan
+
+    engine = db.make_engine(url)
+    try:
+        with db.session_factory(engine).begin() as s:
+            db.finish_scan(s, scan_id=scan_id, status="completed")
+            s.execute(update(Scan).where(Scan.id == scan_id).values(
+                walk_done=True, started_at=day, finished_at=day + timedelta(hours=2), total=per_scan))
+    finally:
+        engine.dispose()
+
+
 def load(url: str, rows: int, scans: int, *, log: Callable[[str], None]) -> dict[str, Any]:
     """Migrate, register ``scans`` scans and COPY ``rows`` result rows (and their child rows) over them."""
     import psycopg
@@ -222,8 +268,7 @@ def load(url: str, rows: int, scans: int, *, log: Callable[[str], None]) -> dict
     with sessions() as s:
         models = [db.get_or_create_model(s, sha256=f"{m:064x}", name=f"model-{m}", path=f"/models/{m}.onnx",
                                          info={}) for m in (1, 2)]
-        # The first half of the scans ran the first model, the rest the second (the "current" one).
-        ids = [db.create_scan(s, name=f"nightly {k}", roots=["/archive"], model_id=models[0 if k < scans // 2 else 1],
+        ids = [db.create_scan(s, name=f"nightly {k}", roots=["/archive"], model_id=models[_model_of(k, scans)],
                               threshold=0.5, settings={}) for k in range(scans)]
         s.commit()
     engine.dispose()
@@ -231,6 +276,7 @@ def load(url: str, rows: int, scans: int, *, log: Callable[[str], None]) -> dict
     err = archive.error
     t0 = time.perf_counter()
     loaded: dict[str, int] = {}
+    finish_s = 0.0  # ending the scans (db.finish_scan), not counted in the COPY's rate
     raw = url.replace("postgresql+psycopg", "postgresql")
     with psycopg.connect(raw) as conn:
         for k, scan_id in enumerate(ids):
@@ -241,7 +287,7 @@ def load(url: str, rows: int, scans: int, *, log: Callable[[str], None]) -> dict
             faces = set(archive.faces) if scan_id == 4 else None
             columns = {
                 "scan_id": [str(scan_id)] * per_scan,
-                "model_id": [str(models[0 if k < scans // 2 else 1])] * per_scan,
+                "model_id": [str(models[_model_of(k, scans)])] * per_scan,
                 "label": [N if e else ("fake" if j >= P_POOL // 2 else "real") for e, j in zip(err, p_idx)],
                 "p_fake": [N if e else _P_TEXT[j] for e, j in zip(err, p_idx)],
                 "confidence": [N if e else _C_TEXT[j] for e, j in zip(err, p_idx)],
@@ -253,19 +299,22 @@ def load(url: str, rows: int, scans: int, *, log: Callable[[str], None]) -> dict
             loaded["results"] = loaded.get("results", 0) + _copy_columns(conn, "results", columns)
             for table, cols in _children(archive, scan_id, p_idx).items():
                 loaded[table] = loaded.get(table, 0) + _copy_columns(conn, table, cols)
-            conn.execute("UPDATE scans SET status = 'completed', walk_done = true, started_at = %s, "
-                         "finished_at = %s, total = %s WHERE id = %s",
-                         (day, day + timedelta(hours=2), per_scan, scan_id))
             conn.commit()
+            t_finish = time.perf_counter()
+            _finish(url, scan_id, day, per_scan)
+            finish_s += time.perf_counter() - t_finish
             if (k + 1) % max(1, scans // 10) == 0:
                 done = (k + 1) * per_scan
                 log(f"  loaded {done:,} rows ({done / (time.perf_counter() - t0):,.0f} rows/s)")
-    copy_s = time.perf_counter() - t0
+    copy_s = time.perf_counter() - t0 - finish_s
     t1 = time.perf_counter()
     with psycopg.connect(raw, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
         size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        near = dict(conn.execute("SELECT scan_id, COUNT(*) FROM scan_near_copies GROUP BY scan_id").fetchall())
     return {"rows": loaded, "scans": scans, "per_scan": per_scan, "copy_s": round(copy_s, 1),
+            "finish_scan_s": round(finish_s, 1), "finish_scan_per_scan_s": round(finish_s / scans, 2),
+            "near_copy_rows": {k: near.get(k, 0) for k in ids},
             "rows_per_s": round(loaded["results"] / copy_s), "vacuum_analyze_s": round(time.perf_counter() - t1, 1),
             "database_bytes": size}
 
@@ -431,7 +480,10 @@ def run(rows: int, scans: int, timeout_s: float, *, keep: bool = False, seqscan:
     with throwaway_database(keep) as url:
         log(f"loading {rows:,} rows over {scans} scans into {url.rsplit('/', 1)[1]} ...")
         info = load(url, rows, scans, log=log)
-        log(f"  COPY {info['copy_s']} s ({info['rows_per_s']:,} rows/s), VACUUM ANALYZE {info['vacuum_analyze_s']} s, "
+        log(f"  COPY {info['copy_s']} s ({info['rows_per_s']:,} rows/s), finish_scan {info['finish_scan_s']} s "
+            f"({info['finish_scan_per_scan_s']} s a scan; scan_near_copies rows of scan 6: "
+            f"{info['near_copy_rows'].get(6, 0):,}), "
+            f"VACUUM ANALYZE {info['vacuum_analyze_s']} s, "
             f"database {info['database_bytes'] / 2**30:.2f} GiB")
         statements = [("docs/sql.md", name, sql, None) for name, sql in guide_queries().items()]
         statements += product_statements(url, 1, info["per_scan"])

@@ -166,7 +166,7 @@ def _find(finder, images: list) -> list:
     options = finder.options
     scales = [detection_scale(int(im.shape[1]), int(im.shape[0]), options.detect_size) for im in images]
     small = [downscaled(im, s) for im, s in zip(images, scales)]
-    min_canvas = int(options.min_size * min(scales))
+    min_canvas = options.canvas_min_face(min(scales))
     found = detect_each(lambda ims: detect_canvas(finder.detector, _canvas(ims), min_canvas), small)
     out = []
     for boxes, scale in zip(found, scales):

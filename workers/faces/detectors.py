@@ -8,7 +8,9 @@ a sub-batch shares one canvas) and gives the boxes in the image's own pixels.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,14 +106,41 @@ class MtcnnDetector(FaceDetector):
         """
         # Below 20 canvas pixels MTCNN finds little; above, each step up drops pyramid levels (faster).
         min_face = max(self.MIN_SIZE, int(min_size or 0))
-        torch = self._torch
-        previous = torch.get_num_threads()
-        if images.device.type == "cpu":
-            torch.set_num_threads(self.threads)
-        try:
+        if images.device.type != "cpu":
             return self._batched.detect(images, min_face, sizes)
+        with _THREADS.held(self._torch, self.threads):
+            return self._batched.detect(images, min_face, sizes)
+
+
+class _TorchThreads:
+    """torch's intra-op thread count held at ``n`` while any detection on the CPU runs, restored by the last one out.
+
+    The count is the process's: detections that overlap (the face stage's lanes) must not each restore what
+    the other set, which would leave the count at MTCNN's for the rest of the process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._previous = 0
+
+    @contextmanager
+    def held(self, torch, n: int):
+        with self._lock:
+            if self._inside == 0:
+                self._previous = torch.get_num_threads()
+                torch.set_num_threads(n)
+            self._inside += 1
+        try:
+            yield
         finally:
-            torch.set_num_threads(previous)
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0:
+                    torch.set_num_threads(self._previous)
+
+
+_THREADS = _TorchThreads()
 
 
 FACE_DETECTORS: Registry[FaceDetectorSpec] = Registry(
@@ -150,8 +179,8 @@ class FaceFinder:
             return []
         scales = [detection_scale(*image_size(im), self.options.detect_size) for im in images]
         small = [_downscale(im, s) for im, s in zip(images, scales)]
-        # The smallest face worth scoring, at the scale that shrinks it most: smaller ones aren't looked for.
-        min_canvas = int(self.options.min_size * min(scales))
+        # The smallest face looked for: the options' limit, at the scale that shrinks min_size most.
+        min_canvas = self.options.canvas_min_face(min(scales))
         found = detect_each(lambda ims: self.detector.detect(_canvas(ims), min_canvas), small)
         return [_rescale(f, s) for f, s in zip(found, scales)]
 

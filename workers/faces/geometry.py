@@ -12,6 +12,9 @@ from PIL import Image
 # or an (H, W, 3) uint8 array (a video frame, DALI's output).
 RGBImage = Image.Image | np.ndarray
 
+# The smallest face the detector looks for on its canvas, in canvas pixels (FaceOptions.detect_min_face).
+DETECT_MIN_FACE = 28
+
 
 def image_size(im: RGBImage) -> tuple[int, int]:
     """``(width, height)`` of a Pillow image or an (H, W, 3) array."""
@@ -45,16 +48,45 @@ def crop_square(box: tuple[float, float, float, float], width: int, height: int,
 
 @dataclass(frozen=True)
 class FaceOptions:
+    """What the face stage looks for and keeps.
+
+    The detector's work is bounded by two limits on its downscaled copy of
+    the image (the "canvas"): ``detect_size``, the canvas's longer side (an
+    image is never upscaled), and ``detect_min_face``, the smallest face it
+    looks for there, in canvas pixels.  On an image larger than the canvas the
+    smallest face looked for is thus ``detect_min_face / detect_size`` of its
+    longer side (with the defaults 28/640, 4.4%: 50 pixels on a 1155-pixel
+    photo), on a smaller one ``detect_min_face`` pixels; boxes under
+    ``min_size`` original pixels are dropped.  MTCNN's P-net runs over a
+    pyramid whose first level brings a ``detect_min_face`` face to its
+    12-pixel window; that level holds about half of the pyramid's pixels and
+    the most R-net candidates, so 28 rather than MTCNN's own 20 takes about a
+    third off the face stage (docs/faces.md), for faces that, cropped at
+    ``margin`` and resized to the classifier's 224 pixels, would be enlarged
+    four times or more.  MTCNN still finds many faces somewhat under the limit.
+    """
+
     max_faces: int = 16
     margin: float = 1.3
-    min_size: int = 24
+    min_size: int = 24  # original pixels: smaller boxes are not scored
     aggregation: str = "max"
-    detect_size: int = 640
+    detect_size: int = 640  # the canvas's longer side
+    detect_min_face: int = DETECT_MIN_FACE  # canvas pixels
+
+    def __post_init__(self) -> None:
+        if self.detect_min_face < 12:  # MTCNN's P-net window: no face smaller than it can be looked for
+            raise ValueError(f"detect_min_face must be at least 12 canvas pixels, got {self.detect_min_face}")
 
     @classmethod
     def from_settings(cls, settings) -> "FaceOptions":
         return cls(max_faces=settings.max_faces, margin=settings.face_margin, min_size=settings.min_face_size,
-                   aggregation=settings.face_aggregation, detect_size=settings.face_detect_size)
+                   aggregation=settings.face_aggregation, detect_size=settings.face_detect_size,
+                   detect_min_face=settings.face_detect_min_face)
+
+    def canvas_min_face(self, scale: float) -> int:
+        """The smallest face the detector looks for on a canvas made at ``scale``, in canvas pixels:
+        ``detect_min_face``, or ``min_size`` at that scale where that is larger."""
+        return max(self.detect_min_face, int(self.min_size * scale))
 
 
 def select_faces(boxes: np.ndarray, width: int, height: int, options: FaceOptions):

@@ -197,7 +197,8 @@ class ScanContext:
             return None
         options = faces.options
         return {"detector": faces.detector.name, "max_faces": options.max_faces, "margin": options.margin,
-                "min_size": options.min_size, "aggregation": options.aggregation, "detect_size": options.detect_size}
+                "min_size": options.min_size, "aggregation": options.aggregation, "detect_size": options.detect_size,
+                "detect_min_face": options.detect_min_face}
 
     def record_worker(self, session: Session, scan_id: int) -> None:
         db.record_worker(session, scan_id=scan_id, host=socket.gethostname(), pid=os.getpid(),

@@ -87,7 +87,13 @@ class FaceDecoder:
     Pillow decodes them (once: no model-size tensor is made from the file).
     """
 
-    thread_safe = False  # the detector is one torch model
+    thread_safe = False  # one caller at a time: the lanes below are its own
+
+    # Sub-batches decoded, detected and cropped at once when Pillow decodes: MTCNN runs on one thread (more
+    # intra-op threads lose on its small convolutions), so a face stage running alone (a scan's first batch,
+    # a batch while the classifier waits) would leave the other core idle.  Two lanes share the decoded-bytes
+    # budget, each holding at most half of it.
+    LANES = 2
 
     def __init__(self, base, pre: Preprocess, options: FaceOptions, detector: FaceDetector,
                  threads: int = 2) -> None:
@@ -100,6 +106,10 @@ class FaceDecoder:
         self.version = getattr(base, "version", None)
         self.device = getattr(base, "device", "cpu")
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="faces")
+        # A base decoder that hands over its own RGB images (DALI: one pipeline, not thread-safe) runs one lane.
+        self._lanes = 1 if hasattr(base, "decode_rgb_batch") else max(1, min(self.LANES, threads))
+        self._lane_pool = (ThreadPoolExecutor(max_workers=self._lanes, thread_name_prefix="face-lane")
+                           if self._lanes > 1 else None)
 
     # -- decoding and detection -------------------------------------------------------------
 
@@ -120,26 +130,33 @@ class FaceDecoder:
 
     def decode_batch(self, files: Sequence[FileData]) -> list[FaceCrops | ImageError]:
         out: list[FaceCrops | ImageError | None] = [None] * len(files)
-        for group in self._groups(files):
-            for i, done in zip(group, self._decode_group([files[i] for i in group])):
-                out[i] = done
+        lane_budget = self.pre.max_decode_bytes // self._lanes
+        groups = list(self._groups(files, lane_budget))
+        # Lanes run together only while each holds at most its share (an image alone over it runs alone).
+        together = self._lane_pool is not None and len(groups) > 1 and all(h <= lane_budget for _, h in groups)
+        decode = self._decode_group
+        parts = [[files[i] for i in group] for group, _ in groups]
+        done = self._lane_pool.map(decode, parts) if together else map(decode, parts)
+        for (group, _), crops in zip(groups, done):
+            for i, one in zip(group, crops):
+                out[i] = one
         return out  # type: ignore[return-value]
 
-    def _groups(self, files: Sequence[FileData]) -> Iterator[list[int]]:
-        """Positions decoded and detected together: at most :data:`DETECT_BATCH`, and no more decoded bytes
-        than the budget (an image alone over it is refused by its decoder)."""
-        budget = self.pre.max_decode_bytes
+    def _groups(self, files: Sequence[FileData], budget: int) -> Iterator[tuple[list[int], int]]:
+        """Positions decoded and detected together, with their decoded bytes: at most :data:`DETECT_BATCH`,
+        and no more decoded bytes than ``budget`` (an image alone over it is its own group; one over the
+        whole budget is refused by its decoder)."""
         group: list[int] = []
         held = 0
         for i, f in enumerate(files):
             need = self._held_bytes(f)
             if group and (len(group) == DETECT_BATCH or held + need > budget):
-                yield group
+                yield group, held
                 group, held = [], 0
             group.append(i)
             held += need
         if group:
-            yield group
+            yield group, held
 
     def _held_bytes(self, f: FileData) -> int:
         """What ``f`` holds once decoded to RGB (4 bytes a pixel in Pillow), from its header; 0 if it has none."""
@@ -188,6 +205,8 @@ class FaceDecoder:
         return np.stack(tensors), crops
 
     def close(self) -> None:
+        if self._lane_pool is not None:
+            self._lane_pool.shutdown(wait=True)
         self._pool.shutdown(wait=True)
         close = getattr(self.base, "close", None)
         if close is not None:
