@@ -321,31 +321,11 @@ def write_ceiling(url: str, listing: Path) -> float:
     ``results`` with their types and nothing else (no key, index, NOT NULL, check, foreign key or
     partitioning).  Timed: formatting, the COPY and the commit, in this process on one connection.
     """
-    from datetime import datetime, timezone
+    from dfscan.db.results import copy_columns
 
-    import psycopg
-
-    from dfscan.db.records import ResultRow
-    from dfscan.db.results import copy_columns, copy_values
-
-    paths = listing.read_text().splitlines()
-    now = datetime.now(timezone.utc)
-    rows = [ResultRow(p, None, None, "ok", "real", 0.1, 0.9, None, None, now) for p in paths]
-    dsn = url.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn) as conn:
-        conn.execute("DROP TABLE IF EXISTS bench_ceiling")
-        columns = ", ".join(copy_columns())
-        conn.execute(f"CREATE TABLE bench_ceiling AS SELECT {columns} FROM results WITH NO DATA")
-        conn.commit()
-        t0 = time.perf_counter()
-        with conn.cursor() as cur, cur.copy(f"COPY bench_ceiling ({columns}) FROM STDIN") as copy:
-            for row in copy_values(rows, scan_id=1, model_id=1):
-                copy.write_row(row)
-        conn.commit()
-        elapsed = time.perf_counter() - t0
-        conn.execute("DROP TABLE bench_ceiling")
-        conn.commit()
-    return len(rows) / elapsed
+    columns = ", ".join(copy_columns())
+    rows = bench_rows(listing.read_text().splitlines(), real_scan=False)
+    return timed_copy(url, rows, f"CREATE TABLE bench_copy AS SELECT {columns} FROM results WITH NO DATA")
 
 
 def bench_rows(paths: list[str], real_scan: bool) -> list:
@@ -375,23 +355,29 @@ def bench_rows(paths: list[str], real_scan: bool) -> list:
 def schema_copy(url: str, rows: list) -> float:
     """Rows/s of one COPY of ``rows`` into a table made LIKE results with its key, indexes and checks (as a
     scan's partition has them), committed: PostgreSQL's own cost of the schema, with no worker around it."""
+    return timed_copy(url, rows, "CREATE TABLE bench_copy (LIKE results INCLUDING ALL)")
+
+
+def timed_copy(url: str, rows: list, create: str) -> float:
+    """Rows/s of one committed COPY of ``rows`` (the write path's own formatting) into ``bench_copy``, made by
+    ``create`` first and dropped after."""
     import psycopg
 
     from dfscan.db.results import copy_columns, copy_values
 
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn) as conn:
-        conn.execute("DROP TABLE IF EXISTS bench_schema")
-        conn.execute("CREATE TABLE bench_schema (LIKE results INCLUDING ALL)")
+        conn.execute("DROP TABLE IF EXISTS bench_copy")
+        conn.execute(create)
         conn.commit()
         columns = ", ".join(copy_columns())
         t0 = time.perf_counter()
-        with conn.cursor() as cur, cur.copy(f"COPY bench_schema ({columns}) FROM STDIN") as copy:
+        with conn.cursor() as cur, cur.copy(f"COPY bench_copy ({columns}) FROM STDIN") as copy:
             for row in copy_values(rows, scan_id=1, model_id=1):
                 copy.write_row(row)
         conn.commit()
         elapsed = time.perf_counter() - t0
-        conn.execute("DROP TABLE bench_schema")
+        conn.execute("DROP TABLE bench_copy")
         conn.commit()
     return len(rows) / elapsed
 
