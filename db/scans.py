@@ -25,6 +25,7 @@ from .errors import ScanNotFound
 from .models import Chunk, Model, Result, Scan, ScanWorker, scan_provenance
 from .near_copies import record_near_copies
 from .records import FINISHED, SCAN_END_STATUSES, ScanSummary
+from .folders import record_folders
 from .sources import record_sources
 
 __all__ = [
@@ -177,8 +178,8 @@ def mark_walk_done(session: Session, scan_id: int, *, n_chunks: int, skipped: in
 
 
 def finish_scan(session: Session, *, scan_id: int, status: str) -> None:
-    """End a scan: the totals of its chunks in its count columns, its rows per verdict source in ``scan_sources``,
-    its near copies in ``scan_near_copies``."""
+    """End a scan: the totals of its chunks in its count columns, its rows per verdict source in ``scan_sources``
+    and per folder in ``scan_folders``, its near copies in ``scan_near_copies``."""
     if status not in SCAN_END_STATUSES:
         raise ValueError(f"scan status {status!r} not in {SCAN_END_STATUSES}")
     totals = session.execute(
@@ -206,6 +207,7 @@ def finish_scan(session: Session, *, scan_id: int, status: str) -> None:
     if result.rowcount == 0:
         raise ScanNotFound(scan_id)
     record_sources(session, scan_id)
+    record_folders(session, scan_id)
     record_near_copies(session, scan_id)
 
 

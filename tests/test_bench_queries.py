@@ -16,13 +16,16 @@ pytestmark = pytest.mark.postgres
 
 # The guide's queries that name several scans (docs/sql.md), and how many: every other statement reads one
 # scan's rows at most.
-SCANS_READ = {"changed-between-scans": 2, "changed-between-models": 3, "never-scored-by-current-model": 2,
+SCANS_READ = {"changed-between-models": 3, "never-scored-by-current-model": 2,
               "latest-verdict-per-file": 3}
 # The guide's queries that read a bounded number of rows whatever the size of their scans: at most this many
 # rows of results (a page of 1,000 files reads up to its 1,000th scored row: 2 % of the rows are errors).
 # latest-verdict-per-file: a page from each of three scans; changed-between-models: a page of scan 2 and key
-# lookups in scans 1 and 3 per file of it (a row each where found); verdict-sources: none (scan_sources).
-ROWS_READ = {"latest-verdict-per-file": 3 * 1030, "changed-between-models": 1030 + 4 * 1000, "verdict-sources": 0}
+# lookups in scans 1 and 3 per file of it (a row each where found); changed-between-scans: a page of scan 2 (all
+# statuses) and a key lookup in scan 1 per file; verdict-sources and fake-rate-by-folder: none (scan_sources,
+# scan_folders).
+ROWS_READ = {"latest-verdict-per-file": 3 * 1030, "changed-between-models": 1030 + 4 * 1000,
+             "changed-between-scans": 2 * 1000, "verdict-sources": 0, "fake-rate-by-folder": 0}
 
 
 def near_copy_bounds(load: dict) -> dict[str, int]:

@@ -22,6 +22,7 @@ from dfscan.core.settings import Settings
 from dfscan.db.records import FaceRow, FrameRow, MatchRow, ProvenanceRow, ResultRow
 from dfscan.db.retention import prune, scan_tables
 from dfscan.db.reviews import record_decision
+from dfscan.db.folders import record_folders
 from dfscan.db.near_copies import record_near_copies
 from dfscan.db.sources import record_sources
 
@@ -67,8 +68,9 @@ def _fill(engine: Engine, *, name: str, status: str, ended: datetime, tag: str) 
                                                              target_layer="l", checkpoint_sha256="b" * 64,
                                                              reason="not-scored")])
         record_decision(s, scan_id, image.path, "fake", "tester")
-        # What finish_scan writes when a scan ends (scan_sources and scan_near_copies, migration 0019).
+        # What finish_scan writes when a scan ends (scan_sources, scan_near_copies: 0019; scan_folders: 0020).
         record_sources(s, scan_id)
+        record_folders(s, scan_id)
         assert record_near_copies(s, scan_id) == 1
         s.execute(text("UPDATE scans SET status = :st, started_at = :t, finished_at = :f WHERE id = :i"),
                   {"st": status, "t": ended, "f": None if status == "running" else ended, "i": scan_id})

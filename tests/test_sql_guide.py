@@ -332,14 +332,15 @@ def expect_borderline(d: Data, tz: ZoneInfo) -> list[tuple]:
     return [(r["path"], r["label"], r["p_fake"], t, abs(r["p_fake"] - t)) for r in rows[:5]]
 
 
-def expect_changed_between_scans(d: Data, tz: ZoneInfo) -> list[tuple]:
+def expect_changed_between_scans(d: Data, tz: ZoneInfo, page: int = 1000, after: bytes = b"") -> list[tuple]:
+    """Of the first ``page`` rows of scan 2 in key order after ``after``, those scan 1 judged differently."""
     one = {r["path"]: r for r in d.results if r["scan_id"] == 1}
-    two = {r["path"]: r for r in d.results if r["scan_id"] == 2}
     out = []
-    for path in sorted(one.keys() & two.keys()):
-        a, b = one[path], two[path]
-        if a["status"] != b["status"] or a["label"] != b["label"]:
-            out.append((path, a["status"], b["status"], a["label"], b["label"], a["p_fake"], b["p_fake"]))
+    for b in sorted((r for r in d.results if r["scan_id"] == 2 and _key(r) > after), key=_key)[:page]:
+        a = one.get(b["path"])
+        if a is not None and (a["status"] != b["status"] or a["label"] != b["label"]):
+            out.append((b["path"], a["status"], b["status"], a["label"], b["label"], a["p_fake"], b["p_fake"],
+                        _key(b)))
     return out
 
 
@@ -520,7 +521,7 @@ EXPECTED: dict[str, tuple[tuple[str, ...], Callable[[Data, ZoneInfo], list[tuple
     "errors-by-reason": (("error_code", "files", "example"), expect_errors_by_reason),
     "borderline": (("path", "label", "p_fake", "threshold", "margin"), expect_borderline),
     "changed-between-scans": (("path", "status_before", "status_after", "label_before", "label_after",
-                               "p_fake_before", "p_fake_after"), expect_changed_between_scans),
+                               "p_fake_before", "p_fake_after", "path_hash"), expect_changed_between_scans),
     "changed-between-models": (("path", "previous_label", "current_label", "previous_p_fake", "current_p_fake",
                                 "path_hash"), expect_changed_between_models),
     "never-scored-by-current-model": (("path",), expect_never_scored_by_current_model),
@@ -602,11 +603,13 @@ def test_query_returns_the_expected_rows(populated: Data, name: str):
         assert all(_same(g, w) for g, w in zip(got_row, want_row, strict=True)), (got_row, want_row)
 
 
-# The paged queries (docs/sql.md 7, 10), paged as the guide says: ``AND path_hash > ?`` where the page is
+# The paged queries (docs/sql.md 6, 7, 10), paged as the guide says: ``AND path_hash > ?`` where the page is
 # chosen, bound to the last key of the page before.  That key is the last row's (10: a row per file), or the
-# page's n-th file's, from the statement the guide gives (7: rows only for some files; no row: last page).
+# page's n-th file's, from the statement the guide gives (6, 7: rows only for some files; no row: last page).
 _PAGE = re.compile(r"(\s+)ORDER BY ((?:\w+\.)?)path_hash(\s+)LIMIT 1000")
 PAGE_END = {
+    "changed-between-scans": "SELECT path_hash FROM results WHERE scan_id = 2{after} "
+                             "ORDER BY path_hash LIMIT 1 OFFSET {skip}",
     "changed-between-models": "SELECT path_hash FROM results WHERE scan_id = 2 AND status = 'ok'{after} "
                               "ORDER BY path_hash LIMIT 1 OFFSET {skip}",
 }
@@ -622,7 +625,7 @@ def _page_sql(sql: str, n: int, keyset: bool, mark: str) -> str:
     return out
 
 
-@pytest.mark.parametrize("name", ["latest-verdict-per-file", "changed-between-models"])
+@pytest.mark.parametrize("name", ["latest-verdict-per-file", "changed-between-models", "changed-between-scans"])
 def test_paged_query_pages_through_the_whole_answer(populated: Data, name: str):
     """Pages of two files, each after the last key of the one before: every row of the answer once, in order."""
     n = 2

@@ -236,9 +236,9 @@ def _model_of(k: int, scans: int) -> int:
 
 
 def _finish(url: str, scan_id: int, day: datetime, per_scan: int) -> None:
-    """End a loaded scan as the product does (``db.finish_scan``: its counters, ``scan_sources`` and
-    ``scan_near_copies``), then set
-    the counters from the rows it has: the loader records no chunks, whose sums finish_scan stores."""
+    """End a loaded scan as the product does (``db.finish_scan``: its counters, ``scan_sources``,
+    ``scan_folders`` and ``scan_near_copies``), then set the counters from the rows it has: the loader records
+    no chunks, whose sums finish_scan stores."""
     from sqlalchemy import update
 
     from dfscan import db
