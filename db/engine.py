@@ -69,6 +69,22 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+# What dfscan's PostgreSQL sessions set on connecting.  JIT off: PostgreSQL compiles the expressions of a statement
+# it estimates costly (jit_above_cost), which dfscan's reads of a whole scan are, and the compiling cost more than
+# it saved on every one measured: 0.3-0.4 s of the 1.8-2.3 s of `dfscan results` for a 1M-row scan, nothing
+# on the others (docs/benchmarks.md, "Queries at 100M rows").
+PG_SESSION_SETTINGS = ("SET jit = off",)
+
+
+def _set_pg_session(dbapi_connection: Any, _record: Any) -> None:
+    # Runs on every new DBAPI connection; committed, so that it holds for the session (a SET in a transaction
+    # that rolls back is undone).
+    with dbapi_connection.cursor() as cursor:
+        for statement in PG_SESSION_SETTINGS:
+            cursor.execute(statement)
+    dbapi_connection.commit()
+
+
 def make_engine(url: str) -> Engine:
     """Create the process's engine for ``url`` (SQLite file or PostgreSQL via psycopg 3).
 
@@ -91,7 +107,9 @@ def make_engine(url: str) -> Engine:
         connect_args: dict[str, Any] = {}
         if "connect_timeout" not in parsed.query:
             connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
-        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        event.listen(engine, "connect", _set_pg_session)
+        return engine
     except ArgumentError as exc:
         raise DatabaseURLError(mask_text(
             f"invalid database URL {mask_url(parsed.render_as_string(hide_password=False))!r}: {exc}"

@@ -130,6 +130,24 @@ def test_sqlite_engine_settings(tmp_path: Path) -> None:
         engine.dispose()
 
 
+@pytest.mark.postgres
+def test_postgres_sessions_run_without_jit(pg_url: str) -> None:
+    """Every session of the product's engine has JIT off (db.engine.PG_SESSION_SETTINGS), from its first statement
+    and after a rollback: the setting is committed when the connection is made, not part of a transaction."""
+    engine = db.make_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
+            conn.rollback()
+            assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
+        with db.session_factory(engine)() as s:
+            assert s.execute(text("SHOW jit")).scalar() == "off"
+        with engine.connect() as conn:  # the server's default is still on: only dfscan's sessions change it
+            assert conn.exec_driver_sql("SELECT reset_val FROM pg_settings WHERE name = 'jit'").scalar() == "on"
+    finally:
+        engine.dispose()
+
+
 def test_sqlite_enforces_foreign_keys(sqlite_url: str) -> None:
     engine = db.make_engine(sqlite_url)
     db.upgrade(engine)

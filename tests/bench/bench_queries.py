@@ -524,12 +524,22 @@ def run(rows: int, scans: int, timeout_s: float, *, keep: bool = False, seqscan:
                 conn.commit()
             results, n_partitions = results_relations(conn)
             for group, name, sql, params in statements:
+                _session_of(conn, group)
                 m = Measured(group, name)
                 explain(conn, sql, params, m, results, n_partitions, timeout_s)
                 measured.append(m)
                 log(_line(m))
         pruned = _time_prune(url, scans, log)
     return {"load": info, "partitions": n_partitions, "statements": [asdict(m) for m in measured], "prune": pruned}
+
+
+def _session_of(conn: Any, group: str) -> None:
+    """The product's statements run with its session settings (``db.engine.PG_SESSION_SETTINGS``); the guide's
+    queries, which analysts send from their own clients, with the server's."""
+    from dfscan.db.engine import PG_SESSION_SETTINGS
+
+    for statement in PG_SESSION_SETTINGS:  # "SET name = value"
+        conn.execute(f"RESET {statement.split()[1]}" if group == "docs/sql.md" else statement)
 
 
 def _time_prune(url: str, scan_id: int, log: Callable[[str], None]) -> dict[str, Any]:
