@@ -116,7 +116,7 @@ def _bench_photos(tmp_path_factory) -> list[np.ndarray]:
 
     paths = write_face_images(tmp_path_factory.mktemp("bench-faces"), 4)
     photos = [Image.open(p).convert("RGB") for p in paths]
-    return [_downscale(p, detection_scale(*p.size, 640)) for p in photos]  # as the face stage detects them
+    return [_downscale(p, detection_scale(*p.size, 640)) for p in photos]  # as the face stage detected them
 
 
 def test_batched_path_finds_the_faces_facenet_finds_image_by_image(detectors, group, tmp_path_factory) -> None:
@@ -141,8 +141,8 @@ def test_batched_path_finds_the_faces_facenet_finds_image_by_image(detectors, gr
 
 
 def test_the_stages_limits_keep_every_face_of_the_group(detectors, group) -> None:
-    """The face stage's finder with its default limits (a 640-pixel canvas, faces from ``detect_min_face``
-    canvas pixels) finds every face of the group with IoU >= 0.5, down to the 36-pixel cameraman (24 canvas
+    """The face stage's finder with its default limits (a 512-pixel canvas, faces from ``detect_min_face``
+    canvas pixels) finds every face of the group with IoU >= 0.5, down to the 36-pixel cameraman (19 canvas
     pixels, under the limit: MTCNN finds faces somewhat smaller than its pyramid's first level)."""
     from dfscan.workers.faces import FaceFinder, FaceOptions, select_faces
 
@@ -154,6 +154,23 @@ def test_the_stages_limits_keep_every_face_of_the_group(detectors, group) -> Non
         faces, _ = select_faces(found, group_image.shape[1], group_image.shape[0], options)
         ious = matched([b for _, b in expected], faces)
         assert min(ious) >= 0.5, (name, [(n, round(v, 2)) for (n, _), v in zip(expected, ious)])
+
+
+def test_the_stages_limits_find_each_bench_photos_face_where_it_was_pasted(detectors, tmp_path_factory) -> None:
+    """The default canvas and limit on the bench's 1155x866 photos, through the face stage's finder: one face
+    each, where :func:`~dfscan.bench.faces.write_face_images` pasted it (IoU >= 0.5), for both nets."""
+    from dfscan.bench.faces import face_boxes, write_face_images
+    from dfscan.workers.faces import FaceFinder, FaceOptions, select_faces
+
+    paths = write_face_images(tmp_path_factory.mktemp("bench-recall"), 32)
+    photos = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    options = FaceOptions()
+    for name, det in detectors.items():
+        found = FaceFinder(det, options).detect(photos)
+        faces = [select_faces(f, 1155, 866, options)[0] for f in found]
+        assert [len(f) for f in faces] == [1] * len(photos), name
+        ious = [matched([box], f)[0] for box, f in zip(face_boxes(len(photos)), faces)]
+        assert min(ious) >= 0.5, (name, [round(v, 2) for v in ious])
 
 
 def test_detect_min_face_cuts_the_pnets_pyramid(detectors, tmp_path_factory) -> None:
@@ -179,7 +196,7 @@ def test_detect_min_face_cuts_the_pnets_pyramid(detectors, tmp_path_factory) -> 
         for name in counts:
             setattr(nets, name, counting(name))
         try:
-            found[limit] = FaceFinder(det, FaceOptions(detect_min_face=limit, min_size=1)).detect(photos)
+            found[limit] = FaceFinder(det, FaceOptions(detect_size=640, detect_min_face=limit, min_size=1)).detect(photos)
         finally:
             for name in counts:
                 delattr(nets, name)  # the class's own methods again

@@ -355,6 +355,100 @@ def test_detector_failure_is_that_images_error_row(tmp_path: Path, tiny_onnx_mod
     assert rows[0].faces == 1 and len(rows[0].face_rows) == 1
 
 
+# -- the whole image's hash, from the detector's copy ----------------------------------------------
+
+
+def test_face_stage_hashes_the_detectors_copy_and_the_hash_stage_reads_no_file(tmp_path: Path, stage) -> None:
+    """With a hasher the face stage gives each image its PDQ from the canvas; the hash stage takes it as it is.
+
+    The file is removed before the hash stage runs: a stage that decoded it again would find nothing to hash.
+    """
+    from dfscan.workers.faces.detectors import _downscale
+    from dfscan.workers.hashing import hamming, pdq
+    from dfscan.workers.reading.reader import read_file
+    from dfscan.workers.scoring.face_stage import FaceDecoder
+    from dfscan.workers.scoring.hashes import HashStage, pdq_of_bytes
+    from dfscan.workers.scoring.stages import Batch
+
+    background = Image.fromarray(skimage_data.coffee()).resize((1200, 800))
+    group, _ = paste_faces(background, [(40, 60, 1.0), (400, 300, 1.6), (800, 80, 2.2)])
+    group.save(tmp_path / "group.jpg", quality=95)
+    Image.fromarray(skimage_data.chelsea()).save(tmp_path / "chelsea.png")
+    paths = [tmp_path / "group.jpg", tmp_path / "chelsea.png"]
+    hashing = FaceDecoder(None, stage.pre, stage.options, stage.detector, hasher=pdq)
+    try:
+        crops = hashing.decode_batch([read_file(str(p)) for p in paths])
+    finally:
+        hashing.close()
+    assert len(crops[0].faces) == 3 and crops[1].faces == []
+    full = [pdq_of_bytes(p.read_bytes(), 10**8) for p in paths]
+    # The 1200-pixel photo is hashed on the detector's copy: that copy's hash, a few bits from the full size's.
+    size = stage.options.detect_size
+    canvas = _downscale(Image.open(paths[0]).convert("RGB"), detection_scale(1200, 800, size))
+    assert canvas.shape == (round(800 * size / 1200), size, 3) and crops[0].pdq == pdq(canvas)
+    assert hamming(crops[0].pdq.hex, full[0].hex) <= 12
+    assert crops[1].pdq == full[1]  # an image no larger than the canvas is hashed as it is
+    without = FaceDecoder(None, stage.pre, stage.options, stage.detector)  # the hash stage off: nothing hashed
+    try:
+        assert without.decode_batch([read_file(str(paths[1]))])[0].pdq is None
+    finally:
+        without.close()
+
+    batch = Batch.of([str(p) for p in paths])
+    for item, payload in zip(batch.items, crops):
+        item.payload = payload
+    for p in paths:
+        p.unlink()
+    HashStage(stage.pre).run(batch)
+    assert [item.hashes.image for item in batch.items] == [c.pdq for c in crops]
+
+
+def test_scan_with_faces_on_stores_the_whole_images_hash(tmp_path: Path, tiny_onnx_model: Path,  # noqa: F811
+                                                         sqlite_url: str) -> None:
+    """The row's PDQ with faces on is the whole image's, made from the detector's copy (within a few bits of the
+    full-size hash), as with faces off."""
+    from dfscan.workers.faces import FaceOptions
+    from dfscan.workers.faces.detectors import _downscale
+    from dfscan.workers.hashing import hamming, pdq
+    from dfscan.workers.scoring.hashes import pdq_of_bytes
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    background = Image.fromarray(skimage_data.coffee()).resize((1200, 800))
+    group, _ = paste_faces(background, [(40, 60, 1.0), (400, 300, 1.6), (800, 80, 2.2)])
+    group.save(folder / "group.jpg", quality=95)
+    Image.fromarray(skimage_data.astronaut()).save(folder / "astronaut.png")
+    out = cli("scan", str(folder), "--model", str(tiny_onnx_model), "--db", sqlite_url, "--faces", "on",
+              "--decoder", "pillow", "--json")
+    assert out.exit_code == 0, out.output
+    engine = db.make_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            rows = {Path(r.path).name: r for r in conn.execute(text("SELECT path, faces, pdq FROM scan_results"))}
+    finally:
+        engine.dispose()
+    assert {name: r.faces for name, r in rows.items()} == {"group.jpg": 3, "astronaut.png": 1}
+    assert rows["astronaut.png"].pdq == pdq_of_bytes((folder / "astronaut.png").read_bytes(), 10**8).hex
+    canvas = _downscale(Image.open(folder / "group.jpg").convert("RGB"),
+                        detection_scale(1200, 800, FaceOptions().detect_size))
+    assert rows["group.jpg"].pdq == pdq(canvas).hex
+    assert hamming(rows["group.jpg"].pdq, pdq_of_bytes((folder / "group.jpg").read_bytes(), 10**8).hex) <= 12
+
+
+def test_the_classifiers_threads_sleep_rather_than_spin(tiny_onnx_model: Path) -> None:  # noqa: F811
+    """With faces on the face stage's lanes share the cores with the classifier: its waiting threads must not
+    spin on them (docs/faces.md)."""
+    from dfscan.trt.model_info import inspect_model
+    from dfscan.trt.onnxruntime import OnnxRuntime
+
+    runtime = OnnxRuntime(inspect_model(tiny_onnx_model))
+    try:
+        options = runtime._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    finally:
+        runtime.close()
+
+
 # -- dfscan bench --faces --------------------------------------------------------------------------
 
 

@@ -43,6 +43,9 @@ class OnnxRuntime:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
+        # Waiting threads sleep rather than spin: the scan's other threads (decoding, the face stage's lanes)
+        # run on the same cores while the model runs, and a spinning thread takes their time (docs/faces.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         providers = providers or ["CPUExecutionProvider"]
         self.device = "gpu" if providers[0].startswith(("CUDA", "Tensorrt")) else "cpu"

@@ -20,27 +20,44 @@ from dfscan.bench import stages
 from dfscan.core.errors import first_line
 from dfscan.bench.records import Row
 
-__all__ = ["FACE_IMAGE_SIZE", "face_rows", "write_face_images"]
+__all__ = ["FACE_IMAGE_SIZE", "face_boxes", "face_rows", "write_face_images"]
 
 FACE_IMAGE_SIZE = (1155, 866)  # about one megapixel
+# The patch cut from scikit-image's astronaut, and her face in it (x1, y1, x2, y2; measured by eye and MTCNN).
+PATCH = (150, 30, 300, 200)
+FACE_IN_PATCH = (31.0, 32.0, 118.0, 142.0)
+
+
+def _placements(n: int):
+    """Per photo the patch's scale and top-left corner (the same every run: a seeded generator)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    width, height = PATCH[2] - PATCH[0], PATCH[3] - PATCH[1]
+    for _ in range(n):
+        s = float(rng.uniform(1.0, 2.0))
+        w, h = round(width * s), round(height * s)
+        yield s, (w, h), (int(rng.integers(0, FACE_IMAGE_SIZE[0] - w)), int(rng.integers(0, FACE_IMAGE_SIZE[1] - h)))
+
+
+def face_boxes(n: int) -> list[tuple[float, float, float, float]]:
+    """Where :func:`write_face_images` put each photo's face (x1, y1, x2, y2): what recall is checked against."""
+    return [(x + FACE_IN_PATCH[0] * s, y + FACE_IN_PATCH[1] * s, x + FACE_IN_PATCH[2] * s, y + FACE_IN_PATCH[3] * s)
+            for s, _, (x, y) in _placements(n)]
 
 
 def write_face_images(folder: Path, n: int) -> list[Path]:
-    """``n`` JPEGs of ~1 MP, each with one real face at a varying place and size."""
-    import numpy as np
+    """``n`` JPEGs of ~1 MP, each with one real face at a varying place and size (:func:`face_boxes`)."""
     from PIL import Image
     from skimage import data
 
     folder.mkdir(parents=True, exist_ok=True)
-    face = Image.fromarray(data.astronaut()).crop((150, 30, 300, 200))
+    face = Image.fromarray(data.astronaut()).crop(PATCH)
     background = Image.fromarray(data.coffee()).resize(FACE_IMAGE_SIZE)
-    rng = np.random.default_rng(0)
     paths = []
-    for i in range(n):
+    for i, (_, size, corner) in enumerate(_placements(n)):
         im = background.copy()
-        s = float(rng.uniform(1.0, 2.0))
-        patch = face.resize((round(150 * s), round(170 * s)))
-        im.paste(patch, (int(rng.integers(0, im.width - patch.width)), int(rng.integers(0, im.height - patch.height))))
+        im.paste(face.resize(size), corner)
         path = folder / f"face_{i:05d}.jpg"
         im.save(path, quality=90)
         paths.append(path)

@@ -121,7 +121,7 @@ class Settings:
     face_margin: float = 1.3
     min_face_size: int = 24
     face_aggregation: str = "max"
-    face_detect_size: int = 640
+    face_detect_size: int = 512  # the detector's copy's longer side (docs/faces.md: recall and cost)
     face_detect_min_face: int = 28  # the smallest face looked for on the detector's copy, in its pixels
     # s3:// roots: the endpoint of an S3-compatible store (None: boto3's default, AWS or its
     # AWS_ENDPOINT_URL_S3). Credentials never come from here: boto3's chain (environment, profile, role).

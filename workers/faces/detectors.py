@@ -168,21 +168,33 @@ class FaceFinder:
 
     def detect(self, images: list[RGBImage]) -> list[np.ndarray | ImageError]:
         """Boxes per image, :data:`DETECT_BATCH` images at a time; a failure on one image is that image's error."""
-        found: list[np.ndarray | ImageError] = []
-        for start in range(0, len(images), DETECT_BATCH):
-            found.extend(self._detect(images[start : start + DETECT_BATCH]))
-        return found
+        return self.detect_canvases(images)[0]
 
-    def _detect(self, images: list[RGBImage]) -> list[np.ndarray | ImageError]:
-        """Boxes in original pixels per image; a detector failure on one image is that image's error."""
+    def detect_canvases(self, images: list[RGBImage]) -> tuple[list[np.ndarray | ImageError], list[np.ndarray]]:
+        """:meth:`detect`'s boxes, and each image's downscaled copy that the detector read (uint8 (h, w, 3)).
+
+        The copies are the whole image at the canvas's size: the face stage
+        hashes them (PDQ) rather than have the hash stage decode the file again.
+        """
+        found: list[np.ndarray | ImageError] = []
+        canvases: list[np.ndarray] = []
+        for start in range(0, len(images), DETECT_BATCH):
+            boxes, small = self._detect(images[start : start + DETECT_BATCH])
+            found.extend(boxes)
+            canvases.extend(small)
+        return found, canvases
+
+    def _detect(self, images: list[RGBImage]) -> tuple[list[np.ndarray | ImageError], list[np.ndarray]]:
+        """Boxes in original pixels per image (a detector failure on one image is that image's error), and
+        the downscaled copies they were found on."""
         if not images:
-            return []
+            return [], []
         scales = [detection_scale(*image_size(im), self.options.detect_size) for im in images]
         small = [_downscale(im, s) for im, s in zip(images, scales)]
         # The smallest face looked for: the options' limit, at the scale that shrinks min_size most.
         min_canvas = self.options.canvas_min_face(min(scales))
         found = detect_each(lambda ims: self.detector.detect(_canvas(ims), min_canvas), small)
-        return [_rescale(f, s) for f, s in zip(found, scales)]
+        return [_rescale(f, s) for f, s in zip(found, scales)], small
 
 
 def detect_each(detect, small: list) -> list:

@@ -55,7 +55,7 @@ class FaceOptions:
     image is never upscaled), and ``detect_min_face``, the smallest face it
     looks for there, in canvas pixels.  On an image larger than the canvas the
     smallest face looked for is thus ``detect_min_face / detect_size`` of its
-    longer side (with the defaults 28/640, 4.4%: 50 pixels on a 1155-pixel
+    longer side (with the defaults 28/512, 5.5%: 63 pixels on a 1155-pixel
     photo), on a smaller one ``detect_min_face`` pixels; boxes under
     ``min_size`` original pixels are dropped.  MTCNN's P-net runs over a
     pyramid whose first level brings a ``detect_min_face`` face to its
@@ -70,7 +70,7 @@ class FaceOptions:
     margin: float = 1.3
     min_size: int = 24  # original pixels: smaller boxes are not scored
     aggregation: str = "max"
-    detect_size: int = 640  # the canvas's longer side
+    detect_size: int = 512  # the canvas's longer side
     detect_min_face: int = DETECT_MIN_FACE  # canvas pixels
 
     def __post_init__(self) -> None:

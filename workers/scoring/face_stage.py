@@ -16,15 +16,16 @@ verdict nor an error.  Detection and geometry are :mod:`dfscan.workers.faces`'.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
 from PIL import Image
 
 from dfscan.db.records import FaceRow, ResultRow
+from dfscan.workers.hashing import PdqHash, pdq
 from dfscan.workers.images.decode import Preprocess, load_rgb, open_image
 from dfscan.workers.faces import (DETECT_BATCH, FaceDetector, FaceFinder, FaceOptions, RGBImage, create_face_detector,
                                   crop_faces, image_size, select_faces)
@@ -51,6 +52,8 @@ class FaceCrops:
     crops: list[tuple[int, int, int]] = field(default_factory=list)  # x0, y0, side of each crop
     aggregation: str = "max"
     kind: str = "image"
+    # The whole image's PDQ, from the detector's downscaled copy (the hash stage takes it: no second decode).
+    pdq: PdqHash | None = None
 
     def inputs(self) -> list[Input]:
         return [Input("image", t) for t in self.tensors] if self.tensors is not None else []
@@ -71,7 +74,9 @@ class FaceCrops:
 def face_decoder(decoder, pre: Preprocess, settings) -> "FaceDecoder":
     """``decoder`` with faces on top, configured from ``settings``."""
     detector = create_face_detector(settings.face_detector)
-    return FaceDecoder(decoder, pre, FaceOptions.from_settings(settings), detector, threads=settings.decode_threads)
+    hasher = (lambda rgb: pdq(rgb, dihedral=settings.pdq_dihedral)) if settings.pdq else None
+    return FaceDecoder(decoder, pre, FaceOptions.from_settings(settings), detector, threads=settings.decode_threads,
+                       hasher=hasher)
 
 
 def faces_enabled(mode: str, model_input: str) -> bool:
@@ -96,8 +101,11 @@ class FaceDecoder:
     LANES = 2
 
     def __init__(self, base, pre: Preprocess, options: FaceOptions, detector: FaceDetector,
-                 threads: int = 2) -> None:
+                 threads: int = 2, hasher: Callable[[np.ndarray], PdqHash] | None = None) -> None:
         self.base = base
+        # The whole image's hash from the detector's copy (hash stage on): decoding and hashing the
+        # full-resolution image again cost the scan about as much as detecting its faces.
+        self.hasher = hasher
         self.pre = pre
         self.options = options
         self.detector = detector
@@ -174,15 +182,30 @@ class FaceDecoder:
         """One group's crops: its full-resolution images live only while this runs."""
         rgbs = self._rgb_batch(files)
         images = [(i, im) for i, im in enumerate(rgbs) if not isinstance(im, ImageError)]
-        boxes = self._find([im for _, im in images])
+        boxes, hashes = self._find_hashed([im for _, im in images])
         part: list = list(rgbs)  # errors stay where they are
-        for (i, im), found in zip(images, boxes):
-            part[i] = found if isinstance(found, ImageError) else self._crops(im, found)
+        for (i, im), found, hashed in zip(images, boxes, hashes):
+            part[i] = found if isinstance(found, ImageError) else replace(self._crops(im, found), pdq=hashed)
         return part
 
     def _find(self, images: list) -> list:
         """Face boxes per image (the tensor path finds them on the device)."""
         return self.finder.detect(images)
+
+    def _find_hashed(self, images: list) -> tuple[list, list[PdqHash | None]]:
+        """Face boxes per image, and with a ``hasher`` each image's PDQ from the copy the detector read (the
+        tensor path, which finds faces on the device, has none: the hash stage decodes those files again)."""
+        if self.hasher is None:
+            return self._find(images), [None] * len(images)
+        boxes, canvases = self.finder.detect_canvases(images)
+        return boxes, [self._hash(c) for c in canvases]
+
+    def _hash(self, canvas: np.ndarray) -> PdqHash | None:
+        """PDQ of one copy; None where it fails (the hash stage then hashes the file as it would without faces)."""
+        try:
+            return self.hasher(canvas)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - the hash stage's own path decides this image's hash
+            return None
 
     def _crops(self, im: RGBImage, boxes: np.ndarray) -> FaceCrops:
         faces, found = select_faces(boxes, *image_size(im), self.options)

@@ -6,8 +6,11 @@ a video's whole frames (faces off) as they wait for the model.  Those are at
 the model's input size (224 x 224 for the product's model): PDQ of them is
 within a few bits of the full-size image's for photographs (measured: 6-22 of
 256 on scikit-image's photographs; HMA matches within 31).  With faces on the
-decoders keep only face crops, so the stage decodes the file's whole image
-again, at full size, and a video's frames at the times the scan sampled
+decoders keep only face crops: an image's hash comes with them, made by the
+face stage from the detector's downscaled copy of the whole image (2-8 bits
+from the full-size image's on the face bench's photos), or where it has none
+the stage decodes the file's whole image again, at full size; a video's frames
+are decoded again at the times the scan sampled
 (every frame row of a frame, one per face, carries that frame's hash).  A
 video's frames are deduplicated as vPDQ does: a frame
 within :data:`~dfscan.workers.hashing.MATCH_DISTANCE` of an earlier frame of
@@ -129,6 +132,8 @@ class HashStage:
                 frames = _on_host(whole[0].crops)
                 return Hashed(frames=[(index, pdq(frame)) for index, frame in zip(payload.indices, frames)])
             return self._frames_again(item.path, payload, roots)
+        if getattr(payload, "pdq", None) is not None:  # faces on: hashed from the face detector's copy
+            return Hashed(image=payload.pdq)
         f = read_head(item.path, MAX_FILE_BYTES, head_bytes=max(item.size or 0, 1), store=self.store, roots=roots)
         return Hashed(image=pdq_of_bytes(f.data, self.pre.max_pixels, dihedral=self.dihedral))
 
