@@ -256,10 +256,13 @@ def existing_paths(session: Session, scan_id: int, paths: list[str]) -> set[str]
     return found
 
 
-# scan_results' columns from its tables: the view's own query, whose order and keyset can use the key.
+# scan_results' columns from results alone, in the view's order, whose order and keyset can use the key.  In
+# the place of model_sha256 the row's model_id, which iter_results swaps for the model's sha256 after the read:
+# a scan's rows name a model or two, and a read of a whole scan sorted by path then sorts 64 fewer bytes a row
+# (1.35-1.45 s instead of 1.55-1.65 for a 1M-row scan at 100M rows, docs/benchmarks.md).
 _RESULTS_VIEW = select(
-    *(Model.sha256.label(c) if c == "model_sha256" else _RESULTS.c[c].label(c) for c in VIEW_COLUMNS)
-).select_from(_RESULTS).join(Model, Model.id == _RESULTS.c.model_id)
+    *(_RESULTS.c.model_id.label(c) if c == "model_sha256" else _RESULTS.c[c].label(c) for c in VIEW_COLUMNS)
+).select_from(_RESULTS)
 assert tuple(_RESULTS_VIEW.selected_columns.keys()) == tuple(scan_results.c.keys())
 
 
@@ -310,8 +313,14 @@ def iter_results(
         stmt = stmt.limit(limit)
     result = session.execute(stmt, execution_options={"yield_per": STREAM_BATCH})
     try:
-        for row in result.mappings():
-            yield dict(row)
+        sha256: dict[int, str] = {}
+        for mapping in result.mappings():
+            row = dict(mapping)
+            model_id = row["model_sha256"]
+            if model_id not in sha256:
+                sha256[model_id] = session.execute(select(Model.sha256).where(Model.id == model_id)).scalar_one()
+            row["model_sha256"] = sha256[model_id]
+            yield row
     finally:
         result.close()
 
