@@ -313,13 +313,10 @@ def iter_results(
         stmt = stmt.limit(limit)
     result = session.execute(stmt, execution_options={"yield_per": STREAM_BATCH})
     try:
-        sha256: dict[int, str] = {}
+        sha256 = dict(session.execute(select(Model.id, Model.sha256)).all())  # a row per model file
         for mapping in result.mappings():
             row = dict(mapping)
-            model_id = row["model_sha256"]
-            if model_id not in sha256:
-                sha256[model_id] = session.execute(select(Model.sha256).where(Model.id == model_id)).scalar_one()
-            row["model_sha256"] = sha256[model_id]
+            row["model_sha256"] = sha256[row["model_sha256"]]
             yield row
     finally:
         result.close()

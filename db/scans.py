@@ -22,10 +22,10 @@ from ._dialects import dialect_name, insert_for
 from ._partitions import create_partition
 from ._types import utcnow
 from .errors import ScanNotFound
+from .folders import record_folders
 from .models import Chunk, Model, Result, Scan, ScanWorker, scan_provenance
 from .near_copies import record_near_copies
 from .records import FINISHED, SCAN_END_STATUSES, ScanSummary
-from .folders import record_folders
 from .sources import record_sources
 
 __all__ = [

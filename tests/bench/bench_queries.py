@@ -260,8 +260,7 @@ def _bulk(conn: Any, scan_id: int) -> Iterator[str]:
 
     Attaching builds the partition's key and indexes from the parent's in one sorted pass each, where a COPY
     into the attached partition enters every row in every index (about 2.5x slower on two cores).  The result
-    is the partition the product makes (``db._partitions.create_partition``), filled.  SQLite-free: the
-    benchmark is PostgreSQL's.
+    is the partition the product makes (``db._partitions.create_partition``), filled.
     """
     from dfscan.db._partitions import partition_of
 

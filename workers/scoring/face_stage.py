@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
@@ -185,7 +185,11 @@ class FaceDecoder:
         boxes, hashes = self._find_hashed([im for _, im in images])
         part: list = list(rgbs)  # errors stay where they are
         for (i, im), found, hashed in zip(images, boxes, hashes):
-            part[i] = found if isinstance(found, ImageError) else replace(self._crops(im, found), pdq=hashed)
+            if isinstance(found, ImageError):
+                part[i] = found
+            else:
+                part[i] = self._crops(im, found)
+                part[i].pdq = hashed
         return part
 
     def _find(self, images: list) -> list:
